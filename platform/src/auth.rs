@@ -1,0 +1,340 @@
+//! Access-token verification shared by every service.
+//!
+//! users-svc issues Ed25519-signed JWTs (`alg: EdDSA`, with a `kid`) and
+//! publishes the public keys as a JWKS. [`TokenVerifier`] checks a token
+//! against that key set, fetching it again when it meets a `kid` it does not
+//! know (so rotating keys needs no restart). [`AuthLayer`] runs the check in
+//! front of a gRPC server: protected methods without a valid token are
+//! answered UNAUTHENTICATED before any handler runs, and the verified
+//! [`Claims`] are put in the request's extensions for handlers to read with
+//! [`caller`]. Services verify tokens themselves even behind the gateway: no
+//! trust by network position.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind, jwk::JwkSet};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// `[auth]`: what every service accepts as an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The `iss` claim users-svc writes and every verifier requires.
+    pub issuer: String,
+    /// The `aud` claim users-svc writes and every verifier requires.
+    pub audience: String,
+    /// Clock skew tolerated on expiry, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "munity".to_owned(),
+            audience: "munity".to_owned(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// The claims Munity puts in an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Who issued the token (`auth.issuer`).
+    pub iss: String,
+    /// Who the token is for (`auth.audience`).
+    pub aud: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: i64,
+    /// Issue time, seconds since the Unix epoch.
+    pub iat: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// The login session (refresh-token family) the token was issued for.
+    pub sid: String,
+    /// Platform roles, e.g. `user`, `admin`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Claims {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// The verified caller of a protected RPC, or UNAUTHENTICATED when the
+/// request carried no valid token (which [`AuthLayer`] already refuses for
+/// protected methods, so handlers of those can rely on it).
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Claims, Status> {
+    request
+        .extensions()
+        .get::<Claims>()
+        .ok_or_else(|| Status::unauthenticated("this method needs a bearer access token"))
+}
+
+/// Where the verification keys come from: users-svc's key store in-process,
+/// or its JWKS endpoint over the network.
+#[async_trait::async_trait]
+pub trait JwksSource: Send + Sync + 'static {
+    async fn fetch_jwks(&self) -> anyhow::Result<JwkSet>;
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer access token")]
+    Missing,
+    #[error("malformed access token: {0}")]
+    Malformed(String),
+    #[error("access token algorithm {0} is not accepted; only EdDSA is")]
+    WrongAlgorithm(String),
+    #[error("access token signed with unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("access token has expired")]
+    Expired,
+    #[error("access token is invalid: {0}")]
+    Invalid(String),
+    #[error("verification keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::KeysUnavailable(_) => Status::unavailable(error.to_string()),
+            _ => Status::unauthenticated(error.to_string()),
+        }
+    }
+}
+
+/// What a verifier accepts.
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    pub leeway: Duration,
+    /// At most one key-set fetch per this interval, so a flood of tokens with
+    /// made-up `kid`s cannot turn into a flood of fetches.
+    pub min_refetch_interval: Duration,
+}
+
+/// Verifies access tokens against a cached JWKS.
+pub struct TokenVerifier {
+    source: Arc<dyn JwksSource>,
+    validation: Validation,
+    min_refetch_interval: Duration,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl TokenVerifier {
+    pub fn new(source: Arc<dyn JwksSource>, settings: VerifierSettings) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[settings.issuer]);
+        validation.set_audience(&[settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = settings.leeway.as_secs();
+        TokenVerifier {
+            source,
+            validation,
+            min_refetch_interval: settings.min_refetch_interval,
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Checks signature, algorithm, issuer, audience and expiry.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::WrongAlgorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Malformed("the header has no kid".to_owned()))?;
+
+        let key = match self.cached_key(&kid) {
+            Some(key) => key,
+            None => {
+                self.refetch().await?;
+                self.cached_key(&kid)
+                    .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?
+            }
+        };
+
+        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(format!("{error}")),
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
+                    AuthError::Malformed(error.to_string())
+                }
+                _ => AuthError::Invalid(error.to_string()),
+            })
+    }
+
+    fn cached_key(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(kid)
+            .cloned()
+    }
+
+    /// Fetches the key set again, unless another fetch happened within the
+    /// minimum interval (then the cache is as fresh as it may get).
+    async fn refetch(&self) -> Result<(), AuthError> {
+        let mut last_fetch = self.last_fetch.lock().await;
+        if last_fetch.is_some_and(|at| at.elapsed() < self.min_refetch_interval) {
+            return Ok(());
+        }
+        let jwks = self
+            .source
+            .fetch_jwks()
+            .await
+            .map_err(|e| AuthError::KeysUnavailable(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in &jwks.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => {
+                    keys.insert(kid, key);
+                }
+                Err(error) => tracing::warn!(%kid, %error, "skipping unusable JWKS key"),
+            }
+        }
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        *last_fetch = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Paths that never need a token: health checks, reflection, and well-known
+/// HTTP documents such as the JWKS.
+const ALWAYS_PUBLIC_PREFIXES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/.well-known/",
+];
+
+/// A tower layer that refuses protected gRPC methods without a valid bearer
+/// token and attaches the verified [`Claims`] to the request.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<TokenVerifier>,
+    public_methods: Arc<Vec<String>>,
+}
+
+impl AuthLayer {
+    /// Every method is protected except the always-public ones and
+    /// `public_methods`, given as full paths (`/munity.users.v1.Users/Login`).
+    pub fn new(
+        verifier: Arc<TokenVerifier>,
+        public_methods: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        AuthLayer {
+            verifier,
+            public_methods: Arc::new(public_methods.into_iter().map(Into::into).collect()),
+        }
+    }
+
+    fn is_public(&self, path: &str) -> bool {
+        ALWAYS_PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p))
+            || self.public_methods.iter().any(|m| m == path)
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around a server.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+/// The token in an `authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("authorization header is not text".to_owned()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| AuthError::Malformed("expected `Bearer <token>`".to_owned()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Malformed("expected `Bearer <token>`".to_owned()));
+    }
+    Ok(token.trim())
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AuthService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        if self.layer.is_public(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The clone takes over the readiness reserved by poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let verifier = self.layer.verifier.clone();
+        Box::pin(async move {
+            let verified = match bearer_token(request.headers()) {
+                Ok(token) => verifier.verify(token).await,
+                Err(error) => Err(error),
+            };
+            match verified {
+                Ok(claims) => {
+                    request.extensions_mut().insert(claims);
+                    inner.call(request).await
+                }
+                Err(error) => {
+                    tracing::debug!(%error, path = %request.uri().path(), "refused unauthenticated call");
+                    Ok(Status::from(error).into_http())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,242 @@
+//! Layered, typed configuration: built-in defaults, then an optional TOML
+//! file, then `MUNITY_*` environment variables.
+//!
+//! Every service owns one struct for its own section (`[users]`, ...) and
+//! reads it with [`load_section`]. Nested keys are separated by a double
+//! underscore in the environment: `MUNITY_USERS__LISTEN=0.0.0.0:50051` sets
+//! `users.listen`, `MUNITY_TELEMETRY__LOG_FORMAT=json` sets
+//! `telemetry.log_format`. A bad value is reported with the full key path, e.g.
+//! `invalid type: found string "x", expected u64 for key "users.tokens.access_ttl_secs"`.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The environment variable that names the config file when no `--config`
+/// flag is given.
+pub const CONFIG_FILE_ENV: &str = "MUNITY_CONFIG";
+
+/// Why configuration could not be loaded. The message names the offending key
+/// (or file), so an operator can fix it without reading code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+/// Lists every error (figment's Display shows only the first), each with the
+/// full key as an operator writes it (`users.tokens.access_ttl_secs`) and
+/// where the bad value came from (file or environment).
+fn section_error(section: &str, error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key: Vec<&str> = std::iter::once(section)
+                .chain(e.path.iter().map(String::as_str))
+                .collect();
+            let origin = match &e.metadata {
+                Some(metadata) => match &metadata.source {
+                    Some(source) => format!(" (from {} {source})", metadata.name),
+                    None => format!(" (from {})", metadata.name),
+                },
+                None => String::new(),
+            };
+            format!("{}: {}{origin}", key.join("."), e.kind)
+        })
+        .collect();
+    ConfigError::Invalid(messages.join("; "))
+}
+
+/// The layered sources, ready to extract sections from. Build it once at
+/// start-up and pass it around; extracting is cheap.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    figment: Figment,
+}
+
+impl ConfigSource {
+    /// Reads `file` (or `$MUNITY_CONFIG` when `file` is `None`) and the
+    /// `MUNITY_*` environment. A file given explicitly must exist; with no file
+    /// at all, defaults and the environment are used.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let from_env = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        let mut figment = Figment::new();
+        if let Some(path) = file.map(Path::to_path_buf).or(from_env) {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile { path });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(ConfigSource {
+            figment: figment.merge(Env::prefixed("MUNITY_").split("__")),
+        })
+    }
+
+    /// Adds overrides on top of everything else (command-line flags, or tests
+    /// that pin ports and directories).
+    pub fn with_override(mut self, key: &str, value: impl Serialize) -> Self {
+        self.figment = self.figment.merge(Serialized::global(key, value));
+        self
+    }
+
+    /// One section, e.g. `[users]` into `UsersConfig`. The struct should be
+    /// `#[serde(default)]` so that keys missing from every source keep their
+    /// default; a section nobody mentions is entirely the default.
+    pub fn section<T>(&self, name: &str) -> Result<T, ConfigError>
+    where
+        T: DeserializeOwned + Default,
+    {
+        if self.figment.find_value(name).is_err() {
+            return Ok(T::default());
+        }
+        self.figment
+            .focus(name)
+            .extract()
+            .map_err(|error| section_error(name, error))
+    }
+}
+
+/// Shorthand for [`ConfigSource::load`] followed by [`ConfigSource::section`].
+pub fn load_section<T>(file: Option<&Path>, name: &str) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Default,
+{
+    ConfigSource::load(file)?.section(name)
+}
+
+/// Where a service keeps its data.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StorageConfig {
+    /// An embedded on-disk store under `path`: nothing to install.
+    Embedded { path: PathBuf },
+    /// ScyllaDB (or any server speaking CQL v4).
+    Cql(CqlConfig),
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig::Embedded {
+            path: PathBuf::from("munity-data"),
+        }
+    }
+}
+
+/// How to reach a ScyllaDB cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CqlConfig {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    /// The keyspace the service's tables live in; created when missing.
+    pub keyspace: String,
+    /// Replication factor used when the keyspace is created.
+    pub replication_factor: u32,
+    /// Credentials for PasswordAuthenticator, when the cluster needs them.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Per-request timeout, in milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for CqlConfig {
+    fn default() -> Self {
+        CqlConfig {
+            nodes: vec!["127.0.0.1:9042".to_owned()],
+            keyspace: "munity".to_owned(),
+            replication_factor: 1,
+            username: None,
+            password: None,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Example {
+        listen: String,
+        limit: u64,
+        storage: StorageConfig,
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("munity.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn file_values_override_defaults_and_missing_section_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[example]\nlimit = 7\n[example.storage]\nbackend = \"cql\"\nkeyspace = \"k\"\n",
+        );
+        let source = ConfigSource::load(Some(&path)).unwrap();
+        let example: Example = source.section("example").unwrap();
+        assert_eq!(example.limit, 7);
+        assert_eq!(example.listen, "");
+        match example.storage {
+            StorageConfig::Cql(cql) => {
+                assert_eq!(cql.keyspace, "k");
+                assert_eq!(cql.nodes, vec!["127.0.0.1:9042".to_owned()]);
+            }
+            other => panic!("expected cql storage, got {other:?}"),
+        }
+        let absent: Example = source.section("absent").unwrap();
+        assert_eq!(absent, Example::default());
+    }
+
+    #[test]
+    fn bad_value_names_the_full_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[example]\nlimit = \"lots\"\n");
+        let error = ConfigSource::load(Some(&path))
+            .unwrap()
+            .section::<Example>("example")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("example.limit"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[example]\nlimmit = 3\n");
+        let error = ConfigSource::load(Some(&path))
+            .unwrap()
+            .section::<Example>("example")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("limmit"), "{error}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[example]\nlimit = 7\n");
+        let example: Example = ConfigSource::load(Some(&path))
+            .unwrap()
+            .with_override("example.limit", 9)
+            .section("example")
+            .unwrap();
+        assert_eq!(example.limit, 9);
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let error = ConfigSource::load(Some(Path::new("/nonexistent/munity.toml"))).unwrap_err();
+        assert!(matches!(error, ConfigError::MissingFile { .. }));
+    }
+}

@@ -1,0 +1,238 @@
+//! Serving gRPC the same way in every service.
+//!
+//! [`GrpcHost`] puts a service's gRPC handlers behind the platform's layers
+//! (trace context, then authentication), adds `grpc.health.v1` and server
+//! reflection, accepts plain HTTP routes on the same port (e.g. the JWKS
+//! document), and serves on a listener the caller bound, so a binary and a
+//! test on port 0 start it alike. Shutdown marks every service NOT_SERVING,
+//! stops accepting, and lets in-flight calls finish.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::response::IntoResponse;
+use futures::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::{auth::AuthLayer, telemetry};
+
+/// One gRPC server: handlers, health, reflection and the platform layers.
+pub struct GrpcHost {
+    routes: RoutesBuilder,
+    http: axum::Router,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+    auth: Option<AuthLayer>,
+}
+
+impl Default for GrpcHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GrpcHost {
+    pub fn new() -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(munity_proto::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .expect("the compiled descriptor set is valid"),
+        );
+        routes.add_service(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(munity_proto::FILE_DESCRIPTOR_SET)
+                .build_v1alpha()
+                .expect("the compiled descriptor set is valid"),
+        );
+        GrpcHost {
+            routes,
+            http: axum::Router::new(),
+            health,
+            service_names: Vec::new(),
+            auth: None,
+        }
+    }
+
+    /// Adds a generated tonic server; its health is reported under its full
+    /// name (e.g. `munity.users.v1.Users`).
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<http::Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Serves plain HTTP on the same port, e.g. `GET /.well-known/jwks.json`.
+    pub fn add_http_route(mut self, path: &str, route: axum::routing::MethodRouter) -> Self {
+        self.http = self.http.route(path, route);
+        self
+    }
+
+    /// Refuses protected methods without a valid access token.
+    pub fn with_auth(mut self, auth: AuthLayer) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let health = self.health.clone();
+        for name in &self.service_names {
+            health
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        health.set_service_status("", ServingStatus::Serving).await;
+
+        let names = self.service_names.clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Tell health checkers first, so balancers stop sending new calls.
+            for name in names {
+                health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        };
+
+        let routes = Routes::from(self.routes.routes().into_axum_router().merge(self.http));
+        Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .layer(TraceLayer)
+            .layer(OptionalAuthLayer(self.auth))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// [`AuthLayer`] when configured, a pass-through otherwise.
+#[derive(Clone)]
+struct OptionalAuthLayer(Option<AuthLayer>);
+
+impl<S> Layer<S> for OptionalAuthLayer {
+    type Service = tower::util::Either<crate::auth::AuthService<S>, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match &self.0 {
+            Some(auth) => tower::util::Either::Left(auth.layer(inner)),
+            None => tower::util::Either::Right(inner),
+        }
+    }
+}
+
+/// Opens a span per call, continuing the caller's trace when the request
+/// carries W3C trace context, and logs how each call ended.
+#[derive(Clone, Copy)]
+struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService { inner }
+    }
+}
+
+#[derive(Clone)]
+struct TraceService<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for TraceService<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        telemetry::set_parent_from_headers(&span, request.headers());
+        let started = Instant::now();
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(
+            async move {
+                let result = future.await;
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                match &result {
+                    Ok(response) => {
+                        // A handler error comes back "trailers-only": its
+                        // grpc-status is in the headers. Streams report it in
+                        // trailers, after this point.
+                        let code = response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("0");
+                        tracing::Span::current().record("rpc.grpc.status_code", code);
+                        tracing::debug!(grpc_status = code, elapsed_us, "call answered");
+                    }
+                    Err(error) => tracing::warn!(%error, elapsed_us, "call failed"),
+                }
+                result
+            }
+            .instrument(span),
+        )
+    }
+}

@@ -1,0 +1,159 @@
+//! Logs and traces, set up once per process.
+//!
+//! Logs go to stdout as human-readable lines or JSON. When an OTLP endpoint is
+//! configured, spans are also exported (gRPC/OTLP, e.g. to Grafana Tempo)
+//! through tracing-opentelemetry. W3C trace context (`traceparent`,
+//! `tracestate`) is read from incoming gRPC metadata by [`crate::server`]'s
+//! trace layer and written to outgoing metadata by [`inject_trace_context`],
+//! so one trace follows a request across services.
+
+use opentelemetry::{
+    global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// `[telemetry]` section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `pretty` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// A tracing `EnvFilter` directive, e.g. `info,users_svc=debug`.
+    /// `RUST_LOG`, when set, wins.
+    pub log_filter: String,
+    /// OTLP/gRPC collector endpoint, e.g. `http://tempo:4317`. Tracing export
+    /// is off when empty.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Pretty,
+            log_filter: "info".to_owned(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Keeps the trace exporter alive; flushes buffered spans when dropped, so
+/// hold it until `main` returns.
+#[must_use = "spans are flushed when the guard drops"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("munity: flushing traces failed: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber for `service_name`. Calling it again in the
+/// same process (tests that start several services) keeps the first setup.
+pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_filter))
+        .map_err(|e| anyhow::anyhow!("telemetry.log_filter {:?}: {e}", config.log_filter))?;
+
+    let fmt_layer = match config.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+    };
+
+    let provider = match config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => {
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name(service_name.to_owned())
+                        .build(),
+                )
+                .build();
+            global::set_tracer_provider(provider.clone());
+            Some(provider)
+        }
+        None => None,
+    };
+    let otel_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name.to_owned()))
+    });
+
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init()
+        .is_ok();
+    Ok(TelemetryGuard {
+        provider: provider.filter(|_| installed),
+    })
+}
+
+/// Reads W3C trace context from request headers (gRPC metadata) and makes it
+/// the parent of `span`.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    // Fails only when the span is disabled; nothing to link then.
+    let _ = span.set_parent(parent);
+}
+
+/// Writes the current span's trace context into outgoing request headers, so
+/// the callee's spans join this trace. Use it in client interceptors.
+pub fn inject_trace_context(headers: &mut http::HeaderMap) {
+    let context = tracing::Span::current().context();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Munity's wire contracts, generated from `proto/munity/<service>/v1/*.proto`.
+//!
+//! Every crate that speaks gRPC depends on this one, so the protos are compiled
+//! exactly once per build. [`FILE_DESCRIPTOR_SET`] feeds server reflection,
+//! which lets grpcurl and other generic clients call Munity without `.proto`
+//! files.
+
+#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+/// The encoded `google.protobuf.FileDescriptorSet` of every Munity proto and
+/// its imports.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/munity_descriptor.bin"));
+
+/// `munity.users.v1`: accounts, sessions, signing keys, roles, communities.
+pub mod users {
+    pub mod v1 {
+        tonic::include_proto!("munity.users.v1");
+    }
+}

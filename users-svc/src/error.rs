@@ -1,0 +1,65 @@
+//! users-svc's domain errors, mapped to gRPC status codes in one place.
+
+use munity_platform::error::{FieldViolations, internal, invalid_argument, unavailable};
+use tonic::Status;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("invalid request: {0}")]
+    InvalidInput(#[from] FieldViolations),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("wrong email or password")]
+    BadCredentials,
+    #[error("the refresh token is invalid or expired")]
+    InvalidRefreshToken,
+    #[error("the refresh token was already used; its session has been revoked")]
+    RefreshTokenReused,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl UsersError {
+    /// One violation on one field.
+    pub fn invalid(field: &str, description: &str) -> Self {
+        let mut violations = FieldViolations::new();
+        violations.add(field, description);
+        UsersError::InvalidInput(violations)
+    }
+}
+
+impl From<UsersError> for Status {
+    fn from(error: UsersError) -> Self {
+        match error {
+            UsersError::InvalidInput(violations) => invalid_argument(&violations),
+            UsersError::EmailTaken => Status::already_exists(error.to_string()),
+            UsersError::BadCredentials
+            | UsersError::InvalidRefreshToken
+            | UsersError::RefreshTokenReused => Status::unauthenticated(error.to_string()),
+            UsersError::NotFound(_) => Status::not_found(error.to_string()),
+            UsersError::PermissionDenied(message) => Status::permission_denied(message),
+            UsersError::FailedPrecondition(message) => Status::failed_precondition(message),
+            UsersError::Store(StoreError::Conflict(what)) => {
+                Status::already_exists(format!("{what} already exists"))
+            }
+            UsersError::Store(StoreError::NotFound(what)) => {
+                Status::not_found(format!("{what} not found"))
+            }
+            UsersError::Store(StoreError::Unavailable(cause)) => {
+                unavailable("storage is unavailable", &cause)
+            }
+            UsersError::Store(StoreError::Internal(cause)) => internal("storage failed", &cause),
+            UsersError::Internal(cause) => internal("internal error", &cause),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! users-svc: accounts, sessions, signing keys, roles and communities
+//! (`munity.users.v1`).
+//!
+//! Layout, one layer per file:
+//! - `config.rs`: the `[users]` section.
+//! - `domain.rs`: stored records and input rules.
+//! - `store/`: the repository trait and its two backends (embedded redb,
+//!   ScyllaDB), held to one contract by `tests/repository_contract.rs`.
+//! - `passwords.rs`: Argon2id hashing.
+//! - `keys.rs`: Ed25519 signing keys, rotation, the JWKS.
+//! - `api.rs`: the gRPC service.
+//! - `error.rs`: domain errors and their gRPC status codes.
+//!
+//! [`run`] serves on a listener the caller bound, until the shutdown token
+//! fires; `main.rs` and `munity dev` and the tests all start it that way.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod keys;
+pub mod passwords;
+pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Json, routing::get};
+use munity_platform::{
+    auth::{AuthConfig, AuthLayer, TokenVerifier, VerifierSettings},
+    server::GrpcHost,
+    shutdown::ShutdownToken,
+};
+use munity_proto::users::v1::users_server::UsersServer;
+use tokio::net::TcpListener;
+
+pub use config::UsersConfig;
+
+/// Largest request users-svc accepts. Its messages are a few short strings;
+/// anything near this is abuse.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Serves users-svc on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: UsersConfig,
+    auth: AuthConfig,
+    listener: TcpListener,
+    shutdown: ShutdownToken,
+) -> anyhow::Result<()> {
+    let repo = store::open(&config.storage).await?;
+    let access_ttl = Duration::from_secs(config.tokens.access_ttl_secs);
+    // Keep retired keys published for as long as tokens they signed live.
+    let publish_grace =
+        access_ttl + Duration::from_secs(auth.leeway_secs) + Duration::from_secs(60);
+    let keys = keys::KeyManager::load(repo.clone(), publish_grace).await?;
+    keys.spawn_reloader(
+        Duration::from_secs(config.tokens.key_reload_secs.max(1)),
+        shutdown.clone(),
+    );
+
+    let verifier = Arc::new(TokenVerifier::new(
+        keys.clone(),
+        VerifierSettings {
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: Duration::from_secs(auth.leeway_secs),
+            min_refetch_interval: Duration::from_millis(200),
+        },
+    ));
+
+    let api = api::UsersApi::new(repo, keys.clone(), &config, &auth);
+    let jwks_keys = keys.clone();
+    GrpcHost::new()
+        .add_service(UsersServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_http_route(
+            "/.well-known/jwks.json",
+            get(move || {
+                let keys = jwks_keys.clone();
+                async move { Json(keys.jwks_json()) }
+            }),
+        )
+        .with_auth(AuthLayer::new(
+            verifier,
+            api::PUBLIC_METHODS.iter().copied(),
+        ))
+        .serve(listener, shutdown.cancelled_owned())
+        .await
+}

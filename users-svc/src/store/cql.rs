@@ -1,0 +1,662 @@
+//! The ScyllaDB backend, through the `scylla` crate.
+//!
+//! Schema is created at start-up by idempotent statements. Every statement is
+//! prepared once. Uniqueness and single-use rules are lightweight
+//! transactions (`IF NOT EXISTS`, `IF used = false`, `IF EXISTS`), so two
+//! replicas racing for the same email or refresh token cannot both win.
+//! Listings page by partition token (`token(id) > token(?)`), a stable order
+//! that needs no secondary index. Refresh tokens carry a TTL so expired ones
+//! disappear on their own.
+//!
+//! Verified against Apache Cassandra 5.0 (same CQL protocol); only portable
+//! CQL is used: no `USING TIMEOUT`, no tablets-specific options.
+
+use munity_platform::{config::CqlConfig, cql};
+use scylla::{
+    DeserializeRow,
+    client::session::Session,
+    errors::ExecutionError,
+    response::query_result::QueryResult,
+    serialize::row::SerializeRow,
+    statement::prepared::PreparedStatement,
+    value::{CqlTimestamp, CqlValue, Row},
+};
+use uuid::Uuid;
+
+use super::{Page, StoreError, StoreResult, UsersRepository, page_from};
+use crate::domain::{
+    CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role, SessionRecord,
+    SigningKeyRecord, UserRecord, now_millis,
+};
+
+/// Tables, in the order they are created. Each statement is idempotent.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS users (
+        id uuid PRIMARY KEY,
+        email text,
+        display_name text,
+        password_hash text,
+        roles set<text>,
+        created_at timestamp)",
+    "CREATE TABLE IF NOT EXISTS users_by_email (
+        email text PRIMARY KEY,
+        user_id uuid)",
+    "CREATE TABLE IF NOT EXISTS sessions (
+        id uuid PRIMARY KEY,
+        user_id uuid,
+        created_at timestamp,
+        revoked boolean)",
+    "CREATE TABLE IF NOT EXISTS refresh_tokens (
+        token_hash text PRIMARY KEY,
+        session_id uuid,
+        user_id uuid,
+        expires_at timestamp,
+        used boolean)",
+    "CREATE TABLE IF NOT EXISTS signing_keys (
+        kid text PRIMARY KEY,
+        secret blob,
+        created_at timestamp,
+        retired_at timestamp)",
+    "CREATE TABLE IF NOT EXISTS communities (
+        id uuid PRIMARY KEY,
+        name text,
+        description text,
+        owner_id uuid,
+        created_at timestamp)",
+    "CREATE TABLE IF NOT EXISTS community_members (
+        community_id uuid,
+        user_id uuid,
+        role text,
+        joined_at timestamp,
+        PRIMARY KEY ((community_id), user_id))",
+];
+
+const USER_COLUMNS: &str = "id, email, display_name, password_hash, roles, created_at";
+const COMMUNITY_COLUMNS: &str = "id, name, description, owner_id, created_at";
+const MEMBER_COLUMNS: &str = "community_id, user_id, role, joined_at";
+const TOKEN_COLUMNS: &str = "token_hash, session_id, user_id, expires_at, used";
+
+struct Statements {
+    claim_email: PreparedStatement,
+    release_email: PreparedStatement,
+    insert_user: PreparedStatement,
+    get_user: PreparedStatement,
+    get_user_id_by_email: PreparedStatement,
+    update_user: PreparedStatement,
+    list_users_first: PreparedStatement,
+    list_users_after: PreparedStatement,
+    insert_session: PreparedStatement,
+    get_session: PreparedStatement,
+    revoke_session: PreparedStatement,
+    insert_token: PreparedStatement,
+    get_token: PreparedStatement,
+    consume_token: PreparedStatement,
+    list_keys: PreparedStatement,
+    insert_key: PreparedStatement,
+    retire_key: PreparedStatement,
+    insert_community: PreparedStatement,
+    get_community: PreparedStatement,
+    list_communities_first: PreparedStatement,
+    list_communities_after: PreparedStatement,
+    insert_member: PreparedStatement,
+    get_member: PreparedStatement,
+    update_member: PreparedStatement,
+    delete_member: PreparedStatement,
+    list_members_first: PreparedStatement,
+    list_members_after: PreparedStatement,
+}
+
+/// The ScyllaDB-backed repository.
+pub struct CqlStore {
+    session: Session,
+    statements: Statements,
+}
+
+impl CqlStore {
+    /// Connects, creates the keyspace and tables when missing, and prepares
+    /// every statement.
+    pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
+        let session = cql::connect(config, SCHEMA).await?;
+        let statements = Statements::prepare(&session).await?;
+        Ok(CqlStore {
+            session,
+            statements,
+        })
+    }
+
+    async fn execute(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StoreResult<QueryResult> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(execution_error)
+    }
+
+    /// Runs a lightweight transaction; true when it was applied.
+    async fn execute_lwt(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StoreResult<bool> {
+        let result = self.execute(statement, values).await?;
+        let rows = result.into_rows_result().map_err(internal)?;
+        let row: Row = rows.first_row().map_err(internal)?;
+        match row.columns.first() {
+            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(StoreError::Internal(format!(
+                "lightweight transaction answered without [applied]: {other:?}"
+            ))),
+        }
+    }
+
+    async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        let result = self.execute(statement, values).await?;
+        let rows = result.into_rows_result().map_err(internal)?;
+        rows.rows::<R>()
+            .map_err(internal)?
+            .collect::<Result<Vec<R>, _>>()
+            .map_err(internal)
+    }
+
+    async fn maybe_row<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StoreResult<Option<R>>
+    where
+        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
+    {
+        Ok(self.rows(statement, values).await?.into_iter().next())
+    }
+}
+
+impl Statements {
+    async fn prepare(session: &Session) -> Result<Self, ExecutionError> {
+        let p = |cql: String| async move { session.prepare(cql).await };
+        Ok(Statements {
+            claim_email: p("INSERT INTO users_by_email (email, user_id) VALUES (?, ?) IF NOT EXISTS".into()).await?,
+            release_email: p("DELETE FROM users_by_email WHERE email = ? IF user_id = ?".into()).await?,
+            insert_user: p(format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)")).await?,
+            get_user: p(format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?")).await?,
+            get_user_id_by_email: p("SELECT user_id FROM users_by_email WHERE email = ?".into()).await?,
+            update_user: p("UPDATE users SET display_name = ?, roles = ? WHERE id = ? IF EXISTS".into()).await?,
+            list_users_first: p(format!("SELECT {USER_COLUMNS} FROM users LIMIT ?")).await?,
+            list_users_after: p(format!("SELECT {USER_COLUMNS} FROM users WHERE token(id) > token(?) LIMIT ?")).await?,
+            insert_session: p("INSERT INTO sessions (id, user_id, created_at, revoked) VALUES (?, ?, ?, ?)".into()).await?,
+            get_session: p("SELECT id, user_id, created_at, revoked FROM sessions WHERE id = ?".into()).await?,
+            revoke_session: p("UPDATE sessions SET revoked = true WHERE id = ? IF EXISTS".into()).await?,
+            insert_token: p(format!("INSERT INTO refresh_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?) USING TTL ?")).await?,
+            get_token: p(format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = ?")).await?,
+            consume_token: p("UPDATE refresh_tokens USING TTL ? SET used = true WHERE token_hash = ? IF used = false".into()).await?,
+            list_keys: p("SELECT kid, secret, created_at, retired_at FROM signing_keys".into()).await?,
+            insert_key: p("INSERT INTO signing_keys (kid, secret, created_at, retired_at) VALUES (?, ?, ?, ?) IF NOT EXISTS".into()).await?,
+            retire_key: p("UPDATE signing_keys SET retired_at = ? WHERE kid = ? IF retired_at = null".into()).await?,
+            insert_community: p(format!("INSERT INTO communities ({COMMUNITY_COLUMNS}) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            get_community: p(format!("SELECT {COMMUNITY_COLUMNS} FROM communities WHERE id = ?")).await?,
+            list_communities_first: p(format!("SELECT {COMMUNITY_COLUMNS} FROM communities LIMIT ?")).await?,
+            list_communities_after: p(format!("SELECT {COMMUNITY_COLUMNS} FROM communities WHERE token(id) > token(?) LIMIT ?")).await?,
+            insert_member: p(format!("INSERT INTO community_members ({MEMBER_COLUMNS}) VALUES (?, ?, ?, ?) IF NOT EXISTS")).await?,
+            get_member: p(format!("SELECT {MEMBER_COLUMNS} FROM community_members WHERE community_id = ? AND user_id = ?")).await?,
+            update_member: p("UPDATE community_members SET role = ? WHERE community_id = ? AND user_id = ? IF EXISTS".into()).await?,
+            delete_member: p("DELETE FROM community_members WHERE community_id = ? AND user_id = ? IF EXISTS".into()).await?,
+            list_members_first: p(format!("SELECT {MEMBER_COLUMNS} FROM community_members WHERE community_id = ? LIMIT ?")).await?,
+            list_members_after: p(format!("SELECT {MEMBER_COLUMNS} FROM community_members WHERE community_id = ? AND user_id > ? LIMIT ?")).await?,
+        })
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(error.to_string())
+}
+
+/// Timeouts and unreachable nodes are worth a retry; the rest is not.
+fn execution_error(error: ExecutionError) -> StoreError {
+    match &error {
+        ExecutionError::RequestTimeout(_)
+        | ExecutionError::ConnectionPoolError(_)
+        | ExecutionError::LastAttemptError(_) => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+fn ts(millis: Millis) -> CqlTimestamp {
+    CqlTimestamp(millis)
+}
+
+/// `LIMIT` takes a CQL int.
+fn limit_plus_one(limit: usize) -> i32 {
+    i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX)
+}
+
+#[derive(DeserializeRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    display_name: String,
+    password_hash: String,
+    // An empty set is stored as null in CQL.
+    roles: Option<Vec<String>>,
+    created_at: CqlTimestamp,
+}
+
+impl From<UserRow> for UserRecord {
+    fn from(row: UserRow) -> Self {
+        UserRecord {
+            id: row.id,
+            email: row.email,
+            display_name: row.display_name,
+            password_hash: row.password_hash,
+            roles: row
+                .roles
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|r| Role::parse(r))
+                .collect(),
+            created_at: row.created_at.0,
+        }
+    }
+}
+
+fn role_names(roles: &[Role]) -> Vec<String> {
+    roles.iter().map(|r| r.as_str().to_owned()).collect()
+}
+
+#[derive(DeserializeRow)]
+struct SessionRow {
+    id: Uuid,
+    user_id: Uuid,
+    created_at: CqlTimestamp,
+    revoked: Option<bool>,
+}
+
+#[derive(DeserializeRow)]
+struct TokenRow {
+    token_hash: String,
+    session_id: Uuid,
+    user_id: Uuid,
+    expires_at: CqlTimestamp,
+    used: Option<bool>,
+}
+
+impl From<TokenRow> for RefreshTokenRecord {
+    fn from(row: TokenRow) -> Self {
+        RefreshTokenRecord {
+            token_hash: row.token_hash,
+            session_id: row.session_id,
+            user_id: row.user_id,
+            expires_at: row.expires_at.0,
+            used: row.used.unwrap_or(false),
+        }
+    }
+}
+
+#[derive(DeserializeRow)]
+struct KeyRow {
+    kid: String,
+    secret: Vec<u8>,
+    created_at: CqlTimestamp,
+    retired_at: Option<CqlTimestamp>,
+}
+
+#[derive(DeserializeRow)]
+struct CommunityRow {
+    id: Uuid,
+    name: String,
+    description: Option<String>,
+    owner_id: Uuid,
+    created_at: CqlTimestamp,
+}
+
+impl From<CommunityRow> for CommunityRecord {
+    fn from(row: CommunityRow) -> Self {
+        CommunityRecord {
+            id: row.id,
+            name: row.name,
+            description: row.description.unwrap_or_default(),
+            owner_id: row.owner_id,
+            created_at: row.created_at.0,
+        }
+    }
+}
+
+#[derive(DeserializeRow)]
+struct MemberRow {
+    community_id: Uuid,
+    user_id: Uuid,
+    role: String,
+    joined_at: CqlTimestamp,
+}
+
+impl TryFrom<MemberRow> for MembershipRecord {
+    type Error = StoreError;
+
+    fn try_from(row: MemberRow) -> Result<Self, StoreError> {
+        Ok(MembershipRecord {
+            community_id: row.community_id,
+            user_id: row.user_id,
+            role: MemberRole::parse(&row.role).ok_or_else(|| {
+                StoreError::Internal(format!("unknown member role {:?} in storage", row.role))
+            })?,
+            joined_at: row.joined_at.0,
+        })
+    }
+}
+
+/// Seconds until `expires_at`, at least one (CQL refuses a TTL of 0 as
+/// "no TTL").
+fn ttl_until(expires_at: Millis) -> i32 {
+    let seconds = (expires_at - now_millis()).div_euclid(1000);
+    i32::try_from(seconds.max(1)).unwrap_or(i32::MAX)
+}
+
+#[async_trait::async_trait]
+impl UsersRepository for CqlStore {
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let s = &self.statements;
+        if !self
+            .execute_lwt(&s.claim_email, (&user.email, user.id))
+            .await?
+        {
+            return Err(StoreError::Conflict("email"));
+        }
+        let row = (
+            user.id,
+            &user.email,
+            &user.display_name,
+            &user.password_hash,
+            role_names(&user.roles),
+            ts(user.created_at),
+        );
+        if let Err(error) = self.execute(&s.insert_user, row).await {
+            // Give the email back so the account can be registered again.
+            let _ = self
+                .execute_lwt(&s.release_email, (&user.email, user.id))
+                .await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
+        Ok(self
+            .maybe_row::<UserRow>(&self.statements.get_user, (id,))
+            .await?
+            .map(UserRecord::from))
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let id: Option<(Uuid,)> = self
+            .maybe_row(&self.statements.get_user_id_by_email, (email,))
+            .await?;
+        match id {
+            Some((id,)) => self.get_user(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let values = (&user.display_name, role_names(&user.roles), user.id);
+        if self
+            .execute_lwt(&self.statements.update_user, values)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("user"))
+        }
+    }
+
+    async fn list_users(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Page<UserRecord>> {
+        let s = &self.statements;
+        let rows: Vec<UserRow> = match after {
+            None => {
+                self.rows(&s.list_users_first, (limit_plus_one(limit),))
+                    .await?
+            }
+            Some(after) => {
+                self.rows(&s.list_users_after, (after, limit_plus_one(limit)))
+                    .await?
+            }
+        };
+        let users = rows.into_iter().map(UserRecord::from).collect();
+        Ok(page_from(users, limit, |u: &UserRecord| u.id))
+    }
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let values = (
+            session.id,
+            session.user_id,
+            ts(session.created_at),
+            session.revoked,
+        );
+        self.execute(&self.statements.insert_session, values)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
+        let row: Option<SessionRow> = self.maybe_row(&self.statements.get_session, (id,)).await?;
+        Ok(row.map(|row| SessionRecord {
+            id: row.id,
+            user_id: row.user_id,
+            created_at: row.created_at.0,
+            revoked: row.revoked.unwrap_or(false),
+        }))
+    }
+
+    async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {
+        // Not applied means there was no such session: nothing to revoke.
+        self.execute_lwt(&self.statements.revoke_session, (id,))
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()> {
+        let values = (
+            &token.token_hash,
+            token.session_id,
+            token.user_id,
+            ts(token.expires_at),
+            token.used,
+            ttl_until(token.expires_at),
+        );
+        self.execute(&self.statements.insert_token, values).await?;
+        Ok(())
+    }
+
+    async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>> {
+        Ok(self
+            .maybe_row::<TokenRow>(&self.statements.get_token, (token_hash,))
+            .await?
+            .map(RefreshTokenRecord::from))
+    }
+
+    async fn consume_refresh_token(&self, token_hash: &str) -> StoreResult<bool> {
+        // The row's TTL must carry over to the updated column, or `used`
+        // would outlive the token and leave a stub row behind.
+        let Some(token) = self.get_refresh_token(token_hash).await? else {
+            return Ok(false);
+        };
+        self.execute_lwt(
+            &self.statements.consume_token,
+            (ttl_until(token.expires_at), token_hash),
+        )
+        .await
+    }
+
+    async fn list_signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        let rows: Vec<KeyRow> = self.rows(&self.statements.list_keys, ()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SigningKeyRecord {
+                kid: row.kid,
+                secret: row.secret,
+                created_at: row.created_at.0,
+                retired_at: row.retired_at.map(|t| t.0),
+            })
+            .collect())
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
+        let values = (
+            &key.kid,
+            &key.secret,
+            ts(key.created_at),
+            key.retired_at.map(ts),
+        );
+        if self
+            .execute_lwt(&self.statements.insert_key, values)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict("signing key"))
+        }
+    }
+
+    async fn retire_signing_keys_except(&self, keep_kid: &str, at: Millis) -> StoreResult<()> {
+        for key in self.list_signing_keys().await? {
+            if key.kid != keep_kid && key.retired_at.is_none() {
+                self.execute_lwt(&self.statements.retire_key, (ts(at), &key.kid))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_community(
+        &self,
+        community: &CommunityRecord,
+        owner: &MembershipRecord,
+    ) -> StoreResult<()> {
+        let values = (
+            community.id,
+            &community.name,
+            &community.description,
+            community.owner_id,
+            ts(community.created_at),
+        );
+        if !self
+            .execute_lwt(&self.statements.insert_community, values)
+            .await?
+        {
+            return Err(StoreError::Conflict("community"));
+        }
+        self.add_membership(owner).await?;
+        Ok(())
+    }
+
+    async fn get_community(&self, id: Uuid) -> StoreResult<Option<CommunityRecord>> {
+        Ok(self
+            .maybe_row::<CommunityRow>(&self.statements.get_community, (id,))
+            .await?
+            .map(CommunityRecord::from))
+    }
+
+    async fn list_communities(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<CommunityRecord>> {
+        let s = &self.statements;
+        let rows: Vec<CommunityRow> = match after {
+            None => {
+                self.rows(&s.list_communities_first, (limit_plus_one(limit),))
+                    .await?
+            }
+            Some(after) => {
+                self.rows(&s.list_communities_after, (after, limit_plus_one(limit)))
+                    .await?
+            }
+        };
+        let communities = rows.into_iter().map(CommunityRecord::from).collect();
+        Ok(page_from(communities, limit, |c: &CommunityRecord| c.id))
+    }
+
+    async fn add_membership(&self, membership: &MembershipRecord) -> StoreResult<MembershipRecord> {
+        let values = (
+            membership.community_id,
+            membership.user_id,
+            membership.role.as_str(),
+            ts(membership.joined_at),
+        );
+        if self
+            .execute_lwt(&self.statements.insert_member, values)
+            .await?
+        {
+            return Ok(membership.clone());
+        }
+        self.get_membership(membership.community_id, membership.user_id)
+            .await?
+            .ok_or_else(|| StoreError::Internal("membership vanished while joining".to_owned()))
+    }
+
+    async fn get_membership(
+        &self,
+        community_id: Uuid,
+        user_id: Uuid,
+    ) -> StoreResult<Option<MembershipRecord>> {
+        self.maybe_row::<MemberRow>(&self.statements.get_member, (community_id, user_id))
+            .await?
+            .map(MembershipRecord::try_from)
+            .transpose()
+    }
+
+    async fn update_membership(&self, membership: &MembershipRecord) -> StoreResult<()> {
+        let values = (
+            membership.role.as_str(),
+            membership.community_id,
+            membership.user_id,
+        );
+        if self
+            .execute_lwt(&self.statements.update_member, values)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound("membership"))
+        }
+    }
+
+    async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
+        self.execute_lwt(&self.statements.delete_member, (community_id, user_id))
+            .await
+    }
+
+    async fn list_members(
+        &self,
+        community_id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<MembershipRecord>> {
+        let s = &self.statements;
+        let rows: Vec<MemberRow> = match after {
+            None => {
+                self.rows(&s.list_members_first, (community_id, limit_plus_one(limit)))
+                    .await?
+            }
+            Some(after) => {
+                self.rows(
+                    &s.list_members_after,
+                    (community_id, after, limit_plus_one(limit)),
+                )
+                .await?
+            }
+        };
+        let members = rows
+            .into_iter()
+            .map(MembershipRecord::try_from)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(page_from(members, limit, |m: &MembershipRecord| m.user_id))
+    }
+}

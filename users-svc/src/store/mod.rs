@@ -1,0 +1,140 @@
+//! The users repository: one trait, two backends, one contract.
+//!
+//! - [`embedded::EmbeddedStore`] (the default): a redb file under the data
+//!   directory; crash-safe, nothing to install.
+//! - [`cql::CqlStore`]: ScyllaDB through the `scylla` crate, for scale-out.
+//!
+//! Both must behave identically; `tests/repository_contract.rs` runs one
+//! suite against each. Operations that must be atomic across concurrent
+//! replicas (unique emails, single-use refresh tokens, joining once) are
+//! compare-and-set operations here, so the service logic above never races.
+
+pub mod cql;
+pub mod embedded;
+
+use std::sync::Arc;
+
+use munity_platform::config::StorageConfig;
+use uuid::Uuid;
+
+use crate::domain::{
+    CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, SessionRecord, SigningKeyRecord,
+    UserRecord,
+};
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value is taken (e.g. the email of a new account).
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The store could not be reached in time; retrying may help.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: corruption, a bug, a schema mismatch.
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A page of a listing, in the backend's stable order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass to the next call to continue after the last item; `None` when
+    /// the listing is exhausted.
+    pub next_after: Option<Uuid>,
+}
+
+/// Everything users-svc stores.
+#[async_trait::async_trait]
+pub trait UsersRepository: Send + Sync + 'static {
+    /// Creates an account; `Conflict("email")` when the email is taken, even
+    /// when two replicas race for it.
+    async fn create_user(&self, user: &UserRecord) -> StoreResult<()>;
+    async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>>;
+    async fn get_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    /// Replaces the mutable fields (display name, roles) of an existing
+    /// account; `NotFound("user")` when there is none. The email and password
+    /// hash are not changed here.
+    async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Accounts after `after` (exclusive), at most `limit`.
+    async fn list_users(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Page<UserRecord>>;
+
+    async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
+    /// Marks the session revoked; revoking twice, or an unknown session, is
+    /// not an error.
+    async fn revoke_session(&self, id: Uuid) -> StoreResult<()>;
+
+    async fn insert_refresh_token(&self, token: &RefreshTokenRecord) -> StoreResult<()>;
+    async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>>;
+    /// Marks the token used. Returns true when this call did it, false when it
+    /// was already used (or is unknown): of two concurrent calls exactly one
+    /// gets true.
+    async fn consume_refresh_token(&self, token_hash: &str) -> StoreResult<bool>;
+
+    async fn list_signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
+    /// Stores a new key; `Conflict("signing key")` when the kid exists.
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
+    /// Sets `retired_at` on every key that has none, except `keep_kid`.
+    async fn retire_signing_keys_except(&self, keep_kid: &str, at: Millis) -> StoreResult<()>;
+
+    /// Creates a community with its owner as first member.
+    async fn create_community(
+        &self,
+        community: &CommunityRecord,
+        owner: &MembershipRecord,
+    ) -> StoreResult<()>;
+    async fn get_community(&self, id: Uuid) -> StoreResult<Option<CommunityRecord>>;
+    async fn list_communities(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<CommunityRecord>>;
+
+    /// Adds the membership unless the user is already a member; returns the
+    /// stored membership either way (so joining twice keeps the first role).
+    async fn add_membership(&self, membership: &MembershipRecord) -> StoreResult<MembershipRecord>;
+    async fn get_membership(
+        &self,
+        community_id: Uuid,
+        user_id: Uuid,
+    ) -> StoreResult<Option<MembershipRecord>>;
+    /// Changes the role of an existing membership; `NotFound("membership")`
+    /// otherwise.
+    async fn update_membership(&self, membership: &MembershipRecord) -> StoreResult<()>;
+    /// Returns whether there was a membership to remove.
+    async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool>;
+    /// Members ordered by user id, after `after` (exclusive), at most `limit`.
+    async fn list_members(
+        &self,
+        community_id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<MembershipRecord>>;
+}
+
+/// Opens the configured backend.
+pub async fn open(storage: &StorageConfig) -> anyhow::Result<Arc<dyn UsersRepository>> {
+    Ok(match storage {
+        StorageConfig::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
+        StorageConfig::Cql(cql) => Arc::new(cql::CqlStore::connect(cql).await?),
+    })
+}
+
+/// Turns "one more than asked" into a page: backends fetch `limit + 1` rows
+/// so they know whether another page follows without an extra query.
+pub(crate) fn page_from<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Uuid) -> Page<T> {
+    let next_after = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(&key)
+    } else {
+        None
+    };
+    Page { items, next_after }
+}

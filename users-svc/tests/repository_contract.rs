@@ -1,0 +1,356 @@
+//! One contract, every backend: the same cases run against the embedded
+//! store and against a real CQL server (Apache Cassandra 5.0 in CI, standing
+//! in for ScyllaDB; `scripts/cassandra.sh` starts it and `MUNITY_TEST_CQL`
+//! says where it is). With `CI=true` a missing CQL server fails the CQL
+//! cases instead of skipping them.
+
+use std::{collections::HashSet, sync::Arc};
+
+use munity_platform::config::CqlConfig;
+use users_svc::{
+    domain::{
+        CommunityRecord, MemberRole, MembershipRecord, RefreshTokenRecord, Role, SessionRecord,
+        SigningKeyRecord, UserRecord, now_millis,
+    },
+    store::{StoreError, UsersRepository, cql::CqlStore, embedded::EmbeddedStore},
+};
+use uuid::Uuid;
+
+type Repo = Arc<dyn UsersRepository>;
+
+async fn embedded() -> Option<(Repo, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    Some((Arc::new(store), Some(dir)))
+}
+
+/// One keyspace per test process; schema set-up is serialized because
+/// concurrent schema changes are slow and racy on Cassandra.
+async fn cql() -> Option<(Repo, Option<tempfile::TempDir>)> {
+    static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static KEYSPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+    let Some(nodes) = std::env::var("MUNITY_TEST_CQL").ok().filter(|v| !v.is_empty()) else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("MUNITY_TEST_CQL is not set: CI must run the CQL contract (start scripts/cassandra.sh)");
+        }
+        eprintln!("skipping: MUNITY_TEST_CQL is not set (run scripts/cassandra.sh start)");
+        return None;
+    };
+    let keyspace = KEYSPACE
+        .get_or_init(|| format!("contract_{}", now_millis()))
+        .clone();
+    let config = CqlConfig {
+        nodes: nodes.split(',').map(str::to_owned).collect(),
+        keyspace,
+        request_timeout_ms: 20_000,
+        ..CqlConfig::default()
+    };
+    let _guard = SETUP.lock().await;
+    let store = CqlStore::connect(&config)
+        .await
+        .expect("connect to the CQL test server");
+    Some((Arc::new(store), None))
+}
+
+fn user(email_prefix: &str) -> UserRecord {
+    let id = Uuid::now_v7();
+    UserRecord {
+        id,
+        email: format!("{email_prefix}-{}@example.com", id.simple()),
+        display_name: "Ada".to_owned(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+        roles: vec![Role::User],
+        created_at: now_millis(),
+    }
+}
+
+fn community(owner: Uuid) -> (CommunityRecord, MembershipRecord) {
+    let id = Uuid::now_v7();
+    let now = now_millis();
+    (
+        CommunityRecord {
+            id,
+            name: "Rustaceans".to_owned(),
+            description: "We meet on Tuesdays".to_owned(),
+            owner_id: owner,
+            created_at: now,
+        },
+        MembershipRecord {
+            community_id: id,
+            user_id: owner,
+            role: MemberRole::Owner,
+            joined_at: now,
+        },
+    )
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn users_round_trip(repo: Repo) {
+        let ada = user("ada");
+        repo.create_user(&ada).await.unwrap();
+        assert_eq!(repo.get_user(ada.id).await.unwrap(), Some(ada.clone()));
+        assert_eq!(repo.get_user_by_email(&ada.email).await.unwrap(), Some(ada.clone()));
+        assert_eq!(repo.get_user(Uuid::now_v7()).await.unwrap(), None);
+        assert_eq!(repo.get_user_by_email("nobody@example.com").await.unwrap(), None);
+    }
+
+    pub async fn email_is_unique_even_under_races(repo: Repo) {
+        let first = user("dup");
+        repo.create_user(&first).await.unwrap();
+        let mut second = user("dup2");
+        second.email = first.email.clone();
+        assert!(matches!(repo.create_user(&second).await, Err(StoreError::Conflict(_))));
+        // The loser's record must not have been written.
+        assert_eq!(repo.get_user(second.id).await.unwrap(), None);
+
+        let email = user("race").email;
+        let attempts = (0..6).map(|_| {
+            let repo = repo.clone();
+            let mut candidate = user("race");
+            candidate.email = email.clone();
+            tokio::spawn(async move { repo.create_user(&candidate).await.is_ok() })
+        });
+        let winners = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|won| *won.as_ref().unwrap())
+            .count();
+        assert_eq!(winners, 1, "exactly one concurrent registration wins");
+    }
+
+    pub async fn update_user_changes_name_and_roles_only(repo: Repo) {
+        let mut ada = user("upd");
+        repo.create_user(&ada).await.unwrap();
+        ada.display_name = "Countess".to_owned();
+        ada.set_role(Role::Admin, true);
+        repo.update_user(&ada).await.unwrap();
+        let stored = repo.get_user(ada.id).await.unwrap().unwrap();
+        assert_eq!(stored.display_name, "Countess");
+        assert_eq!(stored.roles, vec![Role::Admin, Role::User]);
+        assert_eq!(stored.email, ada.email);
+
+        let ghost = user("ghost");
+        assert!(matches!(repo.update_user(&ghost).await, Err(StoreError::NotFound(_))));
+    }
+
+    pub async fn list_users_pages_cover_everything_once(repo: Repo) {
+        let mut created = HashSet::new();
+        for _ in 0..7 {
+            let u = user("page");
+            repo.create_user(&u).await.unwrap();
+            created.insert(u.id);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = repo.list_users(after, 3).await.unwrap();
+            assert!(page.items.len() <= 3);
+            seen.extend(page.items.iter().map(|u| u.id));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let unique: HashSet<Uuid> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len(), "no user listed twice");
+        assert!(created.is_subset(&unique), "every user listed");
+    }
+
+    pub async fn sessions_revoke_idempotently(repo: Repo) {
+        let session = SessionRecord {
+            id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            created_at: now_millis(),
+            revoked: false,
+        };
+        repo.create_session(&session).await.unwrap();
+        assert_eq!(repo.get_session(session.id).await.unwrap(), Some(session.clone()));
+        repo.revoke_session(session.id).await.unwrap();
+        repo.revoke_session(session.id).await.unwrap();
+        assert!(repo.get_session(session.id).await.unwrap().unwrap().revoked);
+        repo.revoke_session(Uuid::now_v7()).await.unwrap();
+        assert_eq!(repo.get_session(Uuid::now_v7()).await.unwrap(), None);
+    }
+
+    pub async fn refresh_tokens_are_consumed_exactly_once(repo: Repo) {
+        let token = RefreshTokenRecord {
+            token_hash: format!("{:064x}", Uuid::now_v7().as_u128()),
+            session_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            expires_at: now_millis() + 3_600_000,
+            used: false,
+        };
+        repo.insert_refresh_token(&token).await.unwrap();
+        assert_eq!(repo.get_refresh_token(&token.token_hash).await.unwrap(), Some(token.clone()));
+
+        let attempts = (0..6).map(|_| {
+            let repo = repo.clone();
+            let hash = token.token_hash.clone();
+            tokio::spawn(async move { repo.consume_refresh_token(&hash).await.unwrap() })
+        });
+        let winners = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|won| *won.as_ref().unwrap())
+            .count();
+        assert_eq!(winners, 1, "exactly one concurrent consume wins");
+        assert!(repo.get_refresh_token(&token.token_hash).await.unwrap().unwrap().used);
+        assert!(!repo.consume_refresh_token("unknown").await.unwrap());
+        assert_eq!(repo.get_refresh_token("unknown").await.unwrap(), None);
+    }
+
+    pub async fn signing_keys_insert_once_and_retire(repo: Repo) {
+        let key = |kid: &str| SigningKeyRecord {
+            kid: format!("{kid}-{}", Uuid::now_v7().simple()),
+            secret: vec![7; 32],
+            created_at: now_millis(),
+            retired_at: None,
+        };
+        let (old, new) = (key("old"), key("new"));
+        repo.insert_signing_key(&old).await.unwrap();
+        assert!(matches!(repo.insert_signing_key(&old).await, Err(StoreError::Conflict(_))));
+        repo.insert_signing_key(&new).await.unwrap();
+        let at = now_millis();
+        repo.retire_signing_keys_except(&new.kid, at).await.unwrap();
+        let keys = repo.list_signing_keys().await.unwrap();
+        let find = |kid: &str| keys.iter().find(|k| k.kid == kid).cloned().unwrap();
+        assert_eq!(find(&old.kid).retired_at, Some(at));
+        assert_eq!(find(&new.kid).retired_at, None);
+        assert_eq!(find(&new.kid).secret, vec![7; 32]);
+    }
+
+    pub async fn communities_round_trip_and_page(repo: Repo) {
+        let owner = Uuid::now_v7();
+        let mut created = HashSet::new();
+        for _ in 0..5 {
+            let (c, m) = community(owner);
+            repo.create_community(&c, &m).await.unwrap();
+            assert_eq!(repo.get_community(c.id).await.unwrap(), Some(c.clone()));
+            assert_eq!(repo.get_membership(c.id, owner).await.unwrap(), Some(m));
+            created.insert(c.id);
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = repo.list_communities(after, 2).await.unwrap();
+            seen.extend(page.items.iter().map(|c| c.id));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let unique: HashSet<Uuid> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len());
+        assert!(created.is_subset(&unique));
+        assert_eq!(repo.get_community(Uuid::now_v7()).await.unwrap(), None);
+    }
+
+    pub async fn memberships_join_once_change_and_leave(repo: Repo) {
+        let owner = Uuid::now_v7();
+        let (c, m) = community(owner);
+        repo.create_community(&c, &m).await.unwrap();
+
+        let member = MembershipRecord {
+            community_id: c.id,
+            user_id: Uuid::now_v7(),
+            role: MemberRole::Member,
+            joined_at: now_millis(),
+        };
+        assert_eq!(repo.add_membership(&member).await.unwrap(), member);
+        // Joining again keeps the first membership (role, join time).
+        let again = MembershipRecord {
+            role: MemberRole::Moderator,
+            joined_at: member.joined_at + 5,
+            ..member.clone()
+        };
+        assert_eq!(repo.add_membership(&again).await.unwrap(), member);
+
+        let promoted = MembershipRecord {
+            role: MemberRole::Moderator,
+            ..member.clone()
+        };
+        repo.update_membership(&promoted).await.unwrap();
+        assert_eq!(
+            repo.get_membership(c.id, member.user_id).await.unwrap(),
+            Some(promoted.clone())
+        );
+        let stranger = MembershipRecord {
+            user_id: Uuid::now_v7(),
+            ..member.clone()
+        };
+        assert!(matches!(
+            repo.update_membership(&stranger).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let mut expected: HashSet<Uuid> = [owner, member.user_id].into();
+        for _ in 0..4 {
+            let extra = MembershipRecord {
+                user_id: Uuid::now_v7(),
+                ..member.clone()
+            };
+            repo.add_membership(&extra).await.unwrap();
+            expected.insert(extra.user_id);
+        }
+        // Another community's members must not leak into this listing.
+        let (other, other_owner) = community(Uuid::now_v7());
+        repo.create_community(&other, &other_owner).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = repo.list_members(c.id, after, 4).await.unwrap();
+            assert!(page.items.iter().all(|m| m.community_id == c.id));
+            seen.extend(page.items.iter().map(|m| m.user_id));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), expected.len());
+        assert_eq!(seen.iter().copied().collect::<HashSet<_>>(), expected);
+
+        assert!(repo.remove_membership(c.id, member.user_id).await.unwrap());
+        assert!(!repo.remove_membership(c.id, member.user_id).await.unwrap());
+        assert_eq!(repo.get_membership(c.id, member.user_id).await.unwrap(), None);
+    }
+}
+
+/// Instantiates every contract case for one backend. `$open` yields
+/// `Option<(repo, tempdir)>`; `None` means the backend is not available here
+/// (never under CI).
+macro_rules! contract {
+    ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some((repo, _dir)) = $open().await else { return };
+                    super::cases::$case(repo).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_cases {
+    ($backend:ident, $open:path) => {
+        contract!($backend, $open, [
+            users_round_trip,
+            email_is_unique_even_under_races,
+            update_user_changes_name_and_roles_only,
+            list_users_pages_cover_everything_once,
+            sessions_revoke_idempotently,
+            refresh_tokens_are_consumed_exactly_once,
+            signing_keys_insert_once_and_retire,
+            communities_round_trip_and_page,
+            memberships_join_once_change_and_leave,
+        ]);
+    };
+}
+
+all_cases!(embedded_store, super::embedded);
+all_cases!(cql_store, super::cql);

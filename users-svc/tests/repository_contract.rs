@@ -30,9 +30,14 @@ async fn cql() -> Option<(Repo, Option<tempfile::TempDir>)> {
     static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     static KEYSPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-    let Some(nodes) = std::env::var("MUNITY_TEST_CQL").ok().filter(|v| !v.is_empty()) else {
+    let Some(nodes) = std::env::var("MUNITY_TEST_CQL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("MUNITY_TEST_CQL is not set: CI must run the CQL contract (start scripts/cassandra.sh)");
+            panic!(
+                "MUNITY_TEST_CQL is not set: CI must run the CQL contract (start scripts/cassandra.sh)"
+            );
         }
         eprintln!("skipping: MUNITY_TEST_CQL is not set (run scripts/cassandra.sh start)");
         return None;
@@ -92,9 +97,15 @@ mod cases {
         let ada = user("ada");
         repo.create_user(&ada).await.unwrap();
         assert_eq!(repo.get_user(ada.id).await.unwrap(), Some(ada.clone()));
-        assert_eq!(repo.get_user_by_email(&ada.email).await.unwrap(), Some(ada.clone()));
+        assert_eq!(
+            repo.get_user_by_email(&ada.email).await.unwrap(),
+            Some(ada.clone())
+        );
         assert_eq!(repo.get_user(Uuid::now_v7()).await.unwrap(), None);
-        assert_eq!(repo.get_user_by_email("nobody@example.com").await.unwrap(), None);
+        assert_eq!(
+            repo.get_user_by_email("nobody@example.com").await.unwrap(),
+            None
+        );
     }
 
     pub async fn email_is_unique_even_under_races(repo: Repo) {
@@ -102,7 +113,10 @@ mod cases {
         repo.create_user(&first).await.unwrap();
         let mut second = user("dup2");
         second.email = first.email.clone();
-        assert!(matches!(repo.create_user(&second).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            repo.create_user(&second).await,
+            Err(StoreError::Conflict(_))
+        ));
         // The loser's record must not have been written.
         assert_eq!(repo.get_user(second.id).await.unwrap(), None);
 
@@ -133,7 +147,10 @@ mod cases {
         assert_eq!(stored.email, ada.email);
 
         let ghost = user("ghost");
-        assert!(matches!(repo.update_user(&ghost).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            repo.update_user(&ghost).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     pub async fn list_users_pages_cover_everything_once(repo: Repo) {
@@ -167,7 +184,10 @@ mod cases {
             revoked: false,
         };
         repo.create_session(&session).await.unwrap();
-        assert_eq!(repo.get_session(session.id).await.unwrap(), Some(session.clone()));
+        assert_eq!(
+            repo.get_session(session.id).await.unwrap(),
+            Some(session.clone())
+        );
         repo.revoke_session(session.id).await.unwrap();
         repo.revoke_session(session.id).await.unwrap();
         assert!(repo.get_session(session.id).await.unwrap().unwrap().revoked);
@@ -184,7 +204,10 @@ mod cases {
             used: false,
         };
         repo.insert_refresh_token(&token).await.unwrap();
-        assert_eq!(repo.get_refresh_token(&token.token_hash).await.unwrap(), Some(token.clone()));
+        assert_eq!(
+            repo.get_refresh_token(&token.token_hash).await.unwrap(),
+            Some(token.clone())
+        );
 
         let attempts = (0..6).map(|_| {
             let repo = repo.clone();
@@ -197,7 +220,13 @@ mod cases {
             .filter(|won| *won.as_ref().unwrap())
             .count();
         assert_eq!(winners, 1, "exactly one concurrent consume wins");
-        assert!(repo.get_refresh_token(&token.token_hash).await.unwrap().unwrap().used);
+        assert!(
+            repo.get_refresh_token(&token.token_hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .used
+        );
         assert!(!repo.consume_refresh_token("unknown").await.unwrap());
         assert_eq!(repo.get_refresh_token("unknown").await.unwrap(), None);
     }
@@ -211,7 +240,10 @@ mod cases {
         };
         let (old, new) = (key("old"), key("new"));
         repo.insert_signing_key(&old).await.unwrap();
-        assert!(matches!(repo.insert_signing_key(&old).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(
+            repo.insert_signing_key(&old).await,
+            Err(StoreError::Conflict(_))
+        ));
         repo.insert_signing_key(&new).await.unwrap();
         let at = now_millis();
         repo.retire_signing_keys_except(&new.kid, at).await.unwrap();
@@ -315,7 +347,10 @@ mod cases {
 
         assert!(repo.remove_membership(c.id, member.user_id).await.unwrap());
         assert!(!repo.remove_membership(c.id, member.user_id).await.unwrap());
-        assert_eq!(repo.get_membership(c.id, member.user_id).await.unwrap(), None);
+        assert_eq!(
+            repo.get_membership(c.id, member.user_id).await.unwrap(),
+            None
+        );
     }
 }
 
@@ -338,17 +373,21 @@ macro_rules! contract {
 
 macro_rules! all_cases {
     ($backend:ident, $open:path) => {
-        contract!($backend, $open, [
-            users_round_trip,
-            email_is_unique_even_under_races,
-            update_user_changes_name_and_roles_only,
-            list_users_pages_cover_everything_once,
-            sessions_revoke_idempotently,
-            refresh_tokens_are_consumed_exactly_once,
-            signing_keys_insert_once_and_retire,
-            communities_round_trip_and_page,
-            memberships_join_once_change_and_leave,
-        ]);
+        contract!(
+            $backend,
+            $open,
+            [
+                users_round_trip,
+                email_is_unique_even_under_races,
+                update_user_changes_name_and_roles_only,
+                list_users_pages_cover_everything_once,
+                sessions_revoke_idempotently,
+                refresh_tokens_are_consumed_exactly_once,
+                signing_keys_insert_once_and_retire,
+                communities_round_trip_and_page,
+                memberships_join_once_change_and_leave,
+            ]
+        );
     };
 }
 

@@ -1,0 +1,755 @@
+//! users-svc over real gRPC: the service runs in-process on port 0 with its
+//! embedded store in a temporary directory, and a tonic client calls it as
+//! any other client would.
+
+use std::{net::SocketAddr, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+use users_svc::UsersConfig;
+
+const ADMIN_EMAIL: &str = "root@example.com";
+
+struct TestApp {
+    address: SocketAddr,
+    client: UsersClient<Channel>,
+    shutdown: ShutdownToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _data: tempfile::TempDir,
+}
+
+impl TestApp {
+    async fn spawn() -> Self {
+        Self::spawn_with(|_, _| {}).await
+    }
+
+    async fn spawn_with(adjust: impl FnOnce(&mut UsersConfig, &mut AuthConfig)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = UsersConfig {
+            storage: StorageConfig::Embedded {
+                path: data.path().to_path_buf(),
+            },
+            admin_emails: vec![ADMIN_EMAIL.to_owned()],
+            ..UsersConfig::default()
+        };
+        let mut auth = AuthConfig::default();
+        adjust(&mut config, &mut auth);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = ShutdownToken::new();
+        let server = tokio::spawn(users_svc::run(config, auth, listener, shutdown.clone()));
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        TestApp {
+            address,
+            client: UsersClient::new(channel),
+            shutdown,
+            server,
+            _data: data,
+        }
+    }
+
+    async fn register(&self, email: &str, password: &str) -> Result<pb::AuthResponse, Status> {
+        self.client
+            .clone()
+            .register(pb::RegisterRequest {
+                email: email.to_owned(),
+                password: password.to_owned(),
+                display_name: "Ada Lovelace".to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn unique_email(name: &str) -> String {
+    format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple())
+}
+
+fn fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn register_login_me_refresh_logout() {
+    let app = TestApp::spawn().await;
+    let email = unique_email("ada");
+    let registered = app
+        .register(&email.to_uppercase(), "correct horse")
+        .await
+        .unwrap();
+    let user = registered.user.unwrap();
+    assert_eq!(user.email, email, "emails are stored lower-cased");
+    assert_eq!(user.roles, vec![pb::Role::User as i32]);
+
+    let mut client = app.client.clone();
+    let login = client
+        .login(pb::LoginRequest {
+            email: email.clone(),
+            password: "correct horse".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = client
+        .get_me(authed(pb::GetMeRequest {}, &login.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.id, user.id);
+
+    let refreshed = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(refreshed.refresh_token, login.refresh_token);
+    client
+        .get_me(authed(pb::GetMeRequest {}, &refreshed.access_token))
+        .await
+        .unwrap();
+
+    client
+        .logout(pb::LogoutRequest {
+            refresh_token: refreshed.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+    let after_logout = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: refreshed.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(after_logout.code(), Code::Unauthenticated);
+
+    // The registration's own session is separate and still alive.
+    client
+        .refresh(pb::RefreshRequest {
+            refresh_token: registered.refresh_token,
+        })
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reused_refresh_token_revokes_the_whole_session() {
+    let app = TestApp::spawn().await;
+    let first = app
+        .register(&unique_email("victim"), "correct horse")
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let second = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // An attacker replays the first (already used) token...
+    let reuse = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: first.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reuse.code(), Code::Unauthenticated);
+    assert!(
+        reuse.message().contains("already used"),
+        "{}",
+        reuse.message()
+    );
+
+    // ...and the legitimate newer token dies with the session.
+    let legit = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: second.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(legit.code(), Code::Unauthenticated);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_statuses_with_field_details() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+
+    let status = client
+        .register(pb::RegisterRequest {
+            email: "not-an-email".to_owned(),
+            password: "short".to_owned(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(fields(&status), ["email", "password", "display_name"]);
+
+    let long_password = app
+        .register(&unique_email("long"), &"x".repeat(129))
+        .await
+        .unwrap_err();
+    assert_eq!(long_password.code(), Code::InvalidArgument);
+    assert_eq!(fields(&long_password), ["password"]);
+
+    let exactly_limits = app
+        .register(&unique_email("limits"), &"x".repeat(128))
+        .await;
+    assert!(exactly_limits.is_ok(), "128 characters is allowed");
+    app.register(&unique_email("eight"), "12345678")
+        .await
+        .unwrap();
+
+    let name = client
+        .register(pb::RegisterRequest {
+            email: unique_email("name"),
+            password: "correct horse".to_owned(),
+            display_name: "n".repeat(65),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&name), ["display_name"]);
+
+    // Far past the size limit: refused by the transport, not a crash.
+    let huge = client
+        .register(pb::RegisterRequest {
+            email: unique_email("huge"),
+            password: "correct horse".to_owned(),
+            display_name: "n".repeat(200_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
+
+    let email = unique_email("dup");
+    app.register(&email, "correct horse").await.unwrap();
+    let duplicate = app.register(&email, "another horse").await.unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    for (email, password) in [
+        (email.as_str(), "wrong horse"),
+        ("nobody@example.com", "whatever1"),
+    ] {
+        let status = client
+            .login(pb::LoginRequest {
+                email: email.to_owned(),
+                password: password.to_owned(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(status.message(), "wrong email or password");
+    }
+
+    let empty_refresh = client
+        .refresh(pb::RefreshRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&empty_refresh), ["refresh_token"]);
+    let bogus_refresh = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: "mrt_bogus".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bogus_refresh.code(), Code::Unauthenticated);
+
+    let token = app
+        .register(&unique_email("q"), "correct horse")
+        .await
+        .unwrap()
+        .access_token;
+    let bad_id = client
+        .get_user(authed(
+            pb::GetUserRequest {
+                user_id: "42".to_owned(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&bad_id), ["user_id"]);
+    let unknown = client
+        .get_user(authed(
+            pb::GetUserRequest {
+                user_id: uuid::Uuid::now_v7().to_string(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let bad_page = client
+        .list_communities(authed(
+            pb::ListCommunitiesRequest {
+                page_size: 5,
+                page_token: "garbage".to_owned(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&bad_page), ["page_token"]);
+    app.stop().await;
+}
+
+fn forge(header: serde_json::Value, claims: &serde_json::Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+#[tokio::test]
+async fn forged_and_missing_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let session = app
+        .register(&unique_email("mallory"), "correct horse")
+        .await
+        .unwrap();
+    let parts: Vec<&str> = session.access_token.split('.').collect();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let kid = header["kid"].as_str().unwrap().to_owned();
+
+    let jwks: serde_json::Value = serde_json::from_str(
+        &client
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json,
+    )
+    .unwrap();
+    let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
+
+    claims["roles"] = serde_json::json!(["user", "admin"]);
+    let alg_none = forge(
+        serde_json::json!({"alg": "none", "typ": "JWT", "kid": kid}),
+        &claims,
+        b"",
+    );
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    );
+    let hs256 = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(public_x.as_bytes()),
+        )
+        .unwrap()
+    };
+    let unknown_kid = {
+        let mut other = header.clone();
+        other["kid"] = serde_json::json!("no-such-key");
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(other.to_string()),
+            parts[1],
+            parts[2]
+        )
+    };
+
+    for (name, token) in [
+        ("alg none", alg_none.as_str()),
+        ("tampered payload", tampered.as_str()),
+        ("HS256 with the public key", hs256.as_str()),
+        ("unknown kid", unknown_kid.as_str()),
+        ("garbage", "not.a.jwt"),
+    ] {
+        let status = client
+            .get_me(authed(pb::GetMeRequest {}, token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+    }
+    let missing = client.get_me(pb::GetMeRequest {}).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(
+        missing.message().contains("missing bearer"),
+        "{}",
+        missing.message()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expired_access_tokens_are_refused() {
+    let app = TestApp::spawn_with(|users, auth| {
+        users.tokens.access_ttl_secs = 1;
+        auth.leeway_secs = 0;
+    })
+    .await;
+    let session = app
+        .register(&unique_email("late"), "correct horse")
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    client
+        .get_me(authed(pb::GetMeRequest {}, &session.access_token))
+        .await
+        .unwrap();
+    // exp is in whole seconds, so wait past the next second boundary.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let status = client
+        .get_me(authed(pb::GetMeRequest {}, &session.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("expired"), "{}", status.message());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn admins_list_users_set_roles_and_rotate_keys() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let admin = app.register(ADMIN_EMAIL, "correct horse").await.unwrap();
+    assert!(
+        admin
+            .user
+            .as_ref()
+            .unwrap()
+            .roles
+            .contains(&(pb::Role::Admin as i32))
+    );
+    let plain = app
+        .register(&unique_email("plain"), "correct horse")
+        .await
+        .unwrap();
+
+    let denied = client
+        .list_users(authed(pb::ListUsersRequest::default(), &plain.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    for i in 0..5 {
+        app.register(&unique_email(&format!("u{i}")), "correct horse")
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_users(authed(
+                pb::ListUsersRequest {
+                    page_size: 3,
+                    page_token: page_token.clone(),
+                },
+                &admin.access_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.users.into_iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen.len(), 7);
+
+    let plain_id = plain.user.unwrap().id;
+    let promoted = client
+        .set_role(authed(
+            pb::SetRoleRequest {
+                user_id: plain_id.clone(),
+                role: pb::Role::Admin as i32,
+                granted: true,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(promoted.roles.contains(&(pb::Role::Admin as i32)));
+    // Checked against storage, so the old token now has admin rights.
+    client
+        .list_users(authed(pb::ListUsersRequest::default(), &plain.access_token))
+        .await
+        .unwrap();
+    let self_demote = client
+        .set_role(authed(
+            pb::SetRoleRequest {
+                user_id: admin.user.as_ref().unwrap().id.clone(),
+                role: pb::Role::Admin as i32,
+                granted: false,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(self_demote.code(), Code::FailedPrecondition);
+
+    // Rotation: old tokens keep working, new ones carry the new kid, and the
+    // JWKS publishes both keys.
+    let rotated = client
+        .rotate_signing_key(authed(pb::RotateSigningKeyRequest {}, &admin.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .get_me(authed(pb::GetMeRequest {}, &admin.access_token))
+        .await
+        .unwrap();
+    let fresh = client
+        .login(pb::LoginRequest {
+            email: ADMIN_EMAIL.to_owned(),
+            password: "correct horse".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let header = jsonwebtoken::decode_header(&fresh.access_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(rotated.active_kid.as_str()));
+    client
+        .get_me(authed(pb::GetMeRequest {}, &fresh.access_token))
+        .await
+        .unwrap();
+
+    let jwks = http_get(app.address, "/.well-known/jwks.json").await;
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.contains(&rotated.active_kid.as_str()));
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["kty"] == "OKP" && k["alg"] == "EdDSA")
+    );
+    app.stop().await;
+}
+
+/// A bare HTTP/1.1 GET, returning the body.
+async fn http_get(address: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
+#[tokio::test]
+async fn communities_owners_moderators_and_members() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client.clone();
+    let owner = app
+        .register(&unique_email("owner"), "correct horse")
+        .await
+        .unwrap();
+    let moderator = app
+        .register(&unique_email("mod"), "correct horse")
+        .await
+        .unwrap();
+    let member = app
+        .register(&unique_email("member"), "correct horse")
+        .await
+        .unwrap();
+    let id_of = |s: &pb::AuthResponse| s.user.as_ref().unwrap().id.clone();
+
+    let community = client
+        .create_community(authed(
+            pb::CreateCommunityRequest {
+                name: "  Rust Meetup  ".to_owned(),
+                description: "Tuesdays".to_owned(),
+            },
+            &owner.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(community.name, "Rust Meetup");
+    assert_eq!(community.owner_id, id_of(&owner));
+
+    for session in [&moderator, &member, &member] {
+        let joined = client
+            .join_community(authed(
+                pb::JoinCommunityRequest {
+                    community_id: community.id.clone(),
+                },
+                &session.access_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(joined.role, pb::MemberRole::Member as i32);
+    }
+
+    // Only the owner appoints moderators.
+    let set_mod = |token: String, user_id: String| {
+        let mut client = client.clone();
+        let community_id = community.id.clone();
+        async move {
+            client
+                .set_member_role(authed(
+                    pb::SetMemberRoleRequest {
+                        community_id,
+                        user_id,
+                        role: pb::MemberRole::Moderator as i32,
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    let denied = set_mod(member.access_token.clone(), id_of(&member))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    set_mod(owner.access_token.clone(), id_of(&moderator))
+        .await
+        .unwrap();
+
+    let remove = |token: String, user_id: String| {
+        let mut client = client.clone();
+        let community_id = community.id.clone();
+        async move {
+            client
+                .remove_member(authed(
+                    pb::RemoveMemberRequest {
+                        community_id,
+                        user_id,
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    let cannot_remove_owner = remove(moderator.access_token.clone(), id_of(&owner))
+        .await
+        .unwrap_err();
+    assert_eq!(cannot_remove_owner.code(), Code::PermissionDenied);
+    let member_cannot_remove = remove(member.access_token.clone(), id_of(&moderator))
+        .await
+        .unwrap_err();
+    assert_eq!(member_cannot_remove.code(), Code::PermissionDenied);
+    remove(moderator.access_token.clone(), id_of(&member))
+        .await
+        .unwrap();
+    let gone = remove(moderator.access_token.clone(), id_of(&member))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+
+    let members = client
+        .list_members(authed(
+            pb::ListMembersRequest {
+                community_id: community.id.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+            &member.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut roles: Vec<i32> = members.members.iter().map(|m| m.role).collect();
+    roles.sort();
+    assert_eq!(
+        roles,
+        [
+            pb::MemberRole::Moderator as i32,
+            pb::MemberRole::Owner as i32
+        ]
+    );
+
+    let owner_leaves = client
+        .leave_community(authed(
+            pb::LeaveCommunityRequest {
+                community_id: community.id.clone(),
+            },
+            &owner.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(owner_leaves.code(), Code::FailedPrecondition);
+    client
+        .leave_community(authed(
+            pb::LeaveCommunityRequest {
+                community_id: community.id.clone(),
+            },
+            &moderator.access_token,
+        ))
+        .await
+        .unwrap();
+
+    let unknown = client
+        .get_community(authed(
+            pb::GetCommunityRequest {
+                community_id: uuid::Uuid::now_v7().to_string(),
+            },
+            &member.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let too_long = client
+        .create_community(authed(
+            pb::CreateCommunityRequest {
+                name: "x".repeat(101),
+                description: "d".repeat(2001),
+            },
+            &owner.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&too_long), ["name", "description"]);
+    app.stop().await;
+}

@@ -60,11 +60,11 @@ pub async fn dev(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on users.listen {}: {e}", users.listen))?;
 
-    println!("munity: data in {}", data_dir.display());
-    println!(
+    announce(&format!("munity: data in {}", data_dir.display()));
+    announce(&format!(
         "munity: users-svc   grpc://{}   (munity.users.v1, health, reflection; GET /.well-known/jwks.json)",
         users_listener.local_addr()?
-    );
+    ));
 
     let mut services = tokio::task::JoinSet::new();
     services.spawn({
@@ -74,7 +74,7 @@ pub async fn dev(
             ("users-svc", result)
         }
     });
-    println!("munity: ready (Ctrl-C to stop)");
+    announce("munity: ready (Ctrl-C to stop)");
 
     let mut first_error = None;
     while let Some(joined) = services.join_next().await {
@@ -85,9 +85,17 @@ pub async fn dev(
             first_error.get_or_insert(error.context(format!("{name} failed")));
         }
     }
-    println!("munity: stopped");
+    announce("munity: stopped");
     match first_error {
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Prints a status line for the person (or test) that started munity. A
+/// closed stdout must not crash a server that is otherwise fine.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }

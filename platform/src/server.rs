@@ -54,12 +54,14 @@ impl GrpcHost {
         routes.add_service(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(munity_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1()
                 .expect("the compiled descriptor set is valid"),
         );
         routes.add_service(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(munity_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .build_v1alpha()
                 .expect("the compiled descriptor set is valid"),
         );

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use munity_platform::{
     auth::AuthConfig,
     config::{ConfigSource, StorageConfig},
+    server::announce,
     shutdown::ShutdownToken,
 };
 use serde::{Deserialize, Serialize};
@@ -90,12 +91,4 @@ pub async fn dev(
         Some(error) => Err(error),
         None => Ok(()),
     }
-}
-
-/// Prints a status line for the person (or test) that started munity. A
-/// closed stdout must not crash a server that is otherwise fine.
-fn announce(line: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
 }

@@ -238,3 +238,13 @@ where
         )
     }
 }
+
+/// Prints a status line (where a service listens, that it is ready) on
+/// stdout for the person, script or test that started the process. A closed
+/// stdout must not crash a server that is otherwise fine, so errors are
+/// ignored.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}

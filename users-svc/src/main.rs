@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use munity_platform::{auth::AuthConfig, config::ConfigSource, shutdown, telemetry};
+use munity_platform::{
+    auth::AuthConfig, config::ConfigSource, server::announce, shutdown, telemetry,
+};
 use users_svc::UsersConfig;
 
 #[derive(Parser)]
@@ -27,6 +29,9 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on users.listen {}: {e}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "users-svc listening");
+    announce(&format!(
+        "users-svc: listening on grpc://{}",
+        listener.local_addr()?
+    ));
     users_svc::run(config, auth, listener, shutdown::on_signal()).await
 }

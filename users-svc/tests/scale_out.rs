@@ -1,0 +1,205 @@
+//! Scale-out mode for real: two `users-svc` processes, configured only
+//! through `MUNITY_*` environment variables, sharing one keyspace on a real
+//! CQL server (Cassandra 5.0 here, for ScyllaDB). An account made on one
+//! replica logs in on the other; tokens signed by one verify on the other; a
+//! refresh token used on one cannot be reused on the other; a key rotated on
+//! one is honoured by the other without a restart.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+};
+
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tonic::{Code, Request, transport::Channel};
+
+struct Replica {
+    child: Child,
+    client: UsersClient<Channel>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn replica(nodes: &str, keyspace: &str) -> Replica {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_users-svc"))
+        .env("MUNITY_USERS__LISTEN", "127.0.0.1:0")
+        .env("MUNITY_USERS__STORAGE__BACKEND", "cql")
+        .env("MUNITY_USERS__STORAGE__NODES", format!("[{nodes}]"))
+        .env("MUNITY_USERS__STORAGE__KEYSPACE", keyspace)
+        .env("MUNITY_USERS__STORAGE__REQUEST_TIMEOUT_MS", "20000")
+        .env("MUNITY_USERS__ADMIN_EMAILS", "[ops@example.com]")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start users-svc");
+    let stdout = child.stdout.take().unwrap();
+    let address = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let address = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("users-svc: listening on ")
+                    .map(str::to_owned)
+            })
+            .expect("users-svc announced its address");
+        // Keep draining so the replica never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        address
+    })
+    .await
+    .unwrap();
+    let channel = Channel::from_shared(address.replace("grpc://", "http://"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Replica {
+        child,
+        client: UsersClient::new(channel),
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_accounts_sessions_and_keys() {
+    let Some(nodes) = std::env::var("MUNITY_TEST_CQL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "MUNITY_TEST_CQL must be set in CI"
+        );
+        eprintln!("skipping: MUNITY_TEST_CQL is not set");
+        return;
+    };
+    let keyspace = format!("scale_{}", uuid::Uuid::now_v7().simple());
+    // Start one first so the keyspace and first key are made once.
+    let mut a = replica(&nodes, &keyspace).await;
+    let mut b = replica(&nodes, &keyspace).await;
+
+    let registered = a
+        .client
+        .register(pb::RegisterRequest {
+            email: "ops@example.com".to_owned(),
+            password: "correct horse".to_owned(),
+            display_name: "Ops".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let duplicate = b
+        .client
+        .register(pb::RegisterRequest {
+            email: "OPS@example.com".to_owned(),
+            password: "correct horse".to_owned(),
+            display_name: "Ops again".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+
+    // A's token verifies on B; B's login works with A's account.
+    let me = b
+        .client
+        .get_me(authed(pb::GetMeRequest {}, &registered.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.id, registered.user.as_ref().unwrap().id);
+    let login = b
+        .client
+        .login(pb::LoginRequest {
+            email: "ops@example.com".to_owned(),
+            password: "correct horse".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Refresh on A, replay on B: theft is detected across replicas.
+    let rotated = a
+        .client
+        .refresh(pb::RefreshRequest {
+            refresh_token: login.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let replay = b
+        .client
+        .refresh(pb::RefreshRequest {
+            refresh_token: login.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(replay.code(), Code::Unauthenticated);
+    let killed = a
+        .client
+        .refresh(pb::RefreshRequest {
+            refresh_token: rotated.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(killed.code(), Code::Unauthenticated);
+
+    // Rotate on A; B verifies A's new tokens (unknown kid → reload), and
+    // signs with the new key after its periodic reload or a fetch.
+    let rotated_kid = a
+        .client
+        .rotate_signing_key(authed(
+            pb::RotateSigningKeyRequest {},
+            &registered.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .active_kid;
+    let fresh = a
+        .client
+        .login(pb::LoginRequest {
+            email: "ops@example.com".to_owned(),
+            password: "correct horse".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh.access_token)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some(rotated_kid.as_str())
+    );
+    b.client
+        .get_me(authed(pb::GetMeRequest {}, &fresh.access_token))
+        .await
+        .unwrap();
+    // The old token (old key, now retired but still published) still works.
+    b.client
+        .get_me(authed(pb::GetMeRequest {}, &registered.access_token))
+        .await
+        .unwrap();
+    let jwks = b
+        .client
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks_json;
+    assert!(jwks.contains(&rotated_kid), "{jwks}");
+}

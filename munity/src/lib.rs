@@ -47,6 +47,7 @@ pub async fn dev(
     let dev: DevConfig = source.section("dev")?;
     let data_dir = args.data_dir.unwrap_or(dev.data_dir);
     let auth: AuthConfig = source.section("auth")?;
+    let gateway_auth = auth.clone();
 
     let mut users: users_svc::UsersConfig = source.section("users")?;
     // One process, one data directory: the embedded store, whatever the
@@ -60,11 +61,26 @@ pub async fn dev(
     let users_listener = TcpListener::bind(users.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on users.listen {}: {e}", users.listen))?;
+    let users_address = users_listener.local_addr()?;
+
+    // The gateway fronts the in-process services: routes point at them.
+    let mut gateway: munity_gateway::GatewayConfig = source.section("gateway")?;
+    gateway.listen = resolve_port_zero(&gateway.listen)?;
+    gateway.admin_listen = resolve_port_zero(&gateway.admin_listen)?;
+    gateway.jwks_endpoint = format!("http://{users_address}");
+    for route in &mut gateway.routes {
+        if route.service.starts_with("munity.users.") || route.service.starts_with("grpc.") {
+            route.upstreams = vec![users_address.to_string()];
+        }
+    }
 
     announce(&format!("munity: data in {}", data_dir.display()));
     announce(&format!(
-        "munity: users-svc   grpc://{}   (munity.users.v1, health, reflection; GET /.well-known/jwks.json)",
-        users_listener.local_addr()?
+        "munity: gateway     grpc://{}   (the front door: auth, rate limits; metrics on http://{}/metrics)",
+        gateway.listen, gateway.admin_listen
+    ));
+    announce(&format!(
+        "munity: users-svc   grpc://{users_address}   (munity.users.v1, health, reflection; GET /.well-known/jwks.json)"
     ));
 
     let mut services = tokio::task::JoinSet::new();
@@ -73,6 +89,15 @@ pub async fn dev(
         async move {
             let result = users_svc::run(users, auth, users_listener, shutdown).await;
             ("users-svc", result)
+        }
+    });
+    services.spawn_blocking({
+        let shutdown = shutdown.clone();
+        move || {
+            (
+                "gateway",
+                munity_gateway::run(gateway, gateway_auth, shutdown),
+            )
         }
     });
     announce("munity: ready (Ctrl-C to stop)");
@@ -91,4 +116,17 @@ pub async fn dev(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Pingora binds its listeners itself, so a `:0` port is resolved here to a
+/// port that was free a moment ago (tests and parallel dev instances use it).
+fn resolve_port_zero(address: &str) -> anyhow::Result<String> {
+    let parsed: std::net::SocketAddr = address
+        .parse()
+        .map_err(|e| anyhow::anyhow!("bad listen address {address:?}: {e}"))?;
+    if parsed.port() != 0 {
+        return Ok(address.to_owned());
+    }
+    let probe = std::net::TcpListener::bind(parsed)?;
+    Ok(probe.local_addr()?.to_string())
 }

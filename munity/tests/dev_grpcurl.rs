@@ -1,6 +1,6 @@
-//! `munity dev` as a user meets it: a real process on a free port, driven by
-//! grpcurl (a client nobody here wrote) through server reflection, with no
-//! .proto files. Also checks that accounts and signing keys survive a
+//! `munity dev` as a user meets it: a real process on free ports, driven by
+//! grpcurl (a client nobody here wrote) through the gateway, using server
+//! reflection, with no .proto files. Also checks that accounts and signing keys survive a
 //! restart, since the embedded store is on disk.
 
 use std::{
@@ -52,6 +52,8 @@ impl Munity {
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .env("MUNITY_USERS__LISTEN", "127.0.0.1:0")
+            .env("MUNITY_GATEWAY__LISTEN", "127.0.0.1:0")
+            .env("MUNITY_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -70,7 +72,8 @@ impl Munity {
             let line = lines
                 .recv_timeout(Duration::from_secs(60))
                 .expect("munity printed its addresses");
-            if let Some(rest) = line.strip_prefix("munity: users-svc") {
+            // Every call goes through the gateway, as a newcomer's would.
+            if let Some(rest) = line.strip_prefix("munity: gateway") {
                 let url = rest.split_whitespace().next().unwrap();
                 address = Some(url.trim_start_matches("grpc://").to_owned());
             }
@@ -80,7 +83,7 @@ impl Munity {
         }
         Munity {
             child,
-            address: address.expect("users-svc address printed"),
+            address: address.expect("gateway address printed"),
             lines,
         }
     }

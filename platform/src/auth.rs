@@ -91,6 +91,41 @@ pub trait JwksSource: Send + Sync + 'static {
     async fn fetch_jwks(&self) -> anyhow::Result<JwkSet>;
 }
 
+/// Fetches the JWKS from users-svc over gRPC (`GetJwks`), for services and
+/// the gateway that do not hold the keys themselves. A connection is made
+/// per fetch: fetches are rare (start-up, unknown `kid`) and this keeps the
+/// source independent of whichever runtime calls it.
+pub struct RemoteJwks {
+    endpoint: String,
+}
+
+impl RemoteJwks {
+    /// `endpoint` is users-svc's address, e.g. `http://users:50051`.
+    pub fn new(endpoint: &str) -> Self {
+        RemoteJwks {
+            endpoint: endpoint.to_owned(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JwksSource for RemoteJwks {
+    async fn fetch_jwks(&self) -> anyhow::Result<JwkSet> {
+        use munity_proto::users::v1::{GetJwksRequest, users_client::UsersClient};
+        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        let json = UsersClient::new(channel)
+            .get_jwks(GetJwksRequest {})
+            .await?
+            .into_inner()
+            .jwks_json;
+        Ok(serde_json::from_str(&json)?)
+    }
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

@@ -157,3 +157,45 @@ impl Injector for HeaderInjector<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// A call that arrives with `traceparent` continues that trace, and a call
+    /// made while serving it carries the same trace id onwards.
+    #[test]
+    fn trace_context_flows_from_incoming_to_outgoing_metadata() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut incoming = http::HeaderMap::new();
+            incoming.insert(
+                "traceparent",
+                format!("00-{trace_id}-00f067aa0ba902b7-01")
+                    .parse()
+                    .unwrap(),
+            );
+            let span = tracing::info_span!("grpc.server");
+            set_parent_from_headers(&span, &incoming);
+
+            let mut outgoing = http::HeaderMap::new();
+            span.in_scope(|| inject_trace_context(&mut outgoing));
+            let traceparent = outgoing["traceparent"].to_str().unwrap();
+            assert!(
+                traceparent.starts_with(&format!("00-{trace_id}-")),
+                "{traceparent}"
+            );
+            assert!(
+                !traceparent.contains("00f067aa0ba902b7"),
+                "a new span id for the hop"
+            );
+        });
+    }
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Summarises bench/gateway/run.sh results.
+
+Usage: report.py RESULTS_DIR CLK_TCK
+
+RESULTS_DIR/rounds.tsv has one line per measured ghz run:
+    round  target  ghz_json  proxy_cpu_ticks  users_cpu_ticks
+(target is direct, gateway or nginx; proxy ticks are "-" for direct).
+Prints one line per run, every non-OK status / error ghz saw, then a summary
+table of medians over rounds and the gateway-vs-nginx ratios.
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+TARGETS = ["direct", "gateway", "nginx"]
+LABELS = {
+    "direct": "(a) users-svc direct",
+    "gateway": "(b) munity-gateway",
+    "nginx": "(c) nginx grpc_pass",
+}
+
+
+def percentile(ghz, pct):
+    for entry in ghz.get("latencyDistribution") or []:
+        if int(entry["percentage"]) == pct:
+            return entry["latency"] / 1000.0  # ns -> us
+    return float("nan")
+
+
+def fmt(value, spec="{:.0f}"):
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return spec.format(value)
+
+
+def median(values):
+    values = [v for v in values if v is not None and v == v]
+    return statistics.median(values) if values else None
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def main():
+    results_dir, clk_tck = sys.argv[1], int(sys.argv[2])
+    runs = defaultdict(list)  # target -> [row]
+    problems = []
+    with open(f"{results_dir}/rounds.tsv") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            rnd, target, path, proxy_ticks, users_ticks = line.split("\t")
+            with open(path) as g:
+                ghz = json.load(g)
+            count = int(ghz.get("count") or 0)
+            codes = ghz.get("statusCodeDistribution") or {}
+            ok = int(codes.get("OK", 0))
+            errors = ghz.get("errorDistribution") or {}
+            per_100k = lambda ticks: (  # noqa: E731
+                None if ticks.strip() == "-" or count == 0
+                else int(ticks) / clk_tck / count * 100_000
+            )
+            row = {
+                "round": int(rnd),
+                "count": count,
+                "ok": ok,
+                "rps": float(ghz.get("rps") or 0.0),
+                "p50": percentile(ghz, 50),
+                "p99": percentile(ghz, 99),
+                "avg": (ghz.get("average") or 0) / 1000.0,
+                "proxy_cpu": per_100k(proxy_ticks),
+                "users_cpu": per_100k(users_ticks),
+                "codes": codes,
+                "errors": errors,
+            }
+            runs[target].append(row)
+            if ok != count or errors:
+                problems.append((target, row))
+
+    print()
+    print("Per round (CPU = utime+stime seconds per 100k requests; latency in us)")
+    print(f"{'round':>5} {'target':<22} {'requests':>9} {'non-OK':>7} {'req/s':>9} "
+          f"{'p50':>7} {'p99':>7} {'proxy CPU':>10} {'users CPU':>10}")
+    rounds = sorted({r["round"] for rows in runs.values() for r in rows})
+    for rnd in rounds:
+        for target in TARGETS:
+            for r in runs.get(target, []):
+                if r["round"] != rnd:
+                    continue
+                print(f"{rnd:>5} {LABELS[target]:<22} {r['count']:>9} {r['count'] - r['ok']:>7} "
+                      f"{r['rps']:>9.0f} {fmt(r['p50']):>7} {fmt(r['p99']):>7} "
+                      f"{fmt(r['proxy_cpu'], '{:.2f}'):>10} {fmt(r['users_cpu'], '{:.2f}'):>10}")
+
+    print()
+    if problems:
+        print("NON-OK RESPONSES / ERRORS (from ghz statusCodeDistribution / errorDistribution):")
+        for target, r in problems:
+            print(f"  round {r['round']} {LABELS[target]}: {r['count']} requests, {r['ok']} OK")
+            for code, n in sorted(r["codes"].items()):
+                if code != "OK":
+                    print(f"      status {code}: {n}")
+            for message, n in sorted(r["errors"].items(), key=lambda kv: -kv[1]):
+                print(f"      error x{n}: {message}")
+    else:
+        print("All calls OK on every target (no non-OK status, no ghz error).")
+
+    med = {}
+    for target in TARGETS:
+        rows = runs.get(target, [])
+        med[target] = {k: median([r[k] for r in rows])
+                       for k in ("rps", "p50", "p99", "proxy_cpu", "users_cpu")}
+        med[target]["non_ok"] = sum(r["count"] - r["ok"] for r in rows)
+        med[target]["requests"] = sum(r["count"] for r in rows)
+
+    print()
+    print(f"Summary: medians over {len(rounds)} round(s)")
+    print(f"{'target':<22} {'req/s':>9} {'p50 us':>8} {'p99 us':>8} "
+          f"{'proxy CPU s/100k':>17} {'users CPU s/100k':>17} {'non-OK/total':>14}")
+    for target in TARGETS:
+        m = med[target]
+        print(f"{LABELS[target]:<22} {fmt(m['rps']):>9} {fmt(m['p50']):>8} {fmt(m['p99']):>8} "
+              f"{fmt(m['proxy_cpu'], '{:.2f}'):>17} {fmt(m['users_cpu'], '{:.2f}'):>17} "
+              f"{str(m['non_ok']) + '/' + str(m['requests']):>14}")
+
+    g, n, d = med["gateway"], med["nginx"], med["direct"]
+    print()
+    print("Ratios (of the medians above)")
+    print(f"  throughput gateway/nginx:        {fmt(ratio(g['rps'], n['rps']), '{:.2f}')}x")
+    print(f"  proxy CPU per request gw/nginx:  {fmt(ratio(g['proxy_cpu'], n['proxy_cpu']), '{:.2f}')}x")
+    print(f"  throughput gateway/direct:       {fmt(ratio(g['rps'], d['rps']), '{:.2f}')}x")
+    print(f"  throughput nginx/direct:         {fmt(ratio(n['rps'], d['rps']), '{:.2f}')}x")
+    add = lambda a, b: None if a is None or b is None else a - b  # noqa: E731
+    print(f"  added p50 over direct, gateway:  {fmt(add(g['p50'], d['p50']), '{:+.0f}')} us")
+    print(f"  added p50 over direct, nginx:    {fmt(add(n['p50'], d['p50']), '{:+.0f}')} us")
+    print(f"  added p99 over direct, gateway:  {fmt(add(g['p99'], d['p99']), '{:+.0f}')} us")
+    print(f"  added p99 over direct, nginx:    {fmt(add(n['p99'], d['p99']), '{:+.0f}')} us")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# Unary gRPC benchmark: users-svc direct vs munity-gateway vs nginx grpc_pass.
+#
+# One run, alternating rounds (direct, gateway, nginx; repeated), ghz at a
+# fixed concurrency against authenticated munity.users.v1.Users/GetMe.
+# Prints req/s, p50, p99, proxy and users-svc CPU seconds per 100k requests,
+# and gateway-vs-nginx ratios. Everything on loopback; every process started
+# here is stopped on exit. See bench/gateway/README.md.
+#
+# Usage: bench/gateway/run.sh [--threads N] [--concurrency C] [--rounds R]
+#          [--duration 5s] [--warmup 2s] [--connections K] [--no-build]
+#          [--keep]
+set -euo pipefail
+
+THREADS=1         # nginx worker_processes == gateway threads
+CONCURRENCY=4
+ROUNDS=3
+DURATION=5s
+WARMUP=2s
+CONNECTIONS=1     # ghz client connections (concurrency is spread over them)
+BUILD=1
+KEEP=0
+
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --threads|--workers) THREADS="$2"; shift 2 ;;
+    --concurrency|-c) CONCURRENCY="$2"; shift 2 ;;
+    --rounds|-r) ROUNDS="$2"; shift 2 ;;
+    --duration|-z) DURATION="$2"; shift 2 ;;
+    --warmup) WARMUP="$2"; shift 2 ;;
+    --connections) CONNECTIONS="$2"; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --keep) KEEP=1; shift ;;
+    --streams) echo "run.sh: --streams is not implemented yet (needs a server-streaming RPC that emits many messages); see README.md" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+for n in "$THREADS" "$CONCURRENCY" "$ROUNDS" "$CONNECTIONS"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
+done
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
+TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
+USERS_BIN="${USERS_BIN:-$TARGET_DIR/release/users-svc}"
+GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/release/munity-gateway}"
+PROTO_ARGS=(--import-paths "$REPO/proto" --proto "$REPO/proto/munity/users/v1/users.proto")
+GRPCURL_PROTO=(-import-path "$REPO/proto" -proto munity/users/v1/users.proto)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools ----
+ensure_tools() {
+  if ! command -v ghz >/dev/null; then
+    log "installing ghz (go install github.com/bojand/ghz/cmd/ghz@latest)"
+    GOBIN="$HOME/go/bin" go install github.com/bojand/ghz/cmd/ghz@latest
+  fi
+  if ! command -v grpcurl >/dev/null; then
+    log "installing grpcurl"
+    GOBIN="$HOME/go/bin" go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+  fi
+  if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    log "installing nginx (apt-get)"
+    local sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx \
+      || { $sudo apt-get update && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y nginx; }
+  fi
+  NGINX_BIN="$(command -v nginx || echo /usr/sbin/nginx)"
+  command -v python3 >/dev/null || die "python3 is required"
+}
+
+# ---------------------------------------------------------- processes ----
+TMP=""
+PIDS=()
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "pid $pid did not stop in 10 s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -n "$TMP" ]]; then
+    if [[ $KEEP -eq 1 || $status -ne 0 ]]; then
+      log "logs and results kept in $TMP"
+    else
+      rm -rf "$TMP"
+    fi
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_ports() {  # free_ports N: N currently unused loopback ports
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+wait_for_line() {  # wait_for_line FILE PATTERN PID SECONDS
+  local file=$1 pattern=$2 pid=$3 deadline=$((SECONDS + $4))
+  until grep -q "$pattern" "$file" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "process $pid exited before printing '$pattern'"; }
+    (( SECONDS < deadline )) || { cat "$file" >&2; die "timed out waiting for '$pattern' in $file"; }
+    sleep 0.1
+  done
+}
+
+get_me() {  # get_me ADDR: one authenticated GetMe call, quiet
+  grpcurl -plaintext -max-time 2 "${GRPCURL_PROTO[@]}" \
+    -H "authorization: Bearer $TOKEN" "$1" munity.users.v1.Users/GetMe
+}
+
+wait_for_get_me() {  # wait_for_get_me ADDR NAME PID SECONDS
+  local addr=$1 name=$2 pid=$3 deadline=$((SECONDS + $4)) out
+  until out=$(get_me "$addr" 2>&1); do
+    kill -0 "$pid" 2>/dev/null || die "$name exited; see $TMP"
+    (( SECONDS < deadline )) || die "no successful GetMe through $name after $4 s: $out"
+    sleep 0.2
+  done
+}
+
+# CPU (utime + stime, in clock ticks) of a process, from /proc/PID/stat.
+# Field 2 (comm) may contain spaces, so cut after the last ')'.
+proc_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  # fields after comm: 3=state ... 14=utime 15=stime -> indices 11 and 12 here
+  read -r -a f <<<"$stat"
+  echo $(( f[11] + f[12] ))
+}
+
+proxy_ticks() {  # proxy_ticks TARGET: CPU ticks of the proxy's processes
+  local total=0 pid
+  case "$1" in
+    direct) echo "-"; return ;;
+    gateway) total=$(proc_ticks "$GATEWAY_PID") ;;
+    nginx)
+      # master + workers (workers are the master's children)
+      for pid in "$NGINX_PID" $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null); do
+        total=$(( total + $(proc_ticks "$pid") ))
+      done ;;
+  esac
+  echo "$total"
+}
+
+addr_of() {
+  case "$1" in
+    direct) echo "$USERS_ADDR" ;;
+    gateway) echo "$GATEWAY_ADDR" ;;
+    nginx) echo "$NGINX_ADDR" ;;
+  esac
+}
+
+run_ghz() {  # run_ghz TARGET DURATION OUT.json
+  local seconds=${2%s}
+  [[ "$seconds" =~ ^[0-9]+$ ]] || seconds=60
+  timeout $(( seconds + 60 )) ghz --insecure "${PROTO_ARGS[@]}" \
+    --call munity.users.v1.Users/GetMe \
+    -d '{}' \
+    -m "{\"authorization\":\"Bearer $TOKEN\"}" \
+    -c "$CONCURRENCY" --connections "$CONNECTIONS" \
+    -z "$2" --duration-stop wait \
+    -O json -o "$3" \
+    "$(addr_of "$1")"
+}
+
+# ---------------------------------------------------------------- main ----
+ensure_tools
+
+if [[ $BUILD -eq 1 ]]; then
+  log "building release binaries into $TARGET_DIR"
+  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p users-svc -p munity-gateway)
+fi
+[[ -x "$USERS_BIN" ]] || die "missing $USERS_BIN (run without --no-build)"
+[[ -x "$GATEWAY_BIN" ]] || die "missing $GATEWAY_BIN (run without --no-build)"
+
+TMP="$(mktemp -d /tmp/munity-bench-gateway.XXXXXX)"
+chmod 755 "$TMP"
+mkdir -p "$TMP/users-data" "$TMP/nginx/tmp" "$TMP/results"
+read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT <<<"$(free_ports 4)"
+USERS_ADDR="127.0.0.1:$USERS_PORT"
+GATEWAY_ADDR="127.0.0.1:$GATEWAY_PORT"
+NGINX_ADDR="127.0.0.1:$NGINX_PORT"
+CLK_TCK="$(getconf CLK_TCK)"
+log "threads/workers=$THREADS concurrency=$CONCURRENCY connections=$CONNECTIONS rounds=$ROUNDS duration=$DURATION warmup=$WARMUP"
+log "users-svc $USERS_ADDR, gateway $GATEWAY_ADDR (admin 127.0.0.1:$ADMIN_PORT), nginx $NGINX_ADDR; work dir $TMP"
+
+# users-svc ------------------------------------------------------------------
+env MUNITY_USERS__LISTEN="$USERS_ADDR" \
+    MUNITY_USERS__STORAGE__BACKEND=embedded \
+    MUNITY_USERS__STORAGE__PATH="$TMP/users-data" \
+    RUST_LOG=warn \
+    "$USERS_BIN" >"$TMP/users-svc.log" 2>&1 &
+USERS_PID=$!; PIDS+=("$USERS_PID")
+wait_for_line "$TMP/users-svc.log" "users-svc: listening on grpc://" "$USERS_PID" 30
+
+EMAIL="bench-$$-$RANDOM@example.com"
+PASSWORD="bench password $RANDOM$RANDOM"
+deadline=$((SECONDS + 30))
+until grpcurl -plaintext -max-time 5 "${GRPCURL_PROTO[@]}" \
+    -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\",\"displayName\":\"Bench\"}" \
+    "$USERS_ADDR" munity.users.v1.Users/Register >"$TMP/register.json" 2>&1; do
+  (( SECONDS < deadline )) || { cat "$TMP/register.json" >&2; die "Register failed"; }
+  sleep 0.2
+done
+grpcurl -plaintext -max-time 5 "${GRPCURL_PROTO[@]}" \
+  -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" \
+  "$USERS_ADDR" munity.users.v1.Users/Login >"$TMP/login.json" || die "Login failed"
+TOKEN="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["accessToken"])' "$TMP/login.json")"
+[[ -n "$TOKEN" ]] || die "no accessToken in Login response"
+get_me "$USERS_ADDR" >/dev/null || die "GetMe against users-svc failed"
+log "users-svc up (pid $USERS_PID); token for $EMAIL obtained"
+
+# munity-gateway -------------------------------------------------------------
+sed -e "s|@USERS_ADDR@|$USERS_ADDR|g" "$HERE/gateway.toml.template" >"$TMP/gateway.toml"
+env MUNITY_GATEWAY__LISTEN="$GATEWAY_ADDR" \
+    MUNITY_GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
+    MUNITY_GATEWAY__THREADS="$THREADS" \
+    MUNITY_GATEWAY__JWKS_ENDPOINT="http://$USERS_ADDR" \
+    MUNITY_GATEWAY__RATE_LIMITS__ENABLED=true \
+    MUNITY_GATEWAY__RATE_LIMITS__DEFAULT__REQUESTS=1000000 \
+    MUNITY_GATEWAY__RATE_LIMITS__DEFAULT__PER_SECS=1 \
+    MUNITY_GATEWAY__RATE_LIMITS__DEFAULT__BURST=1000000 \
+    RUST_LOG=warn \
+    "$GATEWAY_BIN" --config "$TMP/gateway.toml" >"$TMP/gateway.log" 2>&1 &
+GATEWAY_PID=$!; PIDS+=("$GATEWAY_PID")
+wait_for_line "$TMP/gateway.log" "munity-gateway: listening on grpc://" "$GATEWAY_PID" 30
+wait_for_get_me "$GATEWAY_ADDR" munity-gateway "$GATEWAY_PID" 30
+log "munity-gateway up (pid $GATEWAY_PID, threads=$THREADS)"
+
+# nginx ----------------------------------------------------------------------
+sed -e "s|@WORKERS@|$THREADS|g" -e "s|@DIR@|$TMP/nginx|g" \
+    -e "s|@LISTEN@|$NGINX_ADDR|g" -e "s|@USERS_ADDR@|$USERS_ADDR|g" \
+    "$HERE/nginx.conf.template" >"$TMP/nginx/nginx.conf"
+"$NGINX_BIN" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+  || die "nginx -t refused $TMP/nginx/nginx.conf"
+"$NGINX_BIN" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
+  >"$TMP/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!; PIDS+=("$NGINX_PID")
+wait_for_get_me "$NGINX_ADDR" nginx "$NGINX_PID" 30
+log "nginx up (master pid $NGINX_PID, worker_processes=$THREADS: $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null))"
+
+# rounds ---------------------------------------------------------------------
+TARGETS=(direct gateway nginx)
+for target in "${TARGETS[@]}"; do
+  log "warm-up $target ($WARMUP)"
+  run_ghz "$target" "$WARMUP" "$TMP/results/warmup_$target.json" \
+    || die "ghz warm-up against $target failed"
+done
+
+: >"$TMP/results/rounds.tsv"
+for round in $(seq "$ROUNDS"); do
+  for target in "${TARGETS[@]}"; do
+    out="$TMP/results/round${round}_$target.json"
+    p0=$(proxy_ticks "$target"); u0=$(proc_ticks "$USERS_PID")
+    run_ghz "$target" "$DURATION" "$out" || die "ghz against $target failed (round $round)"
+    p1=$(proxy_ticks "$target"); u1=$(proc_ticks "$USERS_PID")
+    if [[ "$p0" == "-" ]]; then pd="-"; else pd=$((p1 - p0)); fi
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$out" "$pd" "$((u1 - u0))" >>"$TMP/results/rounds.tsv"
+    log "round $round $target: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"count\"]} calls, {d[\"rps\"]:.0f} req/s, codes {d.get(\"statusCodeDistribution\")}")' "$out")"
+  done
+done
+
+for name in gateway nginx; do
+  kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
+    || log "WARNING: $name died during the run"
+done
+
+echo
+echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds"
+echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(ghz -v 2>&1)"
+echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
+report_status=0
+python3 "$HERE/report.py" "$TMP/results" "$CLK_TCK" || report_status=$?
+if [[ $report_status -ne 0 ]]; then
+  KEEP=1
+  log "some calls failed; ghz JSON kept in $TMP/results"
+fi

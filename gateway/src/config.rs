@@ -1,0 +1,148 @@
+//! `[gateway]`: listeners, routes to upstream replicas, edge auth and rate
+//! limits.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// gRPC listener (h2c, HTTP/1.1 for gRPC-web later), `host:port`.
+    pub listen: String,
+    /// Admin listener: Prometheus `/metrics` and `/healthz`.
+    pub admin_listen: String,
+    /// Worker threads of the proxy.
+    pub threads: usize,
+    /// users-svc address the JWKS is fetched from (gRPC `GetJwks`).
+    pub jwks_endpoint: String,
+    /// Full method paths callable without a token, besides health and
+    /// reflection.
+    pub public_methods: Vec<String>,
+    /// How many verified tokens to remember, so a signature is checked once
+    /// per token rather than once per call.
+    pub token_cache_capacity: usize,
+    /// Active gRPC health checks of every upstream, in milliseconds.
+    pub health_check_interval_ms: u64,
+    /// Which service goes where.
+    pub routes: Vec<RouteConfig>,
+    pub rate_limits: RateLimitConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8080".to_owned(),
+            admin_listen: "127.0.0.1:9090".to_owned(),
+            threads: 1,
+            jwks_endpoint: "http://127.0.0.1:50051".to_owned(),
+            public_methods: ["Register", "Login", "Refresh", "Logout", "GetJwks"]
+                .iter()
+                .map(|m| format!("/munity.users.v1.Users/{m}"))
+                .collect(),
+            token_cache_capacity: 100_000,
+            health_check_interval_ms: 1_000,
+            // Health and reflection go to users-svc: every service serves
+            // the descriptors of all Munity protos.
+            routes: vec![
+                RouteConfig::new("munity.users.v1.Users", ["127.0.0.1:50051"]),
+                RouteConfig::new("grpc.health.v1.Health", ["127.0.0.1:50051"]),
+                RouteConfig::new("grpc.reflection.v1.ServerReflection", ["127.0.0.1:50051"]),
+                RouteConfig::new(
+                    "grpc.reflection.v1alpha.ServerReflection",
+                    ["127.0.0.1:50051"],
+                ),
+            ],
+            rate_limits: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// One gRPC service (package.Service) and the replicas that serve it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Full service name, e.g. `munity.users.v1.Users`.
+    pub service: String,
+    /// Replica addresses, `host:port`.
+    pub upstreams: Vec<String>,
+    /// Deadline applied when the client sends no `grpc-timeout`, in ms.
+    pub default_timeout_ms: u64,
+    /// Upper bound on a client's `grpc-timeout`, in ms.
+    pub max_timeout_ms: u64,
+    /// The service name health checks ask about (default: `service`).
+    pub health_service: Option<String>,
+}
+
+impl RouteConfig {
+    pub fn new<const N: usize>(service: &str, upstreams: [&str; N]) -> Self {
+        RouteConfig {
+            service: service.to_owned(),
+            upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
+            ..RouteConfig::default()
+        }
+    }
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            service: String::new(),
+            upstreams: Vec::new(),
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 300_000,
+            health_service: None,
+        }
+    }
+}
+
+/// Local (per gateway process) rate limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Applies to every method without a rule of its own, per identity.
+    pub default: QuotaConfig,
+    /// Per-method quotas.
+    pub rules: Vec<RateRule>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            default: QuotaConfig {
+                requests: 100,
+                per_secs: 1,
+                burst: 200,
+            },
+            rules: ["Login", "Register"]
+                .iter()
+                .map(|m| RateRule {
+                    method: format!("/munity.users.v1.Users/{m}"),
+                    quota: QuotaConfig {
+                        requests: 5,
+                        per_secs: 60,
+                        burst: 5,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `requests` per `per_secs` seconds, with bursts up to `burst`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub requests: u32,
+    pub per_secs: u64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateRule {
+    /// Full method path, e.g. `/munity.users.v1.Users/Login`.
+    pub method: String,
+    #[serde(flatten)]
+    pub quota: QuotaConfig,
+}

@@ -1,0 +1,121 @@
+//! gRPC wire details the edge needs: parsing paths, answering with a
+//! trailers-only status, and `grpc-timeout` values.
+
+use std::time::Duration;
+
+use pingora_core::protocols::http::HttpTask;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use tonic::Code;
+
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+pub fn split_path(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks: bytes
+/// outside printable ASCII, and `%` itself.
+pub fn encode_message(message: &str) -> String {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// Ends the call with `code` and `message` in a trailers-only response
+/// (HTTP 200, status in the headers), which every gRPC client understands.
+pub async fn respond_status(
+    session: &mut Session,
+    code: Code,
+    message: &str,
+    extra_headers: &[(&'static str, String)],
+) -> pingora_core::Result<()> {
+    let mut response = ResponseHeader::build(200, Some(4 + extra_headers.len()))?;
+    let content_type = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| ct.starts_with("application/grpc"))
+        .unwrap_or("application/grpc")
+        .to_owned();
+    response.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    response.insert_header("grpc-status", (code as i32).to_string())?;
+    response.insert_header("grpc-message", encode_message(message))?;
+    for (name, value) in extra_headers {
+        response.insert_header(*name, value.as_str())?;
+    }
+    // One HEADERS frame with END_STREAM: a gRPC client reads a status only
+    // from a header block that ends the stream (or from trailers).
+    // `Session::write_response_header` never sets END_STREAM on HTTP/2.
+    session
+        .downstream_session
+        .response_duplex_vec(vec![HttpTask::Header(Box::new(response), true)])
+        .await?;
+    Ok(())
+}
+
+/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
+pub fn parse_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Formats a deadline as `grpc-timeout` (milliseconds; at most 8 digits).
+pub fn format_timeout(timeout: Duration) -> String {
+    let millis = timeout.as_millis().clamp(1, 99_999_999);
+    format!("{millis}m")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(
+            split_path("/munity.users.v1.Users/Login"),
+            Some(("munity.users.v1.Users", "Login"))
+        );
+        assert_eq!(split_path("/"), None);
+        assert_eq!(split_path("/svc/"), None);
+        assert_eq!(split_path("/a/b/c"), None);
+        assert_eq!(split_path("nope"), None);
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout("m"), None);
+        assert_eq!(parse_timeout("123456789m"), None);
+        assert_eq!(parse_timeout("10x"), None);
+        assert_eq!(format_timeout(Duration::from_secs(3)), "3000m");
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(encode_message("no route: 100%"), "no route: 100%25");
+        assert_eq!(encode_message("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,146 @@
+//! The Munity edge gateway, on Pingora.
+//!
+//! - `config.rs`: the `[gateway]` section (routes, limits, listeners).
+//! - `proxy.rs`: one `ProxyHttp`: route by gRPC service, verify the JWT,
+//!   rate-limit, pick a healthy replica, proxy over HTTP/2, map failures to
+//!   gRPC statuses, log and count.
+//! - `edge_auth.rs`: token verification with a cache of verified tokens.
+//! - `rate_limit.rs`: keyed GCRA limiters (governor).
+//! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
+//! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
+//! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
+//!
+//! [`run`] blocks the calling thread: Pingora builds its own runtimes, so
+//! `munity dev` starts it on a thread of its own.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod edge_auth;
+pub mod grpc;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod rate_limit;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use munity_platform::{
+    auth::{AuthConfig, RemoteJwks, TokenVerifier, VerifierSettings},
+    shutdown::ShutdownToken,
+};
+use pingora_core::{
+    apps::HttpServerOptions,
+    server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, configuration::ServerConf},
+    services::background::background_service,
+};
+use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
+
+pub use config::GatewayConfig;
+
+/// Runs the gateway until `shutdown` is cancelled. Blocks.
+pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> anyhow::Result<()> {
+    let server_conf = ServerConf {
+        threads: config.threads.max(1),
+        // Stop promptly: health checks already steer traffic away, and
+        // in-flight calls get the shutdown timeout to finish.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, server_conf);
+    server.bootstrap();
+
+    let check_interval = Duration::from_millis(config.health_check_interval_ms.max(50));
+    let mut routes = HashMap::new();
+    for route in &config.routes {
+        let mut balancer =
+            LoadBalancer::<RoundRobin>::try_from_iter(route.upstreams.iter().map(String::as_str))
+                .map_err(|e| {
+                anyhow::anyhow!(
+                    "gateway.routes {}: bad upstream address: {e}",
+                    route.service
+                )
+            })?;
+        // Infrastructure services ask about the server as a whole ("").
+        let health_service = route.health_service.clone().unwrap_or_else(|| {
+            if route.service.starts_with("grpc.") {
+                String::new()
+            } else {
+                route.service.clone()
+            }
+        });
+        balancer.set_health_check(Box::new(health::GrpcHealthCheck::new(
+            &health_service,
+            Duration::from_millis(500),
+        )));
+        balancer.health_check_frequency = Some(check_interval);
+        balancer.parallel_health_check = true;
+        let checker = background_service(&format!("health {}", route.service), balancer);
+        let balancer = checker.task();
+        server.add_service(checker);
+        routes.insert(
+            route.service.clone(),
+            Arc::new(proxy::Route {
+                config: route.clone(),
+                balancer,
+            }),
+        );
+    }
+
+    let verifier = Arc::new(TokenVerifier::new(
+        Arc::new(RemoteJwks::new(&config.jwks_endpoint)),
+        VerifierSettings {
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: Duration::from_secs(auth.leeway_secs),
+            min_refetch_interval: Duration::from_secs(1),
+        },
+    ));
+    let limits = Arc::new(rate_limit::RateLimits::new(&config.rate_limits));
+    let gateway = proxy::Gateway {
+        routes,
+        auth: edge_auth::EdgeAuth::new(verifier, config.token_cache_capacity),
+        public_methods: config.public_methods.clone(),
+        limits: limits.clone(),
+    };
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "munity-gateway",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    proxy.add_tcp(&config.listen);
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "admin",
+        admin::AdminServer::new(&config.admin_listen)?,
+    ));
+    server.add_service(background_service(
+        "rate-limit janitor",
+        admin::LimitsJanitor(limits),
+    ));
+
+    server.run(RunArgs {
+        shutdown_signal: Box::new(TokenSignal(shutdown)),
+    });
+    Ok(())
+}
+
+/// Turns the process's shutdown token into Pingora's graceful terminate.
+struct TokenSignal(ShutdownToken);
+
+#[async_trait]
+impl ShutdownSignalWatch for TokenSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.cancelled().await;
+        ShutdownSignal::GracefulTerminate
+    }
+}

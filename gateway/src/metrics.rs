@@ -1,0 +1,56 @@
+//! Prometheus metrics, served on the admin port.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec,
+    register_int_gauge_vec,
+};
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "munity_gateway_requests_total",
+        "Calls through the gateway, by service, method and gRPC status code.",
+        &["service", "method", "code"]
+    )
+    .expect("metric registers once")
+});
+
+pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "munity_gateway_request_duration_seconds",
+        "Time from request to the end of the response, by service and method.",
+        &["service", "method"],
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+pub static RATE_LIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "munity_gateway_rate_limit_decisions_total",
+        "Rate-limit decisions, by mode (local, global) and outcome (allowed, refused).",
+        &["mode", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "munity_gateway_upstream_healthy",
+        "1 when the upstream replica passes gRPC health checks, 0 otherwise.",
+        &["service", "upstream"]
+    )
+    .expect("metric registers once")
+});
+
+/// The text exposition of every registered metric.
+pub fn render() -> String {
+    use prometheus::Encoder;
+    let mut buffer = Vec::new();
+    let encoder = prometheus::TextEncoder::new();
+    let _ = encoder.encode(&prometheus::gather(), &mut buffer);
+    String::from_utf8(buffer).unwrap_or_default()
+}

@@ -1,0 +1,396 @@
+//! The gateway as deployed: a real `munity-gateway` process in front of real
+//! users-svc servers (in this test process, on port 0), called by a tonic
+//! client exactly as an external client would.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tonic::{Code, Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+struct Replica {
+    address: SocketAddr,
+    shutdown: ShutdownToken,
+    _data: tempfile::TempDir,
+}
+
+async fn replica() -> Replica {
+    let data = tempfile::tempdir().unwrap();
+    let config = users_svc::UsersConfig {
+        storage: StorageConfig::Embedded {
+            path: data.path().to_path_buf(),
+        },
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let shutdown = ShutdownToken::new();
+    tokio::spawn(users_svc::run(
+        config,
+        AuthConfig::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    Replica {
+        address,
+        shutdown,
+        _data: data,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Gateway {
+    child: Child,
+    address: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the gateway with `users` (and health) routed to `upstreams`.
+async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
+    let port = free_port();
+    let upstreams: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let upstreams = upstreams.join(", ");
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        r#"
+[gateway]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+jwks_endpoint = "http://{jwks}"
+health_check_interval_ms = 200
+
+[[gateway.routes]]
+service = "munity.users.v1.Users"
+upstreams = [{upstreams}]
+
+[[gateway.routes]]
+service = "grpc.health.v1.Health"
+upstreams = [{upstreams}]
+
+[[gateway.rate_limits.rules]]
+method = "/munity.users.v1.Users/Login"
+requests = 3
+per_secs = 60
+burst = 3
+"#,
+        admin = free_port(),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
+        .arg("--config")
+        .arg(config.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway = Gateway {
+        child,
+        address: format!("127.0.0.1:{port}"),
+        _config: config,
+    };
+    // Ready when a call through it succeeds.
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://{}", gateway.address))
+            .unwrap()
+            .connect()
+            .await
+            && UsersClient::new(channel)
+                .get_jwks(pb::GetJwksRequest {})
+                .await
+                .is_ok()
+        {
+            return gateway;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn client(gateway: &Gateway) -> UsersClient<Channel> {
+    UsersClient::new(
+        Channel::from_shared(format!("http://{}", gateway.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
+    let users = replica().await;
+    let gateway = gateway(users.address, &[users.address]).await;
+    let mut client = client(&gateway).await;
+
+    // Unary, with tokens verified at the edge and again by the service.
+    let session = client
+        .register(pb::RegisterRequest {
+            email: "edge@example.com".to_owned(),
+            password: "correct horse".to_owned(),
+            display_name: "Edge".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = client
+        .get_me(authed(pb::GetMeRequest {}, &session.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.email, "edge@example.com");
+
+    // Errors keep their trailers, including the BadRequest details.
+    let bad = client
+        .register(pb::RegisterRequest {
+            email: "nope".to_owned(),
+            password: "short".to_owned(),
+            display_name: "x".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    use tonic_types::StatusExt;
+    let fields: Vec<String> = bad
+        .get_error_details()
+        .bad_request()
+        .expect("grpc-status-details-bin passed through")
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert_eq!(fields, ["email", "password"]);
+
+    // Server streaming: Health/Watch sends the current status and stays open.
+    let channel = Channel::from_shared(format!("http://{}", gateway.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "munity.users.v1.Users".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, 1, "SERVING");
+
+    // Unknown service: UNIMPLEMENTED from the edge.
+    let unknown = Channel::from_shared(format!("http://{}", gateway.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut unknown = tonic::client::Grpc::new(unknown);
+    unknown.ready().await.unwrap();
+    let status = unknown
+        .unary::<_, (), _>(
+            Request::new(()),
+            "/munity.nothing.v1.Nothing/Call".parse().unwrap(),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+
+    // Forged tokens never reach the service.
+    let parts: Vec<&str> = session.access_token.split('.').collect();
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    claims["sub"] = serde_json::json!(uuid::Uuid::now_v7().to_string());
+    let kid = header["kid"].as_str().unwrap().to_owned();
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "none", "kid": kid}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let jwks: serde_json::Value = serde_json::from_str(
+        &client
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json,
+    )
+    .unwrap();
+    let hs256 = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(kid.clone());
+        let public = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+        )
+        .unwrap()
+    };
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        parts[2]
+    );
+    let wrong_kid = {
+        let mut other = header.clone();
+        other["kid"] = serde_json::json!("unknown-key");
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(other.to_string()),
+            parts[1],
+            parts[2]
+        )
+    };
+    let expired = {
+        // Signed by nobody we know, and long expired: refused either way.
+        let mut old = claims.clone();
+        old["exp"] = serde_json::json!(1);
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(old.to_string()),
+            parts[2]
+        )
+    };
+    for (name, token) in [
+        ("alg none", none.as_str()),
+        ("HS256 with the public key", hs256.as_str()),
+        ("tampered payload", tampered.as_str()),
+        ("wrong kid", wrong_kid.as_str()),
+        ("expired", expired.as_str()),
+    ] {
+        let status = client
+            .get_me(authed(pb::GetMeRequest {}, token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
+    }
+    let missing = client.get_me(pb::GetMeRequest {}).await.unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+
+    // Login is limited to 3 per minute per client IP here.
+    let login = pb::LoginRequest {
+        email: "edge@example.com".to_owned(),
+        password: "correct horse".to_owned(),
+    };
+    for _ in 0..3 {
+        client.login(login.clone()).await.unwrap();
+    }
+    let limited = client.login(login).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    let retry_after: u64 = limited
+        .metadata()
+        .get("retry-after")
+        .expect("retry-after metadata")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+
+    users.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_leaves_rotation_without_failed_calls() {
+    let (a, b) = (replica().await, replica().await);
+    let gateway = gateway(a.address, &[a.address, b.address]).await;
+    let mut client = client(&gateway).await;
+    for _ in 0..20 {
+        client.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    }
+    b.shutdown.cancel();
+    // Calls keep succeeding: a refused connection is retried on the other
+    // replica, and the health check takes the dead one out.
+    for i in 0..200 {
+        client
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap_or_else(|status| panic!("call {i} failed: {status:?}"));
+    }
+    a.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_upstream_is_unavailable() {
+    let users = replica().await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // The route's only replica listens nowhere; JWKS comes from a live one.
+    let port = free_port();
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{}\"\njwks_endpoint = \"http://{}\"\n[[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{dead}\"]\n",
+        free_port(),
+        users.address
+    )
+    .unwrap();
+    let _gateway = Gateway {
+        child: Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        address: format!("127.0.0.1:{port}"),
+        _config: config,
+    };
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break UsersClient::new(channel)
+                .get_jwks(pb::GetJwksRequest {})
+                .await
+                .unwrap_err();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    users.shutdown.cancel();
+}

@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     /// Which service goes where.
     pub routes: Vec<RouteConfig>,
     pub rate_limits: RateLimitConfig,
+    /// Browser origins allowed to call over gRPC-web (`*` for any).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +54,10 @@ impl Default for GatewayConfig {
                 ),
             ],
             rate_limits: RateLimitConfig::default(),
+            cors_allowed_origins: ["http://localhost:3000", "http://localhost:5173"]
+                .iter()
+                .map(|o| (*o).to_owned())
+                .collect(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `rate_limit.rs`: keyed GCRA limiters (governor).
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
+//! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC, and CORS.
 //! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
 //!
 //! [`run`] blocks the calling thread: Pingora builds its own runtimes, so
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod config;
 pub mod edge_auth;
 pub mod grpc;
+pub mod grpc_web;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
@@ -105,6 +107,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         auth: edge_auth::EdgeAuth::new(verifier, config.token_cache_capacity),
         public_methods: config.public_methods.clone(),
         limits: limits.clone(),
+        cors: grpc_web::Cors::new(&config.cors_allowed_origins),
     };
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(

@@ -12,6 +12,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use munity_platform::auth::{Claims, bearer_token};
 use pingora_core::{Error, ErrorType, upstreams::peer::HttpPeer};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -22,7 +23,9 @@ use tonic::Code;
 use crate::{
     config::RouteConfig,
     edge_auth::EdgeAuth,
-    grpc, metrics,
+    grpc,
+    grpc_web::{self, Cors, Encoding, WebCall},
+    metrics,
     rate_limit::{Decision, RateLimits},
 };
 
@@ -49,6 +52,7 @@ pub struct Gateway {
     pub auth: EdgeAuth,
     pub public_methods: Vec<String>,
     pub limits: Arc<RateLimits>,
+    pub cors: Cors,
 }
 
 /// What the gateway knows about one call.
@@ -66,6 +70,12 @@ pub struct CallCtx {
     /// Replicas already tried for this call (connect failures retry elsewhere).
     tried: Vec<SocketAddr>,
     peer: Option<SocketAddr>,
+    /// Set for gRPC-web calls: how to translate bodies.
+    web: Option<WebCall>,
+    /// The caller's allowed browser origin, echoed in CORS headers.
+    origin: Option<String>,
+    /// The request body could not be decoded (bad base64).
+    bad_request_body: bool,
 }
 
 impl Gateway {
@@ -82,9 +92,63 @@ impl Gateway {
         extra: &[(&'static str, String)],
     ) -> pingora_core::Result<bool> {
         ctx.local_status = Some(code);
-        grpc::respond_status(session, code, message, extra).await?;
+        let mut headers = extra.to_vec();
+        headers.extend(cors_headers(ctx));
+        grpc::respond_status(session, code, message, &headers).await?;
         Ok(true)
     }
+
+    /// Answers a CORS preflight: 204 with the grants for an allowed origin,
+    /// 403 for any other.
+    async fn preflight(
+        &self,
+        session: &mut Session,
+        origin: Option<String>,
+    ) -> pingora_core::Result<bool> {
+        let allowed = origin.filter(|o| self.cors.allows(o));
+        let mut response =
+            ResponseHeader::build(if allowed.is_some() { 204 } else { 403 }, Some(6))?;
+        if let Some(origin) = allowed {
+            response.insert_header("access-control-allow-origin", origin)?;
+            response.insert_header("access-control-allow-methods", "POST, OPTIONS")?;
+            response.insert_header("access-control-allow-headers", grpc_web::ALLOWED_HEADERS)?;
+            response.insert_header("access-control-expose-headers", grpc_web::EXPOSED_HEADERS)?;
+            response.insert_header("access-control-max-age", "86400")?;
+            response.insert_header("vary", "origin")?;
+        }
+        response.insert_header("content-length", "0")?;
+        session
+            .downstream_session
+            .response_duplex_vec(vec![pingora_core::protocols::http::HttpTask::Header(
+                Box::new(response),
+                true,
+            )])
+            .await?;
+        Ok(true)
+    }
+}
+
+fn cors_headers(ctx: &CallCtx) -> Vec<(&'static str, String)> {
+    match &ctx.origin {
+        Some(origin) => vec![
+            ("access-control-allow-origin", origin.clone()),
+            (
+                "access-control-expose-headers",
+                grpc_web::EXPOSED_HEADERS.to_owned(),
+            ),
+            ("vary", "origin".to_owned()),
+        ],
+        None => Vec::new(),
+    }
+}
+
+fn header_str(session: &Session, name: &str) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn client_ip(session: &Session) -> String {
@@ -111,6 +175,9 @@ impl ProxyHttp for Gateway {
             upstream_status: None,
             tried: Vec::new(),
             peer: None,
+            web: None,
+            origin: None,
+            bad_request_body: false,
         }
     }
 
@@ -119,6 +186,24 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut CallCtx,
     ) -> pingora_core::Result<bool> {
+        let origin = header_str(session, "origin");
+        if session.req_header().method == http::Method::OPTIONS {
+            return self.preflight(session, origin).await;
+        }
+        ctx.web = header_str(session, "content-type")
+            .as_deref()
+            .and_then(Encoding::from_content_type)
+            .map(WebCall::new);
+        if let Some(origin) = origin {
+            if !self.cors.allows(&origin) {
+                let message = format!("origin {origin} is not allowed");
+                return self
+                    .refuse(session, ctx, Code::PermissionDenied, &message, &[])
+                    .await;
+            }
+            ctx.origin = Some(origin);
+        }
+
         let path = session.req_header().uri.path().to_owned();
         let Some((service, method)) = grpc::split_path(&path) else {
             return self
@@ -256,7 +341,92 @@ impl ProxyHttp for Gateway {
         if let Some(deadline) = ctx.deadline {
             upstream_request.insert_header("grpc-timeout", grpc::format_timeout(deadline))?;
         }
+        if ctx.web.is_some() {
+            // Upstream, it is plain gRPC over HTTP/2.
+            upstream_request.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+            upstream_request.insert_header(http::header::TE, "trailers")?;
+            upstream_request.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_request.remove_header("x-grpc-web");
+            upstream_request.remove_header(&http::header::ORIGIN);
+        }
         Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut CallCtx,
+    ) -> pingora_core::Result<()> {
+        let Some(web) = ctx.web.as_mut().filter(|w| w.encoding == Encoding::Text) else {
+            return Ok(());
+        };
+        if let Some(chunk) = body.take() {
+            match web.decode_request(&chunk) {
+                Ok(decoded) => *body = Some(decoded),
+                Err(error) => {
+                    ctx.bad_request_body = true;
+                    return Err(Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        error.to_string(),
+                    ));
+                }
+            }
+        }
+        if end_of_stream && web.request_incomplete() {
+            ctx.bad_request_body = true;
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "grpc-web-text request body ends mid base64 group",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut CallCtx,
+    ) -> pingora_core::Result<()> {
+        if let Some(web) = &ctx.web {
+            response.insert_header(
+                http::header::CONTENT_TYPE,
+                web.encoding.response_content_type(),
+            )?;
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        }
+        for (name, value) in cors_headers(ctx) {
+            response.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut CallCtx,
+    ) -> pingora_core::Result<Option<Duration>> {
+        if let Some(web) = ctx.web.as_ref().filter(|w| w.encoding == Encoding::Text)
+            && let Some(chunk) = body.take()
+        {
+            *body = Some(web.encode_response(&chunk));
+        }
+        Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut CallCtx,
+    ) -> pingora_core::Result<Option<Bytes>> {
+        // Browsers cannot read HTTP trailers: gRPC-web carries them as the
+        // last frame of the body.
+        Ok(ctx.web.as_ref().map(|web| web.trailers_frame(trailers)))
     }
 
     async fn upstream_response_filter(
@@ -310,6 +480,14 @@ impl ProxyHttp for Gateway {
         // Once the upstream's response has started, the stream just ends.
         if session.response_written().is_none() {
             let (code, message) = match error.etype() {
+                _ if ctx.bad_request_body => (
+                    Code::InvalidArgument,
+                    error
+                        .context
+                        .as_ref()
+                        .map_or("bad request body", |c| c.as_str())
+                        .to_owned(),
+                ),
                 ErrorType::ConnectNoRoute => (
                     Code::Unavailable,
                     error
@@ -330,7 +508,9 @@ impl ProxyHttp for Gateway {
                 ),
             };
             ctx.local_status = Some(code);
-            if let Err(write_error) = grpc::respond_status(session, code, &message, &[]).await {
+            let headers = cors_headers(ctx);
+            if let Err(write_error) = grpc::respond_status(session, code, &message, &headers).await
+            {
                 tracing::debug!(%write_error, "could not send the error to the client");
             }
         }

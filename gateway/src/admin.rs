@@ -1,13 +1,13 @@
 //! The admin port (Prometheus `/metrics`, `/healthz`) and housekeeping,
 //! as Pingora background services so they start and stop with the proxy.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use async_trait::async_trait;
 use axum::{Router, routing::get};
 use pingora_core::{server::ShutdownWatch, services::background::BackgroundService};
 
-use crate::{metrics, rate_limit::RateLimits};
+use crate::{metrics, rate_limit::Limiter};
 
 pub struct AdminServer {
     address: SocketAddr,
@@ -50,7 +50,7 @@ impl BackgroundService for AdminServer {
 
 /// Drops rate-limit keys that have fully recovered, so a stream of one-off
 /// client IPs cannot grow memory without bound.
-pub struct LimitsJanitor(pub Arc<RateLimits>);
+pub struct LimitsJanitor(pub Limiter);
 
 #[async_trait]
 impl BackgroundService for LimitsJanitor {

@@ -105,6 +105,21 @@ impl Default for RouteConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub enabled: bool,
+    /// `local`: each replica limits alone. `global`: replicas share one
+    /// budget kept in Redis, falling back to local shares when it is down.
+    pub mode: LimitMode,
+    /// Redis for `global` mode.
+    pub redis_url: String,
+    /// Prefix of the Redis keys holding the budgets.
+    pub redis_key_prefix: String,
+    /// How many gateway replicas share the budget: each one's fallback share
+    /// is the quota divided by this.
+    pub replicas: u32,
+    /// Redis answers slower than this count as Redis being down.
+    pub redis_timeout_ms: u64,
+    /// Quotas slower than this many calls per second are checked against
+    /// Redis on every call; faster ones spend local leases.
+    pub sync_below_per_sec: f64,
     /// Applies to every method without a rule of its own, per identity.
     pub default: QuotaConfig,
     /// Per-method quotas.
@@ -115,6 +130,12 @@ impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
             enabled: true,
+            mode: LimitMode::Local,
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_key_prefix: "munity:rl".to_owned(),
+            replicas: 1,
+            redis_timeout_ms: 5,
+            sync_below_per_sec: 10.0,
             default: QuotaConfig {
                 requests: 100,
                 per_secs: 1,
@@ -133,6 +154,13 @@ impl Default for RateLimitConfig {
                 .collect(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    Local,
+    Global,
 }
 
 /// `requests` per `per_secs` seconds, with bursts up to `burst`.

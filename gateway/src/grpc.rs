@@ -52,6 +52,14 @@ pub async fn respond_status(
     for (name, value) in extra_headers {
         response.insert_header(*name, value.as_str())?;
     }
+    // Read what the client is still sending (a unary request is one small
+    // frame) before answering: an answer that races ahead of the request
+    // body makes some HTTP/2 clients (hyper's) lose the whole connection
+    // instead of just this call. Bounded, for clients that stream forever.
+    if !session.downstream_session.is_body_done() {
+        let drain = session.downstream_session.drain_request_body();
+        let _ = tokio::time::timeout(Duration::from_millis(100), drain).await;
+    }
     // One HEADERS frame with END_STREAM: a gRPC client reads a status only
     // from a header block that ends the stream (or from trailers).
     // `Session::write_response_header` never sets END_STREAM on HTTP/2.

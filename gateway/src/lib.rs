@@ -5,7 +5,9 @@
 //!   rate-limit, pick a healthy replica, proxy over HTTP/2, map failures to
 //!   gRPC statuses, log and count.
 //! - `edge_auth.rs`: token verification with a cache of verified tokens.
-//! - `rate_limit.rs`: keyed GCRA limiters (governor).
+//! - `rate_limit.rs`: keyed GCRA limiters (governor), per replica.
+//! - `global_limit.rs`: one budget for all replicas in Redis (fred), with
+//!   leased tokens and a local fallback.
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
 //! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC, and CORS.
@@ -19,6 +21,7 @@
 pub mod admin;
 pub mod config;
 pub mod edge_auth;
+pub mod global_limit;
 pub mod grpc;
 pub mod grpc_web;
 pub mod health;
@@ -101,7 +104,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             min_refetch_interval: Duration::from_secs(1),
         },
     ));
-    let limits = Arc::new(rate_limit::RateLimits::new(&config.rate_limits));
+    let limits = rate_limit::Limiter::new(&config.rate_limits)?;
     let gateway = proxy::Gateway {
         routes,
         auth: edge_auth::EdgeAuth::new(verifier, config.token_cache_capacity),

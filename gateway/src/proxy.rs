@@ -26,7 +26,7 @@ use crate::{
     grpc,
     grpc_web::{self, Cors, Encoding, WebCall},
     metrics,
-    rate_limit::{Decision, RateLimits},
+    rate_limit::{Decision, Limiter},
 };
 
 /// Identity headers the gateway sets for upstreams. Whatever a client sent
@@ -51,7 +51,7 @@ pub struct Gateway {
     pub routes: HashMap<String, Arc<Route>>,
     pub auth: EdgeAuth,
     pub public_methods: Vec<String>,
-    pub limits: Arc<RateLimits>,
+    pub limits: Limiter,
     pub cors: Cors,
 }
 
@@ -256,9 +256,10 @@ impl ProxyHttp for Gateway {
             Some(claims) => format!("user:{}", claims.sub),
             None => format!("ip:{}", client_ip(session)),
         };
-        if let Decision::Refused { retry_after } = self.limits.check(&path, &identity) {
+        let (decision, mode) = self.limits.check(&path, &identity).await;
+        if let Decision::Refused { retry_after } = decision {
             metrics::RATE_LIMIT
-                .with_label_values(&["local", "refused"])
+                .with_label_values(&[mode.as_str(), "refused"])
                 .inc();
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let message = format!("rate limit exceeded for {path}; retry in {seconds} s");
@@ -273,7 +274,7 @@ impl ProxyHttp for Gateway {
                 .await;
         }
         metrics::RATE_LIMIT
-            .with_label_values(&["local", "allowed"])
+            .with_label_values(&[mode.as_str(), "allowed"])
             .inc();
 
         // Deadline: the client's, capped by the route; a default otherwise.

@@ -98,6 +98,7 @@ mod tests {
                     burst: 2,
                 },
             }],
+            ..RateLimitConfig::default()
         });
         assert_eq!(limits.check("/m.S/Login", "1.2.3.4"), Decision::Allowed);
         assert_eq!(limits.check("/m.S/Login", "1.2.3.4"), Decision::Allowed);
@@ -112,5 +113,46 @@ mod tests {
         assert_eq!(limits.check("/m.S/Login", "5.6.7.8"), Decision::Allowed);
         assert_eq!(limits.check("/m.S/Other", "1.2.3.4"), Decision::Allowed);
         limits.evict_idle();
+    }
+}
+
+/// The configured limiter: per replica, or shared through Redis.
+#[derive(Clone)]
+pub enum Limiter {
+    Local(std::sync::Arc<RateLimits>),
+    Global(std::sync::Arc<crate::global_limit::GlobalLimits>),
+}
+
+impl Limiter {
+    pub fn new(config: &RateLimitConfig) -> anyhow::Result<Self> {
+        Ok(match config.mode {
+            crate::config::LimitMode::Local => {
+                Limiter::Local(std::sync::Arc::new(RateLimits::new(config)))
+            }
+            crate::config::LimitMode::Global => {
+                Limiter::Global(crate::global_limit::GlobalLimits::new(config)?)
+            }
+        })
+    }
+
+    pub async fn check(
+        &self,
+        method: &str,
+        identity: &str,
+    ) -> (Decision, crate::global_limit::Mode) {
+        match self {
+            Limiter::Local(limits) => (
+                limits.check(method, identity),
+                crate::global_limit::Mode::Local,
+            ),
+            Limiter::Global(limits) => limits.check(method, identity).await,
+        }
+    }
+
+    pub fn evict_idle(&self) {
+        match self {
+            Limiter::Local(limits) => limits.evict_idle(),
+            Limiter::Global(limits) => limits.evict_idle(),
+        }
     }
 }

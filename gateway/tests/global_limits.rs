@@ -1,0 +1,323 @@
+//! Two gateway processes share one rate-limit budget in a real Redis
+//! (Debian's redis-server, started by this test on a free port so it can be
+//! killed and restarted without disturbing anything else). Killing Redis
+//! keeps both gateways answering with local shares; restarting it brings
+//! back the shared budget.
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tonic::{Code, transport::Channel};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server(port: u16) -> Process {
+    let child = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Process(child)
+}
+
+async fn users_replica() -> (SocketAddr, ShutdownToken, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let config = users_svc::UsersConfig {
+        storage: StorageConfig::Embedded {
+            path: data.path().to_path_buf(),
+        },
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let shutdown = ShutdownToken::new();
+    tokio::spawn(users_svc::run(
+        config,
+        AuthConfig::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    (address, shutdown, data)
+}
+
+struct Gateway {
+    _process: Process,
+    client: UsersClient<Channel>,
+    admin: String,
+    _config: tempfile::NamedTempFile,
+}
+
+/// A gateway in global mode, two replicas sharing: GetJwks 30 per minute
+/// (a strict quota, checked in Redis on each call). The Redis timeout is
+/// generous because this machine is shared by both gateways, the service and
+/// the test: a slower answer would rightly fall back to local limits and
+/// blur what this test measures.
+async fn gateway(users: SocketAddr, redis_port: u16, prefix: &str) -> Gateway {
+    gateway_with(users, redis_port, prefix, "").await
+}
+
+async fn gateway_with(users: SocketAddr, redis_port: u16, prefix: &str, extra: &str) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        r#"
+[gateway]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+jwks_endpoint = "http://{users}"
+[[gateway.routes]]
+service = "munity.users.v1.Users"
+upstreams = ["{users}"]
+[gateway.rate_limits]
+mode = "global"
+redis_url = "redis://127.0.0.1:{redis_port}"
+redis_key_prefix = "{prefix}"
+replicas = 2
+redis_timeout_ms = 1000
+[[gateway.rate_limits.rules]]
+method = "/munity.users.v1.Users/GetJwks"
+requests = 30
+per_secs = 60
+burst = 30
+{extra}
+"#
+    )
+    .unwrap();
+    let process = Process(
+        Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    let channel = loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break channel;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Gateway {
+        _process: process,
+        client: UsersClient::new(channel),
+        admin: format!("127.0.0.1:{admin}"),
+        _config: config,
+    }
+}
+
+/// Fires `calls` GetJwks concurrently, half through each gateway; returns
+/// how many were admitted. Every call must be answered (OK or
+/// RESOURCE_EXHAUSTED), never fail otherwise.
+async fn burst(gateways: &[&Gateway], calls: usize) -> usize {
+    let tasks = (0..calls).map(|i| {
+        let mut client = gateways[i % gateways.len()].client.clone();
+        tokio::spawn(async move { client.get_jwks(pb::GetJwksRequest {}).await })
+    });
+    let mut admitted = 0;
+    for result in futures::future::join_all(tasks).await {
+        match result.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+        }
+    }
+    admitted
+}
+
+async fn metric(gateway: &Gateway, needle: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(&gateway.admin)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_budget_and_survive_redis_outages() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "redis-server missing in CI"
+        );
+        eprintln!("skipping: redis-server not installed");
+        return;
+    }
+    let redis_port = free_port();
+    let redis = redis_server(redis_port);
+    let (users, users_shutdown, _data) = users_replica().await;
+    let prefix = format!("test:{}", uuid::Uuid::now_v7().simple());
+    let a = gateway(users, redis_port, &prefix).await;
+    let b = gateway(users, redis_port, &prefix).await;
+
+    // 90 calls at once against a shared budget of 30: together the two
+    // gateways admit 30 (the strict path has no tolerance to add).
+    let admitted = burst(&[&a, &b], 90).await;
+    eprintln!("strict quota 30: two gateways admitted {admitted} of 90");
+    assert!(admitted <= 30, "admitted {admitted} > quota 30");
+    assert!(admitted >= 28, "admitted only {admitted} of 30");
+    assert!(
+        metric(
+            &a,
+            "munity_gateway_rate_limit_decisions_total{mode=\"global\",outcome=\"refused\"}"
+        )
+        .await
+            > 0
+    );
+
+    // Redis dies: both gateways keep answering, each with its local share
+    // (30 / 2 replicas = 15 each), and say so in their metrics.
+    drop(redis);
+    let admitted = burst(&[&a, &b], 60).await;
+    eprintln!("Redis down: fallback shares admitted {admitted} of 60");
+    assert!(
+        admitted <= 30,
+        "fallback admitted {admitted}: more than the two shares"
+    );
+    assert!(admitted >= 20, "fallback admitted only {admitted}");
+    let fallback =
+        "munity_gateway_rate_limit_decisions_total{mode=\"fallback\",outcome=\"allowed\"}";
+    assert!(metric(&a, fallback).await > 0);
+    assert!(metric(&b, fallback).await > 0);
+
+    // Redis is back (empty, so the budget is full again): global mode
+    // returns once the fallback window passes and the client reconnects.
+    let _redis = redis_server(redis_port);
+    let global = "munity_gateway_rate_limit_decisions_total{mode=\"global\",outcome=\"allowed\"}";
+    let before = metric(&a, global).await;
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut client = a.client.clone();
+        let _ = client.get_jwks(pb::GetJwksRequest {}).await;
+        if metric(&a, global).await > before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "global mode never came back"
+        );
+    }
+    users_shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_rate_quotas_spend_leases_within_the_stated_tolerance() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "redis-server missing in CI"
+        );
+        return;
+    }
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let (users, users_shutdown, _data) = users_replica().await;
+    let prefix = format!("test:{}", uuid::Uuid::now_v7().simple());
+    // 200 calls/s with a burst of 100: leases of 10 tokens (50 ms of rate).
+    let fast = "[gateway.rate_limits.default]\nrequests = 200\nper_secs = 1\nburst = 100";
+    let a = gateway_with(users, redis_port, &prefix, fast).await;
+    let b = gateway_with(users, redis_port, &prefix, fast).await;
+
+    let started = Instant::now();
+    let mut admitted = 0;
+    for _ in 0..3 {
+        let tasks = (0..200).map(|i| {
+            let mut client = [&a, &b][i % 2].client.clone();
+            tokio::spawn(async move { client.logout(pb::LogoutRequest::default()).await })
+        });
+        for result in futures::future::join_all(tasks).await {
+            match result.unwrap() {
+                // Public, cheap, and refused by users-svc for the empty
+                // token: INVALID_ARGUMENT means the limiter let it through.
+                Err(status) if status.code() == Code::InvalidArgument => admitted += 1,
+                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}"),
+                Ok(_) => unreachable!("Logout without a token cannot succeed"),
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Budget: the burst, plus what refilled meanwhile, plus one lease of
+    // tolerance per replica.
+    let bound = 100.0 + 200.0 * elapsed + 2.0 * 10.0;
+    eprintln!("leased quota: admitted {admitted} of 600 in {elapsed:.2} s (bound {bound:.0})");
+    assert!(
+        (admitted as f64) <= bound,
+        "admitted {admitted} in {elapsed:.2} s; bound {bound:.0}"
+    );
+    assert!(admitted >= 100, "admitted only {admitted}");
+    let fallback = "munity_gateway_rate_limit_decisions_total{mode=\"fallback\"";
+    assert_eq!(
+        metric(&a, fallback).await,
+        0,
+        "Redis was up: no fallback expected"
+    );
+    users_shutdown.cancel();
+}

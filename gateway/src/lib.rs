@@ -9,6 +9,7 @@
 //! - `global_limit.rs`: one budget for all replicas in Redis (fred), with
 //!   leased tokens and a local fallback.
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
+//! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
 //! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC, and CORS.
 //! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
@@ -26,6 +27,7 @@ pub mod grpc;
 pub mod grpc_web;
 pub mod health;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod rate_limit;
 
@@ -91,6 +93,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             Arc::new(proxy::Route {
                 config: route.clone(),
                 balancer,
+                outliers: outlier::Outliers::default(),
             }),
         );
     }
@@ -111,6 +114,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         public_methods: config.public_methods.clone(),
         limits: limits.clone(),
         cors: grpc_web::Cors::new(&config.cors_allowed_origins),
+        streaming_methods: grpc::server_streaming_methods(),
     };
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(

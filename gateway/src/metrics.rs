@@ -46,6 +46,15 @@ pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "munity_gateway_upstream_ejections_total",
+        "Replicas taken out of rotation after consecutive failed calls, by service.",
+        &["service"]
+    )
+    .expect("metric registers once")
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     use prometheus::Encoder;

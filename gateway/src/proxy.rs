@@ -13,7 +13,10 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use munity_platform::auth::{Claims, bearer_token};
+use munity_platform::{
+    auth::{Claims, bearer_token},
+    telemetry,
+};
 use pingora_core::{Error, ErrorType, upstreams::peer::HttpPeer};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
@@ -26,6 +29,7 @@ use crate::{
     grpc,
     grpc_web::{self, Cors, Encoding, WebCall},
     metrics,
+    outlier::Outliers,
     rate_limit::{Decision, Limiter},
 };
 
@@ -45,6 +49,7 @@ const ALWAYS_PUBLIC_SERVICES: &[&str] = &[
 pub struct Route {
     pub config: RouteConfig,
     pub balancer: Arc<LoadBalancer<RoundRobin>>,
+    pub outliers: Outliers,
 }
 
 pub struct Gateway {
@@ -53,6 +58,8 @@ pub struct Gateway {
     pub public_methods: Vec<String>,
     pub limits: Limiter,
     pub cors: Cors,
+    /// Server-streaming methods: no default deadline for them.
+    pub streaming_methods: std::collections::HashSet<String>,
 }
 
 /// What the gateway knows about one call.
@@ -76,6 +83,9 @@ pub struct CallCtx {
     origin: Option<String>,
     /// The request body could not be decoded (bad base64).
     bad_request_body: bool,
+    /// The call's span: a child of the client's trace when it sent
+    /// `traceparent`, and the parent of the upstream call.
+    span: tracing::Span,
 }
 
 impl Gateway {
@@ -178,6 +188,7 @@ impl ProxyHttp for Gateway {
             web: None,
             origin: None,
             bad_request_body: false,
+            span: tracing::Span::none(),
         }
     }
 
@@ -205,6 +216,14 @@ impl ProxyHttp for Gateway {
         }
 
         let path = session.req_header().uri.path().to_owned();
+        ctx.span = tracing::info_span!(
+            "grpc.gateway",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        telemetry::set_parent_from_headers(&ctx.span, &session.req_header().headers);
         let Some((service, method)) = grpc::split_path(&path) else {
             return self
                 .refuse(
@@ -277,7 +296,8 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[mode.as_str(), "allowed"])
             .inc();
 
-        // Deadline: the client's, capped by the route; a default otherwise.
+        // Deadline: the client's, capped by the route; a default otherwise,
+        // except for server streams, which may rightly live for hours.
         let requested = session
             .req_header()
             .headers
@@ -285,11 +305,11 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(grpc::parse_timeout);
         let max = Duration::from_millis(route.config.max_timeout_ms);
-        ctx.deadline = Some(
-            requested
-                .unwrap_or(Duration::from_millis(route.config.default_timeout_ms))
-                .min(max),
-        );
+        ctx.deadline = match requested {
+            Some(requested) => Some(requested.min(max)),
+            None if self.streaming_methods.contains(&path) => None,
+            None => Some(Duration::from_millis(route.config.default_timeout_ms).min(max)),
+        };
         ctx.route = Some(route);
         Ok(false)
     }
@@ -335,6 +355,15 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut CallCtx,
     ) -> pingora_core::Result<()> {
+        // The upstream's spans join this call's trace. Without an exporter
+        // the span has no context of its own, and the client's traceparent
+        // passes through unchanged.
+        let mut trace_headers = http::HeaderMap::new();
+        ctx.span
+            .in_scope(|| telemetry::inject_trace_context(&mut trace_headers));
+        for (name, value) in &trace_headers {
+            upstream_request.insert_header(name.clone(), value.clone())?;
+        }
         if let Some(claims) = &ctx.claims {
             upstream_request.insert_header(USER_ID_HEADER, claims.sub.as_str())?;
             upstream_request.insert_header(ROLES_HEADER, claims.roles.join(","))?;
@@ -464,6 +493,11 @@ impl ProxyHttp for Gateway {
         // Nothing reached the replica, so another one may take the call.
         if let Some(address) = ctx.peer.take() {
             ctx.tried.push(address);
+            if let Some(route) = &ctx.route {
+                route
+                    .outliers
+                    .failure(address, &route.balancer, &route.config.service);
+            }
         }
         let replicas = ctx.route.as_ref().map_or(0, |r| r.config.upstreams.len());
         if ctx.tried.len() < replicas {
@@ -534,6 +568,17 @@ impl ProxyHttp for Gateway {
             } else {
                 ("unrouted", "unrouted")
             };
+        if let (Some(route), Some(peer)) = (&ctx.route, ctx.peer) {
+            // UNAVAILABLE from the replica itself counts against it.
+            if ctx.upstream_status.as_deref() == Some("14") {
+                route
+                    .outliers
+                    .failure(peer, &route.balancer, &route.config.service);
+            } else if ctx.upstream_status.is_some() {
+                route.outliers.success(peer);
+            }
+        }
+        ctx.span.record("rpc.grpc.status_code", code.as_str());
         let elapsed = ctx.started.elapsed();
         metrics::REQUESTS
             .with_label_values(&[service, method, &code])
@@ -541,6 +586,7 @@ impl ProxyHttp for Gateway {
         metrics::LATENCY
             .with_label_values(&[service, method])
             .observe(elapsed.as_secs_f64());
+        let _in_call = ctx.span.enter();
         tracing::info!(
             target: "access",
             client = %client_ip(session),

@@ -56,6 +56,7 @@ fn free_port() -> u16 {
 struct Gateway {
     child: Child,
     address: String,
+    admin: String,
     _config: tempfile::NamedTempFile,
 }
 
@@ -68,7 +69,16 @@ impl Drop for Gateway {
 
 /// Starts the gateway with `users` (and health) routed to `upstreams`.
 async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
-    let port = free_port();
+    gateway_with(jwks, upstreams, 200, 30_000).await
+}
+
+async fn gateway_with(
+    jwks: SocketAddr,
+    upstreams: &[SocketAddr],
+    health_check_interval_ms: u64,
+    default_timeout_ms: u64,
+) -> Gateway {
+    let (port, admin) = (free_port(), free_port());
     let upstreams: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     let upstreams = upstreams.join(", ");
     let mut config = tempfile::NamedTempFile::new().unwrap();
@@ -79,15 +89,17 @@ async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 jwks_endpoint = "http://{jwks}"
-health_check_interval_ms = 200
+health_check_interval_ms = {health_check_interval_ms}
 
 [[gateway.routes]]
 service = "munity.users.v1.Users"
 upstreams = [{upstreams}]
+default_timeout_ms = {default_timeout_ms}
 
 [[gateway.routes]]
 service = "grpc.health.v1.Health"
 upstreams = [{upstreams}]
+default_timeout_ms = {default_timeout_ms}
 
 [[gateway.rate_limits.rules]]
 method = "/munity.users.v1.Users/Login"
@@ -95,7 +107,6 @@ requests = 3
 per_secs = 60
 burst = 3
 "#,
-        admin = free_port(),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
@@ -108,6 +119,7 @@ burst = 3
     let gateway = Gateway {
         child,
         address: format!("127.0.0.1:{port}"),
+        admin: format!("127.0.0.1:{admin}"),
         _config: config,
     };
     // Ready when a call through it succeeds.
@@ -334,7 +346,9 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_replica_leaves_rotation_without_failed_calls() {
     let (a, b) = (replica().await, replica().await);
-    let gateway = gateway(a.address, &[a.address, b.address]).await;
+    // Active checks only once a minute: what takes the dead replica out
+    // here is passive ejection after consecutive connection failures.
+    let gateway = gateway_with(a.address, &[a.address, b.address], 60_000, 30_000).await;
     let mut client = client(&gateway).await;
     for _ in 0..20 {
         client.get_jwks(pb::GetJwksRequest {}).await.unwrap();
@@ -348,7 +362,51 @@ async fn a_dead_replica_leaves_rotation_without_failed_calls() {
             .await
             .unwrap_or_else(|status| panic!("call {i} failed: {status:?}"));
     }
+    let metrics = admin_metrics(&gateway).await;
+    assert!(
+        metrics.contains(
+            "munity_gateway_upstream_ejections_total{service=\"munity.users.v1.Users\"} 1"
+        ),
+        "{metrics}"
+    );
     a.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_streams_get_no_default_deadline() {
+    let users = replica().await;
+    // Unary calls get a 300 ms default deadline here; a stream must outlive it.
+    let gateway = gateway_with(users.address, &[users.address], 200, 300).await;
+    let channel = Channel::from_shared(format!("http://{}", gateway.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "munity.users.v1.Users".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+    let next = tokio::time::timeout(Duration::from_millis(1500), watch.message()).await;
+    assert!(next.is_err(), "the stream ended early: {next:?}");
+    users.shutdown.cancel();
+}
+
+async fn admin_metrics(gateway: &Gateway) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(&gateway.admin)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,6 +432,7 @@ async fn no_healthy_upstream_is_unavailable() {
             .spawn()
             .unwrap(),
         address: format!("127.0.0.1:{port}"),
+        admin: String::new(),
         _config: config,
     };
     let started = Instant::now();

@@ -10,6 +10,9 @@ pub struct GatewayConfig {
     pub listen: String,
     /// Admin listener: Prometheus `/metrics` and `/healthz`.
     pub admin_listen: String,
+    /// A TLS listener (HTTP/2 via ALPN, and HTTP/1.1), served when a
+    /// certificate and key are configured.
+    pub tls: Option<TlsConfig>,
     /// Worker threads of the proxy.
     pub threads: usize,
     /// users-svc address the JWKS is fetched from (gRPC `GetJwks`).
@@ -34,6 +37,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:8080".to_owned(),
             admin_listen: "127.0.0.1:9090".to_owned(),
+            tls: None,
             threads: 1,
             jwks_endpoint: "http://127.0.0.1:50051".to_owned(),
             public_methods: ["Register", "Login", "Refresh", "Logout", "GetJwks"]
@@ -60,6 +64,17 @@ impl Default for GatewayConfig {
                 .collect(),
         }
     }
+}
+
+/// TLS with rustls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub listen: String,
+    /// PEM certificate chain.
+    pub cert_path: String,
+    /// PEM private key.
+    pub key_path: String,
 }
 
 /// One gRPC service (package.Service) and the replicas that serve it.

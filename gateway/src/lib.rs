@@ -128,6 +128,19 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         app.server_options = Some(options);
     }
     proxy.add_tcp(&config.listen);
+    if let Some(tls) = &config.tls {
+        let mut settings =
+            pingora_core::listeners::tls::TlsSettings::intermediate(&tls.cert_path, &tls.key_path)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "gateway.tls: cannot load {} / {}: {e}",
+                        tls.cert_path,
+                        tls.key_path
+                    )
+                })?;
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&tls.listen, None, settings);
+    }
     server.add_service(proxy);
     server.add_service(background_service(
         "admin",

@@ -453,3 +453,101 @@ async fn no_healthy_upstream_is_unavailable() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     users.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_grpc_over_http2() {
+    let grpcurl = std::env::var("HOME")
+        .map(|h| format!("{h}/go/bin/grpcurl"))
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| "grpcurl".to_owned());
+    if Command::new(&grpcurl).arg("-version").output().is_err() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "grpcurl missing in CI"
+        );
+        return;
+    }
+    let users = replica().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (port, tls_port, admin) = (free_port(), free_port(), free_port());
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\njwks_endpoint = \"http://{users}\"\n\
+         [gateway.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\n\
+         [[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{users}\"]\n",
+        users = users.address,
+        cert = cert.display(),
+        key = key.display(),
+    )
+    .unwrap();
+    let _gateway = Gateway {
+        child: Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        address: format!("127.0.0.1:{port}"),
+        admin: format!("127.0.0.1:{admin}"),
+        _config: config,
+    };
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    let started = Instant::now();
+    loop {
+        let output = Command::new(&grpcurl)
+            .arg("-cacert")
+            .arg(&cert)
+            .args([
+                "-import-path",
+                proto_dir,
+                "-proto",
+                "munity/users/v1/users.proto",
+            ])
+            .arg(format!("localhost:{tls_port}"))
+            .arg("munity.users.v1.Users/GetJwks")
+            .output()
+            .unwrap();
+        if output.status.success() {
+            assert!(String::from_utf8_lossy(&output.stdout).contains("jwksJson"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "TLS call failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    users.shutdown.cancel();
+}

@@ -60,6 +60,17 @@ elif [[ ${CI:-} == true ]]; then
   unset CI  # the tests fail on a missing server under CI=true; this switch says it is known
 fi
 
+# --- npm clients (gRPC-web tests) ---
+# gateway/tests/grpc_web.rs drives the gateway with npm gRPC-web clients
+# (Connect, grpc-web) run by node; install them from the lockfile.
+grpc_web_clients=gateway/tests/grpc-web
+if [[ ! -d $grpc_web_clients/node_modules || $grpc_web_clients/package-lock.json -nt $grpc_web_clients/node_modules ]]; then
+  log "npm ci in $grpc_web_clients"
+  npm ci --prefix "$grpc_web_clients" --no-audit --no-fund
+  touch "$grpc_web_clients/node_modules"
+fi
+# --- end npm clients ---
+
 # --- checks ----------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -52,13 +52,23 @@ pub async fn respond_status(
     for (name, value) in extra_headers {
         response.insert_header(*name, value.as_str())?;
     }
-    // Read what the client is still sending (a unary request is one small
-    // frame) before answering: an answer that races ahead of the request
-    // body makes some HTTP/2 clients (hyper's) lose the whole connection
-    // instead of just this call. Bounded, for clients that stream forever.
-    if !session.downstream_session.is_body_done() {
-        let drain = session.downstream_session.drain_request_body();
-        let _ = tokio::time::timeout(Duration::from_millis(100), drain).await;
+    if session.req_header().version == http::Version::HTTP_2 {
+        // Read what the client is still sending (a unary request is one
+        // small frame) before answering: an answer that races ahead of the
+        // request body makes some HTTP/2 clients (hyper's) lose the whole
+        // connection instead of just this call. Bounded, for endless streams.
+        if !session.downstream_session.is_body_done() {
+            let drain = session.downstream_session.drain_request_body();
+            let _ = tokio::time::timeout(Duration::from_millis(100), drain).await;
+        }
+    } else {
+        // HTTP/1.1 (gRPC-web): a delimited, empty answer on a connection that
+        // stays open, so the client may finish sending its body (Pingora
+        // reads and drops the rest) instead of writing into a closed socket.
+        response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+        session
+            .downstream_session
+            .set_close_on_response_before_downstream_finish(false);
     }
     // One HEADERS frame with END_STREAM: a gRPC client reads a status only
     // from a header block that ends the stream (or from trailers).
@@ -92,6 +102,37 @@ pub fn parse_timeout(value: &str) -> Option<Duration> {
 pub fn format_timeout(timeout: Duration) -> String {
     let millis = timeout.as_millis().clamp(1, 99_999_999);
     format!("{millis}m")
+}
+
+/// Full paths (`/package.Service/Method`) of every server-streaming method
+/// the platform defines, read from the compiled descriptors. Such calls may
+/// live for hours, so the gateway gives them no default deadline.
+pub fn server_streaming_methods() -> std::collections::HashSet<String> {
+    use prost::Message;
+    let mut methods = std::collections::HashSet::new();
+    for encoded in [
+        munity_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ] {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name = service.name.unwrap_or_default();
+                for method in service.method {
+                    if method.server_streaming.unwrap_or(false) {
+                        methods.insert(format!(
+                            "/{package}.{service_name}/{}",
+                            method.name.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    methods
 }
 
 #[cfg(test)]
@@ -134,35 +175,4 @@ mod tests {
         assert_eq!(encode_message("no route: 100%"), "no route: 100%25");
         assert_eq!(encode_message("é"), "%C3%A9");
     }
-}
-
-/// Full paths (`/package.Service/Method`) of every server-streaming method
-/// the platform defines, read from the compiled descriptors. Such calls may
-/// live for hours, so the gateway gives them no default deadline.
-pub fn server_streaming_methods() -> std::collections::HashSet<String> {
-    use prost::Message;
-    let mut methods = std::collections::HashSet::new();
-    for encoded in [
-        munity_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ] {
-        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
-            continue;
-        };
-        for file in set.file {
-            let package = file.package.unwrap_or_default();
-            for service in file.service {
-                let service_name = service.name.unwrap_or_default();
-                for method in service.method {
-                    if method.server_streaming.unwrap_or(false) {
-                        methods.insert(format!(
-                            "/{package}.{service_name}/{}",
-                            method.name.unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    methods
 }

@@ -3,170 +3,52 @@
 //! client exactly as an external client would.
 
 use std::{
-    io::Write,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-struct Replica {
-    address: SocketAddr,
-    shutdown: ShutdownToken,
-    _data: tempfile::TempDir,
-}
+mod common;
 
-async fn replica() -> Replica {
-    let data = tempfile::tempdir().unwrap();
-    let config = users_svc::UsersConfig {
-        storage: StorageConfig::Embedded {
-            path: data.path().to_path_buf(),
-        },
-        ..Default::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let shutdown = ShutdownToken::new();
-    tokio::spawn(users_svc::run(
-        config,
-        AuthConfig::default(),
-        listener,
-        shutdown.clone(),
-    ));
-    Replica {
-        address,
-        shutdown,
-        _data: data,
-    }
-}
+use common::{Gateway, authed, free_port, replica, users_routes};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Gateway {
-    child: Child,
-    address: String,
-    admin: String,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the gateway with `users` (and health) routed to `upstreams`.
-async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
-    gateway_with(jwks, upstreams, 200, 30_000).await
-}
-
+/// A gateway in front of `upstreams`, with Login limited to 3 per minute.
 async fn gateway_with(
     jwks: SocketAddr,
     upstreams: &[SocketAddr],
     health_check_interval_ms: u64,
     default_timeout_ms: u64,
 ) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let upstreams: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-    let upstreams = upstreams.join(", ");
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
-        r#"
-[gateway]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-jwks_endpoint = "http://{jwks}"
-health_check_interval_ms = {health_check_interval_ms}
-
-[[gateway.routes]]
-service = "munity.users.v1.Users"
-upstreams = [{upstreams}]
-default_timeout_ms = {default_timeout_ms}
-
-[[gateway.routes]]
-service = "grpc.health.v1.Health"
-upstreams = [{upstreams}]
-default_timeout_ms = {default_timeout_ms}
-
-[[gateway.rate_limits.rules]]
-method = "/munity.users.v1.Users/Login"
-requests = 3
-per_secs = 60
-burst = 3
-"#,
+    let tables = format!(
+        "{}\n[[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/Login\"\nrequests = 3\nper_secs = 60\nburst = 3\n",
+        users_routes(
+            upstreams,
+            &format!("default_timeout_ms = {default_timeout_ms}")
+        )
+    );
+    Gateway::start(
+        jwks,
+        &format!("health_check_interval_ms = {health_check_interval_ms}"),
+        &tables,
     )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
-        .arg("--config")
-        .arg(config.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let gateway = Gateway {
-        child,
-        address: format!("127.0.0.1:{port}"),
-        admin: format!("127.0.0.1:{admin}"),
-        _config: config,
-    };
-    // Ready when a call through it succeeds.
-    let started = Instant::now();
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{}", gateway.address))
-            .unwrap()
-            .connect()
-            .await
-            && UsersClient::new(channel)
-                .get_jwks(pb::GetJwksRequest {})
-                .await
-                .is_ok()
-        {
-            return gateway;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "gateway never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .serving()
+    .await
 }
 
-async fn client(gateway: &Gateway) -> UsersClient<Channel> {
-    UsersClient::new(
-        Channel::from_shared(format!("http://{}", gateway.address))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    )
-}
-
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
+async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
+    gateway_with(jwks, upstreams, 200, 30_000).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
     let users = replica().await;
     let gateway = gateway(users.address, &[users.address]).await;
-    let mut client = client(&gateway).await;
+    let mut client = gateway.client().await;
 
     // Unary, with tokens verified at the edge and again by the service.
     let session = client
@@ -349,7 +231,7 @@ async fn a_dead_replica_leaves_rotation_without_failed_calls() {
     // Active checks only once a minute: what takes the dead replica out
     // here is passive ejection after consecutive connection failures.
     let gateway = gateway_with(a.address, &[a.address, b.address], 60_000, 30_000).await;
-    let mut client = client(&gateway).await;
+    let mut client = gateway.client().await;
     for _ in 0..20 {
         client.get_jwks(pb::GetJwksRequest {}).await.unwrap();
     }
@@ -362,7 +244,7 @@ async fn a_dead_replica_leaves_rotation_without_failed_calls() {
             .await
             .unwrap_or_else(|status| panic!("call {i} failed: {status:?}"));
     }
-    let metrics = admin_metrics(&gateway).await;
+    let metrics = gateway.metrics().await;
     assert!(
         metrics.contains(
             "munity_gateway_upstream_ejections_total{service=\"munity.users.v1.Users\"} 1"
@@ -395,80 +277,25 @@ async fn server_streams_get_no_default_deadline() {
     users.shutdown.cancel();
 }
 
-async fn admin_metrics(gateway: &Gateway) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(&gateway.admin)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_healthy_upstream_is_unavailable() {
     let users = replica().await;
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // The route's only replica listens nowhere; JWKS comes from a live one.
-    let port = free_port();
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{}\"\njwks_endpoint = \"http://{}\"\n[[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{dead}\"]\n",
-        free_port(),
-        users.address
-    )
-    .unwrap();
-    let _gateway = Gateway {
-        child: Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        address: format!("127.0.0.1:{port}"),
-        admin: String::new(),
-        _config: config,
-    };
-    let started = Instant::now();
-    let status = loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            break UsersClient::new(channel)
-                .get_jwks(pb::GetJwksRequest {})
-                .await
-                .unwrap_err();
-        }
-        assert!(started.elapsed() < Duration::from_secs(20));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gateway = Gateway::start(users.address, "", &users_routes(&[dead], ""));
+    let status = UsersClient::new(gateway.channel().await)
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     users.shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_grpc_over_http2() {
-    let grpcurl = std::env::var("HOME")
-        .map(|h| format!("{h}/go/bin/grpcurl"))
-        .ok()
-        .filter(|p| std::path::Path::new(p).exists())
-        .unwrap_or_else(|| "grpcurl".to_owned());
-    if Command::new(&grpcurl).arg("-version").output().is_err() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "grpcurl missing in CI"
-        );
+    let Some(grpcurl) = common::grpcurl() else {
         return;
-    }
+    };
     let users = replica().await;
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -498,30 +325,17 @@ async fn tls_listener_serves_grpc_over_http2() {
         .status()
         .unwrap();
     assert!(made.success());
-    let (port, tls_port, admin) = (free_port(), free_port(), free_port());
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\njwks_endpoint = \"http://{users}\"\n\
-         [gateway.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\n\
-         [[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{users}\"]\n",
-        users = users.address,
-        cert = cert.display(),
-        key = key.display(),
-    )
-    .unwrap();
-    let _gateway = Gateway {
-        child: Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        address: format!("127.0.0.1:{port}"),
-        admin: format!("127.0.0.1:{admin}"),
-        _config: config,
-    };
+    let tls_port = free_port();
+    let tls = format!(
+        "[gateway.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let _gateway = Gateway::start(
+        users.address,
+        "",
+        &format!("{tls}\n{}", users_routes(&[users.address], "")),
+    );
     let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
     let started = Instant::now();
     loop {

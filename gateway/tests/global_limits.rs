@@ -5,23 +5,17 @@
 //! back the shared budget.
 
 use std::{
-    io::Write,
     net::SocketAddr,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+
+use common::{Gateway, free_port, replica};
 
 struct Process(Child);
 
@@ -58,109 +52,36 @@ fn redis_server(port: u16) -> Process {
     Process(child)
 }
 
-async fn users_replica() -> (SocketAddr, ShutdownToken, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
-    let config = users_svc::UsersConfig {
-        storage: StorageConfig::Embedded {
-            path: data.path().to_path_buf(),
-        },
-        ..Default::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let shutdown = ShutdownToken::new();
-    tokio::spawn(users_svc::run(
-        config,
-        AuthConfig::default(),
-        listener,
-        shutdown.clone(),
-    ));
-    (address, shutdown, data)
-}
-
-struct Gateway {
-    _process: Process,
-    client: UsersClient<Channel>,
-    admin: String,
-    _config: tempfile::NamedTempFile,
-}
-
 /// A gateway in global mode, two replicas sharing: GetJwks 30 per minute
 /// (a strict quota, checked in Redis on each call). The Redis timeout is
 /// generous because this machine is shared by both gateways, the service and
 /// the test: a slower answer would rightly fall back to local limits and
 /// blur what this test measures.
-async fn gateway(users: SocketAddr, redis_port: u16, prefix: &str) -> Gateway {
-    gateway_with(users, redis_port, prefix, "").await
-}
-
-async fn gateway_with(users: SocketAddr, redis_port: u16, prefix: &str, extra: &str) -> Gateway {
-    let (port, admin) = (free_port(), free_port());
-    let mut config = tempfile::NamedTempFile::new().unwrap();
-    write!(
-        config,
-        r#"
-[gateway]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-jwks_endpoint = "http://{users}"
-[[gateway.routes]]
-service = "munity.users.v1.Users"
-upstreams = ["{users}"]
-[gateway.rate_limits]
-mode = "global"
-redis_url = "redis://127.0.0.1:{redis_port}"
-redis_key_prefix = "{prefix}"
-replicas = 2
-redis_timeout_ms = 1000
-[[gateway.rate_limits.rules]]
-method = "/munity.users.v1.Users/GetJwks"
-requests = 30
-per_secs = 60
-burst = 30
-{extra}
-"#
-    )
-    .unwrap();
-    let process = Process(
-        Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
-            .arg("--config")
-            .arg(config.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+async fn gateway(users: SocketAddr, redis_port: u16, prefix: &str, extra: &str) -> Gateway {
+    let tables = format!(
+        "[[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{users}\"]\n\
+         [gateway.rate_limits]\nmode = \"global\"\nredis_url = \"redis://127.0.0.1:{redis_port}\"\n\
+         redis_key_prefix = \"{prefix}\"\nreplicas = 2\nredis_timeout_ms = 1000\n\
+         [[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/GetJwks\"\n\
+         requests = 30\nper_secs = 60\nburst = 30\n{extra}\n"
     );
-    let started = Instant::now();
-    let channel = loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            break channel;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    Gateway {
-        _process: process,
-        client: UsersClient::new(channel),
-        admin: format!("127.0.0.1:{admin}"),
-        _config: config,
-    }
+    let gateway = Gateway::start(users, "", &tables);
+    gateway.channel().await;
+    gateway
 }
 
-/// Fires `calls` GetJwks concurrently, half through each gateway; returns
-/// how many were admitted. Every call must be answered (OK or
-/// RESOURCE_EXHAUSTED), never fail otherwise.
 async fn burst(gateways: &[&Gateway], calls: usize) -> usize {
+    let mut channels = Vec::new();
+    for gateway in gateways {
+        channels.push(gateway.channel().await);
+    }
     let tasks = (0..calls).map(|i| {
-        let mut client = gateways[i % gateways.len()].client.clone();
-        tokio::spawn(async move { client.get_jwks(pb::GetJwksRequest {}).await })
+        let channel = channels[i % channels.len()].clone();
+        tokio::spawn(async move {
+            UsersClient::new(channel)
+                .get_jwks(pb::GetJwksRequest {})
+                .await
+        })
     });
     let mut admitted = 0;
     for result in futures::future::join_all(tasks).await {
@@ -170,24 +91,6 @@ async fn burst(gateways: &[&Gateway], calls: usize) -> usize {
         }
     }
     admitted
-}
-
-async fn metric(gateway: &Gateway, needle: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(&gateway.admin)
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,10 +110,10 @@ async fn two_gateways_share_one_budget_and_survive_redis_outages() {
     }
     let redis_port = free_port();
     let redis = redis_server(redis_port);
-    let (users, users_shutdown, _data) = users_replica().await;
+    let users = replica().await;
     let prefix = format!("test:{}", uuid::Uuid::now_v7().simple());
-    let a = gateway(users, redis_port, &prefix).await;
-    let b = gateway(users, redis_port, &prefix).await;
+    let a = gateway(users.address, redis_port, &prefix, "").await;
+    let b = gateway(users.address, redis_port, &prefix, "").await;
 
     // 90 calls at once against a shared budget of 30: together the two
     // gateways admit 30 (the strict path has no tolerance to add).
@@ -219,11 +122,8 @@ async fn two_gateways_share_one_budget_and_survive_redis_outages() {
     assert!(admitted <= 30, "admitted {admitted} > quota 30");
     assert!(admitted >= 28, "admitted only {admitted} of 30");
     assert!(
-        metric(
-            &a,
-            "munity_gateway_rate_limit_decisions_total{mode=\"global\",outcome=\"refused\"}"
-        )
-        .await
+        a.metric("munity_gateway_rate_limit_decisions_total{mode=\"global\",outcome=\"refused\"}")
+            .await
             > 0
     );
 
@@ -239,20 +139,19 @@ async fn two_gateways_share_one_budget_and_survive_redis_outages() {
     assert!(admitted >= 20, "fallback admitted only {admitted}");
     let fallback =
         "munity_gateway_rate_limit_decisions_total{mode=\"fallback\",outcome=\"allowed\"}";
-    assert!(metric(&a, fallback).await > 0);
-    assert!(metric(&b, fallback).await > 0);
+    assert!(a.metric(fallback).await > 0);
+    assert!(b.metric(fallback).await > 0);
 
     // Redis is back (empty, so the budget is full again): global mode
     // returns once the fallback window passes and the client reconnects.
     let _redis = redis_server(redis_port);
     let global = "munity_gateway_rate_limit_decisions_total{mode=\"global\",outcome=\"allowed\"}";
-    let before = metric(&a, global).await;
+    let before = a.metric(global).await;
     let started = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut client = a.client.clone();
-        let _ = client.get_jwks(pb::GetJwksRequest {}).await;
-        if metric(&a, global).await > before {
+        let _ = a.client().await.get_jwks(pb::GetJwksRequest {}).await;
+        if a.metric(global).await > before {
             break;
         }
         assert!(
@@ -260,7 +159,7 @@ async fn two_gateways_share_one_budget_and_survive_redis_outages() {
             "global mode never came back"
         );
     }
-    users_shutdown.cancel();
+    users.shutdown.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,19 +178,24 @@ async fn high_rate_quotas_spend_leases_within_the_stated_tolerance() {
     }
     let redis_port = free_port();
     let _redis = redis_server(redis_port);
-    let (users, users_shutdown, _data) = users_replica().await;
+    let users = replica().await;
     let prefix = format!("test:{}", uuid::Uuid::now_v7().simple());
     // 200 calls/s with a burst of 100: leases of 10 tokens (50 ms of rate).
     let fast = "[gateway.rate_limits.default]\nrequests = 200\nper_secs = 1\nburst = 100";
-    let a = gateway_with(users, redis_port, &prefix, fast).await;
-    let b = gateway_with(users, redis_port, &prefix, fast).await;
+    let a = gateway(users.address, redis_port, &prefix, fast).await;
+    let b = gateway(users.address, redis_port, &prefix, fast).await;
 
+    let channels = [a.channel().await, b.channel().await];
     let started = Instant::now();
     let mut admitted = 0;
     for _ in 0..3 {
         let tasks = (0..200).map(|i| {
-            let mut client = [&a, &b][i % 2].client.clone();
-            tokio::spawn(async move { client.logout(pb::LogoutRequest::default()).await })
+            let channel = channels[i % 2].clone();
+            tokio::spawn(async move {
+                UsersClient::new(channel)
+                    .logout(pb::LogoutRequest::default())
+                    .await
+            })
         });
         for result in futures::future::join_all(tasks).await {
             match result.unwrap() {
@@ -315,9 +219,9 @@ async fn high_rate_quotas_spend_leases_within_the_stated_tolerance() {
     assert!(admitted >= 100, "admitted only {admitted}");
     let fallback = "munity_gateway_rate_limit_decisions_total{mode=\"fallback\"";
     assert_eq!(
-        metric(&a, fallback).await,
+        a.metric(fallback).await,
         0,
         "Redis was up: no fallback expected"
     );
-    users_shutdown.cancel();
+    users.shutdown.cancel();
 }

@@ -1,0 +1,204 @@
+//! What the gateway's integration tests share: users-svc replicas served in
+//! the test process on port 0, and real `munity-gateway` processes started
+//! from a generated config file.
+
+// Each test binary uses its own subset of these helpers.
+#![allow(dead_code)]
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tonic::{Request, transport::Channel};
+
+/// A users-svc server with its own embedded store.
+pub struct Replica {
+    pub address: SocketAddr,
+    pub shutdown: ShutdownToken,
+    _data: tempfile::TempDir,
+}
+
+pub async fn replica() -> Replica {
+    let data = tempfile::tempdir().unwrap();
+    let config = users_svc::UsersConfig {
+        storage: StorageConfig::Embedded {
+            path: data.path().to_path_buf(),
+        },
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let shutdown = ShutdownToken::new();
+    tokio::spawn(users_svc::run(
+        config,
+        AuthConfig::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    Replica {
+        address,
+        shutdown,
+        _data: data,
+    }
+}
+
+/// A port that was free a moment ago (Pingora binds its listeners itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `[[gateway.routes]]` tables sending users-svc and health calls to
+/// `upstreams`, each with `route_keys` added (e.g. `default_timeout_ms = 300`).
+pub fn users_routes(upstreams: &[SocketAddr], route_keys: &str) -> String {
+    let upstreams: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let upstreams = upstreams.join(", ");
+    ["munity.users.v1.Users", "grpc.health.v1.Health"]
+        .iter()
+        .map(|service| {
+            format!(
+                "[[gateway.routes]]\nservice = \"{service}\"\nupstreams = [{upstreams}]\n{route_keys}\n"
+            )
+        })
+        .collect()
+}
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    child: Child,
+    pub address: String,
+    pub admin: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway on free ports that fetches its JWKS from `jwks`.
+    /// `gateway_keys` go in the `[gateway]` table; `tables` (routes, rate
+    /// limits, TLS) follow it.
+    pub fn start(jwks: SocketAddr, gateway_keys: &str, tables: &str) -> Gateway {
+        let (port, admin) = (free_port(), free_port());
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            config,
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             jwks_endpoint = \"http://{jwks}\"\n{gateway_keys}\n\n{tables}"
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
+            .arg("--config")
+            .arg(config.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Gateway {
+            child,
+            address: format!("127.0.0.1:{port}"),
+            admin: format!("127.0.0.1:{admin}"),
+            _config: config,
+        }
+    }
+
+    /// A channel to the gateway, once it accepts connections.
+    pub async fn channel(&self) -> Channel {
+        let started = Instant::now();
+        loop {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.address))
+                .unwrap()
+                .connect()
+                .await
+            {
+                return channel;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gateway never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a call through the gateway reaches users-svc.
+    pub async fn serving(self) -> Self {
+        let started = Instant::now();
+        let mut client = UsersClient::new(self.channel().await);
+        while client.get_jwks(pb::GetJwksRequest {}).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gateway never served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self
+    }
+
+    pub async fn client(&self) -> UsersClient<Channel> {
+        UsersClient::new(self.channel().await)
+    }
+
+    /// The Prometheus text from the admin port.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.admin).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    /// The value of the first metric line starting with `prefix`, or 0.
+    pub async fn metric(&self, prefix: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+}
+
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// grpcurl from `~/go/bin` (where `go install` puts it) or PATH; `None`
+/// when absent, which CI never allows.
+pub fn grpcurl() -> Option<String> {
+    let candidate = std::env::var("HOME")
+        .map(|h| format!("{h}/go/bin/grpcurl"))
+        .ok()
+        .filter(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| "grpcurl".to_owned());
+    if Command::new(&candidate).arg("-version").output().is_ok() {
+        return Some(candidate);
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "grpcurl missing in CI"
+    );
+    None
+}

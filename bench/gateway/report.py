@@ -2,6 +2,7 @@
 """Summarises bench/gateway/run.sh results.
 
 Usage: report.py RESULTS_DIR CLK_TCK
+       report.py --brief GHZ_JSON      (one line about one ghz run)
 
 RESULTS_DIR/rounds.tsv has one line per measured ghz run:
     round  target  ghz_json  proxy_cpu_ticks  users_cpu_ticks
@@ -140,8 +141,26 @@ def main():
     print(f"  added p50 over direct, nginx:    {fmt(add(n['p50'], d['p50']), '{:+.0f}')} us")
     print(f"  added p99 over direct, gateway:  {fmt(add(g['p99'], d['p99']), '{:+.0f}')} us")
     print(f"  added p99 over direct, nginx:    {fmt(add(n['p99'], d['p99']), '{:+.0f}')} us")
+    if d["p50"] is not None and all(
+        m["p50"] is not None and d["p50"] > m["p50"] for m in (g, n)
+    ):
+        print()
+        print(f"WARNING: the direct path (p50 {d['p50']:.0f} us) is SLOWER than both proxied paths,")
+        print("  so the 'added latency' figures are meaningless. p50s near 40 ms are the signature of")
+        print("  Nagle's algorithm meeting delayed ACKs: users-svc's accepted sockets lack TCP_NODELAY")
+        print("  (tonic ignores Server::tcp_nodelay with serve_with_incoming*; see README.md).")
     return 1 if problems else 0
 
 
+def brief(path):
+    with open(path) as f:
+        ghz = json.load(f)
+    print(f"{ghz.get('count', 0)} calls, {ghz.get('rps') or 0:.0f} req/s, "
+          f"p50 {percentile(ghz, 50):.0f} us, status {ghz.get('statusCodeDistribution')}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--brief":
+        brief(sys.argv[2])
+        sys.exit(0)
     sys.exit(main())

@@ -21,7 +21,7 @@ CONNECTIONS=1     # ghz client connections (concurrency is spread over them)
 BUILD=1
 KEEP=0
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -77,10 +77,12 @@ ensure_tools() {
 # ---------------------------------------------------------- processes ----
 TMP=""
 PIDS=()
+GHZ_PID=""
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   local pid
+  if [[ -n "$GHZ_PID" ]]; then kill -TERM "$GHZ_PID" 2>/dev/null || true; wait "$GHZ_PID" 2>/dev/null || true; fi
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -174,6 +176,8 @@ addr_of() {
 run_ghz() {  # run_ghz TARGET DURATION OUT.json
   local seconds=${2%s}
   [[ "$seconds" =~ ^[0-9]+$ ]] || seconds=60
+  # In the background and waited for, so a signal to this script is handled
+  # at once (bash defers traps until a foreground child exits).
   timeout $(( seconds + 60 )) ghz --insecure "${PROTO_ARGS[@]}" \
     --call munity.users.v1.Users/GetMe \
     -d '{}' \
@@ -181,7 +185,12 @@ run_ghz() {  # run_ghz TARGET DURATION OUT.json
     -c "$CONCURRENCY" --connections "$CONNECTIONS" \
     -z "$2" --duration-stop wait \
     -O json -o "$3" \
-    "$(addr_of "$1")"
+    "$(addr_of "$1")" &
+  GHZ_PID=$!
+  local status=0
+  wait "$GHZ_PID" || status=$?
+  GHZ_PID=""
+  return "$status"
 }
 
 # ---------------------------------------------------------------- main ----
@@ -277,7 +286,7 @@ for round in $(seq "$ROUNDS"); do
     p1=$(proxy_ticks "$target"); u1=$(proc_ticks "$USERS_PID")
     if [[ "$p0" == "-" ]]; then pd="-"; else pd=$((p1 - p0)); fi
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$out" "$pd" "$((u1 - u0))" >>"$TMP/results/rounds.tsv"
-    log "round $round $target: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"count\"]} calls, {d[\"rps\"]:.0f} req/s, codes {d.get(\"statusCodeDistribution\")}")' "$out")"
+    log "round $round $target: $(python3 "$HERE/report.py" --brief "$out")"
   done
 done
 
@@ -288,7 +297,7 @@ done
 
 echo
 echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds"
-echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(ghz -v 2>&1)"
+echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
 echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
 report_status=0
 python3 "$HERE/report.py" "$TMP/results" "$CLK_TCK" || report_status=$?

@@ -15,6 +15,9 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// Worker threads of the proxy.
     pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones (one shared tokio
+    /// scheduler), instead of one single-threaded scheduler per thread.
+    pub work_stealing: bool,
     /// users-svc address the JWKS is fetched from (gRPC `GetJwks`).
     pub jwks_endpoint: String,
     /// Full method paths callable without a token, besides health and
@@ -39,6 +42,7 @@ impl Default for GatewayConfig {
             admin_listen: "127.0.0.1:9090".to_owned(),
             tls: None,
             threads: 1,
+            work_stealing: false,
             jwks_endpoint: "http://127.0.0.1:50051".to_owned(),
             public_methods: ["Register", "Login", "Refresh", "Logout", "GetJwks"]
                 .iter()

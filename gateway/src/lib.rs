@@ -51,6 +51,7 @@ pub use config::GatewayConfig;
 pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> anyhow::Result<()> {
     let server_conf = ServerConf {
         threads: config.threads.max(1),
+        work_stealing: config.work_stealing,
         // Stop promptly: health checks already steer traffic away, and
         // in-flight calls get the shutdown timeout to finish.
         grace_period_seconds: Some(0),

@@ -1,6 +1,7 @@
 //! Two gateway processes share one rate-limit budget in a real Redis
-//! (Debian's redis-server, started by this test on a free port so it can be
-//! killed and restarted without disturbing anything else). Killing Redis
+//! (Debian's redis-server). The outage test starts its own server on a free
+//! port so it can kill and restart it without disturbing anything else; the
+//! lease test uses the one scripts/test.sh started (`MUNITY_TEST_REDIS`). Killing Redis
 //! keeps both gateways answering with local shares; restarting it brings
 //! back the shared budget.
 
@@ -164,20 +165,26 @@ async fn two_gateways_share_one_budget_and_survive_redis_outages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn high_rate_quotas_spend_leases_within_the_stated_tolerance() {
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "redis-server missing in CI"
-        );
-        return;
-    }
-    let redis_port = free_port();
-    let _redis = redis_server(redis_port);
+    // The Redis that scripts/test.sh started (MUNITY_TEST_REDIS), else one
+    // of our own; keys carry a fresh prefix either way.
+    let shared = std::env::var("MUNITY_TEST_REDIS")
+        .ok()
+        .and_then(|url| url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
+    let (redis_port, _own_redis) = match shared {
+        Some(port) => (port, None),
+        None => {
+            if Command::new("redis-server")
+                .arg("--version")
+                .output()
+                .is_err()
+            {
+                assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "no Redis in CI");
+                return;
+            }
+            let port = free_port();
+            (port, Some(redis_server(port)))
+        }
+    };
     let users = replica().await;
     let prefix = format!("test:{}", uuid::Uuid::now_v7().simple());
     // 200 calls/s with a burst of 100: leases of 10 tokens (50 ms of rate).

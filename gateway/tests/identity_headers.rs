@@ -1,0 +1,126 @@
+//! Identity at the edge: whatever `x-munity-*` identity headers a client
+//! sends are dropped, and upstreams receive the subject and roles the
+//! gateway verified. The upstream here is a probe, not a Munity service: a
+//! real gRPC server (tonic, with real health checks) whose every other
+//! method answers with the identity headers it received, in `grpc-message`.
+
+use std::net::SocketAddr;
+
+use axum::{http::HeaderMap, response::IntoResponse};
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Code, Request, transport::Channel};
+
+mod common;
+
+use common::{Gateway, authed, replica, users_routes};
+
+/// Answers every call with status UNKNOWN and a message listing the
+/// identity headers the call arrived with.
+async fn echo_identity(headers: HeaderMap) -> impl IntoResponse {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    };
+    let message = format!(
+        "user={} roles={}",
+        get("x-munity-user-id"),
+        get("x-munity-roles")
+    );
+    (
+        [
+            ("content-type", "application/grpc".to_owned()),
+            ("grpc-status", "2".to_owned()),
+            ("grpc-message", message),
+        ],
+        "",
+    )
+}
+
+async fn probe_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            "munity.users.v1.Users",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let router = tonic::service::Routes::new(health_service)
+        .into_axum_router()
+        .fallback(echo_identity);
+    tokio::spawn(async move {
+        let _keep_reporting = health;
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::from(router))
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_never_reach_upstreams() {
+    // A real users-svc issues the token and serves the JWKS; calls routed
+    // through the gateway land on the probe.
+    let users = replica().await;
+    let session = UsersClient::connect(format!("http://{}", users.address))
+        .await
+        .unwrap()
+        .register(pb::RegisterRequest {
+            email: "who@example.com".to_owned(),
+            password: "correct horse".to_owned(),
+            display_name: "Who".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let user_id = session.user.unwrap().id;
+    let probe = probe_upstream().await;
+    let gateway = Gateway::start(
+        users.address,
+        "health_check_interval_ms = 200",
+        &users_routes(&[probe], ""),
+    );
+    let channel: Channel = gateway.channel().await;
+    let mut client = UsersClient::new(channel);
+
+    let spoof = |mut request: Request<pb::GetMeRequest>| {
+        let metadata = request.metadata_mut();
+        metadata.insert("x-munity-user-id", "someone-else".parse().unwrap());
+        metadata.insert("x-munity-roles", "admin".parse().unwrap());
+        request
+    };
+
+    // Authenticated: the verified subject replaces the spoofed one.
+    let started = std::time::Instant::now();
+    let status = loop {
+        let status = client
+            .get_me(spoof(authed(pb::GetMeRequest {}, &session.access_token)))
+            .await
+            .unwrap_err();
+        // The first calls may race the first health check.
+        if status.code() != Code::Unavailable || started.elapsed().as_secs() > 10 {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert_eq!(status.message(), format!("user={user_id} roles=user"));
+
+    // Anonymous (a public method): the spoofed headers are simply gone.
+    let mut anonymous = Request::new(pb::LoginRequest::default());
+    anonymous
+        .metadata_mut()
+        .insert("x-munity-user-id", "someone-else".parse().unwrap());
+    anonymous
+        .metadata_mut()
+        .insert("x-munity-roles", "admin".parse().unwrap());
+    let status = client.login(anonymous).await.unwrap_err();
+    assert_eq!(status.message(), "user=- roles=-");
+    users.shutdown.cancel();
+}

@@ -10,6 +10,12 @@
 # Usage: bench/gateway/run.sh [--threads N] [--concurrency C] [--rounds R]
 #          [--duration 5s] [--warmup 2s] [--connections K] [--no-build]
 #          [--keep]
+#        bench/gateway/run.sh --streams [--streams-count 1000]
+#          [--streams-hold 10] [--connections 10] [--threads N] [--no-build]
+#          [--keep]
+#   --streams: N concurrent grpc.health.v1.Health/Watch streams held open
+#   through the gateway, then nginx; prints open streams, messages/s, proxy
+#   RSS/HWM before, during and after, RSS per stream and CPU during the hold.
 set -euo pipefail
 
 THREADS=1         # nginx worker_processes == gateway threads
@@ -17,11 +23,15 @@ CONCURRENCY=4
 ROUNDS=3
 DURATION=5s
 WARMUP=2s
-CONNECTIONS=1     # ghz client connections (concurrency is spread over them)
+CONNECTIONS=""    # client connections (load is spread over them); default 1, --streams 10
 BUILD=1
+MODE=unary        # unary | streams
+STREAMS_COUNT=1000
+STREAMS_HOLD=10   # seconds all streams are held open
+STREAMS_OPEN_TIMEOUT=20  # seconds to wait for every stream's first message
 KEEP=0
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -33,12 +43,18 @@ while [[ $# -gt 0 ]]; do
     --connections) CONNECTIONS="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
-    --streams) echo "run.sh: --streams is not implemented yet (needs a server-streaming RPC that emits many messages); see README.md" >&2; exit 2 ;;
+    --streams) MODE=streams; shift ;;
+    --streams-count) STREAMS_COUNT="$2"; shift 2 ;;
+    --streams-hold) STREAMS_HOLD="$2"; shift 2 ;;
+    --streams-open-timeout) STREAMS_OPEN_TIMEOUT="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-for n in "$THREADS" "$CONCURRENCY" "$ROUNDS" "$CONNECTIONS"; do
+if [[ -z "$CONNECTIONS" ]]; then
+  if [[ $MODE == streams ]]; then CONNECTIONS=10; else CONNECTIONS=1; fi
+fi
+for n in "$THREADS" "$CONCURRENCY" "$ROUNDS" "$CONNECTIONS" "$STREAMS_COUNT" "$STREAMS_HOLD" "$STREAMS_OPEN_TIMEOUT"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
 
@@ -77,7 +93,7 @@ ensure_tools() {
 # ---------------------------------------------------------- processes ----
 TMP=""
 PIDS=()
-GHZ_PID=""
+GHZ_PID=""        # the running load client (ghz, or streams.py with --streams)
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
@@ -206,12 +222,24 @@ fi
 TMP="$(mktemp -d /tmp/munity-bench-gateway.XXXXXX)"
 chmod 755 "$TMP"
 mkdir -p "$TMP/users-data" "$TMP/nginx/tmp" "$TMP/results"
+if [[ $MODE == streams ]]; then
+  # The streams client needs grpcio: a venv in the work dir (pip's own cache
+  # makes later runs quick); nothing is installed into the repo or system.
+  log "installing grpcio into $TMP/venv"
+  python3 -m venv "$TMP/venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$TMP/venv/bin/pip" install -q --disable-pip-version-check grpcio >"$TMP/pip.log" 2>&1 \
+    || { cat "$TMP/pip.log" >&2; die "pip install grpcio failed"; }
+fi
 read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT <<<"$(free_ports 4)"
 USERS_ADDR="127.0.0.1:$USERS_PORT"
 GATEWAY_ADDR="127.0.0.1:$GATEWAY_PORT"
 NGINX_ADDR="127.0.0.1:$NGINX_PORT"
 CLK_TCK="$(getconf CLK_TCK)"
-log "threads/workers=$THREADS concurrency=$CONCURRENCY connections=$CONNECTIONS rounds=$ROUNDS duration=$DURATION warmup=$WARMUP"
+if [[ $MODE == streams ]]; then
+  log "streams: threads/workers=$THREADS streams=$STREAMS_COUNT connections=$CONNECTIONS hold=${STREAMS_HOLD}s"
+else
+  log "threads/workers=$THREADS concurrency=$CONCURRENCY connections=$CONNECTIONS rounds=$ROUNDS duration=$DURATION warmup=$WARMUP"
+fi
 log "users-svc $USERS_ADDR, gateway $GATEWAY_ADDR (admin 127.0.0.1:$ADMIN_PORT), nginx $NGINX_ADDR; work dir $TMP"
 
 # users-svc ------------------------------------------------------------------
@@ -268,6 +296,47 @@ sed -e "s|@WORKERS@|$THREADS|g" -e "s|@DIR@|$TMP/nginx|g" \
 NGINX_PID=$!; PIDS+=("$NGINX_PID")
 wait_for_get_me "$NGINX_ADDR" nginx "$NGINX_PID" 30
 log "nginx up (master pid $NGINX_PID, worker_processes=$THREADS: $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null))"
+
+# streams ----------------------------------------------------------------------
+run_streams() {  # run_streams LABEL ADDR OUT.json PIDS [CHILDREN_OF]
+  # In the background and waited for, like ghz (signals are handled at once).
+  timeout $(( STREAMS_HOLD + STREAMS_OPEN_TIMEOUT + 60 )) \
+    "$TMP/venv/bin/python" "$HERE/streams.py" run \
+    --label "$1" --target "$2" --out "$3" --pids "$4" --children-of "${5:-}" \
+    --count "$STREAMS_COUNT" --connections "$CONNECTIONS" \
+    --hold "$STREAMS_HOLD" --open-timeout "$STREAMS_OPEN_TIMEOUT" \
+    --upstream-port "$USERS_PORT" --upstream-pid "$USERS_PID" &
+  GHZ_PID=$!
+  local status=0
+  wait "$GHZ_PID" || status=$?
+  GHZ_PID=""
+  return "$status"
+}
+
+if [[ $MODE == streams ]]; then
+  log "gateway: opening $STREAMS_COUNT Health/Watch streams over $CONNECTIONS connections"
+  run_streams gateway "$GATEWAY_ADDR" "$TMP/results/streams_gateway.json" "$GATEWAY_PID" \
+    || die "streams client against the gateway failed"
+  log "nginx: opening $STREAMS_COUNT Health/Watch streams over $CONNECTIONS connections"
+  run_streams nginx "$NGINX_ADDR" "$TMP/results/streams_nginx.json" "$NGINX_PID" "$NGINX_PID" \
+    || die "streams client against nginx failed"
+  for name in gateway nginx; do
+    kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
+      || log "WARNING: $name died during the run"
+  done
+  echo
+  echo "Munity gateway benchmark: $STREAMS_COUNT concurrent grpc.health.v1.Health/Watch streams ({\"service\":\"munity.users.v1.Users\"}) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s"
+  echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); client: python grpcio $("$TMP/venv/bin/python" -c 'import grpc; print(grpc.__version__)')"
+  echo "memory: VmRSS/VmHWM of the gateway process, or nginx master + workers summed; 'all open' = max over samples every 0.5 s while held; RSS per stream = (all open max - before) / open streams"
+  report_status=0
+  python3 "$HERE/streams.py" report "$CLK_TCK" \
+    "$TMP/results/streams_gateway.json" "$TMP/results/streams_nginx.json" || report_status=$?
+  if [[ $report_status -ne 0 ]]; then
+    KEEP=1
+    log "some streams failed or did not open; results kept in $TMP/results"
+  fi
+  exit 0
+fi
 
 # rounds ---------------------------------------------------------------------
 TARGETS=(direct gateway nginx)

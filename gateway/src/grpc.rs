@@ -52,19 +52,21 @@ pub async fn respond_status(
     for (name, value) in extra_headers {
         response.insert_header(*name, value.as_str())?;
     }
-    if session.req_header().version == http::Version::HTTP_2 {
-        // Read what the client is still sending (a unary request is one
-        // small frame) before answering: an answer that races ahead of the
-        // request body makes some HTTP/2 clients (hyper's) lose the whole
-        // connection instead of just this call. Bounded, for endless streams.
-        if !session.downstream_session.is_body_done() {
-            let drain = session.downstream_session.drain_request_body();
-            let _ = tokio::time::timeout(Duration::from_millis(100), drain).await;
-        }
-    } else {
-        // HTTP/1.1 (gRPC-web): a delimited, empty answer on a connection that
-        // stays open, so the client may finish sending its body (Pingora
-        // reads and drops the rest) instead of writing into a closed socket.
+    // Read what the client is still sending before answering. Over HTTP/2
+    // an answer that races ahead of the request body makes some clients
+    // (hyper's) lose the whole connection instead of this call; over
+    // HTTP/1.1 closing a socket with unread input resets it, and the reset
+    // can destroy the answer in flight. Bounded: an HTTP/2 client may stream
+    // forever, and a slow HTTP/1.1 upload is not worth more than a moment.
+    let http2 = session.req_header().version == http::Version::HTTP_2;
+    if !session.downstream_session.is_body_done() {
+        let budget = Duration::from_millis(if http2 { 100 } else { 2_000 });
+        let drain = session.downstream_session.drain_request_body();
+        let _ = tokio::time::timeout(budget, drain).await;
+    }
+    if !http2 {
+        // A delimited, empty answer on a connection that stays open: if the
+        // body is still coming, Pingora reads and drops the rest.
         response.insert_header(http::header::CONTENT_LENGTH, "0")?;
         session
             .downstream_session

@@ -99,11 +99,22 @@ impl Gateway {
              jwks_endpoint = \"http://{jwks}\"\n{gateway_keys}\n\n{tables}"
         )
         .unwrap();
+        // MUNITY_TEST_GATEWAY_LOG=<dir> keeps each gateway's log there, at
+        // the level RUST_LOG gives, for debugging a failing test.
+        let (stdout, level) = match std::env::var_os("MUNITY_TEST_GATEWAY_LOG") {
+            Some(dir) => {
+                let path = std::path::Path::new(&dir).join(format!("gateway-{port}.log"));
+                let file = std::fs::File::create(path).unwrap();
+                let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".to_owned());
+                (Stdio::from(file), level)
+            }
+            None => (Stdio::null(), "error".to_owned()),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
             .arg("--config")
             .arg(config.path())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", level)
+            .stdout(stdout)
             .spawn()
             .unwrap();
         Gateway {

@@ -15,6 +15,9 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// Worker threads of the proxy.
     pub threads: usize,
+    /// Concurrent HTTP/2 streams a client may open on one connection (gRPC
+    /// clients multiplex calls and long-lived streams on few connections).
+    pub h2_max_concurrent_streams: u32,
     /// Let idle worker threads steal tasks from busy ones (one shared tokio
     /// scheduler), instead of one single-threaded scheduler per thread.
     pub work_stealing: bool,
@@ -43,6 +46,7 @@ impl Default for GatewayConfig {
             tls: None,
             threads: 1,
             work_stealing: false,
+            h2_max_concurrent_streams: 1000,
             jwks_endpoint: "http://127.0.0.1:50051".to_owned(),
             public_methods: ["Register", "Login", "Refresh", "Logout", "GetJwks"]
                 .iter()

@@ -127,6 +127,16 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         app.server_options = Some(options);
+        // Pingora's default allows 100 streams per connection.
+        let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(config.h2_max_concurrent_streams.max(1));
+        // Every gRPC call carries at least one small DATA frame; hundreds of
+        // calls opened at once on one connection (a client multiplexing
+        // subscriptions) exceed h2's default framing budget of ~25 KB, and it
+        // answers with GOAWAY (ENHANCE_YOUR_CALM), failing every call on the
+        // connection. 4 MiB keeps the protection, sized for gRPC.
+        h2.data_frame_budget(4 << 20);
+        app.h2_options = Some(h2);
     }
     proxy.add_tcp(&config.listen);
     if let Some(tls) = &config.tls {

@@ -365,3 +365,46 @@ async fn tls_listener_serves_grpc_over_http2() {
     }
     users.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_streams_share_one_client_connection() {
+    let users = replica().await;
+    let gateway = gateway(users.address, &[users.address]).await;
+    // One HTTP/2 connection, as gRPC clients keep; Pingora's own default
+    // would hold all but 100 of these back.
+    let channel = gateway.channel().await;
+    let mut streams = Vec::new();
+    // 150: over Pingora's default of 100, under the default rate-limit burst.
+    for _ in 0..150 {
+        let mut client = HealthClient::new(channel.clone());
+        streams.push(tokio::spawn(async move {
+            let mut watch = client
+                .watch(HealthCheckRequest {
+                    service: "munity.users.v1.Users".to_owned(),
+                })
+                .await?
+                .into_inner();
+            let first = watch.message().await?;
+            // Keep the stream open until every one has its first message.
+            Ok::<_, tonic::Status>((first.map(|m| m.status), watch))
+        }));
+    }
+    let opened = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(streams))
+        .await
+        .expect("every stream got its first message");
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
+    let mut serving = 0;
+    for result in opened {
+        match result.unwrap() {
+            Ok((Some(1), _)) => serving += 1,
+            Ok((other, _)) => *failures.entry(format!("status {other:?}")).or_default() += 1,
+            Err(status) => {
+                *failures
+                    .entry(format!("{:?}: {}", status.code(), status.message()))
+                    .or_default() += 1
+            }
+        }
+    }
+    assert_eq!(serving, 150, "{failures:?}");
+    users.shutdown.cancel();
+}

@@ -15,7 +15,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 mod common;
 
-use common::{Gateway, authed, free_port, replica, users_routes};
+use common::{Gateway, free_port, replica, users_routes};
+use munity_platform::auth::with_bearer;
 
 /// A gateway in front of `upstreams`, with Login limited to 3 per minute.
 async fn gateway_with(
@@ -61,7 +62,7 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
         .unwrap()
         .into_inner();
     let me = client
-        .get_me(authed(pb::GetMeRequest {}, &session.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &session.access_token))
         .await
         .unwrap()
         .into_inner();
@@ -194,7 +195,7 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
         ("expired", expired.as_str()),
     ] {
         let status = client
-            .get_me(authed(pb::GetMeRequest {}, token))
+            .get_me(with_bearer(pb::GetMeRequest {}, token))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");

@@ -13,7 +13,8 @@ use tonic::{Code, Request, transport::Channel};
 
 mod common;
 
-use common::{Gateway, authed, replica, users_routes};
+use common::{Gateway, replica, users_routes};
+use munity_platform::auth::with_bearer;
 
 /// Answers every call with status UNKNOWN and a message listing the
 /// identity headers the call arrived with.
@@ -100,7 +101,10 @@ async fn spoofed_identity_headers_never_reach_upstreams() {
     let started = std::time::Instant::now();
     let status = loop {
         let status = client
-            .get_me(spoof(authed(pb::GetMeRequest {}, &session.access_token)))
+            .get_me(spoof(with_bearer(
+                pb::GetMeRequest {},
+                &session.access_token,
+            )))
             .await
             .unwrap_err();
         // The first calls may race the first health check.

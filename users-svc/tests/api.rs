@@ -5,10 +5,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
+use munity_platform::{
+    auth::{AuthConfig, with_bearer},
+    config::StorageConfig,
+    shutdown::ShutdownToken,
+};
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
 use users_svc::UsersConfig;
 
@@ -74,14 +78,6 @@ impl TestApp {
     }
 }
 
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 fn unique_email(name: &str) -> String {
     format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple())
 }
@@ -116,7 +112,7 @@ async fn register_login_me_refresh_logout() {
         .unwrap()
         .into_inner();
     let me = client
-        .get_me(authed(pb::GetMeRequest {}, &login.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &login.access_token))
         .await
         .unwrap()
         .into_inner();
@@ -131,7 +127,7 @@ async fn register_login_me_refresh_logout() {
         .into_inner();
     assert_ne!(refreshed.refresh_token, login.refresh_token);
     client
-        .get_me(authed(pb::GetMeRequest {}, &refreshed.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &refreshed.access_token))
         .await
         .unwrap();
 
@@ -291,7 +287,7 @@ async fn bad_input_gets_clear_statuses_with_field_details() {
         .unwrap()
         .access_token;
     let bad_id = client
-        .get_user(authed(
+        .get_user(with_bearer(
             pb::GetUserRequest {
                 user_id: "42".to_owned(),
             },
@@ -301,7 +297,7 @@ async fn bad_input_gets_clear_statuses_with_field_details() {
         .unwrap_err();
     assert_eq!(fields(&bad_id), ["user_id"]);
     let unknown = client
-        .get_user(authed(
+        .get_user(with_bearer(
             pb::GetUserRequest {
                 user_id: uuid::Uuid::now_v7().to_string(),
             },
@@ -311,7 +307,7 @@ async fn bad_input_gets_clear_statuses_with_field_details() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     let bad_page = client
-        .list_communities(authed(
+        .list_communities(with_bearer(
             pb::ListCommunitiesRequest {
                 page_size: 5,
                 page_token: "garbage".to_owned(),
@@ -400,7 +396,7 @@ async fn forged_and_missing_tokens_are_refused() {
         ("garbage", "not.a.jwt"),
     ] {
         let status = client
-            .get_me(authed(pb::GetMeRequest {}, token))
+            .get_me(with_bearer(pb::GetMeRequest {}, token))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{name}: {status:?}");
@@ -428,13 +424,13 @@ async fn expired_access_tokens_are_refused() {
         .unwrap();
     let mut client = app.client.clone();
     client
-        .get_me(authed(pb::GetMeRequest {}, &session.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &session.access_token))
         .await
         .unwrap();
     // exp is in whole seconds, so wait past the next second boundary.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let status = client
-        .get_me(authed(pb::GetMeRequest {}, &session.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &session.access_token))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -461,7 +457,10 @@ async fn admins_list_users_set_roles_and_rotate_keys() {
         .unwrap();
 
     let denied = client
-        .list_users(authed(pb::ListUsersRequest::default(), &plain.access_token))
+        .list_users(with_bearer(
+            pb::ListUsersRequest::default(),
+            &plain.access_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -475,7 +474,7 @@ async fn admins_list_users_set_roles_and_rotate_keys() {
     let mut page_token = String::new();
     loop {
         let page = client
-            .list_users(authed(
+            .list_users(with_bearer(
                 pb::ListUsersRequest {
                     page_size: 3,
                     page_token: page_token.clone(),
@@ -495,7 +494,7 @@ async fn admins_list_users_set_roles_and_rotate_keys() {
 
     let plain_id = plain.user.unwrap().id;
     let promoted = client
-        .set_role(authed(
+        .set_role(with_bearer(
             pb::SetRoleRequest {
                 user_id: plain_id.clone(),
                 role: pb::Role::Admin as i32,
@@ -509,11 +508,14 @@ async fn admins_list_users_set_roles_and_rotate_keys() {
     assert!(promoted.roles.contains(&(pb::Role::Admin as i32)));
     // Checked against storage, so the old token now has admin rights.
     client
-        .list_users(authed(pb::ListUsersRequest::default(), &plain.access_token))
+        .list_users(with_bearer(
+            pb::ListUsersRequest::default(),
+            &plain.access_token,
+        ))
         .await
         .unwrap();
     let self_demote = client
-        .set_role(authed(
+        .set_role(with_bearer(
             pb::SetRoleRequest {
                 user_id: admin.user.as_ref().unwrap().id.clone(),
                 role: pb::Role::Admin as i32,
@@ -528,12 +530,15 @@ async fn admins_list_users_set_roles_and_rotate_keys() {
     // Rotation: old tokens keep working, new ones carry the new kid, and the
     // JWKS publishes both keys.
     let rotated = client
-        .rotate_signing_key(authed(pb::RotateSigningKeyRequest {}, &admin.access_token))
+        .rotate_signing_key(with_bearer(
+            pb::RotateSigningKeyRequest {},
+            &admin.access_token,
+        ))
         .await
         .unwrap()
         .into_inner();
     client
-        .get_me(authed(pb::GetMeRequest {}, &admin.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &admin.access_token))
         .await
         .unwrap();
     let fresh = client
@@ -547,7 +552,7 @@ async fn admins_list_users_set_roles_and_rotate_keys() {
     let header = jsonwebtoken::decode_header(&fresh.access_token).unwrap();
     assert_eq!(header.kid.as_deref(), Some(rotated.active_kid.as_str()));
     client
-        .get_me(authed(pb::GetMeRequest {}, &fresh.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &fresh.access_token))
         .await
         .unwrap();
 
@@ -605,7 +610,7 @@ async fn communities_owners_moderators_and_members() {
     let id_of = |s: &pb::AuthResponse| s.user.as_ref().unwrap().id.clone();
 
     let community = client
-        .create_community(authed(
+        .create_community(with_bearer(
             pb::CreateCommunityRequest {
                 name: "  Rust Meetup  ".to_owned(),
                 description: "Tuesdays".to_owned(),
@@ -620,7 +625,7 @@ async fn communities_owners_moderators_and_members() {
 
     for session in [&moderator, &member, &member] {
         let joined = client
-            .join_community(authed(
+            .join_community(with_bearer(
                 pb::JoinCommunityRequest {
                     community_id: community.id.clone(),
                 },
@@ -638,7 +643,7 @@ async fn communities_owners_moderators_and_members() {
         let community_id = community.id.clone();
         async move {
             client
-                .set_member_role(authed(
+                .set_member_role(with_bearer(
                     pb::SetMemberRoleRequest {
                         community_id,
                         user_id,
@@ -662,7 +667,7 @@ async fn communities_owners_moderators_and_members() {
         let community_id = community.id.clone();
         async move {
             client
-                .remove_member(authed(
+                .remove_member(with_bearer(
                     pb::RemoveMemberRequest {
                         community_id,
                         user_id,
@@ -689,7 +694,7 @@ async fn communities_owners_moderators_and_members() {
     assert_eq!(gone.code(), Code::NotFound);
 
     let members = client
-        .list_members(authed(
+        .list_members(with_bearer(
             pb::ListMembersRequest {
                 community_id: community.id.clone(),
                 page_size: 0,
@@ -711,7 +716,7 @@ async fn communities_owners_moderators_and_members() {
     );
 
     let owner_leaves = client
-        .leave_community(authed(
+        .leave_community(with_bearer(
             pb::LeaveCommunityRequest {
                 community_id: community.id.clone(),
             },
@@ -721,7 +726,7 @@ async fn communities_owners_moderators_and_members() {
         .unwrap_err();
     assert_eq!(owner_leaves.code(), Code::FailedPrecondition);
     client
-        .leave_community(authed(
+        .leave_community(with_bearer(
             pb::LeaveCommunityRequest {
                 community_id: community.id.clone(),
             },
@@ -731,7 +736,7 @@ async fn communities_owners_moderators_and_members() {
         .unwrap();
 
     let unknown = client
-        .get_community(authed(
+        .get_community(with_bearer(
             pb::GetCommunityRequest {
                 community_id: uuid::Uuid::now_v7().to_string(),
             },
@@ -741,7 +746,7 @@ async fn communities_owners_moderators_and_members() {
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     let too_long = client
-        .create_community(authed(
+        .create_community(with_bearer(
             pb::CreateCommunityRequest {
                 name: "x".repeat(101),
                 description: "d".repeat(2001),

@@ -10,8 +10,9 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use munity_platform::auth::with_bearer;
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, transport::Channel};
 
 struct Replica {
     child: Child,
@@ -65,14 +66,6 @@ async fn replica(nodes: &str, keyspace: &str) -> Replica {
     }
 }
 
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_accounts_sessions_and_keys() {
     let Some(nodes) = std::env::var("MUNITY_TEST_CQL")
@@ -116,7 +109,7 @@ async fn two_replicas_share_accounts_sessions_and_keys() {
     // A's token verifies on B; B's login works with A's account.
     let me = b
         .client
-        .get_me(authed(pb::GetMeRequest {}, &registered.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &registered.access_token))
         .await
         .unwrap()
         .into_inner();
@@ -161,7 +154,7 @@ async fn two_replicas_share_accounts_sessions_and_keys() {
     // signs with the new key after its periodic reload or a fetch.
     let rotated_kid = a
         .client
-        .rotate_signing_key(authed(
+        .rotate_signing_key(with_bearer(
             pb::RotateSigningKeyRequest {},
             &registered.access_token,
         ))
@@ -186,12 +179,12 @@ async fn two_replicas_share_accounts_sessions_and_keys() {
         Some(rotated_kid.as_str())
     );
     b.client
-        .get_me(authed(pb::GetMeRequest {}, &fresh.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &fresh.access_token))
         .await
         .unwrap();
     // The old token (old key, now retired but still published) still works.
     b.client
-        .get_me(authed(pb::GetMeRequest {}, &registered.access_token))
+        .get_me(with_bearer(pb::GetMeRequest {}, &registered.access_token))
         .await
         .unwrap();
     let jwks = b

@@ -14,7 +14,7 @@ use std::{
 
 use munity_platform::{auth::AuthConfig, config::StorageConfig, shutdown::ShutdownToken};
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 
 /// A users-svc server with its own embedded store.
 pub struct Replica {
@@ -185,14 +185,6 @@ impl Gateway {
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     }
-}
-
-pub fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 /// grpcurl from `~/go/bin` (where `go install` puts it) or PATH; `None`

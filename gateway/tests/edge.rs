@@ -10,7 +10,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 mod common;
@@ -90,11 +90,7 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
     assert_eq!(fields, ["email", "password"]);
 
     // Server streaming: Health/Watch sends the current status and stays open.
-    let channel = Channel::from_shared(format!("http://{}", gateway.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = gateway.channel().await;
     let mut watch = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: "munity.users.v1.Users".to_owned(),
@@ -110,11 +106,7 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
     assert_eq!(first.status, 1, "SERVING");
 
     // Unknown service: UNIMPLEMENTED from the edge.
-    let unknown = Channel::from_shared(format!("http://{}", gateway.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let unknown = gateway.channel().await;
     let mut unknown = tonic::client::Grpc::new(unknown);
     unknown.ready().await.unwrap();
     let status = unknown
@@ -260,11 +252,7 @@ async fn server_streams_get_no_default_deadline() {
     let users = replica().await;
     // Unary calls get a 300 ms default deadline here; a stream must outlive it.
     let gateway = gateway_with(users.address, &[users.address], 200, 300).await;
-    let channel = Channel::from_shared(format!("http://{}", gateway.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = gateway.channel().await;
     let mut watch = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: "munity.users.v1.Users".to_owned(),

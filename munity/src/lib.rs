@@ -1,7 +1,7 @@
 //! The all-in-one `munity dev` mode: every built service in one process, with
 //! the embedded store under one data directory.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use munity_platform::{
     auth::AuthConfig,
@@ -91,6 +91,7 @@ pub async fn dev(
             ("users-svc", result)
         }
     });
+    let gateway_address = gateway.listen.clone();
     services.spawn_blocking({
         let shutdown = shutdown.clone();
         move || {
@@ -100,6 +101,12 @@ pub async fn dev(
             )
         }
     });
+    // Pingora binds inside its own start-up; "ready" means a client can
+    // connect now, so wait for the gateway's port to accept.
+    if let Err(error) = wait_until_listening(&gateway_address, Duration::from_secs(15)).await {
+        shutdown.cancel();
+        return Err(error);
+    }
     announce("munity: ready (Ctrl-C to stop)");
 
     let mut first_error = None;
@@ -129,4 +136,17 @@ fn resolve_port_zero(address: &str) -> anyhow::Result<String> {
     }
     let probe = std::net::TcpListener::bind(parsed)?;
     Ok(probe.local_addr()?.to_string())
+}
+
+async fn wait_until_listening(address: &str, limit: Duration) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("the gateway did not start listening on {address} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

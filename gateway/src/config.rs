@@ -85,6 +85,28 @@ pub struct TlsConfig {
     pub key_path: String,
 }
 
+impl GatewayConfig {
+    /// Checks that every listen address is free, and turns a `:0` port into
+    /// a concrete free one. Pingora binds its listeners itself, retrying an
+    /// address in use forever; checking first turns a port clash into a
+    /// clear start-up error. (Another process could take the port in the
+    /// moment between this check and Pingora's bind; that is the only gap.)
+    pub fn claim_listen_addresses(&mut self) -> anyhow::Result<()> {
+        self.listen = claim(&self.listen, "gateway.listen")?;
+        self.admin_listen = claim(&self.admin_listen, "gateway.admin_listen")?;
+        if let Some(tls) = &mut self.tls {
+            tls.listen = claim(&tls.listen, "gateway.tls.listen")?;
+        }
+        Ok(())
+    }
+}
+
+fn claim(address: &str, key: &str) -> anyhow::Result<String> {
+    let probe = std::net::TcpListener::bind(address)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {key} {address}: {e}"))?;
+    Ok(probe.local_addr()?.to_string())
+}
+
 /// One gRPC service (package.Service) and the replicas that serve it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]

@@ -21,7 +21,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let source = ConfigSource::load(args.config.as_deref())?;
-    let config: GatewayConfig = source.section("gateway")?;
+    let mut config: GatewayConfig = source.section("gateway")?;
+    config.claim_listen_addresses()?;
     let auth: AuthConfig = source.section("auth")?;
     // Pingora runs its own runtimes; this small one only watches signals.
     let signals = tokio::runtime::Builder::new_current_thread()

@@ -65,8 +65,7 @@ pub async fn dev(
 
     // The gateway fronts the in-process services: routes point at them.
     let mut gateway: munity_gateway::GatewayConfig = source.section("gateway")?;
-    gateway.listen = resolve_port_zero(&gateway.listen)?;
-    gateway.admin_listen = resolve_port_zero(&gateway.admin_listen)?;
+    gateway.claim_listen_addresses()?;
     gateway.jwks_endpoint = format!("http://{users_address}");
     for route in &mut gateway.routes {
         if route.service.starts_with("munity.users.") || route.service.starts_with("grpc.") {
@@ -123,19 +122,6 @@ pub async fn dev(
         Some(error) => Err(error),
         None => Ok(()),
     }
-}
-
-/// Pingora binds its listeners itself, so a `:0` port is resolved here to a
-/// port that was free a moment ago (tests and parallel dev instances use it).
-fn resolve_port_zero(address: &str) -> anyhow::Result<String> {
-    let parsed: std::net::SocketAddr = address
-        .parse()
-        .map_err(|e| anyhow::anyhow!("bad listen address {address:?}: {e}"))?;
-    if parsed.port() != 0 {
-        return Ok(address.to_owned());
-    }
-    let probe = std::net::TcpListener::bind(parsed)?;
-    Ok(probe.local_addr()?.to_string())
 }
 
 async fn wait_until_listening(address: &str, limit: Duration) -> anyhow::Result<()> {

@@ -223,7 +223,11 @@ impl ProxyHttp for Gateway {
             rpc.system = "grpc",
             rpc.grpc.status_code = tracing::field::Empty,
         );
-        telemetry::set_parent_from_headers(&ctx.span, &session.req_header().headers);
+        // With no subscriber interested (no exporter, quiet logs) the span is
+        // disabled: skip the trace-context work on this hot path.
+        if !ctx.span.is_disabled() {
+            telemetry::set_parent_from_headers(&ctx.span, &session.req_header().headers);
+        }
         let Some((service, method)) = grpc::split_path(&path) else {
             return self
                 .refuse(
@@ -358,11 +362,13 @@ impl ProxyHttp for Gateway {
         // The upstream's spans join this call's trace. Without an exporter
         // the span has no context of its own, and the client's traceparent
         // passes through unchanged.
-        let mut trace_headers = http::HeaderMap::new();
-        ctx.span
-            .in_scope(|| telemetry::inject_trace_context(&mut trace_headers));
-        for (name, value) in &trace_headers {
-            upstream_request.insert_header(name.clone(), value.clone())?;
+        if !ctx.span.is_disabled() {
+            let mut trace_headers = http::HeaderMap::new();
+            ctx.span
+                .in_scope(|| telemetry::inject_trace_context(&mut trace_headers));
+            for (name, value) in &trace_headers {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
         }
         if let Some(claims) = &ctx.claims {
             upstream_request.insert_header(USER_ID_HEADER, claims.sub.as_str())?;

@@ -41,6 +41,19 @@ async fn gateway_with(
     .await
 }
 
+/// A `grpc.health.v1.Health/Watch` stream on users-svc, through the gateway.
+async fn watch_users_health(
+    gateway: &Gateway,
+) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    HealthClient::new(gateway.channel().await)
+        .watch(HealthCheckRequest {
+            service: "munity.users.v1.Users".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
     gateway_with(jwks, upstreams, 200, 30_000).await
 }
@@ -90,14 +103,7 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
     assert_eq!(fields, ["email", "password"]);
 
     // Server streaming: Health/Watch sends the current status and stays open.
-    let channel = gateway.channel().await;
-    let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: "munity.users.v1.Users".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_users_health(&gateway).await;
     let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
         .await
         .unwrap()
@@ -252,14 +258,7 @@ async fn server_streams_get_no_default_deadline() {
     let users = replica().await;
     // Unary calls get a 300 ms default deadline here; a stream must outlive it.
     let gateway = gateway_with(users.address, &[users.address], 200, 300).await;
-    let channel = gateway.channel().await;
-    let mut watch = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: "munity.users.v1.Users".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = watch_users_health(&gateway).await;
     assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
     let next = tokio::time::timeout(Duration::from_millis(1500), watch.message()).await;
     assert!(next.is_err(), "the stream ended early: {next:?}");

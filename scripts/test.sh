@@ -5,7 +5,7 @@
 #   bash scripts/test.sh            everything
 #   bash scripts/test.sh -p users-svc   extra arguments go to `cargo test`
 #
-# Installs what is missing: grpcurl (Go module proxy), Redis (apt),
+# Installs what is missing: grpcurl (Go module proxy), Redis and Chromium (apt),
 # Apache Cassandra 5.0 jars (Maven Central, cached). Servers listen on
 # loopback only and are stopped at the end if this script started them.
 set -euo pipefail
@@ -33,6 +33,12 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     log "installing ${missing[*]}"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # The browser the gRPC-web test drives through playwright-core.
+  if ! command -v chromium >/dev/null; then
+    log "installing chromium"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
   fi
 fi
 if ! command -v grpcurl >/dev/null; then
@@ -62,7 +68,8 @@ fi
 
 # --- npm clients (gRPC-web tests) ---
 # gateway/tests/grpc_web.rs drives the gateway with npm gRPC-web clients
-# (Connect, grpc-web) run by node; install them from the lockfile.
+# (Connect, grpc-web) and playwright-core (for Chromium) run by node;
+# install them from the lockfile.
 grpc_web_clients=gateway/tests/grpc-web
 if [[ ! -d $grpc_web_clients/node_modules || $grpc_web_clients/package-lock.json -nt $grpc_web_clients/node_modules ]]; then
   log "npm ci in $grpc_web_clients"

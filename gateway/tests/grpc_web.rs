@@ -9,7 +9,11 @@
 //! - `grpc-web-text.mjs`: text mode, the official `grpc-web` runtime (on the
 //!   `xhr2` XMLHttpRequest, made to stream as browsers do);
 //! - `raw-text.mjs`: text mode by hand with node's own HTTP clients, to check
-//!   the frames (trailer frame included) on HTTP/1.1 and h2c.
+//!   the frames (trailer frame included) on HTTP/1.1 and h2c;
+//! - `browser.mjs`: a real browser, Debian's headless Chromium driven by
+//!   `playwright-core`, runs `browser-app.mjs` (Connect's fetch-based
+//!   `@connectrpc/connect-web` transport) from a page on an allowed origin,
+//!   and is blocked by its own CORS check on another origin.
 //!
 //! CORS preflights, and refusals over HTTP/1.1 while the client is still
 //! sending, are raw HTTP/1.1 requests from here; allowed and refused origins
@@ -73,12 +77,21 @@ fn descriptor_args(dir: &Path) -> Vec<String> {
 /// Runs `node <script> <args>` in the npm project and asserts it succeeds,
 /// showing what it printed either way.
 async fn node(script: &str, args: Vec<String>) {
+    node_with_env(script, args, &[]).await
+}
+
+async fn node_with_env(script: &str, args: Vec<String>, env: &[(&str, &str)]) {
     let project = node_project();
     let name = script.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(&name)
             .args(&args)
+            .envs(env)
             .current_dir(&project)
             .stdin(Stdio::null())
             .output()
@@ -139,6 +152,69 @@ async fn grpc_web_text_with_the_official_client_and_by_hand() {
         args.extend(descriptor_args(descriptors.path()));
         node("raw-text.mjs", args).await;
     }
+    users.shutdown.cancel();
+}
+
+/// Debian's Chromium (or `$CHROMIUM`); `None` when absent, which CI never
+/// allows.
+fn chromium() -> Option<String> {
+    let found = std::env::var("CHROMIUM")
+        .ok()
+        .into_iter()
+        .chain([
+            "/usr/lib/chromium/chromium".to_owned(),
+            "/usr/bin/chromium".to_owned(),
+        ])
+        .find(|path| Path::new(path).exists());
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "chromium missing in CI (apt-get install chromium)"
+        );
+    }
+    found
+}
+
+/// A real browser: headless Chromium loads a page from an allowed origin
+/// and calls the gateway with Connect's browser transport (fetch), unary
+/// and server streaming; a page on another origin is blocked by the
+/// browser's own CORS check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_calls_from_an_allowed_origin_and_is_blocked_from_another() {
+    node_project();
+    let Some(chromium) = chromium() else {
+        eprintln!("skipped: no Chromium (apt-get install chromium)");
+        return;
+    };
+    let users = replica().await;
+    let (allowed_port, refused_port) = (common::free_port(), common::free_port());
+    let tables = format!(
+        "{}\n[[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/Register\"\nrequests = 100\nper_secs = 60\nburst = 100\n",
+        users_routes(&[users.address], "")
+    );
+    let gateway = Gateway::start(
+        users.address,
+        &format!(
+            "health_check_interval_ms = 200\ncors_allowed_origins = [\"http://127.0.0.1:{allowed_port}\"]"
+        ),
+        &tables,
+    )
+    .serving()
+    .await;
+    let descriptors = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "--gateway".to_owned(),
+        format!("http://{}", gateway.address),
+        "--allowed-port".to_owned(),
+        allowed_port.to_string(),
+        "--refused-port".to_owned(),
+        refused_port.to_string(),
+        "--email".to_owned(),
+        "browser@example.com".to_owned(),
+    ];
+    args.extend(descriptor_args(descriptors.path()));
+    node_with_env("browser.mjs", args, &[("CHROMIUM", &chromium)]).await;
     users.shutdown.cancel();
 }
 

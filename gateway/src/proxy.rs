@@ -14,7 +14,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use munity_platform::{
-    auth::{Claims, bearer_token},
+    auth::{Claims, TokenVerifier, bearer_token},
     telemetry,
 };
 use pingora_core::{Error, ErrorType, upstreams::peer::HttpPeer};
@@ -25,7 +25,6 @@ use tonic::Code;
 
 use crate::{
     config::RouteConfig,
-    edge_auth::EdgeAuth,
     grpc,
     grpc_web::{self, Cors, Encoding, WebCall},
     metrics,
@@ -54,7 +53,8 @@ pub struct Route {
 
 pub struct Gateway {
     pub routes: HashMap<String, Arc<Route>>,
-    pub auth: EdgeAuth,
+    /// Verifies bearer tokens (with its verified-token cache).
+    pub auth: Arc<TokenVerifier>,
     pub public_methods: Vec<String>,
     pub limits: Limiter,
     pub cors: Cors,

@@ -66,6 +66,7 @@ pub async fn run(
             audience: auth.audience.clone(),
             leeway: Duration::from_secs(auth.leeway_secs),
             min_refetch_interval: Duration::from_millis(200),
+            cache_capacity: auth.token_cache_capacity,
         },
     ));
 

@@ -427,7 +427,9 @@ async fn expired_access_tokens_are_refused() {
         .get_me(with_bearer(pb::GetMeRequest {}, &session.access_token))
         .await
         .unwrap();
-    // exp is in whole seconds, so wait past the next second boundary.
+    // That call left the token in the verified-token cache, which must
+    // still honour its expiry. exp is in whole seconds, so wait past the
+    // next second boundary.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let status = client
         .get_me(with_bearer(pb::GetMeRequest {}, &session.access_token))

@@ -9,13 +9,15 @@
 #
 # Usage: bench/gateway/run.sh [--threads N] [--concurrency C] [--rounds R]
 #          [--duration 5s] [--warmup 2s] [--connections K] [--no-build]
-#          [--keep]
+#          [--keep] [--perf]
 #        bench/gateway/run.sh --streams [--streams-count 1000]
-#          [--streams-hold 10] [--connections 10] [--threads N] [--no-build]
-#          [--keep]
+#          [--streams-hold 10] [--streams-rate 10] [--connections 10]
+#          [--threads N] [--no-build] [--keep]
 #   --streams: N concurrent grpc.health.v1.Health/Watch streams held open
-#   through the gateway, then nginx; prints open streams, messages/s, proxy
-#   RSS/HWM before, during and after, RSS per stream and CPU during the hold.
+#   through the gateway, then nginx, to an upstream (the health_ticker
+#   example) that sends --streams-rate messages/s on each; prints open
+#   streams, messages/s, proxy CPU per message, RSS/HWM before, during and
+#   after, and RSS per stream.
 set -euo pipefail
 
 THREADS=1         # nginx worker_processes == gateway threads
@@ -29,7 +31,9 @@ MODE=unary        # unary | streams
 STREAMS_COUNT=1000
 STREAMS_HOLD=10   # seconds all streams are held open
 STREAMS_OPEN_TIMEOUT=20  # seconds to wait for every stream's first message
+STREAMS_RATE=10   # status flips per second at the ticker = messages/s per stream
 KEEP=0
+PERF=0            # --perf: perf-record the proxies during round 1
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -43,10 +47,12 @@ while [[ $# -gt 0 ]]; do
     --connections) CONNECTIONS="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --keep) KEEP=1; shift ;;
+    --perf) PERF=1; KEEP=1; shift ;;
     --streams) MODE=streams; shift ;;
     --streams-count) STREAMS_COUNT="$2"; shift 2 ;;
     --streams-hold) STREAMS_HOLD="$2"; shift 2 ;;
     --streams-open-timeout) STREAMS_OPEN_TIMEOUT="$2"; shift 2 ;;
+    --streams-rate) STREAMS_RATE="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -54,7 +60,7 @@ done
 if [[ -z "$CONNECTIONS" ]]; then
   if [[ $MODE == streams ]]; then CONNECTIONS=10; else CONNECTIONS=1; fi
 fi
-for n in "$THREADS" "$CONCURRENCY" "$ROUNDS" "$CONNECTIONS" "$STREAMS_COUNT" "$STREAMS_HOLD" "$STREAMS_OPEN_TIMEOUT"; do
+for n in "$THREADS" "$CONCURRENCY" "$ROUNDS" "$CONNECTIONS" "$STREAMS_COUNT" "$STREAMS_HOLD" "$STREAMS_OPEN_TIMEOUT" "$STREAMS_RATE"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
 
@@ -62,8 +68,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
 TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
-USERS_BIN="${USERS_BIN:-$TARGET_DIR/release/users-svc}"
-GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/release/munity-gateway}"
+# The release-lto profile (Cargo.toml): what a deployment image would ship.
+PROFILE=release-lto
+USERS_BIN="${USERS_BIN:-$TARGET_DIR/$PROFILE/users-svc}"
+GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/$PROFILE/munity-gateway}"
+TICKER_BIN="${TICKER_BIN:-$TARGET_DIR/$PROFILE/examples/health_ticker}"
 PROTO_ARGS=(--import-paths "$REPO/proto" --proto "$REPO/proto/munity/users/v1/users.proto")
 GRPCURL_PROTO=(-import-path "$REPO/proto" -proto munity/users/v1/users.proto)
 
@@ -181,6 +190,13 @@ proxy_ticks() {  # proxy_ticks TARGET: CPU ticks of the proxy's processes
   echo "$total"
 }
 
+proxy_pids() {  # proxy_pids TARGET: one pid per line (gateway, or nginx master + workers)
+  case "$1" in
+    gateway) echo "$GATEWAY_PID" ;;
+    nginx) echo "$NGINX_PID"; tr ' ' '\n' <"/proc/$NGINX_PID/task/$NGINX_PID/children" | grep . ;;
+  esac
+}
+
 addr_of() {
   case "$1" in
     direct) echo "$USERS_ADDR" ;;
@@ -213,11 +229,12 @@ run_ghz() {  # run_ghz TARGET DURATION OUT.json
 ensure_tools
 
 if [[ $BUILD -eq 1 ]]; then
-  log "building release binaries into $TARGET_DIR"
-  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release -p users-svc -p munity-gateway)
+  log "building $PROFILE binaries into $TARGET_DIR"
+  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p users-svc -p munity-gateway --bins --example health_ticker)
 fi
 [[ -x "$USERS_BIN" ]] || die "missing $USERS_BIN (run without --no-build)"
 [[ -x "$GATEWAY_BIN" ]] || die "missing $GATEWAY_BIN (run without --no-build)"
+[[ $MODE != streams || -x "$TICKER_BIN" ]] || die "missing $TICKER_BIN (run without --no-build)"
 
 TMP="$(mktemp -d /tmp/munity-bench-gateway.XXXXXX)"
 chmod 755 "$TMP"
@@ -230,8 +247,11 @@ if [[ $MODE == streams ]]; then
   "$TMP/venv/bin/pip" install -q --disable-pip-version-check grpcio >"$TMP/pip.log" 2>&1 \
     || { cat "$TMP/pip.log" >&2; die "pip install grpcio failed"; }
 fi
-read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT <<<"$(free_ports 4)"
+read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT TICKER_PORT <<<"$(free_ports 5)"
 USERS_ADDR="127.0.0.1:$USERS_PORT"
+# Where both proxies send grpc.health.v1.Health: users-svc for the unary
+# rounds, the ticker (a steady message source) for --streams.
+HEALTH_PORT="$USERS_PORT"
 GATEWAY_ADDR="127.0.0.1:$GATEWAY_PORT"
 NGINX_ADDR="127.0.0.1:$NGINX_PORT"
 CLK_TCK="$(getconf CLK_TCK)"
@@ -268,8 +288,20 @@ TOKEN="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["access
 get_me "$USERS_ADDR" >/dev/null || die "GetMe against users-svc failed"
 log "users-svc up (pid $USERS_PID); token for $EMAIL obtained"
 
+# health_ticker (streams only) -------------------------------------------------
+if [[ $MODE == streams ]]; then
+  RUST_LOG=warn "$TICKER_BIN" --listen "127.0.0.1:$TICKER_PORT" --per-second "$STREAMS_RATE" \
+    >"$TMP/ticker.log" 2>&1 &
+  TICKER_PID=$!; PIDS+=("$TICKER_PID")
+  wait_for_line "$TMP/ticker.log" "health-ticker: listening on grpc://" "$TICKER_PID" 30
+  HEALTH_PORT="$TICKER_PORT"
+  log "health_ticker up (pid $TICKER_PID, $STREAMS_RATE flips/s)"
+fi
+HEALTH_ADDR="127.0.0.1:$HEALTH_PORT"
+
 # munity-gateway -------------------------------------------------------------
-sed -e "s|@USERS_ADDR@|$USERS_ADDR|g" "$HERE/gateway.toml.template" >"$TMP/gateway.toml"
+sed -e "s|@USERS_ADDR@|$USERS_ADDR|g" -e "s|@HEALTH_ADDR@|$HEALTH_ADDR|g" \
+  "$HERE/gateway.toml.template" >"$TMP/gateway.toml"
 env MUNITY_GATEWAY__LISTEN="$GATEWAY_ADDR" \
     MUNITY_GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
     MUNITY_GATEWAY__THREADS="$THREADS" \
@@ -287,7 +319,7 @@ log "munity-gateway up (pid $GATEWAY_PID, threads=$THREADS)"
 
 # nginx ----------------------------------------------------------------------
 sed -e "s|@WORKERS@|$THREADS|g" -e "s|@DIR@|$TMP/nginx|g" \
-    -e "s|@LISTEN@|$NGINX_ADDR|g" -e "s|@USERS_ADDR@|$USERS_ADDR|g" \
+    -e "s|@LISTEN@|$NGINX_ADDR|g" -e "s|@USERS_ADDR@|$USERS_ADDR|g" -e "s|@HEALTH_ADDR@|$HEALTH_ADDR|g" \
     "$HERE/nginx.conf.template" >"$TMP/nginx/nginx.conf"
 "$NGINX_BIN" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
   || die "nginx -t refused $TMP/nginx/nginx.conf"
@@ -305,7 +337,8 @@ run_streams() {  # run_streams LABEL ADDR OUT.json PIDS [CHILDREN_OF]
     --label "$1" --target "$2" --out "$3" --pids "$4" --children-of "${5:-}" \
     --count "$STREAMS_COUNT" --connections "$CONNECTIONS" \
     --hold "$STREAMS_HOLD" --open-timeout "$STREAMS_OPEN_TIMEOUT" \
-    --upstream-port "$USERS_PORT" --upstream-pid "$USERS_PID" &
+    --service munity.bench.Ticker --offered-per-stream "$STREAMS_RATE" \
+    --upstream-port "$TICKER_PORT" --upstream-pid "$TICKER_PID" &
   GHZ_PID=$!
   local status=0
   wait "$GHZ_PID" || status=$?
@@ -325,7 +358,7 @@ if [[ $MODE == streams ]]; then
       || log "WARNING: $name died during the run"
   done
   echo
-  echo "Munity gateway benchmark: $STREAMS_COUNT concurrent grpc.health.v1.Health/Watch streams ({\"service\":\"munity.users.v1.Users\"}) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s"
+  echo "Munity gateway benchmark: $STREAMS_COUNT concurrent grpc.health.v1.Health/Watch streams ({\"service\":\"munity.bench.Ticker\"}) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s; the health_ticker upstream sends $STREAMS_RATE messages/s on each stream"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); client: python grpcio $("$TMP/venv/bin/python" -c 'import grpc; print(grpc.__version__)')"
   echo "memory: VmRSS/VmHWM of the gateway process, or nginx master + workers summed; 'all open' = max over samples every 0.5 s while held; RSS per stream = (all open max - before) / open streams"
   report_status=0
@@ -351,7 +384,15 @@ for round in $(seq "$ROUNDS"); do
   for target in "${TARGETS[@]}"; do
     out="$TMP/results/round${round}_$target.json"
     p0=$(proxy_ticks "$target"); u0=$(proc_ticks "$USERS_PID")
+    perf_pid=""
+    if [[ $PERF -eq 1 && $round -eq 1 && $target != direct ]]; then
+      # Samples the proxy's processes (all threads) for the whole round.
+      perf record -q -F 999 --call-graph dwarf,16384 -o "$TMP/results/perf_$target.data" \
+        -p "$(proxy_pids "$target" | paste -sd,)" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi
     run_ghz "$target" "$DURATION" "$out" || die "ghz against $target failed (round $round)"
+    [[ -z "$perf_pid" ]] || wait "$perf_pid" || true
     p1=$(proxy_ticks "$target"); u1=$(proc_ticks "$USERS_PID")
     if [[ "$p0" == "-" ]]; then pd="-"; else pd=$((p1 - p0)); fi
     printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$out" "$pd" "$((u1 - u0))" >>"$TMP/results/rounds.tsv"

@@ -4,13 +4,16 @@
   streams.py run --target HOST:PORT --count N --connections K --hold S
                  --pids PID[,PID...] [--children-of PID] --upstream-port P
                  --out FILE.json
-      Opens N grpc.health.v1.Health/Watch calls ({"service":
-      "munity.users.v1.Users"}), spread round-robin over K HTTP/2
-      connections, waits until every stream has received its first message
-      (Watch sends the current status once, then only on change) or until
+      Opens N grpc.health.v1.Health/Watch calls ({"service": --service},
+      run.sh passes the ticker's "munity.bench.Ticker"), spread round-robin
+      over K HTTP/2 connections, waits until every stream has received its
+      first message (Watch sends the current status once, then one message
+      per change: the ticker changes it --offered-per-stream times a
+      second) or until
       --open-timeout, holds them for S seconds, cancels them, and records the
       proxy's memory (VmRSS/VmHWM from /proc/PID/status) and CPU
-      (utime+stime from /proc/PID/stat) before, during and after. Needs
+      (utime+stime from /proc/PID/stat) before, during and after, and the
+      messages received while all streams are held. Needs
       grpcio (installed by run.sh into a venv in its work dir).
 
   streams.py report CLK_TCK FILE.json [FILE.json ...]
@@ -237,6 +240,7 @@ async def run(args):
         return sum(1 for i in range(n) if first_at[i] is not None and ended[i] is None)
 
     open_at_hold_start = live()
+    messages_at_hold_start = sum(counts)
     hold_start = sampler.snapshot()
     samples.append(hold_start)
     print(f"streams: {open_at_hold_start}/{n} open after {t_open - t_start:.2f} s; holding {args.hold} s",
@@ -251,6 +255,7 @@ async def run(args):
         await asyncio.sleep(min(args.sample_interval, left))
         samples.append(sampler.snapshot())
     open_at_hold_end = live()
+    messages_at_hold_end = sum(counts)
     hold_end = sampler.snapshot()
     samples.append(hold_end)
     t_hold_end = time.monotonic()
@@ -279,7 +284,9 @@ async def run(args):
         "last_first_message_s": (max(f for f in first_at if f is not None) - t_start) if opened_total else None,
         "opened_total": opened_total, "never_opened": never_opened,
         "open_at_hold_start": open_at_hold_start, "open_at_hold_end": open_at_hold_end,
-        "messages": sum(counts), "statuses": dict(statuses),
+        "messages": sum(counts), "statuses": dict(statuses), "service": args.service,
+        "hold_messages": messages_at_hold_end - messages_at_hold_start,
+        "offered_per_stream": args.offered_per_stream,
         "run_s": t_closed - t_start, "hold_measured_s": t_hold_end - t_open,
         "errors": dict(errors),
         "before": before, "hold_start": hold_start, "hold_end": hold_end, "after": after,
@@ -312,6 +319,9 @@ def report(clk_tck, files):
     row("time to open all (s)", lambda r: f"{r['last_first_message_s']:.2f}" if r["all_open"] else f"not all ({r['open_time_s']:.1f} s)")
     row("messages received", lambda r: f"{r['messages']}")
     row("messages/s over the run", lambda r: f"{r['messages'] / r['run_s']:.1f} ({r['run_s']:.1f} s)")
+    row("messages/s offered while held", lambda r: f"{r['offered_per_stream'] * r['open_at_hold_start']:.0f}" if r.get("offered_per_stream") else "-")
+    row("messages/s received while held", lambda r: f"{r['hold_messages'] / r['hold_measured_s']:.0f}")
+    row("proxy CPU s per 100k messages", lambda r: f"{(r['hold_end']['ticks'] - r['hold_start']['ticks']) / clk_tck / max(1, r['hold_messages']) * 1e5:.2f}" if r["hold_messages"] else "-")
     row("RSS before (MiB)", lambda r: mib(r["before"]["rss_kib"]))
     row("RSS all open, max (MiB)", lambda r: mib(r["during_rss_max_kib"]))
     row("RSS after close (MiB)", lambda r: mib(r["after"]["rss_kib"]))
@@ -322,9 +332,9 @@ def report(clk_tck, files):
     row("CPU s during hold", lambda r: f"{(r['hold_end']['ticks'] - r['hold_start']['ticks']) / clk_tck:.2f} ({r['hold_measured_s']:.1f} s)")
     row("CPU s opening streams", lambda r: f"{(r['hold_start']['ticks'] - r['before']['ticks']) / clk_tck:.2f}")
     row("CPU s closing streams", lambda r: f"{(r['after']['ticks'] - r['hold_end']['ticks']) / clk_tck:.2f}")
-    row("proxy->users-svc TCP conns", lambda r: f"{r['during_upstream_conns_max']}")
-    row("users-svc RSS before (MiB)", lambda r: mib(r["before"]["upstream_rss_kib"]))
-    row("users-svc RSS all open (MiB)", lambda r: mib(r["during_upstream_rss_max_kib"]))
+    row("proxy->upstream TCP conns", lambda r: f"{r['during_upstream_conns_max']}")
+    row("upstream RSS before (MiB)", lambda r: mib(r["before"]["upstream_rss_kib"]))
+    row("upstream RSS all open (MiB)", lambda r: mib(r["during_upstream_rss_max_kib"]))
     row("proxy processes", lambda r: f"{len(r['hold_start']['pids'])}")
 
     name_w = max(len(n) for n, _ in rows) + 2
@@ -344,7 +354,8 @@ def report(clk_tck, files):
             for msg, c in sorted(r["errors"].items(), key=lambda x: -x[1]):
                 print(f"  {c:6d} × {msg}")
         other = {s: c for s, c in r["statuses"].items() if s != "SERVING"}
-        if other:
+        # The ticker upstream flips between SERVING and NOT_SERVING on purpose.
+        if other and not r.get("offered_per_stream"):
             print(f"\n{r['label']}: non-SERVING statuses received: {other}")
     return 1 if failed else 0
 
@@ -365,7 +376,9 @@ def main():
     r.add_argument("--pids", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     r.add_argument("--children-of", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     r.add_argument("--upstream-port", type=int, default=0)
-    r.add_argument("--upstream-pid", type=int, default=0, help="users-svc, for its RSS")
+    r.add_argument("--upstream-pid", type=int, default=0, help="the upstream, for its RSS")
+    r.add_argument("--offered-per-stream", type=float, default=0,
+                   help="messages/s the upstream sends on each stream (the ticker's flips/s), for the report")
     r.add_argument("--out", required=True)
     rep = sub.add_parser("report")
     rep.add_argument("clk_tck", type=int)

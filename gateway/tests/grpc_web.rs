@@ -38,13 +38,22 @@ use common::{Gateway, replica, users_routes};
 /// (http://localhost:3000 and http://localhost:5173), and room for the
 /// Register calls the clients make.
 async fn gateway(users: SocketAddr) -> Gateway {
+    gateway_with(users, "").await
+}
+
+/// [`gateway`] with more keys in its `[gateway]` table.
+async fn gateway_with(users: SocketAddr, gateway_keys: &str) -> Gateway {
     let tables = format!(
         "{}\n[[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/Register\"\nrequests = 100\nper_secs = 60\nburst = 100\n",
         users_routes(&[users], "")
     );
-    Gateway::start(users, "health_check_interval_ms = 200", &tables)
-        .serving()
-        .await
+    Gateway::start(
+        users,
+        &format!("health_check_interval_ms = 200\n{gateway_keys}"),
+        &tables,
+    )
+    .serving()
+    .await
 }
 
 fn node_project() -> PathBuf {
@@ -189,18 +198,10 @@ async fn chromium_calls_from_an_allowed_origin_and_is_blocked_from_another() {
     };
     let users = replica().await;
     let (allowed_port, refused_port) = (common::free_port(), common::free_port());
-    let tables = format!(
-        "{}\n[[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/Register\"\nrequests = 100\nper_secs = 60\nburst = 100\n",
-        users_routes(&[users.address], "")
-    );
-    let gateway = Gateway::start(
+    let gateway = gateway_with(
         users.address,
-        &format!(
-            "health_check_interval_ms = 200\ncors_allowed_origins = [\"http://127.0.0.1:{allowed_port}\"]"
-        ),
-        &tables,
+        &format!("cors_allowed_origins = [\"http://127.0.0.1:{allowed_port}\"]"),
     )
-    .serving()
     .await;
     let descriptors = tempfile::tempdir().unwrap();
     let mut args = vec![

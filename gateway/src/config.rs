@@ -36,6 +36,11 @@ pub struct GatewayConfig {
     pub rate_limits: RateLimitConfig,
     /// Browser origins allowed to call over gRPC-web (`*` for any).
     pub cors_allowed_origins: Vec<String>,
+    /// On SIGTERM the listeners close and HTTP/2 clients get GOAWAY at
+    /// once; calls in flight then have this many seconds to finish before
+    /// the proxy stops (and cuts the server streams still open, whose
+    /// clients reconnect elsewhere). Pingora waits the whole period.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -70,6 +75,7 @@ impl Default for GatewayConfig {
                 .iter()
                 .map(|o| (*o).to_owned())
                 .collect(),
+            shutdown_grace_secs: 5,
         }
     }
 }

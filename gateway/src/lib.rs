@@ -50,10 +50,12 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     let server_conf = ServerConf {
         threads: config.threads.max(1),
         work_stealing: config.work_stealing,
-        // Stop promptly: health checks already steer traffic away, and
-        // in-flight calls get the shutdown timeout to finish.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(5),
+        // Pingora's grace period is the drain: listeners are closed and
+        // GOAWAY sent when it starts, calls in flight run on until it ends.
+        // After it the runtimes are shut down, which drops every task left
+        // at once (the timeout below only bounds blocking threads).
+        grace_period_seconds: Some(config.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, server_conf);

@@ -396,3 +396,80 @@ async fn hundreds_of_streams_share_one_client_connection() {
     assert_eq!(serving, 150, "{failures:?}");
     users.shutdown.cancel();
 }
+
+/// SIGTERM, as an orchestrator stops a pod: the listener closes at once, a
+/// call in flight still gets its answer, an open server stream is ended (so
+/// its client reconnects to another replica) when the drain period
+/// (`shutdown_grace_secs`, 5 s by default) is over, and the process exits
+/// cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_calls_in_flight_ends_streams_and_exits() {
+    let users = replica().await;
+    let mut gateway = gateway(users.address, &[users.address]).await;
+    let mut watch = watch_users_health(&gateway).await;
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+
+    // Register hashes a password (argon2id), the slowest call there is.
+    let mut client = gateway.client().await;
+    let register = tokio::spawn(async move {
+        client
+            .register(pb::RegisterRequest {
+                email: "draining@example.com".to_owned(),
+                password: "correct horse".to_owned(),
+                display_name: "Draining".to_owned(),
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let terminated = Instant::now();
+    gateway.terminate();
+
+    // New connections are refused while the call is still running.
+    let mut refused = false;
+    while !refused && terminated.elapsed() < Duration::from_secs(2) {
+        refused = tokio::net::TcpStream::connect(&gateway.address)
+            .await
+            .is_err();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused,
+        "the gateway still accepted connections 2 s after SIGTERM"
+    );
+    assert!(
+        !register.is_finished(),
+        "the call ended before the test could look"
+    );
+
+    let registered = register.await.unwrap();
+    println!(
+        "the call in flight ended {:?} after SIGTERM",
+        terminated.elapsed()
+    );
+    assert!(
+        registered.is_ok(),
+        "the call in flight at SIGTERM failed: {registered:?}"
+    );
+    let stream_end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the server stream was still open 10 s after SIGTERM");
+    println!(
+        "stream ended {:?} after SIGTERM: {stream_end:?}",
+        terminated.elapsed()
+    );
+
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway was still running 10 s after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    println!("exited {:?} after SIGTERM", terminated.elapsed());
+    users.shutdown.cancel();
+}

@@ -67,6 +67,9 @@ pub async fn dev(
     let mut gateway: munity_gateway::GatewayConfig = source.section("gateway")?;
     gateway.claim_listen_addresses()?;
     gateway.jwks_endpoint = format!("http://{users_address}");
+    // One process: the services behind the gateway stop at the same moment,
+    // so there is nothing to drain for; Ctrl-C should be instant.
+    gateway.shutdown_grace_secs = 0;
     for route in &mut gateway.routes {
         if route.service.starts_with("munity.users.") || route.service.starts_with("grpc.") {
             route.upstreams = vec![users_address.to_string()];

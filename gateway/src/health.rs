@@ -11,19 +11,24 @@ use pingora_core::{Error, ErrorType};
 use pingora_load_balancing::{Backend, health_check::HealthCheck};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::outlier::Outliers;
+
 pub struct GrpcHealthCheck {
     service: String,
     timeout: Duration,
     /// One channel per replica, reused across checks.
     channels: DashMap<SocketAddr, Channel>,
+    /// The route's passive ejections, ended when a replica recovers.
+    outliers: Outliers,
 }
 
 impl GrpcHealthCheck {
-    pub fn new(service: &str, timeout: Duration) -> Self {
+    pub fn new(service: &str, timeout: Duration, outliers: Outliers) -> Self {
         GrpcHealthCheck {
             service: service.to_owned(),
             timeout,
             channels: DashMap::new(),
+            outliers,
         }
     }
 
@@ -85,6 +90,9 @@ impl HealthCheck for GrpcHealthCheck {
         crate::metrics::UPSTREAM_HEALTHY
             .with_label_values(&[&self.service, &target.addr.to_string()])
             .set(i64::from(healthy));
+        if healthy && let Some(address) = target.addr.as_inet() {
+            self.outliers.recovered(*address, &self.service);
+        }
     }
 
     /// One failed check takes a replica out, one good one brings it back:

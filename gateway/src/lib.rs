@@ -80,9 +80,11 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
                 route.service.clone()
             }
         });
+        let outliers = outlier::Outliers::default();
         balancer.set_health_check(Box::new(health::GrpcHealthCheck::new(
             &health_service,
             Duration::from_millis(500),
+            outliers.clone(),
         )));
         balancer.health_check_frequency = Some(check_interval);
         balancer.parallel_health_check = true;
@@ -94,7 +96,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             Arc::new(proxy::Route {
                 config: route.clone(),
                 balancer,
-                outliers: outlier::Outliers::default(),
+                outliers,
             }),
         );
     }

@@ -1,22 +1,43 @@
 //! Passive ejection (what Envoy calls outlier detection; Pingora has none):
 //! a replica that fails several calls in a row — connection refused or
 //! UNAVAILABLE — leaves the rotation at once, without waiting for the next
-//! active health check, and is let back after a pause. Active checks still
-//! decide health; this only reacts faster to what live traffic shows.
+//! active health check, and is let back after a pause, or as soon as the
+//! active health check sees it come back (a restarted replica must not sit
+//! out the pause: during a rolling restart its peer is next to go). Active
+//! checks still decide health; this only reacts faster to what live
+//! traffic shows.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use dashmap::DashMap;
-use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
+use pingora_load_balancing::{Backend, LoadBalancer, selection::RoundRobin};
 
 /// Consecutive failures that eject a replica.
 pub const EJECT_AFTER: u32 = 3;
-/// How long an ejected replica stays out.
+/// How long an ejected replica stays out, unless its health check recovers.
 pub const EJECTION: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
+/// The passive-ejection state of one route's replicas; clones share it (the
+/// proxy counts failures, the route's health check readmits).
+#[derive(Clone, Default)]
 pub struct Outliers {
     consecutive_failures: Arc<DashMap<SocketAddr, u32>>,
+    ejected: Arc<DashMap<SocketAddr, Ejection>>,
+    ejections: Arc<AtomicU64>,
+}
+
+struct Ejection {
+    /// Tells this ejection's timer from a later ejection's.
+    id: u64,
+    backend: Backend,
+    balancer: Arc<LoadBalancer<RoundRobin>>,
 }
 
 impl Outliers {
@@ -55,14 +76,43 @@ impl Outliers {
             .with_label_values(&[service])
             .inc();
         balancer.backends().set_enable(&backend, false);
-        let balancer = Arc::clone(balancer);
+        let id = self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.ejected.insert(
+            address,
+            Ejection {
+                id,
+                backend,
+                balancer: Arc::clone(balancer),
+            },
+        );
+        let outliers = self.clone();
         let service = service.to_owned();
-        let outliers_reset = Arc::clone(&self.consecutive_failures);
         tokio::spawn(async move {
             tokio::time::sleep(EJECTION).await;
-            outliers_reset.remove(&address);
-            balancer.backends().set_enable(&backend, true);
-            tracing::info!(upstream = %address, service, "ejected upstream back in rotation");
+            outliers.readmit_where(address, &service, "ejection over", |e| e.id == id);
         });
+    }
+
+    /// The active health check saw `address` turn healthy: an ejection of it
+    /// ends now.
+    pub fn recovered(&self, address: SocketAddr, service: &str) {
+        self.readmit_where(address, service, "health check recovered", |_| true);
+    }
+
+    fn readmit_where(
+        &self,
+        address: SocketAddr,
+        service: &str,
+        why: &str,
+        matches: impl FnOnce(&Ejection) -> bool,
+    ) {
+        if let Some((_, ejection)) = self.ejected.remove_if(&address, |_, e| matches(e)) {
+            self.consecutive_failures.remove(&address);
+            ejection
+                .balancer
+                .backends()
+                .set_enable(&ejection.backend, true);
+            tracing::info!(upstream = %address, service, why, "ejected upstream back in rotation");
+        }
     }
 }

@@ -473,3 +473,66 @@ async fn sigterm_finishes_calls_in_flight_ends_streams_and_exits() {
     println!("exited {:?} after SIGTERM", terminated.elapsed());
     users.shutdown.cancel();
 }
+
+/// A rolling restart behind the gateway: each of two replicas in turn is
+/// shut down gracefully (as on SIGTERM) and started again on its address,
+/// while clients keep calling. No call may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_replicas_fails_no_call() {
+    let mut a = replica().await;
+    let mut b = replica().await;
+    // Quotas out of the way: this is about routing, not limits.
+    let tables = format!(
+        "{}\n[gateway.rate_limits.default]\nrequests = 1000000\nper_secs = 1\nburst = 1000000\n",
+        users_routes(&[a.address, b.address], "")
+    );
+    let gateway = Gateway::start(a.address, "health_check_interval_ms = 200", &tables)
+        .serving()
+        .await;
+
+    let stop = munity_platform::shutdown::ShutdownToken::new();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let mut client = gateway.client().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.is_cancelled() {
+                match client.get_jwks(pb::GetJwksRequest {}).await {
+                    Ok(_) => ok += 1,
+                    Err(status) => {
+                        failed.push(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for replica in [&mut a, &mut b] {
+        replica.shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        *replica = common::replica_at(replica.address).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    stop.cancel();
+
+    let (mut ok, mut failed) = (0, Vec::new());
+    for task in load {
+        let (o, f) = task.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    println!("{ok} calls OK, {} failed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed during the rolling restart, e.g. {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} calls in 4.5 s");
+    a.shutdown.cancel();
+    b.shutdown.cancel();
+}

@@ -24,6 +24,25 @@ pub struct Replica {
 }
 
 pub async fn replica() -> Replica {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    replica_on(listener).await
+}
+
+/// A replica on `address` again (a restart), once the port is free.
+pub async fn replica_at(address: SocketAddr) -> Replica {
+    let started = Instant::now();
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => return replica_on(listener).await,
+            Err(_) if started.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("cannot listen on {address} again: {error}"),
+        }
+    }
+}
+
+async fn replica_on(listener: tokio::net::TcpListener) -> Replica {
     let data = tempfile::tempdir().unwrap();
     let config = users_svc::UsersConfig {
         storage: StorageConfig::Embedded {
@@ -31,7 +50,6 @@ pub async fn replica() -> Replica {
         },
         ..Default::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = ShutdownToken::new();
     tokio::spawn(users_svc::run(

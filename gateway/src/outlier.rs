@@ -1,7 +1,8 @@
 //! Passive ejection (what Envoy calls outlier detection; Pingora has none):
 //! a replica that fails several calls in a row — connection refused or
 //! UNAVAILABLE — leaves the rotation at once, without waiting for the next
-//! active health check, and is let back after a pause, or as soon as the
+//! active health check (but never more than half the replicas: a single
+//! replica is never ejected), and is let back after a pause, or as soon as the
 //! active health check sees it come back (a restarted replica must not sit
 //! out the pause: during a rolling restart its peer is next to go). Active
 //! checks still decide health; this only reacts faster to what live
@@ -62,15 +63,22 @@ impl Outliers {
         if failures != EJECT_AFTER {
             return;
         }
-        let Some(backend) = balancer
-            .backends()
-            .get_backend()
+        let replicas = balancer.backends().get_backend();
+        let Some(backend) = replicas
             .iter()
             .find(|b| b.addr.as_inet() == Some(&address))
             .cloned()
         else {
             return;
         };
+        // At most half the replicas may be out at once (Envoy's
+        // max_ejection_percent): when most fail together the cause is
+        // rarely the replicas, and ejecting them all would turn a blip
+        // into an outage for the whole ejection time.
+        if self.ejected.len() >= replicas.len() / 2 {
+            tracing::warn!(upstream = %address, service, failures, "not ejecting: half the replicas are out already");
+            return;
+        }
         tracing::warn!(upstream = %address, service, failures, "ejecting upstream after consecutive failures");
         crate::metrics::EJECTIONS
             .with_label_values(&[service])

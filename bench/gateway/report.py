@@ -3,6 +3,7 @@
 
 Usage: report.py RESULTS_DIR CLK_TCK
        report.py --brief GHZ_JSON      (one line about one ghz run)
+       report.py --sweep DIR [DIR...]  (one line per concurrency, from each DIR's summary.json)
 
 RESULTS_DIR/rounds.tsv has one line per measured ghz run:
     round  target  ghz_json  proxy_cpu_ticks  users_cpu_ticks
@@ -141,6 +142,8 @@ def main():
     print(f"  added p50 over direct, nginx:    {fmt(add(n['p50'], d['p50']), '{:+.0f}')} us")
     print(f"  added p99 over direct, gateway:  {fmt(add(g['p99'], d['p99']), '{:+.0f}')} us")
     print(f"  added p99 over direct, nginx:    {fmt(add(n['p99'], d['p99']), '{:+.0f}')} us")
+    with open(f"{results_dir}/summary.json", "w") as f:
+        json.dump({"concurrency": concurrency_of(results_dir), "median": med}, f)
     if d["p50"] is not None and all(
         m["p50"] is not None and d["p50"] > m["p50"] for m in (g, n)
     ):
@@ -148,8 +151,35 @@ def main():
         print(f"WARNING: the direct path (p50 {d['p50']:.0f} us) is SLOWER than both proxied paths,")
         print("  so the 'added latency' figures are meaningless. p50s near 40 ms are the signature of")
         print("  Nagle's algorithm meeting delayed ACKs: users-svc's accepted sockets lack TCP_NODELAY")
-        print("  (tonic ignores Server::tcp_nodelay with serve_with_incoming*; see README.md).")
+        print("  (tonic ignores Server::tcp_nodelay with serve_with_incoming*; GrpcHost sets it on")
+        print("  its TcpIncoming in platform/src/server.rs).")
     return 1 if problems else 0
+
+
+def concurrency_of(results_dir):
+    """run.sh writes each concurrency's results under .../c<N>."""
+    name = results_dir.rstrip("/").rsplit("/", 1)[-1]
+    return int(name[1:]) if name[:1] == "c" and name[1:].isdigit() else None
+
+
+def sweep(dirs):
+    """One line per concurrency from the summary.json files main() wrote."""
+    print()
+    print("Sweep: medians per concurrency (gateway vs nginx; added p50 over direct)")
+    print(f"{'-c':>4} {'gw req/s':>9} {'nginx req/s':>12} {'thr gw/nginx':>13} "
+          f"{'CPU gw/nginx':>13} {'added p50 gw':>13} {'added p50 nginx':>16}")
+    rows = []
+    for d in dirs:
+        with open(f"{d}/summary.json") as f:
+            rows.append(json.load(f))
+    for row in sorted(rows, key=lambda r: r["concurrency"] or 0):
+        g, n, x = (row["median"][t] for t in ("gateway", "nginx", "direct"))
+        add = lambda a, b: None if a is None or b is None else a - b  # noqa: E731
+        print(f"{row['concurrency'] or '?':>4} {fmt(g['rps']):>9} {fmt(n['rps']):>12} "
+              f"{fmt(ratio(g['rps'], n['rps']), '{:.2f}x'):>13} "
+              f"{fmt(ratio(g['proxy_cpu'], n['proxy_cpu']), '{:.2f}x'):>13} "
+              f"{fmt(add(g['p50'], x['p50']), '{:+.0f} us'):>13} "
+              f"{fmt(add(n['p50'], x['p50']), '{:+.0f} us'):>16}")
 
 
 def brief(path):
@@ -162,5 +192,8 @@ def brief(path):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--brief":
         brief(sys.argv[2])
+        sys.exit(0)
+    if len(sys.argv) >= 3 and sys.argv[1] == "--sweep":
+        sweep(sys.argv[2:])
         sys.exit(0)
     sys.exit(main())

@@ -13,6 +13,8 @@
 #        bench/gateway/run.sh --streams [--streams-count 1000]
 #          [--streams-hold 10] [--streams-rate 10] [--connections 10]
 #          [--threads N] [--no-build] [--keep]
+#   --concurrency may be a list (4,32): each value is measured in turn with
+#   the same processes, then a one-line-per-value table is printed.
 #   --streams: N concurrent grpc.health.v1.Health/Watch streams held open
 #   through the gateway, then nginx, to an upstream (the health_ticker
 #   example) that sends --streams-rate messages/s on each; prints open
@@ -60,7 +62,11 @@ done
 if [[ -z "$CONNECTIONS" ]]; then
   if [[ $MODE == streams ]]; then CONNECTIONS=10; else CONNECTIONS=1; fi
 fi
-for n in "$THREADS" "$CONCURRENCY" "$ROUNDS" "$CONNECTIONS" "$STREAMS_COUNT" "$STREAMS_HOLD" "$STREAMS_OPEN_TIMEOUT" "$STREAMS_RATE"; do
+CONCURRENCY_LIST="$CONCURRENCY"
+[[ "$CONCURRENCY_LIST" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] \
+  || { echo "run.sh: --concurrency takes positive integers separated by commas, got '$CONCURRENCY_LIST'" >&2; exit 2; }
+CONCURRENCY="${CONCURRENCY_LIST%%,*}"   # --streams and the log line use the first
+for n in "$THREADS" "$ROUNDS" "$CONNECTIONS" "$STREAMS_COUNT" "$STREAMS_HOLD" "$STREAMS_OPEN_TIMEOUT" "$STREAMS_RATE"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
 
@@ -258,7 +264,7 @@ CLK_TCK="$(getconf CLK_TCK)"
 if [[ $MODE == streams ]]; then
   log "streams: threads/workers=$THREADS streams=$STREAMS_COUNT connections=$CONNECTIONS hold=${STREAMS_HOLD}s"
 else
-  log "threads/workers=$THREADS concurrency=$CONCURRENCY connections=$CONNECTIONS rounds=$ROUNDS duration=$DURATION warmup=$WARMUP"
+  log "threads/workers=$THREADS concurrency=$CONCURRENCY_LIST connections=$CONNECTIONS rounds=$ROUNDS duration=$DURATION warmup=$WARMUP"
 fi
 log "users-svc $USERS_ADDR, gateway $GATEWAY_ADDR (admin 127.0.0.1:$ADMIN_PORT), nginx $NGINX_ADDR; work dir $TMP"
 
@@ -373,45 +379,57 @@ if [[ $MODE == streams ]]; then
 fi
 
 # rounds ---------------------------------------------------------------------
+# --concurrency may list several values (4,32): the same processes are
+# measured at each in turn, with results under results/c<N>/.
 TARGETS=(direct gateway nginx)
-for target in "${TARGETS[@]}"; do
-  log "warm-up $target ($WARMUP)"
-  run_ghz "$target" "$WARMUP" "$TMP/results/warmup_$target.json" \
-    || die "ghz warm-up against $target failed"
-done
-
-: >"$TMP/results/rounds.tsv"
-for round in $(seq "$ROUNDS"); do
-  for target in "${TARGETS[@]}"; do
-    out="$TMP/results/round${round}_$target.json"
-    p0=$(proxy_ticks "$target"); u0=$(proc_ticks "$USERS_PID")
-    perf_pid=""
-    if [[ $PERF -eq 1 && $round -eq 1 && $target != direct ]]; then
-      # Samples the proxy's processes (all threads) for the whole round.
-      perf record -q -F 999 --call-graph dwarf,16384 -o "$TMP/results/perf_$target.data" \
-        -p "$(proxy_pids "$target" | paste -sd,)" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
-      perf_pid=$!
-    fi
-    run_ghz "$target" "$DURATION" "$out" || die "ghz against $target failed (round $round)"
-    [[ -z "$perf_pid" ]] || wait "$perf_pid" || true
-    p1=$(proxy_ticks "$target"); u1=$(proc_ticks "$USERS_PID")
-    if [[ "$p0" == "-" ]]; then pd="-"; else pd=$((p1 - p0)); fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$out" "$pd" "$((u1 - u0))" >>"$TMP/results/rounds.tsv"
-    log "round $round $target: $(python3 "$HERE/report.py" --brief "$out")"
-  done
-done
-
-for name in gateway nginx; do
-  kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
-    || log "WARNING: $name died during the run"
-done
-
-echo
-echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds"
-echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
-echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
+IFS=, read -r -a CONCURRENCIES <<<"$CONCURRENCY_LIST"
 report_status=0
-python3 "$HERE/report.py" "$TMP/results" "$CLK_TCK" || report_status=$?
+sweep_dirs=()
+for CONCURRENCY in "${CONCURRENCIES[@]}"; do
+  results="$TMP/results/c$CONCURRENCY"
+  mkdir -p "$results"
+  sweep_dirs+=("$results")
+  for target in "${TARGETS[@]}"; do
+    log "warm-up $target ($WARMUP, -c $CONCURRENCY)"
+    run_ghz "$target" "$WARMUP" "$results/warmup_$target.json" \
+      || die "ghz warm-up against $target failed"
+  done
+
+  : >"$results/rounds.tsv"
+  for round in $(seq "$ROUNDS"); do
+    for target in "${TARGETS[@]}"; do
+      out="$results/round${round}_$target.json"
+      p0=$(proxy_ticks "$target"); u0=$(proc_ticks "$USERS_PID")
+      perf_pid=""
+      if [[ $PERF -eq 1 && $round -eq 1 && $target != direct ]]; then
+        # Samples the proxy's processes (all threads) for the whole round.
+        perf record -q -F 999 --call-graph dwarf,16384 -o "$results/perf_$target.data" \
+          -p "$(proxy_pids "$target" | paste -sd,)" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+        perf_pid=$!
+      fi
+      run_ghz "$target" "$DURATION" "$out" || die "ghz against $target failed (round $round)"
+      [[ -z "$perf_pid" ]] || wait "$perf_pid" || true
+      p1=$(proxy_ticks "$target"); u1=$(proc_ticks "$USERS_PID")
+      if [[ "$p0" == "-" ]]; then pd="-"; else pd=$((p1 - p0)); fi
+      printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$target" "$out" "$pd" "$((u1 - u0))" >>"$results/rounds.tsv"
+      log "-c $CONCURRENCY round $round $target: $(python3 "$HERE/report.py" --brief "$out")"
+    done
+  done
+
+  for name in gateway nginx; do
+    kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
+      || log "WARNING: $name died during the run"
+  done
+
+  echo
+  echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds"
+  echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
+  echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
+  python3 "$HERE/report.py" "$results" "$CLK_TCK" || report_status=$?
+done
+if ((${#sweep_dirs[@]} > 1)); then
+  python3 "$HERE/report.py" --sweep "${sweep_dirs[@]}"
+fi
 if [[ $report_status -ne 0 ]]; then
   KEEP=1
   log "some calls failed; ghz JSON kept in $TMP/results"

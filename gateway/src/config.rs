@@ -41,6 +41,10 @@ pub struct GatewayConfig {
     /// the proxy stops (and cuts the server streams still open, whose
     /// clients reconnect elsewhere). Pingora waits the whole period.
     pub shutdown_grace_secs: u64,
+    /// An HTTP/2 client connection with no call or stream open for this
+    /// long is closed (GOAWAY; clients reconnect on their next call). 0
+    /// keeps idle connections forever.
+    pub client_idle_timeout_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -76,6 +80,7 @@ impl Default for GatewayConfig {
                 .map(|o| (*o).to_owned())
                 .collect(),
             shutdown_grace_secs: 5,
+            client_idle_timeout_secs: 3600,
         }
     }
 }

@@ -130,6 +130,9 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
+        // Pingora keeps an idle HTTP/2 client connection forever by default.
+        options.h2_idle_timeout = (config.client_idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(config.client_idle_timeout_secs));
         app.server_options = Some(options);
         // Pingora's default allows 100 streams per connection.
         let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();

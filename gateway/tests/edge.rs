@@ -561,3 +561,64 @@ async fn a_rolling_restart_of_the_replicas_fails_no_call() {
     a.shutdown.cancel();
     b.shutdown.cancel();
 }
+
+/// Established TCP connections whose local port is `port`: the gateway's
+/// side of its client connections (from /proc/net/tcp).
+fn established_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            fields.get(3) == Some(&"01") && local_port == Some(port)
+        })
+        .count()
+}
+
+/// An idle client connection is closed after `client_idle_timeout_secs`
+/// (its client reconnects on the next call); one carrying a quiet server
+/// stream is not idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_close_but_quiet_streams_stay() {
+    let users = replica().await;
+    let gateway = Gateway::start(
+        users.address,
+        "health_check_interval_ms = 200\nclient_idle_timeout_secs = 1",
+        &users_routes(&[users.address], ""),
+    )
+    .serving()
+    .await;
+    let port: u16 = gateway.address.rsplit(':').next().unwrap().parse().unwrap();
+
+    let mut unary = gateway.client().await;
+    unary.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    let mut watch = watch_users_health(&gateway).await; // its own connection
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+
+    let started = Instant::now();
+    while established_on(port) != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{} client connections still open after {:?}",
+            established_on(port),
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        established_on(port),
+        1,
+        "the stream's connection was closed"
+    );
+    let next = tokio::time::timeout(Duration::from_millis(200), watch.message()).await;
+    assert!(next.is_err(), "the quiet stream ended: {next:?}");
+
+    unary.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    users.shutdown.cancel();
+}

@@ -203,6 +203,14 @@ proxy_pids() {  # proxy_pids TARGET: one pid per line (gateway, or nginx master 
   esac
 }
 
+warn_if_a_proxy_died() {
+  local name
+  for name in gateway nginx; do
+    kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
+      || log "WARNING: $name died during the run"
+  done
+}
+
 addr_of() {
   case "$1" in
     direct) echo "$USERS_ADDR" ;;
@@ -360,10 +368,7 @@ if [[ $MODE == streams ]]; then
   log "nginx: opening $STREAMS_COUNT Health/Watch streams over $CONNECTIONS connections"
   run_streams nginx "$NGINX_ADDR" "$TMP/results/streams_nginx.json" "$NGINX_PID" "$NGINX_PID" \
     || die "streams client against nginx failed"
-  for name in gateway nginx; do
-    kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
-      || log "WARNING: $name died during the run"
-  done
+  warn_if_a_proxy_died
   echo
   echo "Munity gateway benchmark: $STREAMS_COUNT concurrent grpc.health.v1.Health/Watch streams ({\"service\":\"munity.bench.Ticker\"}) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s; the health_ticker upstream sends $STREAMS_RATE messages/s on each stream"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); client: python grpcio $("$TMP/venv/bin/python" -c 'import grpc; print(grpc.__version__)')"
@@ -416,10 +421,7 @@ for CONCURRENCY in "${CONCURRENCIES[@]}"; do
     done
   done
 
-  for name in gateway nginx; do
-    kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
-      || log "WARNING: $name died during the run"
-  done
+  warn_if_a_proxy_died
 
   echo
   echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds"

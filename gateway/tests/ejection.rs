@@ -5,7 +5,7 @@
 //!
 //! The upstreams are real tonic servers with real health checks (always
 //! SERVING, so only passive ejection acts) whose Users calls answer
-//! UNAVAILABLE while a switch is on, and UNKNOWN naming the replica after.
+//! UNAVAILABLE while a switch is on, and UNKNOWN after.
 
 use std::{
     net::SocketAddr,
@@ -16,49 +16,30 @@ use std::{
 };
 
 use munity_proto::users::v1 as pb;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
 
 mod common;
 
 use common::{Gateway, replica, users_routes};
 
+/// Answers UNAVAILABLE while `failing`, else UNKNOWN ("answered by a
+/// replica": the call reached one).
 async fn flaky_upstream(failing: Arc<AtomicBool>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(
-            "munity.users.v1.Users",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    let answer = move || {
-        let failing = failing.load(Ordering::SeqCst);
+    common::scripted_upstream(move || {
+        let status = if failing.load(Ordering::SeqCst) {
+            ("14", "dependency down")
+        } else {
+            ("2", "answered by a replica")
+        };
         async move {
-            let (status, message) = if failing {
-                ("14", "dependency down".to_owned())
-            } else {
-                ("2", format!("answered by {address}"))
-            };
             [
-                ("content-type", "application/grpc".to_owned()),
-                ("grpc-status", status.to_owned()),
-                ("grpc-message", message),
+                ("content-type", "application/grpc"),
+                ("grpc-status", status.0),
+                ("grpc-message", status.1),
             ]
         }
-    };
-    let router = tonic::service::Routes::new(health_service)
-        .into_axum_router()
-        .fallback(answer);
-    tokio::spawn(async move {
-        let _keep_reporting = health;
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-    });
-    address
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 
 use axum::{http::HeaderMap, response::IntoResponse};
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, transport::Channel};
 
 mod common;
@@ -42,26 +41,7 @@ async fn echo_identity(headers: HeaderMap) -> impl IntoResponse {
 }
 
 async fn probe_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status(
-            "munity.users.v1.Users",
-            tonic_health::ServingStatus::Serving,
-        )
-        .await;
-    let router = tonic::service::Routes::new(health_service)
-        .into_axum_router()
-        .fallback(echo_identity);
-    tokio::spawn(async move {
-        let _keep_reporting = health;
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::from(router))
-            .serve_with_incoming(TcpListenerStream::new(listener))
-            .await
-    });
-    address
+    common::scripted_upstream(echo_identity).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,36 @@ async fn replica_on(listener: tokio::net::TcpListener) -> Replica {
     }
 }
 
+/// A real gRPC server (tonic, with health checks answering SERVING for
+/// `munity.users.v1.Users`) that answers every other call with `fallback`:
+/// an upstream whose behaviour a test scripts.
+pub async fn scripted_upstream<H, T>(fallback: H) -> SocketAddr
+where
+    H: axum::handler::Handler<T, ()>,
+    T: 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(
+            "munity.users.v1.Users",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let router = tonic::service::Routes::new(health_service)
+        .into_axum_router()
+        .fallback(fallback);
+    tokio::spawn(async move {
+        let _keep_reporting = health;
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::from(router))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    address
+}
+
 /// A port that was free a moment ago (Pingora binds its listeners itself).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

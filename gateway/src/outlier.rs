@@ -60,7 +60,9 @@ impl Outliers {
             *count += 1;
             *count
         };
-        if failures != EJECT_AFTER {
+        // Past the threshold every failure tries again: an ejection the cap
+        // below refused may be allowed once another replica is back.
+        if failures < EJECT_AFTER || self.ejected.contains_key(&address) {
             return;
         }
         let replicas = balancer.backends().get_backend();
@@ -76,7 +78,7 @@ impl Outliers {
         // rarely the replicas, and ejecting them all would turn a blip
         // into an outage for the whole ejection time.
         if self.ejected.len() >= replicas.len() / 2 {
-            tracing::warn!(upstream = %address, service, failures, "not ejecting: half the replicas are out already");
+            tracing::debug!(upstream = %address, service, failures, "not ejecting: half the replicas are out already");
             return;
         }
         tracing::warn!(upstream = %address, service, failures, "ejecting upstream after consecutive failures");

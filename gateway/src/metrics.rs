@@ -37,6 +37,38 @@ pub static RATE_LIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "munity_gateway_calls_in_flight",
+        "Calls routed and not yet finished, by service and kind (unary, server_streaming): open streams are the server_streaming ones.",
+        &["service", "kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Counts one routed call in [`IN_FLIGHT`] for as long as it lives (it goes
+/// with the call's context, so every way a call ends is covered).
+pub struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    pub fn start(service: &str, streaming: bool) -> Self {
+        let kind = if streaming {
+            "server_streaming"
+        } else {
+            "unary"
+        };
+        let gauge = IN_FLIGHT.with_label_values(&[service, kind]);
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "munity_gateway_upstream_healthy",

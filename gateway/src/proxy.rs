@@ -83,6 +83,8 @@ pub struct CallCtx {
     origin: Option<String>,
     /// The request body could not be decoded (bad base64).
     bad_request_body: bool,
+    /// Counts the call in `munity_gateway_calls_in_flight` once routed.
+    in_flight: Option<metrics::InFlight>,
     /// The call's span: a child of the client's trace when it sent
     /// `traceparent`, and the parent of the upstream call.
     span: tracing::Span,
@@ -188,6 +190,7 @@ impl ProxyHttp for Gateway {
             web: None,
             origin: None,
             bad_request_body: false,
+            in_flight: None,
             span: tracing::Span::none(),
         }
     }
@@ -309,11 +312,13 @@ impl ProxyHttp for Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(grpc::parse_timeout);
         let max = Duration::from_millis(route.config.max_timeout_ms);
+        let streaming = self.streaming_methods.contains(&path);
         ctx.deadline = match requested {
             Some(requested) => Some(requested.min(max)),
-            None if self.streaming_methods.contains(&path) => None,
+            None if streaming => None,
             None => Some(Duration::from_millis(route.config.default_timeout_ms).min(max)),
         };
+        ctx.in_flight = Some(metrics::InFlight::start(service, streaming));
         ctx.route = Some(route);
         Ok(false)
     }

@@ -622,3 +622,58 @@ async fn idle_client_connections_close_but_quiet_streams_stay() {
     unary.get_jwks(pb::GetJwksRequest {}).await.unwrap();
     users.shutdown.cancel();
 }
+
+/// The value of `munity_gateway_calls_in_flight` for `service` and `kind`.
+async fn in_flight(gateway: &Gateway, service: &str, kind: &str) -> Option<u64> {
+    gateway
+        .metrics()
+        .await
+        .lines()
+        .find(|l| {
+            l.starts_with("munity_gateway_calls_in_flight{")
+                && l.contains(&format!("kind=\"{kind}\""))
+                && l.contains(&format!("service=\"{service}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Operators see open streams: a Watch counts as a server-streaming call
+/// in flight until its client goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_are_counted_in_flight() {
+    let users = replica().await;
+    let gateway = gateway(users.address, &[users.address]).await;
+    let health = "grpc.health.v1.Health";
+    let mut watches = Vec::new();
+    for _ in 0..3 {
+        let mut watch = watch_users_health(&gateway).await;
+        assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+        watches.push(watch);
+    }
+    assert_eq!(
+        in_flight(&gateway, health, "server_streaming").await,
+        Some(3)
+    );
+    gateway
+        .client()
+        .await
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap();
+    assert_eq!(
+        in_flight(&gateway, "munity.users.v1.Users", "unary").await,
+        Some(0),
+        "a finished unary call is no longer in flight"
+    );
+
+    drop(watches);
+    let started = Instant::now();
+    while in_flight(&gateway, health, "server_streaming").await != Some(0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "cancelled streams still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    users.shutdown.cancel();
+}

@@ -5,13 +5,15 @@
 //! reflection, accepts plain HTTP routes on the same port (e.g. the JWKS
 //! document), and serves on a listener the caller bound, so a binary and a
 //! test on port 0 start it alike. Shutdown marks every service NOT_SERVING,
-//! stops accepting, and lets in-flight calls finish.
+//! stops accepting, and lets in-flight calls finish for a grace period;
+//! then it returns even if some are still open (a server stream, such as a
+//! health Watch, never finishes by itself).
 
 use std::{
     convert::Infallible,
     future::Future,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::response::IntoResponse;
@@ -37,7 +39,11 @@ pub struct GrpcHost {
     health: HealthReporter,
     service_names: Vec<&'static str>,
     auth: Option<AuthLayer>,
+    shutdown_grace: Duration,
 }
+
+/// How long calls in flight may run on after shutdown begins, by default.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for GrpcHost {
     fn default() -> Self {
@@ -70,7 +76,15 @@ impl GrpcHost {
             health,
             service_names: Vec::new(),
             auth: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+
+    /// How long calls in flight may run on after shutdown begins, before
+    /// [`serve`](Self::serve) returns and drops what is still open.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// Adds a generated tonic server; its health is reported under its full
@@ -118,8 +132,11 @@ impl GrpcHost {
         health.set_service_status("", ServingStatus::Serving).await;
 
         let names = self.service_names.clone();
+        let stopping = crate::shutdown::ShutdownToken::new();
+        let stopping_signal = stopping.clone();
         let shutdown = async move {
             shutdown.await;
+            stopping_signal.cancel();
             // Tell health checkers first, so balancers stop sending new calls.
             for name in names {
                 health
@@ -136,13 +153,22 @@ impl GrpcHost {
         // waits for the client's delayed ACK (~40 ms per call). The builder's
         // `tcp_nodelay` does not apply to a listener we pass in.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        Server::builder()
+        let serve = Server::builder()
             .accept_http1(true)
             .layer(TraceLayer)
             .layer(OptionalAuthLayer(self.auth))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        // tonic's graceful shutdown waits for every open call, and a server
+        // stream may never end: past the grace period, stop waiting.
+        let grace = self.shutdown_grace;
+        tokio::select! {
+            served = serve => served?,
+            () = async {
+                stopping.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(?grace, "calls still open after the shutdown grace period; closing"),
+        }
         Ok(())
     }
 }

@@ -18,6 +18,9 @@ pub struct UsersConfig {
     /// Accounts registered with these emails get the admin role. This is how
     /// the first administrator comes to exist.
     pub admin_emails: Vec<String>,
+    /// On shutdown, calls in flight get this many seconds to finish; then
+    /// the server stops and cuts what is still open (server streams).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for UsersConfig {
@@ -27,6 +30,7 @@ impl Default for UsersConfig {
             storage: StorageConfig::default(),
             tokens: TokenConfig::default(),
             admin_emails: Vec::new(),
+            shutdown_grace_secs: 5,
         }
     }
 }

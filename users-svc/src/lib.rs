@@ -81,6 +81,7 @@ pub async fn run(
                 async move { Json(keys.jwks_json()) }
             }),
         )
+        .with_shutdown_grace(Duration::from_secs(config.shutdown_grace_secs))
         .with_auth(AuthLayer::new(
             verifier,
             api::PUBLIC_METHODS.iter().copied(),

@@ -760,3 +760,36 @@ async fn communities_owners_moderators_and_members() {
     assert_eq!(fields(&too_long), ["name", "description"]);
     app.stop().await;
 }
+
+/// A server stream (a health Watch never ends by itself) must not keep the
+/// service from stopping: its watchers hear NOT_SERVING, and once the grace
+/// period is over the stream is cut and the server returns.
+#[tokio::test]
+async fn shutdown_does_not_wait_forever_for_open_streams() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = TestApp::spawn_with(|users, _| users.shutdown_grace_secs = 1).await;
+    let channel = Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "munity.users.v1.Users".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 1); // SERVING
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server still ran 10 s after shutdown began");
+    let stopped = started.elapsed();
+    assert!(
+        stopped >= Duration::from_millis(900),
+        "returned after {stopped:?}, before the 1 s grace period"
+    );
+    assert_eq!(watch.message().await.unwrap().unwrap().status, 2); // NOT_SERVING
+}

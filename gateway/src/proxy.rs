@@ -204,7 +204,8 @@ impl ProxyHttp for Gateway {
         if session.req_header().method == http::Method::OPTIONS {
             return self.preflight(session, origin).await;
         }
-        ctx.web = header_str(session, "content-type")
+        let content_type = header_str(session, "content-type");
+        ctx.web = content_type
             .as_deref()
             .and_then(Encoding::from_content_type)
             .map(WebCall::new);
@@ -216,6 +217,29 @@ impl ProxyHttp for Gateway {
                     .await;
             }
             ctx.origin = Some(origin);
+        }
+        // Not gRPC at all: say so here rather than let the service fail
+        // to decode it (tonic answers INTERNAL "Missing request message").
+        if session.req_header().method != http::Method::POST {
+            let message = format!(
+                "gRPC calls are POST requests, not {}",
+                session.req_header().method
+            );
+            return self
+                .refuse(session, ctx, Code::Unimplemented, &message, &[])
+                .await;
+        }
+        if !content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/grpc"))
+        {
+            let message = format!(
+                "content-type {} is not gRPC: send application/grpc or application/grpc-web",
+                content_type.as_deref().unwrap_or("(none)")
+            );
+            return self
+                .refuse(session, ctx, Code::InvalidArgument, &message, &[])
+                .await;
         }
 
         let path = session.req_header().uri.path().to_owned();

@@ -347,6 +347,51 @@ async fn cors_preflights_and_refused_origins() {
     users.shutdown.cancel();
 }
 
+/// Requests that are not gRPC get a clear status from the edge, not a
+/// decoding failure from the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_not_grpc_get_a_clear_status() {
+    let users = replica().await;
+    let gateway = gateway(users.address).await;
+    for (request, code, message) in [
+        (
+            "GET /munity.users.v1.Users/GetJwks HTTP/1.1\r\n",
+            "12",
+            "gRPC calls are POST requests, not GET",
+        ),
+        (
+            "POST /munity.users.v1.Users/GetJwks HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n",
+            "3",
+            "content-type application/json is not gRPC",
+        ),
+        (
+            "POST /munity.users.v1.Users/GetJwks HTTP/1.1\r\nContent-Length: 2\r\n",
+            "3",
+            "content-type (none) is not gRPC",
+        ),
+    ] {
+        let mut bytes = format!(
+            "{request}Host: {}\r\nConnection: close\r\n\r\n",
+            gateway.address
+        )
+        .into_bytes();
+        if request.contains("Content-Length: 2") {
+            bytes.extend_from_slice(b"{}");
+        }
+        let (status, headers) = http1(&gateway.address, bytes).await;
+        assert_eq!(status, 200, "{request}: {headers:?}");
+        assert_eq!(
+            header(&headers, "grpc-status"),
+            Some(code),
+            "{request}: {headers:?}"
+        );
+        let said = header(&headers, "grpc-message").unwrap_or_default();
+        let said = said.replace("%20", " ").replace("%3A", ":");
+        assert!(said.starts_with(message), "{request}: {said}");
+    }
+    users.shutdown.cancel();
+}
+
 /// A call refused at the edge over HTTP/1.1 (no token, foreign origin) may
 /// be answered before all of its body has arrived: the gateway waits a
 /// little for it, not forever. The rest of the body must still be accepted

@@ -420,7 +420,8 @@ async fn sigterm_finishes_calls_in_flight_ends_streams_and_exits() {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Sent by now, and hashing for a while yet (~0.5 s in a debug build).
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let terminated = Instant::now();
     gateway.terminate();
 

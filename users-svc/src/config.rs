@@ -30,7 +30,7 @@ impl Default for UsersConfig {
             storage: StorageConfig::default(),
             tokens: TokenConfig::default(),
             admin_emails: Vec::new(),
-            shutdown_grace_secs: 5,
+            shutdown_grace_secs: munity_platform::server::DEFAULT_SHUTDOWN_GRACE.as_secs(),
         }
     }
 }

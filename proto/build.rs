@@ -1,29 +1,36 @@
 //! Compiles `munity/**/*.proto` with protox (pure Rust, so no system `protoc`
 //! is needed) and hands the descriptors to tonic's code generator. The encoded
-//! descriptor set is kept too: server reflection serves it.
+//! descriptor set is kept too: server reflection serves it, and the method
+//! policy (`munity.options.v1`) is read from it at run time.
 
 use std::{env, fs, path::PathBuf};
 
-use prost::Message;
-
-const PROTOS: &[&str] = &["munity/users/v1/users.proto"];
+/// Every service's protos. A new service adds its file here and a module in
+/// `src/lib.rs`.
+const PROTOS: &[&str] = &[
+    "munity/options/v1/options.proto",
+    "munity/users/v1/users.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
 
-    let descriptors = protox::Compiler::new(["."])?
+    let mut compiler = protox::Compiler::new(["."])?;
+    compiler
         .include_imports(true)
         .include_source_info(true)
-        .open_files(PROTOS)?
-        .file_descriptor_set();
+        .open_files(PROTOS)?;
 
+    // Encoded by protox itself: prost_types' FileDescriptorSet drops the
+    // custom options (`munity.options.v1.*`) that the policy is read from.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("munity_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let descriptors = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)

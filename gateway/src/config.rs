@@ -112,6 +112,20 @@ impl GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// Sends upstream `name`'s services (e.g. `users`: `munity.users.*`,
+    /// and for now health and reflection) to the single replica `address`,
+    /// as `munity dev` does for its in-process services.
+    pub fn point_upstream(&mut self, name: &str, address: std::net::SocketAddr) {
+        let prefix = format!("munity.{name}.");
+        for route in &mut self.routes {
+            if route.service.starts_with(&prefix) || route.service.starts_with("grpc.") {
+                route.upstreams = vec![address.to_string()];
+            }
+        }
+    }
+}
+
 fn claim(address: &str, key: &str) -> anyhow::Result<String> {
     let probe = std::net::TcpListener::bind(address)
         .map_err(|e| anyhow::anyhow!("cannot listen on {key} {address}: {e}"))?;

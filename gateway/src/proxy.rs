@@ -400,7 +400,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(claims) = &ctx.claims {
-            upstream_request.insert_header(USER_ID_HEADER, claims.sub.as_str())?;
+            upstream_request.insert_header(USER_ID_HEADER, claims.sub.to_string())?;
             upstream_request.insert_header(ROLES_HEADER, claims.roles.join(","))?;
         }
         if let Some(deadline) = ctx.deadline {
@@ -629,7 +629,7 @@ impl ProxyHttp for Gateway {
             method,
             grpc_status = %code,
             upstream = ?ctx.peer,
-            user = ctx.claims.as_ref().map(|c| c.sub.as_str()).unwrap_or("-"),
+            user = ctx.claims.as_ref().map(|c| c.sub.to_string()).as_deref().unwrap_or("-"),
             elapsed_us = elapsed.as_micros() as u64,
             error = error.map(|e| e.to_string()),
             "call"

@@ -281,7 +281,7 @@ async fn no_healthy_upstream_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_grpc_over_http2() {
-    let Some(grpcurl) = common::grpcurl() else {
+    let Some(grpcurl) = munity_testkit::grpcurl() else {
         return;
     };
     let users = replica().await;

@@ -1,16 +1,17 @@
-//! The all-in-one `munity dev` mode: every built service in one process, with
-//! the embedded store under one data directory.
+//! The all-in-one `munity dev` mode: every registered service in one
+//! process, each with its own embedded store under one data directory, and
+//! the gateway in front of them.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use munity_platform::{
     auth::AuthConfig,
-    config::{ConfigSource, StorageConfig},
+    config::ConfigSource,
     server::announce,
+    service::{DevEntry, dev_entry, write_ready_file},
     shutdown::ShutdownToken,
 };
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 /// `munity dev` flags.
 #[derive(Debug, Default, clap::Args)]
@@ -27,14 +28,26 @@ pub struct DevArgs {
 pub struct DevConfig {
     /// Root directory for every service's embedded store.
     pub data_dir: PathBuf,
+    /// Every listener (services, gateway, admin) on a free port of
+    /// 127.0.0.1, whatever the sections say: for tests, and for several
+    /// copies side by side. The addresses are printed and written to
+    /// `$MUNITY_READY_FILE`.
+    pub any_port: bool,
 }
 
 impl Default for DevConfig {
     fn default() -> Self {
         DevConfig {
             data_dir: PathBuf::from("munity-data"),
+            any_port: false,
         }
     }
+}
+
+/// Every service `munity dev` runs. A new service adds its line here (and
+/// its protos declare its upstream, which gives the gateway its route).
+pub fn services() -> Vec<DevEntry> {
+    vec![dev_entry::<users_svc::UsersService>()]
 }
 
 /// Starts every service, prints where each listens, and runs until
@@ -47,61 +60,72 @@ pub async fn dev(
     let dev: DevConfig = source.section("dev")?;
     let data_dir = args.data_dir.unwrap_or(dev.data_dir);
     let auth: AuthConfig = source.section("auth")?;
-    let gateway_auth = auth.clone();
-
-    let mut users: users_svc::UsersConfig = source.section("users")?;
-    // One process, one data directory: the embedded store, whatever the
-    // file says for scale-out.
-    users.storage = StorageConfig::Embedded {
-        path: data_dir.join("users"),
-    };
+    let mut source = source;
+    if dev.any_port {
+        let any = "127.0.0.1:0";
+        for entry in services() {
+            source = source.with_override(&format!("{}.listen", entry.section), any);
+        }
+        source = source
+            .with_override("gateway.listen", any)
+            .with_override("gateway.admin_listen", any);
+    }
 
     // Bind everything before serving anything, so a port clash fails fast
     // and the printed addresses are real (port 0 resolves here).
-    let users_listener = TcpListener::bind(users.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on users.listen {}: {e}", users.listen))?;
-    let users_address = users_listener.local_addr()?;
+    let mut bound = Vec::new();
+    for entry in services() {
+        let start = entry.start;
+        bound.push(
+            start(
+                source.clone(),
+                data_dir.clone(),
+                auth.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        );
+    }
 
-    // The gateway fronts the in-process services: routes point at them.
+    // The gateway fronts the in-process services: each upstream's route
+    // points at the service of that name.
     let mut gateway: munity_gateway::GatewayConfig = source.section("gateway")?;
     gateway.claim_listen_addresses()?;
-    gateway.jwks_endpoint = format!("http://{users_address}");
+    for service in &bound {
+        gateway.point_upstream(service.section, service.address);
+        if service.section == "users" {
+            gateway.jwks_endpoint = format!("http://{}", service.address);
+        }
+    }
     // One process: the services behind the gateway stop at the same moment,
     // so there is nothing to drain for; Ctrl-C should be instant.
     gateway.shutdown_grace_secs = 0;
-    for route in &mut gateway.routes {
-        if route.service.starts_with("munity.users.") || route.service.starts_with("grpc.") {
-            route.upstreams = vec![users_address.to_string()];
-        }
-    }
 
     announce(&format!("munity: data in {}", data_dir.display()));
     announce(&format!(
         "munity: gateway     grpc://{}   (the front door: auth, rate limits; metrics on http://{}/metrics)",
         gateway.listen, gateway.admin_listen
     ));
-    announce(&format!(
-        "munity: users-svc   grpc://{users_address}   (munity.users.v1, health, reflection; GET /.well-known/jwks.json)"
-    ));
+    let mut ready = BTreeMap::from([
+        ("gateway".to_owned(), gateway.listen.clone()),
+        ("gateway_admin".to_owned(), gateway.admin_listen.clone()),
+    ]);
+    for service in &bound {
+        announce(&format!(
+            "munity: {:<11} grpc://{}   (health, reflection, metrics on /metrics)",
+            service.name, service.address
+        ));
+        ready.insert(service.section.to_owned(), service.address.to_string());
+    }
 
     let mut services = tokio::task::JoinSet::new();
-    services.spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            let result = users_svc::run(users, auth, users_listener, shutdown).await;
-            ("users-svc", result)
-        }
-    });
+    for service in bound {
+        services.spawn(async move { (service.name, service.serve.await) });
+    }
     let gateway_address = gateway.listen.clone();
     services.spawn_blocking({
         let shutdown = shutdown.clone();
-        move || {
-            (
-                "gateway",
-                munity_gateway::run(gateway, gateway_auth, shutdown),
-            )
-        }
+        move || ("gateway", munity_gateway::run(gateway, auth, shutdown))
     });
     // Pingora binds inside its own start-up; "ready" means a client can
     // connect now, so wait for the gateway's port to accept.
@@ -109,6 +133,7 @@ pub async fn dev(
         shutdown.cancel();
         return Err(error);
     }
+    write_ready_file(&ready)?;
     announce("munity: ready (Ctrl-C to stop)");
 
     let mut first_error = None;

@@ -6,7 +6,6 @@
 //! speaking the real protocol through opentelemetry-proto's generated server.
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -21,16 +20,6 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 use tokio_stream::wrappers::TcpListenerStream;
-
-/// Kills `munity dev` if the test fails before stopping it.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Clone, Default)]
 struct Collector {
@@ -71,42 +60,19 @@ async fn a_call_through_the_gateway_is_one_trace() {
     });
 
     let data = tempfile::tempdir().unwrap();
-    let mut munity = Running(
-        Command::new(env!("CARGO_BIN_EXE_munity"))
-            .args(["dev", "--data-dir"])
-            .arg(data.path())
-            .env("MUNITY_USERS__LISTEN", "127.0.0.1:0")
-            .env("MUNITY_GATEWAY__LISTEN", "127.0.0.1:0")
-            .env("MUNITY_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
-            .env(
-                "MUNITY_TELEMETRY__OTLP_ENDPOINT",
-                format!("http://{collector_address}"),
-            )
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = munity.0.stdout.take().unwrap();
-    let gateway = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut gateway = None;
-        for line in lines.by_ref().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("munity: gateway") {
-                gateway = rest
-                    .split_whitespace()
-                    .next()
-                    .map(|u| u.replace("grpc://", "http://"));
-            }
-            if line.starts_with("munity: ready") {
-                break;
-            }
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        gateway.expect("gateway address printed")
-    })
-    .await
-    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
+    command
+        .args(["dev", "--data-dir"])
+        .arg(data.path())
+        .env("MUNITY_DEV__ANY_PORT", "true")
+        .env(
+            "MUNITY_TELEMETRY__OTLP_ENDPOINT",
+            format!("http://{collector_address}"),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null());
+    let mut munity = munity_testkit::spawn_ready(command, Duration::from_secs(60)).await;
+    let gateway = format!("http://{}", munity.address("gateway"));
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -119,11 +85,9 @@ async fn a_call_through_the_gateway_is_one_trace() {
     client.get_jwks(request).await.unwrap();
 
     // A clean stop flushes the batch exporter.
-    Command::new("kill")
-        .args(["-TERM", &munity.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(munity.0.wait().unwrap().success());
+    munity.process.terminate();
+    let exit = munity.process.wait_exit(Duration::from_secs(20)).await;
+    assert!(exit.is_some_and(|e| e.success()), "{exit:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let spans = collector.spans.lock().unwrap().clone();

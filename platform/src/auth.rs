@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
+use uuid::Uuid;
+
+use crate::policy::MethodPolicy;
 
 /// `[auth]`: what every service accepts as an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,8 +58,8 @@ impl Default for AuthConfig {
 /// The claims Munity puts in an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
-    /// The user id.
-    pub sub: String,
+    /// The user id (a token whose subject is not one does not verify).
+    pub sub: Uuid,
     /// Who issued the token (`auth.issuer`).
     pub iss: String,
     /// Who the token is for (`auth.audience`).
@@ -75,6 +78,11 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The caller's user id.
+    pub fn user_id(&self) -> Uuid {
+        self.sub
+    }
+
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
@@ -114,38 +122,59 @@ pub trait JwksSource: Send + Sync + 'static {
     async fn fetch_jwks(&self) -> anyhow::Result<JwkSet>;
 }
 
-/// Fetches the JWKS from users-svc over gRPC (`GetJwks`), for services and
-/// the gateway that do not hold the keys themselves. A connection is made
-/// per fetch: fetches are rare (start-up, unknown `kid`) and this keeps the
-/// source independent of whichever runtime calls it.
+/// Fetches the JWKS from users-svc's `GET /.well-known/jwks.json` (the
+/// standard document, served on its gRPC port), for services and the gateway
+/// that do not hold the keys themselves. A connection is made per fetch:
+/// fetches are rare (start-up, unknown `kid`) and this keeps the source
+/// independent of whichever runtime calls it.
 pub struct RemoteJwks {
-    endpoint: String,
+    url: http::Uri,
 }
+
+/// A JWKS document larger than this is refused (a few keys are ~1 KB).
+const MAX_JWKS_BYTES: usize = 1 << 20;
 
 impl RemoteJwks {
     /// `endpoint` is users-svc's address, e.g. `http://users:50051`.
-    pub fn new(endpoint: &str) -> Self {
-        RemoteJwks {
-            endpoint: endpoint.to_owned(),
+    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
+        let url = format!("{}/.well-known/jwks.json", endpoint.trim_end_matches('/'))
+            .parse::<http::Uri>()
+            .map_err(|e| anyhow::anyhow!("JWKS endpoint {endpoint:?} is not a URL: {e}"))?;
+        if url.scheme_str() != Some("http") || url.host().is_none() {
+            anyhow::bail!("JWKS endpoint {endpoint:?} must be http://host:port");
         }
+        Ok(RemoteJwks { url })
     }
 }
 
 #[async_trait::async_trait]
 impl JwksSource for RemoteJwks {
     async fn fetch_jwks(&self) -> anyhow::Result<JwkSet> {
-        use munity_proto::users::v1::{GetJwksRequest, users_client::UsersClient};
-        let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await?;
-        let json = UsersClient::new(channel)
-            .get_jwks(GetJwksRequest {})
-            .await?
-            .into_inner()
-            .jwks_json;
-        Ok(serde_json::from_str(&json)?)
+        use http_body_util::{BodyExt, Empty, Limited};
+        let host = self.url.host().unwrap_or_default();
+        let port = self.url.port_u16().unwrap_or(80);
+        let fetch = async {
+            let stream = tokio::net::TcpStream::connect((host, port)).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = http::Request::get(self.url.path())
+                .header(http::header::HOST, format!("{host}:{port}"))
+                .body(Empty::<bytes::Bytes>::new())?;
+            let response = sender.send_request(request).await?;
+            if !response.status().is_success() {
+                anyhow::bail!("{} answered HTTP {}", self.url, response.status());
+            }
+            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.url))?
+                .to_bytes();
+            Ok(serde_json::from_slice::<JwkSet>(&body)?)
+        };
+        tokio::time::timeout(Duration::from_secs(5), fetch)
+            .await
+            .map_err(|_| anyhow::anyhow!("{} did not answer within 5 s", self.url))?
     }
 }
 
@@ -154,7 +183,9 @@ impl JwksSource for RemoteJwks {
 pub enum AuthError {
     #[error("missing bearer access token")]
     Missing,
-    #[error("malformed access token: {0}")]
+    /// Not a JWT at all, or not one of ours. The detail is for logs: clients
+    /// get one wording whatever the parser said.
+    #[error("malformed access token")]
     Malformed(String),
     #[error("access token algorithm {0} is not accepted; only EdDSA is")]
     WrongAlgorithm(String),
@@ -168,12 +199,19 @@ pub enum AuthError {
     KeysUnavailable(String),
 }
 
+impl AuthError {
+    /// The gRPC code a refused call gets, at the edge and in every service.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            AuthError::KeysUnavailable(_) => tonic::Code::Unavailable,
+            _ => tonic::Code::Unauthenticated,
+        }
+    }
+}
+
 impl From<AuthError> for Status {
     fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::KeysUnavailable(_) => Status::unavailable(error.to_string()),
-            _ => Status::unauthenticated(error.to_string()),
-        }
+        Status::new(error.code(), error.to_string())
     }
 }
 
@@ -278,9 +316,10 @@ impl TokenVerifier {
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm(format!("{error}")),
-                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
-                    AuthError::Malformed(error.to_string())
-                }
+                ErrorKind::InvalidToken
+                | ErrorKind::Base64(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::Utf8(_) => AuthError::Malformed(error.to_string()),
                 _ => AuthError::Invalid(error.to_string()),
             })
     }
@@ -329,39 +368,35 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Paths that never need a token: health checks, reflection, and well-known
-/// HTTP documents such as the JWKS.
-const ALWAYS_PUBLIC_PREFIXES: &[&str] = &[
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/.well-known/",
-];
-
 /// A tower layer that refuses protected gRPC methods without a valid bearer
-/// token and attaches the verified [`Claims`] to the request.
+/// token and attaches the verified [`Claims`] to the request. Which methods
+/// are public comes from the protos ([`MethodPolicy`]).
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
-    public_methods: Arc<Vec<String>>,
+    policy: Arc<MethodPolicy>,
+    /// Plain HTTP routes served beside gRPC (the JWKS document, metrics):
+    /// public documents, not calls.
+    http_paths: Arc<Vec<String>>,
 }
 
 impl AuthLayer {
-    /// Every method is protected except the always-public ones and
-    /// `public_methods`, given as full paths (`/munity.users.v1.Users/Login`).
-    pub fn new(
-        verifier: Arc<TokenVerifier>,
-        public_methods: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
+    pub fn new(verifier: Arc<TokenVerifier>, policy: Arc<MethodPolicy>) -> Self {
         AuthLayer {
             verifier,
-            public_methods: Arc::new(public_methods.into_iter().map(Into::into).collect()),
+            policy,
+            http_paths: Arc::new(Vec::new()),
         }
     }
 
+    /// Lets these plain HTTP paths through without a token.
+    pub fn with_http_paths(mut self, paths: Vec<String>) -> Self {
+        self.http_paths = Arc::new(paths);
+        self
+    }
+
     fn is_public(&self, path: &str) -> bool {
-        ALWAYS_PUBLIC_PREFIXES.iter().any(|p| path.starts_with(p))
-            || self.public_methods.iter().any(|m| m == path)
+        self.policy.is_public(path) || self.http_paths.iter().any(|p| p == path)
     }
 }
 
@@ -434,7 +469,7 @@ where
                     inner.call(request).await
                 }
                 Err(error) => {
-                    tracing::debug!(%error, path = %request.uri().path(), "refused unauthenticated call");
+                    tracing::debug!(?error, path = %request.uri().path(), "refused unauthenticated call");
                     Ok(Status::from(error).into_http())
                 }
             }

@@ -1,8 +1,9 @@
 //! Layered, typed configuration: built-in defaults, then an optional TOML
 //! file, then `MUNITY_*` environment variables.
 //!
-//! Every service owns one struct for its own section (`[users]`, ...) and
-//! reads it with [`load_section`]. Nested keys are separated by a double
+//! Every service owns one struct for its own section (`[users]`, ...); the
+//! keys every service has (`listen`, `shutdown_grace_secs`, `storage`) are
+//! the platform's (`crate::service::ServiceConfig`). Nested keys are separated by a double
 //! underscore in the environment: `MUNITY_USERS__LISTEN=0.0.0.0:50051` sets
 //! `users.listen`, `MUNITY_TELEMETRY__LOG_FORMAT=json` sets
 //! `telemetry.log_format`. A bad value is reported with the full key path, e.g.
@@ -100,14 +101,72 @@ impl ConfigSource {
             .extract()
             .map_err(|error| section_error(name, error))
     }
+
+    /// Refuses keys of section `name` that none of `known` lists, naming
+    /// each with where it came from. For sections read as several structs
+    /// (shared keys plus a service's own), where serde's
+    /// `deny_unknown_fields` cannot see the whole section.
+    pub fn refuse_unknown_keys(&self, name: &str, known: &[&str]) -> Result<(), ConfigError> {
+        let Ok(figment::value::Value::Dict(_, keys)) = self.figment.find_value(name) else {
+            return Ok(());
+        };
+        let unknown: Vec<String> = keys
+            .keys()
+            .filter(|key| !known.contains(&key.as_str()))
+            .map(|key| {
+                let path = format!("{name}.{key}");
+                let origin = match self.figment.find_metadata(&path) {
+                    Some(metadata) => match &metadata.source {
+                        Some(source) => format!(" (from {} {source})", metadata.name),
+                        None => format!(" (from {})", metadata.name),
+                    },
+                    None => String::new(),
+                };
+                format!("{path}: unknown key{origin}; expected one of {known:?}")
+            })
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(unknown.join("; ")))
+        }
+    }
 }
 
-/// Shorthand for [`ConfigSource::load`] followed by [`ConfigSource::section`].
-pub fn load_section<T>(file: Option<&Path>, name: &str) -> Result<T, ConfigError>
-where
-    T: DeserializeOwned + Default,
-{
-    ConfigSource::load(file)?.section(name)
+/// The top-level field names of a `#[derive(Deserialize)]` struct, as serde
+/// sees them (after renames); empty for anything that is not a struct.
+pub fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
 }
 
 /// Where a service keeps its data.
@@ -135,6 +194,8 @@ pub struct CqlConfig {
     /// Contact points, `host:port`.
     pub nodes: Vec<String>,
     /// The keyspace the service's tables live in; created when missing.
+    /// Empty means the service's own default, `munity_<section>` (e.g.
+    /// `munity_users`), so two services' tables never collide.
     pub keyspace: String,
     /// Replication factor used when the keyspace is created.
     pub replication_factor: u32,
@@ -149,7 +210,7 @@ impl Default for CqlConfig {
     fn default() -> Self {
         CqlConfig {
             nodes: vec!["127.0.0.1:9042".to_owned()],
-            keyspace: "munity".to_owned(),
+            keyspace: String::new(),
             replication_factor: 1,
             username: None,
             password: None,
@@ -232,6 +293,41 @@ mod tests {
             .section("example")
             .unwrap();
         assert_eq!(example.limit, 9);
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Shared {
+        listen: String,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct Own {
+        limit: u64,
+        #[serde(rename = "max")]
+        maximum: u64,
+    }
+
+    #[test]
+    fn sections_read_as_several_structs_still_refuse_unknown_keys() {
+        assert_eq!(struct_fields::<Own>(), ["limit", "max"]);
+        assert!(struct_fields::<u64>().is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[example]\nlisten = \"x\"\nlimit = 3\nmax = 4\n");
+        let source = ConfigSource::load(Some(&path)).unwrap();
+        let known = [struct_fields::<Shared>(), struct_fields::<Own>()].concat();
+        source.refuse_unknown_keys("example", &known).unwrap();
+        source.refuse_unknown_keys("absent", &known).unwrap();
+
+        let path = write(&dir, "[example]\nlisten = \"x\"\nlimmit = 3\n");
+        let error = ConfigSource::load(Some(&path))
+            .unwrap()
+            .refuse_unknown_keys("example", &known)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("example.limmit"), "{error}");
+        assert!(error.contains("munity.toml"), "{error}");
     }
 
     #[test]

@@ -1,26 +1,36 @@
 //! The platform crate: the one front door every Munity service goes through
 //! for cross-cutting concerns, so that they behave alike.
 //!
+//! - [`service`]: the shape of a service ([`service::Service`]), the keys
+//!   every service's section has, one generic `main`, and its entry in
+//!   `munity dev`.
 //! - [`config`]: layered typed configuration (TOML file, then `MUNITY_*`
 //!   environment), with errors that name the bad key.
+//! - [`policy`]: what the protos declare about each method (public, default
+//!   quota, streaming) and which upstream serves each service.
 //! - [`telemetry`]: logs (pretty or JSON), OTLP trace export, W3C trace
 //!   context in gRPC metadata.
 //! - [`error`]: building `tonic::Status` values, with `google.rpc.BadRequest`
 //!   details for bad input.
 //! - [`auth`]: access-token (JWT, EdDSA) verification against users-svc's
 //!   JWKS, as a tower layer.
-//! - [`server`]: serving gRPC with health, reflection, tracing and auth on a
-//!   listener the caller bound.
-//! - [`cql`]: connecting to ScyllaDB and applying a service's schema.
+//! - [`server`]: serving gRPC with health, reflection, tracing, metrics and
+//!   auth on a listener the caller bound.
+//! - [`metrics`]: every service's RED metrics, served at `GET /metrics`.
 //! - [`shutdown`]: one cancellation token per process, tripped by SIGTERM or
 //!   SIGINT.
+//!
+//! Storage helpers live in `munity-store`, test helpers in `munity-testkit`,
+//! so that crates that need neither (the gateway) compile neither.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
-pub mod cql;
 pub mod error;
+pub mod metrics;
+pub mod policy;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,10 +1,12 @@
 //! Serving gRPC the same way in every service.
 //!
 //! [`GrpcHost`] puts a service's gRPC handlers behind the platform's layers
-//! (trace context, then authentication), adds `grpc.health.v1` and server
-//! reflection, accepts plain HTTP routes on the same port (e.g. the JWKS
-//! document), and serves on a listener the caller bound, so a binary and a
-//! test on port 0 start it alike. Shutdown marks every service NOT_SERVING,
+//! (a span and RED metrics per call, then authentication by the protos'
+//! method policy), adds `grpc.health.v1`, server reflection (the service's
+//! descriptors and the `google.rpc` error details, so reflection clients
+//! decode `BadRequest`), `GET /metrics`, accepts plain HTTP routes on the
+//! same port (e.g. the JWKS document), and serves on a listener the caller
+//! bound, so a binary and a test on port 0 start it alike. Shutdown marks every service NOT_SERVING,
 //! stops accepting, and lets in-flight calls finish for a grace period;
 //! then it returns even if some are still open (a server stream, such as a
 //! health Watch, never finishes by itself).
@@ -12,6 +14,7 @@
 use std::{
     convert::Infallible,
     future::Future,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -30,54 +33,67 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::{auth::AuthLayer, telemetry};
+use crate::{
+    auth::{AuthLayer, TokenVerifier},
+    metrics::{CallRecord, MeteredBody},
+    policy::MethodPolicy,
+    telemetry,
+};
 
 /// One gRPC server: handlers, health, reflection and the platform layers.
 pub struct GrpcHost {
     routes: RoutesBuilder,
     http: axum::Router,
+    http_paths: Vec<String>,
     health: HealthReporter,
     service_names: Vec<&'static str>,
-    auth: Option<AuthLayer>,
+    policy: Arc<MethodPolicy>,
+    verifier: Option<Arc<TokenVerifier>>,
     shutdown_grace: Duration,
 }
 
 /// How long calls in flight may run on after shutdown begins, by default.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-impl Default for GrpcHost {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl GrpcHost {
-    pub fn new() -> Self {
+    /// A host for services described by `descriptor_set` (an encoded
+    /// `FileDescriptorSet`, e.g. `munity_proto::FILE_DESCRIPTOR_SET`): it is
+    /// what reflection serves and where the method policy is read from.
+    pub fn new(descriptor_set: &'static [u8]) -> anyhow::Result<Self> {
+        let sets = [descriptor_set, tonic_health::pb::FILE_DESCRIPTOR_SET];
+        let policy = Arc::new(MethodPolicy::from_descriptor_sets(&sets)?);
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
-        routes.add_service(
+        let reflection = || {
             tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(munity_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(descriptor_set)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()
-                .expect("the compiled descriptor set is valid"),
-        );
-        routes.add_service(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(munity_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1alpha()
-                .expect("the compiled descriptor set is valid"),
-        );
-        GrpcHost {
+                // google.rpc.Status and its details (BadRequest, ...): what
+                // reflection clients need to decode grpc-status-details-bin.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        routes.add_service(reflection().build_v1()?);
+        routes.add_service(reflection().build_v1alpha()?);
+        let host = GrpcHost {
             routes,
             http: axum::Router::new(),
+            http_paths: Vec::new(),
             health,
             service_names: Vec::new(),
-            auth: None,
+            policy,
+            verifier: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-        }
+        };
+        Ok(host.add_http_route(
+            "/metrics",
+            axum::routing::get(|| async { crate::metrics::render() }),
+        ))
+    }
+
+    /// The method policy read from the descriptors.
+    pub fn policy(&self) -> &Arc<MethodPolicy> {
+        &self.policy
     }
 
     /// How long calls in flight may run on after shutdown begins, before
@@ -106,14 +122,17 @@ impl GrpcHost {
     }
 
     /// Serves plain HTTP on the same port, e.g. `GET /.well-known/jwks.json`.
+    /// Such routes are public documents: no token is asked for.
     pub fn add_http_route(mut self, path: &str, route: axum::routing::MethodRouter) -> Self {
         self.http = self.http.route(path, route);
+        self.http_paths.push(path.to_owned());
         self
     }
 
-    /// Refuses protected methods without a valid access token.
-    pub fn with_auth(mut self, auth: AuthLayer) -> Self {
-        self.auth = Some(auth);
+    /// Refuses methods the protos do not mark `public` unless they carry an
+    /// access token `verifier` accepts.
+    pub fn with_auth(mut self, verifier: Arc<TokenVerifier>) -> Self {
+        self.verifier = Some(verifier);
         self
     }
 
@@ -153,10 +172,15 @@ impl GrpcHost {
         // waits for the client's delayed ACK (~40 ms per call). The builder's
         // `tcp_nodelay` does not apply to a listener we pass in.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let auth = self.verifier.map(|verifier| {
+            AuthLayer::new(verifier, self.policy.clone()).with_http_paths(self.http_paths)
+        });
         let serve = Server::builder()
             .accept_http1(true)
-            .layer(TraceLayer)
-            .layer(OptionalAuthLayer(self.auth))
+            .layer(ObserveLayer {
+                policy: self.policy.clone(),
+            })
+            .layer(OptionalAuthLayer(auth))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown);
         // tonic's graceful shutdown waits for every open call, and a server
@@ -189,30 +213,37 @@ impl<S> Layer<S> for OptionalAuthLayer {
 }
 
 /// Opens a span per call, continuing the caller's trace when the request
-/// carries W3C trace context, and logs how each call ended.
-#[derive(Clone, Copy)]
-struct TraceLayer;
+/// carries W3C trace context, records the call's RED metrics, and logs how
+/// it ended.
+#[derive(Clone)]
+struct ObserveLayer {
+    policy: Arc<MethodPolicy>,
+}
 
-impl<S> Layer<S> for TraceLayer {
-    type Service = TraceService<S>;
+impl<S> Layer<S> for ObserveLayer {
+    type Service = ObserveService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceService { inner }
+        ObserveService {
+            inner,
+            policy: self.policy.clone(),
+        }
     }
 }
 
 #[derive(Clone)]
-struct TraceService<S> {
+struct ObserveService<S> {
     inner: S,
+    policy: Arc<MethodPolicy>,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for TraceService<S>
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ObserveService<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
 {
-    type Response = S::Response;
+    type Response = http::Response<MeteredBody<ResBody>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -236,6 +267,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
         );
         telemetry::set_parent_from_headers(&span, request.headers());
+        let mut record = CallRecord::start(path, &self.policy);
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -245,11 +277,12 @@ where
             async move {
                 let result = future.await;
                 let elapsed_us = started.elapsed().as_micros() as u64;
-                match &result {
+                match result {
                     Ok(response) => {
                         // A handler error comes back "trailers-only": its
                         // grpc-status is in the headers. Streams report it in
-                        // trailers, after this point.
+                        // trailers, which the metered body sees.
+                        record.observe(response.headers());
                         let code = response
                             .headers()
                             .get("grpc-status")
@@ -257,10 +290,13 @@ where
                             .unwrap_or("0");
                         tracing::Span::current().record("rpc.grpc.status_code", code);
                         tracing::debug!(grpc_status = code, elapsed_us, "call answered");
+                        Ok(response.map(|body| MeteredBody::new(body, record)))
                     }
-                    Err(error) => tracing::warn!(%error, elapsed_us, "call failed"),
+                    Err(error) => {
+                        tracing::warn!(%error, elapsed_us, "call failed");
+                        Err(error)
+                    }
                 }
-                result
             }
             .instrument(span),
         )

@@ -12,6 +12,15 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/munity_descriptor.bin"));
 
+/// `munity.options.v1`: the method policy and service routing options
+/// (`public`, `quota`, `upstream`), read from [`FILE_DESCRIPTOR_SET`] by
+/// `munity_platform::policy`.
+pub mod options {
+    pub mod v1 {
+        tonic::include_proto!("munity.options.v1");
+    }
+}
+
 /// `munity.users.v1`: accounts, sessions, signing keys, roles, communities.
 pub mod users {
     pub mod v1 {

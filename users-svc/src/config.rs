@@ -1,38 +1,20 @@
-//! `[users]`: users-svc's own configuration. Shared sections (`[auth]`,
-//! `[telemetry]`) are read by the platform crate.
+//! `[users]`: users-svc's own keys. The keys every service has (`listen`,
+//! `shutdown_grace_secs`, `storage`) are the platform's
+//! (`munity_platform::service::ServiceConfig`); shared sections (`[auth]`,
+//! `[telemetry]`) are read by the platform too.
 
-use std::net::SocketAddr;
-
-use munity_platform::config::StorageConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
+/// Unknown keys are refused by the platform (which sees the whole section),
+/// so no `deny_unknown_fields` at this level.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct UsersConfig {
-    /// Where the gRPC server listens (also serves `/.well-known/jwks.json`).
-    pub listen: SocketAddr,
-    /// Embedded store (default) or ScyllaDB.
-    pub storage: StorageConfig,
     /// Token lifetimes.
     pub tokens: TokenConfig,
     /// Accounts registered with these emails get the admin role. This is how
     /// the first administrator comes to exist.
     pub admin_emails: Vec<String>,
-    /// On shutdown, calls in flight get this many seconds to finish; then
-    /// the server stops and cuts what is still open (server streams).
-    pub shutdown_grace_secs: u64,
-}
-
-impl Default for UsersConfig {
-    fn default() -> Self {
-        UsersConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            storage: StorageConfig::default(),
-            tokens: TokenConfig::default(),
-            admin_emails: Vec::new(),
-            shutdown_grace_secs: munity_platform::server::DEFAULT_SHUTDOWN_GRACE.as_secs(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -3,21 +3,10 @@
 //! Records are plain data shared by both storage backends; the gRPC layer
 //! converts them to and from protobuf messages in `api.rs`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use munity_platform::error::FieldViolations;
+pub use munity_store::{Millis, now_millis};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// Milliseconds since the Unix epoch: the one time unit of stored records.
-pub type Millis = i64;
-
-pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Platform-wide roles. Stored as their names, so adding one needs no
 /// migration.

@@ -99,11 +99,6 @@ impl KeyManager {
             .map_err(|e| UsersError::Internal(format!("signing token: {e}")))
     }
 
-    pub fn active_kid(&self) -> Option<String> {
-        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
-        ring.as_ref().map(|r| r.active.kid.clone())
-    }
-
     /// The published keys as a JWKS document (RFC 7517, `OKP`/`Ed25519`).
     pub fn jwks_json(&self) -> serde_json::Value {
         let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());

@@ -2,17 +2,19 @@
 //! (`munity.users.v1`).
 //!
 //! Layout, one layer per file:
-//! - `config.rs`: the `[users]` section.
+//! - `config.rs`: users-svc's own keys of the `[users]` section.
 //! - `domain.rs`: stored records and input rules.
 //! - `store/`: the repository trait and its two backends (embedded redb,
 //!   ScyllaDB), held to one contract by `tests/repository_contract.rs`.
 //! - `passwords.rs`: Argon2id hashing.
 //! - `keys.rs`: Ed25519 signing keys, rotation, the JWKS.
-//! - `api.rs`: the gRPC service.
+//! - `api/`: the gRPC service, a file per concern (sessions, accounts,
+//!   communities) plus conversions to protobuf.
 //! - `error.rs`: domain errors and their gRPC status codes.
 //!
-//! [`run`] serves on a listener the caller bound, until the shutdown token
-//! fires; `main.rs` and `munity dev` and the tests all start it that way.
+//! [`UsersService`] is its platform shape: `main.rs` is the platform's
+//! generic `main`, `munity dev` starts it from its registry, and tests call
+//! [`run`] on a listener they bound, until the shutdown token fires.
 
 #![forbid(unsafe_code)]
 
@@ -28,8 +30,9 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{Json, routing::get};
 use munity_platform::{
-    auth::{AuthConfig, AuthLayer, TokenVerifier, VerifierSettings},
+    auth::{AuthConfig, TokenVerifier, VerifierSettings},
     server::GrpcHost,
+    service::{Service, ServiceConfig},
     shutdown::ShutdownToken,
 };
 use munity_proto::users::v1::users_server::UsersServer;
@@ -41,21 +44,41 @@ pub use config::UsersConfig;
 /// anything near this is abuse.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// users-svc as a platform service: `[users]`, `munity.users.v1`.
+pub struct UsersService;
+
+impl Service for UsersService {
+    const NAME: &'static str = "users-svc";
+    const SECTION: &'static str = "users";
+    const DESCRIPTOR_SET: &'static [u8] = munity_proto::FILE_DESCRIPTOR_SET;
+    type Config = UsersConfig;
+
+    async fn run(
+        config: ServiceConfig<UsersConfig>,
+        auth: AuthConfig,
+        listener: TcpListener,
+        shutdown: ShutdownToken,
+    ) -> anyhow::Result<()> {
+        run(config, auth, listener, shutdown).await
+    }
+}
+
 /// Serves users-svc on `listener` until `shutdown` is cancelled.
 pub async fn run(
-    config: UsersConfig,
+    config: ServiceConfig<UsersConfig>,
     auth: AuthConfig,
     listener: TcpListener,
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
     let repo = store::open(&config.storage).await?;
-    let access_ttl = Duration::from_secs(config.tokens.access_ttl_secs);
+    let tokens = &config.own.tokens;
+    let access_ttl = Duration::from_secs(tokens.access_ttl_secs);
     // Keep retired keys published for as long as tokens they signed live.
     let publish_grace =
         access_ttl + Duration::from_secs(auth.leeway_secs) + Duration::from_secs(60);
     let keys = keys::KeyManager::load(repo.clone(), publish_grace).await?;
     keys.spawn_reloader(
-        Duration::from_secs(config.tokens.key_reload_secs.max(1)),
+        Duration::from_secs(tokens.key_reload_secs.max(1)),
         shutdown.clone(),
     );
 
@@ -70,9 +93,9 @@ pub async fn run(
         },
     ));
 
-    let api = api::UsersApi::new(repo, keys.clone(), &config, &auth);
+    let api = api::UsersApi::new(repo, keys.clone(), &config.own, &auth);
     let jwks_keys = keys.clone();
-    GrpcHost::new()
+    GrpcHost::new(UsersService::DESCRIPTOR_SET)?
         .add_service(UsersServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_http_route(
             "/.well-known/jwks.json",
@@ -81,11 +104,8 @@ pub async fn run(
                 async move { Json(keys.jwks_json()) }
             }),
         )
-        .with_shutdown_grace(Duration::from_secs(config.shutdown_grace_secs))
-        .with_auth(AuthLayer::new(
-            verifier,
-            api::PUBLIC_METHODS.iter().copied(),
-        ))
+        .with_shutdown_grace(config.shutdown_grace())
+        .with_auth(verifier)
         .serve(listener, shutdown.cancelled_owned())
         .await
 }

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use munity_platform::service::ServiceConfig;
 use munity_platform::{
     auth::{AuthConfig, with_bearer},
     config::StorageConfig,
@@ -31,19 +32,25 @@ impl TestApp {
         Self::spawn_with(|_, _| {}).await
     }
 
-    async fn spawn_with(adjust: impl FnOnce(&mut UsersConfig, &mut AuthConfig)) -> Self {
+    async fn spawn_with(
+        adjust: impl FnOnce(&mut ServiceConfig<UsersConfig>, &mut AuthConfig),
+    ) -> Self {
         let data = tempfile::tempdir().unwrap();
-        let mut config = UsersConfig {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = ServiceConfig {
+            listen: listener.local_addr().unwrap(),
+            shutdown_grace_secs: 5,
             storage: StorageConfig::Embedded {
                 path: data.path().to_path_buf(),
             },
-            admin_emails: vec![ADMIN_EMAIL.to_owned()],
-            ..UsersConfig::default()
+            own: UsersConfig {
+                admin_emails: vec![ADMIN_EMAIL.to_owned()],
+                ..UsersConfig::default()
+            },
         };
         let mut auth = AuthConfig::default();
         adjust(&mut config, &mut auth);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let address = config.listen;
         let shutdown = ShutdownToken::new();
         let server = tokio::spawn(users_svc::run(config, auth, listener, shutdown.clone()));
         let channel = Channel::from_shared(format!("http://{address}"))
@@ -414,7 +421,7 @@ async fn forged_and_missing_tokens_are_refused() {
 #[tokio::test]
 async fn expired_access_tokens_are_refused() {
     let app = TestApp::spawn_with(|users, auth| {
-        users.tokens.access_ttl_secs = 1;
+        users.own.tokens.access_ttl_secs = 1;
         auth.leeway_secs = 0;
     })
     .await;

@@ -6,7 +6,6 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use munity_platform::config::CqlConfig;
 use users_svc::{
     domain::{
         CommunityRecord, MemberRole, MembershipRecord, RefreshTokenRecord, Role, SessionRecord,
@@ -18,44 +17,20 @@ use uuid::Uuid;
 
 type Repo = Arc<dyn UsersRepository>;
 
-async fn embedded() -> Option<(Repo, Option<tempfile::TempDir>)> {
+async fn embedded() -> Option<(Repo, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    Some((Arc::new(store), Some(dir)))
+    Some((Arc::new(store), dir))
 }
 
-/// One keyspace per test process; schema set-up is serialized because
-/// concurrent schema changes are slow and racy on Cassandra.
-async fn cql() -> Option<(Repo, Option<tempfile::TempDir>)> {
-    static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    static KEYSPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-    let Some(nodes) = std::env::var("MUNITY_TEST_CQL")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "MUNITY_TEST_CQL is not set: CI must run the CQL contract (start scripts/cassandra.sh)"
-            );
-        }
-        eprintln!("skipping: MUNITY_TEST_CQL is not set (run scripts/cassandra.sh start)");
-        return None;
-    };
-    let keyspace = KEYSPACE
-        .get_or_init(|| format!("contract_{}", now_millis()))
-        .clone();
-    let config = CqlConfig {
-        nodes: nodes.split(',').map(str::to_owned).collect(),
-        keyspace,
-        request_timeout_ms: 20_000,
-        ..CqlConfig::default()
-    };
-    let _guard = SETUP.lock().await;
+/// The CQL test server, one keyspace for this test process.
+async fn cql() -> Option<(Repo, ())> {
+    let config = munity_testkit::cql_config("users_contract")?;
+    let _schema = munity_testkit::schema_lock().await;
     let store = CqlStore::connect(&config)
         .await
         .expect("connect to the CQL test server");
-    Some((Arc::new(store), None))
+    Some((Arc::new(store), ()))
 }
 
 fn user(email_prefix: &str) -> UserRecord {
@@ -354,42 +329,18 @@ mod cases {
     }
 }
 
-/// Instantiates every contract case for one backend. `$open` yields
-/// `Option<(repo, tempdir)>`; `None` means the backend is not available here
-/// (never under CI).
-macro_rules! contract {
-    ($backend:ident, $open:path, [$($case:ident),* $(,)?]) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some((repo, _dir)) = $open().await else { return };
-                    super::cases::$case(repo).await;
-                }
-            )*
-        }
-    };
+munity_testkit::contract_suite! {
+    cases: cases,
+    backends: { embedded_store => embedded(), cql_store => cql() },
+    tests: [
+        users_round_trip,
+        email_is_unique_even_under_races,
+        update_user_changes_name_and_roles_only,
+        list_users_pages_cover_everything_once,
+        sessions_revoke_idempotently,
+        refresh_tokens_are_consumed_exactly_once,
+        signing_keys_insert_once_and_retire,
+        communities_round_trip_and_page,
+        memberships_join_once_change_and_leave,
+    ],
 }
-
-macro_rules! all_cases {
-    ($backend:ident, $open:path) => {
-        contract!(
-            $backend,
-            $open,
-            [
-                users_round_trip,
-                email_is_unique_even_under_races,
-                update_user_changes_name_and_roles_only,
-                list_users_pages_cover_everything_once,
-                sessions_revoke_idempotently,
-                refresh_tokens_are_consumed_exactly_once,
-                signing_keys_insert_once_and_retire,
-                communities_round_trip_and_page,
-                memberships_join_once_change_and_leave,
-            ]
-        );
-    };
-}
-
-all_cases!(embedded_store, super::embedded);
-all_cases!(cql_store, super::cql);

@@ -5,29 +5,20 @@
 //! refresh token used on one cannot be reused on the other; a key rotated on
 //! one is honoured by the other without a restart.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-};
+use std::{process::Command, time::Duration};
 
 use munity_platform::auth::with_bearer;
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
 use tonic::{Code, transport::Channel};
 
 struct Replica {
-    child: Child,
+    _process: munity_testkit::Ready,
     client: UsersClient<Channel>,
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn replica(nodes: &str, keyspace: &str) -> Replica {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_users-svc"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_users-svc"));
+    command
         .env("MUNITY_USERS__LISTEN", "127.0.0.1:0")
         .env("MUNITY_USERS__STORAGE__BACKEND", "cql")
         .env("MUNITY_USERS__STORAGE__NODES", format!("[{nodes}]"))
@@ -35,52 +26,26 @@ async fn replica(nodes: &str, keyspace: &str) -> Replica {
         .env("MUNITY_USERS__STORAGE__REQUEST_TIMEOUT_MS", "20000")
         .env("MUNITY_USERS__ADMIN_EMAILS", "[ops@example.com]")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start users-svc");
-    let stdout = child.stdout.take().unwrap();
-    let address = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let address = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|line| {
-                line.strip_prefix("users-svc: listening on ")
-                    .map(str::to_owned)
-            })
-            .expect("users-svc announced its address");
-        // Keep draining so the replica never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        address
-    })
-    .await
-    .unwrap();
-    let channel = Channel::from_shared(address.replace("grpc://", "http://"))
+        .stdout(std::process::Stdio::null());
+    let ready = munity_testkit::spawn_ready(command, Duration::from_secs(60)).await;
+    let channel = Channel::from_shared(format!("http://{}", ready.address("users")))
         .unwrap()
         .connect()
         .await
         .unwrap();
     Replica {
-        child,
+        _process: ready,
         client: UsersClient::new(channel),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_accounts_sessions_and_keys() {
-    let Some(nodes) = std::env::var("MUNITY_TEST_CQL")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "MUNITY_TEST_CQL must be set in CI"
-        );
-        eprintln!("skipping: MUNITY_TEST_CQL is not set");
+    let Some(cql) = munity_testkit::cql_config("users_scale") else {
         return;
     };
-    let keyspace = format!("scale_{}", uuid::Uuid::now_v7().simple());
+    let nodes = cql.nodes.join(",");
+    let keyspace = cql.keyspace;
     // Start one first so the keyspace and first key are made once.
     let mut a = replica(&nodes, &keyspace).await;
     let mut b = replica(&nodes, &keyspace).await;

@@ -8,7 +8,7 @@
 use std::{
     io::Write,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -44,13 +44,15 @@ pub async fn replica_at(address: SocketAddr) -> Replica {
 
 async fn replica_on(listener: tokio::net::TcpListener) -> Replica {
     let data = tempfile::tempdir().unwrap();
-    let config = users_svc::UsersConfig {
+    let address = listener.local_addr().unwrap();
+    let config = munity_platform::service::ServiceConfig {
+        listen: address,
+        shutdown_grace_secs: 5,
         storage: StorageConfig::Embedded {
             path: data.path().to_path_buf(),
         },
-        ..Default::default()
+        own: users_svc::UsersConfig::default(),
     };
-    let address = listener.local_addr().unwrap();
     let shutdown = ShutdownToken::new();
     tokio::spawn(users_svc::run(
         config,
@@ -121,40 +123,22 @@ pub fn users_routes(upstreams: &[SocketAddr], route_keys: &str) -> String {
 
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
-    child: Child,
+    pub process: munity_testkit::Process,
     pub address: String,
     pub admin: String,
     _config: tempfile::NamedTempFile,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Gateway {
     /// Sends SIGTERM, as an orchestrator stopping the pod would.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM failed");
+        self.process.terminate();
     }
 
     /// Waits up to `limit` for the process to exit; its status, or `None`
     /// if it is still running.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
+        self.process.wait_exit(limit).await
     }
 
     /// Starts a gateway on free ports that fetches its JWKS from `jwks`.
@@ -188,7 +172,7 @@ impl Gateway {
             .spawn()
             .unwrap();
         Gateway {
-            child,
+            process: munity_testkit::Process::new(child),
             address: format!("127.0.0.1:{port}"),
             admin: format!("127.0.0.1:{admin}"),
             _config: config,
@@ -255,23 +239,4 @@ impl Gateway {
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0, |v| v as u64)
     }
-}
-
-/// grpcurl from `~/go/bin` (where `go install` puts it) or PATH; `None`
-/// when absent, which CI never allows.
-pub fn grpcurl() -> Option<String> {
-    let candidate = std::env::var("HOME")
-        .map(|h| format!("{h}/go/bin/grpcurl"))
-        .ok()
-        .filter(|p| std::path::Path::new(p).exists())
-        .unwrap_or_else(|| "grpcurl".to_owned());
-    if Command::new(&candidate).arg("-version").output().is_ok() {
-        return Some(candidate);
-    }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
-        "grpcurl missing in CI"
-    );
-    None
 }

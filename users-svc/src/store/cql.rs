@@ -8,25 +8,21 @@
 //! that needs no secondary index. Refresh tokens carry a TTL so expired ones
 //! disappear on their own.
 //!
-//! Verified against Apache Cassandra 5.0 (same CQL protocol); only portable
-//! CQL is used: no `USING TIMEOUT`, no tablets-specific options.
+//! The plumbing (connecting, schema, prepared statements, LWTs, typed rows)
+//! is `munity_store::cql`'s; this file is the tables and the queries.
 
-use munity_platform::{config::CqlConfig, cql};
-use scylla::{
-    DeserializeRow,
-    client::session::Session,
-    errors::ExecutionError,
-    response::query_result::QueryResult,
-    serialize::row::SerializeRow,
-    statement::prepared::PreparedStatement,
-    value::{CqlTimestamp, CqlValue, Row},
+use munity_platform::config::CqlConfig;
+use munity_store::{
+    cql::{CqlStore as Cql, limit_plus_one, ts, ttl_until},
+    page_from,
 };
+use scylla::{DeserializeRow, statement::prepared::PreparedStatement, value::CqlTimestamp};
 use uuid::Uuid;
 
-use super::{Page, StoreError, StoreResult, UsersRepository, page_from};
+use super::{Page, StoreError, StoreResult, UsersRepository};
 use crate::domain::{
     CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role, SessionRecord,
-    SigningKeyRecord, UserRecord, now_millis,
+    SigningKeyRecord, UserRecord,
 };
 
 /// Tables, in the order they are created. Each statement is idempotent.
@@ -108,7 +104,7 @@ struct Statements {
 
 /// The ScyllaDB-backed repository.
 pub struct CqlStore {
-    session: Session,
+    cql: Cql,
     statements: Statements,
 }
 
@@ -116,73 +112,15 @@ impl CqlStore {
     /// Connects, creates the keyspace and tables when missing, and prepares
     /// every statement.
     pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
-        let session = cql::connect(config, SCHEMA).await?;
-        let statements = Statements::prepare(&session).await?;
-        Ok(CqlStore {
-            session,
-            statements,
-        })
-    }
-
-    async fn execute(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> StoreResult<QueryResult> {
-        self.session
-            .execute_unpaged(statement, values)
-            .await
-            .map_err(execution_error)
-    }
-
-    /// Runs a lightweight transaction; true when it was applied.
-    async fn execute_lwt(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> StoreResult<bool> {
-        let result = self.execute(statement, values).await?;
-        let rows = result.into_rows_result().map_err(internal)?;
-        let row: Row = rows.first_row().map_err(internal)?;
-        match row.columns.first() {
-            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-            other => Err(StoreError::Internal(format!(
-                "lightweight transaction answered without [applied]: {other:?}"
-            ))),
-        }
-    }
-
-    async fn rows<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> StoreResult<Vec<R>>
-    where
-        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
-    {
-        let result = self.execute(statement, values).await?;
-        let rows = result.into_rows_result().map_err(internal)?;
-        rows.rows::<R>()
-            .map_err(internal)?
-            .collect::<Result<Vec<R>, _>>()
-            .map_err(internal)
-    }
-
-    async fn maybe_row<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl SerializeRow,
-    ) -> StoreResult<Option<R>>
-    where
-        R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
-    {
-        Ok(self.rows(statement, values).await?.into_iter().next())
+        let cql = Cql::connect(config, SCHEMA).await?;
+        let statements = Statements::prepare(&cql).await?;
+        Ok(CqlStore { cql, statements })
     }
 }
 
 impl Statements {
-    async fn prepare(session: &Session) -> Result<Self, ExecutionError> {
-        let p = |cql: String| async move { session.prepare(cql).await };
+    async fn prepare(cql: &Cql) -> anyhow::Result<Self> {
+        let p = |statement: String| cql.prepare(statement);
         Ok(Statements {
             claim_email: p("INSERT INTO users_by_email (email, user_id) VALUES (?, ?) IF NOT EXISTS".into()).await?,
             release_email: p("DELETE FROM users_by_email WHERE email = ? IF user_id = ?".into()).await?,
@@ -213,29 +151,6 @@ impl Statements {
             list_members_after: p(format!("SELECT {MEMBER_COLUMNS} FROM community_members WHERE community_id = ? AND user_id > ? LIMIT ?")).await?,
         })
     }
-}
-
-fn internal(error: impl std::fmt::Display) -> StoreError {
-    StoreError::Internal(error.to_string())
-}
-
-/// Timeouts and unreachable nodes are worth a retry; the rest is not.
-fn execution_error(error: ExecutionError) -> StoreError {
-    match &error {
-        ExecutionError::RequestTimeout(_)
-        | ExecutionError::ConnectionPoolError(_)
-        | ExecutionError::LastAttemptError(_) => StoreError::Unavailable(error.to_string()),
-        _ => StoreError::Internal(error.to_string()),
-    }
-}
-
-fn ts(millis: Millis) -> CqlTimestamp {
-    CqlTimestamp(millis)
-}
-
-/// `LIMIT` takes a CQL int.
-fn limit_plus_one(limit: usize) -> i32 {
-    i32::try_from(limit.saturating_add(1)).unwrap_or(i32::MAX)
 }
 
 #[derive(DeserializeRow)]
@@ -352,18 +267,12 @@ impl TryFrom<MemberRow> for MembershipRecord {
     }
 }
 
-/// Seconds until `expires_at`, at least one (CQL refuses a TTL of 0 as
-/// "no TTL").
-fn ttl_until(expires_at: Millis) -> i32 {
-    let seconds = (expires_at - now_millis()).div_euclid(1000);
-    i32::try_from(seconds.max(1)).unwrap_or(i32::MAX)
-}
-
 #[async_trait::async_trait]
 impl UsersRepository for CqlStore {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
         let s = &self.statements;
         if !self
+            .cql
             .execute_lwt(&s.claim_email, (&user.email, user.id))
             .await?
         {
@@ -377,9 +286,10 @@ impl UsersRepository for CqlStore {
             role_names(&user.roles),
             ts(user.created_at),
         );
-        if let Err(error) = self.execute(&s.insert_user, row).await {
+        if let Err(error) = self.cql.execute(&s.insert_user, row).await {
             // Give the email back so the account can be registered again.
             let _ = self
+                .cql
                 .execute_lwt(&s.release_email, (&user.email, user.id))
                 .await;
             return Err(error);
@@ -389,6 +299,7 @@ impl UsersRepository for CqlStore {
 
     async fn get_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
         Ok(self
+            .cql
             .maybe_row::<UserRow>(&self.statements.get_user, (id,))
             .await?
             .map(UserRecord::from))
@@ -396,6 +307,7 @@ impl UsersRepository for CqlStore {
 
     async fn get_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
         let id: Option<(Uuid,)> = self
+            .cql
             .maybe_row(&self.statements.get_user_id_by_email, (email,))
             .await?;
         match id {
@@ -407,6 +319,7 @@ impl UsersRepository for CqlStore {
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
         let values = (&user.display_name, role_names(&user.roles), user.id);
         if self
+            .cql
             .execute_lwt(&self.statements.update_user, values)
             .await?
         {
@@ -420,11 +333,13 @@ impl UsersRepository for CqlStore {
         let s = &self.statements;
         let rows: Vec<UserRow> = match after {
             None => {
-                self.rows(&s.list_users_first, (limit_plus_one(limit),))
+                self.cql
+                    .rows(&s.list_users_first, (limit_plus_one(limit),))
                     .await?
             }
             Some(after) => {
-                self.rows(&s.list_users_after, (after, limit_plus_one(limit)))
+                self.cql
+                    .rows(&s.list_users_after, (after, limit_plus_one(limit)))
                     .await?
             }
         };
@@ -439,13 +354,17 @@ impl UsersRepository for CqlStore {
             ts(session.created_at),
             session.revoked,
         );
-        self.execute(&self.statements.insert_session, values)
+        self.cql
+            .execute(&self.statements.insert_session, values)
             .await?;
         Ok(())
     }
 
     async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
-        let row: Option<SessionRow> = self.maybe_row(&self.statements.get_session, (id,)).await?;
+        let row: Option<SessionRow> = self
+            .cql
+            .maybe_row(&self.statements.get_session, (id,))
+            .await?;
         Ok(row.map(|row| SessionRecord {
             id: row.id,
             user_id: row.user_id,
@@ -456,7 +375,8 @@ impl UsersRepository for CqlStore {
 
     async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {
         // Not applied means there was no such session: nothing to revoke.
-        self.execute_lwt(&self.statements.revoke_session, (id,))
+        self.cql
+            .execute_lwt(&self.statements.revoke_session, (id,))
             .await?;
         Ok(())
     }
@@ -470,12 +390,15 @@ impl UsersRepository for CqlStore {
             token.used,
             ttl_until(token.expires_at),
         );
-        self.execute(&self.statements.insert_token, values).await?;
+        self.cql
+            .execute(&self.statements.insert_token, values)
+            .await?;
         Ok(())
     }
 
     async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshTokenRecord>> {
         Ok(self
+            .cql
             .maybe_row::<TokenRow>(&self.statements.get_token, (token_hash,))
             .await?
             .map(RefreshTokenRecord::from))
@@ -487,15 +410,16 @@ impl UsersRepository for CqlStore {
         let Some(token) = self.get_refresh_token(token_hash).await? else {
             return Ok(false);
         };
-        self.execute_lwt(
-            &self.statements.consume_token,
-            (ttl_until(token.expires_at), token_hash),
-        )
-        .await
+        self.cql
+            .execute_lwt(
+                &self.statements.consume_token,
+                (ttl_until(token.expires_at), token_hash),
+            )
+            .await
     }
 
     async fn list_signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
-        let rows: Vec<KeyRow> = self.rows(&self.statements.list_keys, ()).await?;
+        let rows: Vec<KeyRow> = self.cql.rows(&self.statements.list_keys, ()).await?;
         Ok(rows
             .into_iter()
             .map(|row| SigningKeyRecord {
@@ -515,6 +439,7 @@ impl UsersRepository for CqlStore {
             key.retired_at.map(ts),
         );
         if self
+            .cql
             .execute_lwt(&self.statements.insert_key, values)
             .await?
         {
@@ -527,7 +452,8 @@ impl UsersRepository for CqlStore {
     async fn retire_signing_keys_except(&self, keep_kid: &str, at: Millis) -> StoreResult<()> {
         for key in self.list_signing_keys().await? {
             if key.kid != keep_kid && key.retired_at.is_none() {
-                self.execute_lwt(&self.statements.retire_key, (ts(at), &key.kid))
+                self.cql
+                    .execute_lwt(&self.statements.retire_key, (ts(at), &key.kid))
                     .await?;
             }
         }
@@ -547,6 +473,7 @@ impl UsersRepository for CqlStore {
             ts(community.created_at),
         );
         if !self
+            .cql
             .execute_lwt(&self.statements.insert_community, values)
             .await?
         {
@@ -558,6 +485,7 @@ impl UsersRepository for CqlStore {
 
     async fn get_community(&self, id: Uuid) -> StoreResult<Option<CommunityRecord>> {
         Ok(self
+            .cql
             .maybe_row::<CommunityRow>(&self.statements.get_community, (id,))
             .await?
             .map(CommunityRecord::from))
@@ -571,11 +499,13 @@ impl UsersRepository for CqlStore {
         let s = &self.statements;
         let rows: Vec<CommunityRow> = match after {
             None => {
-                self.rows(&s.list_communities_first, (limit_plus_one(limit),))
+                self.cql
+                    .rows(&s.list_communities_first, (limit_plus_one(limit),))
                     .await?
             }
             Some(after) => {
-                self.rows(&s.list_communities_after, (after, limit_plus_one(limit)))
+                self.cql
+                    .rows(&s.list_communities_after, (after, limit_plus_one(limit)))
                     .await?
             }
         };
@@ -591,6 +521,7 @@ impl UsersRepository for CqlStore {
             ts(membership.joined_at),
         );
         if self
+            .cql
             .execute_lwt(&self.statements.insert_member, values)
             .await?
         {
@@ -606,7 +537,8 @@ impl UsersRepository for CqlStore {
         community_id: Uuid,
         user_id: Uuid,
     ) -> StoreResult<Option<MembershipRecord>> {
-        self.maybe_row::<MemberRow>(&self.statements.get_member, (community_id, user_id))
+        self.cql
+            .maybe_row::<MemberRow>(&self.statements.get_member, (community_id, user_id))
             .await?
             .map(MembershipRecord::try_from)
             .transpose()
@@ -619,6 +551,7 @@ impl UsersRepository for CqlStore {
             membership.user_id,
         );
         if self
+            .cql
             .execute_lwt(&self.statements.update_member, values)
             .await?
         {
@@ -629,7 +562,8 @@ impl UsersRepository for CqlStore {
     }
 
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
-        self.execute_lwt(&self.statements.delete_member, (community_id, user_id))
+        self.cql
+            .execute_lwt(&self.statements.delete_member, (community_id, user_id))
             .await
     }
 
@@ -642,15 +576,17 @@ impl UsersRepository for CqlStore {
         let s = &self.statements;
         let rows: Vec<MemberRow> = match after {
             None => {
-                self.rows(&s.list_members_first, (community_id, limit_plus_one(limit)))
+                self.cql
+                    .rows(&s.list_members_first, (community_id, limit_plus_one(limit)))
                     .await?
             }
             Some(after) => {
-                self.rows(
-                    &s.list_members_after,
-                    (community_id, after, limit_plus_one(limit)),
-                )
-                .await?
+                self.cql
+                    .rows(
+                        &s.list_members_after,
+                        (community_id, after, limit_plus_one(limit)),
+                    )
+                    .await?
             }
         };
         let members = rows

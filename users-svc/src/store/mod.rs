@@ -15,40 +15,13 @@ pub mod embedded;
 use std::sync::Arc;
 
 use munity_platform::config::StorageConfig;
+pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
 use crate::domain::{
     CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, SessionRecord, SigningKeyRecord,
     UserRecord,
 };
-
-/// What can go wrong in storage.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A unique value is taken (e.g. the email of a new account).
-    #[error("{0} already exists")]
-    Conflict(&'static str),
-    /// The record to change does not exist.
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// The store could not be reached in time; retrying may help.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else: corruption, a bug, a schema mismatch.
-    #[error("storage failure: {0}")]
-    Internal(String),
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
-
-/// A page of a listing, in the backend's stable order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Pass to the next call to continue after the last item; `None` when
-    /// the listing is exhausted.
-    pub next_after: Option<Uuid>,
-}
 
 /// Everything users-svc stores.
 #[async_trait::async_trait]
@@ -125,16 +98,4 @@ pub async fn open(storage: &StorageConfig) -> anyhow::Result<Arc<dyn UsersReposi
         StorageConfig::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
         StorageConfig::Cql(cql) => Arc::new(cql::CqlStore::connect(cql).await?),
     })
-}
-
-/// Turns "one more than asked" into a page: backends fetch `limit + 1` rows
-/// so they know whether another page follows without an extra query.
-pub(crate) fn page_from<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> Uuid) -> Page<T> {
-    let next_after = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(&key)
-    } else {
-        None
-    };
-    Page { items, next_after }
 }

@@ -1,0 +1,262 @@
+//! What the protos say about calling each method, read once from the
+//! compiled descriptor set: which methods are public, their default quota,
+//! which are server-streaming, and which upstream serves each service.
+//!
+//! The options are declared next to the methods in the `.proto` files
+//! (`munity/options/v1/options.proto`):
+//!
+//! ```proto
+//! rpc Login(LoginRequest) returns (AuthResponse) {
+//!   option (munity.options.v1.method) = { public: true quota: { requests: 5, per_secs: 60, burst: 5 } };
+//! }
+//! ```
+//!
+//! The gateway and every service's [`GrpcHost`](crate::server::GrpcHost)
+//! read the same [`MethodPolicy`], so the edge and the services cannot
+//! disagree about what needs a token. Infrastructure services that every
+//! server hosts (health, reflection) are always public.
+
+use std::collections::{BTreeMap, HashSet};
+
+use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, Value};
+
+/// Services every Munity server hosts that never need a token.
+pub const ALWAYS_PUBLIC_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+const METHOD_OPTION: &str = "munity.options.v1.method";
+const SERVICE_OPTION: &str = "munity.options.v1.service";
+
+/// A default rate limit declared on a method: `requests` per `per_secs`
+/// seconds, bursts up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeclaredQuota {
+    pub requests: u32,
+    pub per_secs: u64,
+    pub burst: u32,
+}
+
+/// A Munity gRPC service and the deployable service that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedService {
+    /// Full gRPC service name, e.g. `munity.users.v1.Users`.
+    pub name: String,
+    /// The upstream (service process) that serves it, e.g. `users`.
+    pub upstream: String,
+    /// Its port in the one-machine layout.
+    pub default_port: u16,
+}
+
+/// Why the descriptor set could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("the descriptor set cannot be decoded: {0}")]
+    Decode(String),
+    #[error("service {service} declares default_port {port}, which is not a TCP port")]
+    BadPort { service: String, port: u32 },
+}
+
+/// The policy of every method in a descriptor set.
+#[derive(Debug, Clone, Default)]
+pub struct MethodPolicy {
+    /// Full paths (`/package.Service/Method`) callable without a token.
+    public: HashSet<String>,
+    /// Declared default quotas, by full path.
+    quotas: BTreeMap<String, DeclaredQuota>,
+    /// Full paths of server-streaming methods.
+    streaming: HashSet<String>,
+    /// Munity services that declare their upstream.
+    services: Vec<RoutedService>,
+}
+
+impl MethodPolicy {
+    /// Reads the policy from encoded `FileDescriptorSet`s (e.g. the compiled
+    /// Munity protos plus `tonic_health`'s, for its streaming `Watch`).
+    pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<Self, PolicyError> {
+        let mut pool = DescriptorPool::new();
+        for set in sets {
+            pool.decode_file_descriptor_set(*set)
+                .map_err(|e| PolicyError::Decode(e.to_string()))?;
+        }
+        let method_option = pool.get_extension_by_name(METHOD_OPTION);
+        let service_option = pool.get_extension_by_name(SERVICE_OPTION);
+        let mut policy = MethodPolicy::default();
+        for service in pool.services() {
+            let service_name = service.full_name().to_owned();
+            if let Some(routing) = extension(&service.options(), service_option.as_ref()) {
+                let port = u32_field(&routing, "default_port");
+                policy.services.push(RoutedService {
+                    name: service_name.clone(),
+                    upstream: str_field(&routing, "upstream"),
+                    default_port: u16::try_from(port).map_err(|_| PolicyError::BadPort {
+                        service: service_name.clone(),
+                        port,
+                    })?,
+                });
+            }
+            let always_public = ALWAYS_PUBLIC_SERVICES.contains(&service_name.as_str());
+            for method in service.methods() {
+                let path = format!("/{service_name}/{}", method.name());
+                if method.is_server_streaming() {
+                    policy.streaming.insert(path.clone());
+                }
+                let declared = extension(&method.options(), method_option.as_ref());
+                let public = declared
+                    .as_ref()
+                    .and_then(|m| m.get_field_by_name("public"))
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+                if public || always_public {
+                    policy.public.insert(path.clone());
+                }
+                if let Some(quota) = declared.as_ref().and_then(|m| message_field(m, "quota")) {
+                    policy.quotas.insert(
+                        path,
+                        DeclaredQuota {
+                            requests: u32_field(&quota, "requests"),
+                            per_secs: quota
+                                .get_field_by_name("per_secs")
+                                .and_then(|v| v.as_u64())
+                                .unwrap_or(0),
+                            burst: u32_field(&quota, "burst"),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether `path` (`/package.Service/Method`) may be called without a
+    /// token. A path no descriptor knows is not public.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.public.contains(path)
+            || path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(service, _)| ALWAYS_PUBLIC_SERVICES.contains(&service))
+    }
+
+    /// Whether `path` is a server-streaming method (no default deadline).
+    pub fn is_server_streaming(&self, path: &str) -> bool {
+        self.streaming.contains(path)
+    }
+
+    /// Declared default quotas, by full path.
+    pub fn quotas(&self) -> &BTreeMap<String, DeclaredQuota> {
+        &self.quotas
+    }
+
+    /// The Munity services and the upstream serving each.
+    pub fn services(&self) -> &[RoutedService] {
+        &self.services
+    }
+
+    /// Services grouped by upstream name (`users` → [`munity.users.v1.Users`]),
+    /// with the upstream's default port.
+    pub fn upstreams(&self) -> BTreeMap<String, (u16, Vec<String>)> {
+        let mut upstreams: BTreeMap<String, (u16, Vec<String>)> = BTreeMap::new();
+        for service in &self.services {
+            upstreams
+                .entry(service.upstream.clone())
+                .or_insert_with(|| (service.default_port, Vec::new()))
+                .1
+                .push(service.name.clone());
+        }
+        upstreams
+    }
+
+    /// The public methods, sorted (for docs and logs).
+    pub fn public_methods(&self) -> Vec<&str> {
+        let mut methods: Vec<&str> = self.public.iter().map(String::as_str).collect();
+        methods.sort_unstable();
+        methods
+    }
+}
+
+fn extension(
+    options: &DynamicMessage,
+    ext: Option<&ExtensionDescriptor>,
+) -> Option<DynamicMessage> {
+    let ext = ext?;
+    if !options.has_extension(ext) {
+        return None;
+    }
+    match options.get_extension(ext).as_ref() {
+        Value::Message(message) => Some(message.clone()),
+        _ => None,
+    }
+}
+
+fn message_field(message: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
+    if !message.has_field_by_name(name) {
+        return None;
+    }
+    match message.get_field_by_name(name)?.as_ref() {
+        Value::Message(inner) => Some(inner.clone()),
+        _ => None,
+    }
+}
+
+fn u32_field(message: &DynamicMessage, name: &str) -> u32 {
+    message
+        .get_field_by_name(name)
+        .and_then(|v| v.as_u32())
+        .unwrap_or(0)
+}
+
+fn str_field(message: &DynamicMessage, name: &str) -> String {
+    message
+        .get_field_by_name(name)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> MethodPolicy {
+        MethodPolicy::from_descriptor_sets(&[
+            munity_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn public_methods_and_quotas_come_from_the_protos() {
+        let policy = policy();
+        assert!(policy.is_public("/munity.users.v1.Users/Login"));
+        assert!(policy.is_public("/munity.users.v1.Users/GetJwks"));
+        assert!(!policy.is_public("/munity.users.v1.Users/GetMe"));
+        assert!(!policy.is_public("/munity.users.v1.Users/NoSuchMethod"));
+        assert!(policy.is_public("/grpc.health.v1.Health/Check"));
+        assert!(policy.is_public("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert_eq!(
+            policy.quotas().get("/munity.users.v1.Users/Login"),
+            Some(&DeclaredQuota {
+                requests: 5,
+                per_secs: 60,
+                burst: 5
+            })
+        );
+        assert_eq!(policy.quotas().get("/munity.users.v1.Users/GetMe"), None);
+    }
+
+    #[test]
+    fn streaming_methods_and_upstreams() {
+        let policy = policy();
+        assert!(policy.is_server_streaming("/grpc.health.v1.Health/Watch"));
+        assert!(!policy.is_server_streaming("/grpc.health.v1.Health/Check"));
+        assert!(!policy.is_server_streaming("/munity.users.v1.Users/Login"));
+        let upstreams = policy.upstreams();
+        assert_eq!(
+            upstreams.get("users"),
+            Some(&(50051, vec!["munity.users.v1.Users".to_owned()]))
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The shape every Munity service takes, written once.
+//!
+//! A service is a library that implements [`Service`]: its name, its config
+//! section, its descriptors, and `run(config, auth, listener, shutdown)`.
+//! From that the platform gives it:
+//!
+//! - [`ServiceConfig`]: the keys every service has (`listen`,
+//!   `shutdown_grace_secs`, `storage`) plus the service's own, read from its
+//!   section with the usual errors (bad values and unknown keys named);
+//!   defaults come from the protos (`default_port`) and the section name
+//!   (CQL keyspace `munity_<section>`);
+//! - [`main`]: the whole `main` of the service's own binary (flags, config,
+//!   telemetry, binding with a clear error, readiness, signals);
+//! - [`dev_entry`]: how `munity dev` starts it in-process with an embedded
+//!   store under its data directory, in a loop over the registered services.
+//!
+//! Readiness for scripts and tests: when `MUNITY_READY_FILE` names a file,
+//! the process writes its bound addresses there as one JSON object once it
+//! accepts connections (written whole, then renamed into place), so nobody
+//! parses log lines.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::AuthConfig,
+    config::{ConfigError, ConfigSource, StorageConfig, struct_fields},
+    policy::MethodPolicy,
+    server::{DEFAULT_SHUTDOWN_GRACE, announce},
+    shutdown::{self, ShutdownToken},
+    telemetry,
+};
+
+/// A deployable service.
+pub trait Service: 'static {
+    /// Process name in logs and traces, e.g. `users-svc`.
+    const NAME: &'static str;
+    /// Its config section, store name and gateway upstream, e.g. `users`;
+    /// the protos name it as the `upstream` of its gRPC services.
+    const SECTION: &'static str;
+    /// The encoded descriptor set its gRPC services are in (reflection,
+    /// method policy, default port).
+    const DESCRIPTOR_SET: &'static [u8];
+    /// The service's own keys of its section (shared keys excluded). Every
+    /// key must have a default (`#[serde(default)]`); unknown keys are
+    /// refused by the platform, so no `deny_unknown_fields` here.
+    type Config: DeserializeOwned + Default + Clone + Send + Sync + 'static;
+
+    /// Serves on `listener` until `shutdown` is cancelled.
+    fn run(
+        config: ServiceConfig<Self::Config>,
+        auth: AuthConfig,
+        listener: TcpListener,
+        shutdown: ShutdownToken,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A service's whole section: the shared keys and its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig<T> {
+    /// Where the gRPC server listens (also plain HTTP: `/metrics`, ...).
+    pub listen: SocketAddr,
+    /// On shutdown, calls in flight get this many seconds to finish; then
+    /// the server stops and cuts what is still open (server streams).
+    pub shutdown_grace_secs: u64,
+    /// Embedded store (default) or ScyllaDB.
+    pub storage: StorageConfig,
+    /// The service's own settings.
+    pub own: T,
+}
+
+/// The shared keys as read from a section (the listen default depends on
+/// the service, so it is filled in afterwards).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+struct SharedKeys {
+    listen: Option<SocketAddr>,
+    shutdown_grace_secs: u64,
+    storage: StorageConfig,
+}
+
+impl Default for SharedKeys {
+    fn default() -> Self {
+        SharedKeys {
+            listen: None,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE.as_secs(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Default> ServiceConfig<T> {
+    /// Reads section `section`; `default_port` is used when `listen` is not
+    /// set (on 127.0.0.1). An empty CQL keyspace becomes `munity_<section>`.
+    pub fn load(
+        source: &ConfigSource,
+        section: &str,
+        default_port: u16,
+    ) -> Result<Self, ConfigError> {
+        let shared: SharedKeys = source.section(section)?;
+        let own: T = source.section(section)?;
+        let known = [struct_fields::<SharedKeys>(), struct_fields::<T>()].concat();
+        source.refuse_unknown_keys(section, &known)?;
+        let mut storage = shared.storage;
+        if let StorageConfig::Cql(cql) = &mut storage
+            && cql.keyspace.is_empty()
+        {
+            cql.keyspace = format!("munity_{section}");
+        }
+        Ok(ServiceConfig {
+            listen: shared
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port))),
+            shutdown_grace_secs: shared.shutdown_grace_secs,
+            storage,
+            own,
+        })
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// The port the protos give `S` in the one-machine layout.
+pub fn default_port<S: Service>() -> anyhow::Result<u16> {
+    let policy = MethodPolicy::from_descriptor_sets(&[S::DESCRIPTOR_SET])?;
+    policy
+        .services()
+        .iter()
+        .find(|s| s.upstream == S::SECTION)
+        .map(|s| s.default_port)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no service in the protos declares upstream {:?} (option (munity.options.v1.service))",
+                S::SECTION
+            )
+        })
+}
+
+/// Reads `S`'s section from `source`.
+pub fn load_config<S: Service>(source: &ConfigSource) -> anyhow::Result<ServiceConfig<S::Config>> {
+    Ok(ServiceConfig::load(
+        source,
+        S::SECTION,
+        default_port::<S>()?,
+    )?)
+}
+
+/// Binds `address`; the error names the config key.
+pub async fn bind(address: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {key} {address}: {e}"))
+}
+
+/// Flags of every service binary.
+#[derive(Debug, clap::Parser)]
+struct Args {
+    /// TOML configuration file (default: $MUNITY_CONFIG, else none).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The `main` of `S`'s own binary (scale-out mode): `--config FILE` or
+/// `$MUNITY_CONFIG`, then `MUNITY_*` environment; serves until SIGTERM or
+/// SIGINT.
+pub fn main<S: Service>() -> anyhow::Result<()> {
+    use clap::Parser;
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let source = ConfigSource::load(args.config.as_deref())?;
+            let config = load_config::<S>(&source)?;
+            let auth: AuthConfig = source.section("auth")?;
+            let _telemetry = telemetry::init(S::NAME, &source.section("telemetry")?)?;
+            let listener = bind(config.listen, &format!("{}.listen", S::SECTION)).await?;
+            let address = listener.local_addr()?;
+            announce(&format!("{}: listening on grpc://{address}", S::NAME));
+            write_ready_file(&BTreeMap::from([(
+                S::SECTION.to_owned(),
+                address.to_string(),
+            )]))?;
+            S::run(config, auth, listener, shutdown::on_signal()).await
+        })
+}
+
+/// The environment variable naming the readiness file.
+pub const READY_FILE_ENV: &str = "MUNITY_READY_FILE";
+
+/// Writes `addresses` as JSON to `$MUNITY_READY_FILE`, when it is set.
+pub fn write_ready_file(addresses: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let Some(path) = std::env::var_os(READY_FILE_ENV).map(PathBuf::from) else {
+        return Ok(());
+    };
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, serde_json::to_vec(addresses)?)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|e| anyhow::anyhow!("cannot write {READY_FILE_ENV} {}: {e}", path.display()))
+}
+
+/// A service bound by `munity dev`, ready to serve.
+pub struct DevService {
+    pub name: &'static str,
+    pub section: &'static str,
+    pub address: SocketAddr,
+    /// Serves until the shutdown token given to the entry is cancelled.
+    pub serve: BoxFuture<'static, anyhow::Result<()>>,
+}
+
+/// A service in `munity dev`'s list: its section, and how to bind it from
+/// the config `source` with its embedded store under
+/// `data_dir/<section>` (whatever the section says about storage).
+#[derive(Clone, Copy)]
+pub struct DevEntry {
+    pub section: &'static str,
+    pub start: fn(
+        source: ConfigSource,
+        data_dir: PathBuf,
+        auth: AuthConfig,
+        shutdown: ShutdownToken,
+    ) -> BoxFuture<'static, anyhow::Result<DevService>>,
+}
+
+/// `S`'s entry in `munity dev`'s list of services.
+pub fn dev_entry<S: Service>() -> DevEntry {
+    DevEntry {
+        section: S::SECTION,
+        start: |source, data_dir, auth, shutdown| {
+            Box::pin(async move {
+                let mut config = load_config::<S>(&source)?;
+                config.storage = embedded_under(&data_dir, S::SECTION);
+                let listener = bind(config.listen, &format!("{}.listen", S::SECTION)).await?;
+                let address = listener.local_addr()?;
+                Ok(DevService {
+                    name: S::NAME,
+                    section: S::SECTION,
+                    address,
+                    serve: Box::pin(S::run(config, auth, listener, shutdown)),
+                })
+            })
+        },
+    }
+}
+
+fn embedded_under(data_dir: &Path, section: &str) -> StorageConfig {
+    StorageConfig::Embedded {
+        path: data_dir.join(section),
+    }
+}

@@ -1,0 +1,229 @@
+//! What Munity's tests share, so a new service's tests start from here
+//! rather than from a copy of another service's:
+//!
+//! - [`Process`]: a child process that is killed when the test ends
+//!   (a failed assertion must not leave servers running);
+//! - [`spawn_ready`]: starts a Munity binary and waits for its readiness
+//!   file (`MUNITY_READY_FILE`): the addresses it bound, as JSON;
+//! - [`grpcurl`]: the grpcurl binary (required under `CI=true`);
+//! - [`cql_config`]: the CQL test server (`MUNITY_TEST_CQL`), one keyspace
+//!   per test process (required under `CI=true`);
+//! - [`contract_suite!`]: one repository contract, instantiated for every
+//!   backend.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use munity_platform::config::CqlConfig;
+
+/// Whether this run is CI (`CI=true`), where missing tools and servers fail
+/// tests instead of skipping them.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Skips (returns `None`) or, under CI, panics: for tests that need `what`.
+fn missing<T>(what: &str, hint: &str) -> Option<T> {
+    assert!(!in_ci(), "{what} is missing in CI: {hint}");
+    eprintln!("skipping: {what} is missing ({hint})");
+    None
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn new(child: Child) -> Self {
+        Process { child }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping a pod would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or `None`
+    /// if it is still running.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A started binary and the addresses it reported ready on.
+pub struct Ready {
+    pub process: Process,
+    /// Section (`users`, `gateway`, ...) to `host:port`.
+    pub addresses: BTreeMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Ready {
+    /// The address reported for `key`.
+    pub fn address(&self, key: &str) -> &str {
+        self.addresses
+            .get(key)
+            .unwrap_or_else(|| panic!("no address {key:?} in {:?}", self.addresses))
+    }
+}
+
+/// Starts `command` with `MUNITY_READY_FILE` set and waits (up to `limit`)
+/// for the file: the addresses the process bound. Panics if the process
+/// exits first or never gets ready.
+pub async fn spawn_ready(mut command: Command, limit: Duration) -> Ready {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ready_file = dir.path().join("ready.json");
+    let child = command
+        .env(munity_platform::service::READY_FILE_ENV, &ready_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let mut process = Process::new(child);
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready_file) {
+            let addresses = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("readiness file is not JSON ({e}): {text}"));
+            return Ready {
+                process,
+                addresses,
+                _dir: dir,
+            };
+        }
+        if let Some(status) = process.child_mut().try_wait().expect("try_wait") {
+            panic!("{command:?} exited with {status} before it was ready");
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{command:?} not ready within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// grpcurl from `$GRPCURL`, `~/go/bin` (where `go install` puts it) or
+/// PATH; `None` (a skip) when absent, which CI never allows.
+pub fn grpcurl() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("GRPCURL").map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| Path::new(&h).join("go/bin/grpcurl")),
+        Some(PathBuf::from("grpcurl")),
+    ];
+    for candidate in candidates.into_iter().flatten() {
+        if Command::new(&candidate).arg("-version").output().is_ok() {
+            return Some(candidate);
+        }
+    }
+    missing("grpcurl", "scripts/test.sh installs it with `go install`")
+}
+
+/// A config for the CQL test server (`MUNITY_TEST_CQL`, comma-separated
+/// `host:port`s; `scripts/cassandra.sh start` prints it) with a keyspace
+/// named `<prefix>_<start time>`, the same for every call in this test
+/// process. `None` (a skip) when no server is configured, which CI never
+/// allows.
+pub fn cql_config(prefix: &str) -> Option<CqlConfig> {
+    static STARTED: OnceLock<u128> = OnceLock::new();
+    let Some(nodes) = std::env::var("MUNITY_TEST_CQL")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return missing(
+            "MUNITY_TEST_CQL (a CQL server)",
+            "start one with scripts/cassandra.sh start",
+        );
+    };
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    });
+    Some(CqlConfig {
+        nodes: nodes.split(',').map(str::to_owned).collect(),
+        keyspace: format!("{prefix}_{started}"),
+        // A test server on a busy 2-core machine answers slowly at times.
+        request_timeout_ms: 20_000,
+        ..CqlConfig::default()
+    })
+}
+
+/// Serializes schema changes within a test process: concurrent ones are
+/// slow and racy on Cassandra.
+pub async fn schema_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Instantiates a repository contract for every backend: one test per
+/// (backend, case). Each `open` expression evaluates to a future of
+/// `Option<(repo, guard)>`, where `None` means the backend is not available
+/// here (a skip; never under CI) and `guard` lives as long as the test (a
+/// temporary directory, say); each case is `async fn(repo)` in `$cases`.
+///
+/// ```ignore
+/// munity_testkit::contract_suite! {
+///     cases: cases,
+///     backends: { embedded_store => embedded(), cql_store => cql() },
+///     tests: [users_round_trip, email_is_unique_even_under_races],
+/// }
+/// ```
+#[macro_export]
+macro_rules! contract_suite {
+    (
+        cases: $cases:ident,
+        backends: { $($backend:ident => $open:expr),+ $(,)? },
+        tests: $tests:tt $(,)?
+    ) => {
+        $(
+            mod $backend {
+                #[allow(unused_imports)]
+                use super::*;
+                $crate::contract_suite!(@cases $cases, $open, $tests);
+            }
+        )+
+    };
+    (@cases $cases:ident, $open:expr, [$($case:ident),+ $(,)?]) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some((repo, _guard)) = $open.await else { return };
+                super::$cases::$case(repo).await;
+            }
+        )+
+    };
+}

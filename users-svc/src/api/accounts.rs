@@ -1,0 +1,126 @@
+//! Accounts: the caller's own, others' public profiles, and the admin's
+//! listing and role changes.
+
+use munity_platform::{auth::Claims, error::FieldViolations};
+use munity_proto::users::v1 as pb;
+use munity_store::page_token;
+
+use super::{UsersApi, convert};
+use crate::{
+    domain::{self, Role, UserRecord, limits},
+    error::UsersError,
+};
+
+impl UsersApi {
+    pub(super) async fn current_user(&self, claims: &Claims) -> Result<UserRecord, UsersError> {
+        self.repo
+            .get_user(claims.user_id())
+            .await?
+            .ok_or(UsersError::NotFound("user"))
+    }
+
+    /// Admin rights are checked against storage, not the token, so revoking
+    /// them takes effect at once rather than when the token expires.
+    pub(super) async fn require_admin(&self, claims: &Claims) -> Result<UserRecord, UsersError> {
+        let user = self.current_user(claims).await?;
+        if user.has_role(Role::Admin) {
+            Ok(user)
+        } else {
+            Err(UsersError::PermissionDenied(
+                "this method is for administrators".to_owned(),
+            ))
+        }
+    }
+
+    pub(super) async fn get_user(
+        &self,
+        claims: &Claims,
+        request: pb::GetUserRequest,
+    ) -> Result<pb::User, UsersError> {
+        let id = convert::parse_one_id(&request.user_id, "user_id")?;
+        let user = self
+            .repo
+            .get_user(id)
+            .await?
+            .ok_or(UsersError::NotFound("user"))?;
+        let sees_email = claims.user_id() == user.id || claims.has_role(Role::Admin.as_str());
+        Ok(convert::user_to_proto(&user, sees_email))
+    }
+
+    pub(super) async fn update_profile(
+        &self,
+        claims: &Claims,
+        request: pb::UpdateProfileRequest,
+    ) -> Result<pb::User, UsersError> {
+        let mut violations = FieldViolations::new();
+        let display_name = domain::required_text(
+            &request.display_name,
+            limits::DISPLAY_NAME_MAX,
+            "display_name",
+            &mut violations,
+        );
+        violations.into_result()?;
+        let mut user = self.current_user(claims).await?;
+        user.display_name = display_name;
+        self.repo.update_user(&user).await?;
+        Ok(convert::user_to_proto(&user, true))
+    }
+
+    pub(super) async fn list_users(
+        &self,
+        claims: &Claims,
+        request: pb::ListUsersRequest,
+    ) -> Result<pb::ListUsersResponse, UsersError> {
+        self.require_admin(claims).await?;
+        let after = convert::page_after(&request.page_token)?;
+        let page = self
+            .repo
+            .list_users(after, convert::page_size(request.page_size))
+            .await?;
+        Ok(pb::ListUsersResponse {
+            users: page
+                .items
+                .iter()
+                .map(|u| convert::user_to_proto(u, true))
+                .collect(),
+            next_page_token: page_token::encode(page.next_after),
+        })
+    }
+
+    pub(super) async fn set_role(
+        &self,
+        claims: &Claims,
+        request: pb::SetRoleRequest,
+    ) -> Result<pb::User, UsersError> {
+        let admin = self.require_admin(claims).await?;
+        let mut violations = FieldViolations::new();
+        let id = domain::parse_id(&request.user_id, "user_id", &mut violations);
+        let role = match pb::Role::try_from(request.role) {
+            Ok(pb::Role::Admin) => Some(Role::Admin),
+            Ok(pb::Role::User) => {
+                violations.add("role", "every account has ROLE_USER; it cannot be changed");
+                None
+            }
+            _ => {
+                violations.add("role", "must be ROLE_ADMIN");
+                None
+            }
+        };
+        violations.into_result()?;
+        let role = role.expect("validated above");
+        if id == admin.id && role == Role::Admin && !request.granted {
+            return Err(UsersError::FailedPrecondition(
+                "you cannot take away your own admin role; ask another admin".to_owned(),
+            ));
+        }
+        let mut user = self
+            .repo
+            .get_user(id)
+            .await?
+            .ok_or(UsersError::NotFound("user"))?;
+        user.set_role(role, request.granted);
+        self.repo.update_user(&user).await?;
+        tracing::info!(admin_id = %admin.id, user_id = %user.id, role = role.as_str(), granted = request.granted, "role changed");
+        Ok(convert::user_to_proto(&user, true))
+    }
+}

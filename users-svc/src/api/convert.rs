@@ -1,0 +1,108 @@
+//! Between stored records and protobuf messages, and the request fields
+//! every handler parses the same way (ids, page sizes, page tokens).
+
+use munity_platform::error::FieldViolations;
+use munity_proto::users::v1 as pb;
+use munity_store::page_token;
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        self, CommunityRecord, MemberRole, MembershipRecord, Millis, Role, UserRecord, limits,
+    },
+    error::UsersError,
+};
+
+/// One id field, or INVALID_ARGUMENT naming it.
+pub(super) fn parse_one_id(raw: &str, field: &str) -> Result<Uuid, UsersError> {
+    let mut violations = FieldViolations::new();
+    let id = domain::parse_id(raw, field, &mut violations);
+    violations.into_result()?;
+    Ok(id)
+}
+
+pub(super) fn page_size(requested: u32) -> usize {
+    munity_store::page_size(requested, limits::PAGE_SIZE_DEFAULT, limits::PAGE_SIZE_MAX)
+}
+
+/// Where a listing continues, from the client's `page_token`.
+pub(super) fn page_after(token: &str) -> Result<Option<Uuid>, UsersError> {
+    page_token::decode(token).map_err(|e| UsersError::invalid("page_token", &e.to_string()))
+}
+
+pub(super) fn timestamp(millis: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub(super) fn user_to_proto(user: &UserRecord, with_email: bool) -> pb::User {
+    pb::User {
+        id: user.id.to_string(),
+        email: if with_email {
+            user.email.clone()
+        } else {
+            String::new()
+        },
+        display_name: user.display_name.clone(),
+        roles: user
+            .roles
+            .iter()
+            .map(|role| match role {
+                Role::User => pb::Role::User as i32,
+                Role::Admin => pb::Role::Admin as i32,
+            })
+            .collect(),
+        created_at: Some(timestamp(user.created_at)),
+    }
+}
+
+pub(super) fn community_to_proto(community: &CommunityRecord) -> pb::Community {
+    pb::Community {
+        id: community.id.to_string(),
+        name: community.name.clone(),
+        description: community.description.clone(),
+        owner_id: community.owner_id.to_string(),
+        created_at: Some(timestamp(community.created_at)),
+    }
+}
+
+pub(super) fn membership_to_proto(membership: &MembershipRecord) -> pb::Membership {
+    pb::Membership {
+        community_id: membership.community_id.to_string(),
+        user_id: membership.user_id.to_string(),
+        role: match membership.role {
+            MemberRole::Member => pb::MemberRole::Member,
+            MemberRole::Moderator => pb::MemberRole::Moderator,
+            MemberRole::Owner => pb::MemberRole::Owner,
+        } as i32,
+        joined_at: Some(timestamp(membership.joined_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_page_tokens_are_invalid_arguments() {
+        assert!(matches!(
+            page_after("AAAA"),
+            Err(UsersError::InvalidInput(_))
+        ));
+        assert_eq!(page_after("").unwrap(), None);
+    }
+
+    #[test]
+    fn page_size_defaults_and_clamps() {
+        assert_eq!(page_size(0), 50);
+        assert_eq!(page_size(10_000), 500);
+    }
+
+    #[test]
+    fn timestamps_split_millis() {
+        let t = timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+    }
+}

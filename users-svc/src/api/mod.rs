@@ -1,0 +1,223 @@
+//! The `munity.users.v1.Users` gRPC service, a file per concern:
+//! `sessions.rs` (register, login, refresh, logout), `accounts.rs`,
+//! `communities.rs`, and `convert.rs` (records to protobuf, ids, pages).
+//! This file holds the service's state and the glue from tonic's trait to
+//! those handlers. Storage is behind [`UsersRepository`]; errors are
+//! [`UsersError`], turned into gRPC statuses in `error.rs`. Which methods
+//! need a token is declared in the proto (`munity.options.v1.method`).
+
+mod accounts;
+mod communities;
+mod convert;
+mod sessions;
+
+use std::{sync::Arc, time::Duration};
+
+use munity_platform::auth::{AuthConfig, caller};
+use munity_proto::users::v1::{self as pb, users_server::Users};
+use tonic::{Request, Response, Status};
+
+use crate::{config::UsersConfig, error::UsersError, keys::KeyManager, store::UsersRepository};
+
+/// The service implementation.
+pub struct UsersApi {
+    repo: Arc<dyn UsersRepository>,
+    keys: Arc<KeyManager>,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    auth: AuthConfig,
+    admin_emails: Vec<String>,
+}
+
+impl UsersApi {
+    pub fn new(
+        repo: Arc<dyn UsersRepository>,
+        keys: Arc<KeyManager>,
+        config: &UsersConfig,
+        auth: &AuthConfig,
+    ) -> Self {
+        UsersApi {
+            repo,
+            keys,
+            access_ttl: Duration::from_secs(config.tokens.access_ttl_secs),
+            refresh_ttl: Duration::from_secs(config.tokens.refresh_ttl_secs),
+            auth: auth.clone(),
+            admin_emails: config
+                .admin_emails
+                .iter()
+                .map(|e| e.trim().to_lowercase())
+                .collect(),
+        }
+    }
+}
+
+/// Runs a handler that needs the verified caller.
+macro_rules! authed {
+    ($request:ident, |$claims:ident, $message:ident| $body:expr) => {{
+        let $claims = caller(&$request)?.clone();
+        let $message = $request.into_inner();
+        let result: Result<_, UsersError> = $body.await;
+        result.map(Response::new).map_err(Status::from)
+    }};
+}
+
+#[tonic::async_trait]
+impl Users for UsersApi {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        Ok(Response::new(self.register(request.into_inner()).await?))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        Ok(Response::new(self.login(request.into_inner()).await?))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::AuthResponse>, Status> {
+        Ok(Response::new(self.refresh(request.into_inner()).await?))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        Ok(Response::new(self.logout(request.into_inner()).await?))
+    }
+
+    async fn get_me(
+        &self,
+        request: Request<pb::GetMeRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        authed!(request, |claims, _message| async {
+            Ok(convert::user_to_proto(
+                &self.current_user(&claims).await?,
+                true,
+            ))
+        })
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        authed!(request, |claims, message| self.get_user(&claims, message))
+    }
+
+    async fn update_profile(
+        &self,
+        request: Request<pb::UpdateProfileRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        authed!(request, |claims, message| self
+            .update_profile(&claims, message))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        authed!(request, |claims, message| self.list_users(&claims, message))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<pb::SetRoleRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        authed!(request, |claims, message| self.set_role(&claims, message))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: self.keys.jwks_json().to_string(),
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        authed!(request, |claims, _message| async {
+            let admin = self.require_admin(&claims).await?;
+            let kid = self.keys.rotate().await?;
+            tracing::info!(admin_id = %admin.id, %kid, "signing key rotated");
+            Ok(pb::RotateSigningKeyResponse { active_kid: kid })
+        })
+    }
+
+    async fn create_community(
+        &self,
+        request: Request<pb::CreateCommunityRequest>,
+    ) -> Result<Response<pb::Community>, Status> {
+        authed!(request, |claims, message| self
+            .create_community(&claims, message))
+    }
+
+    async fn get_community(
+        &self,
+        request: Request<pb::GetCommunityRequest>,
+    ) -> Result<Response<pb::Community>, Status> {
+        authed!(request, |_claims, message| async {
+            let id = convert::parse_one_id(&message.community_id, "community_id")?;
+            Ok(convert::community_to_proto(&self.community(id).await?))
+        })
+    }
+
+    async fn list_communities(
+        &self,
+        request: Request<pb::ListCommunitiesRequest>,
+    ) -> Result<Response<pb::ListCommunitiesResponse>, Status> {
+        authed!(request, |_claims, message| self.list_communities(message))
+    }
+
+    async fn join_community(
+        &self,
+        request: Request<pb::JoinCommunityRequest>,
+    ) -> Result<Response<pb::Membership>, Status> {
+        authed!(request, |claims, message| self
+            .join(&claims, &message.community_id))
+    }
+
+    async fn leave_community(
+        &self,
+        request: Request<pb::LeaveCommunityRequest>,
+    ) -> Result<Response<pb::LeaveCommunityResponse>, Status> {
+        authed!(request, |claims, message| async {
+            self.leave(&claims, &message.community_id).await?;
+            Ok(pb::LeaveCommunityResponse {})
+        })
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        authed!(request, |_claims, message| self.list_members(message))
+    }
+
+    async fn set_member_role(
+        &self,
+        request: Request<pb::SetMemberRoleRequest>,
+    ) -> Result<Response<pb::Membership>, Status> {
+        authed!(request, |claims, message| self
+            .set_member_role(&claims, message))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        authed!(request, |claims, message| async {
+            self.remove_member(&claims, message).await?;
+            Ok(pb::RemoveMemberResponse {})
+        })
+    }
+}

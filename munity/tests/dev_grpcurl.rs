@@ -173,6 +173,12 @@ async fn register_login_me_refresh_logout_and_restart_with_grpcurl() {
         bad.contains("InvalidArgument") && bad.contains("email"),
         "{bad}"
     );
+    // Reflection serves the google.rpc error details, so grpcurl decodes the
+    // BadRequest detail instead of "google.rpc.BadRequest is not recognized".
+    assert!(
+        bad.contains("fieldViolations") && bad.contains("\"field\": \"password\""),
+        "{bad}"
+    );
 
     let old_access = access.to_owned();
     munity.stop().await;

@@ -800,3 +800,89 @@ async fn shutdown_does_not_wait_forever_for_open_streams() {
     );
     assert_eq!(watch.message().await.unwrap().unwrap().status, 2); // NOT_SERVING
 }
+
+/// Operators see every service, not only the edge: the service's own port
+/// answers `GET /metrics` with its calls by method and status code, how long
+/// they took, and the streams open now.
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_code() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = TestApp::spawn().await;
+    let email = unique_email("metrics");
+    app.register(&email, "correct horse").await.unwrap();
+    app.register(&email, "correct horse").await.unwrap_err(); // ALREADY_EXISTS
+    let mut client = app.client.clone();
+    client.get_me(pb::GetMeRequest {}).await.unwrap_err(); // UNAUTHENTICATED
+    let mut watch = HealthClient::new(client_channel(app.address).await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap();
+
+    let text = http_get(app.address, "/metrics").await;
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let requests = "munity_grpc_server_requests_total";
+    let users = r#"service="munity.users.v1.Users""#;
+    assert!(
+        line(&format!(
+            r#"{requests}{{code="0",method="Register",{users}}}"#
+        )) >= 1.0
+    );
+    assert!(
+        line(&format!(
+            r#"{requests}{{code="6",method="Register",{users}}}"#
+        )) >= 1.0
+    );
+    assert!(
+        line(&format!(
+            r#"{requests}{{code="16",method="GetMe",{users}}}"#
+        )) >= 1.0
+    );
+    assert!(
+        line(&format!(
+            r#"munity_grpc_server_request_duration_seconds_count{{method="Register",{users}}}"#
+        )) >= 2.0
+    );
+    assert_eq!(
+        line(
+            r#"munity_grpc_server_calls_in_flight{kind="server_streaming",service="grpc.health.v1.Health"}"#
+        ),
+        1.0,
+        "the open Watch"
+    );
+    drop(watch);
+    app.stop().await;
+}
+
+async fn client_channel(address: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A typo in a service's section is refused at start-up by its full key,
+/// whether it is one of the shared keys' neighbours or the service's own.
+#[test]
+fn unknown_keys_in_the_section_are_refused_by_name() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_users-svc"))
+        .env("MUNITY_USERS__LISTN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("users.listn: unknown key"), "{stderr}");
+}

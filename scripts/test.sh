@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/munity-target}
+# The same target directory as `cargo run -p munity` (./target unless
+# CARGO_TARGET_DIR says otherwise), so a newcomer builds the dependencies
+# once, not twice. CI keeps one outside the clone (.ci/run).
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export PATH="$HOME/go/bin:$HOME/.cargo/bin:$PATH"
 GRPCURL_VERSION=v1.9.4

@@ -102,7 +102,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     }
 
     let verifier = Arc::new(TokenVerifier::new(
-        Arc::new(RemoteJwks::new(&config.jwks_endpoint)?),
+        Arc::new(RemoteJwks::new(&[&config.jwks_endpoint])?),
         VerifierSettings {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),

@@ -124,57 +124,77 @@ pub trait JwksSource: Send + Sync + 'static {
 
 /// Fetches the JWKS from users-svc's `GET /.well-known/jwks.json` (the
 /// standard document, served on its gRPC port), for services and the gateway
-/// that do not hold the keys themselves. A connection is made per fetch:
-/// fetches are rare (start-up, unknown `kid`) and this keeps the source
-/// independent of whichever runtime calls it.
+/// that do not hold the keys themselves. Each replica given is tried in
+/// turn until one answers. A connection is made per fetch: fetches are rare
+/// (start-up, unknown `kid`) and this keeps the source independent of
+/// whichever runtime calls it.
 pub struct RemoteJwks {
-    url: http::Uri,
+    urls: Vec<http::Uri>,
 }
 
 /// A JWKS document larger than this is refused (a few keys are ~1 KB).
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
 impl RemoteJwks {
-    /// `endpoint` is users-svc's address, e.g. `http://users:50051`.
-    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
-        let url = format!("{}/.well-known/jwks.json", endpoint.trim_end_matches('/'))
-            .parse::<http::Uri>()
-            .map_err(|e| anyhow::anyhow!("JWKS endpoint {endpoint:?} is not a URL: {e}"))?;
-        if url.scheme_str() != Some("http") || url.host().is_none() {
-            anyhow::bail!("JWKS endpoint {endpoint:?} must be http://host:port");
+    /// `endpoints` are users-svc replicas, e.g. `http://users:50051`.
+    pub fn new<S: AsRef<str>>(endpoints: &[S]) -> anyhow::Result<Self> {
+        let mut urls = Vec::new();
+        for endpoint in endpoints {
+            let endpoint = endpoint.as_ref();
+            let url = format!("{}/.well-known/jwks.json", endpoint.trim_end_matches('/'))
+                .parse::<http::Uri>()
+                .map_err(|e| anyhow::anyhow!("JWKS endpoint {endpoint:?} is not a URL: {e}"))?;
+            if url.scheme_str() != Some("http") || url.host().is_none() {
+                anyhow::bail!("JWKS endpoint {endpoint:?} must be http://host:port");
+            }
+            urls.push(url);
         }
-        Ok(RemoteJwks { url })
+        if urls.is_empty() {
+            anyhow::bail!("no JWKS endpoint: name at least one users-svc replica");
+        }
+        Ok(RemoteJwks { urls })
+    }
+
+    async fn fetch_from(url: &http::Uri) -> anyhow::Result<JwkSet> {
+        use http_body_util::{BodyExt, Empty, Limited};
+        let host = url.host().unwrap_or_default();
+        let port = url.port_u16().unwrap_or(80);
+        let fetch = async {
+            let stream = tokio::net::TcpStream::connect((host, port)).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let request = http::Request::get(url.path())
+                .header(http::header::HOST, format!("{host}:{port}"))
+                .body(Empty::<bytes::Bytes>::new())?;
+            let response = sender.send_request(request).await?;
+            if !response.status().is_success() {
+                anyhow::bail!("{url} answered HTTP {}", response.status());
+            }
+            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?
+                .to_bytes();
+            Ok(serde_json::from_slice::<JwkSet>(&body)?)
+        };
+        tokio::time::timeout(Duration::from_secs(5), fetch)
+            .await
+            .map_err(|_| anyhow::anyhow!("{url} did not answer within 5 s"))?
     }
 }
 
 #[async_trait::async_trait]
 impl JwksSource for RemoteJwks {
     async fn fetch_jwks(&self) -> anyhow::Result<JwkSet> {
-        use http_body_util::{BodyExt, Empty, Limited};
-        let host = self.url.host().unwrap_or_default();
-        let port = self.url.port_u16().unwrap_or(80);
-        let fetch = async {
-            let stream = tokio::net::TcpStream::connect((host, port)).await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let request = http::Request::get(self.url.path())
-                .header(http::header::HOST, format!("{host}:{port}"))
-                .body(Empty::<bytes::Bytes>::new())?;
-            let response = sender.send_request(request).await?;
-            if !response.status().is_success() {
-                anyhow::bail!("{} answered HTTP {}", self.url, response.status());
+        let mut errors = Vec::new();
+        for url in &self.urls {
+            match Self::fetch_from(url).await {
+                Ok(jwks) => return Ok(jwks),
+                Err(error) => errors.push(format!("{url}: {error}")),
             }
-            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-                .collect()
-                .await
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.url))?
-                .to_bytes();
-            Ok(serde_json::from_slice::<JwkSet>(&body)?)
-        };
-        tokio::time::timeout(Duration::from_secs(5), fetch)
-            .await
-            .map_err(|_| anyhow::anyhow!("{} did not answer within 5 s", self.url))?
+        }
+        anyhow::bail!("no JWKS endpoint answered: {}", errors.join("; "))
     }
 }
 

@@ -4,9 +4,8 @@
 //! - `proxy.rs`: one `ProxyHttp`: route by gRPC service, verify the JWT,
 //!   rate-limit, pick a healthy replica, proxy over HTTP/2, map failures to
 //!   gRPC statuses, log and count.
-//! - `rate_limit.rs`: keyed GCRA limiters (governor), per replica.
-//! - `global_limit.rs`: one budget for all replicas in Redis (fred), with
-//!   leased tokens and a local fallback.
+//! - `limits/`: rate limits, per replica (governor) or one budget for all
+//!   replicas in Redis (fred), with leased tokens and a local fallback.
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
@@ -20,14 +19,13 @@
 
 pub mod admin;
 pub mod config;
-pub mod global_limit;
 pub mod grpc;
 pub mod grpc_web;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
-pub mod rate_limit;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -112,7 +110,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             cache_capacity: config.token_cache_capacity,
         },
     ));
-    let limits = rate_limit::Limiter::new(&config.rate_limits)?;
+    let limits = limits::Limiter::new(&config.rate_limits)?;
     let gateway = proxy::Gateway {
         routes,
         auth: verifier,

@@ -27,9 +27,9 @@ use crate::{
     config::RouteConfig,
     grpc,
     grpc_web::{self, Cors, Encoding, WebCall},
+    limits::{Decision, Limiter},
     metrics,
     outlier::Outliers,
-    rate_limit::{Decision, Limiter},
 };
 
 /// Identity headers the gateway sets for upstreams. Whatever a client sent
@@ -306,11 +306,7 @@ impl ProxyHttp for Gateway {
             Some(claims) => format!("user:{}", claims.sub),
             None => format!("ip:{}", client_ip(session)),
         };
-        let (decision, mode) = self.limits.check(&path, &identity).await;
-        if let Decision::Refused { retry_after } = decision {
-            metrics::RATE_LIMIT
-                .with_label_values(&[mode.as_str(), "refused"])
-                .inc();
+        if let Decision::Refused { retry_after } = self.limits.check(&path, &identity).await {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             let message = format!("rate limit exceeded for {path}; retry in {seconds} s");
             return self
@@ -323,9 +319,6 @@ impl ProxyHttp for Gateway {
                 )
                 .await;
         }
-        metrics::RATE_LIMIT
-            .with_label_values(&[mode.as_str(), "allowed"])
-            .inc();
 
         // Deadline: the client's, capped by the route; a default otherwise,
         // except for server streams, which may rightly live for hours.

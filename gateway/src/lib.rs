@@ -162,10 +162,12 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         "admin",
         admin::AdminServer::new(&config.admin_listen)?,
     ));
-    server.add_service(background_service(
-        "rate-limit janitor",
-        admin::LimitsJanitor(limits),
-    ));
+    if let Some(limits) = limits {
+        server.add_service(background_service(
+            "rate-limit janitor",
+            admin::LimitsJanitor(limits),
+        ));
+    }
 
     server.run(RunArgs {
         shutdown_signal: Box::new(TokenSignal(shutdown)),

@@ -56,7 +56,8 @@ pub struct Gateway {
     /// Verifies bearer tokens (with its verified-token cache).
     pub auth: Arc<TokenVerifier>,
     pub public_methods: Vec<String>,
-    pub limits: Limiter,
+    /// `None` when rate limits are disabled.
+    pub limits: Option<Limiter>,
     pub cors: Cors,
     /// Server-streaming methods: no default deadline for them.
     pub streaming_methods: std::collections::HashSet<String>,
@@ -302,22 +303,24 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        let identity = match &ctx.claims {
-            Some(claims) => format!("user:{}", claims.sub),
-            None => format!("ip:{}", client_ip(session)),
-        };
-        if let Decision::Refused { retry_after } = self.limits.check(&path, &identity).await {
-            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            let message = format!("rate limit exceeded for {path}; retry in {seconds} s");
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    Code::ResourceExhausted,
-                    &message,
-                    &[("retry-after", seconds.to_string())],
-                )
-                .await;
+        if let Some(limits) = &self.limits {
+            let identity = match &ctx.claims {
+                Some(claims) => format!("user:{}", claims.sub),
+                None => format!("ip:{}", client_ip(session)),
+            };
+            if let Decision::Refused { retry_after } = limits.check(&path, &identity).await {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let message = format!("rate limit exceeded for {path}; retry in {seconds} s");
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        Code::ResourceExhausted,
+                        &message,
+                        &[("retry-after", seconds.to_string())],
+                    )
+                    .await;
+            }
         }
 
         // Deadline: the client's, capped by the route; a default otherwise,

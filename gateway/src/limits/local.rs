@@ -12,7 +12,6 @@ use governor::{
 use super::{Decision, QuotaConfig, RateLimitConfig};
 
 pub struct LocalLimits {
-    enabled: bool,
     default: DefaultKeyedRateLimiter<String>,
     per_method: HashMap<String, DefaultKeyedRateLimiter<String>>,
 }
@@ -29,7 +28,6 @@ fn quota(config: &QuotaConfig) -> Quota {
 impl LocalLimits {
     pub fn new(config: &RateLimitConfig) -> Self {
         LocalLimits {
-            enabled: config.enabled,
             default: RateLimiter::keyed(quota(&config.default)),
             per_method: config
                 .rules
@@ -41,9 +39,6 @@ impl LocalLimits {
 
     /// Checks one call of `method` by `identity`.
     pub fn check(&self, method: &str, identity: &str) -> Decision {
-        if !self.enabled {
-            return Decision::Allowed;
-        }
         let limiter = self.per_method.get(method).unwrap_or(&self.default);
         // Keys combine method and identity only for per-method rules; the
         // default budget is shared by all of an identity's other calls.
@@ -74,7 +69,6 @@ mod tests {
     #[test]
     fn per_method_rules_and_identities_are_separate() {
         let limits = LocalLimits::new(&RateLimitConfig {
-            enabled: true,
             default: QuotaConfig {
                 requests: 1000,
                 per_secs: 1,

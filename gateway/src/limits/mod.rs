@@ -4,7 +4,8 @@
 //! - `local.rs`: each replica limits alone (governor's keyed GCRA).
 //! - `global.rs`: the replicas share one budget kept in Redis (fred).
 //!
-//! [`Limiter`] is the one `gateway.rate_limits` configures. In global mode,
+//! [`Limiter`] is the one `gateway.rate_limits` configures (none when it is
+//! not `enabled`, whatever the mode). In global mode,
 //! while Redis is unavailable, it decides with local limits holding this
 //! replica's share of every quota. Each decision is counted in
 //! `munity_gateway_rate_limit_decisions_total`, by mode (`local`, `global`,
@@ -177,14 +178,19 @@ pub enum Limiter {
 }
 
 impl Limiter {
-    pub fn new(config: &RateLimitConfig) -> anyhow::Result<Self> {
-        Ok(match config.mode {
+    /// The configured limiter, or `None` when limits are disabled: then no
+    /// call is limited or counted, and global mode makes no Redis client.
+    pub fn new(config: &RateLimitConfig) -> anyhow::Result<Option<Self>> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        Ok(Some(match config.mode {
             Mode::Local => Limiter::Local(Arc::new(LocalLimits::new(config))),
             Mode::Global => Limiter::Global {
                 shared: GlobalLimits::new(config)?,
                 fallback: Arc::new(LocalLimits::new(&config.replica_share())),
             },
-        })
+        }))
     }
 
     /// Decides one call of `method` by `identity`, and counts the decision.

@@ -9,7 +9,8 @@
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
-//! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC, and CORS.
+//! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC.
+//! - `cors.rs`: CORS for browsers: preflights, allowed origins.
 //! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
 //!
 //! [`run`] blocks the calling thread: Pingora builds its own runtimes, so
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod cors;
 pub mod grpc;
 pub mod grpc_web;
 pub mod health;
@@ -116,7 +118,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         auth: verifier,
         public_methods: config.public_methods.clone(),
         limits: limits.clone(),
-        cors: grpc_web::Cors::new(&config.cors_allowed_origins),
+        cors: cors::Cors::new(&config.cors_allowed_origins),
         streaming_methods: grpc::server_streaming_methods(),
     };
 

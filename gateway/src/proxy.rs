@@ -25,8 +25,9 @@ use tonic::Code;
 
 use crate::{
     config::RouteConfig,
+    cors::{self, Cors},
     grpc,
-    grpc_web::{self, Cors, Encoding, WebCall},
+    grpc_web::{Encoding, WebCall},
     limits::{Decision, Limiter},
     metrics,
     outlier::Outliers,
@@ -106,52 +107,9 @@ impl Gateway {
     ) -> pingora_core::Result<bool> {
         ctx.local_status = Some(code);
         let mut headers = extra.to_vec();
-        headers.extend(cors_headers(ctx));
+        headers.extend(cors::response_headers(ctx.origin.as_deref()));
         grpc::respond_status(session, code, message, &headers).await?;
         Ok(true)
-    }
-
-    /// Answers a CORS preflight: 204 with the grants for an allowed origin,
-    /// 403 for any other.
-    async fn preflight(
-        &self,
-        session: &mut Session,
-        origin: Option<String>,
-    ) -> pingora_core::Result<bool> {
-        let allowed = origin.filter(|o| self.cors.allows(o));
-        let mut response =
-            ResponseHeader::build(if allowed.is_some() { 204 } else { 403 }, Some(6))?;
-        if let Some(origin) = allowed {
-            response.insert_header("access-control-allow-origin", origin)?;
-            response.insert_header("access-control-allow-methods", "POST, OPTIONS")?;
-            response.insert_header("access-control-allow-headers", grpc_web::ALLOWED_HEADERS)?;
-            response.insert_header("access-control-expose-headers", grpc_web::EXPOSED_HEADERS)?;
-            response.insert_header("access-control-max-age", "86400")?;
-            response.insert_header("vary", "origin")?;
-        }
-        response.insert_header("content-length", "0")?;
-        session
-            .downstream_session
-            .response_duplex_vec(vec![pingora_core::protocols::http::HttpTask::Header(
-                Box::new(response),
-                true,
-            )])
-            .await?;
-        Ok(true)
-    }
-}
-
-fn cors_headers(ctx: &CallCtx) -> Vec<(&'static str, String)> {
-    match &ctx.origin {
-        Some(origin) => vec![
-            ("access-control-allow-origin", origin.clone()),
-            (
-                "access-control-expose-headers",
-                grpc_web::EXPOSED_HEADERS.to_owned(),
-            ),
-            ("vary", "origin".to_owned()),
-        ],
-        None => Vec::new(),
     }
 }
 
@@ -203,7 +161,8 @@ impl ProxyHttp for Gateway {
     ) -> pingora_core::Result<bool> {
         let origin = header_str(session, "origin");
         if session.req_header().method == http::Method::OPTIONS {
-            return self.preflight(session, origin).await;
+            self.cors.preflight(session, origin).await?;
+            return Ok(true);
         }
         let content_type = header_str(session, "content-type");
         ctx.web = content_type
@@ -458,7 +417,7 @@ impl ProxyHttp for Gateway {
             )?;
             response.remove_header(&http::header::CONTENT_LENGTH);
         }
-        for (name, value) in cors_headers(ctx) {
+        for (name, value) in cors::response_headers(ctx.origin.as_deref()) {
             response.insert_header(name, value)?;
         }
         Ok(())
@@ -574,7 +533,7 @@ impl ProxyHttp for Gateway {
                 ),
             };
             ctx.local_status = Some(code);
-            let headers = cors_headers(ctx);
+            let headers = cors::response_headers(ctx.origin.as_deref());
             if let Err(write_error) = grpc::respond_status(session, code, &message, &headers).await
             {
                 tracing::debug!(%write_error, "could not send the error to the client");

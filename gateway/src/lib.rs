@@ -18,16 +18,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod cors;
-pub mod grpc;
-pub mod grpc_web;
-pub mod health;
-pub mod limits;
-pub mod metrics;
-pub mod outlier;
-pub mod proxy;
+mod cors;
+mod grpc;
+mod grpc_web;
+mod health;
+mod limits;
+mod metrics;
+mod outlier;
+mod proxy;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

@@ -9,7 +9,8 @@ pub use crate::limits::{Mode, QuotaConfig, RateLimitConfig, RateRule};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// gRPC listener (h2c, HTTP/1.1 for gRPC-web later), `host:port`.
+    /// Plaintext listener, `host:port`: h2c and HTTP/1.1, for gRPC and
+    /// gRPC-web.
     pub listen: String,
     /// Admin listener: Prometheus `/metrics` and `/healthz`.
     pub admin_listen: String,

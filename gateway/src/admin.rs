@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use axum::{Router, routing::get};
 use pingora_core::{server::ShutdownWatch, services::background::BackgroundService};
 
-use crate::{metrics, rate_limit::Limiter};
+use crate::{limits::Limiter, metrics};
 
 pub struct AdminServer {
     address: SocketAddr,

@@ -3,10 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+// `[gateway.rate_limits]` is defined with the limiter.
+pub use crate::limits::{Mode, QuotaConfig, RateLimitConfig, RateRule};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// gRPC listener (h2c, HTTP/1.1 for gRPC-web later), `host:port`.
+    /// Plaintext listener, `host:port`: h2c and HTTP/1.1, for gRPC and
+    /// gRPC-web.
     pub listen: String,
     /// Admin listener: Prometheus `/metrics` and `/healthz`.
     pub admin_listen: String,
@@ -168,85 +172,4 @@ impl Default for RouteConfig {
             health_service: None,
         }
     }
-}
-
-/// Local (per gateway process) rate limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitConfig {
-    pub enabled: bool,
-    /// `local`: each replica limits alone. `global`: replicas share one
-    /// budget kept in Redis, falling back to local shares when it is down.
-    pub mode: LimitMode,
-    /// Redis for `global` mode.
-    pub redis_url: String,
-    /// Prefix of the Redis keys holding the budgets.
-    pub redis_key_prefix: String,
-    /// How many gateway replicas share the budget: each one's fallback share
-    /// is the quota divided by this.
-    pub replicas: u32,
-    /// Redis answers slower than this count as Redis being down.
-    pub redis_timeout_ms: u64,
-    /// Quotas slower than this many calls per second are checked against
-    /// Redis on every call; faster ones spend local leases.
-    pub sync_below_per_sec: f64,
-    /// Applies to every method without a rule of its own, per identity.
-    pub default: QuotaConfig,
-    /// Per-method quotas.
-    pub rules: Vec<RateRule>,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig {
-            enabled: true,
-            mode: LimitMode::Local,
-            redis_url: "redis://127.0.0.1:6379".to_owned(),
-            redis_key_prefix: "munity:rl".to_owned(),
-            replicas: 1,
-            redis_timeout_ms: 5,
-            sync_below_per_sec: 10.0,
-            default: QuotaConfig {
-                requests: 100,
-                per_secs: 1,
-                burst: 200,
-            },
-            rules: ["Login", "Register"]
-                .iter()
-                .map(|m| RateRule {
-                    method: format!("/munity.users.v1.Users/{m}"),
-                    quota: QuotaConfig {
-                        requests: 5,
-                        per_secs: 60,
-                        burst: 5,
-                    },
-                })
-                .collect(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitMode {
-    Local,
-    Global,
-}
-
-/// `requests` per `per_secs` seconds, with bursts up to `burst`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaConfig {
-    pub requests: u32,
-    pub per_secs: u64,
-    pub burst: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RateRule {
-    /// Full method path, e.g. `/munity.users.v1.Users/Login`.
-    pub method: String,
-    #[serde(flatten)]
-    pub quota: QuotaConfig,
 }

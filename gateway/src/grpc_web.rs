@@ -13,8 +13,7 @@
 //! padding between chunks is fine, and this gateway decodes requests the
 //! same way.
 //!
-//! CORS: preflights are answered here for configured origins, and
-//! `grpc-status`/`grpc-message` are exposed to scripts.
+//! Browsers call from other origins: CORS is in `cors.rs`.
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -121,31 +120,6 @@ pub fn trailer_frame(trailers: &http::HeaderMap) -> Vec<u8> {
     frame
 }
 
-/// Which browser origins may call the gateway.
-#[derive(Debug, Clone)]
-pub struct Cors {
-    allowed: Vec<String>,
-}
-
-/// Request headers a gRPC-web client sends, allowed in preflights.
-pub const ALLOWED_HEADERS: &str =
-    "content-type, x-grpc-web, x-user-agent, grpc-timeout, authorization, traceparent, tracestate";
-/// Response headers scripts may read.
-pub const EXPOSED_HEADERS: &str = "grpc-status, grpc-message, grpc-status-details-bin, retry-after";
-
-impl Cors {
-    /// `allowed` holds exact origins (`https://app.example.com`) or `*`.
-    pub fn new(allowed: &[String]) -> Self {
-        Cors {
-            allowed: allowed.to_vec(),
-        }
-    }
-
-    pub fn allows(&self, origin: &str) -> bool {
-        self.allowed.iter().any(|a| a == "*" || a == origin)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,13 +173,5 @@ mod tests {
         assert_eq!(&decoded[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(decoded[8], 0x80);
         assert_eq!(&decoded[13..], b"grpc-status:0\r\n");
-    }
-
-    #[test]
-    fn cors_origins() {
-        let cors = Cors::new(&["https://app.example.com".to_owned()]);
-        assert!(cors.allows("https://app.example.com"));
-        assert!(!cors.allows("https://evil.example.com"));
-        assert!(Cors::new(&["*".to_owned()]).allows("http://anything"));
     }
 }

@@ -4,13 +4,13 @@
 //! - `proxy.rs`: one `ProxyHttp`: route by gRPC service, verify the JWT,
 //!   rate-limit, pick a healthy replica, proxy over HTTP/2, map failures to
 //!   gRPC statuses, log and count.
-//! - `rate_limit.rs`: keyed GCRA limiters (governor), per replica.
-//! - `global_limit.rs`: one budget for all replicas in Redis (fred), with
-//!   leased tokens and a local fallback.
+//! - `limits/`: rate limits, per replica (governor) or one budget for all
+//!   replicas in Redis (fred), with leased tokens and a local fallback.
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
-//! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC, and CORS.
+//! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC.
+//! - `cors.rs`: CORS for browsers: preflights, allowed origins.
 //! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
 //!
 //! [`run`] blocks the calling thread: Pingora builds its own runtimes, so
@@ -18,16 +18,16 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod global_limit;
-pub mod grpc;
-pub mod grpc_web;
-pub mod health;
-pub mod metrics;
-pub mod outlier;
-pub mod proxy;
-pub mod rate_limit;
+mod cors;
+mod grpc;
+mod grpc_web;
+mod health;
+mod limits;
+mod metrics;
+mod outlier;
+mod proxy;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -112,13 +112,13 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             cache_capacity: config.token_cache_capacity,
         },
     ));
-    let limits = rate_limit::Limiter::new(&config.rate_limits)?;
+    let limits = limits::Limiter::new(&config.rate_limits)?;
     let gateway = proxy::Gateway {
         routes,
         auth: verifier,
         public_methods: config.public_methods.clone(),
         limits: limits.clone(),
-        cors: grpc_web::Cors::new(&config.cors_allowed_origins),
+        cors: cors::Cors::new(&config.cors_allowed_origins),
         streaming_methods: grpc::server_streaming_methods(),
     };
 
@@ -164,10 +164,12 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         "admin",
         admin::AdminServer::new(&config.admin_listen)?,
     ));
-    server.add_service(background_service(
-        "rate-limit janitor",
-        admin::LimitsJanitor(limits),
-    ));
+    if let Some(limits) = limits {
+        server.add_service(background_service(
+            "rate-limit janitor",
+            admin::LimitsJanitor(limits),
+        ));
+    }
 
     server.run(RunArgs {
         shutdown_signal: Box::new(TokenSignal(shutdown)),

@@ -31,7 +31,7 @@ pub static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static RATE_LIMIT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "munity_gateway_rate_limit_decisions_total",
-        "Rate-limit decisions, by mode (local, global) and outcome (allowed, refused).",
+        "Rate-limit decisions, by mode (local, global, or fallback: global mode deciding with this replica's share while Redis is unavailable) and outcome (allowed, refused).",
         &["mode", "outcome"]
     )
     .expect("metric registers once")

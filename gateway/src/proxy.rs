@@ -25,11 +25,12 @@ use tonic::Code;
 
 use crate::{
     config::RouteConfig,
+    cors::{self, Cors},
     grpc,
-    grpc_web::{self, Cors, Encoding, WebCall},
+    grpc_web::{Encoding, WebCall},
+    limits::{Decision, Limiter},
     metrics,
     outlier::Outliers,
-    rate_limit::{Decision, Limiter},
 };
 
 /// Identity headers the gateway sets for upstreams. Whatever a client sent
@@ -56,7 +57,8 @@ pub struct Gateway {
     /// Verifies bearer tokens (with its verified-token cache).
     pub auth: Arc<TokenVerifier>,
     pub public_methods: Vec<String>,
-    pub limits: Limiter,
+    /// `None` when rate limits are disabled.
+    pub limits: Option<Limiter>,
     pub cors: Cors,
     /// Server-streaming methods: no default deadline for them.
     pub streaming_methods: std::collections::HashSet<String>,
@@ -90,68 +92,207 @@ pub struct CallCtx {
     span: tracing::Span,
 }
 
+/// The answer that ends a call in `request_filter`, instead of proxying it.
+struct Refusal {
+    code: Code,
+    message: String,
+    /// Headers besides the CORS ones (e.g. `retry-after`).
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// One step of `request_filter`: `Ok` to go on, or the refusal.
+type Step<T = ()> = Result<T, Refusal>;
+
 impl Gateway {
     fn is_public(&self, service: &str, path: &str) -> bool {
         ALWAYS_PUBLIC_SERVICES.contains(&service) || self.public_methods.iter().any(|m| m == path)
     }
 
-    async fn refuse(
+    /// `request_filter`'s steps, in order, before any upstream is touched.
+    /// The first refusal ends the call; past them all, it goes to a replica
+    /// of its route.
+    async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut CallCtx,
-        code: Code,
-        message: &str,
-        extra: &[(&'static str, String)],
-    ) -> pingora_core::Result<bool> {
-        ctx.local_status = Some(code);
-        let mut headers = extra.to_vec();
-        headers.extend(cors_headers(ctx));
-        grpc::respond_status(session, code, message, &headers).await?;
-        Ok(true)
+        origin: Option<String>,
+    ) -> Step {
+        self.check_origin(ctx, origin)?;
+        check_is_grpc(session, ctx)?;
+        let path = session.req_header().uri.path().to_owned();
+        start_span(session, ctx, &path);
+        let route = self.route(ctx, &path)?;
+        self.authenticate(session, ctx, &path).await?;
+        self.rate_limit(session, ctx, &path).await?;
+        let streaming = self.streaming_methods.contains(&path);
+        set_deadline(session, ctx, &route, streaming);
+        ctx.in_flight = Some(metrics::InFlight::start(&ctx.service, streaming));
+        ctx.route = Some(route);
+        Ok(())
     }
 
-    /// Answers a CORS preflight: 204 with the grants for an allowed origin,
-    /// 403 for any other.
-    async fn preflight(
-        &self,
-        session: &mut Session,
-        origin: Option<String>,
-    ) -> pingora_core::Result<bool> {
-        let allowed = origin.filter(|o| self.cors.allows(o));
-        let mut response =
-            ResponseHeader::build(if allowed.is_some() { 204 } else { 403 }, Some(6))?;
-        if let Some(origin) = allowed {
-            response.insert_header("access-control-allow-origin", origin)?;
-            response.insert_header("access-control-allow-methods", "POST, OPTIONS")?;
-            response.insert_header("access-control-allow-headers", grpc_web::ALLOWED_HEADERS)?;
-            response.insert_header("access-control-expose-headers", grpc_web::EXPOSED_HEADERS)?;
-            response.insert_header("access-control-max-age", "86400")?;
-            response.insert_header("vary", "origin")?;
+    /// Browsers' calls come from an allowed origin, echoed in CORS headers.
+    fn check_origin(&self, ctx: &mut CallCtx, origin: Option<String>) -> Step {
+        if let Some(origin) = origin {
+            if !self.cors.allows(&origin) {
+                let message = format!("origin {origin} is not allowed");
+                return Err(Refusal::new(Code::PermissionDenied, message));
+            }
+            ctx.origin = Some(origin);
         }
-        response.insert_header("content-length", "0")?;
-        session
-            .downstream_session
-            .response_duplex_vec(vec![pingora_core::protocols::http::HttpTask::Header(
-                Box::new(response),
-                true,
-            )])
-            .await?;
-        Ok(true)
+        Ok(())
+    }
+
+    /// The gRPC service of the path, and its route.
+    fn route(&self, ctx: &mut CallCtx, path: &str) -> Step<Arc<Route>> {
+        let Some((service, method)) = grpc::split_path(path) else {
+            return Err(Refusal::new(Code::Unimplemented, "not a gRPC method path"));
+        };
+        ctx.service = service.to_owned();
+        ctx.method = method.to_owned();
+        self.routes
+            .get(service)
+            .cloned()
+            .ok_or_else(|| Refusal::new(Code::Unimplemented, format!("unknown service {service}")))
+    }
+
+    /// Removes identity headers the client sent, then verifies its bearer
+    /// token unless the method is public.
+    async fn authenticate(&self, session: &mut Session, ctx: &mut CallCtx, path: &str) -> Step {
+        // Nobody but the gateway speaks for an identity.
+        let headers = &mut session.req_header_mut();
+        headers.remove_header(USER_ID_HEADER);
+        headers.remove_header(ROLES_HEADER);
+
+        if self.is_public(&ctx.service, path) {
+            return Ok(());
+        }
+        let verified = match bearer_token(&session.req_header().headers) {
+            Ok(token) => {
+                let token = token.to_owned();
+                self.auth.verify(&token).await
+            }
+            Err(error) => Err(error),
+        };
+        match verified {
+            Ok(claims) => {
+                ctx.claims = Some(claims);
+                Ok(())
+            }
+            Err(error) => {
+                let code = match error {
+                    munity_platform::auth::AuthError::KeysUnavailable(_) => Code::Unavailable,
+                    _ => Code::Unauthenticated,
+                };
+                Err(Refusal::new(code, error.to_string()))
+            }
+        }
+    }
+
+    /// Checks the call against the rate limits (if enabled), per user, or
+    /// per client IP for anonymous calls.
+    async fn rate_limit(&self, session: &Session, ctx: &CallCtx, path: &str) -> Step {
+        let Some(limits) = &self.limits else {
+            return Ok(());
+        };
+        let identity = match &ctx.claims {
+            Some(claims) => format!("user:{}", claims.sub),
+            None => format!("ip:{}", client_ip(session)),
+        };
+        match limits.check(path, &identity).await {
+            Decision::Allowed => Ok(()),
+            Decision::Refused { retry_after } => {
+                let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let message = format!("rate limit exceeded for {path}; retry in {seconds} s");
+                Err(Refusal {
+                    headers: vec![("retry-after", seconds.to_string())],
+                    ..Refusal::new(Code::ResourceExhausted, message)
+                })
+            }
+        }
     }
 }
 
-fn cors_headers(ctx: &CallCtx) -> Vec<(&'static str, String)> {
-    match &ctx.origin {
-        Some(origin) => vec![
-            ("access-control-allow-origin", origin.clone()),
-            (
-                "access-control-expose-headers",
-                grpc_web::EXPOSED_HEADERS.to_owned(),
-            ),
-            ("vary", "origin".to_owned()),
-        ],
-        None => Vec::new(),
+/// Answers the call with the refusal's status (trailers-only).
+async fn refuse(
+    session: &mut Session,
+    ctx: &mut CallCtx,
+    refusal: Refusal,
+) -> pingora_core::Result<()> {
+    ctx.local_status = Some(refusal.code);
+    let mut headers = refusal.headers;
+    headers.extend(cors::response_headers(ctx.origin.as_deref()));
+    grpc::respond_status(session, refusal.code, &refusal.message, &headers).await
+}
+
+/// Not gRPC at all: say so here rather than let the service fail to decode
+/// it (tonic answers INTERNAL "Missing request message"). Notes gRPC-web
+/// calls, whose bodies are translated.
+fn check_is_grpc(session: &Session, ctx: &mut CallCtx) -> Step {
+    let request = session.req_header();
+    if request.method != http::Method::POST {
+        let message = format!("gRPC calls are POST requests, not {}", request.method);
+        return Err(Refusal::new(Code::Unimplemented, message));
     }
+    let content_type = header_str(session, "content-type");
+    if !content_type
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/grpc"))
+    {
+        let message = format!(
+            "content-type {} is not gRPC: send application/grpc or application/grpc-web",
+            content_type.as_deref().unwrap_or("(none)")
+        );
+        return Err(Refusal::new(Code::InvalidArgument, message));
+    }
+    ctx.web = content_type
+        .as_deref()
+        .and_then(Encoding::from_content_type)
+        .map(WebCall::new);
+    Ok(())
+}
+
+/// The call's span, a child of the client's trace when it sent one.
+fn start_span(session: &Session, ctx: &mut CallCtx, path: &str) {
+    ctx.span = tracing::info_span!(
+        "grpc.gateway",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    // With no subscriber interested (no exporter, quiet logs) the span is
+    // disabled: skip the trace-context work on this hot path.
+    if !ctx.span.is_disabled() {
+        telemetry::set_parent_from_headers(&ctx.span, &session.req_header().headers);
+    }
+}
+
+/// Deadline: the client's, capped by the route; a default otherwise,
+/// except for server streams, which may rightly live for hours.
+fn set_deadline(session: &Session, ctx: &mut CallCtx, route: &Route, streaming: bool) {
+    let requested = session
+        .req_header()
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc::parse_timeout);
+    let max = Duration::from_millis(route.config.max_timeout_ms);
+    ctx.deadline = match requested {
+        Some(requested) => Some(requested.min(max)),
+        None if streaming => None,
+        None => Some(Duration::from_millis(route.config.default_timeout_ms).min(max)),
+    };
 }
 
 fn header_str(session: &Session, name: &str) -> Option<String> {
@@ -202,149 +343,16 @@ impl ProxyHttp for Gateway {
     ) -> pingora_core::Result<bool> {
         let origin = header_str(session, "origin");
         if session.req_header().method == http::Method::OPTIONS {
-            return self.preflight(session, origin).await;
+            self.cors.preflight(session, origin).await?;
+            return Ok(true);
         }
-        let content_type = header_str(session, "content-type");
-        ctx.web = content_type
-            .as_deref()
-            .and_then(Encoding::from_content_type)
-            .map(WebCall::new);
-        if let Some(origin) = origin {
-            if !self.cors.allows(&origin) {
-                let message = format!("origin {origin} is not allowed");
-                return self
-                    .refuse(session, ctx, Code::PermissionDenied, &message, &[])
-                    .await;
-            }
-            ctx.origin = Some(origin);
-        }
-        // Not gRPC at all: say so here rather than let the service fail
-        // to decode it (tonic answers INTERNAL "Missing request message").
-        if session.req_header().method != http::Method::POST {
-            let message = format!(
-                "gRPC calls are POST requests, not {}",
-                session.req_header().method
-            );
-            return self
-                .refuse(session, ctx, Code::Unimplemented, &message, &[])
-                .await;
-        }
-        if !content_type
-            .as_deref()
-            .is_some_and(|c| c.starts_with("application/grpc"))
-        {
-            let message = format!(
-                "content-type {} is not gRPC: send application/grpc or application/grpc-web",
-                content_type.as_deref().unwrap_or("(none)")
-            );
-            return self
-                .refuse(session, ctx, Code::InvalidArgument, &message, &[])
-                .await;
-        }
-
-        let path = session.req_header().uri.path().to_owned();
-        ctx.span = tracing::info_span!(
-            "grpc.gateway",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.grpc.status_code = tracing::field::Empty,
-        );
-        // With no subscriber interested (no exporter, quiet logs) the span is
-        // disabled: skip the trace-context work on this hot path.
-        if !ctx.span.is_disabled() {
-            telemetry::set_parent_from_headers(&ctx.span, &session.req_header().headers);
-        }
-        let Some((service, method)) = grpc::split_path(&path) else {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    Code::Unimplemented,
-                    "not a gRPC method path",
-                    &[],
-                )
-                .await;
-        };
-        ctx.service = service.to_owned();
-        ctx.method = method.to_owned();
-        let Some(route) = self.routes.get(service).cloned() else {
-            let message = format!("unknown service {service}");
-            return self
-                .refuse(session, ctx, Code::Unimplemented, &message, &[])
-                .await;
-        };
-
-        // Nobody but the gateway speaks for an identity.
-        let headers = &mut session.req_header_mut();
-        headers.remove_header(USER_ID_HEADER);
-        headers.remove_header(ROLES_HEADER);
-
-        if !self.is_public(service, &path) {
-            let verified = match bearer_token(&session.req_header().headers) {
-                Ok(token) => {
-                    let token = token.to_owned();
-                    self.auth.verify(&token).await
-                }
-                Err(error) => Err(error),
-            };
-            match verified {
-                Ok(claims) => ctx.claims = Some(claims),
-                Err(error) => {
-                    let code = match error {
-                        munity_platform::auth::AuthError::KeysUnavailable(_) => Code::Unavailable,
-                        _ => Code::Unauthenticated,
-                    };
-                    return self
-                        .refuse(session, ctx, code, &error.to_string(), &[])
-                        .await;
-                }
+        match self.admit(session, ctx, origin).await {
+            Ok(()) => Ok(false),
+            Err(refusal) => {
+                refuse(session, ctx, refusal).await?;
+                Ok(true)
             }
         }
-
-        let identity = match &ctx.claims {
-            Some(claims) => format!("user:{}", claims.sub),
-            None => format!("ip:{}", client_ip(session)),
-        };
-        let (decision, mode) = self.limits.check(&path, &identity).await;
-        if let Decision::Refused { retry_after } = decision {
-            metrics::RATE_LIMIT
-                .with_label_values(&[mode.as_str(), "refused"])
-                .inc();
-            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            let message = format!("rate limit exceeded for {path}; retry in {seconds} s");
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    Code::ResourceExhausted,
-                    &message,
-                    &[("retry-after", seconds.to_string())],
-                )
-                .await;
-        }
-        metrics::RATE_LIMIT
-            .with_label_values(&[mode.as_str(), "allowed"])
-            .inc();
-
-        // Deadline: the client's, capped by the route; a default otherwise,
-        // except for server streams, which may rightly live for hours.
-        let requested = session
-            .req_header()
-            .headers
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc::parse_timeout);
-        let max = Duration::from_millis(route.config.max_timeout_ms);
-        let streaming = self.streaming_methods.contains(&path);
-        ctx.deadline = match requested {
-            Some(requested) => Some(requested.min(max)),
-            None if streaming => None,
-            None => Some(Duration::from_millis(route.config.default_timeout_ms).min(max)),
-        };
-        ctx.in_flight = Some(metrics::InFlight::start(service, streaming));
-        ctx.route = Some(route);
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -462,7 +470,7 @@ impl ProxyHttp for Gateway {
             )?;
             response.remove_header(&http::header::CONTENT_LENGTH);
         }
-        for (name, value) in cors_headers(ctx) {
+        for (name, value) in cors::response_headers(ctx.origin.as_deref()) {
             response.insert_header(name, value)?;
         }
         Ok(())
@@ -578,7 +586,7 @@ impl ProxyHttp for Gateway {
                 ),
             };
             ctx.local_status = Some(code);
-            let headers = cors_headers(ctx);
+            let headers = cors::response_headers(ctx.origin.as_deref());
             if let Err(write_error) = grpc::respond_status(session, code, &message, &headers).await
             {
                 tracing::debug!(%write_error, "could not send the error to the client");

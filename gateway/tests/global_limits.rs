@@ -3,7 +3,7 @@
 //! port so it can kill and restart it without disturbing anything else; the
 //! lease test uses the one scripts/test.sh started (`MUNITY_TEST_REDIS`). Killing Redis
 //! keeps both gateways answering with local shares; restarting it brings
-//! back the shared budget.
+//! back the shared budget. With limits disabled, global mode needs no Redis.
 
 use std::{
     net::SocketAddr,
@@ -229,6 +229,36 @@ async fn high_rate_quotas_spend_leases_within_the_stated_tolerance() {
         a.metric(fallback).await,
         0,
         "Redis was up: no fallback expected"
+    );
+    users.shutdown.cancel();
+}
+
+/// `enabled = false` turns rate limiting off in global mode too: no Redis
+/// client is made (nothing listens at `redis_url` here), every call is
+/// admitted, and no decision is counted, as a fallback or otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_limits_in_global_mode_never_ask_redis() {
+    let users = replica().await;
+    let no_redis = free_port();
+    let tables = format!(
+        "[[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{}\"]\n\
+         [gateway.rate_limits]\nenabled = false\nmode = \"global\"\n\
+         redis_url = \"redis://127.0.0.1:{no_redis}\"\nreplicas = 2\n\
+         [[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/GetJwks\"\n\
+         requests = 30\nper_secs = 60\nburst = 30\n",
+        users.address
+    );
+    let gateway = Gateway::start(users.address, "", &tables).serving().await;
+
+    // Twice the quota, and four times this replica's fallback share.
+    let admitted = burst(&[&gateway], 60).await;
+    assert_eq!(admitted, 60, "limits are disabled: every call is admitted");
+    let fallback = "munity_gateway_rate_limit_decisions_total{mode=\"fallback\"";
+    assert_eq!(gateway.metric(fallback).await, 0, "no fallback decisions");
+    let metrics = gateway.metrics().await;
+    assert!(
+        !metrics.contains("munity_gateway_rate_limit_decisions_total{"),
+        "no limiter, so no decisions:\n{metrics}"
     );
     users.shutdown.cancel();
 }

@@ -13,9 +13,10 @@
 //!   the background. Leases expire after `lease_ttl`, so tokens taken from
 //!   Redis are spent soon or not at all: together the replicas admit at most
 //!   the quota plus one batch per replica (the stated tolerance), never more.
-//! - Redis down or slower than `redis_timeout_ms`: decisions fall back to a
-//!   local limiter with this replica's share of the budget (quota divided by
-//!   `replicas`), for one second at a time, counted in
+//! - Redis down or slower than `redis_timeout_ms`: calls get [`Unavailable`]
+//!   for one second at a time, and the [`Limiter`](super::Limiter) decides
+//!   them with a local limiter holding this replica's share of the budget
+//!   (quota divided by `replicas`), counted in
 //!   `munity_gateway_rate_limit_decisions_total{mode="fallback"}`; the next
 //!   call after that tries Redis again, so recovery is automatic.
 
@@ -35,10 +36,7 @@ use fred::{
 };
 use tokio::sync::OnceCell;
 
-use crate::{
-    config::{QuotaConfig, RateLimitConfig},
-    rate_limit::{Decision, RateLimits},
-};
+use super::{Decision, QuotaConfig, RateLimitConfig};
 
 /// Takes up to ARGV[3] tokens from the bucket at KEYS[1], refilled at ARGV[1]
 /// tokens per millisecond up to ARGV[2]. Returns {granted, ms until one token}.
@@ -61,23 +59,9 @@ if granted < 1 then wait = math.ceil((1 - tokens) / rate) end
 return {granted, wait}
 "#;
 
-/// Which limiter made a decision, for metrics.
+/// Redis is down or too slow: the shared budget cannot decide this call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Local,
-    Global,
-    Fallback,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Local => "local",
-            Mode::Global => "global",
-            Mode::Fallback => "fallback",
-        }
-    }
-}
+pub struct Unavailable;
 
 struct Lease {
     tokens: AtomicI64,
@@ -93,8 +77,6 @@ pub struct GlobalLimits {
     script: Script,
     default: QuotaConfig,
     rules: HashMap<String, QuotaConfig>,
-    /// This replica's share, used while Redis is unavailable.
-    fallback: RateLimits,
     timeout: Duration,
     sync_below_per_sec: f64,
     lease_ttl: Duration,
@@ -120,24 +102,6 @@ impl GlobalLimits {
             })
             .set_policy(ReconnectPolicy::new_constant(0, 250))
             .build()?;
-        let replicas = config.replicas.max(1);
-        let share = |q: &QuotaConfig| QuotaConfig {
-            requests: (q.requests / replicas).max(1),
-            per_secs: q.per_secs,
-            burst: (q.burst / replicas).max(1),
-        };
-        let fallback_config = RateLimitConfig {
-            default: share(&config.default),
-            rules: config
-                .rules
-                .iter()
-                .map(|r| crate::config::RateRule {
-                    method: r.method.clone(),
-                    quota: share(&r.quota),
-                })
-                .collect(),
-            ..config.clone()
-        };
         Ok(Arc::new(GlobalLimits {
             client,
             key_prefix: config.redis_key_prefix.clone(),
@@ -149,7 +113,6 @@ impl GlobalLimits {
                 .iter()
                 .map(|r| (r.method.clone(), r.quota))
                 .collect(),
-            fallback: RateLimits::new(&fallback_config),
             timeout: Duration::from_millis(config.redis_timeout_ms.max(1)),
             sync_below_per_sec: config.sync_below_per_sec,
             lease_ttl: Duration::from_millis(500),
@@ -210,36 +173,38 @@ impl GlobalLimits {
         }
     }
 
-    /// Decides one call of `method` by `identity`.
-    pub async fn check(self: &Arc<Self>, method: &str, identity: &str) -> (Decision, Mode) {
+    /// Decides one call of `method` by `identity` against the shared budget.
+    pub async fn check(
+        self: &Arc<Self>,
+        method: &str,
+        identity: &str,
+    ) -> Result<Decision, Unavailable> {
         let (rule, quota) = match self.rules.get(method) {
             Some(quota) => (method, *quota),
             None => ("default", self.default),
         };
         if self.degraded() {
-            return (self.fallback.check(method, identity), Mode::Fallback);
+            return Err(Unavailable);
         }
         let key = format!("{rule}:{identity}");
         if per_sec(&quota) < self.sync_below_per_sec {
             return match self.take(&key, &quota, 1).await {
-                Ok((granted, _)) if granted >= 1 => (Decision::Allowed, Mode::Global),
-                Ok((_, wait_ms)) => (refused(wait_ms), Mode::Global),
+                Ok((granted, _)) if granted >= 1 => Ok(Decision::Allowed),
+                Ok((_, wait_ms)) => Ok(refused(wait_ms)),
                 Err(error) => {
                     self.mark_degraded(&error);
-                    (self.fallback.check(method, identity), Mode::Fallback)
+                    Err(Unavailable)
                 }
             };
         }
-        self.check_leased(key, quota, method, identity).await
+        self.check_leased(key, quota).await
     }
 
     async fn check_leased(
         self: &Arc<Self>,
         key: String,
         quota: QuotaConfig,
-        method: &str,
-        identity: &str,
-    ) -> (Decision, Mode) {
+    ) -> Result<Decision, Unavailable> {
         let batch =
             ((per_sec(&quota) * 0.05).ceil() as i64).clamp(1, i64::from(quota.burst.max(1)));
         let lease = self
@@ -281,32 +246,31 @@ impl GlobalLimits {
                         lease.refilling.store(false, Ordering::Release);
                     });
                 }
-                (Decision::Allowed, Mode::Global)
+                Ok(Decision::Allowed)
             }
             // Lease empty: wait for Redis this once.
             Err(_) => match self.take(&key, &quota, batch).await {
                 Ok((granted, _)) if granted >= 1 => {
                     lease.tokens.fetch_add(granted - 1, Ordering::AcqRel);
                     lease.taken_at_ms.store(self.now_ms(), Ordering::Relaxed);
-                    (Decision::Allowed, Mode::Global)
+                    Ok(Decision::Allowed)
                 }
-                Ok((_, wait_ms)) => (refused(wait_ms), Mode::Global),
+                Ok((_, wait_ms)) => Ok(refused(wait_ms)),
                 Err(error) => {
                     self.mark_degraded(&error);
-                    (self.fallback.check(method, identity), Mode::Fallback)
+                    Err(Unavailable)
                 }
             },
         }
     }
 
-    /// Drops idle leases and fallback keys.
+    /// Drops idle leases.
     pub fn evict_idle(&self) {
         let now = self.now_ms();
         let ttl = self.lease_ttl.as_millis() as u64;
         self.leases.retain(|_, lease| {
             now.saturating_sub(lease.taken_at_ms.load(Ordering::Relaxed)) <= ttl * 4
         });
-        self.fallback.evict_idle();
     }
 }
 

@@ -9,20 +9,9 @@ use governor::{
     clock::{Clock, DefaultClock},
 };
 
-use crate::config::{QuotaConfig, RateLimitConfig};
+use super::{Decision, QuotaConfig, RateLimitConfig};
 
-/// The verdict for one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed,
-    /// Refused; the client may retry after this long.
-    Refused {
-        retry_after: Duration,
-    },
-}
-
-pub struct RateLimits {
-    enabled: bool,
+pub struct LocalLimits {
     default: DefaultKeyedRateLimiter<String>,
     per_method: HashMap<String, DefaultKeyedRateLimiter<String>>,
 }
@@ -36,10 +25,9 @@ fn quota(config: &QuotaConfig) -> Quota {
         .allow_burst(burst)
 }
 
-impl RateLimits {
+impl LocalLimits {
     pub fn new(config: &RateLimitConfig) -> Self {
-        RateLimits {
-            enabled: config.enabled,
+        LocalLimits {
             default: RateLimiter::keyed(quota(&config.default)),
             per_method: config
                 .rules
@@ -51,9 +39,6 @@ impl RateLimits {
 
     /// Checks one call of `method` by `identity`.
     pub fn check(&self, method: &str, identity: &str) -> Decision {
-        if !self.enabled {
-            return Decision::Allowed;
-        }
         let limiter = self.per_method.get(method).unwrap_or(&self.default);
         // Keys combine method and identity only for per-method rules; the
         // default budget is shared by all of an identity's other calls.
@@ -79,12 +64,11 @@ impl RateLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateRule;
+    use crate::limits::RateRule;
 
     #[test]
     fn per_method_rules_and_identities_are_separate() {
-        let limits = RateLimits::new(&RateLimitConfig {
-            enabled: true,
+        let limits = LocalLimits::new(&RateLimitConfig {
             default: QuotaConfig {
                 requests: 1000,
                 per_secs: 1,
@@ -113,46 +97,5 @@ mod tests {
         assert_eq!(limits.check("/m.S/Login", "5.6.7.8"), Decision::Allowed);
         assert_eq!(limits.check("/m.S/Other", "1.2.3.4"), Decision::Allowed);
         limits.evict_idle();
-    }
-}
-
-/// The configured limiter: per replica, or shared through Redis.
-#[derive(Clone)]
-pub enum Limiter {
-    Local(std::sync::Arc<RateLimits>),
-    Global(std::sync::Arc<crate::global_limit::GlobalLimits>),
-}
-
-impl Limiter {
-    pub fn new(config: &RateLimitConfig) -> anyhow::Result<Self> {
-        Ok(match config.mode {
-            crate::config::LimitMode::Local => {
-                Limiter::Local(std::sync::Arc::new(RateLimits::new(config)))
-            }
-            crate::config::LimitMode::Global => {
-                Limiter::Global(crate::global_limit::GlobalLimits::new(config)?)
-            }
-        })
-    }
-
-    pub async fn check(
-        &self,
-        method: &str,
-        identity: &str,
-    ) -> (Decision, crate::global_limit::Mode) {
-        match self {
-            Limiter::Local(limits) => (
-                limits.check(method, identity),
-                crate::global_limit::Mode::Local,
-            ),
-            Limiter::Global(limits) => limits.check(method, identity).await,
-        }
-    }
-
-    pub fn evict_idle(&self) {
-        match self {
-            Limiter::Local(limits) => limits.evict_idle(),
-            Limiter::Global(limits) => limits.evict_idle(),
-        }
     }
 }

@@ -1,6 +1,19 @@
 //! `[gateway]`: listeners, routes to upstream replicas, edge auth and rate
 //! limits.
+//!
+//! Routes are a table keyed by upstream name (`[gateway.routes.users]`), and
+//! the defaults come from the protos: one route per upstream a service
+//! declares (`option (munity.options.v1.service)`), on 127.0.0.1 at its
+//! default port. [`GatewayConfig::load`] lays the defaults under the file and
+//! environment key by key, so a file that sets one route's upstreams keeps
+//! every other route.
 
+use std::collections::BTreeMap;
+
+use munity_platform::{
+    config::{ConfigError, ConfigSource},
+    policy::MethodPolicy,
+};
 use serde::{Deserialize, Serialize};
 
 // `[gateway.rate_limits]` is defined with the limiter.
@@ -25,18 +38,21 @@ pub struct GatewayConfig {
     /// Let idle worker threads steal tasks from busy ones (one shared tokio
     /// scheduler), instead of one single-threaded scheduler per thread.
     pub work_stealing: bool,
-    /// users-svc address the JWKS is fetched from (gRPC `GetJwks`).
+    /// users-svc, where the JWKS comes from (`GET /.well-known/jwks.json`),
+    /// e.g. `http://users:50051`. Empty: the replicas of the `users` route,
+    /// tried in turn.
     pub jwks_endpoint: String,
-    /// Full method paths callable without a token, besides health and
-    /// reflection.
-    pub public_methods: Vec<String>,
     /// How many verified tokens to remember, so a signature is checked once
     /// per token rather than once per call.
     pub token_cache_capacity: usize,
     /// Active gRPC health checks of every upstream, in milliseconds.
     pub health_check_interval_ms: u64,
-    /// Which service goes where.
-    pub routes: Vec<RouteConfig>,
+    /// Upstream name (e.g. `users`) → its replicas and the gRPC services
+    /// they serve.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// The route that answers server reflection: every Munity service
+    /// serves the descriptors of all Munity protos, so one is enough.
+    pub reflection_upstream: String,
     pub rate_limits: RateLimitConfig,
     /// Browser origins allowed to call over gRPC-web (`*` for any).
     pub cors_allowed_origins: Vec<String>,
@@ -60,24 +76,11 @@ impl Default for GatewayConfig {
             threads: 1,
             work_stealing: false,
             h2_max_concurrent_streams: 1000,
-            jwks_endpoint: "http://127.0.0.1:50051".to_owned(),
-            public_methods: ["Register", "Login", "Refresh", "Logout", "GetJwks"]
-                .iter()
-                .map(|m| format!("/munity.users.v1.Users/{m}"))
-                .collect(),
+            jwks_endpoint: String::new(),
             token_cache_capacity: 100_000,
             health_check_interval_ms: 1_000,
-            // Health and reflection go to users-svc: every service serves
-            // the descriptors of all Munity protos.
-            routes: vec![
-                RouteConfig::new("munity.users.v1.Users", ["127.0.0.1:50051"]),
-                RouteConfig::new("grpc.health.v1.Health", ["127.0.0.1:50051"]),
-                RouteConfig::new("grpc.reflection.v1.ServerReflection", ["127.0.0.1:50051"]),
-                RouteConfig::new(
-                    "grpc.reflection.v1alpha.ServerReflection",
-                    ["127.0.0.1:50051"],
-                ),
-            ],
+            routes: default_routes(),
+            reflection_upstream: "users".to_owned(),
             rate_limits: RateLimitConfig::default(),
             cors_allowed_origins: ["http://localhost:3000", "http://localhost:5173"]
                 .iter()
@@ -117,16 +120,16 @@ impl GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Sends upstream `name`'s services (e.g. `users`: `munity.users.*`,
-    /// and for now health and reflection) to the single replica `address`,
-    /// as `munity dev` does for its in-process services.
+    /// `[gateway]` from `source`, with the defaults (routes included) laid
+    /// under it key by key.
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        source.section_over_defaults("gateway", &GatewayConfig::default())
+    }
+
+    /// Sends upstream `name`'s services to the single replica `address`, as
+    /// `munity dev` does for its in-process services.
     pub fn point_upstream(&mut self, name: &str, address: std::net::SocketAddr) {
-        let prefix = format!("munity.{name}.");
-        for route in &mut self.routes {
-            if route.service.starts_with(&prefix) || route.service.starts_with("grpc.") {
-                route.upstreams = vec![address.to_string()];
-            }
-        }
+        self.routes.entry(name.to_owned()).or_default().upstreams = vec![address.to_string()];
     }
 }
 
@@ -136,37 +139,62 @@ fn claim(address: &str, key: &str) -> anyhow::Result<String> {
     Ok(probe.local_addr()?.to_string())
 }
 
-/// One gRPC service (package.Service) and the replicas that serve it.
+/// One upstream: its replicas and the gRPC services they serve.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Full service name, e.g. `munity.users.v1.Users`.
-    pub service: String,
     /// Replica addresses, `host:port`.
     pub upstreams: Vec<String>,
+    /// Full gRPC service names routed here (e.g. `munity.users.v1.Users`).
+    /// Empty: the services the protos say this upstream serves.
+    pub services: Vec<String>,
     /// Deadline applied when the client sends no `grpc-timeout`, in ms.
     pub default_timeout_ms: u64,
     /// Upper bound on a client's `grpc-timeout`, in ms.
     pub max_timeout_ms: u64,
-    /// The service name health checks ask about (default: `service`).
+    /// The service name active health checks ask about (default: the
+    /// route's first service).
     pub health_service: Option<String>,
 }
 
 impl RouteConfig {
-    pub fn new<const N: usize>(service: &str, upstreams: [&str; N]) -> Self {
+    pub fn new<const N: usize>(upstreams: [&str; N]) -> Self {
         RouteConfig {
-            service: service.to_owned(),
             upstreams: upstreams.iter().map(|u| (*u).to_owned()).collect(),
             ..RouteConfig::default()
         }
     }
 }
 
+/// The compiled protos' policy (and the health and reflection services').
+pub fn policy() -> MethodPolicy {
+    MethodPolicy::from_descriptor_sets(&[
+        munity_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ])
+    .expect("the compiled descriptor sets decode")
+}
+
+/// One route per upstream the protos declare, on 127.0.0.1 at its default
+/// port (the one-machine layout).
+fn default_routes() -> BTreeMap<String, RouteConfig> {
+    policy()
+        .upstreams()
+        .into_iter()
+        .map(|(name, (port, _))| {
+            let address = format!("127.0.0.1:{port}");
+            (name, RouteConfig::new([address.as_str()]))
+        })
+        .collect()
+}
+
 impl Default for RouteConfig {
     fn default() -> Self {
         RouteConfig {
-            service: String::new(),
             upstreams: Vec::new(),
+            services: Vec::new(),
             default_timeout_ms: 30_000,
             max_timeout_ms: 300_000,
             health_service: None,

@@ -21,7 +21,9 @@ use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
 use pingora_proxy::Session;
 use prost::Message;
 use tonic::Code;
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+};
 
 use crate::grpc_web::{Encoding, WebCall};
 
@@ -138,7 +140,12 @@ impl EdgeHealth {
         };
         let mut last = current(self);
         let first = vec![out.header(extra_headers), out.message(last)];
-        if session.downstream_session.response_duplex_vec(first).await.is_err() {
+        if session
+            .downstream_session
+            .response_duplex_vec(first)
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         let mut ticker = tokio::time::interval(self.interval);
@@ -154,7 +161,12 @@ impl EdgeHealth {
             if now != last {
                 last = now;
                 let tasks = vec![out.message(now)];
-                if session.downstream_session.response_duplex_vec(tasks).await.is_err() {
+                if session
+                    .downstream_session
+                    .response_duplex_vec(tasks)
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
             }
@@ -176,9 +188,9 @@ async fn read_request(
             .map_err(|e| Refusal::new(Code::InvalidArgument, format!("reading the request: {e}")))?
         {
             let chunk = match web.as_deref_mut().filter(|w| w.encoding == Encoding::Text) {
-                Some(web) => web.decode_request(&chunk).map_err(|e| {
-                    Refusal::new(Code::InvalidArgument, e.to_string())
-                })?,
+                Some(web) => web
+                    .decode_request(&chunk)
+                    .map_err(|e| Refusal::new(Code::InvalidArgument, e.to_string()))?,
                 None => chunk,
             };
             if body.len() + chunk.len() > MAX_REQUEST_BYTES {
@@ -193,11 +205,24 @@ async fn read_request(
     };
     let body = tokio::time::timeout(REQUEST_READ_TIMEOUT, read)
         .await
-        .map_err(|_| Refusal::new(Code::DeadlineExceeded, "the request body did not arrive in time"))??;
-    let message = single_message(&body)
-        .ok_or_else(|| Refusal::new(Code::InvalidArgument, "expected exactly one uncompressed request message"))?;
-    HealthCheckRequest::decode(message)
-        .map_err(|e| Refusal::new(Code::InvalidArgument, format!("bad HealthCheckRequest: {e}")))
+        .map_err(|_| {
+            Refusal::new(
+                Code::DeadlineExceeded,
+                "the request body did not arrive in time",
+            )
+        })??;
+    let message = single_message(&body).ok_or_else(|| {
+        Refusal::new(
+            Code::InvalidArgument,
+            "expected exactly one uncompressed request message",
+        )
+    })?;
+    HealthCheckRequest::decode(message).map_err(|e| {
+        Refusal::new(
+            Code::InvalidArgument,
+            format!("bad HealthCheckRequest: {e}"),
+        )
+    })
 }
 
 /// The payload of a body holding exactly one uncompressed gRPC frame.
@@ -218,8 +243,8 @@ impl Writer<'_> {
         let content_type = self
             .web
             .map_or("application/grpc", |w| w.encoding.response_content_type());
-        let mut response = ResponseHeader::build(200, Some(3 + extra_headers.len()))
-            .expect("a 200 header builds");
+        let mut response =
+            ResponseHeader::build(200, Some(3 + extra_headers.len())).expect("a 200 header builds");
         let _ = response.insert_header(http::header::CONTENT_TYPE, content_type);
         if !self.http2 {
             // gRPC-web over HTTP/1.1: the stream's length is not known.

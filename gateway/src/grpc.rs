@@ -106,37 +106,6 @@ pub fn format_timeout(timeout: Duration) -> String {
     format!("{millis}m")
 }
 
-/// Full paths (`/package.Service/Method`) of every server-streaming method
-/// the platform defines, read from the compiled descriptors. Such calls may
-/// live for hours, so the gateway gives them no default deadline.
-pub fn server_streaming_methods() -> std::collections::HashSet<String> {
-    use prost::Message;
-    let mut methods = std::collections::HashSet::new();
-    for encoded in [
-        munity_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ] {
-        let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
-            continue;
-        };
-        for file in set.file {
-            let package = file.package.unwrap_or_default();
-            for service in file.service {
-                let service_name = service.name.unwrap_or_default();
-                for method in service.method {
-                    if method.server_streaming.unwrap_or(false) {
-                        methods.insert(format!(
-                            "/{package}.{service_name}/{}",
-                            method.name.unwrap_or_default()
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    methods
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,14 +131,6 @@ mod tests {
         assert_eq!(parse_timeout("123456789m"), None);
         assert_eq!(parse_timeout("10x"), None);
         assert_eq!(format_timeout(Duration::from_secs(3)), "3000m");
-    }
-
-    #[test]
-    fn streaming_methods_come_from_the_descriptors() {
-        let methods = server_streaming_methods();
-        assert!(methods.contains("/grpc.health.v1.Health/Watch"));
-        assert!(!methods.contains("/grpc.health.v1.Health/Check"));
-        assert!(!methods.contains("/munity.users.v1.Users/Login"));
     }
 
     #[test]

@@ -14,6 +14,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::outlier::Outliers;
 
 pub struct GrpcHealthCheck {
+    /// The route (upstream name) the checked replicas belong to.
+    route: String,
+    /// The service name the checks ask about.
     service: String,
     timeout: Duration,
     /// One channel per replica, reused across checks.
@@ -23,8 +26,26 @@ pub struct GrpcHealthCheck {
 }
 
 impl GrpcHealthCheck {
-    pub fn new(service: &str, timeout: Duration, outliers: Outliers) -> Self {
+    /// Checks of `route`'s replicas, asking about `service`. The route's
+    /// `upstreams` are listed in the health metric from the start (healthy,
+    /// as Pingora assumes until a check says otherwise).
+    pub fn new(
+        route: &str,
+        upstreams: &[String],
+        service: &str,
+        timeout: Duration,
+        outliers: Outliers,
+    ) -> Self {
+        for upstream in upstreams {
+            crate::metrics::UPSTREAM_HEALTHY
+                .with_label_values(&[route, upstream])
+                .set(1);
+        }
+        crate::metrics::EJECTIONS
+            .with_label_values(&[route])
+            .inc_by(0);
         GrpcHealthCheck {
+            route: route.to_owned(),
             service: service.to_owned(),
             timeout,
             channels: DashMap::new(),
@@ -86,12 +107,12 @@ impl HealthCheck for GrpcHealthCheck {
     }
 
     async fn health_status_change(&self, target: &Backend, healthy: bool) {
-        tracing::warn!(upstream = %target.addr, service = %self.service, healthy, "upstream health changed");
+        tracing::warn!(upstream = %target.addr, route = %self.route, healthy, "upstream health changed");
         crate::metrics::UPSTREAM_HEALTHY
-            .with_label_values(&[&self.service, &target.addr.to_string()])
+            .with_label_values(&[&self.route, &target.addr.to_string()])
             .set(i64::from(healthy));
         if healthy && let Some(address) = target.addr.as_inet() {
-            self.outliers.recovered(*address, &self.service);
+            self.outliers.recovered(*address, &self.route);
         }
     }
 

@@ -7,6 +7,8 @@
 //! - `limits/`: rate limits, per replica (governor) or one budget for all
 //!   replicas in Redis (fred), with leased tokens and a local fallback.
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
+//! - `edge_health.rs`: `grpc.health.v1` for clients, answered here from
+//!   the balancers' view.
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
 //! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC.
@@ -21,6 +23,7 @@
 mod admin;
 pub mod config;
 mod cors;
+mod edge_health;
 mod grpc;
 mod grpc_web;
 mod health;
@@ -45,6 +48,13 @@ use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
 
 pub use config::GatewayConfig;
 
+/// Served by every Munity server alike, so the gateway sends them to the
+/// `reflection_upstream` route.
+const REFLECTION_SERVICES: &[&str] = &[
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// Runs the gateway until `shutdown` is cancelled. Blocks.
 pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> anyhow::Result<()> {
     let server_conf = ServerConf {
@@ -62,47 +72,77 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     server.bootstrap();
 
     let check_interval = Duration::from_millis(config.health_check_interval_ms.max(50));
+    let policy = Arc::new(config::policy());
+    let upstreams = policy.upstreams();
     let mut routes = HashMap::new();
-    for route in &config.routes {
+    for (name, route) in &config.routes {
+        let key = format!("gateway.routes.{name}");
+        let mut services = if route.services.is_empty() {
+            upstreams
+                .get(name)
+                .map(|(_, services)| services.clone())
+                .unwrap_or_default()
+        } else {
+            route.services.clone()
+        };
+        if services.is_empty() {
+            anyhow::bail!(
+                "{key}: no proto declares upstream {name:?}; list its gRPC services in {key}.services"
+            );
+        }
+        let health_service = route
+            .health_service
+            .clone()
+            .unwrap_or_else(|| services[0].clone());
+        if *name == config.reflection_upstream {
+            services.extend(REFLECTION_SERVICES.iter().map(|s| (*s).to_owned()));
+        }
         let mut balancer =
             LoadBalancer::<RoundRobin>::try_from_iter(route.upstreams.iter().map(String::as_str))
-                .map_err(|e| {
-                anyhow::anyhow!(
-                    "gateway.routes {}: bad upstream address: {e}",
-                    route.service
-                )
-            })?;
-        // Infrastructure services ask about the server as a whole ("").
-        let health_service = route.health_service.clone().unwrap_or_else(|| {
-            if route.service.starts_with("grpc.") {
-                String::new()
-            } else {
-                route.service.clone()
-            }
-        });
+                .map_err(|e| anyhow::anyhow!("{key}.upstreams: bad address: {e}"))?;
         let outliers = outlier::Outliers::default();
         balancer.set_health_check(Box::new(health::GrpcHealthCheck::new(
+            name,
+            &route.upstreams,
             &health_service,
             Duration::from_millis(500),
             outliers.clone(),
         )));
         balancer.health_check_frequency = Some(check_interval);
         balancer.parallel_health_check = true;
-        let checker = background_service(&format!("health {}", route.service), balancer);
+        let checker = background_service(&format!("health {name}"), balancer);
         let balancer = checker.task();
         server.add_service(checker);
-        routes.insert(
-            route.service.clone(),
-            Arc::new(proxy::Route {
-                config: route.clone(),
-                balancer,
-                outliers,
-            }),
-        );
+        let shared = Arc::new(proxy::Route {
+            name: name.clone(),
+            config: route.clone(),
+            balancer,
+            outliers,
+        });
+        for service in services {
+            if let Some(other) = routes.insert(service.clone(), shared.clone()) {
+                anyhow::bail!(
+                    "{service} is routed twice: by gateway.routes.{} and {key}",
+                    other.name
+                );
+            }
+        }
     }
 
+    // The JWKS comes from the users route's replicas unless one is named.
+    let jwks_endpoints: Vec<String> = if config.jwks_endpoint.is_empty() {
+        config
+            .routes
+            .get("users")
+            .map(|r| r.upstreams.iter().map(|u| format!("http://{u}")).collect())
+            .unwrap_or_default()
+    } else {
+        vec![config.jwks_endpoint.clone()]
+    };
     let verifier = Arc::new(TokenVerifier::new(
-        Arc::new(RemoteJwks::new(&[&config.jwks_endpoint])?),
+        Arc::new(RemoteJwks::new(&jwks_endpoints).map_err(|e| {
+            anyhow::anyhow!("gateway.jwks_endpoint (or gateway.routes.users): {e}")
+        })?),
         VerifierSettings {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
@@ -112,14 +152,22 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             cache_capacity: config.token_cache_capacity,
         },
     ));
-    let limits = limits::Limiter::new(&config.rate_limits)?;
+    let limits = limits::Limiter::new(&config.rate_limits.with_declared(policy.quotas()))?;
+    let health = edge_health::EdgeHealth::new(
+        routes
+            .iter()
+            .map(|(service, route)| (service.clone(), route.balancer.clone()))
+            .collect(),
+        check_interval,
+        shutdown.clone(),
+    );
     let gateway = proxy::Gateway {
         routes,
         auth: verifier,
-        public_methods: config.public_methods.clone(),
+        policy,
         limits: limits.clone(),
         cors: cors::Cors::new(&config.cors_allowed_origins),
-        streaming_methods: grpc::server_streaming_methods(),
+        health,
     };
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(

@@ -21,7 +21,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let source = ConfigSource::load(args.config.as_deref())?;
-    let mut config: GatewayConfig = source.section("gateway")?;
+    let mut config = GatewayConfig::load(&source)?;
     config.claim_listen_addresses()?;
     let auth: AuthConfig = source.section("auth")?;
     // Pingora runs its own runtimes; this small one only watches signals.

@@ -72,8 +72,8 @@ impl Drop for InFlight {
 pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
         "munity_gateway_upstream_healthy",
-        "1 when the upstream replica passes gRPC health checks, 0 otherwise.",
-        &["service", "upstream"]
+        "1 when the upstream replica passes gRPC health checks, 0 otherwise, by route (upstream name) and replica address.",
+        &["route", "upstream"]
     )
     .expect("metric registers once")
 });
@@ -81,8 +81,8 @@ pub static UPSTREAM_HEALTHY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 pub static EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "munity_gateway_upstream_ejections_total",
-        "Replicas taken out of rotation after consecutive failed calls, by service.",
-        &["service"]
+        "Replicas taken out of rotation after consecutive failed calls, by route (upstream name).",
+        &["route"]
     )
     .expect("metric registers once")
 });

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use munity_platform::{
     auth::{Claims, TokenVerifier, bearer_token},
+    policy::MethodPolicy,
     telemetry,
 };
 use pingora_core::{Error, ErrorType, upstreams::peer::HttpPeer};
@@ -26,6 +27,7 @@ use tonic::Code;
 use crate::{
     config::RouteConfig,
     cors::{self, Cors},
+    edge_health::{self, EdgeHealth},
     grpc,
     grpc_web::{Encoding, WebCall},
     limits::{Decision, Limiter},
@@ -33,35 +35,41 @@ use crate::{
     outlier::Outliers,
 };
 
-/// Identity headers the gateway sets for upstreams. Whatever a client sent
-/// under these names is removed first, so nobody can claim an identity.
-pub const USER_ID_HEADER: &str = "x-munity-user-id";
-pub const ROLES_HEADER: &str = "x-munity-roles";
+/// Header names reserved for Munity's own use between its processes. The
+/// gateway forwards no identity (services verify the bearer token
+/// themselves), and removes any such header a client sends, so that no
+/// upstream ever reads one a client made up.
+const RESERVED_HEADER_PREFIX: &str = "x-munity-";
 
-/// Paths that never need a token.
-const ALWAYS_PUBLIC_SERVICES: &[&str] = &[
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
-
-/// One routed service and its replicas.
+/// One upstream (route) and its replicas.
 pub struct Route {
+    /// The upstream name, e.g. `users`.
+    pub name: String,
     pub config: RouteConfig,
     pub balancer: Arc<LoadBalancer<RoundRobin>>,
     pub outliers: Outliers,
 }
 
 pub struct Gateway {
+    /// gRPC service name → its route.
     pub routes: HashMap<String, Arc<Route>>,
     /// Verifies bearer tokens (with its verified-token cache).
     pub auth: Arc<TokenVerifier>,
-    pub public_methods: Vec<String>,
+    /// What the protos declare: public methods, streaming methods.
+    pub policy: Arc<MethodPolicy>,
     /// `None` when rate limits are disabled.
     pub limits: Option<Limiter>,
     pub cors: Cors,
-    /// Server-streaming methods: no default deadline for them.
-    pub streaming_methods: std::collections::HashSet<String>,
+    /// `grpc.health.v1`, answered here.
+    pub health: EdgeHealth,
+}
+
+/// Where an admitted call goes.
+enum Destination {
+    /// A replica of the call's route.
+    Upstream,
+    /// The gateway's own health service.
+    Health,
 }
 
 /// What the gateway knows about one call.
@@ -114,31 +122,28 @@ impl Refusal {
 type Step<T = ()> = Result<T, Refusal>;
 
 impl Gateway {
-    fn is_public(&self, service: &str, path: &str) -> bool {
-        ALWAYS_PUBLIC_SERVICES.contains(&service) || self.public_methods.iter().any(|m| m == path)
-    }
-
     /// `request_filter`'s steps, in order, before any upstream is touched.
     /// The first refusal ends the call; past them all, it goes to a replica
-    /// of its route.
+    /// of its route, or to the gateway's own health service.
     async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut CallCtx,
         origin: Option<String>,
-    ) -> Step {
+    ) -> Step<Destination> {
         self.check_origin(ctx, origin)?;
         check_is_grpc(session, ctx)?;
         let path = session.req_header().uri.path().to_owned();
         start_span(session, ctx, &path);
-        let route = self.route(ctx, &path)?;
+        let destination = self.route(ctx, &path)?;
         self.authenticate(session, ctx, &path).await?;
         self.rate_limit(session, ctx, &path).await?;
-        let streaming = self.streaming_methods.contains(&path);
-        set_deadline(session, ctx, &route, streaming);
+        let streaming = self.policy.is_server_streaming(&path);
+        if let Some(route) = &ctx.route {
+            set_deadline(session, ctx, &route.clone(), streaming);
+        }
         ctx.in_flight = Some(metrics::InFlight::start(&ctx.service, streaming));
-        ctx.route = Some(route);
-        Ok(())
+        Ok(destination)
     }
 
     /// Browsers' calls come from an allowed origin, echoed in CORS headers.
@@ -153,28 +158,38 @@ impl Gateway {
         Ok(())
     }
 
-    /// The gRPC service of the path, and its route.
-    fn route(&self, ctx: &mut CallCtx, path: &str) -> Step<Arc<Route>> {
+    /// The gRPC service of the path, and where it goes: its route, or the
+    /// gateway's health service.
+    fn route(&self, ctx: &mut CallCtx, path: &str) -> Step<Destination> {
         let Some((service, method)) = grpc::split_path(path) else {
             return Err(Refusal::new(Code::Unimplemented, "not a gRPC method path"));
         };
         ctx.service = service.to_owned();
         ctx.method = method.to_owned();
-        self.routes
-            .get(service)
-            .cloned()
-            .ok_or_else(|| Refusal::new(Code::Unimplemented, format!("unknown service {service}")))
+        if service == edge_health::SERVICE {
+            return Ok(Destination::Health);
+        }
+        ctx.route = Some(self.routes.get(service).cloned().ok_or_else(|| {
+            Refusal::new(Code::Unimplemented, format!("unknown service {service}"))
+        })?);
+        Ok(Destination::Upstream)
     }
 
-    /// Removes identity headers the client sent, then verifies its bearer
-    /// token unless the method is public.
+    /// Removes reserved headers the client sent, then verifies its bearer
+    /// token unless the proto marks the method public.
     async fn authenticate(&self, session: &mut Session, ctx: &mut CallCtx, path: &str) -> Step {
-        // Nobody but the gateway speaks for an identity.
-        let headers = &mut session.req_header_mut();
-        headers.remove_header(USER_ID_HEADER);
-        headers.remove_header(ROLES_HEADER);
+        let reserved: Vec<http::HeaderName> = session
+            .req_header()
+            .headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(RESERVED_HEADER_PREFIX))
+            .cloned()
+            .collect();
+        for name in reserved {
+            session.req_header_mut().remove_header(&name);
+        }
 
-        if self.is_public(&ctx.service, path) {
+        if self.policy.is_public(path) {
             return Ok(());
         }
         let verified = match bearer_token(&session.req_header().headers) {
@@ -190,11 +205,8 @@ impl Gateway {
                 Ok(())
             }
             Err(error) => {
-                let code = match error {
-                    munity_platform::auth::AuthError::KeysUnavailable(_) => Code::Unavailable,
-                    _ => Code::Unauthenticated,
-                };
-                Err(Refusal::new(code, error.to_string()))
+                tracing::debug!(?error, "refused a token");
+                Err(Refusal::new(error.code(), error.to_string()))
             }
         }
     }
@@ -347,7 +359,22 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         match self.admit(session, ctx, origin).await {
-            Ok(()) => Ok(false),
+            Ok(Destination::Upstream) => Ok(false),
+            Ok(Destination::Health) => {
+                let headers = cors::response_headers(ctx.origin.as_deref());
+                let method = ctx.method.clone();
+                match self
+                    .health
+                    .serve(session, &method, ctx.web.as_mut(), &headers)
+                    .await
+                {
+                    Ok(()) => ctx.local_status = Some(Code::Ok),
+                    Err(refusal) => {
+                        refuse(session, ctx, Refusal::new(refusal.code, refusal.message)).await?
+                    }
+                }
+                Ok(true)
+            }
             Err(refusal) => {
                 refuse(session, ctx, refusal).await?;
                 Ok(true)
@@ -373,7 +400,7 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| {
                 Error::explain(
                     ErrorType::ConnectNoRoute,
-                    format!("no healthy upstream for {}", route.config.service),
+                    format!("no healthy upstream for {}", ctx.service),
                 )
             })?;
         let address = *backend
@@ -406,10 +433,6 @@ impl ProxyHttp for Gateway {
             for (name, value) in &trace_headers {
                 upstream_request.insert_header(name.clone(), value.clone())?;
             }
-        }
-        if let Some(claims) = &ctx.claims {
-            upstream_request.insert_header(USER_ID_HEADER, claims.sub.to_string())?;
-            upstream_request.insert_header(ROLES_HEADER, claims.roles.join(","))?;
         }
         if let Some(deadline) = ctx.deadline {
             upstream_request.insert_header("grpc-timeout", grpc::format_timeout(deadline))?;
@@ -539,7 +562,7 @@ impl ProxyHttp for Gateway {
             if let Some(route) = &ctx.route {
                 route
                     .outliers
-                    .failure(address, &route.balancer, &route.config.service);
+                    .failure(address, &route.balancer, &route.name);
             }
         }
         let replicas = ctx.route.as_ref().map_or(0, |r| r.config.upstreams.len());
@@ -614,9 +637,7 @@ impl ProxyHttp for Gateway {
         if let (Some(route), Some(peer)) = (&ctx.route, ctx.peer) {
             // UNAVAILABLE from the replica itself counts against it.
             if ctx.upstream_status.as_deref() == Some("14") {
-                route
-                    .outliers
-                    .failure(peer, &route.balancer, &route.config.service);
+                route.outliers.failure(peer, &route.balancer, &route.name);
             } else if ctx.upstream_status.is_some() {
                 route.outliers.success(peer);
             }

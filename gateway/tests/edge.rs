@@ -41,7 +41,8 @@ async fn gateway_with(
     .await
 }
 
-/// A `grpc.health.v1.Health/Watch` stream on users-svc, through the gateway.
+/// A `grpc.health.v1.Health/Watch` stream for users-svc, answered by the
+/// gateway.
 async fn watch_users_health(
     gateway: &Gateway,
 ) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
@@ -245,24 +246,101 @@ async fn a_dead_replica_leaves_rotation_without_failed_calls() {
     }
     let metrics = gateway.metrics().await;
     assert!(
-        metrics.contains(
-            "munity_gateway_upstream_ejections_total{service=\"munity.users.v1.Users\"} 1"
-        ),
+        metrics.contains("munity_gateway_upstream_ejections_total{route=\"users\"} 1"),
         "{metrics}"
     );
     a.shutdown.cancel();
 }
 
+/// A proxied server stream outlives the route's default deadline for unary
+/// calls. Server reflection is one (bidirectional, so it stays open while
+/// the client keeps its side open), passed to users-svc like any call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_streams_get_no_default_deadline() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
     let users = replica().await;
     // Unary calls get a 300 ms default deadline here; a stream must outlive it.
     let gateway = gateway_with(users.address, &[users.address], 200, 300).await;
-    let mut watch = watch_users_health(&gateway).await;
-    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
-    let next = tokio::time::timeout(Duration::from_millis(1500), watch.message()).await;
-    assert!(next.is_err(), "the stream ended early: {next:?}");
+    let (requests, outbound) = tokio::sync::mpsc::channel(4);
+    let list = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    requests.send(list.clone()).await.unwrap();
+    let mut stream = ServerReflectionClient::new(gateway.channel().await)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Still open past 3x the unary default: it answers again.
+    requests.send(list).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    assert!(
+        matches!(again, Ok(Ok(Some(_)))),
+        "the stream ended early: {again:?}"
+    );
     users.shutdown.cancel();
+}
+
+/// Health through the gateway is the route's view, from the gateway's own
+/// health checks: SERVING while one replica is in rotation, NOT_SERVING
+/// once none is, for `Check` and `Watch` alike; `""` is the gateway itself,
+/// and a service it does not route is NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_through_the_gateway_reflects_the_routes_replicas() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (a, b) = (replica().await, replica().await);
+    let gateway = gateway_with(a.address, &[a.address, b.address], 100, 30_000).await;
+    let health = HealthClient::new(gateway.channel().await);
+    let check = |service: &str| {
+        let mut health = health.clone();
+        let request = HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        async move { health.check(request).await.map(|r| r.into_inner().status) }
+    };
+    let users = "munity.users.v1.Users";
+    assert_eq!(check(users).await.unwrap(), ServingStatus::Serving as i32);
+    assert_eq!(check("").await.unwrap(), ServingStatus::Serving as i32);
+    let unknown = check("munity.nope.v1.Nope").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    let mut watch = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: users.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    // One replica down: the other still serves the route.
+    a.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(check(users).await.unwrap(), ServingStatus::Serving as i32);
+
+    // Both down: NOT_SERVING, and the watcher hears it.
+    b.shutdown.cancel();
+    let change = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the Watch reported the change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.status, ServingStatus::NotServing as i32);
+    assert_eq!(
+        check(users).await.unwrap(),
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(check("").await.unwrap(), ServingStatus::Serving as i32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,9 +591,7 @@ async fn a_rolling_restart_of_the_replicas_fails_no_call() {
     // As an orchestrator does it: the next replica goes only once the
     // restarted one is ready again (here: the gateway has seen it healthy).
     let healthy = |address: SocketAddr| {
-        format!(
-            "munity_gateway_upstream_healthy{{service=\"munity.users.v1.Users\",upstream=\"{address}\"}}"
-        )
+        format!("munity_gateway_upstream_healthy{{route=\"users\",upstream=\"{address}\"}}")
     };
     let wait_for = |metric: String, value: u64| {
         let gateway = &gateway;

@@ -74,7 +74,7 @@ async fn when_every_replica_fails_at_most_half_are_ejected() {
     }
     assert_eq!(
         gateway
-            .metric("munity_gateway_upstream_ejections_total{service=\"munity.users.v1.Users\"}")
+            .metric("munity_gateway_upstream_ejections_total{route=\"users\"}")
             .await,
         1,
         "exactly one of the two replicas is ejected"

@@ -60,7 +60,7 @@ fn redis_server(port: u16) -> Process {
 /// blur what this test measures.
 async fn gateway(users: SocketAddr, redis_port: u16, prefix: &str, extra: &str) -> Gateway {
     let tables = format!(
-        "[[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{users}\"]\n\
+        "[gateway.routes.users]\nupstreams = [\"{users}\"]\n\
          [gateway.rate_limits]\nmode = \"global\"\nredis_url = \"redis://127.0.0.1:{redis_port}\"\n\
          redis_key_prefix = \"{prefix}\"\nreplicas = 2\nredis_timeout_ms = 1000\n\
          [[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/GetJwks\"\n\
@@ -241,7 +241,7 @@ async fn disabled_limits_in_global_mode_never_ask_redis() {
     let users = replica().await;
     let no_redis = free_port();
     let tables = format!(
-        "[[gateway.routes]]\nservice = \"munity.users.v1.Users\"\nupstreams = [\"{}\"]\n\
+        "[gateway.routes.users]\nupstreams = [\"{}\"]\n\
          [gateway.rate_limits]\nenabled = false\nmode = \"global\"\n\
          redis_url = \"redis://127.0.0.1:{no_redis}\"\nreplicas = 2\n\
          [[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/GetJwks\"\n\

@@ -89,13 +89,10 @@ pub async fn dev(
 
     // The gateway fronts the in-process services: each upstream's route
     // points at the service of that name.
-    let mut gateway: munity_gateway::GatewayConfig = source.section("gateway")?;
+    let mut gateway = munity_gateway::GatewayConfig::load(&source)?;
     gateway.claim_listen_addresses()?;
     for service in &bound {
         gateway.point_upstream(service.section, service.address);
-        if service.section == "users" {
-            gateway.jwks_endpoint = format!("http://{}", service.address);
-        }
     }
     // One process: the services behind the gateway stop at the same moment,
     // so there is nothing to drain for; Ctrl-C should be instant.

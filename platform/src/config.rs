@@ -102,6 +102,21 @@ impl ConfigSource {
             .map_err(|error| section_error(name, error))
     }
 
+    /// Section `name` with `defaults` laid under every source key by key:
+    /// tables (maps) merge, so a file that sets one entry of a map keeps the
+    /// default entries; other values are replaced whole.
+    pub fn section_over_defaults<T>(&self, name: &str, defaults: &T) -> Result<T, ConfigError>
+    where
+        T: DeserializeOwned + Serialize,
+    {
+        self.figment
+            .clone()
+            .join(Serialized::default(name, defaults))
+            .focus(name)
+            .extract()
+            .map_err(|error| section_error(name, error))
+    }
+
     /// Refuses keys of section `name` that none of `known` lists, naming
     /// each with where it came from. For sections read as several structs
     /// (shared keys plus a service's own), where serde's
@@ -328,6 +343,54 @@ mod tests {
             .to_string();
         assert!(error.contains("example.limmit"), "{error}");
         assert!(error.contains("munity.toml"), "{error}");
+    }
+
+    #[test]
+    fn maps_merge_with_their_defaults_key_by_key() {
+        #[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        struct Routed {
+            routes: std::collections::BTreeMap<String, Route>,
+            name: String,
+        }
+        #[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+        #[serde(default, deny_unknown_fields)]
+        struct Route {
+            upstreams: Vec<String>,
+            timeout: u64,
+        }
+        let defaults = Routed {
+            routes: [(
+                "users".to_owned(),
+                Route {
+                    upstreams: vec!["a:1".to_owned()],
+                    timeout: 7,
+                },
+            )]
+            .into(),
+            name: "x".to_owned(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[routed.routes.users]\nupstreams = [\"b:2\"]\n[routed.routes.events]\nupstreams = [\"c:3\"]\n",
+        );
+        let routed: Routed = ConfigSource::load(Some(&path))
+            .unwrap()
+            .section_over_defaults("routed", &defaults)
+            .unwrap();
+        assert_eq!(routed.name, "x");
+        assert_eq!(routed.routes["users"].upstreams, ["b:2"]);
+        assert_eq!(
+            routed.routes["users"].timeout, 7,
+            "the default's other keys stay"
+        );
+        assert_eq!(routed.routes["events"].upstreams, ["c:3"]);
+        let absent: Routed = ConfigSource::load(None)
+            .unwrap()
+            .section_over_defaults("routed", &defaults)
+            .unwrap();
+        assert_eq!(absent, defaults);
     }
 
     #[test]

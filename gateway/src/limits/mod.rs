@@ -47,7 +47,8 @@ pub struct RateLimitConfig {
     pub sync_below_per_sec: f64,
     /// Applies to every method without a rule of its own, per identity.
     pub default: QuotaConfig,
-    /// Per-method quotas.
+    /// Per-method quotas, over those the protos declare
+    /// (`option (munity.options.v1.method) = { quota: ... }`).
     pub rules: Vec<RateRule>,
 }
 
@@ -66,22 +67,37 @@ impl Default for RateLimitConfig {
                 per_secs: 1,
                 burst: 200,
             },
-            rules: ["Login", "Register"]
-                .iter()
-                .map(|m| RateRule {
-                    method: format!("/munity.users.v1.Users/{m}"),
-                    quota: QuotaConfig {
-                        requests: 5,
-                        per_secs: 60,
-                        burst: 5,
-                    },
-                })
-                .collect(),
+            rules: Vec::new(),
         }
     }
 }
 
 impl RateLimitConfig {
+    /// These limits with the quotas the protos declare added as rules,
+    /// except for methods a configured rule already covers.
+    pub fn with_declared(
+        &self,
+        declared: &std::collections::BTreeMap<String, munity_platform::policy::DeclaredQuota>,
+    ) -> RateLimitConfig {
+        let mut rules = self.rules.clone();
+        for (method, quota) in declared {
+            if !rules.iter().any(|r| r.method == *method) {
+                rules.push(RateRule {
+                    method: method.clone(),
+                    quota: QuotaConfig {
+                        requests: quota.requests,
+                        per_secs: quota.per_secs,
+                        burst: quota.burst,
+                    },
+                });
+            }
+        }
+        RateLimitConfig {
+            rules,
+            ..self.clone()
+        }
+    }
+
     /// The same limits with every quota divided by `replicas`: what one
     /// replica may admit on its own while the shared budget is unavailable.
     fn replica_share(&self) -> RateLimitConfig {
@@ -225,11 +241,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn declared_quotas_become_rules_unless_configured() {
+        let declared = crate::config::policy().quotas().clone();
+        let login = "/munity.users.v1.Users/Login";
+        let config = RateLimitConfig::default().with_declared(&declared);
+        let rule = config.rules.iter().find(|r| r.method == login).unwrap();
+        assert_eq!(rule.quota.requests, 5, "from the proto");
+        let mine = RateLimitConfig {
+            rules: vec![RateRule {
+                method: login.to_owned(),
+                quota: QuotaConfig {
+                    requests: 50,
+                    per_secs: 60,
+                    burst: 50,
+                },
+            }],
+            ..RateLimitConfig::default()
+        }
+        .with_declared(&declared);
+        let rules: Vec<_> = mine.rules.iter().filter(|r| r.method == login).collect();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].quota.requests, 50, "the configured rule wins");
+    }
+
+    #[test]
     fn replica_shares_divide_every_quota() {
         let config = RateLimitConfig {
             replicas: 2,
             ..RateLimitConfig::default()
-        };
+        }
+        .with_declared(&crate::config::policy().quotas().clone());
         let share = config.replica_share();
         assert_eq!(
             share.default,

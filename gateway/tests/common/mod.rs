@@ -106,19 +106,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `[[gateway.routes]]` tables sending users-svc and health calls to
-/// `upstreams`, each with `route_keys` added (e.g. `default_timeout_ms = 300`).
+/// The `[gateway.routes.users]` table sending users-svc's calls (and
+/// reflection) to `upstreams`, with `route_keys` added (e.g.
+/// `default_timeout_ms = 300`).
 pub fn users_routes(upstreams: &[SocketAddr], route_keys: &str) -> String {
     let upstreams: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-    let upstreams = upstreams.join(", ");
-    ["munity.users.v1.Users", "grpc.health.v1.Health"]
-        .iter()
-        .map(|service| {
-            format!(
-                "[[gateway.routes]]\nservice = \"{service}\"\nupstreams = [{upstreams}]\n{route_keys}\n"
-            )
-        })
-        .collect()
+    format!(
+        "[gateway.routes.users]\nupstreams = [{}]\n{route_keys}\n",
+        upstreams.join(", ")
+    )
 }
 
 /// A running gateway process; killed when dropped.

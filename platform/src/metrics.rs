@@ -147,11 +147,9 @@ pub(crate) struct MeteredBody<B> {
 }
 
 impl<B> MeteredBody<B> {
-    pub(crate) fn new(inner: B, record: CallRecord) -> Self {
-        MeteredBody {
-            inner,
-            record: Some(record),
-        }
+    /// `record` is `None` for requests that are not gRPC calls.
+    pub(crate) fn new(inner: B, record: Option<CallRecord>) -> Self {
+        MeteredBody { inner, record }
     }
 }
 

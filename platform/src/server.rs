@@ -267,7 +267,12 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
         );
         telemetry::set_parent_from_headers(&span, request.headers());
-        let mut record = CallRecord::start(path, &self.policy);
+        // Plain HTTP routes (the JWKS, /metrics) are documents, not calls.
+        let is_grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let mut record = is_grpc.then(|| CallRecord::start(path, &self.policy));
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -282,7 +287,9 @@ where
                         // A handler error comes back "trailers-only": its
                         // grpc-status is in the headers. Streams report it in
                         // trailers, which the metered body sees.
-                        record.observe(response.headers());
+                        if let Some(record) = &mut record {
+                            record.observe(response.headers());
+                        }
                         let code = response
                             .headers()
                             .get("grpc-status")

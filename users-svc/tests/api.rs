@@ -822,6 +822,8 @@ async fn metrics_count_calls_by_method_and_code() {
         .into_inner();
     watch.message().await.unwrap();
 
+    http_get(app.address, "/.well-known/jwks.json").await;
+    http_get(app.address, "/metrics").await;
     let text = http_get(app.address, "/metrics").await;
     let line = |prefix: &str| {
         text.lines()
@@ -861,6 +863,10 @@ async fn metrics_count_calls_by_method_and_code() {
         ),
         1.0,
         "the open Watch"
+    );
+    assert!(
+        !text.contains("jwks.json") && !text.contains(r#"method="metrics""#),
+        "plain HTTP routes are not gRPC calls:\n{text}"
     );
     drop(watch);
     app.stop().await;

@@ -7,25 +7,17 @@
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use munity_testkit::Process;
 use tonic::Code;
 
 mod common;
 
 use common::{Gateway, free_port, replica};
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn redis_server(port: u16) -> Process {
     let child = Command::new("redis-server")
@@ -50,7 +42,7 @@ fn redis_server(port: u16) -> Process {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Process(child)
+    Process::new(child)
 }
 
 /// A gateway in global mode, two replicas sharing: GetJwks 30 per minute

@@ -9,17 +9,19 @@
 #
 # Usage: bench/gateway/run.sh [--threads N] [--concurrency C] [--rounds R]
 #          [--duration 5s] [--warmup 2s] [--connections K] [--no-build]
-#          [--keep] [--perf]
+#          [--profile release-lto] [--keep] [--perf]
 #        bench/gateway/run.sh --streams [--streams-count 1000]
 #          [--streams-hold 10] [--streams-rate 10] [--connections 10]
-#          [--threads N] [--no-build] [--keep]
+#          [--threads N] [--no-build] [--profile release-lto] [--keep]
 #   --concurrency may be a list (4,32): each value is measured in turn with
 #   the same processes, then a one-line-per-value table is printed.
-#   --streams: N concurrent grpc.health.v1.Health/Watch streams held open
-#   through the gateway, then nginx, to an upstream (the health_ticker
-#   example) that sends --streams-rate messages/s on each; prints open
-#   streams, messages/s, proxy CPU per message, RSS/HWM before, during and
-#   after, and RSS per stream.
+#   --profile: the cargo profile to build and run (dev, release, ...);
+#   release-lto is what the published figures use.
+#   --streams: N concurrent streams (the health_ticker example's ticking
+#   Health/Watch, called as munity.bench.v1.Ticker/Watch) held open through
+#   the gateway, then nginx; the ticker sends --streams-rate messages/s on
+#   each. Prints open streams, messages/s, proxy CPU per message, RSS/HWM
+#   before, during and after, and RSS per stream.
 set -euo pipefail
 
 THREADS=1         # nginx worker_processes == gateway threads
@@ -36,8 +38,12 @@ STREAMS_OPEN_TIMEOUT=20  # seconds to wait for every stream's first message
 STREAMS_RATE=10   # status flips per second at the ticker = messages/s per stream
 KEEP=0
 PERF=0            # --perf: perf-record the proxies during round 1
+# The release-lto profile (Cargo.toml): what a deployment image would ship,
+# and what the figures in README.md were measured with. dev or release build
+# much faster, for trying the script out.
+PROFILE=release-lto
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -48,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --warmup) WARMUP="$2"; shift 2 ;;
     --connections) CONNECTIONS="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --profile) PROFILE="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --perf) PERF=1; KEEP=1; shift ;;
     --streams) MODE=streams; shift ;;
@@ -66,6 +73,7 @@ CONCURRENCY_LIST="$CONCURRENCY"
 [[ "$CONCURRENCY_LIST" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] \
   || { echo "run.sh: --concurrency takes positive integers separated by commas, got '$CONCURRENCY_LIST'" >&2; exit 2; }
 CONCURRENCY="${CONCURRENCY_LIST%%,*}"   # --streams and the log line use the first
+[[ "$PROFILE" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "run.sh: bad --profile '$PROFILE'" >&2; exit 2; }
 for n in "$THREADS" "$ROUNDS" "$CONNECTIONS" "$STREAMS_COUNT" "$STREAMS_HOLD" "$STREAMS_OPEN_TIMEOUT" "$STREAMS_RATE"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
@@ -74,11 +82,16 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
 TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
-# The release-lto profile (Cargo.toml): what a deployment image would ship.
-PROFILE=release-lto
-USERS_BIN="${USERS_BIN:-$TARGET_DIR/$PROFILE/users-svc}"
-GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/$PROFILE/munity-gateway}"
-TICKER_BIN="${TICKER_BIN:-$TARGET_DIR/$PROFILE/examples/health_ticker}"
+# cargo puts the dev and test profiles under target/debug, bench under
+# target/release, every other profile under its own name.
+case "$PROFILE" in
+  dev|test) PROFILE_DIR=debug ;;
+  bench) PROFILE_DIR=release ;;
+  *) PROFILE_DIR="$PROFILE" ;;
+esac
+USERS_BIN="${USERS_BIN:-$TARGET_DIR/$PROFILE_DIR/users-svc}"
+GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/$PROFILE_DIR/munity-gateway}"
+TICKER_BIN="${TICKER_BIN:-$TARGET_DIR/$PROFILE_DIR/examples/health_ticker}"
 PROTO_ARGS=(--import-paths "$REPO/proto" --proto "$REPO/proto/munity/users/v1/users.proto")
 GRPCURL_PROTO=(-import-path "$REPO/proto" -proto munity/users/v1/users.proto)
 
@@ -263,12 +276,15 @@ if [[ $MODE == streams ]]; then
 fi
 read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT TICKER_PORT <<<"$(free_ports 5)"
 USERS_ADDR="127.0.0.1:$USERS_PORT"
-# Where both proxies send grpc.health.v1.Health: users-svc for the unary
-# rounds, the ticker (a steady message source) for --streams.
-HEALTH_PORT="$USERS_PORT"
+# Where both proxies send munity.bench.v1.Ticker: the ticker (a steady
+# message source) for --streams; users-svc in the unary rounds, where
+# nothing calls it (the gateway's health checks of the route then pass
+# without a ticker running).
+TICKER_ADDR="$USERS_ADDR"
 GATEWAY_ADDR="127.0.0.1:$GATEWAY_PORT"
 NGINX_ADDR="127.0.0.1:$NGINX_PORT"
 CLK_TCK="$(getconf CLK_TCK)"
+log "profile $PROFILE: $USERS_BIN, $GATEWAY_BIN"
 if [[ $MODE == streams ]]; then
   log "streams: threads/workers=$THREADS streams=$STREAMS_COUNT connections=$CONNECTIONS hold=${STREAMS_HOLD}s"
 else
@@ -308,13 +324,12 @@ if [[ $MODE == streams ]]; then
     >"$TMP/ticker.log" 2>&1 &
   TICKER_PID=$!; PIDS+=("$TICKER_PID")
   wait_for_line "$TMP/ticker.log" "health-ticker: listening on grpc://" "$TICKER_PID" 30
-  HEALTH_PORT="$TICKER_PORT"
+  TICKER_ADDR="127.0.0.1:$TICKER_PORT"
   log "health_ticker up (pid $TICKER_PID, $STREAMS_RATE flips/s)"
 fi
-HEALTH_ADDR="127.0.0.1:$HEALTH_PORT"
 
 # munity-gateway -------------------------------------------------------------
-sed -e "s|@USERS_ADDR@|$USERS_ADDR|g" -e "s|@HEALTH_ADDR@|$HEALTH_ADDR|g" \
+sed -e "s|@USERS_ADDR@|$USERS_ADDR|g" -e "s|@TICKER_ADDR@|$TICKER_ADDR|g" \
   "$HERE/gateway.toml.template" >"$TMP/gateway.toml"
 env MUNITY_GATEWAY__LISTEN="$GATEWAY_ADDR" \
     MUNITY_GATEWAY__ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
@@ -334,7 +349,7 @@ log "munity-gateway up (pid $GATEWAY_PID, threads=$THREADS)"
 
 # nginx ----------------------------------------------------------------------
 sed -e "s|@WORKERS@|$THREADS|g" -e "s|@DIR@|$TMP/nginx|g" \
-    -e "s|@LISTEN@|$NGINX_ADDR|g" -e "s|@USERS_ADDR@|$USERS_ADDR|g" -e "s|@HEALTH_ADDR@|$HEALTH_ADDR|g" \
+    -e "s|@LISTEN@|$NGINX_ADDR|g" -e "s|@USERS_ADDR@|$USERS_ADDR|g" -e "s|@TICKER_ADDR@|$TICKER_ADDR|g" \
     "$HERE/nginx.conf.template" >"$TMP/nginx/nginx.conf"
 "$NGINX_BIN" -t -q -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
   || die "nginx -t refused $TMP/nginx/nginx.conf"
@@ -352,7 +367,8 @@ run_streams() {  # run_streams LABEL ADDR OUT.json PIDS [CHILDREN_OF]
     --label "$1" --target "$2" --out "$3" --pids "$4" --children-of "${5:-}" \
     --count "$STREAMS_COUNT" --connections "$CONNECTIONS" \
     --hold "$STREAMS_HOLD" --open-timeout "$STREAMS_OPEN_TIMEOUT" \
-    --service munity.bench.Ticker --offered-per-stream "$STREAMS_RATE" \
+    --method /munity.bench.v1.Ticker/Watch --service munity.bench.Ticker \
+    --token "$TOKEN" --offered-per-stream "$STREAMS_RATE" \
     --upstream-port "$TICKER_PORT" --upstream-pid "$TICKER_PID" &
   GHZ_PID=$!
   local status=0
@@ -362,15 +378,16 @@ run_streams() {  # run_streams LABEL ADDR OUT.json PIDS [CHILDREN_OF]
 }
 
 if [[ $MODE == streams ]]; then
-  log "gateway: opening $STREAMS_COUNT Health/Watch streams over $CONNECTIONS connections"
+  log "gateway: opening $STREAMS_COUNT Ticker/Watch streams over $CONNECTIONS connections"
   run_streams gateway "$GATEWAY_ADDR" "$TMP/results/streams_gateway.json" "$GATEWAY_PID" \
     || die "streams client against the gateway failed"
-  log "nginx: opening $STREAMS_COUNT Health/Watch streams over $CONNECTIONS connections"
+  log "nginx: opening $STREAMS_COUNT Ticker/Watch streams over $CONNECTIONS connections"
   run_streams nginx "$NGINX_ADDR" "$TMP/results/streams_nginx.json" "$NGINX_PID" "$NGINX_PID" \
     || die "streams client against nginx failed"
   warn_if_a_proxy_died
   echo
-  echo "Munity gateway benchmark: $STREAMS_COUNT concurrent grpc.health.v1.Health/Watch streams ({\"service\":\"munity.bench.Ticker\"}) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s; the health_ticker upstream sends $STREAMS_RATE messages/s on each stream"
+  echo "Munity gateway benchmark: $STREAMS_COUNT concurrent munity.bench.v1.Ticker/Watch streams (the health_ticker's grpc.health.v1.Health/Watch, {\"service\":\"munity.bench.Ticker\"}; JWT sent, checked by the gateway only) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s; the ticker sends $STREAMS_RATE messages/s on each stream"
+  echo "binaries: $PROFILE profile"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); client: python grpcio $("$TMP/venv/bin/python" -c 'import grpc; print(grpc.__version__)')"
   echo "memory: VmRSS/VmHWM of the gateway process, or nginx master + workers summed; 'all open' = max over samples every 0.5 s while held; RSS per stream = (all open max - before) / open streams"
   report_status=0
@@ -424,7 +441,7 @@ for CONCURRENCY in "${CONCURRENCIES[@]}"; do
   warn_if_a_proxy_died
 
   echo
-  echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds"
+  echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds; $PROFILE binaries"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
   echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
   python3 "$HERE/report.py" "$results" "$CLK_TCK" || report_status=$?

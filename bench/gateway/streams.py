@@ -3,10 +3,15 @@
 
   streams.py run --target HOST:PORT --count N --connections K --hold S
                  --pids PID[,PID...] [--children-of PID] --upstream-port P
-                 --out FILE.json
-      Opens N grpc.health.v1.Health/Watch calls ({"service": --service},
-      run.sh passes the ticker's "munity.bench.Ticker"), spread round-robin
-      over K HTTP/2 connections, waits until every stream has received its
+                 [--token JWT] --out FILE.json
+      Opens N /munity.bench.v1.Ticker/Watch calls ({"service": --service},
+      run.sh passes the ticker's "munity.bench.Ticker"): the health_ticker
+      example serves grpc.health.v1.Health/Watch under that name too,
+      because munity-gateway answers grpc.health.v1.Health itself rather
+      than proxying it. --method picks another path; --token sends
+      "authorization: Bearer JWT" (the gateway wants one for every method
+      the protos do not mark public). The calls are spread round-robin
+      over K HTTP/2 connections; it waits until every stream has received its
       first message (Watch sends the current status once, then one message
       per change: the ticker changes it --offered-per-stream times a
       second) or until
@@ -30,8 +35,10 @@ import os
 import sys
 import time
 
-METHOD = "/grpc.health.v1.Health/Watch"
-SERVICE = "munity.users.v1.Users"
+# grpc.health.v1.Health/Watch under the name the health_ticker also serves
+# it as (the gateway answers grpc.health.v1.Health itself, unproxied).
+METHOD = "/munity.bench.v1.Ticker/Watch"
+SERVICE = "munity.bench.Ticker"
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
 
@@ -192,7 +199,8 @@ async def run(args):
         ])
         for i in range(k)
     ]
-    watch = [ch.unary_stream(METHOD, request_serializer=lambda b: b,
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    watch = [ch.unary_stream(args.method, request_serializer=lambda b: b,
                              response_deserializer=decode_status) for ch in channels]
     for ch in channels:
         await asyncio.wait_for(ch.channel_ready(), 10)
@@ -221,7 +229,7 @@ async def run(args):
 
     t_start = time.monotonic()
     for i in range(n):
-        calls.append(watch[i % k](request, timeout=deadline))
+        calls.append(watch[i % k](request, timeout=deadline, metadata=metadata))
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
 
     # Open phase: until every stream has its first message (or timeout).
@@ -285,6 +293,7 @@ async def run(args):
         "opened_total": opened_total, "never_opened": never_opened,
         "open_at_hold_start": open_at_hold_start, "open_at_hold_end": open_at_hold_end,
         "messages": sum(counts), "statuses": dict(statuses), "service": args.service,
+        "method": args.method,
         "hold_messages": messages_at_hold_end - messages_at_hold_start,
         "offered_per_stream": args.offered_per_stream,
         "run_s": t_closed - t_start, "hold_measured_s": t_hold_end - t_open,
@@ -372,7 +381,9 @@ def main():
     r.add_argument("--open-timeout", type=float, default=20)
     r.add_argument("--settle", type=float, default=2, help="seconds after close before the 'after' sample")
     r.add_argument("--sample-interval", type=float, default=0.5)
+    r.add_argument("--method", default=METHOD, help="the server-streaming path to call")
     r.add_argument("--service", default=SERVICE)
+    r.add_argument("--token", default="", help="sent as 'authorization: Bearer TOKEN'")
     r.add_argument("--pids", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     r.add_argument("--children-of", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     r.add_argument("--upstream-port", type=int, default=0)

@@ -7,18 +7,37 @@
 //! (streams × flips per second) through a proxy, with a real tonic server
 //! and no code of the benchmark's own on the message path.
 //!
+//! The same health service is also served as `munity.bench.v1.Ticker`
+//! (`/munity.bench.v1.Ticker/Watch` is `/grpc.health.v1.Health/Watch` under
+//! another name): munity-gateway answers `grpc.health.v1.Health` itself
+//! and never proxies it, so the benchmark calls the ticker's stream by that
+//! name through both proxies. The overall status (service `""`, which the
+//! gateway's health checks of the ticker ask about) stays SERVING.
+//!
 //! ```sh
 //! cargo run --release -p munity-gateway --example health_ticker -- --listen 127.0.0.1:0 --per-second 10
 //! ```
 //! prints `health-ticker: listening on grpc://ADDR` once it accepts calls.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use clap::Parser;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    codegen::{Service, http},
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
+/// The health service name whose status flips: what the streams watch.
 const SERVICE: &str = "munity.bench.Ticker";
+/// The gRPC service the health service is also served as.
+const TICKER: &str = "munity.bench.v1.Ticker";
+const HEALTH: &str = "grpc.health.v1.Health";
 
 #[derive(Parser)]
 struct Args {
@@ -28,6 +47,45 @@ struct Args {
     /// Status flips per second (each open Watch stream gets one message per flip).
     #[arg(long, default_value_t = 10.0)]
     per_second: f64,
+}
+
+/// A gRPC service served as [`TICKER`]: `/munity.bench.v1.Ticker/M` is
+/// passed on to the wrapped health service as `/grpc.health.v1.Health/M`.
+#[derive(Clone)]
+struct AsTicker<S>(S);
+
+impl<S> NamedService for AsTicker<S> {
+    const NAME: &'static str = TICKER;
+}
+
+impl<S, B> Service<http::Request<B>> for AsTicker<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // tonic's router only sends this service paths under /TICKER/.
+        let method = request
+            .uri()
+            .path()
+            .strip_prefix(&format!("/{TICKER}/"))
+            .unwrap_or_default();
+        if let Ok(path) = format!("/{HEALTH}/{method}").parse::<http::uri::PathAndQuery>() {
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = Some(path);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+        self.0.call(request)
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -64,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     println!("health-ticker: listening on grpc://{address}");
     Server::builder()
         .max_concurrent_streams(Some(10_000))
+        .add_service(AsTicker(health.clone()))
         .add_service(health)
         .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
         .await?;

@@ -35,6 +35,12 @@ pub struct GatewayConfig {
     /// Concurrent HTTP/2 streams a client may open on one connection (gRPC
     /// clients multiplex calls and long-lived streams on few connections).
     pub h2_max_concurrent_streams: u32,
+    /// Largest request header list accepted, in bytes, counted as HTTP/2
+    /// does (name + value + 32 per header), over HTTP/1.1 and HTTP/2 alike.
+    /// Below what upstreams accept (tonic/hyper: 16 KiB), so that one
+    /// request can never make an upstream drop the connection every client
+    /// shares.
+    pub max_request_header_bytes: usize,
     /// Let idle worker threads steal tasks from busy ones (one shared tokio
     /// scheduler), instead of one single-threaded scheduler per thread.
     pub work_stealing: bool,
@@ -76,6 +82,7 @@ impl Default for GatewayConfig {
             threads: 1,
             work_stealing: false,
             h2_max_concurrent_streams: 1000,
+            max_request_header_bytes: 8 * 1024,
             jwks_endpoint: String::new(),
             token_cache_capacity: 100_000,
             health_check_interval_ms: 1_000,

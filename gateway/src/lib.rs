@@ -168,6 +168,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         limits: limits.clone(),
         cors: cors::Cors::new(&config.cors_allowed_origins),
         health,
+        max_header_bytes: config.max_request_header_bytes,
     };
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
@@ -185,6 +186,12 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         // Pingora's default allows 100 streams per connection.
         let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
         h2.max_concurrent_streams(config.h2_max_concurrent_streams.max(1));
+        // A header block far past the limit is refused by h2 itself, before
+        // it is buffered (HEADERS + CONTINUATION floods); up to twice the
+        // limit reaches request_filter, which answers with a gRPC status.
+        h2.max_header_list_size(
+            u32::try_from(config.max_request_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
         // Every gRPC call carries at least one small DATA frame; hundreds of
         // calls opened at once on one connection (a client multiplexing
         // subscriptions) exceed h2's default framing budget of ~25 KB, and it

@@ -62,6 +62,9 @@ pub struct Gateway {
     pub cors: Cors,
     /// `grpc.health.v1`, answered here.
     pub health: EdgeHealth,
+    /// Request headers larger than this (HTTP/2's count: name + value + 32
+    /// each) are refused.
+    pub max_header_bytes: usize,
 }
 
 /// Where an admitted call goes.
@@ -91,8 +94,9 @@ pub struct CallCtx {
     web: Option<WebCall>,
     /// The caller's allowed browser origin, echoed in CORS headers.
     origin: Option<String>,
-    /// The request body could not be decoded (bad base64).
-    bad_request_body: bool,
+    /// Why the request body could not be decoded (bad base64), in words
+    /// for the client (Pingora's error adds the upstream's address).
+    bad_request_body: Option<String>,
     /// Counts the call in `munity_gateway_calls_in_flight` once routed.
     in_flight: Option<metrics::InFlight>,
     /// The call's span: a child of the client's trace when it sent
@@ -131,6 +135,7 @@ impl Gateway {
         ctx: &mut CallCtx,
         origin: Option<String>,
     ) -> Step<Destination> {
+        self.check_header_size(session)?;
         self.check_origin(ctx, origin)?;
         check_is_grpc(session, ctx)?;
         let path = session.req_header().uri.path().to_owned();
@@ -144,6 +149,24 @@ impl Gateway {
         }
         ctx.in_flight = Some(metrics::InFlight::start(&ctx.service, streaming));
         Ok(destination)
+    }
+
+    /// Headers beyond what the edge accepts are refused here, over HTTP/1.1
+    /// and HTTP/2 alike: passed on, they made the upstream end the whole
+    /// shared HTTP/2 connection (GOAWAY), and every other client's calls and
+    /// streams on it with them.
+    fn check_header_size(&self, session: &Session) -> Step {
+        let size = header_list_size(&session.req_header().headers);
+        if size > self.max_header_bytes {
+            return Err(Refusal::new(
+                Code::ResourceExhausted,
+                format!(
+                    "request headers are {size} bytes; the gateway accepts at most {}",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Browsers' calls come from an allowed origin, echoed in CORS headers.
@@ -307,6 +330,25 @@ fn set_deadline(session: &Session, ctx: &mut CallCtx, route: &Route, streaming: 
     };
 }
 
+/// The client's request body cannot be translated. Marked as the
+/// downstream's error: Pingora then ends the call at once (resetting the
+/// upstream stream) and `fail_to_proxy` answers INVALID_ARGUMENT. Any other
+/// error source is taken for an upstream write failure, after which the
+/// call waited for the upstream's answer to a body it never got, until the
+/// deadline.
+fn bad_body(ctx: &mut CallCtx, message: String) -> Box<Error> {
+    ctx.bad_request_body = Some(message.clone());
+    Error::explain(ErrorType::InvalidHTTPHeader, message).into_down()
+}
+
+/// Request header bytes as HTTP/2 counts them (name + value + 32 each).
+fn header_list_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
 fn header_str(session: &Session, name: &str) -> Option<String> {
     session
         .req_header()
@@ -342,7 +384,7 @@ impl ProxyHttp for Gateway {
             peer: None,
             web: None,
             origin: None,
-            bad_request_body: false,
+            bad_request_body: None,
             in_flight: None,
             span: tracing::Span::none(),
         }
@@ -461,21 +503,12 @@ impl ProxyHttp for Gateway {
         if let Some(chunk) = body.take() {
             match web.decode_request(&chunk) {
                 Ok(decoded) => *body = Some(decoded),
-                Err(error) => {
-                    ctx.bad_request_body = true;
-                    return Err(Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        error.to_string(),
-                    ));
-                }
+                Err(error) => return Err(bad_body(ctx, error.to_string())),
             }
         }
         if end_of_stream && web.request_incomplete() {
-            ctx.bad_request_body = true;
-            return Err(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "grpc-web-text request body ends mid base64 group",
-            ));
+            let message = "grpc-web-text request body ends mid base64 group";
+            return Err(bad_body(ctx, message.to_owned()));
         }
         Ok(())
     }
@@ -581,13 +614,9 @@ impl ProxyHttp for Gateway {
         // Once the upstream's response has started, the stream just ends.
         if session.response_written().is_none() {
             let (code, message) = match error.etype() {
-                _ if ctx.bad_request_body => (
+                _ if ctx.bad_request_body.is_some() => (
                     Code::InvalidArgument,
-                    error
-                        .context
-                        .as_ref()
-                        .map_or("bad request body", |c| c.as_str())
-                        .to_owned(),
+                    ctx.bad_request_body.clone().unwrap_or_default(),
                 ),
                 ErrorType::ConnectNoRoute => (
                     Code::Unavailable,

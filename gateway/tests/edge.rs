@@ -202,6 +202,31 @@ async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
     let missing = client.get_me(pb::GetMeRequest {}).await.unwrap_err();
     assert_eq!(missing.code(), Code::Unauthenticated);
 
+    // One wording for a token that is not one, at the edge and at the
+    // service alike, whatever the JWT parser said (that goes to the log).
+    let mut direct = UsersClient::connect(format!("http://{}", users.address))
+        .await
+        .unwrap();
+    for garbage in ["not.a.jwt", "eyJhbGciOiJub25lIn0.e30.", "x"] {
+        for status in [
+            client
+                .get_me(with_bearer(pb::GetMeRequest {}, garbage))
+                .await
+                .unwrap_err(),
+            direct
+                .get_me(with_bearer(pb::GetMeRequest {}, garbage))
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(
+                status.code(),
+                Code::Unauthenticated,
+                "{garbage}: {status:?}"
+            );
+            assert_eq!(status.message(), "malformed access token", "{garbage}");
+        }
+    }
+
     // Login is limited to 3 per minute per client IP here.
     let login = pb::LoginRequest {
         email: "edge@example.com".to_owned(),

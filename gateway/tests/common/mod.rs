@@ -236,3 +236,43 @@ impl Gateway {
             .map_or(0, |v| v as u64)
     }
 }
+
+/// One raw HTTP/1.1 request (`Connection: close`); returns the status code
+/// and the headers (lower-case names) of the response.
+pub async fn http1(address: &str, request: Vec<u8>) -> (u16, Vec<(String, String)>) {
+    let address = address.to_owned();
+    let head = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break String::from_utf8(received[..end].to_vec()).unwrap();
+            }
+            let read = stream.read(&mut buffer).expect("response head within 10 s");
+            assert!(read > 0, "connection closed before the response head");
+            received.extend_from_slice(&buffer[..read]);
+        }
+    })
+    .await
+    .unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect();
+    (status, headers)
+}

@@ -1,0 +1,225 @@
+//! One hostile request must never hurt other clients: each finding of
+//! probing the edge from outside, replayed against a real `munity-gateway`
+//! process in front of a real users-svc, with another client's proxied
+//! streams open on the same upstream connection throughout.
+
+use std::time::Duration;
+
+use munity_proto::users::v1::{self as pb, users_client::UsersClient};
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Streaming, transport::Channel};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, ServerReflectionResponse,
+    server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+};
+
+mod common;
+
+use common::{Gateway, http1, replica, users_routes};
+
+/// A well-behaved client's proxied stream (server reflection stays open
+/// while the client keeps its side open, and answers each request).
+struct OpenStream {
+    requests: mpsc::Sender<ServerReflectionRequest>,
+    responses: Streaming<ServerReflectionResponse>,
+}
+
+fn list_services() -> ServerReflectionRequest {
+    ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }
+}
+
+impl OpenStream {
+    async fn open(channel: Channel) -> OpenStream {
+        let (requests, outbound) = mpsc::channel(4);
+        requests.send(list_services()).await.unwrap();
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(responses.message().await.unwrap().is_some());
+        OpenStream {
+            requests,
+            responses,
+        }
+    }
+
+    /// Whether the stream still answers.
+    async fn still_answers(&mut self) -> Result<(), String> {
+        self.requests
+            .send(list_services())
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(5), self.responses.message()).await {
+            Ok(Ok(Some(_))) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
+
+async fn open_streams(gateway: &Gateway, count: usize) -> Vec<OpenStream> {
+    let channel = gateway.channel().await;
+    let mut streams = Vec::new();
+    for _ in 0..count {
+        streams.push(OpenStream::open(channel.clone()).await);
+    }
+    streams
+}
+
+async fn assert_all_answer(streams: &mut [OpenStream]) {
+    for (i, stream) in streams.iter_mut().enumerate() {
+        if let Err(error) = stream.still_answers().await {
+            panic!("another client's stream {i} was hurt: {error}");
+        }
+    }
+}
+
+fn grpc_status(headers: &[(String, String)]) -> Option<&str> {
+    headers
+        .iter()
+        .find(|(name, _)| name == "grpc-status")
+        .map(|(_, value)| value.as_str())
+}
+
+/// A gRPC-web request over HTTP/1.1 with `extra` header lines.
+fn web_request(address: &str, path: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\ncontent-type: {content_type}\r\n\
+         x-grpc-web: 1\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Headers of 64 KB passed on made users-svc GOAWAY the shared upstream
+/// connection (`too_many_continuations`), cutting every other client's
+/// streams. The edge now refuses them itself, over HTTP/1.1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_headers_are_refused_and_other_clients_streams_survive() {
+    let users = replica().await;
+    let gateway = Gateway::start(users.address, "", &users_routes(&[users.address], ""))
+        .serving()
+        .await;
+    let mut streams = open_streams(&gateway, 5).await;
+
+    // HTTP/1.1 gRPC-web, one 64 KB header.
+    let big = format!("x-big: {}\r\n", "a".repeat(64 * 1024));
+    let empty_message = [0u8, 0, 0, 0, 0];
+    let (status, headers) = http1(
+        &gateway.address,
+        web_request(
+            &gateway.address,
+            "/munity.users.v1.Users/GetJwks",
+            "application/grpc-web+proto",
+            &big,
+            &empty_message,
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(grpc_status(&headers), Some("8"), "{headers:?}"); // RESOURCE_EXHAUSTED
+    assert_all_answer(&mut streams).await;
+
+    // HTTP/2: over the edge's limit (refused with a status), and far over
+    // it (refused by HTTP/2 itself); either way, not passed on.
+    let mut client = UsersClient::new(gateway.channel().await);
+    for size in [12 * 1024, 64 * 1024] {
+        let mut request = Request::new(pb::GetJwksRequest {});
+        request
+            .metadata_mut()
+            .insert("x-big", "a".repeat(size).parse().unwrap());
+        let status = client.get_jwks(request).await.unwrap_err();
+        if size == 12 * 1024 {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        }
+    }
+    assert_all_answer(&mut streams).await;
+
+    // Normal calls still work, and no replica was blamed.
+    let mut client = UsersClient::new(gateway.channel().await);
+    client.get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    assert_eq!(
+        gateway
+            .metric("munity_gateway_upstream_ejections_total{route=\"users\"}")
+            .await,
+        0
+    );
+    users.shutdown.cancel();
+}
+
+/// Bad base64 in a gRPC-web-text body hung until the call's deadline (30 s),
+/// holding the upstream call open; on a streaming method the call never
+/// ended. It is an immediate INVALID_ARGUMENT now, with nothing left in
+/// flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_base64_is_an_immediate_invalid_argument() {
+    let users = replica().await;
+    let gateway = Gateway::start(users.address, "", &users_routes(&[users.address], ""))
+        .serving()
+        .await;
+    let mut streams = open_streams(&gateway, 3).await;
+    for path in [
+        "/munity.users.v1.Users/GetJwks",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Watch",
+    ] {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(3),
+            http1(
+                &gateway.address,
+                web_request(
+                    &gateway.address,
+                    path,
+                    "application/grpc-web-text",
+                    "",
+                    b"!!!!not*base64",
+                ),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: no answer within 3 s"));
+        let (status, headers) = answered;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(grpc_status(&headers), Some("3"), "{path}: {headers:?}");
+        let message = headers
+            .iter()
+            .find(|(n, _)| n == "grpc-message")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        assert!(
+            !message.contains("127.0.0.1"),
+            "{path}: internal address in {message:?}"
+        );
+    }
+    // Nothing stays in flight but the well-behaved client's streams.
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = gateway.metrics().await;
+        let unary = metrics.lines().find(|l| {
+            l.starts_with("munity_gateway_calls_in_flight{")
+                && l.contains("service=\"munity.users.v1.Users\"")
+                && l.contains("kind=\"unary\"")
+        });
+        let reflection = metrics.lines().find(|l| {
+            l.starts_with("munity_gateway_calls_in_flight{")
+                && l.contains("service=\"grpc.reflection.v1.ServerReflection\"")
+        });
+        let settled = unary.is_none_or(|l| l.ends_with(" 0"))
+            && reflection.is_some_and(|l| l.ends_with(" 3"));
+        if settled {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "calls left in flight: {unary:?} {reflection:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_all_answer(&mut streams).await;
+    users.shutdown.cancel();
+}

@@ -8,7 +8,8 @@
 //! `Check` answers once; `Watch` sends the status, then every change (seen
 //! within one health-check interval), until the client goes away. When the
 //! gateway begins shutting down, everything turns NOT_SERVING, so watchers
-//! move to another gateway replica before the streams are cut. Both speak
+//! move to another gateway replica before the streams are cut; a `Watch`
+//! with a deadline ends with DEADLINE_EXCEEDED when it passes. Both speak
 //! gRPC and gRPC-web (binary and text), like every other call.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -98,7 +99,9 @@ impl EdgeHealth {
         method: &str,
         web: Option<&mut WebCall>,
         extra_headers: &[(&'static str, String)],
+        deadline: Option<Duration>,
     ) -> Result<(), Refusal> {
+        let started = tokio::time::Instant::now();
         let watch = match method {
             "Check" => false,
             "Watch" => true,
@@ -122,10 +125,12 @@ impl EdgeHealth {
                     format!("unknown service {:?}", request.service),
                 )
             })?;
+            let mut ok = http::HeaderMap::new();
+            ok.insert("grpc-status", http::HeaderValue::from_static("0"));
             let tasks = vec![
                 out.header(extra_headers),
                 out.message(status),
-                out.ok_trailers(),
+                out.trailers(ok),
             ];
             let _ = session.downstream_session.response_duplex_vec(tasks).await;
             return Ok(());
@@ -150,12 +155,21 @@ impl EdgeHealth {
         }
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The client's deadline covers the whole call, stream included.
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let expiry = tokio::time::sleep_until(started + deadline.unwrap_or(far));
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 // Resolves when the client closes the stream or connection.
                 _ = session.downstream_session.read_body_or_idle(true) => return Ok(()),
                 () = self.shutdown.cancelled(), if last != ServingStatus::NotServing => {}
+                () = &mut expiry, if deadline.is_some() => {
+                    let end = vec![out.trailers(munity_platform::deadline::exceeded_trailers())];
+                    let _ = session.downstream_session.response_duplex_vec(end).await;
+                    return Ok(());
+                }
             }
             let now = current(self);
             if now != last {
@@ -268,9 +282,7 @@ impl Writer<'_> {
         HttpTask::Body(Some(self.encode(&frame)), false)
     }
 
-    fn ok_trailers(&self) -> HttpTask {
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    fn trailers(&self, trailers: http::HeaderMap) -> HttpTask {
         match self.web {
             // Browsers cannot read trailers: gRPC-web sends them as the last
             // body frame.

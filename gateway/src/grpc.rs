@@ -82,30 +82,6 @@ pub async fn respond_status(
     Ok(())
 }
 
-/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
-pub fn parse_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
-/// Formats a deadline as `grpc-timeout` (milliseconds; at most 8 digits).
-pub fn format_timeout(timeout: Duration) -> String {
-    let millis = timeout.as_millis().clamp(1, 99_999_999);
-    format!("{millis}m")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,17 +96,6 @@ mod tests {
         assert_eq!(split_path("/svc/"), None);
         assert_eq!(split_path("/a/b/c"), None);
         assert_eq!(split_path("nope"), None);
-    }
-
-    #[test]
-    fn timeouts() {
-        assert_eq!(parse_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_timeout("m"), None);
-        assert_eq!(parse_timeout("123456789m"), None);
-        assert_eq!(parse_timeout("10x"), None);
-        assert_eq!(format_timeout(Duration::from_secs(3)), "3000m");
     }
 
     #[test]

@@ -316,12 +316,7 @@ fn start_span(session: &Session, ctx: &mut CallCtx, path: &str) {
 /// Deadline: the client's, capped by the route; a default otherwise,
 /// except for server streams, which may rightly live for hours.
 fn set_deadline(session: &Session, ctx: &mut CallCtx, route: &Route, streaming: bool) {
-    let requested = session
-        .req_header()
-        .headers
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(grpc::parse_timeout);
+    let requested = munity_platform::deadline::requested(&session.req_header().headers);
     let max = Duration::from_millis(route.config.max_timeout_ms);
     ctx.deadline = match requested {
         Some(requested) => Some(requested.min(max)),
@@ -405,9 +400,10 @@ impl ProxyHttp for Gateway {
             Ok(Destination::Health) => {
                 let headers = cors::response_headers(ctx.origin.as_deref());
                 let method = ctx.method.clone();
+                let deadline = munity_platform::deadline::requested(&session.req_header().headers);
                 match self
                     .health
-                    .serve(session, &method, ctx.web.as_mut(), &headers)
+                    .serve(session, &method, ctx.web.as_mut(), &headers, deadline)
                     .await
                 {
                     Ok(()) => ctx.local_status = Some(Code::Ok),
@@ -477,7 +473,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(deadline) = ctx.deadline {
-            upstream_request.insert_header("grpc-timeout", grpc::format_timeout(deadline))?;
+            upstream_request.insert_header(
+                "grpc-timeout",
+                munity_platform::deadline::format_timeout(deadline),
+            )?;
         }
         if ctx.web.is_some() {
             // Upstream, it is plain gRPC over HTTP/2.

@@ -223,3 +223,123 @@ async fn bad_base64_is_an_immediate_invalid_argument() {
     assert_all_answer(&mut streams).await;
     users.shutdown.cancel();
 }
+
+/// How a stream ended: the status of the error that ended it, or `None` if
+/// it was still open after `limit`.
+async fn ended_with<T>(stream: &mut Streaming<T>, limit: Duration) -> Option<Code> {
+    let ended = tokio::time::timeout(limit, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Code::Ok,
+                Err(status) => return status.code(),
+            }
+        }
+    })
+    .await;
+    ended.ok()
+}
+
+/// A deadline covers the whole call, streams included: a Watch or a
+/// proxied stream with `grpc-timeout: 1S` was still open after 8 s, at the
+/// gateway and at users-svc alike, and a route's `max_timeout_ms` did not
+/// cap a stream either. Each now ends with DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_end_server_streams_with_deadline_exceeded() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let users = replica().await;
+    let gateway = Gateway::start(
+        users.address,
+        "",
+        &users_routes(&[users.address], "max_timeout_ms = 1500"),
+    )
+    .serving()
+    .await;
+    let watch_request = |timeout: Duration| {
+        let mut request = Request::new(HealthCheckRequest {
+            service: "munity.users.v1.Users".to_owned(),
+        });
+        request.set_timeout(timeout);
+        request
+    };
+
+    // At users-svc itself (GrpcHost).
+    let direct = Channel::from_shared(format!("http://{}", users.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(direct)
+        .watch(watch_request(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ended_with(&mut watch, Duration::from_secs(6)).await,
+        Some(Code::DeadlineExceeded)
+    );
+
+    // The gateway's own Watch.
+    let mut watch = HealthClient::new(gateway.channel().await)
+        .watch(watch_request(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ended_with(&mut watch, Duration::from_secs(6)).await,
+        Some(Code::DeadlineExceeded)
+    );
+
+    // A proxied stream asking for a minute gets the route's 1.5 s cap.
+    let (requests, outbound) = mpsc::channel(4);
+    requests.send(list_services()).await.unwrap();
+    let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    request.set_timeout(Duration::from_secs(60));
+    let mut stream = ServerReflectionClient::new(gateway.channel().await)
+        .server_reflection_info(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    assert_eq!(
+        ended_with(&mut stream, Duration::from_secs(6)).await,
+        Some(Code::DeadlineExceeded)
+    );
+    drop(requests);
+
+    // gRPC-web over HTTP/1.1: the trailer frame says DEADLINE_EXCEEDED.
+    let message = prost::Message::encode_to_vec(&HealthCheckRequest {
+        service: "munity.users.v1.Users".to_owned(),
+    });
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let whole = tokio::time::timeout(
+        Duration::from_secs(6),
+        http1_to_end(
+            &gateway.address,
+            web_request(
+                &gateway.address,
+                "/grpc.health.v1.Health/Watch",
+                "application/grpc-web+proto",
+                "grpc-timeout: 1S\r\n",
+                &body,
+            ),
+        ),
+    )
+    .await
+    .expect("the gRPC-web Watch ended at its deadline");
+    let text = String::from_utf8_lossy(&whole);
+    assert!(text.contains("grpc-status:4"), "{text:?}");
+    users.shutdown.cancel();
+}
+
+/// Everything the server sends on one HTTP/1.1 request, to the end.
+async fn http1_to_end(address: &str, request: Vec<u8>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).await.unwrap();
+    received
+}

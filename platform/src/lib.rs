@@ -10,6 +10,8 @@
 //!   quota, streaming) and which upstream serves each service.
 //! - [`telemetry`]: logs (pretty or JSON), OTLP trace export, W3C trace
 //!   context in gRPC metadata.
+//! - [`deadline`]: `grpc-timeout`, and deadlines enforced on whole calls
+//!   (server streams included).
 //! - [`error`]: building `tonic::Status` values, with `google.rpc.BadRequest`
 //!   details for bad input.
 //! - [`auth`]: access-token (JWT, EdDSA) verification against users-svc's
@@ -27,6 +29,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod metrics;
 pub mod policy;

@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use crate::{
     auth::{AuthLayer, TokenVerifier},
+    deadline::Deadline,
     metrics::{CallRecord, MeteredBody},
     policy::MethodPolicy,
     telemetry,
@@ -213,8 +214,8 @@ impl<S> Layer<S> for OptionalAuthLayer {
 }
 
 /// Opens a span per call, continuing the caller's trace when the request
-/// carries W3C trace context, records the call's RED metrics, and logs how
-/// it ended.
+/// carries W3C trace context, records the call's RED metrics, ends the call
+/// at its deadline (streams included), and logs how it ended.
 #[derive(Clone)]
 struct ObserveLayer {
     policy: Arc<MethodPolicy>,
@@ -243,7 +244,7 @@ where
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
 {
-    type Response = http::Response<MeteredBody<ResBody>>;
+    type Response = http::Response<MeteredBody<Deadline<ResBody>>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -273,6 +274,9 @@ where
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut record = is_grpc.then(|| CallRecord::start(path, &self.policy));
+        // The client's deadline covers the whole call: a server stream still
+        // open then ends with DEADLINE_EXCEEDED.
+        let deadline = crate::deadline::requested(request.headers()).filter(|_| is_grpc);
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -297,7 +301,8 @@ where
                             .unwrap_or("0");
                         tracing::Span::current().record("rpc.grpc.status_code", code);
                         tracing::debug!(grpc_status = code, elapsed_us, "call answered");
-                        Ok(response.map(|body| MeteredBody::new(body, record)))
+                        Ok(response
+                            .map(|body| MeteredBody::new(Deadline::new(body, deadline), record)))
                     }
                     Err(error) => {
                         tracing::warn!(%error, elapsed_us, "call failed");

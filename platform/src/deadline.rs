@@ -1,0 +1,143 @@
+//! Deadlines: `grpc-timeout` read and written the same way everywhere, and
+//! enforced on a whole call, server streams included.
+//!
+//! tonic bounds a handler's future by the client's `grpc-timeout`, but not
+//! the body of a response that has started: a server stream with a 2 s
+//! deadline went on for as long as the handler kept it open. [`Deadline`]
+//! ends such a body when the deadline passes, with DEADLINE_EXCEEDED in its
+//! trailers, as the gRPC protocol says a deadline covers the whole call.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http_body::{Body, Frame};
+
+/// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
+pub fn parse_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// Formats a deadline as `grpc-timeout` (milliseconds; at most 8 digits).
+pub fn format_timeout(timeout: Duration) -> String {
+    let millis = timeout.as_millis().clamp(1, 99_999_999);
+    format!("{millis}m")
+}
+
+/// The deadline a request asks for in its `grpc-timeout` header.
+pub fn requested(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_timeout)
+}
+
+/// The trailers that end a call whose deadline passed.
+pub fn exceeded_trailers() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("deadline exceeded"),
+    );
+    trailers
+}
+
+/// A response body that ends with DEADLINE_EXCEEDED trailers when its
+/// deadline passes first (and passes through untouched otherwise).
+pub struct Deadline<B> {
+    inner: B,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Trailers were sent (the inner body's or ours): nothing follows.
+    finished: bool,
+}
+
+impl<B> Deadline<B> {
+    pub fn new(inner: B, deadline: Option<Duration>) -> Self {
+        Deadline {
+            inner,
+            timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
+            finished: false,
+        }
+    }
+}
+
+impl<B> Body for Deadline<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(timer) = &mut this.timer
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            this.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(exceeded_trailers()))));
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => this.finished = true,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finished = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout("m"), None);
+        assert_eq!(parse_timeout("123456789m"), None);
+        assert_eq!(parse_timeout("10x"), None);
+        assert_eq!(format_timeout(Duration::from_secs(3)), "3000m");
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
+        use http_body_util::{BodyExt, StreamBody};
+        // A body that never ends on its own.
+        let never = StreamBody::new(futures::stream::pending::<
+            Result<Frame<bytes::Bytes>, std::convert::Infallible>,
+        >());
+        let mut body = Deadline::new(never, Some(Duration::from_millis(20)));
+        let frame = body.frame().await.unwrap().unwrap();
+        let trailers = frame.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "4");
+        assert!(body.frame().await.is_none());
+    }
+}

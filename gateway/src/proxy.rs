@@ -617,6 +617,12 @@ impl ProxyHttp for Gateway {
                     Code::InvalidArgument,
                     ctx.bad_request_body.clone().unwrap_or_default(),
                 ),
+                // The client's own request could not be read (a bad chunk
+                // size, say): its fault, not a reason to retry.
+                _ if *error.esource() == pingora_core::ErrorSource::Downstream => (
+                    Code::InvalidArgument,
+                    format!("the request could not be read: {}", error.etype().as_str()),
+                ),
                 ErrorType::ConnectNoRoute => (
                     Code::Unavailable,
                     error

@@ -205,9 +205,11 @@ async fn bad_base64_is_an_immediate_invalid_argument() {
                 && l.contains("service=\"munity.users.v1.Users\"")
                 && l.contains("kind=\"unary\"")
         });
+        // Reflection streams count as streams (they were `unary`).
         let reflection = metrics.lines().find(|l| {
             l.starts_with("munity_gateway_calls_in_flight{")
                 && l.contains("service=\"grpc.reflection.v1.ServerReflection\"")
+                && l.contains("kind=\"server_streaming\"")
         });
         let settled = unary.is_none_or(|l| l.ends_with(" 0"))
             && reflection.is_some_and(|l| l.ends_with(" 3"));
@@ -221,6 +223,26 @@ async fn bad_base64_is_an_immediate_invalid_argument() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_all_answer(&mut streams).await;
+    users.shutdown.cancel();
+}
+
+/// An HTTP/1.1 body with a bad chunk size is the client's error: it got
+/// UNAVAILABLE "upstream failed: InvalidChunk", a code that says "retry".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_http1_body_is_invalid_argument() {
+    let users = replica().await;
+    let gateway = Gateway::start(users.address, "", &users_routes(&[users.address], ""))
+        .serving()
+        .await;
+    let request = format!(
+        "POST /munity.users.v1.Users/GetJwks HTTP/1.1\r\nHost: {0}\r\n\
+         content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
+         transfer-encoding: chunked\r\nconnection: close\r\n\r\nzz\r\nnot a chunk\r\n0\r\n\r\n",
+        gateway.address
+    );
+    let (status, headers) = http1(&gateway.address, request.into_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(grpc_status(&headers), Some("3"), "{headers:?}");
     users.shutdown.cancel();
 }
 

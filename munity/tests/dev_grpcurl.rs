@@ -81,6 +81,16 @@ async fn register_login_me_refresh_logout_and_restart_with_grpcurl() {
         .unwrap();
     assert_eq!(health["status"], "SERVING");
 
+    // Operators see every replica from the start, zeros included.
+    let admin = munity.ready.address("gateway_admin").to_owned();
+    let metrics = http_get(&admin, "/metrics").await;
+    for line in [
+        "munity_gateway_upstream_ejections_total{route=\"users\"} 0",
+        "munity_gateway_upstream_healthy{route=\"users\",",
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
+
     let credentials = json!({"email": "grace@example.com", "password": "correct horse"});
     let registered = munity
         .call(
@@ -198,4 +208,15 @@ async fn register_login_me_refresh_logout_and_restart_with_grpcurl() {
         "a token from before the restart still verifies"
     );
     munity.stop().await;
+}
+
+/// A bare HTTP/1.1 GET; the body.
+async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }

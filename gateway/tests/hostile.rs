@@ -15,7 +15,18 @@ use tonic_reflection::pb::v1::{
 
 mod common;
 
-use common::{Gateway, http1, replica, users_routes};
+use common::{Gateway, Replica, http1, replica, users_routes};
+
+/// A gateway routing to `users` alone, with `route_keys` in its route.
+async fn gateway_in_front_of(users: &Replica, route_keys: &str) -> Gateway {
+    Gateway::start(
+        users.address,
+        "",
+        &users_routes(&[users.address], route_keys),
+    )
+    .serving()
+    .await
+}
 
 /// A well-behaved client's proxied stream (server reflection stays open
 /// while the client keeps its side open, and answers each request).
@@ -102,9 +113,7 @@ fn web_request(address: &str, path: &str, content_type: &str, extra: &str, body:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_headers_are_refused_and_other_clients_streams_survive() {
     let users = replica().await;
-    let gateway = Gateway::start(users.address, "", &users_routes(&[users.address], ""))
-        .serving()
-        .await;
+    let gateway = gateway_in_front_of(&users, "").await;
     let mut streams = open_streams(&gateway, 5).await;
 
     // HTTP/1.1 gRPC-web, one 64 KB header.
@@ -159,9 +168,7 @@ async fn huge_headers_are_refused_and_other_clients_streams_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_base64_is_an_immediate_invalid_argument() {
     let users = replica().await;
-    let gateway = Gateway::start(users.address, "", &users_routes(&[users.address], ""))
-        .serving()
-        .await;
+    let gateway = gateway_in_front_of(&users, "").await;
     let mut streams = open_streams(&gateway, 3).await;
     for path in [
         "/munity.users.v1.Users/GetJwks",
@@ -231,9 +238,7 @@ async fn bad_base64_is_an_immediate_invalid_argument() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_http1_body_is_invalid_argument() {
     let users = replica().await;
-    let gateway = Gateway::start(users.address, "", &users_routes(&[users.address], ""))
-        .serving()
-        .await;
+    let gateway = gateway_in_front_of(&users, "").await;
     let request = format!(
         "POST /munity.users.v1.Users/GetJwks HTTP/1.1\r\nHost: {0}\r\n\
          content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
@@ -270,13 +275,7 @@ async fn ended_with<T>(stream: &mut Streaming<T>, limit: Duration) -> Option<Cod
 async fn deadlines_end_server_streams_with_deadline_exceeded() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let users = replica().await;
-    let gateway = Gateway::start(
-        users.address,
-        "",
-        &users_routes(&[users.address], "max_timeout_ms = 1500"),
-    )
-    .serving()
-    .await;
+    let gateway = gateway_in_front_of(&users, "max_timeout_ms = 1500").await;
     let watch_request = |timeout: Duration| {
         let mut request = Request::new(HealthCheckRequest {
             service: "munity.users.v1.Users".to_owned(),

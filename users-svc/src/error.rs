@@ -23,6 +23,10 @@ pub enum UsersError {
     PermissionDenied(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Every password-hash slot is taken and the queue for them is full, or
+    /// this call waited too long for one (`passwords.rs`).
+    #[error("too many password checks in progress; retry shortly")]
+    HashingBusy,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -49,6 +53,13 @@ impl From<UsersError> for Status {
             UsersError::NotFound(_) => Status::not_found(error.to_string()),
             UsersError::PermissionDenied(message) => Status::permission_denied(message),
             UsersError::FailedPrecondition(message) => Status::failed_precondition(message),
+            // RESOURCE_EXHAUSTED, not UNAVAILABLE: the replica is healthy,
+            // only busy, and the client should come back shortly. The gateway
+            // counts UNAVAILABLE from a replica towards ejecting it
+            // (`gateway/src/outlier.rs`), which would push a login storm onto
+            // the other replicas; RESOURCE_EXHAUSTED is also what the
+            // gateway's own Login quota answers.
+            UsersError::HashingBusy => Status::resource_exhausted(error.to_string()),
             UsersError::Store(StoreError::Conflict(what)) => {
                 Status::already_exists(format!("{what} already exists"))
             }

@@ -6,7 +6,7 @@
 //! - `domain.rs`: stored records and input rules.
 //! - `store/`: the repository trait and its two backends (embedded redb,
 //!   ScyllaDB), held to one contract by `tests/repository_contract.rs`.
-//! - `passwords.rs`: Argon2id hashing.
+//! - `passwords.rs`: Argon2id hashing, bounded (`[users.passwords]`).
 //! - `keys.rs`: Ed25519 signing keys, rotation, the JWKS.
 //! - `api/`: the gRPC service, a file per concern (sessions, accounts,
 //!   communities) plus conversions to protobuf.
@@ -70,6 +70,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
+    let hashing = passwords::Hashing::new(&config.own.passwords)?;
+    run_with_hashing(config, auth, listener, shutdown, hashing).await
+}
+
+/// [`run`] with its password-hashing bound made by the caller (from
+/// `config.own.passwords`), who can then watch it
+/// ([`passwords::Hashing::stats`]): for tests.
+#[doc(hidden)]
+pub async fn run_with_hashing(
+    config: ServiceConfig<UsersConfig>,
+    auth: AuthConfig,
+    listener: TcpListener,
+    shutdown: ShutdownToken,
+    hashing: passwords::Hashing,
+) -> anyhow::Result<()> {
     let repo = store::open(&config.storage).await?;
     let tokens = &config.own.tokens;
     let access_ttl = Duration::from_secs(tokens.access_ttl_secs);
@@ -93,7 +108,7 @@ pub async fn run(
         },
     ));
 
-    let api = api::UsersApi::new(repo, keys.clone(), &config.own, &auth);
+    let api = api::UsersApi::new(repo, keys.clone(), hashing, &config.own, &auth);
     let jwks_keys = keys.clone();
     GrpcHost::new(UsersService::DESCRIPTOR_SET)?
         .add_service(UsersServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))

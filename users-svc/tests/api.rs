@@ -2,7 +2,7 @@
 //! embedded store in a temporary directory, and a tonic client calls it as
 //! any other client would.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use munity_platform::service::ServiceConfig;
@@ -15,7 +15,7 @@ use munity_proto::users::v1::{self as pb, users_client::UsersClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status, transport::Channel};
 use tonic_types::StatusExt;
-use users_svc::UsersConfig;
+use users_svc::{UsersConfig, config::PasswordsConfig, passwords::Hashing};
 
 const ADMIN_EMAIL: &str = "root@example.com";
 
@@ -24,6 +24,8 @@ struct TestApp {
     client: UsersClient<Channel>,
     shutdown: ShutdownToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The service's password-hashing bound, to watch.
+    hashing: Hashing,
     _data: tempfile::TempDir,
 }
 
@@ -52,7 +54,14 @@ impl TestApp {
         adjust(&mut config, &mut auth);
         let address = config.listen;
         let shutdown = ShutdownToken::new();
-        let server = tokio::spawn(users_svc::run(config, auth, listener, shutdown.clone()));
+        let hashing = Hashing::new(&config.own.passwords).unwrap();
+        let server = tokio::spawn(users_svc::run_with_hashing(
+            config,
+            auth,
+            listener,
+            shutdown.clone(),
+            hashing.clone(),
+        ));
         let channel = Channel::from_shared(format!("http://{address}"))
             .unwrap()
             .connect()
@@ -63,6 +72,7 @@ impl TestApp {
             client: UsersClient::new(channel),
             shutdown,
             server,
+            hashing,
             _data: data,
         }
     }
@@ -872,6 +882,152 @@ async fn metrics_count_calls_by_method_and_code() {
     app.stop().await;
 }
 
+/// A login storm beyond the hashing bound (one hash at a time, one call
+/// waiting): the calls that find no slot and no place in the queue, or wait
+/// too long, are refused with RESOURCE_EXHAUSTED without hashing; none
+/// hangs; and the account is intact afterwards.
+#[tokio::test]
+async fn a_login_storm_beyond_the_hashing_bound_is_refused_not_queued() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let app = TestApp::spawn_with(|users, _| {
+            users.own.passwords = PasswordsConfig {
+                max_concurrent_hashes: NonZeroUsize::new(1),
+                max_queued_hashes: Some(1),
+                queue_timeout_ms: 300,
+            };
+        })
+        .await;
+        let email = unique_email("storm");
+        let registered = app.register(&email, "correct horse").await.unwrap();
+        let hashes_before = app.hashing.stats().hashes;
+
+        let logins = (0..20).map(|_| login(&app, &email, "correct horse"));
+        let (mut succeeded, mut refused) = (0, 0);
+        for result in futures::future::join_all(logins).await {
+            match result {
+                Ok(_) => succeeded += 1,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert_eq!(
+                        status.message(),
+                        "too many password checks in progress; retry shortly"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        assert!(
+            succeeded >= 1 && refused >= 1,
+            "{succeeded} succeeded, {refused} refused"
+        );
+        let stats = app.hashing.stats();
+        assert_eq!(
+            stats.hashes - hashes_before,
+            succeeded,
+            "a refused call hashes nothing"
+        );
+        assert_eq!(stats.refused, refused);
+        assert_eq!((stats.max_running, stats.threads), (1, 1));
+        assert_eq!((stats.running, stats.queued), (0, 0));
+
+        // The storm left the account as it was.
+        let after = login(&app, &email, "correct horse").await.unwrap();
+        let me = app
+            .client
+            .clone()
+            .get_me(with_bearer(pb::GetMeRequest {}, &after.access_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(Some(me), registered.user);
+        app.stop().await;
+    })
+    .await
+    .expect("a Login hung");
+}
+
+/// However many Logins come at once (right and wrong passwords, unknown
+/// emails and their dummy hash), and also after callers gave up mid-hash
+/// (the hash runs on, and keeps its slot), no more hashes run at once than
+/// `max_concurrent_hashes`. Without the bound the 50 calls all hash at once
+/// on tokio's blocking pool.
+#[tokio::test]
+async fn no_more_hashes_run_at_once_than_the_bound() {
+    const LIMIT: usize = 2;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let app = TestApp::spawn_with(|users, _| {
+            users.own.passwords = PasswordsConfig {
+                max_concurrent_hashes: NonZeroUsize::new(LIMIT),
+                max_queued_hashes: Some(100),
+                queue_timeout_ms: 1500,
+            };
+        })
+        .await;
+        let email = unique_email("bound");
+        app.register(&email, "correct horse").await.unwrap();
+        let hashes_before = app.hashing.stats().hashes;
+
+        // Callers who give up mid-hash: their hashes run on, and must keep
+        // their slots until they end.
+        let quitters: Vec<_> = (0..2 * LIMIT)
+            .map(|_| tokio::spawn(login(&app, &email, "correct horse")))
+            .collect();
+        while app.hashing.stats().running < LIMIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for quitter in &quitters {
+            quitter.abort();
+        }
+
+        let calls = (0..50).map(|i| match i % 3 {
+            0 => login(&app, &email, "correct horse"),
+            1 => login(&app, &email, "wrong horse"),
+            _ => login(&app, "nobody@example.com", "correct horse"),
+        });
+        for result in futures::future::join_all(calls).await {
+            if let Err(status) = result {
+                assert!(
+                    matches!(
+                        status.code(),
+                        Code::Unauthenticated | Code::ResourceExhausted
+                    ),
+                    "{status:?}"
+                );
+            }
+        }
+        // Hashes whose callers left still run to their end.
+        while app.hashing.stats().running > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stats = app.hashing.stats();
+        assert!(stats.hashes > hashes_before, "{stats:?}");
+        assert!(
+            stats.max_running <= LIMIT,
+            "{} hashes ran at once, over the bound of {LIMIT}",
+            stats.max_running
+        );
+        assert_eq!(stats.max_running, LIMIT, "50 calls at once fill every slot");
+        assert!(stats.threads <= LIMIT, "{stats:?}");
+        assert_eq!(stats.queued, 0);
+        app.stop().await;
+    })
+    .await
+    .expect("a Login hung");
+}
+
+fn login(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+) -> impl std::future::Future<Output = Result<pb::AuthResponse, Status>> + use<> {
+    let mut client = app.client.clone();
+    let request = pb::LoginRequest {
+        email: email.to_owned(),
+        password: password.to_owned(),
+    };
+    async move { client.login(request).await.map(|r| r.into_inner()) }
+}
+
 async fn client_channel(address: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{address}"))
         .unwrap()
@@ -891,4 +1047,35 @@ fn unknown_keys_in_the_section_are_refused_by_name() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("users.listn: unknown key"), "{stderr}");
+}
+
+/// `[users.passwords]` from the environment: a bound that would refuse every
+/// password (no slot at all) is refused with the config's other errors, by
+/// its key, and so is a typo in the subsection.
+#[test]
+fn bad_password_hashing_bounds_are_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    for (key, value, expected) in [
+        (
+            "MUNITY_USERS__PASSWORDS__MAX_CONCURRENT_HASHES",
+            "0",
+            "users.passwords.max_concurrent_hashes: invalid value",
+        ),
+        (
+            "MUNITY_USERS__PASSWORDS__MAX_CONCURRENT",
+            "4",
+            "users.passwords.max_concurrent: unknown field",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_users-svc"))
+            .env("MUNITY_USERS__LISTEN", "127.0.0.1:0")
+            .env("MUNITY_USERS__STORAGE__BACKEND", "embedded")
+            .env("MUNITY_USERS__STORAGE__PATH", data.path())
+            .env(key, value)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{key}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{key}={value}: {stderr}");
+    }
 }

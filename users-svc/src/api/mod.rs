@@ -17,12 +17,17 @@ use munity_platform::auth::{AuthConfig, caller};
 use munity_proto::users::v1::{self as pb, users_server::Users};
 use tonic::{Request, Response, Status};
 
-use crate::{config::UsersConfig, error::UsersError, keys::KeyManager, store::UsersRepository};
+use crate::{
+    config::UsersConfig, error::UsersError, keys::KeyManager, passwords::Hashing,
+    store::UsersRepository,
+};
 
 /// The service implementation.
 pub struct UsersApi {
     repo: Arc<dyn UsersRepository>,
     keys: Arc<KeyManager>,
+    /// Every password hash and check goes through its bound.
+    hashing: Hashing,
     access_ttl: Duration,
     refresh_ttl: Duration,
     auth: AuthConfig,
@@ -33,12 +38,14 @@ impl UsersApi {
     pub fn new(
         repo: Arc<dyn UsersRepository>,
         keys: Arc<KeyManager>,
+        hashing: Hashing,
         config: &UsersConfig,
         auth: &AuthConfig,
     ) -> Self {
         UsersApi {
             repo,
             keys,
+            hashing,
             access_ttl: Duration::from_secs(config.tokens.access_ttl_secs),
             refresh_ttl: Duration::from_secs(config.tokens.refresh_ttl_secs),
             auth: auth.clone(),

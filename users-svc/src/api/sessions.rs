@@ -13,7 +13,6 @@ use crate::{
         self, Millis, RefreshTokenRecord, Role, SessionRecord, UserRecord, limits, now_millis,
     },
     error::UsersError,
-    passwords,
     store::StoreError,
 };
 
@@ -96,7 +95,7 @@ impl UsersApi {
             id: Uuid::now_v7(),
             email,
             display_name,
-            password_hash: passwords::hash(request.password).await?,
+            password_hash: self.hashing.hash(request.password).await?,
             roles: Vec::new(),
             created_at: now_millis(),
         };
@@ -131,7 +130,7 @@ impl UsersApi {
 
         let user = self.repo.get_user_by_email(&email).await?;
         let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-        if !passwords::verify(request.password, stored_hash).await? {
+        if !self.hashing.verify(request.password, stored_hash).await? {
             return Err(UsersError::BadCredentials);
         }
         let user = user.ok_or(UsersError::BadCredentials)?;

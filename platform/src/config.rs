@@ -184,14 +184,88 @@ pub fn struct_fields<T: DeserializeOwned>() -> &'static [&'static str] {
     fields
 }
 
-/// Where a service keeps its data.
+/// Where a service keeps its data. `backend` defaults to `embedded`, so a
+/// section that sets only `path` means the embedded store there; a key of
+/// the other backend is refused by name.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "backend",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    try_from = "StorageKeys"
+)]
 pub enum StorageConfig {
     /// An embedded on-disk store under `path`: nothing to install.
     Embedded { path: PathBuf },
     /// ScyllaDB (or any server speaking CQL v4).
     Cql(CqlConfig),
+}
+
+/// `[<svc>.storage]` as written: every key of either backend, checked
+/// against `backend` afterwards.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct StorageKeys {
+    backend: Option<Backend>,
+    path: Option<PathBuf>,
+    nodes: Option<Vec<String>>,
+    keyspace: Option<String>,
+    replication_factor: Option<u32>,
+    username: Option<String>,
+    password: Option<String>,
+    request_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+enum Backend {
+    Embedded,
+    Cql,
+}
+
+impl TryFrom<StorageKeys> for StorageConfig {
+    type Error = String;
+
+    fn try_from(keys: StorageKeys) -> Result<Self, String> {
+        let cql_keys = [
+            ("nodes", keys.nodes.is_some()),
+            ("keyspace", keys.keyspace.is_some()),
+            ("replication_factor", keys.replication_factor.is_some()),
+            ("username", keys.username.is_some()),
+            ("password", keys.password.is_some()),
+            ("request_timeout_ms", keys.request_timeout_ms.is_some()),
+        ];
+        match keys.backend.unwrap_or(Backend::Embedded) {
+            Backend::Embedded => {
+                if let Some((key, _)) = cql_keys.iter().find(|(_, set)| *set) {
+                    return Err(format!(
+                        "`{key}` is a key of backend = \"cql\", not of the embedded store"
+                    ));
+                }
+                Ok(StorageConfig::Embedded {
+                    path: keys.path.unwrap_or_else(|| PathBuf::from("munity-data")),
+                })
+            }
+            Backend::Cql => {
+                if keys.path.is_some() {
+                    return Err("`path` is a key of backend = \"embedded\", not of cql".to_owned());
+                }
+                let defaults = CqlConfig::default();
+                Ok(StorageConfig::Cql(CqlConfig {
+                    nodes: keys.nodes.unwrap_or(defaults.nodes),
+                    keyspace: keys.keyspace.unwrap_or(defaults.keyspace),
+                    replication_factor: keys
+                        .replication_factor
+                        .unwrap_or(defaults.replication_factor),
+                    username: keys.username,
+                    password: keys.password,
+                    request_timeout_ms: keys
+                        .request_timeout_ms
+                        .unwrap_or(defaults.request_timeout_ms),
+                }))
+            }
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -391,6 +465,43 @@ mod tests {
             .section_over_defaults("routed", &defaults)
             .unwrap();
         assert_eq!(absent, defaults);
+    }
+
+    #[test]
+    fn storage_backend_defaults_to_embedded_and_keys_must_fit_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = write(&dir, text);
+            ConfigSource::load(Some(&path))
+                .unwrap()
+                .section::<Example>("example")
+                .map(|e| e.storage)
+        };
+        assert_eq!(
+            load("[example.storage]\npath = \"/data\"\n").unwrap(),
+            StorageConfig::Embedded {
+                path: PathBuf::from("/data")
+            }
+        );
+        assert_eq!(
+            load("[example.storage]\nbackend = \"cql\"\n").unwrap(),
+            StorageConfig::Cql(CqlConfig::default())
+        );
+        let mixed = load("[example.storage]\nbackend = \"cql\"\npath = \"/data\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            mixed.contains("example.storage") && mixed.contains("path"),
+            "{mixed}"
+        );
+        let mixed = load("[example.storage]\nnodes = [\"a:1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(mixed.contains("nodes"), "{mixed}");
+        let typo = load("[example.storage]\npaht = \"/data\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("paht"), "{typo}");
     }
 
     #[test]

@@ -240,7 +240,7 @@ async fn read_request(
 }
 
 /// The payload of a body holding exactly one uncompressed gRPC frame.
-fn single_message(body: &[u8]) -> Option<&[u8]> {
+pub fn single_message(body: &[u8]) -> Option<&[u8]> {
     let (header, rest) = body.split_at_checked(5)?;
     let length = u32::from_be_bytes(header[1..5].try_into().ok()?) as usize;
     (header[0] == 0 && rest.len() == length).then_some(rest)

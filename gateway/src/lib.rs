@@ -48,6 +48,16 @@ use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
 
 pub use config::GatewayConfig;
 
+/// What the fuzz targets in `fuzz/` drive: the parsers that read what a
+/// client sends. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::{
+        edge_health::single_message,
+        grpc_web::{Encoding, WebCall, trailer_frame},
+    };
+}
+
 /// Served by every Munity server alike, so the gateway sends them to the
 /// `reflection_upstream` route.
 const REFLECTION_SERVICES: &[&str] = &[

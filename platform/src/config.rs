@@ -79,6 +79,14 @@ impl ConfigSource {
         })
     }
 
+    /// Configuration from TOML text alone (no file, no environment): for
+    /// tools and the config fuzz target.
+    pub fn from_toml_str(text: &str) -> Self {
+        ConfigSource {
+            figment: Figment::new().merge(Toml::string(text)),
+        }
+    }
+
     /// Adds overrides on top of everything else (command-line flags, or tests
     /// that pin ports and directories).
     pub fn with_override(mut self, key: &str, value: impl Serialize) -> Self {

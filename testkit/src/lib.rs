@@ -195,7 +195,7 @@ pub async fn schema_lock() -> tokio::sync::MutexGuard<'static, ()> {
 /// here (a skip; never under CI) and `guard` lives as long as the test (a
 /// temporary directory, say); each case is `async fn(repo)` in `$cases`.
 ///
-/// ```ignore
+/// ```text
 /// munity_testkit::contract_suite! {
 ///     cases: cases,
 ///     backends: { embedded_store => embedded(), cql_store => cql() },

@@ -58,11 +58,25 @@ pub fn exceeded_trailers() -> http::HeaderMap {
     trailers
 }
 
+/// The trailers that end a server stream because the server is stopping:
+/// UNAVAILABLE, which clients retry on another replica.
+pub fn draining_trailers() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("the server is shutting down; reconnect"),
+    );
+    trailers
+}
+
 /// A response body that ends with DEADLINE_EXCEEDED trailers when its
-/// deadline passes first (and passes through untouched otherwise).
+/// deadline passes first, or with UNAVAILABLE when its server starts
+/// draining streams (and passes through untouched otherwise).
 pub struct Deadline<B> {
     inner: B,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    drain: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     /// Trailers were sent (the inner body's or ours): nothing follows.
     finished: bool,
 }
@@ -72,8 +86,15 @@ impl<B> Deadline<B> {
         Deadline {
             inner,
             timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
+            drain: None,
             finished: false,
         }
+    }
+
+    /// Also ends the body (UNAVAILABLE) when `drain` is cancelled.
+    pub fn draining_on(mut self, drain: &crate::shutdown::ShutdownToken) -> Self {
+        self.drain = Some(Box::pin(drain.clone().cancelled_owned()));
+        self
     }
 }
 
@@ -97,6 +118,12 @@ where
         {
             this.finished = true;
             return Poll::Ready(Some(Ok(Frame::trailers(exceeded_trailers()))));
+        }
+        if let Some(drain) = &mut this.drain
+            && drain.as_mut().poll(cx).is_ready()
+        {
+            this.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(draining_trailers()))));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -154,9 +154,20 @@ impl GrpcHost {
         let names = self.service_names.clone();
         let stopping = crate::shutdown::ShutdownToken::new();
         let stopping_signal = stopping.clone();
+        // Server streams never end by themselves: halfway through the grace
+        // period (once watchers have heard NOT_SERVING), they end with
+        // UNAVAILABLE, which tells clients to reconnect to another replica,
+        // instead of being cut without a status when the period is over.
+        let drain_streams = crate::shutdown::ShutdownToken::new();
+        let drain_signal = drain_streams.clone();
+        let grace = self.shutdown_grace;
         let shutdown = async move {
             shutdown.await;
             stopping_signal.cancel();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace / 2).await;
+                drain_signal.cancel();
+            });
             // Tell health checkers first, so balancers stop sending new calls.
             for name in names {
                 health
@@ -180,13 +191,13 @@ impl GrpcHost {
             .accept_http1(true)
             .layer(ObserveLayer {
                 policy: self.policy.clone(),
+                drain_streams,
             })
             .layer(OptionalAuthLayer(auth))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown);
         // tonic's graceful shutdown waits for every open call, and a server
         // stream may never end: past the grace period, stop waiting.
-        let grace = self.shutdown_grace;
         tokio::select! {
             served = serve => served?,
             () = async {
@@ -219,6 +230,8 @@ impl<S> Layer<S> for OptionalAuthLayer {
 #[derive(Clone)]
 struct ObserveLayer {
     policy: Arc<MethodPolicy>,
+    /// Cancelled when open server streams should end (shutdown).
+    drain_streams: crate::shutdown::ShutdownToken,
 }
 
 impl<S> Layer<S> for ObserveLayer {
@@ -228,6 +241,7 @@ impl<S> Layer<S> for ObserveLayer {
         ObserveService {
             inner,
             policy: self.policy.clone(),
+            drain_streams: self.drain_streams.clone(),
         }
     }
 }
@@ -236,6 +250,7 @@ impl<S> Layer<S> for ObserveLayer {
 struct ObserveService<S> {
     inner: S,
     policy: Arc<MethodPolicy>,
+    drain_streams: crate::shutdown::ShutdownToken,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ObserveService<S>
@@ -277,6 +292,8 @@ where
         // The client's deadline covers the whole call: a server stream still
         // open then ends with DEADLINE_EXCEEDED.
         let deadline = crate::deadline::requested(request.headers()).filter(|_| is_grpc);
+        let drain =
+            (is_grpc && self.policy.is_server_streaming(path)).then(|| self.drain_streams.clone());
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
@@ -301,8 +318,13 @@ where
                             .unwrap_or("0");
                         tracing::Span::current().record("rpc.grpc.status_code", code);
                         tracing::debug!(grpc_status = code, elapsed_us, "call answered");
-                        Ok(response
-                            .map(|body| MeteredBody::new(Deadline::new(body, deadline), record)))
+                        Ok(response.map(|body| {
+                            let mut body = Deadline::new(body, deadline);
+                            if let Some(drain) = &drain {
+                                body = body.draining_on(drain);
+                            }
+                            MeteredBody::new(body, record)
+                        }))
                     }
                     Err(error) => {
                         tracing::warn!(%error, elapsed_us, "call failed");

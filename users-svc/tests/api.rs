@@ -779,18 +779,14 @@ async fn communities_owners_moderators_and_members() {
 }
 
 /// A server stream (a health Watch never ends by itself) must not keep the
-/// service from stopping: its watchers hear NOT_SERVING, and once the grace
-/// period is over the stream is cut and the server returns.
+/// service from stopping, nor be cut without a word: its watchers hear
+/// NOT_SERVING, then, halfway through the grace period, the stream ends
+/// with UNAVAILABLE (reconnect elsewhere), and the server returns.
 #[tokio::test]
-async fn shutdown_does_not_wait_forever_for_open_streams() {
+async fn shutdown_ends_open_streams_with_unavailable() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let app = TestApp::spawn_with(|users, _| users.shutdown_grace_secs = 1).await;
-    let channel = Channel::from_shared(format!("http://{}", app.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut watch = HealthClient::new(channel)
+    let app = TestApp::spawn_with(|users, _| users.shutdown_grace_secs = 2).await;
+    let mut watch = HealthClient::new(client_channel(app.address).await)
         .watch(HealthCheckRequest {
             service: "munity.users.v1.Users".to_owned(),
         })
@@ -799,16 +795,21 @@ async fn shutdown_does_not_wait_forever_for_open_streams() {
         .into_inner();
     assert_eq!(watch.message().await.unwrap().unwrap().status, 1); // SERVING
 
-    let started = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(10), app.stop())
         .await
         .expect("the server still ran 10 s after shutdown began");
-    let stopped = started.elapsed();
-    assert!(
-        stopped >= Duration::from_millis(900),
-        "returned after {stopped:?}, before the 1 s grace period"
-    );
-    assert_eq!(watch.message().await.unwrap().unwrap().status, 2); // NOT_SERVING
+    let not_serving = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("watchers hear NOT_SERVING")
+        .unwrap()
+        .unwrap();
+    assert_eq!(not_serving.status, 2);
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the stream ended with a status, not left open")
+        .unwrap_err();
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
 }
 
 /// Operators see every service, not only the edge: the service's own port

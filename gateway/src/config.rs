@@ -8,7 +8,10 @@
 //! environment key by key, so a file that sets one route's upstreams keeps
 //! every other route.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, LazyLock},
+};
 
 use munity_platform::{
     config::{ConfigError, ConfigSource},
@@ -173,15 +176,21 @@ impl RouteConfig {
     }
 }
 
-/// The compiled protos' policy (and the health and reflection services').
-pub fn policy() -> MethodPolicy {
-    MethodPolicy::from_descriptor_sets(&[
-        munity_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ])
-    .expect("the compiled descriptor sets decode")
+/// The compiled protos' policy (and the health and reflection services'),
+/// decoded once per process: defaults, start-up and the proxy share it.
+pub fn policy() -> Arc<MethodPolicy> {
+    static POLICY: LazyLock<Arc<MethodPolicy>> = LazyLock::new(|| {
+        Arc::new(
+            MethodPolicy::from_descriptor_sets(&[
+                munity_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ])
+            .expect("the compiled descriptor sets decode"),
+        )
+    });
+    POLICY.clone()
 }
 
 /// One route per upstream the protos declare, on 127.0.0.1 at its default

@@ -82,7 +82,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     server.bootstrap();
 
     let check_interval = Duration::from_millis(config.health_check_interval_ms.max(50));
-    let policy = Arc::new(config::policy());
+    let policy = config::policy();
     let upstreams = policy.upstreams();
     let mut routes = HashMap::new();
     for (name, route) in &config.routes {

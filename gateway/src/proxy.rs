@@ -144,8 +144,8 @@ impl Gateway {
         self.authenticate(session, ctx, &path).await?;
         self.rate_limit(session, ctx, &path).await?;
         let streaming = self.policy.is_server_streaming(&path);
-        if let Some(route) = &ctx.route {
-            set_deadline(session, ctx, &route.clone(), streaming);
+        if let Some(route) = ctx.route.clone() {
+            set_deadline(session, ctx, &route, streaming);
         }
         ctx.in_flight = Some(metrics::InFlight::start(&ctx.service, streaming));
         Ok(destination)

@@ -168,13 +168,6 @@ impl MethodPolicy {
         }
         upstreams
     }
-
-    /// The public methods, sorted (for docs and logs).
-    pub fn public_methods(&self) -> Vec<&str> {
-        let mut methods: Vec<&str> = self.public.iter().map(String::as_str).collect();
-        methods.sort_unstable();
-        methods
-    }
 }
 
 fn extension(

@@ -92,11 +92,6 @@ impl GrpcHost {
         ))
     }
 
-    /// The method policy read from the descriptors.
-    pub fn policy(&self) -> &Arc<MethodPolicy> {
-        &self.policy
-    }
-
     /// How long calls in flight may run on after shutdown begins, before
     /// [`serve`](Self::serve) returns and drops what is still open.
     pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {

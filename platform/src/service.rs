@@ -27,7 +27,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, de::DeserializeOwned};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -79,7 +79,7 @@ pub struct ServiceConfig<T> {
 
 /// The shared keys as read from a section (the listen default depends on
 /// the service, so it is filled in afterwards).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 struct SharedKeys {
     listen: Option<SocketAddr>,

@@ -46,10 +46,6 @@ impl Process {
         Process { child }
     }
 
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
     }

@@ -74,6 +74,16 @@ pub struct GatewayConfig {
     /// long is closed (GOAWAY; clients reconnect on their next call). 0
     /// keeps idle connections forever.
     pub client_idle_timeout_secs: u64,
+    /// Client connections open at once; past it, new ones are closed at
+    /// accept.
+    pub max_connections: usize,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// A new connection must deliver its first request (HTTP/1.1 header, or
+    /// HTTP/2 preface and first call; TLS handshake included) within this,
+    /// or is closed; so must an idle HTTP/1.1 keep-alive connection its
+    /// next one, within 60 s plus this. Bounds slow and idle clients.
+    pub request_header_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -98,6 +108,9 @@ impl Default for GatewayConfig {
                 .collect(),
             shutdown_grace_secs: 5,
             client_idle_timeout_secs: 3600,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            request_header_timeout_ms: 10_000,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
 //! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC.
 //! - `cors.rs`: CORS for browsers: preflights, allowed origins.
+//! - `connections.rs`: the accept loop: connection caps, and a deadline for
+//!   each connection's next request (slow and idle clients).
 //! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
 //!
 //! [`run`] blocks the calling thread: Pingora builds its own runtimes, so
@@ -22,6 +24,7 @@
 
 mod admin;
 pub mod config;
+mod connections;
 mod cors;
 mod edge_health;
 mod grpc;
@@ -171,7 +174,13 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         check_interval,
         shutdown.clone(),
     );
+    let connections = connections::Connections::new(connections::ConnectionLimits {
+        max_total: config.max_connections.max(1),
+        max_per_ip: config.max_connections_per_ip.max(1),
+        first_request: Duration::from_millis(config.request_header_timeout_ms.max(1)),
+    });
     let gateway = proxy::Gateway {
+        connections: connections.clone(),
         routes,
         auth: verifier,
         policy,
@@ -181,12 +190,10 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         max_header_bytes: config.max_request_header_bytes,
     };
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "munity-gateway",
-    );
-    if let Some(app) = proxy.app_logic_mut() {
+    // The gateway accepts connections itself (connections.rs) and hands
+    // each to Pingora's HTTP handling.
+    let mut app = pingora_proxy::http_proxy(&server.configuration, gateway);
+    {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
         // Pingora keeps an idle HTTP/2 client connection forever by default.
@@ -210,7 +217,10 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         h2.data_frame_budget(4 << 20);
         app.h2_options = Some(h2);
     }
-    proxy.add_tcp(&config.listen);
+    let mut endpoints = vec![connections::Endpoint {
+        listener: bind(&config.listen, "gateway.listen")?,
+        tls: None,
+    }];
     if let Some(tls) = &config.tls {
         let mut settings =
             pingora_core::listeners::tls::TlsSettings::intermediate(&tls.cert_path, &tls.key_path)
@@ -222,9 +232,21 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
                     )
                 })?;
         settings.enable_h2();
-        proxy.add_tls_with_settings(&tls.listen, None, settings);
+        endpoints.push(connections::Endpoint {
+            listener: bind(&tls.listen, "gateway.tls.listen")?,
+            tls: Some(Arc::new(settings.build())),
+        });
     }
-    server.add_service(proxy);
+    let mut listeners = background_service(
+        "munity-gateway",
+        connections::EdgeListeners {
+            app: Arc::new(app),
+            endpoints: std::sync::Mutex::new(endpoints),
+            connections,
+        },
+    );
+    listeners.threads = Some(config.threads.max(1));
+    server.add_service(listeners);
     server.add_service(background_service(
         "admin",
         admin::AdminServer::new(&config.admin_listen)?,
@@ -240,6 +262,11 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         shutdown_signal: Box::new(TokenSignal(shutdown)),
     });
     Ok(())
+}
+
+/// Binds a listener now, so that a taken address fails start-up by name.
+fn bind(address: &str, key: &str) -> anyhow::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(address).map_err(|e| anyhow::anyhow!("{key} = {address:?}: {e}"))
 }
 
 /// Turns the process's shutdown token into Pingora's graceful terminate.

@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    HistogramVec, IntCounterVec, IntGaugeVec, register_histogram_vec, register_int_counter_vec,
-    register_int_gauge_vec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, register_histogram_vec,
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -83,6 +83,31 @@ pub static EJECTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "munity_gateway_upstream_ejections_total",
         "Replicas taken out of rotation after consecutive failed calls, by route (upstream name).",
         &["route"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONNECTIONS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "munity_gateway_connections_open",
+        "Client connections open now (bounded by gateway.max_connections, and per client IP by gateway.max_connections_per_ip)."
+    )
+    .expect("metric registers once")
+});
+
+pub static CONNECTIONS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "munity_gateway_connections_refused_total",
+        "Client connections closed at accept, by reason (max_connections, max_connections_per_ip).",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONNECTIONS_TIMED_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "munity_gateway_connections_timed_out_total",
+        "Client connections closed because no request arrived in time (gateway.request_header_timeout_ms: slow or idle clients)."
     )
     .expect("metric registers once")
 });

@@ -62,6 +62,9 @@ pub struct Gateway {
     pub cors: Cors,
     /// `grpc.health.v1`, answered here.
     pub health: EdgeHealth,
+    /// Every open client connection: told when each request starts and
+    /// ends, so idle and slow connections can be timed out.
+    pub connections: Arc<crate::connections::Connections>,
     /// Request headers larger than this (HTTP/2's count: name + value + 32
     /// each) are refused.
     pub max_header_bytes: usize,
@@ -385,6 +388,15 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut CallCtx,
+    ) -> pingora_core::Result<()> {
+        self.connections.request_started(session);
+        Ok(())
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
@@ -656,6 +668,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut CallCtx) {
+        self.connections.request_finished(session);
         let code = match (ctx.local_status, &ctx.upstream_status) {
             (Some(code), _) => (code as i32).to_string(),
             (None, Some(status)) => status.clone(),

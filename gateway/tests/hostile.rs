@@ -364,3 +364,121 @@ async fn http1_to_end(address: &str, request: Vec<u8>) -> Vec<u8> {
     stream.read_to_end(&mut received).await.unwrap();
     received
 }
+
+/// Whether the gateway closed `stream` within `limit` (a read sees the end,
+/// or a reset), reading and discarding whatever it sent first.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A connection that sends nothing, an HTTP/1.1 header sent a byte at a
+/// time, and a bare HTTP/2 preface were all still open after 150 s (a
+/// slowloris starves the edge of descriptors). Each is now closed once the
+/// request header timeout passes, while other clients' streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let users = replica().await;
+    let gateway = Gateway::start(
+        users.address,
+        "request_header_timeout_ms = 1500",
+        &users_routes(&[users.address], ""),
+    )
+    .serving()
+    .await;
+    let mut streams = open_streams(&gateway, 3).await;
+
+    let mut idle = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    let mut preface = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    let header = format!(
+        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: {}\r\n",
+        gateway.address
+    );
+    let trickle = tokio::spawn(async move {
+        for byte in header.bytes() {
+            if slow.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        slow
+    });
+    assert!(closed_within(&mut idle, Duration::from_secs(6)).await, "idle connection still open");
+    assert!(
+        closed_within(&mut preface, Duration::from_secs(6)).await,
+        "bare h2 preface still open"
+    );
+    // The trickle ends when its writes fail: before its 50-odd bytes at
+    // 200 ms each (10 s) were sent.
+    let started = std::time::Instant::now();
+    let mut slow = trickle.await.unwrap();
+    assert!(closed_within(&mut slow, Duration::from_secs(1)).await);
+    assert!(started.elapsed() < Duration::from_secs(8), "slow header kept going");
+
+    // A well-behaved connection is not cut for being quiet while its call
+    // runs: the streams opened before are still answering.
+    assert_all_answer(&mut streams).await;
+    assert!(
+        gateway
+            .metric("munity_gateway_connections_timed_out_total")
+            .await
+            >= 3
+    );
+    users.shutdown.cancel();
+}
+
+/// Connections are capped per client IP (and in all): past the cap, new
+/// ones are closed at accept and counted; ones already open carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_ip_cap_are_refused() {
+    let users = replica().await;
+    let gateway = Gateway::start(
+        users.address,
+        "max_connections_per_ip = 4",
+        &users_routes(&[users.address], ""),
+    )
+    .serving()
+    .await;
+    // serving()'s own connection is gone once its channel's task sees it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One client connection with streams on it, and three idle ones.
+    let mut streams = open_streams(&gateway, 2).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&gateway.address).await.unwrap());
+    }
+    let mut over = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).await,
+        "the fifth connection from one IP was kept"
+    );
+    assert_all_answer(&mut streams).await;
+    assert!(
+        gateway
+            .metric("munity_gateway_connections_refused_total{reason=\"max_connections_per_ip\"}")
+            .await
+            >= 1
+    );
+    // A place freed is a place to take again.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    assert!(!closed_within(&mut again, Duration::from_millis(500)).await);
+    users.shutdown.cancel();
+}

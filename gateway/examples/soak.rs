@@ -6,6 +6,12 @@
 //! percentiles, what became of the hostile requests and the slow and idle
 //! connections, and the gateway's RSS at the start and the end.
 //!
+//! The attackers connect from other loopback addresses than the good
+//! clients (idle from 127.0.0.2, slow from 127.0.0.3, hostile requests from
+//! 127.0.0.4), as they would from other hosts: the gateway caps connections
+//! per client IP, and a cap shared with the attackers would refuse the good
+//! clients too.
+//!
 //! ```text
 //! soak --gateway 127.0.0.1:8080 --gateway-pid 1234 --seconds 300 \
 //!      --idle 1000 --slow 50 --hostile-per-sec 5 --good 4
@@ -22,8 +28,18 @@ use std::{
 use munity_proto::users::v1::{GetJwksRequest, users_client::UsersClient};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
+
+/// A connection to `gateway` from the loopback address `source`.
+async fn connect_from(source: [u8; 4], gateway: &str) -> std::io::Result<TcpStream> {
+    let gateway: std::net::SocketAddr = gateway
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into())?;
+    socket.connect(gateway).await
+}
 
 struct Args {
     gateway: String,
@@ -134,24 +150,29 @@ async fn main() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
 
-    // Idle connections: connect, send nothing, notice if the gateway closes.
-    let mut idle = Vec::new();
+    // Idle connections: connect, send nothing, reconnect when the gateway
+    // closes them (it should, at its request header timeout).
     for _ in 0..args.idle {
-        match TcpStream::connect(&args.gateway).await {
-            Ok(stream) => idle.push(stream),
-            Err(_) => {
-                counters.idle_refused.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    for mut stream in idle {
-        let counters = counters.clone();
+        let (gateway, counters, stop) = (args.gateway.clone(), counters.clone(), stop.clone());
         tokio::spawn(async move {
-            let mut byte = [0u8; 1];
-            if let Ok(0) | Err(_) = stream.read(&mut byte).await {
-                counters
-                    .idle_closed_by_gateway
-                    .fetch_add(1, Ordering::Relaxed);
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = connect_from([127, 0, 0, 2], &gateway).await else {
+                    counters.idle_refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                let mut byte = [0u8; 1];
+                let opened = Instant::now();
+                if let Ok(0) | Err(_) = stream.read(&mut byte).await {
+                    // Closed at once: refused at the per-IP cap.
+                    let counter = if opened.elapsed() < Duration::from_millis(100) {
+                        &counters.idle_refused
+                    } else {
+                        &counters.idle_closed_by_gateway
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         });
     }
@@ -161,7 +182,7 @@ async fn main() {
         let (gateway, counters, stop) = (args.gateway.clone(), counters.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut stream) = TcpStream::connect(&gateway).await else {
+                let Ok(mut stream) = connect_from([127, 0, 0, 3], &gateway).await else {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };
@@ -201,7 +222,7 @@ async fn main() {
                 let (gateway, counters) = (gateway.clone(), counters.clone());
                 tokio::spawn(async move {
                     let answered = tokio::time::timeout(Duration::from_secs(5), async {
-                        let mut stream = TcpStream::connect(&gateway).await.ok()?;
+                        let mut stream = connect_from([127, 0, 0, 4], &gateway).await.ok()?;
                         stream.write_all(&request).await.ok()?;
                         let mut head = [0u8; 12];
                         stream.read_exact(&mut head).await.ok()?;
@@ -280,7 +301,7 @@ async fn main() {
         c(&counters.slow_closed_by_gateway)
     );
     println!(
-        "idle connections ({}): {} refused at connect, {} closed by the gateway",
+        "idle connections ({}, reconnecting): {} refused at connect or accept, {} closed by the gateway",
         args.idle,
         c(&counters.idle_refused),
         c(&counters.idle_closed_by_gateway)

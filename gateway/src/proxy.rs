@@ -100,6 +100,9 @@ pub struct CallCtx {
     /// Why the request body could not be decoded (bad base64), in words
     /// for the client (Pingora's error adds the upstream's address).
     bad_request_body: Option<String>,
+    /// For methods that take one request message: counts the messages, so
+    /// a second is refused (upstream, tonic would silently ignore it).
+    request_messages: Option<munity_platform::framing::MessageCounter>,
     /// Counts the call in `munity_gateway_calls_in_flight` once routed.
     in_flight: Option<metrics::InFlight>,
     /// The call's span: a child of the client's trace when it sent
@@ -147,6 +150,9 @@ impl Gateway {
         self.authenticate(session, ctx, &path).await?;
         self.rate_limit(session, ctx, &path).await?;
         let streaming = self.policy.is_server_streaming(&path);
+        if self.policy.takes_one_request(&path) {
+            ctx.request_messages = Some(Default::default());
+        }
         if let Some(route) = ctx.route.clone() {
             set_deadline(session, ctx, &route, streaming);
         }
@@ -383,6 +389,7 @@ impl ProxyHttp for Gateway {
             web: None,
             origin: None,
             bad_request_body: None,
+            request_messages: None,
             in_flight: None,
             span: tracing::Span::none(),
         }
@@ -394,6 +401,10 @@ impl ProxyHttp for Gateway {
         _ctx: &mut CallCtx,
     ) -> pingora_core::Result<()> {
         self.connections.request_started(session);
+        // A client may send its next HTTP/1.1 request before reading this
+        // answer (RFC 9112 pipelining): Pingora then dropped it, after an
+        // answer that promised keep-alive. Answer it in turn instead.
+        session.as_downstream_mut().set_pipelining_enabled(true);
         Ok(())
     }
 
@@ -508,18 +519,24 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut CallCtx,
     ) -> pingora_core::Result<()> {
-        let Some(web) = ctx.web.as_mut().filter(|w| w.encoding == Encoding::Text) else {
-            return Ok(());
-        };
-        if let Some(chunk) = body.take() {
-            match web.decode_request(&chunk) {
-                Ok(decoded) => *body = Some(decoded),
-                Err(error) => return Err(bad_body(ctx, error.to_string())),
+        if let Some(web) = ctx.web.as_mut().filter(|w| w.encoding == Encoding::Text) {
+            if let Some(chunk) = body.take() {
+                match web.decode_request(&chunk) {
+                    Ok(decoded) => *body = Some(decoded),
+                    Err(error) => return Err(bad_body(ctx, error.to_string())),
+                }
+            }
+            if end_of_stream && web.request_incomplete() {
+                let message = "grpc-web-text request body ends mid base64 group";
+                return Err(bad_body(ctx, message.to_owned()));
             }
         }
-        if end_of_stream && web.request_incomplete() {
-            let message = "grpc-web-text request body ends mid base64 group";
-            return Err(bad_body(ctx, message.to_owned()));
+        if let (Some(counter), Some(chunk)) = (ctx.request_messages.as_mut(), body.as_ref())
+            && counter.feed(chunk) > 1
+        {
+            let path = format!("/{}/{}", ctx.service, ctx.method);
+            let message = munity_platform::framing::second_message_error(&path);
+            return Err(bad_body(ctx, message));
         }
         Ok(())
     }

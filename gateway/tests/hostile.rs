@@ -482,3 +482,98 @@ async fn connections_past_the_per_ip_cap_are_refused() {
     assert!(!closed_within(&mut again, Duration::from_millis(500)).await);
     users.shutdown.cancel();
 }
+
+/// Two framed GetJwks request messages in one body.
+fn two_messages() -> Vec<u8> {
+    let mut body = Vec::new();
+    for _ in 0..2 {
+        body.extend_from_slice(&[0, 0, 0, 0, 0]);
+    }
+    body
+}
+
+/// A unary method took two request messages (tonic reads the first and
+/// ignores the rest; gRPC says it is an error): INVALID_ARGUMENT now, at
+/// the gateway (gRPC-web over HTTP/1.1) and at users-svc itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_request_message_is_invalid_argument() {
+    let users = replica().await;
+    let gateway = gateway_in_front_of(&users, "").await;
+    let path = "/munity.users.v1.Users/GetJwks";
+    let (status, headers) = http1(
+        &gateway.address,
+        web_request(
+            &gateway.address,
+            path,
+            "application/grpc-web+proto",
+            "",
+            &two_messages(),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(grpc_status(&headers), Some("3"), "{headers:?}");
+
+    // Directly: plain gRPC framing to GrpcHost (over HTTP/1.1, which tonic
+    // accepts; the refusal comes back trailers-only, in the headers).
+    let body = two_messages();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {0}\r\ncontent-type: application/grpc\r\n\
+         te: trailers\r\ncontent-length: {1}\r\nconnection: close\r\n\r\n",
+        users.address,
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let (status, headers) = http1(&users.address.to_string(), request).await;
+    assert_eq!(status, 200);
+    assert_eq!(grpc_status(&headers), Some("3"), "{headers:?}");
+
+    // One message is still fine, both ways.
+    let (_, headers) = http1(
+        &gateway.address,
+        web_request(
+            &gateway.address,
+            path,
+            "application/grpc-web+proto",
+            "",
+            &two_messages()[..5],
+        ),
+    )
+    .await;
+    assert_eq!(grpc_status(&headers), None, "answered with a body: {headers:?}");
+    users.shutdown.cancel();
+}
+
+/// An HTTP/1.1 request pipelined behind another was dropped, though the
+/// first answer said keep-alive. Both are answered now, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_http1_requests_are_each_answered() {
+    let users = replica().await;
+    let gateway = gateway_in_front_of(&users, "").await;
+    let path = "/munity.users.v1.Users/GetJwks";
+    let mut both = web_request(
+        &gateway.address,
+        path,
+        "application/grpc-web+proto",
+        "",
+        &two_messages()[..5],
+    );
+    // The first keeps the connection open; the second closes it.
+    let first = String::from_utf8(both.clone()).unwrap();
+    both = first.replace("connection: close\r\n", "").into_bytes();
+    both.extend(web_request(
+        &gateway.address,
+        path,
+        "application/grpc-web-text",
+        "",
+        b"AAAAAAA=",
+    ));
+    let received = tokio::time::timeout(Duration::from_secs(10), http1_to_end(&gateway.address, both))
+        .await
+        .expect("both answered and the connection closed");
+    let text = String::from_utf8_lossy(&received);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("grpc-web-text"), "the second answer is the text one: {text}");
+    users.shutdown.cancel();
+}

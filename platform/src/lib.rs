@@ -12,6 +12,8 @@
 //!   context in gRPC metadata.
 //! - [`deadline`]: `grpc-timeout`, and deadlines enforced on whole calls
 //!   (server streams included).
+//! - [`framing`]: gRPC message framing; one request message for methods
+//!   that take one.
 //! - [`error`]: building `tonic::Status` values, with `google.rpc.BadRequest`
 //!   details for bad input.
 //! - [`auth`]: access-token (JWT, EdDSA) verification against users-svc's
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod deadline;
 pub mod error;
+pub mod framing;
 pub mod metrics;
 pub mod policy;
 pub mod server;

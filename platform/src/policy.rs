@@ -68,6 +68,9 @@ pub struct MethodPolicy {
     quotas: BTreeMap<String, DeclaredQuota>,
     /// Full paths of server-streaming methods.
     streaming: HashSet<String>,
+    /// Full paths of methods that take one request message (unary and
+    /// server-streaming).
+    one_request: HashSet<String>,
     /// Munity services that declare their upstream.
     services: Vec<RoutedService>,
 }
@@ -102,6 +105,9 @@ impl MethodPolicy {
                 let path = format!("/{service_name}/{}", method.name());
                 if method.is_server_streaming() {
                     policy.streaming.insert(path.clone());
+                }
+                if !method.is_client_streaming() {
+                    policy.one_request.insert(path.clone());
                 }
                 let declared = extension(&method.options(), method_option.as_ref());
                 let public = declared
@@ -143,6 +149,12 @@ impl MethodPolicy {
     /// Whether `path` is a server-streaming method (no default deadline).
     pub fn is_server_streaming(&self, path: &str) -> bool {
         self.streaming.contains(path)
+    }
+
+    /// Whether `path` is a known method that takes exactly one request
+    /// message (unary or server-streaming).
+    pub fn takes_one_request(&self, path: &str) -> bool {
+        self.one_request.contains(path)
     }
 
     /// Declared default quotas, by full path.

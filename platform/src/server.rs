@@ -248,9 +248,9 @@ struct ObserveService<S> {
     drain_streams: crate::shutdown::ShutdownToken,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ObserveService<S>
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for ObserveService<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: std::fmt::Display,
 {
@@ -262,7 +262,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let path = request.uri().path();
         let (service, method) = path
             .trim_start_matches('/')
@@ -289,6 +289,14 @@ where
         let deadline = crate::deadline::requested(request.headers()).filter(|_| is_grpc);
         let drain =
             (is_grpc && self.policy.is_server_streaming(path)).then(|| self.drain_streams.clone());
+        // A second request message for a method that takes one is refused
+        // (tonic would read the first and ignore the rest).
+        let request = if is_grpc && self.policy.takes_one_request(path) {
+            let path = path.to_owned();
+            request.map(|body| tonic::body::Body::new(crate::framing::OneRequest::new(body, &path)))
+        } else {
+            request
+        };
         let started = Instant::now();
         let future = {
             let _entered = span.enter();

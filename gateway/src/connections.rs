@@ -21,6 +21,12 @@
 //!   Requests reach [`Connections::request_started`] from the proxy's
 //!   `early_request_filter`, once their header has been read whole, and
 //!   [`Connections::request_finished`] from `logging`.
+//! - at shutdown, once half the grace period has passed ([`StreamDrain`]),
+//!   ends the call still open on each HTTP/1.1 connection by failing its
+//!   reads: the proxy then ends a gRPC-web stream with an UNAVAILABLE
+//!   trailer frame (`fail_to_proxy`), where Pingora would otherwise cut it
+//!   without one at the end of the grace period. HTTP/2 clients have had
+//!   GOAWAY since the shutdown began.
 
 use std::{
     io,
@@ -36,12 +42,14 @@ use std::{
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use munity_platform::shutdown::ShutdownToken;
 use pingora_core::{
     apps::ServerApp,
     listeners::tls::Acceptor,
     protocols::{
-        GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown,
-        SocketDigest, Ssl, TimingDigest, UniqueID, UniqueIDType, l4::stream::Stream as L4Stream, raw_connect::ProxyDigest,
+        GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+        TimingDigest, UniqueID, UniqueIDType, l4::stream::Stream as L4Stream,
+        raw_connect::ProxyDigest,
     },
     server::ShutdownWatch,
     services::background::BackgroundService,
@@ -50,6 +58,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::{Instant, Sleep},
 };
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::metrics;
 
@@ -75,6 +84,9 @@ pub struct Connections {
     /// By (client address, local address): what the proxy can look up from
     /// a session.
     open: DashMap<(SocketAddr, SocketAddr), Arc<ConnState>>,
+    /// Cancelled when calls still open should end (shutdown, half way
+    /// through the grace period).
+    drain: ShutdownToken,
 }
 
 /// What the proxy tells a connection's [`Guarded`] stream about its
@@ -137,7 +149,7 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    pub fn new(limits: ConnectionLimits) -> Arc<Self> {
+    pub fn new(limits: ConnectionLimits, drain: ShutdownToken) -> Arc<Self> {
         // Present from start-up, with zeros.
         metrics::CONNECTIONS_OPEN.set(0);
         for reason in [Refused::MaxConnections, Refused::MaxConnectionsPerIp] {
@@ -149,6 +161,7 @@ impl Connections {
             total: AtomicUsize::new(0),
             per_ip: DashMap::new(),
             open: DashMap::new(),
+            drain,
         })
     }
 
@@ -196,7 +209,6 @@ impl Connections {
             state.finished.fetch_add(1, Ordering::AcqRel);
         }
     }
-
 }
 
 /// A client connection that ends itself when no request arrives in time.
@@ -209,6 +221,7 @@ pub struct Guarded {
     /// `None` while a request is in progress.
     wait: Option<(u64, Instant)>,
     timer: Pin<Box<Sleep>>,
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
     _admission: Admission,
 }
 
@@ -234,6 +247,13 @@ impl Guarded {
         }
     }
 
+    /// Whether the connection is in the middle of an HTTP/1.1 call.
+    fn in_http1_call(&self) -> bool {
+        !self.state.multiplexed.load(Ordering::Acquire)
+            && self.state.started.load(Ordering::Acquire)
+                != self.state.finished.load(Ordering::Acquire)
+    }
+
     fn timed_out() -> io::Error {
         metrics::CONNECTIONS_TIMED_OUT.inc();
         io::Error::new(
@@ -257,6 +277,11 @@ impl AsyncRead for Guarded {
             if this.timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(Guarded::timed_out()));
             }
+        } else if this.in_http1_call() && this.drain.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the gateway is shutting down",
+            )));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
     }
@@ -449,6 +474,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 first_request,
                 wait: Some((0, Instant::now() + first_request)),
                 timer: Box::pin(tokio::time::sleep(first_request)),
+                drain: Box::pin(connections.drain.clone().cancelled_owned()),
                 _admission: admission,
             };
             let stream: pingora_core::protocols::Stream = match tls {
@@ -466,5 +492,23 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 next = app.process_new(stream, &shutdown).await;
             }
         });
+    }
+}
+
+/// Cancels `drain` once the process has been shutting down for `after`
+/// (half its grace period), so that streams still open end with a status
+/// before the grace period ends and Pingora drops them.
+pub struct StreamDrain {
+    pub shutdown: ShutdownToken,
+    pub drain: ShutdownToken,
+    pub after: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for StreamDrain {
+    async fn start(&self, _: ShutdownWatch) {
+        self.shutdown.cancelled().await;
+        tokio::time::sleep(self.after).await;
+        self.drain.cancel();
     }
 }

@@ -59,6 +59,8 @@ pub struct EdgeHealth {
     /// How often `Watch` looks for a change (the health-check interval).
     interval: Duration,
     shutdown: ShutdownToken,
+    /// Cancelled when open streams should end (half way through shutdown).
+    drain: ShutdownToken,
 }
 
 impl EdgeHealth {
@@ -66,11 +68,13 @@ impl EdgeHealth {
         balancers: HashMap<String, Arc<LoadBalancer<RoundRobin>>>,
         interval: Duration,
         shutdown: ShutdownToken,
+        drain: ShutdownToken,
     ) -> Self {
         EdgeHealth {
             balancers,
             interval,
             shutdown,
+            drain,
         }
     }
 
@@ -160,16 +164,25 @@ impl EdgeHealth {
         let expiry = tokio::time::sleep_until(started + deadline.unwrap_or(far));
         tokio::pin!(expiry);
         loop {
+            // Biased: at shutdown the connection's reads fail on purpose
+            // (connections.rs) at the moment `drain` fires; the stream must
+            // end with its status, not as if the client had left.
             tokio::select! {
-                _ = ticker.tick() => {}
-                // Resolves when the client closes the stream or connection.
-                _ = session.downstream_session.read_body_or_idle(true) => return Ok(()),
-                () = self.shutdown.cancelled(), if last != ServingStatus::NotServing => {}
+                biased;
+                () = self.drain.cancelled() => {
+                    let end = vec![out.trailers(munity_platform::deadline::draining_trailers())];
+                    let _ = session.downstream_session.response_duplex_vec(end).await;
+                    return Ok(());
+                }
                 () = &mut expiry, if deadline.is_some() => {
                     let end = vec![out.trailers(munity_platform::deadline::exceeded_trailers())];
                     let _ = session.downstream_session.response_duplex_vec(end).await;
                     return Ok(());
                 }
+                // Resolves when the client closes the stream or connection.
+                _ = session.downstream_session.read_body_or_idle(true) => return Ok(()),
+                () = self.shutdown.cancelled(), if last != ServingStatus::NotServing => {}
+                _ = ticker.tick() => {}
             }
             let now = current(self);
             if now != last {

@@ -166,6 +166,18 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         },
     ));
     let limits = limits::Limiter::new(&config.rate_limits.with_declared(policy.quotas()))?;
+    // Half way through the grace period, streams still open end with
+    // UNAVAILABLE (their clients reconnect elsewhere) rather than be cut
+    // without a status when it ends.
+    let drain_streams = ShutdownToken::new();
+    server.add_service(background_service(
+        "stream drain",
+        connections::StreamDrain {
+            shutdown: shutdown.clone(),
+            drain: drain_streams.clone(),
+            after: Duration::from_secs(config.shutdown_grace_secs) / 2,
+        },
+    ));
     let health = edge_health::EdgeHealth::new(
         routes
             .iter()
@@ -173,12 +185,16 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             .collect(),
         check_interval,
         shutdown.clone(),
+        drain_streams.clone(),
     );
-    let connections = connections::Connections::new(connections::ConnectionLimits {
-        max_total: config.max_connections.max(1),
-        max_per_ip: config.max_connections_per_ip.max(1),
-        first_request: Duration::from_millis(config.request_header_timeout_ms.max(1)),
-    });
+    let connections = connections::Connections::new(
+        connections::ConnectionLimits {
+            max_total: config.max_connections.max(1),
+            max_per_ip: config.max_connections_per_ip.max(1),
+            first_request: Duration::from_millis(config.request_header_timeout_ms.max(1)),
+        },
+        drain_streams.clone(),
+    );
     let gateway = proxy::Gateway {
         connections: connections.clone(),
         routes,
@@ -188,6 +204,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         cors: cors::Cors::new(&config.cors_allowed_origins),
         health,
         max_header_bytes: config.max_request_header_bytes,
+        drain: drain_streams,
     };
 
     // The gateway accepts connections itself (connections.rs) and hands

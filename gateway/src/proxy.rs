@@ -68,6 +68,9 @@ pub struct Gateway {
     /// Request headers larger than this (HTTP/2's count: name + value + 32
     /// each) are refused.
     pub max_header_bytes: usize,
+    /// Cancelled half way through the shutdown grace period, when calls
+    /// still open are ended with UNAVAILABLE.
+    pub drain: munity_platform::shutdown::ShutdownToken,
 }
 
 /// Where an admitted call goes.
@@ -343,6 +346,41 @@ fn set_deadline(session: &Session, ctx: &mut CallCtx, route: &Route, streaming: 
 fn bad_body(ctx: &mut CallCtx, message: String) -> Box<Error> {
     ctx.bad_request_body = Some(message.clone());
     Error::explain(ErrorType::InvalidHTTPHeader, message).into_down()
+}
+
+/// Said to clients whose calls the gateway ends because it is stopping.
+const DRAINING_MESSAGE: &str = "the gateway is shutting down; reconnect";
+
+/// Ends a response already under way with UNAVAILABLE: in the trailer
+/// frame of a gRPC-web body, or in HTTP/2 trailers.
+async fn end_started_response(session: &mut Session, ctx: &mut CallCtx, draining: bool) {
+    let message = if draining {
+        DRAINING_MESSAGE
+    } else {
+        "the upstream's response broke off"
+    };
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+    trailers.insert("grpc-message", http::HeaderValue::from_static(message));
+    ctx.local_status = Some(Code::Unavailable);
+    let written = match &ctx.web {
+        Some(web) => {
+            let frame = web.trailers_frame(&trailers);
+            session
+                .as_downstream_mut()
+                .write_response_body(frame, true)
+                .await
+        }
+        None => {
+            session
+                .as_downstream_mut()
+                .write_response_trailers(trailers)
+                .await
+        }
+    };
+    if let Err(error) = written.and(session.as_downstream_mut().finish_body().await) {
+        tracing::debug!(%error, "could not end the response with a status");
+    }
 }
 
 /// Request header bytes as HTTP/2 counts them (name + value + 32 each).
@@ -639,9 +677,14 @@ impl ProxyHttp for Gateway {
         error: &Error,
         ctx: &mut CallCtx,
     ) -> FailToProxy {
-        // Once the upstream's response has started, the stream just ends.
-        if session.response_written().is_none() {
+        let draining = self.drain.is_cancelled();
+        if session.response_written().is_some() {
+            // The upstream's response has started: end it with a status
+            // rather than cut it, so clients know to reconnect.
+            end_started_response(session, ctx, draining).await;
+        } else {
             let (code, message) = match error.etype() {
+                _ if draining => (Code::Unavailable, DRAINING_MESSAGE.to_owned()),
                 _ if ctx.bad_request_body.is_some() => (
                     Code::InvalidArgument,
                     ctx.bad_request_body.clone().unwrap_or_default(),

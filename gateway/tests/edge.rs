@@ -787,3 +787,122 @@ async fn open_streams_are_counted_in_flight() {
     settles_at_zero(health, "server_streaming").await;
     users.shutdown.cancel();
 }
+
+/// A gRPC-web call over HTTP/1.1 whose first response bytes have arrived;
+/// the task reads the rest, to the end of the connection.
+async fn open_web_stream(
+    address: &str,
+    path: &str,
+    message: Vec<u8>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\ncontent-type: application/grpc-web+proto\r\n\
+         x-grpc-web: 1\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    stream.write_all(&request).await.unwrap();
+    let mut first = [0u8; 256];
+    let read = stream.read(&mut first).await.unwrap();
+    assert!(read > 0);
+    tokio::spawn(async move {
+        let mut received = first[..read].to_vec();
+        let _ = stream.read_to_end(&mut received).await;
+        received
+    })
+}
+
+/// At SIGTERM, gRPC-web streams over HTTP/1.1 (which cannot see HTTP/2's
+/// GOAWAY) ended mid-body with no trailer frame when the grace period ran
+/// out. Half way through it they now end with UNAVAILABLE ("reconnect"):
+/// a proxied stream and the gateway's own health Watch alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_grpc_web_streams_with_unavailable() {
+    let users = replica().await;
+    // An upstream whose every call is an endless stream, a message every
+    // 100 ms (health checks of munity.users.v1.Users still answer SERVING).
+    let endless = common::scripted_upstream(|| async {
+        let ticks = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])),
+                (),
+            ))
+        });
+        axum::response::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::from_stream(ticks))
+            .unwrap()
+    })
+    .await;
+    let gateway = Gateway::start(
+        users.address,
+        "shutdown_grace_secs = 4",
+        &users_routes(
+            &[endless],
+            "default_timeout_ms = 60000\nmax_timeout_ms = 60000",
+        ),
+    );
+    let mut health = loop {
+        if let Ok(channel) =
+            tonic::transport::Channel::from_shared(format!("http://{}", gateway.address))
+                .unwrap()
+                .connect()
+                .await
+        {
+            let mut health = HealthClient::new(channel);
+            let serving = health
+                .check(HealthCheckRequest {
+                    service: "munity.users.v1.Users".to_owned(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1);
+            if serving {
+                break health;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = &mut health;
+
+    let proxied = open_web_stream(
+        &gateway.address,
+        "/munity.users.v1.Users/GetJwks",
+        Vec::new(),
+    )
+    .await;
+    let watch = open_web_stream(
+        &gateway.address,
+        "/grpc.health.v1.Health/Watch",
+        prost::Message::encode_to_vec(&HealthCheckRequest {
+            service: "munity.users.v1.Users".to_owned(),
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated = Instant::now();
+    gateway.terminate();
+    for (name, stream) in [("proxied stream", proxied), ("health Watch", watch)] {
+        let received = tokio::time::timeout(Duration::from_secs(10), stream)
+            .await
+            .unwrap_or_else(|_| panic!("{name} still open 10 s after SIGTERM"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            text.contains("grpc-status:14") && text.contains("shutting down"),
+            "{name} did not end with UNAVAILABLE: {text:?}"
+        );
+        assert!(
+            terminated.elapsed() < Duration::from_millis(3900),
+            "{name} ended {:?} after SIGTERM, not half way through the 4 s grace",
+            terminated.elapsed()
+        );
+    }
+    users.shutdown.cancel();
+}

@@ -399,13 +399,19 @@ async fn slow_and_idle_connections_are_closed_at_the_header_timeout() {
     .await;
     let mut streams = open_streams(&gateway, 3).await;
 
-    let mut idle = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
-    let mut preface = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&gateway.address)
+        .await
+        .unwrap();
+    let mut preface = tokio::net::TcpStream::connect(&gateway.address)
+        .await
+        .unwrap();
     preface
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
         .unwrap();
-    let mut slow = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&gateway.address)
+        .await
+        .unwrap();
     let header = format!(
         "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: {}\r\n",
         gateway.address
@@ -419,7 +425,10 @@ async fn slow_and_idle_connections_are_closed_at_the_header_timeout() {
         }
         slow
     });
-    assert!(closed_within(&mut idle, Duration::from_secs(6)).await, "idle connection still open");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(6)).await,
+        "idle connection still open"
+    );
     assert!(
         closed_within(&mut preface, Duration::from_secs(6)).await,
         "bare h2 preface still open"
@@ -429,7 +438,10 @@ async fn slow_and_idle_connections_are_closed_at_the_header_timeout() {
     let started = std::time::Instant::now();
     let mut slow = trickle.await.unwrap();
     assert!(closed_within(&mut slow, Duration::from_secs(1)).await);
-    assert!(started.elapsed() < Duration::from_secs(8), "slow header kept going");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "slow header kept going"
+    );
 
     // A well-behaved connection is not cut for being quiet while its call
     // runs: the streams opened before are still answering.
@@ -461,9 +473,15 @@ async fn connections_past_the_per_ip_cap_are_refused() {
     let mut streams = open_streams(&gateway, 2).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
-        idle.push(tokio::net::TcpStream::connect(&gateway.address).await.unwrap());
+        idle.push(
+            tokio::net::TcpStream::connect(&gateway.address)
+                .await
+                .unwrap(),
+        );
     }
-    let mut over = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    let mut over = tokio::net::TcpStream::connect(&gateway.address)
+        .await
+        .unwrap();
     assert!(
         closed_within(&mut over, Duration::from_secs(2)).await,
         "the fifth connection from one IP was kept"
@@ -478,7 +496,9 @@ async fn connections_past_the_per_ip_cap_are_refused() {
     // A place freed is a place to take again.
     drop(idle);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut again = tokio::net::TcpStream::connect(&gateway.address).await.unwrap();
+    let mut again = tokio::net::TcpStream::connect(&gateway.address)
+        .await
+        .unwrap();
     assert!(!closed_within(&mut again, Duration::from_millis(500)).await);
     users.shutdown.cancel();
 }
@@ -541,7 +561,11 @@ async fn a_second_request_message_is_invalid_argument() {
         ),
     )
     .await;
-    assert_eq!(grpc_status(&headers), None, "answered with a body: {headers:?}");
+    assert_eq!(
+        grpc_status(&headers),
+        None,
+        "answered with a body: {headers:?}"
+    );
     users.shutdown.cancel();
 }
 
@@ -569,11 +593,17 @@ async fn pipelined_http1_requests_are_each_answered() {
         "",
         b"AAAAAAA=",
     ));
-    let received = tokio::time::timeout(Duration::from_secs(10), http1_to_end(&gateway.address, both))
-        .await
-        .expect("both answered and the connection closed");
+    let received = tokio::time::timeout(
+        Duration::from_secs(10),
+        http1_to_end(&gateway.address, both),
+    )
+    .await
+    .expect("both answered and the connection closed");
     let text = String::from_utf8_lossy(&received);
     assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
-    assert!(text.contains("grpc-web-text"), "the second answer is the text one: {text}");
+    assert!(
+        text.contains("grpc-web-text"),
+        "the second answer is the text one: {text}"
+    );
     users.shutdown.cancel();
 }

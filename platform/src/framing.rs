@@ -43,7 +43,12 @@ impl MessageCounter {
             self.header_len += take;
             bytes = &bytes[take..];
             if self.header_len == 5 {
-                let length = [self.header[1], self.header[2], self.header[3], self.header[4]];
+                let length = [
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ];
                 self.remaining = u64::from(u32::from_be_bytes(length));
                 self.header_len = 0;
             }
@@ -138,7 +143,10 @@ mod tests {
         let mut bytewise = MessageCounter::default();
         let counts: Vec<u64> = body.iter().map(|b| bytewise.feed(&[*b])).collect();
         assert_eq!(counts[0], 1);
-        assert_eq!(counts[8], 2, "the empty message begins right after the first");
+        assert_eq!(
+            counts[8], 2,
+            "the empty message begins right after the first"
+        );
         assert_eq!(*counts.last().unwrap(), 3);
         assert_eq!(MessageCounter::default().feed(&[]), 0);
     }

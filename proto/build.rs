@@ -9,6 +9,7 @@ use std::{env, fs, path::PathBuf};
 /// `src/lib.rs`.
 const PROTOS: &[&str] = &[
     "munity/options/v1/options.proto",
+    "munity/domain/v1/domain.proto",
     "munity/users/v1/users.proto",
 ];
 

@@ -21,6 +21,13 @@ pub mod options {
     }
 }
 
+/// `munity.domain.v1`: the envelope of every domain event on the event log.
+pub mod domain {
+    pub mod v1 {
+        tonic::include_proto!("munity.domain.v1");
+    }
+}
+
 /// `munity.users.v1`: accounts, sessions, signing keys, roles, communities.
 pub mod users {
     pub mod v1 {

@@ -20,12 +20,18 @@
 //!   deliveries are on disk, so a restart neither loses nor replays
 //!   acknowledged events.
 //!
+//! Services publish through the transactional outbox (`outbox.rs`): events
+//! are staged in the same transaction as the change they describe, and a
+//! relay moves them to the log, so none is lost while the log is down.
+//!
 //! A crate of its own rather than a module of `munity-platform`, which
 //! compiles no storage (the gateway depends on it).
 
 #![forbid(unsafe_code)]
 
 pub mod embedded;
+pub mod metrics;
+pub mod outbox;
 pub mod redis;
 
 use std::time::Duration;

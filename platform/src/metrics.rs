@@ -76,6 +76,13 @@ static METRICS: LazyLock<ServerMetrics> = LazyLock::new(|| {
     }
 });
 
+/// Adds metrics of another part of a service (the event log's outbox and
+/// consumers, say) to what `GET /metrics` serves. Registering the same
+/// metric twice is harmless (the second is ignored).
+pub fn register(collector: Box<dyn prometheus::core::Collector>) {
+    let _ = METRICS.registry.register(collector);
+}
+
 /// The Prometheus text exposition of the services' metrics.
 pub fn render() -> String {
     use prometheus::Encoder;

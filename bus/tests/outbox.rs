@@ -1,0 +1,278 @@
+//! The transactional outbox and its relay: writes commit while the log is
+//! down, the relay catches up when it returns, in order per aggregate, none
+//! lost; a rolled-back write publishes nothing.
+
+use std::{
+    collections::HashSet,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use munity_bus::{
+    DomainEvent, EmbeddedLog, EventLog, RedisLog,
+    outbox::{self, EmbeddedOutbox, Outbox, Relay},
+};
+use munity_platform::shutdown::ShutdownToken;
+use munity_store::{StoreError, embedded::EmbeddedDb};
+use munity_testkit::Process;
+use redb::{ReadableTableMetadata, TableDefinition};
+use tokio::sync::Notify;
+
+/// The service's own data, written in the same transactions as its events.
+const CHANGES: TableDefinition<&str, u64> = TableDefinition::new("changes");
+
+fn service_store(dir: &std::path::Path) -> EmbeddedDb {
+    EmbeddedDb::open(dir, "svc", |txn| {
+        txn.open_table(CHANGES)?;
+        outbox::create_table(txn)
+    })
+    .unwrap()
+}
+
+fn numbered(aggregate: &str, n: i64) -> DomainEvent {
+    DomainEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        r#type: "munity.test.v1.Numbered".to_owned(),
+        aggregate_id: aggregate.to_owned(),
+        occurred_at_ms: n,
+        source: "svc".to_owned(),
+        ..DomainEvent::default()
+    }
+}
+
+/// One write of the service: a change and its event, in one transaction.
+async fn write(db: &EmbeddedDb, aggregate: &str, n: i64) {
+    let event = numbered(aggregate, n);
+    let key = format!("{aggregate}-{n}");
+    db.write(move |txn| {
+        let mut changes = txn
+            .open_table(CHANGES)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        changes
+            .insert(key.as_str(), n as u64)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        outbox::stage(txn, &[event])
+    })
+    .await
+    .unwrap();
+}
+
+async fn changes(db: &EmbeddedDb) -> u64 {
+    db.blocking(|db| {
+        let txn = redb::ReadableDatabase::begin_read(db).unwrap();
+        Ok(txn.open_table(CHANGES).unwrap().len().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
+fn start_relay(
+    db: &EmbeddedDb,
+    log: Arc<dyn EventLog>,
+) -> (ShutdownToken, tokio::task::JoinHandle<()>) {
+    let shutdown = ShutdownToken::new();
+    let relay = Relay {
+        service: "svc".to_owned(),
+        outbox: Arc::new(EmbeddedOutbox::new(db.clone())),
+        log,
+        staged: Arc::new(Notify::new()),
+        poll: Duration::from_millis(50),
+        batch: 8,
+    };
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    (shutdown, task)
+}
+
+async fn wait_for_empty_outbox(db: &EmbeddedDb, limit: Duration) {
+    let outbox = EmbeddedOutbox::new(db.clone());
+    let started = Instant::now();
+    while outbox.backlog().await.unwrap() > 0 {
+        assert!(started.elapsed() < limit, "the relay never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Everything a new group reads, de-duplicated by event id, as
+/// (aggregate, number) in delivery order.
+async fn read_all(log: &dyn EventLog, group: &str) -> Vec<(String, i64)> {
+    let mut consumer = log.join(group, "reader").await.unwrap();
+    let mut seen = HashSet::new();
+    let mut events = Vec::new();
+    loop {
+        let batch = consumer
+            .next(100, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            return events;
+        }
+        let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+        for delivery in batch {
+            if seen.insert(delivery.event.id.clone()) {
+                events.push((delivery.event.aggregate_id, delivery.event.occurred_at_ms));
+            }
+        }
+        consumer.ack(&ids).await.unwrap();
+    }
+}
+
+fn assert_in_order_none_lost(events: &[(String, i64)], aggregates: &[&str], per: i64) {
+    assert_eq!(
+        events.len() as i64,
+        aggregates.len() as i64 * per,
+        "{events:?}"
+    );
+    for aggregate in aggregates {
+        let order: Vec<i64> = events
+            .iter()
+            .filter(|(a, _)| a == aggregate)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(order, (0..per).collect::<Vec<_>>(), "{aggregate}");
+    }
+}
+
+/// A Redis of this test's own, persisting to `dir` (so a restart keeps the
+/// stream, as a production Redis with AOF does).
+fn redis_server(port: u16, dir: &std::path::Path) -> Option<Process> {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Process::new(child))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_while_redis_is_down_and_the_relay_catches_up_in_order() {
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(redis) = redis_server(port, redis_dir.path()) else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "no redis-server in CI"
+        );
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let db = service_store(data.path());
+    let url = format!("redis://127.0.0.1:{port}");
+    let log: Arc<dyn EventLog> = Arc::new(
+        RedisLog::connect(&url, "test:outbox", 100_000, Duration::from_millis(500))
+            .await
+            .unwrap(),
+    );
+    let (stop, relay) = start_relay(&db, log.clone());
+
+    for n in 0..10 {
+        write(&db, "a", n).await;
+        write(&db, "b", n).await;
+    }
+    wait_for_empty_outbox(&db, Duration::from_secs(10)).await;
+
+    // Redis goes away: every write still commits, its events wait.
+    drop(redis);
+    for n in 10..25 {
+        write(&db, "a", n).await;
+        write(&db, "b", n).await;
+    }
+    assert_eq!(changes(&db).await, 50);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        EmbeddedOutbox::new(db.clone()).backlog().await.unwrap(),
+        30,
+        "nothing could be relayed"
+    );
+
+    // It comes back (same data): the relay catches up.
+    let _redis = redis_server(port, redis_dir.path()).unwrap();
+    wait_for_empty_outbox(&db, Duration::from_secs(20)).await;
+    let events = read_all(log.as_ref(), "g").await;
+    assert_in_order_none_lost(&events, &["a", "b"], 25);
+    stop.cancel();
+    relay.await.unwrap();
+}
+
+/// `munity dev`: outbox and log both embedded; the process stops part way
+/// and starts again: nothing lost, nothing acknowledged replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_outbox_and_log_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let db = service_store(data.path());
+        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 10_000).unwrap());
+        let (stop, relay) = start_relay(&db, log.clone());
+        for n in 0..10 {
+            write(&db, "a", n).await;
+        }
+        wait_for_empty_outbox(&db, Duration::from_secs(10)).await;
+        // A consumer takes the first five and acknowledges them.
+        let mut consumer = log.join("g", "c").await.unwrap();
+        let first = consumer.next(5, Duration::from_millis(200)).await.unwrap();
+        let ids: Vec<String> = first.iter().map(|d| d.id.clone()).collect();
+        consumer.ack(&ids).await.unwrap();
+        stop.cancel();
+        relay.await.unwrap();
+        // Written while no relay runs (the process is stopping).
+        for n in 10..15 {
+            write(&db, "a", n).await;
+        }
+    }
+    let db = service_store(data.path());
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 10_000).unwrap());
+    let (stop, relay) = start_relay(&db, log.clone());
+    wait_for_empty_outbox(&db, Duration::from_secs(10)).await;
+    let mut consumer = log.join("g", "c").await.unwrap();
+    let rest = consumer
+        .next(100, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let numbers: Vec<i64> = rest.iter().map(|d| d.event.occurred_at_ms).collect();
+    assert_eq!(numbers, (5..15).collect::<Vec<_>>());
+    stop.cancel();
+    relay.await.unwrap();
+}
+
+/// A write that fails is rolled back with its events: nothing is published
+/// for a change that did not happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_write_stages_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let db = service_store(data.path());
+    let failed = db
+        .write(|txn| {
+            outbox::stage(txn, &[numbered("a", 0)])?;
+            Err::<(), _>(StoreError::Conflict("event"))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(EmbeddedOutbox::new(db.clone()).backlog().await.unwrap(), 0);
+}

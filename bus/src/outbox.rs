@@ -49,13 +49,22 @@ pub fn stage(txn: &WriteTransaction, events: &[DomainEvent]) -> Result<(), Store
     Ok(())
 }
 
+/// Where a staged event is in its outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagedKey {
+    /// The embedded outbox's sequence number.
+    Seq(u64),
+    /// The CQL outbox's partition (minute) and row (event id).
+    Cql { minute: i64, id: uuid::Uuid },
+}
+
 /// Events staged and not yet relayed, oldest first.
 #[async_trait]
 pub trait Outbox: Send + Sync {
     /// Up to `max` of the oldest staged events, with their outbox keys.
-    async fn oldest(&self, max: usize) -> BusResult<Vec<(u64, DomainEvent)>>;
+    async fn oldest(&self, max: usize) -> BusResult<Vec<(StagedKey, DomainEvent)>>;
     /// Removes relayed events by key.
-    async fn relayed(&self, keys: &[u64]) -> BusResult<()>;
+    async fn relayed(&self, keys: &[StagedKey]) -> BusResult<()>;
     /// How many events wait.
     async fn backlog(&self) -> BusResult<u64>;
 }
@@ -78,7 +87,7 @@ fn unavailable(error: impl std::fmt::Display) -> BusError {
 
 #[async_trait]
 impl Outbox for EmbeddedOutbox {
-    async fn oldest(&self, max: usize) -> BusResult<Vec<(u64, DomainEvent)>> {
+    async fn oldest(&self, max: usize) -> BusResult<Vec<(StagedKey, DomainEvent)>> {
         let raw: Vec<(u64, Vec<u8>)> = self
             .db
             .blocking(move |db| {
@@ -97,7 +106,7 @@ impl Outbox for EmbeddedOutbox {
         raw.into_iter()
             .map(|(seq, bytes)| {
                 DomainEvent::decode(bytes.as_slice())
-                    .map(|event| (seq, event))
+                    .map(|event| (StagedKey::Seq(seq), event))
                     .map_err(|e| BusError::Corrupt {
                         id: format!("outbox {seq}"),
                         reason: e.to_string(),
@@ -106,8 +115,14 @@ impl Outbox for EmbeddedOutbox {
             .collect()
     }
 
-    async fn relayed(&self, keys: &[u64]) -> BusResult<()> {
-        let keys = keys.to_vec();
+    async fn relayed(&self, keys: &[StagedKey]) -> BusResult<()> {
+        let keys: Vec<u64> = keys
+            .iter()
+            .filter_map(|key| match key {
+                StagedKey::Seq(seq) => Some(*seq),
+                StagedKey::Cql { .. } => None,
+            })
+            .collect();
         self.db
             .write(move |txn| {
                 let internal = |e: redb::Error| StoreError::Internal(e.to_string());
@@ -215,9 +230,183 @@ impl Relay {
         if batch.is_empty() {
             return Ok(0);
         }
-        let (keys, events): (Vec<u64>, Vec<DomainEvent>) = batch.into_iter().unzip();
+        let (keys, events): (Vec<StagedKey>, Vec<DomainEvent>) = batch.into_iter().unzip();
         self.log.append(&events).await?;
         self.outbox.relayed(&keys).await?;
         Ok(keys.len())
+    }
+}
+
+/// The outbox of a service on CQL: a table in its keyspace, written in the
+/// same logged batch as the change it describes.
+///
+/// Partitioned by the minute an event was staged (so no partition grows
+/// without end, and relayed entries' tombstones stay in old partitions), and
+/// clustered by event id (UUIDv7: time order). A cursor row remembers the
+/// oldest minute that may still hold entries; the relay moves it forward
+/// only past minutes older than [`CqlOutbox::SETTLE`], so a write delayed in
+/// flight cannot land behind it.
+pub mod cql {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use munity_store::{StoreError, cql::CqlStore, now_millis};
+    use prost::Message;
+    use scylla::statement::prepared::PreparedStatement;
+    use uuid::Uuid;
+
+    use super::{Outbox, StagedKey};
+    use crate::{BusError, BusResult, DomainEvent};
+
+    /// The outbox's tables: add them to the service's schema.
+    pub const SCHEMA: &[&str] = &[
+        "CREATE TABLE IF NOT EXISTS outbox (
+            minute bigint, id uuid, event blob,
+            PRIMARY KEY ((minute), id)
+        ) WITH CLUSTERING ORDER BY (id ASC)",
+        "CREATE TABLE IF NOT EXISTS outbox_cursor (name text PRIMARY KEY, minute bigint)",
+    ];
+
+    const MINUTE_MS: i64 = 60_000;
+
+    pub struct CqlOutbox {
+        store: Arc<CqlStore>,
+        insert: PreparedStatement,
+        select: PreparedStatement,
+        count: PreparedStatement,
+        delete: PreparedStatement,
+        cursor: PreparedStatement,
+        set_cursor: PreparedStatement,
+    }
+
+    /// One outbox row, ready for the service's batch.
+    pub type Row = (i64, Uuid, Vec<u8>);
+
+    fn unavailable(error: StoreError) -> BusError {
+        BusError::Unavailable(error.to_string())
+    }
+
+    impl CqlOutbox {
+        /// How long after its minute ends an outbox partition is taken to be
+        /// complete (writes in flight have landed).
+        pub const SETTLE: i64 = 2 * MINUTE_MS;
+
+        /// Prepares the statements on `store`, whose schema includes [`SCHEMA`].
+        pub async fn new(store: Arc<CqlStore>) -> anyhow::Result<Self> {
+            Ok(CqlOutbox {
+                insert: store
+                    .prepare("INSERT INTO outbox (minute, id, event) VALUES (?, ?, ?)")
+                    .await?,
+                select: store
+                    .prepare("SELECT id, event FROM outbox WHERE minute = ? LIMIT ?")
+                    .await?,
+                count: store
+                    .prepare("SELECT COUNT(*) FROM outbox WHERE minute = ?")
+                    .await?,
+                delete: store
+                    .prepare("DELETE FROM outbox WHERE minute = ? AND id = ?")
+                    .await?,
+                cursor: store
+                    .prepare("SELECT minute FROM outbox_cursor WHERE name = 'relay'")
+                    .await?,
+                set_cursor: store
+                    .prepare("UPDATE outbox_cursor SET minute = ? WHERE name = 'relay'")
+                    .await?,
+                store,
+            })
+        }
+
+        /// The statement that stages one event: append it to the service's
+        /// logged batch, with [`CqlOutbox::row`] among the batch's values.
+        pub fn insert_statement(&self) -> &PreparedStatement {
+            &self.insert
+        }
+
+        /// The values of `event`'s outbox row.
+        pub fn row(event: &DomainEvent) -> Row {
+            let id = Uuid::parse_str(&event.id).unwrap_or_else(|_| Uuid::now_v7());
+            (now_millis() / MINUTE_MS, id, event.encode_to_vec())
+        }
+
+        async fn cursor(&self) -> BusResult<i64> {
+            let row: Option<(Option<i64>,)> = self
+                .store
+                .maybe_row(&self.cursor, ())
+                .await
+                .map_err(unavailable)?;
+            // No cursor yet: start an hour back (a new outbox is empty).
+            Ok(row
+                .and_then(|(minute,)| minute)
+                .unwrap_or(now_millis() / MINUTE_MS - 60))
+        }
+
+        /// The minutes that may hold entries, oldest first, up to now.
+        async fn minutes(&self) -> BusResult<std::ops::RangeInclusive<i64>> {
+            let from = self.cursor().await?;
+            Ok(from..=now_millis() / MINUTE_MS)
+        }
+    }
+
+    #[async_trait]
+    impl Outbox for CqlOutbox {
+        async fn oldest(&self, max: usize) -> BusResult<Vec<(StagedKey, DomainEvent)>> {
+            let mut found = Vec::new();
+            let settled_before = (now_millis() - Self::SETTLE) / MINUTE_MS;
+            let mut cursor_moves_to = None;
+            for minute in self.minutes().await? {
+                let rows: Vec<(Uuid, Vec<u8>)> = self
+                    .store
+                    .rows(&self.select, (minute, (max - found.len()) as i32))
+                    .await
+                    .map_err(unavailable)?;
+                if rows.is_empty() && found.is_empty() && minute < settled_before {
+                    cursor_moves_to = Some(minute + 1);
+                }
+                for (id, bytes) in rows {
+                    let event =
+                        DomainEvent::decode(bytes.as_slice()).map_err(|e| BusError::Corrupt {
+                            id: format!("outbox {id}"),
+                            reason: e.to_string(),
+                        })?;
+                    found.push((StagedKey::Cql { minute, id }, event));
+                }
+                if found.len() >= max {
+                    break;
+                }
+            }
+            if let Some(minute) = cursor_moves_to {
+                self.store
+                    .execute(&self.set_cursor, (minute,))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(found)
+        }
+
+        async fn relayed(&self, keys: &[StagedKey]) -> BusResult<()> {
+            for key in keys {
+                let StagedKey::Cql { minute, id } = *key else {
+                    continue;
+                };
+                self.store
+                    .execute(&self.delete, (minute, id))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+
+        async fn backlog(&self) -> BusResult<u64> {
+            let mut count = 0u64;
+            for minute in self.minutes().await? {
+                let row: Option<(i64,)> = self
+                    .store
+                    .maybe_row(&self.count, (minute,))
+                    .await
+                    .map_err(unavailable)?;
+                count += row.map_or(0, |(n,)| n.max(0) as u64);
+            }
+            Ok(count)
+        }
     }
 }

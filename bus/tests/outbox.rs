@@ -276,3 +276,66 @@ async fn a_rolled_back_write_stages_nothing() {
     assert!(failed.is_err());
     assert_eq!(EmbeddedOutbox::new(db.clone()).backlog().await.unwrap(), 0);
 }
+
+/// The CQL outbox (on the real Cassandra scripts/test.sh starts,
+/// `MUNITY_TEST_CQL`): each change and its event in one logged batch; the
+/// relay moves every event to the log in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_outbox_relays_every_staged_event_in_order() {
+    use munity_bus::outbox::cql::{self, CqlOutbox};
+    use munity_store::cql::CqlStore;
+    use scylla::statement::batch::{Batch, BatchType};
+
+    let Some(config) = munity_testkit::cql_config("bus_outbox") else {
+        return;
+    };
+    let mut schema = vec!["CREATE TABLE IF NOT EXISTS changes (key text PRIMARY KEY, n bigint)"];
+    schema.extend_from_slice(cql::SCHEMA);
+    let store = {
+        let _lock = munity_testkit::schema_lock().await;
+        Arc::new(CqlStore::connect(&config, &schema).await.unwrap())
+    };
+    let outbox = Arc::new(CqlOutbox::new(store.clone()).await.unwrap());
+    let change = store
+        .prepare("INSERT INTO changes (key, n) VALUES (?, ?)")
+        .await
+        .unwrap();
+    let mut batch = Batch::new(BatchType::Logged);
+    batch.append_statement(change);
+    batch.append_statement(outbox.insert_statement().clone());
+    for n in 0..12 {
+        for aggregate in ["a", "b"] {
+            let event = numbered(aggregate, n);
+            let values = ((format!("{aggregate}-{n}"), n), CqlOutbox::row(&event));
+            store.batch(&batch, values).await.unwrap();
+        }
+    }
+    assert_eq!(outbox.backlog().await.unwrap(), 24);
+
+    let data = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 10_000).unwrap());
+    let shutdown = ShutdownToken::new();
+    let relay = tokio::spawn(
+        Relay {
+            service: "svc".to_owned(),
+            outbox: outbox.clone(),
+            log: log.clone(),
+            staged: Arc::new(Notify::new()),
+            poll: Duration::from_millis(50),
+            batch: 5,
+        }
+        .run(shutdown.clone()),
+    );
+    let started = Instant::now();
+    while outbox.backlog().await.unwrap() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the relay never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = read_all(log.as_ref(), "g").await;
+    assert_in_order_none_lost(&events, &["a", "b"], 12);
+    shutdown.cancel();
+    relay.await.unwrap();
+}

@@ -159,6 +159,19 @@ impl CqlStore {
         }
     }
 
+    /// Runs a batch (e.g. a logged batch: a change and its outbox entries,
+    /// all applied or none).
+    pub async fn batch(
+        &self,
+        batch: &scylla::statement::batch::Batch,
+        values: impl scylla::serialize::batch::BatchValues,
+    ) -> StoreResult<QueryResult> {
+        self.session
+            .batch(batch, values)
+            .await
+            .map_err(execution_error)
+    }
+
     /// Every row of the answer, typed.
     pub async fn rows<R>(
         &self,

@@ -29,6 +29,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod consumer;
 pub mod embedded;
 pub mod metrics;
 pub mod outbox;
@@ -39,6 +41,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 pub use munity_proto::domain::v1::DomainEvent;
 
+pub use config::{BusConfig, open};
+pub use consumer::ConsumerLoop;
 pub use embedded::EmbeddedLog;
 pub use redis::RedisLog;
 

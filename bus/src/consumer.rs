@@ -1,0 +1,150 @@
+//! The consumer loop every service runs the same way: take over what a
+//! dead member left pending, read new events, hand each to the handler
+//! once (de-duplicated by event id), acknowledge what it handled, report
+//! the group's lag.
+//!
+//! A handler that fails leaves its event pending: it is retried after
+//! `retry_after`, by this consumer or another member of the group. So a
+//! handler must be idempotent for the same event (the de-duplication here
+//! covers redeliveries within one process only).
+
+use std::{collections::VecDeque, future::Future, sync::Arc, time::Duration};
+
+use std::collections::HashSet;
+
+use munity_platform::shutdown::ShutdownToken;
+
+use crate::{DomainEvent, EventLog, metrics};
+
+/// How a group member reads the log.
+#[derive(Clone)]
+pub struct ConsumerLoop {
+    pub log: Arc<dyn EventLog>,
+    pub group: String,
+    /// Unique within the group (e.g. the service name and a process id).
+    pub consumer: String,
+    /// Events per read.
+    pub batch: usize,
+    /// How long a read waits for new events.
+    pub wait: Duration,
+    /// Deliveries pending this long (a dead member's, or failed handlings)
+    /// are taken over and retried.
+    pub retry_after: Duration,
+}
+
+/// Event ids handled recently, to skip redeliveries (bounded).
+struct Seen {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl Seen {
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.insert(id.to_owned()) {
+            self.order.push_back(id.to_owned());
+            if self.order.len() > self.capacity
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl ConsumerLoop {
+    /// Runs until `shutdown`, handing each event to `handle`.
+    pub async fn run<H, F>(self, shutdown: ShutdownToken, mut handle: H)
+    where
+        H: FnMut(DomainEvent) -> F + Send,
+        F: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let mut seen = Seen {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: 100_000,
+        };
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let joined = tokio::select! {
+                () = shutdown.cancelled() => return,
+                joined = self.log.join(&self.group, &self.consumer) => joined,
+            };
+            let mut member = match joined {
+                Ok(member) => member,
+                Err(error) => {
+                    if failures == 0 {
+                        tracing::warn!(group = %self.group, %error, "cannot join the consumer group; retrying");
+                    }
+                    failures += 1;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff(failures)) => continue,
+                    }
+                }
+            };
+            failures = 0;
+            loop {
+                let read = async {
+                    let mut deliveries = member.claim_stale(self.retry_after, self.batch).await?;
+                    if deliveries.is_empty() {
+                        deliveries = member.next(self.batch, self.wait).await?;
+                    }
+                    Ok::<_, crate::BusError>(deliveries)
+                };
+                let deliveries = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    read = read => read,
+                };
+                let deliveries = match deliveries {
+                    Ok(deliveries) => deliveries,
+                    Err(error) => {
+                        tracing::warn!(group = %self.group, %error, "cannot read the event log; retrying");
+                        failures += 1;
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff(failures)) => {}
+                        }
+                        // Rejoin: a Redis consumer's connection may be gone.
+                        break;
+                    }
+                };
+                failures = 0;
+                let mut done = Vec::new();
+                for delivery in deliveries {
+                    if seen.contains(&delivery.event.id) {
+                        done.push(delivery.id);
+                        continue;
+                    }
+                    let id = delivery.event.id.clone();
+                    match handle(delivery.event).await {
+                        Ok(()) => {
+                            seen.insert(&id);
+                            done.push(delivery.id);
+                        }
+                        Err(error) => {
+                            tracing::warn!(group = %self.group, event = %id, %error, "handling failed; the event will be retried");
+                        }
+                    }
+                }
+                if !done.is_empty()
+                    && let Err(error) = member.ack(&done).await
+                {
+                    tracing::warn!(group = %self.group, %error, "cannot acknowledge; the events will be redelivered");
+                }
+                metrics::report_lag(self.log.as_ref(), &self.group).await;
+            }
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5))
+}

@@ -1,0 +1,147 @@
+//! The consumer loop and `[bus]`: on both backends, two members of a group
+//! handle every event once between them, and a failed handling is retried.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use munity_bus::{BusConfig, ConsumerLoop, DomainEvent, EventLog, config::BusBackend};
+use munity_platform::shutdown::ShutdownToken;
+
+type Log = Arc<dyn EventLog>;
+
+async fn embedded() -> Option<(Log, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BusConfig {
+        path: dir.path().to_owned(),
+        ..BusConfig::default()
+    };
+    Some((munity_bus::open(&config).await.unwrap(), dir))
+}
+
+async fn redis() -> Option<(Log, ())> {
+    let Ok(url) = std::env::var("MUNITY_TEST_REDIS") else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "no Redis under CI"
+        );
+        return None;
+    };
+    let config = BusConfig {
+        backend: BusBackend::Redis,
+        redis_url: url,
+        redis_key: format!("test:consumer:{}", uuid::Uuid::now_v7().simple()),
+        ..BusConfig::default()
+    };
+    Some((munity_bus::open(&config).await.unwrap(), ()))
+}
+
+mod cases {
+    use super::*;
+
+    fn numbered(n: i64) -> DomainEvent {
+        DomainEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            r#type: "munity.test.v1.Numbered".to_owned(),
+            aggregate_id: "x".to_owned(),
+            occurred_at_ms: n,
+            ..DomainEvent::default()
+        }
+    }
+
+    /// 30 events, two members; the handling of event 7 fails once.
+    pub async fn members_share_events_and_failures_are_retried(log: Log) {
+        let handled: Arc<Mutex<HashMap<i64, u32>>> = Default::default();
+        let failed_once = Arc::new(Mutex::new(false));
+        let shutdown = ShutdownToken::new();
+        let mut members = Vec::new();
+        for name in ["m1", "m2"] {
+            let member = ConsumerLoop {
+                log: log.clone(),
+                group: "g".to_owned(),
+                consumer: name.to_owned(),
+                batch: 4,
+                wait: Duration::from_millis(100),
+                retry_after: Duration::from_millis(300),
+            };
+            let (handled, failed_once) = (handled.clone(), failed_once.clone());
+            members.push(tokio::spawn(member.run(shutdown.clone(), move |event| {
+                let (handled, failed_once) = (handled.clone(), failed_once.clone());
+                async move {
+                    let n = event.occurred_at_ms;
+                    if n == 7 && !std::mem::replace(&mut *failed_once.lock().unwrap(), true) {
+                        anyhow::bail!("the first handling of 7 fails");
+                    }
+                    *handled.lock().unwrap().entry(n).or_default() += 1;
+                    Ok(())
+                }
+            })));
+        }
+        let events: Vec<DomainEvent> = (0..30).map(numbered).collect();
+        log.append(&events).await.unwrap();
+        let started = Instant::now();
+        while handled.lock().unwrap().len() < 30 {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "handled only {:?}",
+                handled.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Give redeliveries, if any, the time to show up.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        shutdown.cancel();
+        for member in members {
+            member.await.unwrap();
+        }
+        let handled = handled.lock().unwrap().clone();
+        assert!(handled.values().all(|&count| count == 1), "{handled:?}");
+        assert!(*failed_once.lock().unwrap());
+        assert_eq!(log.lag("g").await.unwrap(), 0);
+    }
+}
+
+munity_testkit::contract_suite! {
+    cases: cases,
+    backends: { embedded_bus => embedded(), redis_bus => redis() },
+    tests: [members_share_events_and_failures_are_retried],
+}
+
+/// `munity dev`: every service opening the embedded `[bus]` gets the same
+/// log (redb allows one opener per file and process).
+#[tokio::test]
+async fn the_embedded_log_is_shared_within_a_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BusConfig {
+        path: dir.path().to_owned(),
+        ..BusConfig::default()
+    };
+    let publisher = munity_bus::open(&config).await.unwrap();
+    let reader = munity_bus::open(&config).await.unwrap();
+    publisher
+        .append(&[DomainEvent {
+            id: "one".to_owned(),
+            ..DomainEvent::default()
+        }])
+        .await
+        .unwrap();
+    let mut member = reader.join("g", "c").await.unwrap();
+    let got = member.next(10, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event.id, "one");
+}
+
+/// `[bus]` keys are checked by name.
+#[test]
+fn bus_config_refuses_unknown_keys() {
+    let source = munity_platform::config::ConfigSource::from_toml_str(
+        "[bus]\nbackend = \"redis\"\nredis_ur = \"redis://x\"\n",
+    );
+    let error = BusConfig::load(&source).unwrap_err().to_string();
+    assert!(error.contains("redis_ur"), "{error}");
+    let source = munity_platform::config::ConfigSource::from_toml_str("");
+    assert_eq!(BusConfig::load(&source).unwrap(), BusConfig::default());
+}

@@ -11,7 +11,13 @@
 //! the batch again: consumers de-duplicate by event id.
 //!
 //! The embedded outbox is a table in the service's own redb file
-//! ([`stage`] inside its write transaction).
+//! ([`stage`] inside its write transaction). On CQL, a change made in a
+//! logged batch carries its outbox row in the batch; a change made by a
+//! lightweight transaction (which cannot share a batch across tables)
+//! stages its event tentatively first and confirms it once applied, and
+//! the relay asks the service ([`Verify`]) about tentative rows left
+//! unconfirmed (a writer that died): nothing is lost, and nothing is
+//! published for a change that did not happen.
 
 use std::{sync::Arc, time::Duration};
 
@@ -54,8 +60,42 @@ pub fn stage(txn: &WriteTransaction, events: &[DomainEvent]) -> Result<(), Store
 pub enum StagedKey {
     /// The embedded outbox's sequence number.
     Seq(u64),
-    /// The CQL outbox's partition (minute) and row (event id).
-    Cql { minute: i64, id: uuid::Uuid },
+    /// The CQL outbox's partition (minute) and row (event id); `tentative`
+    /// when staged ahead of a lightweight transaction and not confirmed.
+    Cql {
+        minute: i64,
+        id: uuid::Uuid,
+        tentative: bool,
+    },
+}
+
+impl StagedKey {
+    fn is_tentative(&self) -> bool {
+        matches!(
+            self,
+            StagedKey::Cql {
+                tentative: true,
+                ..
+            }
+        )
+    }
+
+    /// When a CQL outbox row was staged: its id is a UUIDv7.
+    fn staged_at_ms(&self) -> Option<i64> {
+        let StagedKey::Cql { id, .. } = self else {
+            return None;
+        };
+        let (secs, nanos) = id.get_timestamp()?.to_unix();
+        Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
+    }
+}
+
+/// Whether the change a tentative event describes really happened (asked
+/// of the publishing service about tentative outbox rows whose writer
+/// never confirmed them: it may have crashed before or after its change).
+#[async_trait]
+pub trait Verify: Send + Sync {
+    async fn happened(&self, event: &DomainEvent) -> BusResult<bool>;
 }
 
 /// Events staged and not yet relayed, oldest first.
@@ -161,9 +201,35 @@ pub struct Relay {
     pub staged: Arc<Notify>,
     pub poll: Duration,
     pub batch: usize,
+    /// Asked about tentative events left unconfirmed for `settle`; without
+    /// it they wait (and show in the backlog).
+    pub verify: Option<Arc<dyn Verify>>,
+    /// How long a tentative event may stay unconfirmed before its change is
+    /// verified (its writer is taken to have died).
+    pub settle: Duration,
 }
 
 impl Relay {
+    /// A relay with no tentative events to verify (embedded outboxes, CQL
+    /// outboxes written in logged batches only).
+    pub fn new(
+        service: &str,
+        outbox: Arc<dyn Outbox>,
+        log: Arc<dyn EventLog>,
+        staged: Arc<Notify>,
+    ) -> Self {
+        Relay {
+            service: service.to_owned(),
+            outbox,
+            log,
+            staged,
+            poll: Duration::from_millis(500),
+            batch: 100,
+            verify: None,
+            settle: Duration::from_secs(5),
+        }
+    }
+
     pub async fn run(self, shutdown: ShutdownToken) {
         let backlog = metrics::OUTBOX_BACKLOG.with_label_values(&[&self.service]);
         let lag = metrics::RELAY_LAG.with_label_values(&[&self.service]);
@@ -230,10 +296,34 @@ impl Relay {
         if batch.is_empty() {
             return Ok(0);
         }
-        let (keys, events): (Vec<StagedKey>, Vec<DomainEvent>) = batch.into_iter().unzip();
-        self.log.append(&events).await?;
+        // Events go out in order: the batch ends at the first tentative
+        // event still young enough for its writer to confirm it.
+        let now = munity_store::now_millis();
+        let mut keys = Vec::new();
+        let mut events = Vec::new();
+        let mut discarded = Vec::new();
+        for (key, event) in batch {
+            if key.is_tentative() {
+                let staged_at = key.staged_at_ms().unwrap_or(event.occurred_at_ms);
+                let age = Duration::from_millis((now - staged_at).max(0) as u64);
+                let Some(verify) = self.verify.as_ref().filter(|_| age >= self.settle) else {
+                    break;
+                };
+                if !verify.happened(&event).await? {
+                    tracing::info!(service = %self.service, event = %event.id, "dropping an outbox event whose change never happened");
+                    discarded.push(key);
+                    continue;
+                }
+            }
+            keys.push(key);
+            events.push(event);
+        }
+        if !events.is_empty() {
+            self.log.append(&events).await?;
+        }
+        keys.extend(discarded);
         self.outbox.relayed(&keys).await?;
-        Ok(keys.len())
+        Ok(events.len())
     }
 }
 
@@ -261,7 +351,7 @@ pub mod cql {
     /// The outbox's tables: add them to the service's schema.
     pub const SCHEMA: &[&str] = &[
         "CREATE TABLE IF NOT EXISTS outbox (
-            minute bigint, id uuid, event blob,
+            minute bigint, id uuid, event blob, tentative boolean,
             PRIMARY KEY ((minute), id)
         ) WITH CLUSTERING ORDER BY (id ASC)",
         "CREATE TABLE IF NOT EXISTS outbox_cursor (name text PRIMARY KEY, minute bigint)",
@@ -272,6 +362,8 @@ pub mod cql {
     pub struct CqlOutbox {
         store: Arc<CqlStore>,
         insert: PreparedStatement,
+        insert_tentative: PreparedStatement,
+        confirm: PreparedStatement,
         select: PreparedStatement,
         count: PreparedStatement,
         delete: PreparedStatement,
@@ -295,10 +387,20 @@ pub mod cql {
         pub async fn new(store: Arc<CqlStore>) -> anyhow::Result<Self> {
             Ok(CqlOutbox {
                 insert: store
-                    .prepare("INSERT INTO outbox (minute, id, event) VALUES (?, ?, ?)")
+                    .prepare(
+                        "INSERT INTO outbox (minute, id, event, tentative) VALUES (?, ?, ?, false)",
+                    )
+                    .await?,
+                insert_tentative: store
+                    .prepare(
+                        "INSERT INTO outbox (minute, id, event, tentative) VALUES (?, ?, ?, true)",
+                    )
+                    .await?,
+                confirm: store
+                    .prepare("UPDATE outbox SET tentative = false WHERE minute = ? AND id = ?")
                     .await?,
                 select: store
-                    .prepare("SELECT id, event FROM outbox WHERE minute = ? LIMIT ?")
+                    .prepare("SELECT id, event, tentative FROM outbox WHERE minute = ? LIMIT ?")
                     .await?,
                 count: store
                     .prepare("SELECT COUNT(*) FROM outbox WHERE minute = ?")
@@ -328,6 +430,37 @@ pub mod cql {
             (now_millis() / MINUTE_MS, id, event.encode_to_vec())
         }
 
+        /// For a change made by a lightweight transaction, which cannot
+        /// share a batch with the outbox: stage its event first, tentative,
+        /// then run the LWT, then [`CqlOutbox::confirm`] it if applied or
+        /// [`Outbox::relayed`] (drop) it if not. Should the writer die in
+        /// between, the relay asks the service's [`super::Verify`] once the
+        /// row has settled.
+        pub async fn stage_tentative(&self, event: &DomainEvent) -> BusResult<StagedKey> {
+            let (minute, id, bytes) = Self::row(event);
+            self.store
+                .execute(&self.insert_tentative, (minute, id, bytes))
+                .await
+                .map_err(unavailable)?;
+            Ok(StagedKey::Cql {
+                minute,
+                id,
+                tentative: true,
+            })
+        }
+
+        /// The change of a tentative event was applied: relay it now.
+        pub async fn confirm(&self, key: StagedKey) -> BusResult<()> {
+            let StagedKey::Cql { minute, id, .. } = key else {
+                return Ok(());
+            };
+            self.store
+                .execute(&self.confirm, (minute, id))
+                .await
+                .map_err(unavailable)
+                .map(drop)
+        }
+
         async fn cursor(&self) -> BusResult<i64> {
             let row: Option<(Option<i64>,)> = self
                 .store
@@ -354,7 +487,7 @@ pub mod cql {
             let settled_before = (now_millis() - Self::SETTLE) / MINUTE_MS;
             let mut cursor_moves_to = None;
             for minute in self.minutes().await? {
-                let rows: Vec<(Uuid, Vec<u8>)> = self
+                let rows: Vec<(Uuid, Option<Vec<u8>>, Option<bool>)> = self
                     .store
                     .rows(&self.select, (minute, (max - found.len()) as i32))
                     .await
@@ -362,13 +495,30 @@ pub mod cql {
                 if rows.is_empty() && found.is_empty() && minute < settled_before {
                     cursor_moves_to = Some(minute + 1);
                 }
-                for (id, bytes) in rows {
+                for (id, bytes, tentative) in rows {
+                    // A confirmation that raced the row's removal leaves a
+                    // row with no event: nothing to relay.
+                    let Some(bytes) = bytes else {
+                        self.store
+                            .execute(&self.delete, (minute, id))
+                            .await
+                            .map_err(unavailable)?;
+                        continue;
+                    };
                     let event =
                         DomainEvent::decode(bytes.as_slice()).map_err(|e| BusError::Corrupt {
                             id: format!("outbox {id}"),
                             reason: e.to_string(),
                         })?;
-                    found.push((StagedKey::Cql { minute, id }, event));
+                    let tentative = tentative.unwrap_or(false);
+                    found.push((
+                        StagedKey::Cql {
+                            minute,
+                            id,
+                            tentative,
+                        },
+                        event,
+                    ));
                 }
                 if found.len() >= max {
                     break;
@@ -385,7 +535,7 @@ pub mod cql {
 
         async fn relayed(&self, keys: &[StagedKey]) -> BusResult<()> {
             for key in keys {
-                let StagedKey::Cql { minute, id } = *key else {
+                let StagedKey::Cql { minute, id, .. } = *key else {
                     continue;
                 };
                 self.store

@@ -79,6 +79,8 @@ fn start_relay(
         staged: Arc::new(Notify::new()),
         poll: Duration::from_millis(50),
         batch: 8,
+        verify: None,
+        settle: Duration::from_secs(5),
     };
     let task = tokio::spawn(relay.run(shutdown.clone()));
     (shutdown, task)
@@ -323,6 +325,8 @@ async fn cql_outbox_relays_every_staged_event_in_order() {
             staged: Arc::new(Notify::new()),
             poll: Duration::from_millis(50),
             batch: 5,
+            verify: None,
+            settle: Duration::from_secs(5),
         }
         .run(shutdown.clone()),
     );
@@ -336,6 +340,94 @@ async fn cql_outbox_relays_every_staged_event_in_order() {
     }
     let events = read_all(log.as_ref(), "g").await;
     assert_in_order_none_lost(&events, &["a", "b"], 12);
+    shutdown.cancel();
+    relay.await.unwrap();
+}
+
+/// A service's verdict on tentative events: the ones whose change happened.
+struct Happened(HashSet<String>);
+
+#[async_trait::async_trait]
+impl munity_bus::outbox::Verify for Happened {
+    async fn happened(&self, event: &DomainEvent) -> munity_bus::BusResult<bool> {
+        Ok(self.0.contains(&event.id))
+    }
+}
+
+/// Beside lightweight transactions (which cannot share a logged batch with
+/// the outbox): events staged tentatively before the change. A confirmed
+/// one goes out at once; an unconfirmed one holds the line until it has
+/// settled, then goes out only if the service says its change happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_tentative_events_are_confirmed_or_verified_in_order() {
+    use munity_bus::outbox::cql::{self, CqlOutbox};
+    use munity_store::cql::CqlStore;
+
+    // A keyspace apart from the other CQL test's, whose relay runs alongside.
+    let Some(config) = munity_testkit::cql_config("bus_outbox_lwt") else {
+        return;
+    };
+    let store = {
+        let _lock = munity_testkit::schema_lock().await;
+        Arc::new(CqlStore::connect(&config, cql::SCHEMA).await.unwrap())
+    };
+    let outbox = Arc::new(CqlOutbox::new(store).await.unwrap());
+
+    // a: the LWT applied and the writer confirmed it.
+    let a = numbered("t", 0);
+    let key = outbox.stage_tentative(&a).await.unwrap();
+    outbox.confirm(key).await.unwrap();
+    // b: the writer died; its change never happened.
+    let b = numbered("t", 1);
+    outbox.stage_tentative(&b).await.unwrap();
+    // c: the writer died after its change.
+    let c = numbered("t", 2);
+    outbox.stage_tentative(&c).await.unwrap();
+    // d: the LWT was not applied; the writer dropped the event.
+    let d = numbered("t", 3);
+    let key = outbox.stage_tentative(&d).await.unwrap();
+    outbox.relayed(&[key]).await.unwrap();
+    // e: a plain confirmed event after them all.
+    let e = numbered("t", 4);
+    let key = outbox.stage_tentative(&e).await.unwrap();
+    outbox.confirm(key).await.unwrap();
+
+    let data = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 10_000).unwrap());
+    let shutdown = ShutdownToken::new();
+    let relay = tokio::spawn(
+        Relay {
+            service: "svc".to_owned(),
+            outbox: outbox.clone(),
+            log: log.clone(),
+            staged: Arc::new(Notify::new()),
+            poll: Duration::from_millis(50),
+            batch: 10,
+            verify: Some(Arc::new(Happened([c.id.clone()].into_iter().collect()))),
+            settle: Duration::from_millis(1500),
+        }
+        .run(shutdown.clone()),
+    );
+    // Before b settles, only a is out: b holds the line.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let early = read_all(log.as_ref(), "early").await;
+    assert_eq!(early, vec![("t".to_owned(), 0)]);
+
+    let started = Instant::now();
+    while outbox.backlog().await.unwrap() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the relay never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = read_all(log.as_ref(), "all").await;
+    let numbers: Vec<i64> = events.iter().map(|(_, n)| *n).collect();
+    assert_eq!(
+        numbers,
+        vec![0, 2, 4],
+        "a, then the verified c, then e; never b or d"
+    );
     shutdown.cancel();
     relay.await.unwrap();
 }

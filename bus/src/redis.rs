@@ -65,17 +65,21 @@ async fn connect(config: &Config, timeout: Duration) -> BusResult<Client> {
         .build()
         .map_err(unavailable)?;
     drop(client.connect());
-    tokio::time::timeout(timeout, client.wait_for_connect())
-        .await
-        .map_err(|_| BusError::Unavailable("Redis did not answer in time".to_owned()))?
-        .map_err(unavailable)?;
+    // Redis away at start-up is not fatal: the client keeps reconnecting,
+    // commands fail fast meanwhile, and the relay and consumers retry.
+    match tokio::time::timeout(timeout, client.wait_for_connect()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "Redis not reachable yet; reconnecting"),
+        Err(_) => tracing::warn!("Redis did not answer in time; reconnecting"),
+    }
     Ok(client)
 }
 
 impl RedisLog {
     /// The stream at `key` on the Redis at `url`, keeping about `max_len`
-    /// entries. Connects now; fails if Redis cannot be reached within
-    /// `timeout` (callers keep writing to their outbox meanwhile).
+    /// entries. Waits up to `timeout` for a first connection, and goes on
+    /// without one (commands fail until Redis answers; callers retry, and
+    /// keep writing to their outbox meanwhile). Fails only on a bad URL.
     pub async fn connect(url: &str, key: &str, max_len: u64, timeout: Duration) -> BusResult<Self> {
         let config = Config::from_url(url).map_err(|e| unavailable(format!("{url}: {e}")))?;
         let client = connect(&config, timeout).await?;

@@ -518,3 +518,59 @@ mod tests {
         assert!(matches!(error, ConfigError::MissingFile { .. }));
     }
 }
+
+/// `[bus]`: where the domain-event log is (`munity-bus` opens it). One
+/// section for the whole deployment, not one per service.
+///
+/// ```toml
+/// [bus]
+/// backend = "redis"            # or "embedded" (the default)
+/// redis_url = "redis://127.0.0.1:6379"
+/// ```
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BusBackend {
+    /// A redb file under `path`, shared by every service of the process
+    /// (`munity dev`).
+    #[default]
+    Embedded,
+    /// One Redis stream (`redis_key`) at `redis_url`, for scale-out.
+    Redis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    pub backend: BusBackend,
+    /// Embedded: the directory of `bus.redb`. Empty: `bus` under the
+    /// service's embedded store directory (`munity-data/bus` when the
+    /// service stores in CQL).
+    pub path: PathBuf,
+    pub redis_url: String,
+    pub redis_key: String,
+    /// About how many events the log keeps (older ones are trimmed; a
+    /// consumer group further behind than this misses them).
+    pub max_len: u64,
+    /// How long one Redis command may take before it counts as a failure.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            backend: BusBackend::Embedded,
+            path: PathBuf::new(),
+            redis_url: "redis://127.0.0.1:6379".to_owned(),
+            redis_key: "munity:domain-events".to_owned(),
+            max_len: 1_000_000,
+            redis_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl BusConfig {
+    /// `[bus]` from the layered configuration (file, then `MUNITY_BUS__*`).
+    pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
+        source.section("bus")
+    }
+}

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::AuthConfig,
-    config::{ConfigError, ConfigSource, StorageConfig, struct_fields},
+    config::{BusBackend, BusConfig, ConfigError, ConfigSource, StorageConfig, struct_fields},
     policy::MethodPolicy,
     server::{DEFAULT_SHUTDOWN_GRACE, announce},
     shutdown::{self, ShutdownToken},
@@ -73,6 +73,9 @@ pub struct ServiceConfig<T> {
     pub shutdown_grace_secs: u64,
     /// Embedded store (default) or ScyllaDB.
     pub storage: StorageConfig,
+    /// Where the domain-event log is: the top-level `[bus]` section, the
+    /// same for every service.
+    pub bus: BusConfig,
     /// The service's own settings.
     pub own: T,
 }
@@ -115,12 +118,20 @@ impl<T: DeserializeOwned + Default> ServiceConfig<T> {
         {
             cql.keyspace = format!("munity_{section}");
         }
+        let mut bus = BusConfig::load(source)?;
+        if bus.path.as_os_str().is_empty() {
+            bus.path = match &storage {
+                StorageConfig::Embedded { path } => path.join("bus"),
+                StorageConfig::Cql(_) => PathBuf::from("munity-data/bus"),
+            };
+        }
         Ok(ServiceConfig {
             listen: shared
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_port))),
             shutdown_grace_secs: shared.shutdown_grace_secs,
             storage,
+            bus,
             own,
         })
     }
@@ -241,6 +252,9 @@ pub fn dev_entry<S: Service>() -> DevEntry {
             Box::pin(async move {
                 let mut config = load_config::<S>(&source)?;
                 config.storage = embedded_under(&data_dir, S::SECTION);
+                // One process, one embedded log, shared by every service.
+                config.bus.backend = BusBackend::Embedded;
+                config.bus.path = data_dir.join("bus");
                 let listener = bind(config.listen, &format!("{}.listen", S::SECTION)).await?;
                 let address = listener.local_addr()?;
                 Ok(DevService {

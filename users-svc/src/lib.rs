@@ -11,6 +11,8 @@
 //! - `api/`: the gRPC service, a file per concern (sessions, accounts,
 //!   communities) plus conversions to protobuf.
 //! - `error.rs`: domain errors and their gRPC status codes.
+//! - `events.rs`: the domain events it publishes (communities and
+//!   memberships), staged with each change and relayed to the event log.
 //!
 //! [`UsersService`] is its platform shape: `main.rs` is the platform's
 //! generic `main`, `munity dev` starts it from its registry, and tests call
@@ -22,6 +24,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod keys;
 pub mod passwords;
 pub mod store;
@@ -85,7 +88,36 @@ pub async fn run_with_hashing(
     shutdown: ShutdownToken,
     hashing: passwords::Hashing,
 ) -> anyhow::Result<()> {
-    let repo = store::open(&config.storage).await?;
+    let store::Opened {
+        repo,
+        outbox,
+        verify,
+    } = store::open(&config.storage).await?;
+    // Community and membership changes are published on the event log:
+    // staged with each change, relayed from the outbox by this task.
+    // Without a log (Redis down at start-up is retried by the relay; an
+    // embedded log another process holds is not), events wait in the
+    // outbox: writes go on, nothing is lost.
+    match munity_bus::open(&config.bus).await {
+        Err(error) => tracing::error!(
+            %error,
+            "the event log cannot be opened; domain events wait in the outbox (munity_bus_outbox_backlog)"
+        ),
+        Ok(log) => {
+            tokio::spawn(
+                munity_bus::outbox::Relay {
+                    verify,
+                    ..munity_bus::outbox::Relay::new(
+                        UsersService::NAME,
+                        outbox,
+                        log,
+                        Arc::new(tokio::sync::Notify::new()),
+                    )
+                }
+                .run(shutdown.clone()),
+            );
+        }
+    }
     let tokens = &config.own.tokens;
     let access_ttl = Duration::from_secs(tokens.access_ttl_secs);
     // Keep retired keys published for as long as tokens they signed live.

@@ -26,6 +26,8 @@ struct TestApp {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// The service's password-hashing bound, to watch.
     hashing: Hashing,
+    /// Where the service's domain events go (`[bus]`).
+    bus: munity_platform::config::BusConfig,
     _data: tempfile::TempDir,
 }
 
@@ -45,6 +47,10 @@ impl TestApp {
             storage: StorageConfig::Embedded {
                 path: data.path().to_path_buf(),
             },
+            bus: munity_platform::config::BusConfig {
+                path: data.path().join("bus"),
+                ..Default::default()
+            },
             own: UsersConfig {
                 admin_emails: vec![ADMIN_EMAIL.to_owned()],
                 ..UsersConfig::default()
@@ -53,6 +59,7 @@ impl TestApp {
         let mut auth = AuthConfig::default();
         adjust(&mut config, &mut auth);
         let address = config.listen;
+        let bus = config.bus.clone();
         let shutdown = ShutdownToken::new();
         let hashing = Hashing::new(&config.own.passwords).unwrap();
         let server = tokio::spawn(users_svc::run_with_hashing(
@@ -73,6 +80,7 @@ impl TestApp {
             shutdown,
             server,
             hashing,
+            bus,
             _data: data,
         }
     }
@@ -1079,4 +1087,73 @@ fn bad_password_hashing_bounds_are_refused_at_start() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{key}={value}: {stderr}");
     }
+}
+
+/// Community changes made over gRPC reach other services: a consumer group
+/// on the event log receives CommunityCreated and each MemberJoined, once,
+/// in order (relayed from users-svc's outbox).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_changes_are_published_on_the_event_log() {
+    use prost::Message;
+    let app = TestApp::spawn().await;
+    let owner = app
+        .register(&unique_email("owner"), "correct horse")
+        .await
+        .unwrap();
+    let member = app
+        .register(&unique_email("member"), "correct horse")
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let community = client
+        .create_community(with_bearer(
+            pb::CreateCommunityRequest {
+                name: "Go club".to_owned(),
+                description: String::new(),
+            },
+            &owner.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        client
+            .join_community(with_bearer(
+                pb::JoinCommunityRequest {
+                    community_id: community.id.clone(),
+                },
+                &member.access_token,
+            ))
+            .await
+            .unwrap();
+    }
+
+    let log = munity_bus::open(&app.bus).await.unwrap();
+    let mut consumer = log.join("test", "c").await.unwrap();
+    let mut received = Vec::new();
+    let started = std::time::Instant::now();
+    while received.len() < 3 && started.elapsed() < Duration::from_secs(10) {
+        received.extend(consumer.next(10, Duration::from_millis(500)).await.unwrap());
+    }
+    let types: Vec<&str> = received.iter().map(|d| d.event.r#type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "munity.users.v1.CommunityCreated",
+            "munity.users.v1.MemberJoined",
+            "munity.users.v1.MemberJoined"
+        ]
+    );
+    let joined = pb::MemberJoined::decode(received[2].event.payload.as_slice()).unwrap();
+    assert_eq!(joined.user_id, member.user.unwrap().id);
+    assert_eq!(joined.community_id, community.id);
+    assert!(
+        consumer
+            .next(10, Duration::from_millis(700))
+            .await
+            .unwrap()
+            .is_empty(),
+        "joining twice publishes once"
+    );
+    app.stop().await;
 }

@@ -51,6 +51,10 @@ async fn replica_on(listener: tokio::net::TcpListener) -> Replica {
         storage: StorageConfig::Embedded {
             path: data.path().to_path_buf(),
         },
+        bus: munity_platform::config::BusConfig {
+            path: data.path().join("bus"),
+            ..Default::default()
+        },
         own: users_svc::UsersConfig::default(),
     };
     let shutdown = ShutdownToken::new();

@@ -68,15 +68,19 @@ pub(super) fn community_to_proto(community: &CommunityRecord) -> pb::Community {
     }
 }
 
+pub(crate) fn member_role_to_proto(role: MemberRole) -> pb::MemberRole {
+    match role {
+        MemberRole::Member => pb::MemberRole::Member,
+        MemberRole::Moderator => pb::MemberRole::Moderator,
+        MemberRole::Owner => pb::MemberRole::Owner,
+    }
+}
+
 pub(super) fn membership_to_proto(membership: &MembershipRecord) -> pb::Membership {
     pb::Membership {
         community_id: membership.community_id.to_string(),
         user_id: membership.user_id.to_string(),
-        role: match membership.role {
-            MemberRole::Member => pb::MemberRole::Member,
-            MemberRole::Moderator => pb::MemberRole::Moderator,
-            MemberRole::Owner => pb::MemberRole::Owner,
-        } as i32,
+        role: member_role_to_proto(membership.role) as i32,
         joined_at: Some(timestamp(membership.joined_at)),
     }
 }

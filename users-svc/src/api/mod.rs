@@ -8,7 +8,7 @@
 
 mod accounts;
 mod communities;
-mod convert;
+pub(crate) mod convert;
 mod sessions;
 
 use std::{sync::Arc, time::Duration};

@@ -11,6 +11,15 @@
 //! The plumbing (connecting, schema, prepared statements, LWTs, typed rows)
 //! is `munity_store::cql`'s; this file is the tables and the queries.
 
+use std::{future::Future, sync::Arc};
+
+use munity_bus::{
+    DomainEvent,
+    outbox::{
+        Outbox, Verify,
+        cql::{self as outbox, CqlOutbox},
+    },
+};
 use munity_platform::config::CqlConfig;
 use munity_store::{
     cql::{CqlStore as Cql, limit_plus_one, ts, ttl_until},
@@ -23,6 +32,10 @@ use super::{Page, StoreError, StoreResult, UsersRepository};
 use crate::domain::{
     CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role, SessionRecord,
     SigningKeyRecord, UserRecord,
+};
+use crate::{
+    api::convert::member_role_to_proto,
+    events::{self, Claim},
 };
 
 /// Tables, in the order they are created. Each statement is idempotent.
@@ -104,17 +117,92 @@ struct Statements {
 
 /// The ScyllaDB-backed repository.
 pub struct CqlStore {
-    cql: Cql,
+    cql: Arc<Cql>,
     statements: Statements,
+    outbox: Arc<CqlOutbox>,
 }
 
 impl CqlStore {
-    /// Connects, creates the keyspace and tables when missing, and prepares
-    /// every statement.
+    /// Connects, creates the keyspace and tables (the outbox's too) when
+    /// missing, and prepares every statement.
     pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
-        let cql = Cql::connect(config, SCHEMA).await?;
+        let schema: Vec<&str> = SCHEMA.iter().chain(outbox::SCHEMA).copied().collect();
+        let cql = Arc::new(Cql::connect(config, &schema).await?);
         let statements = Statements::prepare(&cql).await?;
-        Ok(CqlStore { cql, statements })
+        let outbox = Arc::new(CqlOutbox::new(cql.clone()).await?);
+        Ok(CqlStore {
+            cql,
+            statements,
+            outbox,
+        })
+    }
+
+    /// The outbox membership changes stage their events in.
+    pub fn outbox(&self) -> Arc<CqlOutbox> {
+        self.outbox.clone()
+    }
+
+    /// Runs `change`, a lightweight transaction, with `events` staged
+    /// around it: tentatively before, confirmed when it applied, dropped
+    /// when it did not. When the change fails (a timeout: it may or may not
+    /// have applied) the events stay tentative and the relay asks
+    /// [`Verify`] about them later.
+    async fn with_events<T>(
+        &self,
+        events: &[DomainEvent],
+        change: impl Future<Output = StoreResult<(bool, T)>>,
+    ) -> StoreResult<T> {
+        let unavailable = |e: munity_bus::BusError| StoreError::Unavailable(e.to_string());
+        let mut keys = Vec::with_capacity(events.len());
+        for event in events {
+            keys.push(
+                self.outbox
+                    .stage_tentative(event)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        let (applied, value) = change.await?;
+        if applied {
+            for key in keys {
+                self.outbox.confirm(key).await.map_err(unavailable)?;
+            }
+        } else {
+            self.outbox.relayed(&keys).await.map_err(unavailable)?;
+        }
+        Ok(value)
+    }
+}
+
+/// Whether the change an unconfirmed event describes happened: asked by
+/// the relay about events whose writer died between staging and confirming.
+#[async_trait::async_trait]
+impl Verify for CqlStore {
+    async fn happened(&self, event: &DomainEvent) -> munity_bus::BusResult<bool> {
+        let unavailable = |e: StoreError| munity_bus::BusError::Unavailable(e.to_string());
+        let Some(claim) = events::claim(event) else {
+            return Ok(false);
+        };
+        Ok(match claim {
+            Claim::CommunityExists(id) => {
+                self.get_community(id).await.map_err(unavailable)?.is_some()
+            }
+            Claim::MemberSince(community, user, since) => self
+                .get_membership(community, user)
+                .await
+                .map_err(unavailable)?
+                .is_some_and(|m| m.joined_at == since),
+            Claim::NotMemberAt(community, user, at) => self
+                .get_membership(community, user)
+                .await
+                .map_err(unavailable)?
+                .is_none_or(|m| m.joined_at > at),
+            Claim::MemberWithRole(community, user, role) => self
+                .get_membership(community, user)
+                .await
+                .map_err(unavailable)?
+                .is_some_and(|m| member_role_to_proto(m.role) as i32 == role),
+        })
     }
 }
 
@@ -472,11 +560,16 @@ impl UsersRepository for CqlStore {
             community.owner_id,
             ts(community.created_at),
         );
-        if !self
-            .cql
-            .execute_lwt(&self.statements.insert_community, values)
-            .await?
-        {
+        let created = self
+            .with_events(&[events::community_created(community)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.statements.insert_community, values)
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await?;
+        if !created {
             return Err(StoreError::Conflict("community"));
         }
         self.add_membership(owner).await?;
@@ -520,11 +613,16 @@ impl UsersRepository for CqlStore {
             membership.role.as_str(),
             ts(membership.joined_at),
         );
-        if self
-            .cql
-            .execute_lwt(&self.statements.insert_member, values)
-            .await?
-        {
+        let joined = self
+            .with_events(&[events::member_joined(membership)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.statements.insert_member, values)
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await?;
+        if joined {
             return Ok(membership.clone());
         }
         self.get_membership(membership.community_id, membership.user_id)
@@ -550,11 +648,16 @@ impl UsersRepository for CqlStore {
             membership.community_id,
             membership.user_id,
         );
-        if self
-            .cql
-            .execute_lwt(&self.statements.update_member, values)
-            .await?
-        {
+        let updated = self
+            .with_events(&[events::member_role_changed(membership)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.statements.update_member, values)
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await?;
+        if updated {
             Ok(())
         } else {
             Err(StoreError::NotFound("membership"))
@@ -562,9 +665,14 @@ impl UsersRepository for CqlStore {
     }
 
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
-        self.cql
-            .execute_lwt(&self.statements.delete_member, (community_id, user_id))
-            .await
+        self.with_events(&[events::member_left(community_id, user_id)], async {
+            let applied = self
+                .cql
+                .execute_lwt(&self.statements.delete_member, (community_id, user_id))
+                .await?;
+            Ok((applied, applied))
+        })
+        .await
     }
 
     async fn list_members(

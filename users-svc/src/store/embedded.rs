@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use munity_bus::outbox::stage;
 use munity_store::{
     StoreError, StoreResult,
     embedded::{
@@ -21,6 +22,7 @@ use crate::domain::{
     CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, SessionRecord, SigningKeyRecord,
     UserRecord,
 };
+use crate::events;
 
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &[u8]> = TableDefinition::new("users_by_email");
@@ -49,9 +51,14 @@ impl EmbeddedStore {
             txn.open_table(SIGNING_KEYS)?;
             txn.open_table(COMMUNITIES)?;
             txn.open_table(MEMBERS)?;
-            Ok(())
+            munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore { db })
+    }
+
+    /// The outbox the membership changes stage their events in.
+    pub fn outbox(&self) -> munity_bus::outbox::EmbeddedOutbox {
+        munity_bus::outbox::EmbeddedOutbox::new(self.db.clone())
     }
 }
 
@@ -278,7 +285,13 @@ impl UsersRepository for EmbeddedStore {
                         encode(&owner)?.as_slice(),
                     )
                     .map_err(internal)?;
-                Ok(())
+                stage(
+                    txn,
+                    &[
+                        events::community_created(&community),
+                        events::member_joined(&owner),
+                    ],
+                )
             })
             .await
     }
@@ -321,6 +334,7 @@ impl UsersRepository for EmbeddedStore {
                 members
                     .insert(key.as_slice(), encode(&membership)?.as_slice())
                     .map_err(internal)?;
+                stage(txn, &[events::member_joined(&membership)])?;
                 Ok(membership)
             })
             .await
@@ -348,7 +362,7 @@ impl UsersRepository for EmbeddedStore {
                 members
                     .insert(key.as_slice(), encode(&membership)?.as_slice())
                     .map_err(internal)?;
-                Ok(())
+                stage(txn, &[events::member_role_changed(&membership)])
             })
             .await
     }
@@ -356,12 +370,16 @@ impl UsersRepository for EmbeddedStore {
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
         self.db
             .write(move |txn| {
-                Ok(txn
+                let removed = txn
                     .open_table(MEMBERS)
                     .map_err(internal)?
                     .remove(pair_key(community_id, user_id).as_slice())
                     .map_err(internal)?
-                    .is_some())
+                    .is_some();
+                if removed {
+                    stage(txn, &[events::member_left(community_id, user_id)])?;
+                }
+                Ok(removed)
             })
             .await
     }

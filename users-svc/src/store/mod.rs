@@ -14,6 +14,8 @@ pub mod embedded;
 
 use std::sync::Arc;
 
+use munity_bus::outbox::{Outbox, Verify};
+
 use munity_platform::config::StorageConfig;
 pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
@@ -92,10 +94,33 @@ pub trait UsersRepository: Send + Sync + 'static {
     ) -> StoreResult<Page<MembershipRecord>>;
 }
 
+/// An open backend: the repository, and the outbox its membership changes
+/// stage domain events in (with, on CQL, the check the relay asks about
+/// events whose writer died before confirming them).
+pub struct Opened {
+    pub repo: Arc<dyn UsersRepository>,
+    pub outbox: Arc<dyn Outbox>,
+    pub verify: Option<Arc<dyn Verify>>,
+}
+
 /// Opens the configured backend.
-pub async fn open(storage: &StorageConfig) -> anyhow::Result<Arc<dyn UsersRepository>> {
+pub async fn open(storage: &StorageConfig) -> anyhow::Result<Opened> {
     Ok(match storage {
-        StorageConfig::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
-        StorageConfig::Cql(cql) => Arc::new(cql::CqlStore::connect(cql).await?),
+        StorageConfig::Embedded { path } => {
+            let store = embedded::EmbeddedStore::open(path)?;
+            Opened {
+                outbox: Arc::new(store.outbox()),
+                repo: Arc::new(store),
+                verify: None,
+            }
+        }
+        StorageConfig::Cql(config) => {
+            let store = Arc::new(cql::CqlStore::connect(config).await?);
+            Opened {
+                outbox: store.outbox(),
+                verify: Some(store.clone()),
+                repo: store,
+            }
+        }
     })
 }

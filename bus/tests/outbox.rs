@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashSet,
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -138,44 +137,24 @@ fn assert_in_order_none_lost(events: &[(String, i64)], aggregates: &[&str], per:
 /// A Redis of this test's own, persisting to `dir` (so a restart keeps the
 /// stream, as a production Redis with AOF does).
 fn redis_server(port: u16, dir: &std::path::Path) -> Option<Process> {
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Process::new(child))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let args: [&std::ffi::OsStr; 7] = [
+        "--save".as_ref(),
+        "".as_ref(),
+        "--appendonly".as_ref(),
+        "yes".as_ref(),
+        "--appendfsync".as_ref(),
+        "always".as_ref(),
+        "--dir".as_ref(),
+    ];
+    let mut args = args.to_vec();
+    args.push(dir.as_os_str());
+    munity_testkit::redis_server(port, &args).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_commit_while_redis_is_down_and_the_relay_catches_up_in_order() {
     let redis_dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = munity_testkit::free_port();
     let Some(redis) = redis_server(port, redis_dir.path()) else {
         assert_ne!(
             std::env::var("CI").as_deref(),

@@ -7,7 +7,7 @@
 
 use std::{
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,30 +19,18 @@ mod common;
 
 use common::{Gateway, free_port, replica};
 
+/// A Redis of the test's own, without persistence.
 fn redis_server(port: u16) -> Process {
-    let child = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "redis did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Process::new(child)
+    munity_testkit::redis_server(
+        port,
+        &[
+            "--save".as_ref(),
+            "".as_ref(),
+            "--appendonly".as_ref(),
+            "no".as_ref(),
+        ],
+    )
+    .expect("start redis-server")
 }
 
 /// A gateway in global mode, two replicas sharing: GetJwks 30 per minute

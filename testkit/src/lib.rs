@@ -36,6 +36,35 @@ fn missing<T>(what: &str, hint: &str) -> Option<T> {
     None
 }
 
+/// A port that was free a moment ago (for servers that bind themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// A Redis of a test's own on 127.0.0.1:`port` (for tests that stop and
+/// restart it), with `extra` arguments (persistence, say), once it accepts
+/// connections; `Err` when `redis-server` cannot be run here.
+pub fn redis_server(port: u16, extra: &[&std::ffi::OsStr]) -> std::io::Result<Process> {
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let process = Process::new(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
+}
+
 /// A child process killed (and reaped) when dropped.
 pub struct Process {
     child: Child,

@@ -102,13 +102,7 @@ where
 }
 
 /// A port that was free a moment ago (Pingora binds its listeners itself).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use munity_testkit::free_port;
 
 /// The `[gateway.routes.users]` table sending users-svc's calls (and
 /// reflection) to `upstreams`, with `route_keys` added (e.g.

@@ -92,6 +92,7 @@ pub async fn run_with_hashing(
         repo,
         outbox,
         verify,
+        staged,
     } = store::open(&config.storage).await?;
     // Community and membership changes are published on the event log:
     // staged with each change, relayed from the outbox by this task.
@@ -107,12 +108,7 @@ pub async fn run_with_hashing(
             tokio::spawn(
                 munity_bus::outbox::Relay {
                     verify,
-                    ..munity_bus::outbox::Relay::new(
-                        UsersService::NAME,
-                        outbox,
-                        log,
-                        Arc::new(tokio::sync::Notify::new()),
-                    )
+                    ..munity_bus::outbox::Relay::new(UsersService::NAME, outbox, log, staged)
                 }
                 .run(shutdown.clone()),
             );

@@ -120,6 +120,8 @@ pub struct CqlStore {
     cql: Arc<Cql>,
     statements: Statements,
     outbox: Arc<CqlOutbox>,
+    /// Notified after a change confirmed its events (wakes the relay).
+    staged: Arc<tokio::sync::Notify>,
 }
 
 impl CqlStore {
@@ -134,7 +136,13 @@ impl CqlStore {
             cql,
             statements,
             outbox,
+            staged: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Notified after each change that confirmed domain events.
+    pub fn staged(&self) -> Arc<tokio::sync::Notify> {
+        self.staged.clone()
     }
 
     /// The outbox membership changes stage their events in.
@@ -167,6 +175,7 @@ impl CqlStore {
             for key in keys {
                 self.outbox.confirm(key).await.map_err(unavailable)?;
             }
+            self.staged.notify_one();
         } else {
             self.outbox.relayed(&keys).await.map_err(unavailable)?;
         }

@@ -3,7 +3,9 @@
 //! value conventions). Every compare-and-set in the repository contract is
 //! a single write transaction, which redb serializes.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
+
+use tokio::sync::Notify;
 
 use munity_bus::outbox::stage;
 use munity_store::{
@@ -38,6 +40,8 @@ const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("community_m
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: EmbeddedDb,
+    /// Notified after a write that staged domain events (wakes the relay).
+    staged: Arc<Notify>,
 }
 
 impl EmbeddedStore {
@@ -53,7 +57,15 @@ impl EmbeddedStore {
             txn.open_table(MEMBERS)?;
             munity_bus::outbox::create_table(txn)
         })?;
-        Ok(EmbeddedStore { db })
+        Ok(EmbeddedStore {
+            db,
+            staged: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Notified after each write that staged domain events.
+    pub fn staged(&self) -> Arc<Notify> {
+        self.staged.clone()
     }
 
     /// The outbox the membership changes stage their events in.
@@ -294,6 +306,8 @@ impl UsersRepository for EmbeddedStore {
                 )
             })
             .await
+            // Staged events: the relay can go now.
+            .inspect(|_| self.staged.notify_one())
     }
 
     async fn get_community(&self, id: Uuid) -> StoreResult<Option<CommunityRecord>> {
@@ -338,6 +352,8 @@ impl UsersRepository for EmbeddedStore {
                 Ok(membership)
             })
             .await
+            // Staged events: the relay can go now.
+            .inspect(|_| self.staged.notify_one())
     }
 
     async fn get_membership(
@@ -365,6 +381,8 @@ impl UsersRepository for EmbeddedStore {
                 stage(txn, &[events::member_role_changed(&membership)])
             })
             .await
+            // Staged events: the relay can go now.
+            .inspect(|_| self.staged.notify_one())
     }
 
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
@@ -382,6 +400,8 @@ impl UsersRepository for EmbeddedStore {
                 Ok(removed)
             })
             .await
+            // Staged events: the relay can go now.
+            .inspect(|_| self.staged.notify_one())
     }
 
     async fn list_members(

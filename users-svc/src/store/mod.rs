@@ -101,6 +101,8 @@ pub struct Opened {
     pub repo: Arc<dyn UsersRepository>,
     pub outbox: Arc<dyn Outbox>,
     pub verify: Option<Arc<dyn Verify>>,
+    /// Notified after each write that staged events: the relay's cue.
+    pub staged: Arc<tokio::sync::Notify>,
 }
 
 /// Opens the configured backend.
@@ -109,6 +111,7 @@ pub async fn open(storage: &StorageConfig) -> anyhow::Result<Opened> {
         StorageConfig::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path)?;
             Opened {
+                staged: store.staged(),
                 outbox: Arc::new(store.outbox()),
                 repo: Arc::new(store),
                 verify: None,
@@ -117,6 +120,7 @@ pub async fn open(storage: &StorageConfig) -> anyhow::Result<Opened> {
         StorageConfig::Cql(config) => {
             let store = Arc::new(cql::CqlStore::connect(config).await?);
             Opened {
+                staged: store.staged(),
                 outbox: store.outbox(),
                 verify: Some(store.clone()),
                 repo: store,

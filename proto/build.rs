@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "munity/options/v1/options.proto",
     "munity/domain/v1/domain.proto",
     "munity/users/v1/users.proto",
+    "munity/events/v1/events.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

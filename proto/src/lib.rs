@@ -28,6 +28,13 @@ pub mod domain {
     }
 }
 
+/// `munity.events.v1`: meetings: proposed times, votes, participants.
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("munity.events.v1");
+    }
+}
+
 /// `munity.users.v1`: accounts, sessions, signing keys, roles, communities.
 pub mod users {
     pub mod v1 {

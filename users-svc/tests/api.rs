@@ -1135,7 +1135,10 @@ async fn community_changes_are_published_on_the_event_log() {
     while received.len() < 3 && started.elapsed() < Duration::from_secs(10) {
         received.extend(consumer.next(10, Duration::from_millis(500)).await.unwrap());
     }
-    println!("3 events on the log {:?} after the reader started", started.elapsed());
+    println!(
+        "3 events on the log {:?} after the reader started",
+        started.elapsed()
+    );
     let types: Vec<&str> = received.iter().map(|d| d.event.r#type.as_str()).collect();
     assert_eq!(
         types,

@@ -70,6 +70,23 @@ impl EventRecord {
     }
 }
 
+/// One participant of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub joined_at: Millis,
+}
+
+/// A user's role in a community, as the membership view knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    Member,
+    Moderator,
+    Owner,
+}
+
 /// The most-voted option; ties go to the earliest start (then the lowest
 /// id). `None` without options.
 pub fn winner(options: &[TimeOption], votes: &[u32]) -> Option<u32> {

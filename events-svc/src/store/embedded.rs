@@ -1,0 +1,493 @@
+//! The embedded backend: one redb file (`events.redb`). Every change is one
+//! write transaction (redb serializes them), so votes, counts, capacity and
+//! closing are exact, and the domain events are staged in the same
+//! transaction.
+//!
+//! Keys: ids as raw UUID bytes; `pair_key(a, b)` for "b under a" (an
+//! owner's events, a community's events, an event's participants, a user's
+//! joined events, a community's members); votes as event ‖ option ‖ user.
+
+use std::{ops::Bound, path::Path, sync::Arc};
+
+use munity_bus::{DomainEvent, outbox::stage};
+use munity_store::{
+    StoreError, StoreResult,
+    embedded::{EmbeddedDb, decode, encode, pair_key, read_one},
+    internal, page_from,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, VoteOutcome};
+use crate::{
+    domain::{EventRecord, MemberRole, Millis, ParticipantRecord, Status, winner},
+    events,
+};
+
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+/// pair_key(owner, event) → ().
+const BY_OWNER: TableDefinition<&[u8], ()> = TableDefinition::new("events_by_owner");
+/// pair_key(community, event) → ().
+const BY_COMMUNITY: TableDefinition<&[u8], ()> = TableDefinition::new("events_by_community");
+/// pair_key(user, event) → ().
+const JOINED: TableDefinition<&[u8], ()> = TableDefinition::new("joined_by_user");
+/// pair_key(event, user) → participant.
+const PARTICIPANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("participants");
+/// event ‖ option ‖ user → ().
+const VOTES: TableDefinition<&[u8], ()> = TableDefinition::new("votes");
+/// event ‖ option → votes.
+const VOTE_COUNTS: TableDefinition<&[u8], u32> = TableDefinition::new("vote_counts");
+/// pair_key(community, user) → role.
+const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
+
+pub struct EmbeddedStore {
+    db: EmbeddedDb,
+    /// Notified after a write that staged domain events (wakes the relay).
+    staged: Arc<Notify>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/events.redb`.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let db = EmbeddedDb::open(dir, "events", |txn| {
+            txn.open_table(EVENTS)?;
+            txn.open_table(BY_OWNER)?;
+            txn.open_table(BY_COMMUNITY)?;
+            txn.open_table(JOINED)?;
+            txn.open_table(PARTICIPANTS)?;
+            txn.open_table(VOTES)?;
+            txn.open_table(VOTE_COUNTS)?;
+            txn.open_table(MEMBERS)?;
+            munity_bus::outbox::create_table(txn)
+        })?;
+        Ok(EmbeddedStore {
+            db,
+            staged: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn staged(&self) -> Arc<Notify> {
+        self.staged.clone()
+    }
+
+    pub fn outbox(&self) -> munity_bus::outbox::EmbeddedOutbox {
+        munity_bus::outbox::EmbeddedOutbox::new(self.db.clone())
+    }
+
+    /// One write transaction that may stage events; wakes the relay after.
+    async fn change<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<(T, Vec<DomainEvent>)> + Send + 'static,
+    {
+        let (value, staged) = self
+            .db
+            .write(move |txn| {
+                let (value, events) = operation(txn)?;
+                stage(txn, &events)?;
+                Ok((value, !events.is_empty()))
+            })
+            .await?;
+        if staged {
+            self.staged.notify_one();
+        }
+        Ok(value)
+    }
+}
+
+fn vote_key(event: Uuid, option: u32, user: Uuid) -> [u8; 36] {
+    let mut key = [0u8; 36];
+    key[..16].copy_from_slice(event.as_bytes());
+    key[16..20].copy_from_slice(&option.to_be_bytes());
+    key[20..].copy_from_slice(user.as_bytes());
+    key
+}
+
+fn count_key(event: Uuid, option: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(event.as_bytes());
+    key[16..].copy_from_slice(&option.to_be_bytes());
+    key
+}
+
+fn load(txn: &WriteTransaction, id: Uuid) -> StoreResult<Option<EventRecord>> {
+    let table = txn.open_table(EVENTS).map_err(internal)?;
+    let value = table.get(id.as_bytes().as_slice()).map_err(internal)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+fn save(txn: &WriteTransaction, event: &EventRecord) -> StoreResult<()> {
+    txn.open_table(EVENTS)
+        .map_err(internal)?
+        .insert(event.id.as_bytes().as_slice(), encode(event)?.as_slice())
+        .map_err(internal)?;
+    Ok(())
+}
+
+fn counts(db: &redb::Database, id: Uuid, options: usize) -> StoreResult<Vec<u32>> {
+    let txn = db.begin_read().map_err(internal)?;
+    let table = txn.open_table(VOTE_COUNTS).map_err(internal)?;
+    (0..options as u32)
+        .map(|option| {
+            Ok(table
+                .get(count_key(id, option).as_slice())
+                .map_err(internal)?
+                .map_or(0, |v| v.value()))
+        })
+        .collect()
+}
+
+fn member_role(
+    db: &redb::Database,
+    community: Uuid,
+    user: Uuid,
+) -> StoreResult<Option<MemberRole>> {
+    read_one(db, MEMBERS, pair_key(community, user).as_slice())
+}
+
+#[async_trait::async_trait]
+impl EventsRepository for EmbeddedStore {
+    async fn create_event(&self, event: &EventRecord) -> StoreResult<()> {
+        let event = event.clone();
+        self.change(move |txn| {
+            if load(txn, event.id)?.is_some() {
+                return Err(StoreError::Conflict("event"));
+            }
+            save(txn, &event)?;
+            txn.open_table(BY_OWNER)
+                .map_err(internal)?
+                .insert(pair_key(event.owner_id, event.id).as_slice(), ())
+                .map_err(internal)?;
+            if let Some(community) = event.community_id {
+                txn.open_table(BY_COMMUNITY)
+                    .map_err(internal)?
+                    .insert(pair_key(community, event.id).as_slice(), ())
+                    .map_err(internal)?;
+            }
+            Ok(((), vec![events::created(&event)]))
+        })
+        .await
+    }
+
+    async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
+        self.db
+            .blocking(move |db| read_one(db, EVENTS, id.as_bytes().as_slice()))
+            .await
+    }
+
+    async fn vote_counts(&self, id: Uuid) -> StoreResult<Vec<u32>> {
+        self.db
+            .blocking(move |db| {
+                let event: Option<EventRecord> = read_one(db, EVENTS, id.as_bytes().as_slice())?;
+                counts(db, id, event.map_or(0, |e| e.options.len()))
+            })
+            .await
+    }
+
+    async fn votes_of(&self, id: Uuid, user: Uuid) -> StoreResult<Vec<u32>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let votes = txn.open_table(VOTES).map_err(internal)?;
+                let mut mine = Vec::new();
+                for option in 0..crate::domain::limits::OPTIONS_MAX as u32 {
+                    if votes
+                        .get(vote_key(id, option, user).as_slice())
+                        .map_err(internal)?
+                        .is_some()
+                    {
+                        mine.push(option);
+                    }
+                }
+                Ok(mine)
+            })
+            .await
+    }
+
+    async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
+        self.change(move |txn| {
+            let Some(event) = load(txn, id)? else {
+                return Ok((VoteOutcome::NoEvent, vec![]));
+            };
+            if event.status != Status::Voting {
+                return Ok((VoteOutcome::NotVoting, vec![]));
+            }
+            if option as usize >= event.options.len() {
+                return Ok((VoteOutcome::NoOption, vec![]));
+            }
+            let mut votes = txn.open_table(VOTES).map_err(internal)?;
+            if votes
+                .insert(vote_key(id, option, user).as_slice(), ())
+                .map_err(internal)?
+                .is_some()
+            {
+                return Ok((VoteOutcome::Unchanged, vec![]));
+            }
+            let mut counts = txn.open_table(VOTE_COUNTS).map_err(internal)?;
+            let key = count_key(id, option);
+            let now = counts
+                .get(key.as_slice())
+                .map_err(internal)?
+                .map_or(0, |v| v.value());
+            counts.insert(key.as_slice(), now + 1).map_err(internal)?;
+            Ok((
+                VoteOutcome::Changed,
+                vec![events::vote_cast(&event, option, user)],
+            ))
+        })
+        .await
+    }
+
+    async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
+        self.change(move |txn| {
+            let Some(event) = load(txn, id)? else {
+                return Ok((VoteOutcome::NoEvent, vec![]));
+            };
+            if event.status != Status::Voting {
+                return Ok((VoteOutcome::NotVoting, vec![]));
+            }
+            if option as usize >= event.options.len() {
+                return Ok((VoteOutcome::NoOption, vec![]));
+            }
+            let mut votes = txn.open_table(VOTES).map_err(internal)?;
+            if votes
+                .remove(vote_key(id, option, user).as_slice())
+                .map_err(internal)?
+                .is_none()
+            {
+                return Ok((VoteOutcome::Unchanged, vec![]));
+            }
+            let mut counts = txn.open_table(VOTE_COUNTS).map_err(internal)?;
+            let key = count_key(id, option);
+            let now = counts
+                .get(key.as_slice())
+                .map_err(internal)?
+                .map_or(0, |v| v.value());
+            counts
+                .insert(key.as_slice(), now.saturating_sub(1))
+                .map_err(internal)?;
+            Ok((
+                VoteOutcome::Changed,
+                vec![events::vote_withdrawn(&event, option, user)],
+            ))
+        })
+        .await
+    }
+
+    async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome> {
+        self.change(move |txn| {
+            let Some(mut event) = load(txn, id)? else {
+                return Ok((CloseOutcome::NoEvent, vec![]));
+            };
+            if event.status != Status::Voting {
+                return Ok((CloseOutcome::NotVoting, vec![]));
+            }
+            let counts = {
+                let table = txn.open_table(VOTE_COUNTS).map_err(internal)?;
+                (0..event.options.len() as u32)
+                    .map(|o| {
+                        Ok(table
+                            .get(count_key(id, o).as_slice())
+                            .map_err(internal)?
+                            .map_or(0, |v| v.value()))
+                    })
+                    .collect::<StoreResult<Vec<u32>>>()?
+            };
+            let chosen = winner(&event.options, &counts).unwrap_or(0);
+            event.status = Status::Scheduled { option: chosen };
+            save(txn, &event)?;
+            Ok((
+                CloseOutcome::Closed(chosen),
+                vec![events::voting_closed(&event, chosen)],
+            ))
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: Uuid) -> StoreResult<bool> {
+        self.change(move |txn| {
+            let Some(mut event) = load(txn, id)? else {
+                return Ok((false, vec![]));
+            };
+            if event.status == Status::Cancelled {
+                return Ok((false, vec![]));
+            }
+            event.status = Status::Cancelled;
+            save(txn, &event)?;
+            let owner = event.owner_id;
+            Ok((true, vec![events::cancelled(&event, owner)]))
+        })
+        .await
+    }
+
+    async fn join(&self, id: Uuid, user: Uuid, at: Millis) -> StoreResult<JoinOutcome> {
+        self.change(move |txn| {
+            let Some(mut event) = load(txn, id)? else {
+                return Ok((JoinOutcome::NoEvent, vec![]));
+            };
+            if event.status == Status::Cancelled {
+                return Ok((JoinOutcome::Cancelled, vec![]));
+            }
+            let mut participants = txn.open_table(PARTICIPANTS).map_err(internal)?;
+            let key = pair_key(id, user);
+            if participants
+                .get(key.as_slice())
+                .map_err(internal)?
+                .is_some()
+            {
+                return Ok((JoinOutcome::AlreadyJoined, vec![]));
+            }
+            if let Some(capacity) = event.capacity
+                && event.participant_count >= capacity
+            {
+                return Ok((JoinOutcome::Full(capacity), vec![]));
+            }
+            let participant = ParticipantRecord {
+                event_id: id,
+                user_id: user,
+                joined_at: at,
+            };
+            participants
+                .insert(key.as_slice(), encode(&participant)?.as_slice())
+                .map_err(internal)?;
+            txn.open_table(JOINED)
+                .map_err(internal)?
+                .insert(pair_key(user, id).as_slice(), ())
+                .map_err(internal)?;
+            event.participant_count += 1;
+            save(txn, &event)?;
+            Ok((JoinOutcome::Joined, vec![events::joined(&event, user)]))
+        })
+        .await
+    }
+
+    async fn leave(&self, id: Uuid, user: Uuid) -> StoreResult<bool> {
+        self.change(move |txn| {
+            let Some(mut event) = load(txn, id)? else {
+                return Ok((false, vec![]));
+            };
+            let removed = txn
+                .open_table(PARTICIPANTS)
+                .map_err(internal)?
+                .remove(pair_key(id, user).as_slice())
+                .map_err(internal)?
+                .is_some();
+            if !removed {
+                return Ok((false, vec![]));
+            }
+            txn.open_table(JOINED)
+                .map_err(internal)?
+                .remove(pair_key(user, id).as_slice())
+                .map_err(internal)?;
+            event.participant_count = event.participant_count.saturating_sub(1);
+            save(txn, &event)?;
+            Ok((true, vec![events::left(&event, user)]))
+        })
+        .await
+    }
+
+    async fn list_participants(
+        &self,
+        id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<ParticipantRecord>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(PARTICIPANTS).map_err(internal)?;
+                let start = pair_key(id, after.unwrap_or(Uuid::nil()));
+                let end = pair_key(id, Uuid::max());
+                let lower = match after {
+                    Some(_) => Bound::Excluded(start.as_slice()),
+                    None => Bound::Included(start.as_slice()),
+                };
+                let mut items = Vec::new();
+                for entry in table
+                    .range::<&[u8]>((lower, Bound::Included(end.as_slice())))
+                    .map_err(internal)?
+                {
+                    let (_, value) = entry.map_err(internal)?;
+                    items.push(decode::<ParticipantRecord>(value.value())?);
+                    if items.len() > limit {
+                        break;
+                    }
+                }
+                Ok(page_from(items, limit, |p| p.user_id))
+            })
+            .await
+    }
+
+    async fn list_events(
+        &self,
+        listing: &Listing,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<EventRecord>> {
+        let (index, parent) = match *listing {
+            Listing::Owner(owner) => (BY_OWNER, owner),
+            Listing::Community(community) => (BY_COMMUNITY, community),
+            Listing::Joined(user) => (JOINED, user),
+        };
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(index).map_err(internal)?;
+                let events = txn.open_table(EVENTS).map_err(internal)?;
+                let start = pair_key(parent, after.unwrap_or(Uuid::nil()));
+                let end = pair_key(parent, Uuid::max());
+                let lower = match after {
+                    Some(_) => Bound::Excluded(start.as_slice()),
+                    None => Bound::Included(start.as_slice()),
+                };
+                let mut items = Vec::new();
+                for entry in table
+                    .range::<&[u8]>((lower, Bound::Included(end.as_slice())))
+                    .map_err(internal)?
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    let id = &key.value()[16..32];
+                    if let Some(value) = events.get(id).map_err(internal)? {
+                        items.push(decode::<EventRecord>(value.value())?);
+                    }
+                    if items.len() > limit {
+                        break;
+                    }
+                }
+                Ok(page_from(items, limit, |e| e.id))
+            })
+            .await
+    }
+
+    async fn set_member(
+        &self,
+        community: Uuid,
+        user: Uuid,
+        role: Option<MemberRole>,
+    ) -> StoreResult<()> {
+        self.db
+            .write(move |txn| {
+                let mut members = txn.open_table(MEMBERS).map_err(internal)?;
+                let key = pair_key(community, user);
+                match role {
+                    Some(role) => {
+                        members
+                            .insert(key.as_slice(), encode(&role)?.as_slice())
+                            .map_err(internal)?;
+                    }
+                    None => {
+                        members.remove(key.as_slice()).map_err(internal)?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
+        self.db
+            .blocking(move |db| member_role(db, community, user))
+            .await
+    }
+}

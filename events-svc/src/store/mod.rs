@@ -1,0 +1,98 @@
+//! The events repository: one trait, two backends (embedded redb, CQL),
+//! one contract (`tests/repository_contract.rs`). Rules that must hold
+//! across concurrent replicas (one vote per user per option, exact counts,
+//! capacity, closing once) are compare-and-set operations here. Every
+//! change stages its domain events with it (see `munity_bus::outbox`).
+
+pub mod embedded;
+
+pub use munity_store::{Page, StoreError, StoreResult};
+use uuid::Uuid;
+
+use crate::domain::{EventRecord, MemberRole, Millis, ParticipantRecord};
+
+/// Which events a listing walks, in a stable order (by id: creation order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing {
+    /// Created by this user.
+    Owner(Uuid),
+    /// Of this community.
+    Community(Uuid),
+    /// Joined by this user.
+    Joined(Uuid),
+}
+
+/// What a vote (or taking it back) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoteOutcome {
+    /// Recorded (or removed).
+    Changed,
+    /// It was so already.
+    Unchanged,
+    /// Voting is over (or the event cancelled).
+    NotVoting,
+    /// No such option.
+    NoOption,
+    NoEvent,
+}
+
+/// What closing voting did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// Closed now, with this option chosen.
+    Closed(u32),
+    NotVoting,
+    NoEvent,
+}
+
+/// What joining did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    Joined,
+    AlreadyJoined,
+    /// At capacity (the capacity).
+    Full(u32),
+    Cancelled,
+    NoEvent,
+}
+
+#[async_trait::async_trait]
+pub trait EventsRepository: Send + Sync + 'static {
+    /// Stores a new event (status VOTING).
+    async fn create_event(&self, event: &EventRecord) -> StoreResult<()>;
+    async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>>;
+    /// Votes per option, exact, indexed by option id.
+    async fn vote_counts(&self, id: Uuid) -> StoreResult<Vec<u32>>;
+    /// The options `user` voted for.
+    async fn votes_of(&self, id: Uuid, user: Uuid) -> StoreResult<Vec<u32>>;
+    async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
+    async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
+    /// Ends voting once: the winner by [`crate::domain::winner`].
+    async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome>;
+    /// False when it was cancelled already (or does not exist).
+    async fn cancel(&self, id: Uuid) -> StoreResult<bool>;
+    async fn join(&self, id: Uuid, user: Uuid, at: Millis) -> StoreResult<JoinOutcome>;
+    /// False when the user had not joined.
+    async fn leave(&self, id: Uuid, user: Uuid) -> StoreResult<bool>;
+    async fn list_participants(
+        &self,
+        id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<ParticipantRecord>>;
+    async fn list_events(
+        &self,
+        listing: &Listing,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<EventRecord>>;
+
+    /// The membership view (from users-svc's events): `None` removes.
+    async fn set_member(
+        &self,
+        community: Uuid,
+        user: Uuid,
+        role: Option<MemberRole>,
+    ) -> StoreResult<()>;
+    async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>>;
+}

@@ -1,0 +1,263 @@
+//! One contract, every backend (embedded now; CQL to come, on the real
+//! server, through the same cases).
+
+use std::{collections::HashSet, sync::Arc};
+
+use events_svc::{
+    domain::{EventRecord, MemberRole, Status, TimeOption, now_millis},
+    store::{
+        CloseOutcome, EventsRepository, JoinOutcome, Listing, VoteOutcome, embedded::EmbeddedStore,
+    },
+};
+use uuid::Uuid;
+
+type Repo = Arc<dyn EventsRepository>;
+
+async fn embedded() -> Option<(Repo, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    Some((Arc::new(EmbeddedStore::open(dir.path()).unwrap()), dir))
+}
+
+const HOUR: i64 = 3_600_000;
+
+fn meeting(owner: Uuid, community: Option<Uuid>, capacity: Option<u32>) -> EventRecord {
+    let now = now_millis();
+    EventRecord {
+        id: Uuid::now_v7(),
+        owner_id: owner,
+        community_id: community,
+        title: "Board games".to_owned(),
+        description: String::new(),
+        location: "Café".to_owned(),
+        options: (1..=3)
+            .map(|h| TimeOption {
+                start: now + (10 * h) * HOUR,
+                end: now + (10 * h + 2) * HOUR,
+            })
+            .collect(),
+        voting_deadline: now + 5 * HOUR,
+        capacity,
+        status: Status::Voting,
+        participant_count: 0,
+        created_at: now,
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn events_are_stored_and_listed_in_a_stable_order(repo: Repo) {
+        let (owner, community) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut created = Vec::new();
+        for _ in 0..5 {
+            let event = meeting(owner, Some(community), None);
+            repo.create_event(&event).await.unwrap();
+            created.push(event.id);
+        }
+        let first = repo.get_event(created[0]).await.unwrap().unwrap();
+        assert_eq!(first.title, "Board games");
+        assert!(repo.get_event(Uuid::now_v7()).await.unwrap().is_none());
+
+        for listing in [Listing::Owner(owner), Listing::Community(community)] {
+            let page = repo.list_events(&listing, None, 2).await.unwrap();
+            let mut seen: Vec<Uuid> = page.items.iter().map(|e| e.id).collect();
+            // One created between pages shows up at the end, never twice.
+            let late = meeting(owner, Some(community), None);
+            if listing == Listing::Owner(owner) {
+                repo.create_event(&late).await.unwrap();
+                created.push(late.id);
+            }
+            let mut after = page.next_after;
+            while let Some(cursor) = after {
+                let page = repo.list_events(&listing, Some(cursor), 2).await.unwrap();
+                seen.extend(page.items.iter().map(|e| e.id));
+                after = page.next_after;
+            }
+            assert_eq!(seen, created, "{listing:?}");
+        }
+    }
+
+    pub async fn concurrent_votes_are_counted_exactly_once_per_user(repo: Repo) {
+        let event = meeting(Uuid::now_v7(), None, None);
+        repo.create_event(&event).await.unwrap();
+        let voters: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+        let tasks: Vec<_> = voters
+            .iter()
+            .enumerate()
+            .map(|(i, voter)| {
+                let (repo, voter) = (repo.clone(), *voter);
+                tokio::spawn(async move {
+                    // Everyone votes for option 1 twice; odd ones for 2 too.
+                    repo.cast_vote(event.id, 1, voter).await.unwrap();
+                    repo.cast_vote(event.id, 1, voter).await.unwrap();
+                    if i % 2 == 1 {
+                        repo.cast_vote(event.id, 2, voter).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(repo.vote_counts(event.id).await.unwrap(), vec![0, 50, 25]);
+        assert_eq!(
+            repo.votes_of(event.id, voters[1]).await.unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            repo.withdraw_vote(event.id, 2, voters[1]).await.unwrap(),
+            VoteOutcome::Changed
+        );
+        assert_eq!(
+            repo.withdraw_vote(event.id, 2, voters[1]).await.unwrap(),
+            VoteOutcome::Unchanged
+        );
+        assert_eq!(
+            repo.cast_vote(event.id, 7, voters[1]).await.unwrap(),
+            VoteOutcome::NoOption
+        );
+        assert_eq!(repo.vote_counts(event.id).await.unwrap(), vec![0, 50, 24]);
+    }
+
+    pub async fn voting_closes_once_with_the_most_voted_option(repo: Repo) {
+        let event = meeting(Uuid::now_v7(), None, None);
+        repo.create_event(&event).await.unwrap();
+        for _ in 0..2 {
+            repo.cast_vote(event.id, 2, Uuid::now_v7()).await.unwrap();
+        }
+        repo.cast_vote(event.id, 0, Uuid::now_v7()).await.unwrap();
+        let closes: Vec<_> = (0..4)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move { repo.close_voting(event.id).await.unwrap() })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for close in closes {
+            outcomes.push(close.await.unwrap());
+        }
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == CloseOutcome::Closed(2))
+                .count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert_eq!(
+            repo.get_event(event.id).await.unwrap().unwrap().status,
+            Status::Scheduled { option: 2 }
+        );
+        assert_eq!(
+            repo.cast_vote(event.id, 1, Uuid::now_v7()).await.unwrap(),
+            VoteOutcome::NotVoting
+        );
+        assert_eq!(
+            repo.close_voting(Uuid::now_v7()).await.unwrap(),
+            CloseOutcome::NoEvent
+        );
+    }
+
+    pub async fn joins_stop_at_capacity_even_when_racing(repo: Repo) {
+        let event = meeting(Uuid::now_v7(), None, Some(5));
+        repo.create_event(&event).await.unwrap();
+        let joins: Vec<_> = (0..20)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move {
+                    repo.join(event.id, Uuid::now_v7(), now_millis())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for join in joins {
+            outcomes.push(join.await.unwrap());
+        }
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == JoinOutcome::Joined)
+                .count(),
+            5
+        );
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == JoinOutcome::Full(5))
+                .count(),
+            15
+        );
+        let stored = repo.get_event(event.id).await.unwrap().unwrap();
+        assert_eq!(stored.participant_count, 5);
+
+        let mut listed = HashSet::new();
+        let mut after = None;
+        loop {
+            let page = repo.list_participants(event.id, after, 2).await.unwrap();
+            listed.extend(page.items.iter().map(|p| p.user_id));
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(listed.len(), 5);
+        let someone = *listed.iter().next().unwrap();
+        assert_eq!(
+            repo.join(event.id, someone, now_millis()).await.unwrap(),
+            JoinOutcome::AlreadyJoined
+        );
+        let joined = repo
+            .list_events(&Listing::Joined(someone), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(joined.items.len(), 1);
+        assert!(repo.leave(event.id, someone).await.unwrap());
+        assert!(!repo.leave(event.id, someone).await.unwrap());
+        assert_eq!(
+            repo.join(event.id, Uuid::now_v7(), now_millis())
+                .await
+                .unwrap(),
+            JoinOutcome::Joined,
+            "a place freed is a place to take"
+        );
+        assert!(repo.cancel(event.id).await.unwrap());
+        assert!(!repo.cancel(event.id).await.unwrap());
+        assert_eq!(
+            repo.join(event.id, Uuid::now_v7(), now_millis())
+                .await
+                .unwrap(),
+            JoinOutcome::Cancelled
+        );
+    }
+
+    pub async fn the_membership_view_follows_what_it_is_told(repo: Repo) {
+        let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(repo.member_role(community, user).await.unwrap(), None);
+        repo.set_member(community, user, Some(MemberRole::Member))
+            .await
+            .unwrap();
+        repo.set_member(community, user, Some(MemberRole::Moderator))
+            .await
+            .unwrap();
+        assert_eq!(
+            repo.member_role(community, user).await.unwrap(),
+            Some(MemberRole::Moderator)
+        );
+        repo.set_member(community, user, None).await.unwrap();
+        assert_eq!(repo.member_role(community, user).await.unwrap(), None);
+    }
+}
+
+munity_testkit::contract_suite! {
+    cases: cases,
+    backends: { embedded_store => embedded() },
+    tests: [
+        events_are_stored_and_listed_in_a_stable_order,
+        concurrent_votes_are_counted_exactly_once_per_user,
+        voting_closes_once_with_the_most_voted_option,
+        joins_stop_at_capacity_even_when_racing,
+        the_membership_view_follows_what_it_is_told,
+    ],
+}

@@ -1,12 +1,13 @@
-//! One contract, every backend (embedded now; CQL to come, on the real
-//! server, through the same cases).
+//! One contract, every backend: the embedded store, and the real CQL
+//! server (`MUNITY_TEST_CQL`; required under CI=true).
 
 use std::{collections::HashSet, sync::Arc};
 
 use events_svc::{
     domain::{EventRecord, MemberRole, Status, TimeOption, now_millis},
     store::{
-        CloseOutcome, EventsRepository, JoinOutcome, Listing, VoteOutcome, embedded::EmbeddedStore,
+        CloseOutcome, EventsRepository, JoinOutcome, Listing, VoteOutcome, cql::CqlStore,
+        embedded::EmbeddedStore,
     },
 };
 use uuid::Uuid;
@@ -16,6 +17,16 @@ type Repo = Arc<dyn EventsRepository>;
 async fn embedded() -> Option<(Repo, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     Some((Arc::new(EmbeddedStore::open(dir.path()).unwrap()), dir))
+}
+
+/// The CQL test server (`MUNITY_TEST_CQL`), one keyspace per test process.
+async fn cql() -> Option<(Repo, ())> {
+    let config = munity_testkit::cql_config("events_contract")?;
+    let _schema = munity_testkit::schema_lock().await;
+    let store = CqlStore::connect(&config)
+        .await
+        .expect("connect to the CQL test server");
+    Some((Arc::new(store), ()))
 }
 
 const HOUR: i64 = 3_600_000;
@@ -252,7 +263,7 @@ mod cases {
 
 munity_testkit::contract_suite! {
     cases: cases,
-    backends: { embedded_store => embedded() },
+    backends: { embedded_store => embedded(), cql_store => cql() },
     tests: [
         events_are_stored_and_listed_in_a_stable_order,
         concurrent_votes_are_counted_exactly_once_per_user,

@@ -4,6 +4,7 @@
 //! capacity, closing once) are compare-and-set operations here. Every
 //! change stages its domain events with it (see `munity_bus::outbox`).
 
+pub mod cql;
 pub mod embedded;
 
 pub use munity_store::{Page, StoreError, StoreResult};

@@ -1,0 +1,677 @@
+//! The CQL backend (ScyllaDB; Cassandra in tests). Every query has its
+//! table and bounded partitions:
+//!
+//! - `events`: one row per event; the fields that change under races
+//!   (`status`, `chosen`, `participant_count`) are columns changed only by
+//!   lightweight transactions; the rest is the record as JSON.
+//! - `events_by_owner`, `events_by_community`, `joined_by_user`: listings
+//!   clustered by event id (UUIDv7: creation order).
+//! - `votes ((event_id), option, user_id)`: `IF NOT EXISTS`; counts are
+//!   `COUNT(*)` of one option's rows in the event's partition (exact).
+//! - `participants ((event_id), user_id)`, `members ((community_id),
+//!   user_id)`.
+//!
+//! Domain events: written in the logged batch of a plain write (creating an
+//! event), staged tentatively around a lightweight transaction otherwise,
+//! with [`Verify`] answering the relay about unconfirmed ones.
+
+use std::{future::Future, sync::Arc};
+
+use munity_bus::{
+    BusResult, DomainEvent,
+    outbox::{
+        Outbox, Verify,
+        cql::{self as outbox, CqlOutbox},
+    },
+};
+use munity_platform::config::CqlConfig;
+use munity_store::{
+    StoreError, StoreResult,
+    cql::{CqlStore as Cql, limit_plus_one},
+    internal, page_from,
+};
+use prost::Message;
+use scylla::statement::{
+    batch::{Batch, BatchType},
+    prepared::PreparedStatement,
+};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, VoteOutcome};
+use crate::{
+    domain::{EventRecord, MemberRole, Millis, ParticipantRecord, Status, winner},
+    events,
+};
+
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS events (
+        id uuid PRIMARY KEY, record text, status text, chosen int, participant_count int)",
+    "CREATE TABLE IF NOT EXISTS events_by_owner (owner_id uuid, id uuid, PRIMARY KEY ((owner_id), id))",
+    "CREATE TABLE IF NOT EXISTS events_by_community (
+        community_id uuid, id uuid, PRIMARY KEY ((community_id), id))",
+    "CREATE TABLE IF NOT EXISTS joined_by_user (user_id uuid, id uuid, PRIMARY KEY ((user_id), id))",
+    "CREATE TABLE IF NOT EXISTS votes (
+        event_id uuid, option int, user_id uuid, PRIMARY KEY ((event_id), option, user_id))",
+    "CREATE TABLE IF NOT EXISTS participants (
+        event_id uuid, user_id uuid, joined_at bigint, PRIMARY KEY ((event_id), user_id))",
+    "CREATE TABLE IF NOT EXISTS members (
+        community_id uuid, user_id uuid, role text, PRIMARY KEY ((community_id), user_id))",
+];
+
+struct Statements {
+    insert_event: PreparedStatement,
+    index_owner: PreparedStatement,
+    index_community: PreparedStatement,
+    get_event: PreparedStatement,
+    insert_vote: PreparedStatement,
+    delete_vote: PreparedStatement,
+    count_votes: PreparedStatement,
+    get_vote: PreparedStatement,
+    close: PreparedStatement,
+    cancel: PreparedStatement,
+    set_count: PreparedStatement,
+    insert_participant: PreparedStatement,
+    delete_participant: PreparedStatement,
+    get_participant: PreparedStatement,
+    index_joined: PreparedStatement,
+    unindex_joined: PreparedStatement,
+    participants_first: PreparedStatement,
+    participants_after: PreparedStatement,
+    by_owner_first: PreparedStatement,
+    by_owner_after: PreparedStatement,
+    by_community_first: PreparedStatement,
+    by_community_after: PreparedStatement,
+    joined_first: PreparedStatement,
+    joined_after: PreparedStatement,
+    set_member: PreparedStatement,
+    delete_member: PreparedStatement,
+    get_member: PreparedStatement,
+}
+
+pub struct CqlStore {
+    cql: Arc<Cql>,
+    s: Statements,
+    outbox: Arc<CqlOutbox>,
+    staged: Arc<Notify>,
+}
+
+/// An event row: the record's JSON and the columns races change.
+type EventRow = (String, String, Option<i32>, i32);
+
+impl CqlStore {
+    pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
+        let schema: Vec<&str> = SCHEMA.iter().chain(outbox::SCHEMA).copied().collect();
+        let cql = Arc::new(Cql::connect(config, &schema).await?);
+        let p = |statement: &'static str| cql.prepare(statement);
+        let s = Statements {
+            insert_event: p("INSERT INTO events (id, record, status, chosen, participant_count) VALUES (?, ?, 'voting', null, 0)").await?,
+            index_owner: p("INSERT INTO events_by_owner (owner_id, id) VALUES (?, ?)").await?,
+            index_community: p("INSERT INTO events_by_community (community_id, id) VALUES (?, ?)").await?,
+            get_event: p("SELECT record, status, chosen, participant_count FROM events WHERE id = ?").await?,
+            insert_vote: p("INSERT INTO votes (event_id, option, user_id) VALUES (?, ?, ?) IF NOT EXISTS").await?,
+            delete_vote: p("DELETE FROM votes WHERE event_id = ? AND option = ? AND user_id = ? IF EXISTS").await?,
+            count_votes: p("SELECT COUNT(*) FROM votes WHERE event_id = ? AND option = ?").await?,
+            get_vote: p("SELECT user_id FROM votes WHERE event_id = ? AND option = ? AND user_id = ?").await?,
+            close: p("UPDATE events SET status = 'scheduled', chosen = ? WHERE id = ? IF status = 'voting'").await?,
+            cancel: p("UPDATE events SET status = 'cancelled' WHERE id = ? IF status != 'cancelled'").await?,
+            set_count: p("UPDATE events SET participant_count = ? WHERE id = ? IF participant_count = ? AND status != 'cancelled'").await?,
+            insert_participant: p("INSERT INTO participants (event_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS").await?,
+            delete_participant: p("DELETE FROM participants WHERE event_id = ? AND user_id = ? IF EXISTS").await?,
+            get_participant: p("SELECT event_id, user_id, joined_at FROM participants WHERE event_id = ? AND user_id = ?").await?,
+            index_joined: p("INSERT INTO joined_by_user (user_id, id) VALUES (?, ?)").await?,
+            unindex_joined: p("DELETE FROM joined_by_user WHERE user_id = ? AND id = ?").await?,
+            participants_first: p("SELECT event_id, user_id, joined_at FROM participants WHERE event_id = ? LIMIT ?").await?,
+            participants_after: p("SELECT event_id, user_id, joined_at FROM participants WHERE event_id = ? AND user_id > ? LIMIT ?").await?,
+            by_owner_first: p("SELECT id FROM events_by_owner WHERE owner_id = ? LIMIT ?").await?,
+            by_owner_after: p("SELECT id FROM events_by_owner WHERE owner_id = ? AND id > ? LIMIT ?").await?,
+            by_community_first: p("SELECT id FROM events_by_community WHERE community_id = ? LIMIT ?").await?,
+            by_community_after: p("SELECT id FROM events_by_community WHERE community_id = ? AND id > ? LIMIT ?").await?,
+            joined_first: p("SELECT id FROM joined_by_user WHERE user_id = ? LIMIT ?").await?,
+            joined_after: p("SELECT id FROM joined_by_user WHERE user_id = ? AND id > ? LIMIT ?").await?,
+            set_member: p("INSERT INTO members (community_id, user_id, role) VALUES (?, ?, ?)").await?,
+            delete_member: p("DELETE FROM members WHERE community_id = ? AND user_id = ?").await?,
+            get_member: p("SELECT role FROM members WHERE community_id = ? AND user_id = ?").await?,
+        };
+        let outbox = Arc::new(CqlOutbox::new(cql.clone()).await?);
+        Ok(CqlStore {
+            cql,
+            s,
+            outbox,
+            staged: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn staged(&self) -> Arc<Notify> {
+        self.staged.clone()
+    }
+
+    pub fn outbox(&self) -> Arc<CqlOutbox> {
+        self.outbox.clone()
+    }
+
+    /// `change` (a lightweight transaction: applied, value) with `events`
+    /// staged tentatively before it, confirmed if it applied, dropped if
+    /// not; left tentative if it failed (the relay verifies them).
+    async fn with_events<T>(
+        &self,
+        events: &[DomainEvent],
+        change: impl Future<Output = StoreResult<(bool, T)>>,
+    ) -> StoreResult<T> {
+        let unavailable = |e: munity_bus::BusError| StoreError::Unavailable(e.to_string());
+        let mut keys = Vec::with_capacity(events.len());
+        for event in events {
+            keys.push(
+                self.outbox
+                    .stage_tentative(event)
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        let (applied, value) = change.await?;
+        if applied {
+            for key in keys {
+                self.outbox.confirm(key).await.map_err(unavailable)?;
+            }
+            self.staged.notify_one();
+        } else {
+            self.outbox.relayed(&keys).await.map_err(unavailable)?;
+        }
+        Ok(value)
+    }
+
+    async fn load(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
+        let row: Option<EventRow> = self.cql.maybe_row(&self.s.get_event, (id,)).await?;
+        row.map(|(record, status, chosen, count)| {
+            let mut event: EventRecord = serde_json::from_str(&record).map_err(internal)?;
+            event.status = match (status.as_str(), chosen) {
+                ("scheduled", Some(option)) => Status::Scheduled {
+                    option: option as u32,
+                },
+                ("cancelled", _) => Status::Cancelled,
+                _ => Status::Voting,
+            };
+            event.participant_count = count.max(0) as u32;
+            Ok(event)
+        })
+        .transpose()
+    }
+
+    async fn count(&self, id: Uuid, option: u32) -> StoreResult<u32> {
+        let row: Option<(i64,)> = self
+            .cql
+            .maybe_row(&self.s.count_votes, (id, option as i32))
+            .await?;
+        Ok(row.map_or(0, |(n,)| n.max(0) as u32))
+    }
+
+    /// Moves the participant count from `from` by `delta` (not below 0),
+    /// retrying on contention; false if the event was cancelled meanwhile.
+    async fn add_to_count(&self, id: Uuid, mut from: u32, delta: i64) -> StoreResult<bool> {
+        for _ in 0..50 {
+            let to = (i64::from(from) + delta).max(0) as i32;
+            if self
+                .cql
+                .execute_lwt(&self.s.set_count, (to, id, from as i32))
+                .await?
+            {
+                return Ok(true);
+            }
+            match self.load(id).await? {
+                Some(event) if event.status != Status::Cancelled => from = event.participant_count,
+                _ => return Ok(false),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "participant count kept changing; try again".to_owned(),
+        ))
+    }
+
+    async fn listing(
+        &self,
+        first: &PreparedStatement,
+        next: &PreparedStatement,
+        parent: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<EventRecord>> {
+        let ids: Vec<(Uuid,)> = match after {
+            None => {
+                self.cql
+                    .rows(first, (parent, limit_plus_one(limit)))
+                    .await?
+            }
+            Some(after) => {
+                self.cql
+                    .rows(next, (parent, after, limit_plus_one(limit)))
+                    .await?
+            }
+        };
+        let mut events = Vec::with_capacity(ids.len());
+        for (id,) in ids {
+            if let Some(event) = self.load(id).await? {
+                events.push(event);
+            }
+        }
+        Ok(page_from(events, limit, |e| e.id))
+    }
+}
+
+fn role_name(role: MemberRole) -> &'static str {
+    match role {
+        MemberRole::Member => "member",
+        MemberRole::Moderator => "moderator",
+        MemberRole::Owner => "owner",
+    }
+}
+
+#[async_trait::async_trait]
+impl EventsRepository for CqlStore {
+    async fn create_event(&self, event: &EventRecord) -> StoreResult<()> {
+        let record = serde_json::to_string(event).map_err(internal)?;
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.append_statement(self.s.insert_event.clone());
+        batch.append_statement(self.s.index_owner.clone());
+        batch.append_statement(self.outbox.insert_statement().clone());
+        let created = CqlOutbox::row(&events::created(event));
+        match event.community_id {
+            None => {
+                self.cql
+                    .batch(
+                        &batch,
+                        ((event.id, record), (event.owner_id, event.id), created),
+                    )
+                    .await?;
+            }
+            Some(community) => {
+                batch.append_statement(self.s.index_community.clone());
+                self.cql
+                    .batch(
+                        &batch,
+                        (
+                            (event.id, record),
+                            (event.owner_id, event.id),
+                            created,
+                            (community, event.id),
+                        ),
+                    )
+                    .await?;
+            }
+        }
+        self.staged.notify_one();
+        Ok(())
+    }
+
+    async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
+        self.load(id).await
+    }
+
+    async fn vote_counts(&self, id: Uuid) -> StoreResult<Vec<u32>> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut counts = Vec::with_capacity(event.options.len());
+        for option in 0..event.options.len() as u32 {
+            counts.push(self.count(id, option).await?);
+        }
+        Ok(counts)
+    }
+
+    async fn votes_of(&self, id: Uuid, user: Uuid) -> StoreResult<Vec<u32>> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut mine = Vec::new();
+        for option in 0..event.options.len() as u32 {
+            let row: Option<(Uuid,)> = self
+                .cql
+                .maybe_row(&self.s.get_vote, (id, option as i32, user))
+                .await?;
+            if row.is_some() {
+                mine.push(option);
+            }
+        }
+        Ok(mine)
+    }
+
+    async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(VoteOutcome::NoEvent);
+        };
+        if event.status != Status::Voting {
+            return Ok(VoteOutcome::NotVoting);
+        }
+        if option as usize >= event.options.len() {
+            return Ok(VoteOutcome::NoOption);
+        }
+        self.with_events(&[events::vote_cast(&event, option, user)], async {
+            let applied = self
+                .cql
+                .execute_lwt(&self.s.insert_vote, (id, option as i32, user))
+                .await?;
+            let outcome = if applied {
+                VoteOutcome::Changed
+            } else {
+                VoteOutcome::Unchanged
+            };
+            Ok((applied, outcome))
+        })
+        .await
+    }
+
+    async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(VoteOutcome::NoEvent);
+        };
+        if event.status != Status::Voting {
+            return Ok(VoteOutcome::NotVoting);
+        }
+        if option as usize >= event.options.len() {
+            return Ok(VoteOutcome::NoOption);
+        }
+        self.with_events(&[events::vote_withdrawn(&event, option, user)], async {
+            let applied = self
+                .cql
+                .execute_lwt(&self.s.delete_vote, (id, option as i32, user))
+                .await?;
+            let outcome = if applied {
+                VoteOutcome::Changed
+            } else {
+                VoteOutcome::Unchanged
+            };
+            Ok((applied, outcome))
+        })
+        .await
+    }
+
+    async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(CloseOutcome::NoEvent);
+        };
+        if event.status != Status::Voting {
+            return Ok(CloseOutcome::NotVoting);
+        }
+        let counts = self.vote_counts(id).await?;
+        let chosen = winner(&event.options, &counts).unwrap_or(0);
+        self.with_events(&[events::voting_closed(&event, chosen)], async {
+            let applied = self
+                .cql
+                .execute_lwt(&self.s.close, (chosen as i32, id))
+                .await?;
+            let outcome = if applied {
+                CloseOutcome::Closed(chosen)
+            } else {
+                CloseOutcome::NotVoting
+            };
+            Ok((applied, outcome))
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: Uuid) -> StoreResult<bool> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(false);
+        };
+        if event.status == Status::Cancelled {
+            return Ok(false);
+        }
+        self.with_events(&[events::cancelled(&event, event.owner_id)], async {
+            let applied = self.cql.execute_lwt(&self.s.cancel, (id,)).await?;
+            Ok((applied, applied))
+        })
+        .await
+    }
+
+    async fn join(&self, id: Uuid, user: Uuid, at: Millis) -> StoreResult<JoinOutcome> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(JoinOutcome::NoEvent);
+        };
+        if event.status == Status::Cancelled {
+            return Ok(JoinOutcome::Cancelled);
+        }
+        let existing: Option<(Uuid, Uuid, i64)> = self
+            .cql
+            .maybe_row(&self.s.get_participant, (id, user))
+            .await?;
+        if existing.is_some() {
+            return Ok(JoinOutcome::AlreadyJoined);
+        }
+        // Take a place first (never past capacity), then the seat; give the
+        // place back if someone else took this user's seat meanwhile.
+        let mut count = event.participant_count;
+        loop {
+            if let Some(capacity) = event.capacity
+                && count >= capacity
+            {
+                return Ok(JoinOutcome::Full(capacity));
+            }
+            if self
+                .cql
+                .execute_lwt(&self.s.set_count, (count as i32 + 1, id, count as i32))
+                .await?
+            {
+                break;
+            }
+            match self.load(id).await? {
+                Some(now) if now.status != Status::Cancelled => count = now.participant_count,
+                Some(_) => return Ok(JoinOutcome::Cancelled),
+                None => return Ok(JoinOutcome::NoEvent),
+            }
+        }
+        let seated = self
+            .with_events(&[events::joined(&event, user)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.s.insert_participant, (id, user, at))
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await?;
+        if !seated {
+            self.add_to_count(id, count + 1, -1).await?;
+            return Ok(JoinOutcome::AlreadyJoined);
+        }
+        self.cql.execute(&self.s.index_joined, (user, id)).await?;
+        Ok(JoinOutcome::Joined)
+    }
+
+    async fn leave(&self, id: Uuid, user: Uuid) -> StoreResult<bool> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(false);
+        };
+        let left = self
+            .with_events(&[events::left(&event, user)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.s.delete_participant, (id, user))
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await?;
+        if left {
+            self.cql.execute(&self.s.unindex_joined, (user, id)).await?;
+            let now = self.load(id).await?.map_or(0, |e| e.participant_count);
+            self.add_to_count(id, now, -1).await?;
+        }
+        Ok(left)
+    }
+
+    async fn list_participants(
+        &self,
+        id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<ParticipantRecord>> {
+        let rows: Vec<(Uuid, Uuid, i64)> = match after {
+            None => {
+                self.cql
+                    .rows(&self.s.participants_first, (id, limit_plus_one(limit)))
+                    .await?
+            }
+            Some(after) => {
+                self.cql
+                    .rows(
+                        &self.s.participants_after,
+                        (id, after, limit_plus_one(limit)),
+                    )
+                    .await?
+            }
+        };
+        let items = rows
+            .into_iter()
+            .map(|(event_id, user_id, joined_at)| ParticipantRecord {
+                event_id,
+                user_id,
+                joined_at,
+            })
+            .collect();
+        Ok(page_from(items, limit, |p| p.user_id))
+    }
+
+    async fn list_events(
+        &self,
+        listing: &Listing,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Page<EventRecord>> {
+        let s = &self.s;
+        match *listing {
+            Listing::Owner(owner) => {
+                self.listing(&s.by_owner_first, &s.by_owner_after, owner, after, limit)
+                    .await
+            }
+            Listing::Community(community) => {
+                self.listing(
+                    &s.by_community_first,
+                    &s.by_community_after,
+                    community,
+                    after,
+                    limit,
+                )
+                .await
+            }
+            Listing::Joined(user) => {
+                self.listing(&s.joined_first, &s.joined_after, user, after, limit)
+                    .await
+            }
+        }
+    }
+
+    async fn set_member(
+        &self,
+        community: Uuid,
+        user: Uuid,
+        role: Option<MemberRole>,
+    ) -> StoreResult<()> {
+        match role {
+            Some(role) => {
+                self.cql
+                    .execute(&self.s.set_member, (community, user, role_name(role)))
+                    .await?
+            }
+            None => {
+                self.cql
+                    .execute(&self.s.delete_member, (community, user))
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
+        let row: Option<(String,)> = self
+            .cql
+            .maybe_row(&self.s.get_member, (community, user))
+            .await?;
+        Ok(row.and_then(|(role,)| match role.as_str() {
+            "member" => Some(MemberRole::Member),
+            "moderator" => Some(MemberRole::Moderator),
+            "owner" => Some(MemberRole::Owner),
+            _ => None,
+        }))
+    }
+}
+
+/// Whether the change an unconfirmed event describes happened.
+#[async_trait::async_trait]
+impl Verify for CqlStore {
+    async fn happened(&self, event: &DomainEvent) -> BusResult<bool> {
+        use munity_proto::events::v1 as pb;
+        let unavailable = |e: StoreError| munity_bus::BusError::Unavailable(e.to_string());
+        let id = |text: &str| Uuid::parse_str(text).ok();
+        let payload = event.payload.as_slice();
+        let Some(event_id) = id(&event.aggregate_id) else {
+            return Ok(false);
+        };
+        let participant = |user: Uuid| async move {
+            let row: Option<(Uuid, Uuid, i64)> = self
+                .cql
+                .maybe_row(&self.s.get_participant, (event_id, user))
+                .await
+                .map_err(unavailable)?;
+            Ok::<bool, munity_bus::BusError>(row.is_some())
+        };
+        let vote = |option: u32, user: Uuid| async move {
+            let row: Option<(Uuid,)> = self
+                .cql
+                .maybe_row(&self.s.get_vote, (event_id, option as i32, user))
+                .await
+                .map_err(unavailable)?;
+            Ok::<bool, munity_bus::BusError>(row.is_some())
+        };
+        let status = || async {
+            Ok::<Option<Status>, munity_bus::BusError>(
+                self.load(event_id)
+                    .await
+                    .map_err(unavailable)?
+                    .map(|e| e.status),
+            )
+        };
+        Ok(match event.r#type.as_str() {
+            "munity.events.v1.VoteCast" => match pb::VoteCast::decode(payload).ok() {
+                Some(e) => match id(&e.user_id) {
+                    Some(user) => vote(e.option_id, user).await?,
+                    None => false,
+                },
+                None => false,
+            },
+            "munity.events.v1.VoteWithdrawn" => match pb::VoteWithdrawn::decode(payload).ok() {
+                Some(e) => match id(&e.user_id) {
+                    Some(user) => !vote(e.option_id, user).await?,
+                    None => false,
+                },
+                None => false,
+            },
+            "munity.events.v1.VotingClosed" => match pb::VotingClosed::decode(payload).ok() {
+                Some(e) => {
+                    status().await?
+                        == Some(Status::Scheduled {
+                            option: e.chosen_option_id,
+                        })
+                }
+                None => false,
+            },
+            "munity.events.v1.EventCancelled" => status().await? == Some(Status::Cancelled),
+            "munity.events.v1.ParticipantJoined" => {
+                match pb::ParticipantJoined::decode(payload)
+                    .ok()
+                    .and_then(|e| id(&e.user_id))
+                {
+                    Some(user) => participant(user).await?,
+                    None => false,
+                }
+            }
+            "munity.events.v1.ParticipantLeft" => {
+                match pb::ParticipantLeft::decode(payload)
+                    .ok()
+                    .and_then(|e| id(&e.user_id))
+                {
+                    Some(user) => !participant(user).await?,
+                    None => false,
+                }
+            }
+            // Written in a logged batch, never tentative.
+            _ => false,
+        })
+    }
+}

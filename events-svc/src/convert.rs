@@ -2,14 +2,9 @@
 
 use munity_proto::events::v1 as pb;
 
-use crate::domain::{EventRecord, Millis, ParticipantRecord, Status};
+use crate::domain::{EventRecord, ParticipantRecord, Status};
 
-pub fn timestamp(millis: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use munity_platform::wire::timestamp;
 
 /// The event as clients see it: with `counts` (votes per option) and the
 /// options the caller voted for.

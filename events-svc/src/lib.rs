@@ -1,14 +1,125 @@
-//! events-svc: meetings in communities (`munity.events.v1`). Work in
-//! progress on this branch: see `docs/events-svc.md` for the design.
+//! events-svc: meetings in communities (`munity.events.v1`): proposed
+//! times, votes, the chosen time, participants. Design: `docs/events-svc.md`.
 //!
+//! Layout, one layer per file:
+//! - `config.rs`: its own keys of the `[events]` section.
 //! - `domain.rs`: records as stored, and the rules for valid input.
-//! - `store/`: the repository trait and its backends.
+//! - `store/`: the repository trait and its two backends (embedded redb,
+//!   CQL), held to one contract by `tests/repository_contract.rs`.
 //! - `events.rs`: the domain events it publishes; `convert.rs`: records to
 //!   protobuf.
+//! - `members.rs`: its view of community memberships, kept from
+//!   users-svc's domain events.
+//! - `api.rs`: the gRPC service; `error.rs`: errors to gRPC statuses.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
 pub mod convert;
 pub mod domain;
+pub mod error;
 pub mod events;
+pub mod members;
 pub mod store;
+
+use std::{sync::Arc, time::Duration};
+
+use munity_platform::{
+    auth::{AuthConfig, RemoteJwks, TokenVerifier, VerifierSettings},
+    server::GrpcHost,
+    service::{Service, ServiceConfig},
+    shutdown::ShutdownToken,
+};
+use munity_proto::events::v1::events_server::EventsServer;
+use tokio::net::TcpListener;
+
+pub use config::EventsConfig;
+
+/// Largest request events-svc accepts (ten options and some text).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// events-svc as a platform service: `[events]`, `munity.events.v1`.
+pub struct EventsService;
+
+impl Service for EventsService {
+    const NAME: &'static str = "events-svc";
+    const SECTION: &'static str = "events";
+    const DESCRIPTOR_SET: &'static [u8] = munity_proto::FILE_DESCRIPTOR_SET;
+    type Config = EventsConfig;
+
+    async fn run(
+        config: ServiceConfig<EventsConfig>,
+        auth: AuthConfig,
+        listener: TcpListener,
+        shutdown: ShutdownToken,
+    ) -> anyhow::Result<()> {
+        run(config, auth, listener, shutdown).await
+    }
+}
+
+/// Serves events-svc on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: ServiceConfig<EventsConfig>,
+    auth: AuthConfig,
+    listener: TcpListener,
+    shutdown: ShutdownToken,
+) -> anyhow::Result<()> {
+    let store::Opened {
+        repo,
+        outbox,
+        verify,
+        staged,
+    } = store::open(&config.storage).await?;
+    // Its changes go out on the event log (relayed from its outbox), and
+    // users-svc's membership changes come in (the membership view).
+    match munity_bus::open(&config.bus).await {
+        Err(error) => tracing::error!(
+            %error,
+            "the event log cannot be opened; domain events wait in the outbox and the membership view does not follow users-svc"
+        ),
+        Ok(log) => {
+            tokio::spawn(
+                munity_bus::outbox::Relay {
+                    verify,
+                    ..munity_bus::outbox::Relay::new(
+                        EventsService::NAME,
+                        outbox,
+                        log.clone(),
+                        staged,
+                    )
+                }
+                .run(shutdown.clone()),
+            );
+            tokio::spawn(members::follow(
+                log,
+                repo.clone(),
+                config.own.members_group.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+
+    let verifier = Arc::new(TokenVerifier::new(
+        Arc::new(
+            RemoteJwks::new(std::slice::from_ref(&auth.jwks_url))
+                .map_err(|e| anyhow::anyhow!("auth.jwks_url {:?}: {e}", auth.jwks_url))?,
+        ),
+        VerifierSettings {
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: Duration::from_secs(auth.leeway_secs),
+            min_refetch_interval: Duration::from_secs(1),
+            cache_capacity: auth.token_cache_capacity,
+        },
+    ));
+    GrpcHost::new(EventsService::DESCRIPTOR_SET)?
+        .add_service(
+            EventsServer::new(api::EventsApi::new(repo))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .with_shutdown_grace(config.shutdown_grace())
+        .with_auth(verifier)
+        .serve(listener, shutdown.cancelled_owned())
+        .await
+}

@@ -47,7 +47,10 @@ impl Default for DevConfig {
 /// Every service `munity dev` runs. A new service adds its line here (and
 /// its protos declare its upstream, which gives the gateway its route).
 pub fn services() -> Vec<DevEntry> {
-    vec![dev_entry::<users_svc::UsersService>()]
+    vec![
+        dev_entry::<users_svc::UsersService>(),
+        dev_entry::<events_svc::EventsService>(),
+    ]
 }
 
 /// Starts every service, prints where each listens, and runs until
@@ -74,17 +77,22 @@ pub async fn dev(
     // Bind everything before serving anything, so a port clash fails fast
     // and the printed addresses are real (port 0 resolves here).
     let mut bound = Vec::new();
+    let mut auth = auth;
     for entry in services() {
         let start = entry.start;
-        bound.push(
-            start(
-                source.clone(),
-                data_dir.clone(),
-                auth.clone(),
-                shutdown.clone(),
-            )
-            .await?,
-        );
+        let service = start(
+            source.clone(),
+            data_dir.clone(),
+            auth.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        // users-svc issues the tokens (it comes first): the services after
+        // it fetch its signing keys from where it listens.
+        if service.section == "users" {
+            auth.jwks_url = format!("http://{}", service.address);
+        }
+        bound.push(service);
     }
 
     // The gateway fronts the in-process services: each upstream's route

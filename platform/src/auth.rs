@@ -42,6 +42,10 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Verified tokens remembered until they expire (0: verify every call).
     pub token_cache_capacity: usize,
+    /// Where services that do not issue tokens fetch the signing keys:
+    /// users-svc's `/.well-known/jwks.json` (`munity dev` points it at its
+    /// own users-svc).
+    pub jwks_url: String,
 }
 
 impl Default for AuthConfig {
@@ -51,6 +55,7 @@ impl Default for AuthConfig {
             audience: "munity".to_owned(),
             leeway_secs: 30,
             token_cache_capacity: 10_000,
+            jwks_url: "http://127.0.0.1:50051".to_owned(),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`server`]: serving gRPC with health, reflection, tracing, metrics and
 //!   auth on a listener the caller bound.
 //! - [`metrics`]: every service's RED metrics, served at `GET /metrics`.
+//! - [`wire`]: ids and timestamps as every gRPC layer converts them.
 //! - [`shutdown`]: one cancellation token per process, tripped by SIGTERM or
 //!   SIGINT.
 //!
@@ -40,3 +41,4 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wire;

@@ -241,20 +241,7 @@ pub fn check_text(text: &str, max: usize, field: &str, violations: &mut FieldVio
     }
 }
 
-/// Parses an id sent by a client.
-pub fn parse_id(raw: &str, field: &str, violations: &mut FieldViolations) -> Uuid {
-    match Uuid::parse_str(raw.trim()) {
-        Ok(id) => id,
-        Err(_) => {
-            if raw.trim().is_empty() {
-                violations.add(field, "is required");
-            } else {
-                violations.add(field, "must be an id (a UUID)");
-            }
-            Uuid::nil()
-        }
-    }
-}
+pub use munity_platform::wire::parse_id;
 
 #[cfg(test)]
 mod tests {

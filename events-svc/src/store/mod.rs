@@ -97,3 +97,37 @@ pub trait EventsRepository: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>>;
 }
+
+/// An open backend: the repository, its outbox, the relay's cue, and (on
+/// CQL) the check for events whose writer died before confirming them.
+pub struct Opened {
+    pub repo: std::sync::Arc<dyn EventsRepository>,
+    pub outbox: std::sync::Arc<dyn munity_bus::outbox::Outbox>,
+    pub verify: Option<std::sync::Arc<dyn munity_bus::outbox::Verify>>,
+    pub staged: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Opens the configured backend.
+pub async fn open(storage: &munity_platform::config::StorageConfig) -> anyhow::Result<Opened> {
+    use std::sync::Arc;
+    Ok(match storage {
+        munity_platform::config::StorageConfig::Embedded { path } => {
+            let store = embedded::EmbeddedStore::open(path)?;
+            Opened {
+                staged: store.staged(),
+                outbox: Arc::new(store.outbox()),
+                repo: Arc::new(store),
+                verify: None,
+            }
+        }
+        munity_platform::config::StorageConfig::Cql(config) => {
+            let store = Arc::new(cql::CqlStore::connect(config).await?);
+            Opened {
+                staged: store.staged(),
+                outbox: store.outbox(),
+                verify: Some(store.clone()),
+                repo: store,
+            }
+        }
+    })
+}

@@ -7,9 +7,7 @@ use munity_store::page_token;
 use uuid::Uuid;
 
 use crate::{
-    domain::{
-        self, CommunityRecord, MemberRole, MembershipRecord, Millis, Role, UserRecord, limits,
-    },
+    domain::{self, CommunityRecord, MemberRole, MembershipRecord, Role, UserRecord, limits},
     error::UsersError,
 };
 
@@ -30,12 +28,7 @@ pub(super) fn page_after(token: &str) -> Result<Option<Uuid>, UsersError> {
     page_token::decode(token).map_err(|e| UsersError::invalid("page_token", &e.to_string()))
 }
 
-pub(super) fn timestamp(millis: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub(super) use munity_platform::wire::timestamp;
 
 pub(super) fn user_to_proto(user: &UserRecord, with_email: bool) -> pb::User {
     pb::User {
@@ -102,11 +95,5 @@ mod tests {
     fn page_size_defaults_and_clamps() {
         assert_eq!(page_size(0), 50);
         assert_eq!(page_size(10_000), 500);
-    }
-
-    #[test]
-    fn timestamps_split_millis() {
-        let t = timestamp(1_700_000_000_123);
-        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
     }
 }

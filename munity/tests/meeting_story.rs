@@ -1,0 +1,285 @@
+//! The meeting story end to end, through `munity dev`'s gateway (a real
+//! process): people register, make a community, propose a meeting with
+//! three times, vote, close, join; and the forbidden calls are refused
+//! (someone outside the community, someone else's event, a full event).
+
+use std::{path::Path, process::Command, time::Duration};
+
+use munity_platform::auth::with_bearer;
+use munity_proto::{
+    events::v1::{self as events, events_client::EventsClient},
+    users::v1::{self as users, users_client::UsersClient},
+};
+use munity_testkit::{Ready, spawn_ready};
+use tonic::{Code, transport::Channel};
+
+async fn start(data_dir: &Path) -> (Ready, Channel) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
+    command
+        .args(["dev", "--data-dir"])
+        .arg(data_dir)
+        .env("MUNITY_DEV__ANY_PORT", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    let ready = spawn_ready(command, Duration::from_secs(60)).await;
+    let channel = Channel::from_shared(format!("http://{}", ready.address("gateway")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (ready, channel)
+}
+
+async fn register(channel: &Channel, name: &str) -> (String, String) {
+    let session = UsersClient::new(channel.clone())
+        .register(users::RegisterRequest {
+            email: format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple()),
+            password: "correct horse".to_owned(),
+            display_name: name.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (session.access_token, session.user.unwrap().id)
+}
+
+fn at(hours_from_now: i64) -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    prost_types::Timestamp {
+        seconds: now + hours_from_now * 3600,
+        nanos: 0,
+    }
+}
+
+fn code<T>(result: Result<T, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
+    let data = tempfile::tempdir().unwrap();
+    let (ready, channel) = start(data.path()).await;
+    let mut events = EventsClient::new(channel.clone());
+    let (alice, _) = register(&channel, "alice").await;
+    let (bob, bob_id) = register(&channel, "bob").await;
+    let (carol, _) = register(&channel, "carol").await;
+
+    let mut users_client = UsersClient::new(channel.clone());
+    let community = users_client
+        .create_community(with_bearer(
+            users::CreateCommunityRequest {
+                name: "Hikers".to_owned(),
+                description: String::new(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    users_client
+        .join_community(with_bearer(
+            users::JoinCommunityRequest {
+                community_id: community.id.clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+
+    let proposal = || events::CreateEventRequest {
+        title: "Ridge walk".to_owned(),
+        description: "Bring water".to_owned(),
+        location: "North gate".to_owned(),
+        community_id: community.id.clone(),
+        options: [30, 50, 40]
+            .into_iter()
+            .map(|h| events::TimeOptionInput {
+                start: Some(at(h)),
+                end: Some(at(h + 3)),
+            })
+            .collect(),
+        voting_deadline: Some(at(20)),
+        capacity: 1,
+    };
+    // events-svc learns memberships from users-svc's events: the owner may
+    // propose once the view has caught up (moments).
+    let started = std::time::Instant::now();
+    let event = loop {
+        match events.create_event(with_bearer(proposal(), &alice)).await {
+            Ok(created) => break created.into_inner(),
+            Err(status) if status.code() == Code::PermissionDenied => {
+                assert!(started.elapsed() < Duration::from_secs(15), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    };
+    println!("the membership view caught up in {:?}", started.elapsed());
+    assert_eq!(event.options.len(), 3);
+    assert_eq!(event.status, events::EventStatus::Voting as i32);
+
+    // Carol is not a member: she cannot see, vote on, or add to it.
+    let get = |token: &str| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::GetEventRequest {
+                event_id: event.id.clone(),
+            },
+            token,
+        );
+        async move { events.get_event(request).await }
+    };
+    assert_eq!(code(get(&carol).await), Code::NotFound);
+    let vote = |token: &str, option: u32| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::VoteRequest {
+                event_id: event.id.clone(),
+                option_id: option,
+            },
+            token,
+        );
+        async move { events.vote(request).await }
+    };
+    assert_eq!(code(vote(&carol, 0).await), Code::NotFound);
+    assert_eq!(
+        code(
+            events
+                .clone()
+                .create_event(with_bearer(proposal(), &carol))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(
+            events
+                .clone()
+                .list_events(with_bearer(
+                    events::ListEventsRequest {
+                        filter: events::EventFilter::Community as i32,
+                        community_id: community.id.clone(),
+                        ..Default::default()
+                    },
+                    &carol,
+                ))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+
+    // Votes: bob for option 2, alice for 2 and 0 (twice: counted once).
+    vote(&bob, 2).await.unwrap();
+    vote(&alice, 2).await.unwrap();
+    vote(&alice, 0).await.unwrap();
+    let seen = vote(&alice, 0).await.unwrap().into_inner();
+    let counts: Vec<u32> = seen.options.iter().map(|o| o.votes).collect();
+    assert_eq!(counts, vec![1, 0, 2]);
+    assert_eq!(seen.my_votes, vec![0, 2]);
+    assert_eq!(code(vote(&bob, 7).await), Code::InvalidArgument);
+
+    // Only the owner closes it; bob cannot cancel someone else's event.
+    let close = |token: &str| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::CloseVotingRequest {
+                event_id: event.id.clone(),
+            },
+            token,
+        );
+        async move { events.close_voting(request).await }
+    };
+    assert_eq!(code(close(&bob).await), Code::PermissionDenied);
+    assert_eq!(
+        code(
+            events
+                .clone()
+                .cancel_event(with_bearer(
+                    events::CancelEventRequest {
+                        event_id: event.id.clone(),
+                    },
+                    &bob,
+                ))
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    let closed = close(&alice).await.unwrap().into_inner();
+    assert_eq!(closed.status, events::EventStatus::Scheduled as i32);
+    assert_eq!(closed.chosen_option_id, Some(2), "the most votes");
+    assert_eq!(code(vote(&bob, 1).await), Code::FailedPrecondition);
+
+    // One place: bob takes it, alice finds it full.
+    let join = |token: &str| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::JoinRequest {
+                event_id: event.id.clone(),
+            },
+            token,
+        );
+        async move { events.join(request).await }
+    };
+    join(&bob).await.unwrap();
+    let full = join(&alice).await.unwrap_err();
+    assert_eq!(full.code(), Code::FailedPrecondition);
+    assert!(full.message().contains("capacity 1"), "{}", full.message());
+
+    let participants = events
+        .clone()
+        .list_participants(with_bearer(
+            events::ListParticipantsRequest {
+                event_id: event.id.clone(),
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = participants
+        .participants
+        .iter()
+        .map(|p| p.user_id.as_str())
+        .collect();
+    assert_eq!(ids, [bob_id.as_str()]);
+    let list = |token: &str, filter: events::EventFilter| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::ListEventsRequest {
+                filter: filter as i32,
+                community_id: community.id.clone(),
+                ..Default::default()
+            },
+            token,
+        );
+        async move {
+            events
+                .list_events(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+                .len()
+        }
+    };
+    assert_eq!(list(&alice, events::EventFilter::Mine).await, 1);
+    assert_eq!(list(&bob, events::EventFilter::Joined).await, 1);
+    assert_eq!(list(&bob, events::EventFilter::Community).await, 1);
+    assert_eq!(list(&carol, events::EventFilter::Mine).await, 0);
+
+    let mut ready = ready;
+    ready.process.terminate();
+    let exit = ready
+        .process
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("munity exits after SIGTERM");
+    assert!(exit.success(), "munity exited with {exit}");
+}

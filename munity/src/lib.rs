@@ -123,6 +123,7 @@ pub async fn dev(
         ready.insert(service.section.to_owned(), service.address.to_string());
     }
 
+    let sections: Vec<String> = bound.iter().map(|s| s.section.to_owned()).collect();
     let mut services = tokio::task::JoinSet::new();
     for service in bound {
         services.spawn(async move { (service.name, service.serve.await) });
@@ -135,6 +136,19 @@ pub async fn dev(
     // Pingora binds inside its own start-up; "ready" means a client can
     // connect now, so wait for the gateway's port to accept.
     if let Err(error) = wait_until_listening(&gateway_address, Duration::from_secs(15)).await {
+        shutdown.cancel();
+        return Err(error);
+    }
+    // ... and, so that a first call is not UNAVAILABLE, until the gateway's
+    // health checks have found every service serving.
+    let upstreams = munity_gateway::config::policy().upstreams();
+    let routed: Vec<String> = sections
+        .iter()
+        .filter_map(|section| upstreams.get(section.as_str()))
+        .filter_map(|(_, services)| services.first().cloned())
+        .collect();
+    if let Err(error) = wait_until_serving(&gateway_address, &routed, Duration::from_secs(15)).await
+    {
         shutdown.cancel();
         return Err(error);
     }
@@ -155,6 +169,42 @@ pub async fn dev(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Waits until the gateway says each of `services` is SERVING (its health
+/// checks of the in-process replicas have passed).
+async fn wait_until_serving(
+    address: &str,
+    services: &[String],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let started = std::time::Instant::now();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))?
+        .connect()
+        .await?;
+    let mut health = HealthClient::new(channel);
+    for service in services {
+        loop {
+            let request = HealthCheckRequest {
+                service: service.clone(),
+            };
+            let serving = health
+                .check(request)
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
+            if serving {
+                break;
+            }
+            if started.elapsed() > limit {
+                anyhow::bail!("the gateway did not see {service} serving within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn wait_until_listening(address: &str, limit: Duration) -> anyhow::Result<()> {

@@ -361,6 +361,8 @@ pub mod cql {
 
     pub struct CqlOutbox {
         store: Arc<CqlStore>,
+        /// Notified when events were staged and confirmed (the relay's cue).
+        staged: Arc<tokio::sync::Notify>,
         insert: PreparedStatement,
         insert_tentative: PreparedStatement,
         confirm: PreparedStatement,
@@ -415,7 +417,45 @@ pub mod cql {
                     .prepare("UPDATE outbox_cursor SET minute = ? WHERE name = 'relay'")
                     .await?,
                 store,
+                staged: Arc::new(tokio::sync::Notify::new()),
             })
+        }
+
+        /// Notified after events were staged (hand it to the [`super::Relay`]).
+        pub fn staged(&self) -> Arc<tokio::sync::Notify> {
+            self.staged.clone()
+        }
+
+        /// Tells the relay that a batch written by the service staged events.
+        pub fn notify_staged(&self) {
+            self.staged.notify_one();
+        }
+
+        /// Runs `change`, a lightweight transaction answering (applied,
+        /// value), with `events` staged around it: tentatively before,
+        /// confirmed (and the relay told) when it applied, dropped when it
+        /// did not. When `change` fails (a timeout: it may or may not have
+        /// applied) they stay tentative, for the relay to verify later.
+        pub async fn with_events<T>(
+            &self,
+            events: &[DomainEvent],
+            change: impl std::future::Future<Output = munity_store::StoreResult<(bool, T)>>,
+        ) -> munity_store::StoreResult<T> {
+            let unavailable = |e: BusError| StoreError::Unavailable(e.to_string());
+            let mut keys = Vec::with_capacity(events.len());
+            for event in events {
+                keys.push(self.stage_tentative(event).await.map_err(unavailable)?);
+            }
+            let (applied, value) = change.await?;
+            if applied {
+                for key in keys {
+                    self.confirm(key).await.map_err(unavailable)?;
+                }
+                self.notify_staged();
+            } else {
+                self.relayed(&keys).await.map_err(unavailable)?;
+            }
+            Ok(value)
         }
 
         /// The statement that stages one event: append it to the service's

@@ -15,12 +15,12 @@
 //! event), staged tentatively around a lightweight transaction otherwise,
 //! with [`Verify`] answering the relay about unconfirmed ones.
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
 use munity_bus::{
     BusResult, DomainEvent,
     outbox::{
-        Outbox, Verify,
+        Verify,
         cql::{self as outbox, CqlOutbox},
     },
 };
@@ -93,7 +93,6 @@ pub struct CqlStore {
     cql: Arc<Cql>,
     s: Statements,
     outbox: Arc<CqlOutbox>,
-    staged: Arc<Notify>,
 }
 
 /// An event row: the record's JSON and the columns races change.
@@ -134,50 +133,15 @@ impl CqlStore {
             get_member: p("SELECT role FROM members WHERE community_id = ? AND user_id = ?").await?,
         };
         let outbox = Arc::new(CqlOutbox::new(cql.clone()).await?);
-        Ok(CqlStore {
-            cql,
-            s,
-            outbox,
-            staged: Arc::new(Notify::new()),
-        })
+        Ok(CqlStore { cql, s, outbox })
     }
 
     pub fn staged(&self) -> Arc<Notify> {
-        self.staged.clone()
+        self.outbox.staged()
     }
 
     pub fn outbox(&self) -> Arc<CqlOutbox> {
         self.outbox.clone()
-    }
-
-    /// `change` (a lightweight transaction: applied, value) with `events`
-    /// staged tentatively before it, confirmed if it applied, dropped if
-    /// not; left tentative if it failed (the relay verifies them).
-    async fn with_events<T>(
-        &self,
-        events: &[DomainEvent],
-        change: impl Future<Output = StoreResult<(bool, T)>>,
-    ) -> StoreResult<T> {
-        let unavailable = |e: munity_bus::BusError| StoreError::Unavailable(e.to_string());
-        let mut keys = Vec::with_capacity(events.len());
-        for event in events {
-            keys.push(
-                self.outbox
-                    .stage_tentative(event)
-                    .await
-                    .map_err(unavailable)?,
-            );
-        }
-        let (applied, value) = change.await?;
-        if applied {
-            for key in keys {
-                self.outbox.confirm(key).await.map_err(unavailable)?;
-            }
-            self.staged.notify_one();
-        } else {
-            self.outbox.relayed(&keys).await.map_err(unavailable)?;
-        }
-        Ok(value)
     }
 
     async fn load(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
@@ -298,7 +262,7 @@ impl EventsRepository for CqlStore {
                     .await?;
             }
         }
-        self.staged.notify_one();
+        self.outbox.notify_staged();
         Ok(())
     }
 
@@ -344,19 +308,20 @@ impl EventsRepository for CqlStore {
         if option as usize >= event.options.len() {
             return Ok(VoteOutcome::NoOption);
         }
-        self.with_events(&[events::vote_cast(&event, option, user)], async {
-            let applied = self
-                .cql
-                .execute_lwt(&self.s.insert_vote, (id, option as i32, user))
-                .await?;
-            let outcome = if applied {
-                VoteOutcome::Changed
-            } else {
-                VoteOutcome::Unchanged
-            };
-            Ok((applied, outcome))
-        })
-        .await
+        self.outbox
+            .with_events(&[events::vote_cast(&event, option, user)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.s.insert_vote, (id, option as i32, user))
+                    .await?;
+                let outcome = if applied {
+                    VoteOutcome::Changed
+                } else {
+                    VoteOutcome::Unchanged
+                };
+                Ok((applied, outcome))
+            })
+            .await
     }
 
     async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
@@ -369,19 +334,20 @@ impl EventsRepository for CqlStore {
         if option as usize >= event.options.len() {
             return Ok(VoteOutcome::NoOption);
         }
-        self.with_events(&[events::vote_withdrawn(&event, option, user)], async {
-            let applied = self
-                .cql
-                .execute_lwt(&self.s.delete_vote, (id, option as i32, user))
-                .await?;
-            let outcome = if applied {
-                VoteOutcome::Changed
-            } else {
-                VoteOutcome::Unchanged
-            };
-            Ok((applied, outcome))
-        })
-        .await
+        self.outbox
+            .with_events(&[events::vote_withdrawn(&event, option, user)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.s.delete_vote, (id, option as i32, user))
+                    .await?;
+                let outcome = if applied {
+                    VoteOutcome::Changed
+                } else {
+                    VoteOutcome::Unchanged
+                };
+                Ok((applied, outcome))
+            })
+            .await
     }
 
     async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome> {
@@ -393,19 +359,20 @@ impl EventsRepository for CqlStore {
         }
         let counts = self.vote_counts(id).await?;
         let chosen = winner(&event.options, &counts).unwrap_or(0);
-        self.with_events(&[events::voting_closed(&event, chosen)], async {
-            let applied = self
-                .cql
-                .execute_lwt(&self.s.close, (chosen as i32, id))
-                .await?;
-            let outcome = if applied {
-                CloseOutcome::Closed(chosen)
-            } else {
-                CloseOutcome::NotVoting
-            };
-            Ok((applied, outcome))
-        })
-        .await
+        self.outbox
+            .with_events(&[events::voting_closed(&event, chosen)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.s.close, (chosen as i32, id))
+                    .await?;
+                let outcome = if applied {
+                    CloseOutcome::Closed(chosen)
+                } else {
+                    CloseOutcome::NotVoting
+                };
+                Ok((applied, outcome))
+            })
+            .await
     }
 
     async fn cancel(&self, id: Uuid) -> StoreResult<bool> {
@@ -415,11 +382,12 @@ impl EventsRepository for CqlStore {
         if event.status == Status::Cancelled {
             return Ok(false);
         }
-        self.with_events(&[events::cancelled(&event, event.owner_id)], async {
-            let applied = self.cql.execute_lwt(&self.s.cancel, (id,)).await?;
-            Ok((applied, applied))
-        })
-        .await
+        self.outbox
+            .with_events(&[events::cancelled(&event, event.owner_id)], async {
+                let applied = self.cql.execute_lwt(&self.s.cancel, (id,)).await?;
+                Ok((applied, applied))
+            })
+            .await
     }
 
     async fn join(&self, id: Uuid, user: Uuid, at: Millis) -> StoreResult<JoinOutcome> {
@@ -459,6 +427,7 @@ impl EventsRepository for CqlStore {
             }
         }
         let seated = self
+            .outbox
             .with_events(&[events::joined(&event, user)], async {
                 let applied = self
                     .cql
@@ -480,6 +449,7 @@ impl EventsRepository for CqlStore {
             return Ok(false);
         };
         let left = self
+            .outbox
             .with_events(&[events::left(&event, user)], async {
                 let applied = self
                     .cql

@@ -11,12 +11,12 @@
 //! The plumbing (connecting, schema, prepared statements, LWTs, typed rows)
 //! is `munity_store::cql`'s; this file is the tables and the queries.
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
 use munity_bus::{
     DomainEvent,
     outbox::{
-        Outbox, Verify,
+        Verify,
         cql::{self as outbox, CqlOutbox},
     },
 };
@@ -120,8 +120,6 @@ pub struct CqlStore {
     cql: Arc<Cql>,
     statements: Statements,
     outbox: Arc<CqlOutbox>,
-    /// Notified after a change confirmed its events (wakes the relay).
-    staged: Arc<tokio::sync::Notify>,
 }
 
 impl CqlStore {
@@ -136,50 +134,17 @@ impl CqlStore {
             cql,
             statements,
             outbox,
-            staged: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     /// Notified after each change that confirmed domain events.
     pub fn staged(&self) -> Arc<tokio::sync::Notify> {
-        self.staged.clone()
+        self.outbox.staged()
     }
 
     /// The outbox membership changes stage their events in.
     pub fn outbox(&self) -> Arc<CqlOutbox> {
         self.outbox.clone()
-    }
-
-    /// Runs `change`, a lightweight transaction, with `events` staged
-    /// around it: tentatively before, confirmed when it applied, dropped
-    /// when it did not. When the change fails (a timeout: it may or may not
-    /// have applied) the events stay tentative and the relay asks
-    /// [`Verify`] about them later.
-    async fn with_events<T>(
-        &self,
-        events: &[DomainEvent],
-        change: impl Future<Output = StoreResult<(bool, T)>>,
-    ) -> StoreResult<T> {
-        let unavailable = |e: munity_bus::BusError| StoreError::Unavailable(e.to_string());
-        let mut keys = Vec::with_capacity(events.len());
-        for event in events {
-            keys.push(
-                self.outbox
-                    .stage_tentative(event)
-                    .await
-                    .map_err(unavailable)?,
-            );
-        }
-        let (applied, value) = change.await?;
-        if applied {
-            for key in keys {
-                self.outbox.confirm(key).await.map_err(unavailable)?;
-            }
-            self.staged.notify_one();
-        } else {
-            self.outbox.relayed(&keys).await.map_err(unavailable)?;
-        }
-        Ok(value)
     }
 }
 
@@ -570,6 +535,7 @@ impl UsersRepository for CqlStore {
             ts(community.created_at),
         );
         let created = self
+            .outbox
             .with_events(&[events::community_created(community)], async {
                 let applied = self
                     .cql
@@ -623,6 +589,7 @@ impl UsersRepository for CqlStore {
             ts(membership.joined_at),
         );
         let joined = self
+            .outbox
             .with_events(&[events::member_joined(membership)], async {
                 let applied = self
                     .cql
@@ -658,6 +625,7 @@ impl UsersRepository for CqlStore {
             membership.user_id,
         );
         let updated = self
+            .outbox
             .with_events(&[events::member_role_changed(membership)], async {
                 let applied = self
                     .cql
@@ -674,14 +642,15 @@ impl UsersRepository for CqlStore {
     }
 
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
-        self.with_events(&[events::member_left(community_id, user_id)], async {
-            let applied = self
-                .cql
-                .execute_lwt(&self.statements.delete_member, (community_id, user_id))
-                .await?;
-            Ok((applied, applied))
-        })
-        .await
+        self.outbox
+            .with_events(&[events::member_left(community_id, user_id)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.statements.delete_member, (community_id, user_id))
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await
     }
 
     async fn list_members(

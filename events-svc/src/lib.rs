@@ -10,6 +10,7 @@
 //!   protobuf.
 //! - `members.rs`: its view of community memberships, kept from
 //!   users-svc's domain events.
+//! - `scheduler.rs`: closes voting at each event's deadline.
 //! - `api.rs`: the gRPC service; `error.rs`: errors to gRPC statuses.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod members;
+pub mod scheduler;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -99,6 +101,12 @@ pub async fn run(
             ));
         }
     }
+
+    tokio::spawn(scheduler::close_due(
+        repo.clone(),
+        Duration::from_millis(config.own.close_sweep_interval_ms.max(10)),
+        shutdown.clone(),
+    ));
 
     let verifier = Arc::new(TokenVerifier::new(
         Arc::new(

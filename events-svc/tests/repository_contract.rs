@@ -243,6 +243,35 @@ mod cases {
         );
     }
 
+    pub async fn passed_deadlines_are_due_until_voting_closes(repo: Repo) {
+        let now = now_millis();
+        let mut past = meeting(Uuid::now_v7(), None, None);
+        past.voting_deadline = now - 3 * 60_000;
+        let mut later = meeting(Uuid::now_v7(), None, None);
+        later.voting_deadline = now + HOUR;
+        let mut cancelled = meeting(Uuid::now_v7(), None, None);
+        cancelled.voting_deadline = now - 60_000;
+        for event in [&past, &later, &cancelled] {
+            repo.create_event(event).await.unwrap();
+        }
+        repo.cancel(cancelled.id).await.unwrap();
+        let due = repo.due_for_closing(now, 100).await.unwrap();
+        assert!(due.contains(&past.id), "{due:?}");
+        assert!(
+            !due.contains(&later.id) && !due.contains(&cancelled.id),
+            "{due:?}"
+        );
+        assert!(matches!(
+            repo.close_voting(past.id).await.unwrap(),
+            CloseOutcome::Closed(_)
+        ));
+        let due = repo.due_for_closing(now, 100).await.unwrap();
+        assert!(!due.contains(&past.id), "closed is no longer due");
+        // Two hours on, the later one is due too.
+        let due = repo.due_for_closing(now + 2 * HOUR, 100).await.unwrap();
+        assert!(due.contains(&later.id), "{due:?}");
+    }
+
     pub async fn the_membership_view_follows_what_it_is_told(repo: Repo) {
         let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
         assert_eq!(repo.member_role(community, user).await.unwrap(), None);
@@ -269,6 +298,7 @@ munity_testkit::contract_suite! {
         concurrent_votes_are_counted_exactly_once_per_user,
         voting_closes_once_with_the_most_voted_option,
         joins_stop_at_capacity_even_when_racing,
+        passed_deadlines_are_due_until_voting_closes,
         the_membership_view_follows_what_it_is_told,
     ],
 }

@@ -54,6 +54,20 @@ fn at(hours_from_now: i64) -> prost_types::Timestamp {
     }
 }
 
+async fn get_event(client: &EventsClient<Channel>, id: &str, token: &str) -> events::Event {
+    client
+        .clone()
+        .get_event(with_bearer(
+            events::GetEventRequest {
+                event_id: id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn code<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
         Ok(_) => Code::Ok,
@@ -273,6 +287,36 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
     assert_eq!(list(&bob, events::EventFilter::Joined).await, 1);
     assert_eq!(list(&bob, events::EventFilter::Community).await, 1);
     assert_eq!(list(&carol, events::EventFilter::Mine).await, 0);
+
+    // Voting also closes by itself at the deadline (the scheduler).
+    let mut soon = proposal();
+    soon.voting_deadline = Some(prost_types::Timestamp {
+        seconds: at(0).seconds + 2,
+        nanos: 0,
+    });
+    let soon = events
+        .clone()
+        .create_event(with_bearer(soon, &alice))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    loop {
+        let seen = get_event(&events, &soon.id, &bob).await;
+        if seen.status == events::EventStatus::Scheduled as i32 {
+            println!(
+                "closed by the scheduler {:?} after creation",
+                started.elapsed()
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still {:?}",
+            seen.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let mut ready = ready;
     ready.process.terminate();

@@ -28,7 +28,7 @@ use munity_platform::config::CqlConfig;
 use munity_store::{
     StoreError, StoreResult,
     cql::{CqlStore as Cql, limit_plus_one},
-    internal, page_from,
+    internal, now_millis, page_from,
 };
 use prost::Message;
 use scylla::statement::{
@@ -55,6 +55,9 @@ pub const SCHEMA: &[&str] = &[
         event_id uuid, option int, user_id uuid, PRIMARY KEY ((event_id), option, user_id))",
     "CREATE TABLE IF NOT EXISTS participants (
         event_id uuid, user_id uuid, joined_at bigint, PRIMARY KEY ((event_id), user_id))",
+    "CREATE TABLE IF NOT EXISTS voting_deadlines (
+        minute bigint, deadline bigint, id uuid, PRIMARY KEY ((minute), deadline, id))",
+    "CREATE TABLE IF NOT EXISTS deadline_cursor (name text PRIMARY KEY, minute bigint)",
     "CREATE TABLE IF NOT EXISTS members (
         community_id uuid, user_id uuid, role text, PRIMARY KEY ((community_id), user_id))",
 ];
@@ -84,6 +87,12 @@ struct Statements {
     by_community_after: PreparedStatement,
     joined_first: PreparedStatement,
     joined_after: PreparedStatement,
+    index_deadline: PreparedStatement,
+    deadlines_in: PreparedStatement,
+    init_cursor: PreparedStatement,
+    get_cursor: PreparedStatement,
+    set_cursor: PreparedStatement,
+    lower_cursor: PreparedStatement,
     set_member: PreparedStatement,
     delete_member: PreparedStatement,
     get_member: PreparedStatement,
@@ -94,6 +103,8 @@ pub struct CqlStore {
     s: Statements,
     outbox: Arc<CqlOutbox>,
 }
+
+const MINUTE_MS: i64 = 60_000;
 
 /// An event row: the record's JSON and the columns races change.
 type EventRow = (String, String, Option<i32>, i32);
@@ -128,6 +139,12 @@ impl CqlStore {
             by_community_after: p("SELECT id FROM events_by_community WHERE community_id = ? AND id > ? LIMIT ?").await?,
             joined_first: p("SELECT id FROM joined_by_user WHERE user_id = ? LIMIT ?").await?,
             joined_after: p("SELECT id FROM joined_by_user WHERE user_id = ? AND id > ? LIMIT ?").await?,
+            index_deadline: p("INSERT INTO voting_deadlines (minute, deadline, id) VALUES (?, ?, ?)").await?,
+            deadlines_in: p("SELECT deadline, id FROM voting_deadlines WHERE minute = ?").await?,
+            init_cursor: p("INSERT INTO deadline_cursor (name, minute) VALUES ('close', ?) IF NOT EXISTS").await?,
+            get_cursor: p("SELECT minute FROM deadline_cursor WHERE name = 'close'").await?,
+            set_cursor: p("UPDATE deadline_cursor SET minute = ? WHERE name = 'close'").await?,
+            lower_cursor: p("UPDATE deadline_cursor SET minute = ? WHERE name = 'close' IF minute > ?").await?,
             set_member: p("INSERT INTO members (community_id, user_id, role) VALUES (?, ?, ?)").await?,
             delete_member: p("DELETE FROM members WHERE community_id = ? AND user_id = ?").await?,
             get_member: p("SELECT role FROM members WHERE community_id = ? AND user_id = ?").await?,
@@ -263,6 +280,25 @@ impl EventsRepository for CqlStore {
             }
         }
         self.outbox.notify_staged();
+        // The scheduler's index: minute partitions of deadlines, read from
+        // a cursor that starts no later than any deadline.
+        let minute = event.voting_deadline.div_euclid(MINUTE_MS);
+        self.cql
+            .execute(
+                &self.s.index_deadline,
+                (minute, event.voting_deadline, event.id),
+            )
+            .await?;
+        let first = event
+            .voting_deadline
+            .min(now_millis())
+            .div_euclid(MINUTE_MS);
+        // The cursor must never be past a deadline still to come.
+        if !self.cql.execute_lwt(&self.s.init_cursor, (first,)).await? {
+            self.cql
+                .execute_lwt(&self.s.lower_cursor, (first, first))
+                .await?;
+        }
         Ok(())
     }
 
@@ -525,6 +561,51 @@ impl EventsRepository for CqlStore {
                     .await
             }
         }
+    }
+
+    async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>> {
+        let cursor: Option<(Option<i64>,)> = self.cql.maybe_row(&self.s.get_cursor, ()).await?;
+        let Some(from) = cursor.and_then(|(minute,)| minute) else {
+            return Ok(Vec::new());
+        };
+        let now_minute = now.div_euclid(MINUTE_MS);
+        let mut due = Vec::new();
+        let mut settled_through = None;
+        // At most a day of minutes per sweep; the next sweep goes on.
+        for minute in from..=now_minute.min(from + 1440) {
+            let rows: Vec<(i64, Uuid)> = self.cql.rows(&self.s.deadlines_in, (minute,)).await?;
+            let mut open = false;
+            for (deadline, id) in rows {
+                let voting = self
+                    .load(id)
+                    .await?
+                    .is_some_and(|e| e.status == Status::Voting);
+                if voting {
+                    open = true;
+                    if deadline <= now && due.len() < limit {
+                        due.push(id);
+                    }
+                }
+            }
+            // The cursor moves past a minute once it is over and holds no
+            // event still voting; never past one that does.
+            let contiguous = match settled_through {
+                None => minute == from,
+                Some(previous) => previous + 1 == minute,
+            };
+            // Only minutes well over: a replica whose clock runs behind
+            // may still create an event due in the last one or two.
+            if contiguous && !open && minute < now_minute - 2 {
+                settled_through = Some(minute);
+            }
+            if due.len() >= limit {
+                break;
+            }
+        }
+        if let Some(minute) = settled_through {
+            self.cql.execute(&self.s.set_cursor, (minute + 1,)).await?;
+        }
+        Ok(due)
     }
 
     async fn set_member(

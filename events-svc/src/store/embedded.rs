@@ -38,6 +38,8 @@ const PARTICIPANTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("partic
 const VOTES: TableDefinition<&[u8], ()> = TableDefinition::new("votes");
 /// event ‖ option → votes.
 const VOTE_COUNTS: TableDefinition<&[u8], u32> = TableDefinition::new("vote_counts");
+/// deadline ms (big-endian) ‖ event → (): events still voting, by deadline.
+const DEADLINES: TableDefinition<&[u8], ()> = TableDefinition::new("voting_deadlines");
 /// pair_key(community, user) → role.
 const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
 
@@ -59,6 +61,7 @@ impl EmbeddedStore {
             txn.open_table(VOTES)?;
             txn.open_table(VOTE_COUNTS)?;
             txn.open_table(MEMBERS)?;
+            txn.open_table(DEADLINES)?;
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
@@ -111,6 +114,22 @@ fn count_key(event: Uuid, option: u32) -> [u8; 20] {
     key
 }
 
+fn deadline_key(event: &EventRecord) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&event.voting_deadline.to_be_bytes());
+    key[8..].copy_from_slice(event.id.as_bytes());
+    key
+}
+
+/// Voting is over for `event`: it leaves the deadline index.
+fn unschedule(txn: &WriteTransaction, event: &EventRecord) -> StoreResult<()> {
+    txn.open_table(DEADLINES)
+        .map_err(internal)?
+        .remove(deadline_key(event).as_slice())
+        .map_err(internal)?;
+    Ok(())
+}
+
 fn load(txn: &WriteTransaction, id: Uuid) -> StoreResult<Option<EventRecord>> {
     let table = txn.open_table(EVENTS).map_err(internal)?;
     let value = table.get(id.as_bytes().as_slice()).map_err(internal)?;
@@ -158,6 +177,10 @@ impl EventsRepository for EmbeddedStore {
             txn.open_table(BY_OWNER)
                 .map_err(internal)?
                 .insert(pair_key(event.owner_id, event.id).as_slice(), ())
+                .map_err(internal)?;
+            txn.open_table(DEADLINES)
+                .map_err(internal)?
+                .insert(deadline_key(&event).as_slice(), ())
                 .map_err(internal)?;
             if let Some(community) = event.community_id {
                 txn.open_table(BY_COMMUNITY)
@@ -297,6 +320,7 @@ impl EventsRepository for EmbeddedStore {
             let chosen = winner(&event.options, &counts).unwrap_or(0);
             event.status = Status::Scheduled { option: chosen };
             save(txn, &event)?;
+            unschedule(txn, &event)?;
             Ok((
                 CloseOutcome::Closed(chosen),
                 vec![events::voting_closed(&event, chosen)],
@@ -315,6 +339,7 @@ impl EventsRepository for EmbeddedStore {
             }
             event.status = Status::Cancelled;
             save(txn, &event)?;
+            unschedule(txn, &event)?;
             let owner = event.owner_id;
             Ok((true, vec![events::cancelled(&event, owner)]))
         })
@@ -456,6 +481,29 @@ impl EventsRepository for EmbeddedStore {
                     }
                 }
                 Ok(page_from(items, limit, |e| e.id))
+            })
+            .await
+    }
+
+    async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(DEADLINES).map_err(internal)?;
+                // Deadlines before 1970 do not exist: start at 0.
+                let mut end = [0xffu8; 24];
+                end[..8].copy_from_slice(&now.max(0).to_be_bytes());
+                let start = [0u8; 24];
+                let mut due = Vec::new();
+                for entry in table
+                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
+                    .map_err(internal)?
+                    .take(limit)
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    due.push(Uuid::from_slice(&key.value()[8..]).map_err(internal)?);
+                }
+                Ok(due)
             })
             .await
     }

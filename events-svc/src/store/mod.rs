@@ -88,6 +88,10 @@ pub trait EventsRepository: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Page<EventRecord>>;
 
+    /// Events still voting whose deadline is at or before `now`, oldest
+    /// deadline first (the scheduler closes them).
+    async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>>;
+
     /// The membership view (from users-svc's events): `None` removes.
     async fn set_member(
         &self,

@@ -110,14 +110,105 @@ pub trait Outbox: Send + Sync {
 }
 
 /// The outbox table of a service's embedded store.
+#[derive(Clone)]
 pub struct EmbeddedOutbox {
     db: EmbeddedDb,
+    /// Notified after a write that staged events (the relay's cue).
+    staged: Arc<Notify>,
 }
 
 impl EmbeddedOutbox {
     /// The outbox in `db`, whose tables include [`create_table`]'s.
     pub fn new(db: EmbeddedDb) -> Self {
-        EmbeddedOutbox { db }
+        EmbeddedOutbox {
+            db,
+            staged: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Tells the relay that a committed write staged events.
+    pub fn notify_staged(&self) {
+        self.staged.notify_one();
+    }
+
+    /// One write transaction of the service that answers its value and the
+    /// events describing the change: they are staged in the same
+    /// transaction, and the relay is told once it commits.
+    pub async fn write<T, F>(&self, operation: F) -> munity_store::StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> munity_store::StoreResult<(T, Vec<DomainEvent>)>
+            + Send
+            + 'static,
+    {
+        let (value, staged) = self
+            .db
+            .write(move |txn| {
+                let (value, events) = operation(txn)?;
+                stage(txn, &events)?;
+                Ok((value, !events.is_empty()))
+            })
+            .await?;
+        if staged {
+            self.notify_staged();
+        }
+        Ok(value)
+    }
+}
+
+/// What a service's relay needs from its store: the outbox, the cue that
+/// events were staged, and (on CQL) the check of unconfirmed events.
+pub struct Publishing {
+    pub outbox: Arc<dyn Outbox>,
+    pub verify: Option<Arc<dyn Verify>>,
+    pub staged: Arc<Notify>,
+}
+
+impl Publishing {
+    pub fn embedded(outbox: &EmbeddedOutbox) -> Self {
+        Publishing {
+            outbox: Arc::new(outbox.clone()),
+            verify: None,
+            staged: outbox.staged.clone(),
+        }
+    }
+
+    pub fn cql(outbox: Arc<cql::CqlOutbox>, verify: Arc<dyn Verify>) -> Self {
+        Publishing {
+            staged: outbox.staged(),
+            outbox,
+            verify: Some(verify),
+        }
+    }
+
+    /// Opens `[bus]` and relays `service`'s outbox to it until `shutdown`;
+    /// the log, for the service's consumers. Without a log (an embedded
+    /// one another process holds; Redis away at start-up is retried by the
+    /// relay itself) events wait in the outbox: writes go on, none is lost.
+    pub async fn start(
+        self,
+        bus: &crate::BusConfig,
+        service: &str,
+        shutdown: &ShutdownToken,
+    ) -> Option<Arc<dyn EventLog>> {
+        match crate::open(bus).await {
+            Err(error) => {
+                tracing::error!(
+                    service,
+                    %error,
+                    "the event log cannot be opened; domain events wait in the outbox (munity_bus_outbox_backlog)"
+                );
+                None
+            }
+            Ok(log) => {
+                let relay = Relay {
+                    verify: self.verify,
+                    ..Relay::new(service, self.outbox, log.clone(), self.staged)
+                };
+                tokio::spawn(relay.run(shutdown.clone()));
+                Some(log)
+            }
+        }
     }
 }
 

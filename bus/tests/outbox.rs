@@ -66,23 +66,32 @@ async fn changes(db: &EmbeddedDb) -> u64 {
     .unwrap()
 }
 
+/// A relay over `outbox` that polls fast (tests), with `verify` for
+/// tentative events settled after `settle`.
+fn relay(
+    outbox: Arc<dyn Outbox>,
+    log: Arc<dyn EventLog>,
+    verify: Option<Arc<dyn munity_bus::outbox::Verify>>,
+    settle: Duration,
+) -> (ShutdownToken, tokio::task::JoinHandle<()>) {
+    let shutdown = ShutdownToken::new();
+    let relay = Relay {
+        poll: Duration::from_millis(50),
+        batch: 8,
+        verify,
+        settle,
+        ..Relay::new("svc", outbox, log, Arc::new(Notify::new()))
+    };
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    (shutdown, task)
+}
+
 fn start_relay(
     db: &EmbeddedDb,
     log: Arc<dyn EventLog>,
 ) -> (ShutdownToken, tokio::task::JoinHandle<()>) {
-    let shutdown = ShutdownToken::new();
-    let relay = Relay {
-        service: "svc".to_owned(),
-        outbox: Arc::new(EmbeddedOutbox::new(db.clone())),
-        log,
-        staged: Arc::new(Notify::new()),
-        poll: Duration::from_millis(50),
-        batch: 8,
-        verify: None,
-        settle: Duration::from_secs(5),
-    };
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    (shutdown, task)
+    let outbox = Arc::new(EmbeddedOutbox::new(db.clone()));
+    relay(outbox, log, None, Duration::from_secs(5))
 }
 
 async fn wait_for_empty_outbox(db: &EmbeddedDb, limit: Duration) {
@@ -295,20 +304,7 @@ async fn cql_outbox_relays_every_staged_event_in_order() {
 
     let data = tempfile::tempdir().unwrap();
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 10_000).unwrap());
-    let shutdown = ShutdownToken::new();
-    let relay = tokio::spawn(
-        Relay {
-            service: "svc".to_owned(),
-            outbox: outbox.clone(),
-            log: log.clone(),
-            staged: Arc::new(Notify::new()),
-            poll: Duration::from_millis(50),
-            batch: 5,
-            verify: None,
-            settle: Duration::from_secs(5),
-        }
-        .run(shutdown.clone()),
-    );
+    let (shutdown, relay) = relay(outbox.clone(), log.clone(), None, Duration::from_secs(5));
     let started = Instant::now();
     while outbox.backlog().await.unwrap() > 0 {
         assert!(
@@ -373,19 +369,12 @@ async fn cql_tentative_events_are_confirmed_or_verified_in_order() {
 
     let data = tempfile::tempdir().unwrap();
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 10_000).unwrap());
-    let shutdown = ShutdownToken::new();
-    let relay = tokio::spawn(
-        Relay {
-            service: "svc".to_owned(),
-            outbox: outbox.clone(),
-            log: log.clone(),
-            staged: Arc::new(Notify::new()),
-            poll: Duration::from_millis(50),
-            batch: 10,
-            verify: Some(Arc::new(Happened([c.id.clone()].into_iter().collect()))),
-            settle: Duration::from_millis(1500),
-        }
-        .run(shutdown.clone()),
+    let happened = Happened([c.id.clone()].into_iter().collect());
+    let (shutdown, relay) = relay(
+        outbox.clone(),
+        log.clone(),
+        Some(Arc::new(happened)),
+        Duration::from_millis(1500),
     );
     // Before b settles, only a is out: b holds the line.
     tokio::time::sleep(Duration::from_millis(700)).await;

@@ -67,41 +67,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
-    let store::Opened {
-        repo,
-        outbox,
-        verify,
-        staged,
-    } = store::open(&config.storage).await?;
-    // Its changes go out on the event log (relayed from its outbox), and
-    // users-svc's membership changes come in (the membership view).
-    match munity_bus::open(&config.bus).await {
-        Err(error) => tracing::error!(
-            %error,
-            "the event log cannot be opened; domain events wait in the outbox and the membership view does not follow users-svc"
-        ),
-        Ok(log) => {
-            tokio::spawn(
-                munity_bus::outbox::Relay {
-                    verify,
-                    ..munity_bus::outbox::Relay::new(
-                        EventsService::NAME,
-                        outbox,
-                        log.clone(),
-                        staged,
-                    )
-                }
-                .run(shutdown.clone()),
-            );
-            tokio::spawn(members::follow(
-                log,
-                repo.clone(),
-                config.own.members_group.clone(),
-                shutdown.clone(),
-            ));
-        }
+    let store::Opened { repo, publishing } = store::open(&config.storage).await?;
+    // Its changes go out on the event log, and users-svc's membership
+    // changes come in (the membership view).
+    if let Some(log) = publishing
+        .start(&config.bus, EventsService::NAME, &shutdown)
+        .await
+    {
+        tokio::spawn(members::follow(
+            log,
+            repo.clone(),
+            config.own.members_group.clone(),
+            shutdown.clone(),
+        ));
     }
-
     tokio::spawn(scheduler::close_due(
         repo.clone(),
         Duration::from_millis(config.own.close_sweep_interval_ms.max(10)),

@@ -88,32 +88,11 @@ pub async fn run_with_hashing(
     shutdown: ShutdownToken,
     hashing: passwords::Hashing,
 ) -> anyhow::Result<()> {
-    let store::Opened {
-        repo,
-        outbox,
-        verify,
-        staged,
-    } = store::open(&config.storage).await?;
-    // Community and membership changes are published on the event log:
-    // staged with each change, relayed from the outbox by this task.
-    // Without a log (Redis down at start-up is retried by the relay; an
-    // embedded log another process holds is not), events wait in the
-    // outbox: writes go on, nothing is lost.
-    match munity_bus::open(&config.bus).await {
-        Err(error) => tracing::error!(
-            %error,
-            "the event log cannot be opened; domain events wait in the outbox (munity_bus_outbox_backlog)"
-        ),
-        Ok(log) => {
-            tokio::spawn(
-                munity_bus::outbox::Relay {
-                    verify,
-                    ..munity_bus::outbox::Relay::new(UsersService::NAME, outbox, log, staged)
-                }
-                .run(shutdown.clone()),
-            );
-        }
-    }
+    let store::Opened { repo, publishing } = store::open(&config.storage).await?;
+    // Community and membership changes go out on the event log.
+    publishing
+        .start(&config.bus, UsersService::NAME, &shutdown)
+        .await;
     let tokens = &config.own.tokens;
     let access_ttl = Duration::from_secs(tokens.access_ttl_secs);
     // Keep retired keys published for as long as tokens they signed live.

@@ -73,7 +73,8 @@ mod cases {
     }
 
     pub async fn every_change_stages_its_event_and_no_other(opened: Opened) {
-        let Opened { repo, outbox, .. } = opened;
+        let Opened { repo, publishing } = opened;
+        let outbox = publishing.outbox;
         let (owner, member) = (Uuid::now_v7(), Uuid::now_v7());
         let community = CommunityRecord {
             id: Uuid::now_v7(),
@@ -139,7 +140,11 @@ async fn cql_verify_tells_changes_that_happened_from_ones_that_did_not() {
     let Some((opened, ())) = cql().await else {
         return;
     };
-    let verify = opened.verify.expect("the CQL backend verifies");
+    let verify = opened
+        .publishing
+        .verify
+        .clone()
+        .expect("the CQL backend verifies");
     let (community, user, stranger) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     let member = MembershipRecord {
         community_id: community,

@@ -35,7 +35,6 @@ use scylla::statement::{
     batch::{Batch, BatchType},
     prepared::PreparedStatement,
 };
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, VoteOutcome};
@@ -153,10 +152,6 @@ impl CqlStore {
         Ok(CqlStore { cql, s, outbox })
     }
 
-    pub fn staged(&self) -> Arc<Notify> {
-        self.outbox.staged()
-    }
-
     pub fn outbox(&self) -> Arc<CqlOutbox> {
         self.outbox.clone()
     }
@@ -206,6 +201,48 @@ impl CqlStore {
         Err(StoreError::Unavailable(
             "participant count kept changing; try again".to_owned(),
         ))
+    }
+
+    /// Casts (`cast`) or takes back one vote: `IF NOT EXISTS` / `IF
+    /// EXISTS` on the vote row, its event staged around it.
+    async fn change_vote(
+        &self,
+        id: Uuid,
+        option: u32,
+        user: Uuid,
+        cast: bool,
+    ) -> StoreResult<VoteOutcome> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(VoteOutcome::NoEvent);
+        };
+        if event.status != Status::Voting {
+            return Ok(VoteOutcome::NotVoting);
+        }
+        if option as usize >= event.options.len() {
+            return Ok(VoteOutcome::NoOption);
+        }
+        let (statement, published) = if cast {
+            (&self.s.insert_vote, events::vote_cast(&event, option, user))
+        } else {
+            (
+                &self.s.delete_vote,
+                events::vote_withdrawn(&event, option, user),
+            )
+        };
+        self.outbox
+            .with_events(&[published], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(statement, (id, option as i32, user))
+                    .await?;
+                let outcome = if applied {
+                    VoteOutcome::Changed
+                } else {
+                    VoteOutcome::Unchanged
+                };
+                Ok((applied, outcome))
+            })
+            .await
     }
 
     async fn listing(
@@ -335,55 +372,11 @@ impl EventsRepository for CqlStore {
     }
 
     async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
-        let Some(event) = self.load(id).await? else {
-            return Ok(VoteOutcome::NoEvent);
-        };
-        if event.status != Status::Voting {
-            return Ok(VoteOutcome::NotVoting);
-        }
-        if option as usize >= event.options.len() {
-            return Ok(VoteOutcome::NoOption);
-        }
-        self.outbox
-            .with_events(&[events::vote_cast(&event, option, user)], async {
-                let applied = self
-                    .cql
-                    .execute_lwt(&self.s.insert_vote, (id, option as i32, user))
-                    .await?;
-                let outcome = if applied {
-                    VoteOutcome::Changed
-                } else {
-                    VoteOutcome::Unchanged
-                };
-                Ok((applied, outcome))
-            })
-            .await
+        self.change_vote(id, option, user, true).await
     }
 
     async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
-        let Some(event) = self.load(id).await? else {
-            return Ok(VoteOutcome::NoEvent);
-        };
-        if event.status != Status::Voting {
-            return Ok(VoteOutcome::NotVoting);
-        }
-        if option as usize >= event.options.len() {
-            return Ok(VoteOutcome::NoOption);
-        }
-        self.outbox
-            .with_events(&[events::vote_withdrawn(&event, option, user)], async {
-                let applied = self
-                    .cql
-                    .execute_lwt(&self.s.delete_vote, (id, option as i32, user))
-                    .await?;
-                let outcome = if applied {
-                    VoteOutcome::Changed
-                } else {
-                    VoteOutcome::Unchanged
-                };
-                Ok((applied, outcome))
-            })
-            .await
+        self.change_vote(id, option, user, false).await
     }
 
     async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome> {

@@ -7,16 +7,18 @@
 //! owner's events, a community's events, an event's participants, a user's
 //! joined events, a community's members); votes as event ‖ option ‖ user.
 
-use std::{ops::Bound, path::Path, sync::Arc};
+use std::{ops::Bound, path::Path};
 
-use munity_bus::{DomainEvent, outbox::stage};
+use munity_bus::{
+    DomainEvent,
+    outbox::{EmbeddedOutbox, Publishing},
+};
 use munity_store::{
     StoreError, StoreResult,
     embedded::{EmbeddedDb, decode, encode, pair_key, read_one},
     internal, page_from,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, VoteOutcome};
@@ -45,8 +47,8 @@ const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
 
 pub struct EmbeddedStore {
     db: EmbeddedDb,
-    /// Notified after a write that staged domain events (wakes the relay).
-    staged: Arc<Notify>,
+    /// Every change goes through it, staging its domain events.
+    outbox: EmbeddedOutbox,
 }
 
 impl EmbeddedStore {
@@ -65,37 +67,73 @@ impl EmbeddedStore {
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
+            outbox: EmbeddedOutbox::new(db.clone()),
             db,
-            staged: Arc::new(Notify::new()),
         })
     }
 
-    pub fn staged(&self) -> Arc<Notify> {
-        self.staged.clone()
+    /// What the relay needs: the outbox and its cue.
+    pub fn publishing(&self) -> Publishing {
+        Publishing::embedded(&self.outbox)
     }
 
-    pub fn outbox(&self) -> munity_bus::outbox::EmbeddedOutbox {
-        munity_bus::outbox::EmbeddedOutbox::new(self.db.clone())
-    }
-
-    /// One write transaction that may stage events; wakes the relay after.
+    /// One write transaction staging the change's events with it.
     async fn change<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<(T, Vec<DomainEvent>)> + Send + 'static,
     {
-        let (value, staged) = self
-            .db
-            .write(move |txn| {
-                let (value, events) = operation(txn)?;
-                stage(txn, &events)?;
-                Ok((value, !events.is_empty()))
-            })
-            .await?;
-        if staged {
-            self.staged.notify_one();
-        }
-        Ok(value)
+        self.outbox.write(operation).await
+    }
+
+    /// Casts (`cast`) or takes back one vote, with its count, in one
+    /// transaction: exact under any concurrency.
+    async fn change_vote(
+        &self,
+        id: Uuid,
+        option: u32,
+        user: Uuid,
+        cast: bool,
+    ) -> StoreResult<VoteOutcome> {
+        self.change(move |txn| {
+            let Some(event) = load(txn, id)? else {
+                return Ok((VoteOutcome::NoEvent, vec![]));
+            };
+            if event.status != Status::Voting {
+                return Ok((VoteOutcome::NotVoting, vec![]));
+            }
+            if option as usize >= event.options.len() {
+                return Ok((VoteOutcome::NoOption, vec![]));
+            }
+            let mut votes = txn.open_table(VOTES).map_err(internal)?;
+            let key = vote_key(id, option, user);
+            let had = if cast {
+                votes
+                    .insert(key.as_slice(), ())
+                    .map_err(internal)?
+                    .is_some()
+            } else {
+                votes.remove(key.as_slice()).map_err(internal)?.is_none()
+            };
+            if had {
+                return Ok((VoteOutcome::Unchanged, vec![]));
+            }
+            let mut counts = txn.open_table(VOTE_COUNTS).map_err(internal)?;
+            let key = count_key(id, option);
+            let now = counts
+                .get(key.as_slice())
+                .map_err(internal)?
+                .map_or(0, |v| v.value());
+            let next = if cast { now + 1 } else { now.saturating_sub(1) };
+            counts.insert(key.as_slice(), next).map_err(internal)?;
+            let published = if cast {
+                events::vote_cast(&event, option, user)
+            } else {
+                events::vote_withdrawn(&event, option, user)
+            };
+            Ok((VoteOutcome::Changed, vec![published]))
+        })
+        .await
     }
 }
 
@@ -229,73 +267,11 @@ impl EventsRepository for EmbeddedStore {
     }
 
     async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
-        self.change(move |txn| {
-            let Some(event) = load(txn, id)? else {
-                return Ok((VoteOutcome::NoEvent, vec![]));
-            };
-            if event.status != Status::Voting {
-                return Ok((VoteOutcome::NotVoting, vec![]));
-            }
-            if option as usize >= event.options.len() {
-                return Ok((VoteOutcome::NoOption, vec![]));
-            }
-            let mut votes = txn.open_table(VOTES).map_err(internal)?;
-            if votes
-                .insert(vote_key(id, option, user).as_slice(), ())
-                .map_err(internal)?
-                .is_some()
-            {
-                return Ok((VoteOutcome::Unchanged, vec![]));
-            }
-            let mut counts = txn.open_table(VOTE_COUNTS).map_err(internal)?;
-            let key = count_key(id, option);
-            let now = counts
-                .get(key.as_slice())
-                .map_err(internal)?
-                .map_or(0, |v| v.value());
-            counts.insert(key.as_slice(), now + 1).map_err(internal)?;
-            Ok((
-                VoteOutcome::Changed,
-                vec![events::vote_cast(&event, option, user)],
-            ))
-        })
-        .await
+        self.change_vote(id, option, user, true).await
     }
 
     async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {
-        self.change(move |txn| {
-            let Some(event) = load(txn, id)? else {
-                return Ok((VoteOutcome::NoEvent, vec![]));
-            };
-            if event.status != Status::Voting {
-                return Ok((VoteOutcome::NotVoting, vec![]));
-            }
-            if option as usize >= event.options.len() {
-                return Ok((VoteOutcome::NoOption, vec![]));
-            }
-            let mut votes = txn.open_table(VOTES).map_err(internal)?;
-            if votes
-                .remove(vote_key(id, option, user).as_slice())
-                .map_err(internal)?
-                .is_none()
-            {
-                return Ok((VoteOutcome::Unchanged, vec![]));
-            }
-            let mut counts = txn.open_table(VOTE_COUNTS).map_err(internal)?;
-            let key = count_key(id, option);
-            let now = counts
-                .get(key.as_slice())
-                .map_err(internal)?
-                .map_or(0, |v| v.value());
-            counts
-                .insert(key.as_slice(), now.saturating_sub(1))
-                .map_err(internal)?;
-            Ok((
-                VoteOutcome::Changed,
-                vec![events::vote_withdrawn(&event, option, user)],
-            ))
-        })
-        .await
+        self.change_vote(id, option, user, false).await
     }
 
     async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome> {

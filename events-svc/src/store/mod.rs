@@ -102,13 +102,10 @@ pub trait EventsRepository: Send + Sync + 'static {
     async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>>;
 }
 
-/// An open backend: the repository, its outbox, the relay's cue, and (on
-/// CQL) the check for events whose writer died before confirming them.
+/// An open backend: the repository, and what its relay needs.
 pub struct Opened {
     pub repo: std::sync::Arc<dyn EventsRepository>,
-    pub outbox: std::sync::Arc<dyn munity_bus::outbox::Outbox>,
-    pub verify: Option<std::sync::Arc<dyn munity_bus::outbox::Verify>>,
-    pub staged: std::sync::Arc<tokio::sync::Notify>,
+    pub publishing: munity_bus::outbox::Publishing,
 }
 
 /// Opens the configured backend.
@@ -118,18 +115,14 @@ pub async fn open(storage: &munity_platform::config::StorageConfig) -> anyhow::R
         munity_platform::config::StorageConfig::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path)?;
             Opened {
-                staged: store.staged(),
-                outbox: Arc::new(store.outbox()),
+                publishing: store.publishing(),
                 repo: Arc::new(store),
-                verify: None,
             }
         }
         munity_platform::config::StorageConfig::Cql(config) => {
             let store = Arc::new(cql::CqlStore::connect(config).await?);
             Opened {
-                staged: store.staged(),
-                outbox: store.outbox(),
-                verify: Some(store.clone()),
+                publishing: munity_bus::outbox::Publishing::cql(store.outbox(), store.clone()),
                 repo: store,
             }
         }

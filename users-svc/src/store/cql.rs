@@ -137,11 +137,6 @@ impl CqlStore {
         })
     }
 
-    /// Notified after each change that confirmed domain events.
-    pub fn staged(&self) -> Arc<tokio::sync::Notify> {
-        self.outbox.staged()
-    }
-
     /// The outbox membership changes stage their events in.
     pub fn outbox(&self) -> Arc<CqlOutbox> {
         self.outbox.clone()

@@ -3,9 +3,7 @@
 //! value conventions). Every compare-and-set in the repository contract is
 //! a single write transaction, which redb serializes.
 
-use std::{path::Path, sync::Arc};
-
-use tokio::sync::Notify;
+use std::path::Path;
 
 use munity_bus::outbox::stage;
 use munity_store::{
@@ -40,8 +38,8 @@ const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("community_m
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: EmbeddedDb,
-    /// Notified after a write that staged domain events (wakes the relay).
-    staged: Arc<Notify>,
+    /// Where membership changes stage their domain events.
+    outbox: munity_bus::outbox::EmbeddedOutbox,
 }
 
 impl EmbeddedStore {
@@ -58,19 +56,14 @@ impl EmbeddedStore {
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
+            outbox: munity_bus::outbox::EmbeddedOutbox::new(db.clone()),
             db,
-            staged: Arc::new(Notify::new()),
         })
     }
 
-    /// Notified after each write that staged domain events.
-    pub fn staged(&self) -> Arc<Notify> {
-        self.staged.clone()
-    }
-
-    /// The outbox the membership changes stage their events in.
-    pub fn outbox(&self) -> munity_bus::outbox::EmbeddedOutbox {
-        munity_bus::outbox::EmbeddedOutbox::new(self.db.clone())
+    /// What the relay needs: the outbox and its cue.
+    pub fn publishing(&self) -> munity_bus::outbox::Publishing {
+        munity_bus::outbox::Publishing::embedded(&self.outbox)
     }
 }
 
@@ -307,7 +300,7 @@ impl UsersRepository for EmbeddedStore {
             })
             .await
             // Staged events: the relay can go now.
-            .inspect(|_| self.staged.notify_one())
+            .inspect(|_| self.outbox.notify_staged())
     }
 
     async fn get_community(&self, id: Uuid) -> StoreResult<Option<CommunityRecord>> {
@@ -353,7 +346,7 @@ impl UsersRepository for EmbeddedStore {
             })
             .await
             // Staged events: the relay can go now.
-            .inspect(|_| self.staged.notify_one())
+            .inspect(|_| self.outbox.notify_staged())
     }
 
     async fn get_membership(
@@ -382,7 +375,7 @@ impl UsersRepository for EmbeddedStore {
             })
             .await
             // Staged events: the relay can go now.
-            .inspect(|_| self.staged.notify_one())
+            .inspect(|_| self.outbox.notify_staged())
     }
 
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
@@ -401,7 +394,7 @@ impl UsersRepository for EmbeddedStore {
             })
             .await
             // Staged events: the relay can go now.
-            .inspect(|_| self.staged.notify_one())
+            .inspect(|_| self.outbox.notify_staged())
     }
 
     async fn list_members(

@@ -14,7 +14,7 @@ pub mod embedded;
 
 use std::sync::Arc;
 
-use munity_bus::outbox::{Outbox, Verify};
+use munity_bus::outbox::Publishing;
 
 use munity_platform::config::StorageConfig;
 pub use munity_store::{Page, StoreError, StoreResult};
@@ -94,15 +94,11 @@ pub trait UsersRepository: Send + Sync + 'static {
     ) -> StoreResult<Page<MembershipRecord>>;
 }
 
-/// An open backend: the repository, and the outbox its membership changes
-/// stage domain events in (with, on CQL, the check the relay asks about
-/// events whose writer died before confirming them).
+/// An open backend: the repository, and what its relay needs
+/// (membership changes stage domain events).
 pub struct Opened {
     pub repo: Arc<dyn UsersRepository>,
-    pub outbox: Arc<dyn Outbox>,
-    pub verify: Option<Arc<dyn Verify>>,
-    /// Notified after each write that staged events: the relay's cue.
-    pub staged: Arc<tokio::sync::Notify>,
+    pub publishing: Publishing,
 }
 
 /// Opens the configured backend.
@@ -111,18 +107,14 @@ pub async fn open(storage: &StorageConfig) -> anyhow::Result<Opened> {
         StorageConfig::Embedded { path } => {
             let store = embedded::EmbeddedStore::open(path)?;
             Opened {
-                staged: store.staged(),
-                outbox: Arc::new(store.outbox()),
+                publishing: store.publishing(),
                 repo: Arc::new(store),
-                verify: None,
             }
         }
         StorageConfig::Cql(config) => {
             let store = Arc::new(cql::CqlStore::connect(config).await?);
             Opened {
-                staged: store.staged(),
-                outbox: store.outbox(),
-                verify: Some(store.clone()),
+                publishing: Publishing::cql(store.outbox(), store.clone()),
                 repo: store,
             }
         }

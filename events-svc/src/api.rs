@@ -20,14 +20,17 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    convert::{event_to_proto, participant_to_proto},
+    convert::{event_to_proto, participant_to_proto, timestamp},
     domain::{
-        self, EventRecord, MemberRole, ParticipantRecord, Status as EventStatus, TimeOption,
-        limits, now_millis,
+        self, EventRecord, EventUpdate, HOUR_MS, MemberRole, ParticipantRecord,
+        Status as EventStatus, TimeOption, limits, now_millis,
     },
     error::EventsError,
-    store::{CloseOutcome, EventsRepository, JoinOutcome, Listing, VoteOutcome},
+    store::{CloseOutcome, EventsRepository, JoinOutcome, Listing, UpdateOutcome, VoteOutcome},
 };
+
+/// The longest explicit GetStats range, in hours (31 days).
+const STATS_MAX_HOURS: i64 = 31 * 24;
 
 type Result<T> = std::result::Result<T, EventsError>;
 
@@ -201,8 +204,9 @@ impl EventsApi {
         })
     }
 
-    async fn cancel(&self, claims: &Claims, request: pb::CancelEventRequest) -> Result<pb::Event> {
-        let event = self.visible(claims, &request.event_id).await?;
+    /// Refuses unless the caller is the event's owner, a moderator (or
+    /// the owner) of its community, or an admin.
+    async fn may_manage(&self, claims: &Claims, event: &EventRecord, what: &str) -> Result<()> {
         let moderates = match event.community_id {
             Some(community) => matches!(
                 self.role_in(community, claims.sub).await?,
@@ -211,13 +215,91 @@ impl EventsApi {
             None => false,
         };
         if event.owner_id != claims.sub && !moderates && !Self::is_admin(claims) {
-            return Err(EventsError::PermissionDenied(
-                "only the event's owner, its community's moderators or an admin cancel it"
-                    .to_owned(),
-            ));
+            return Err(EventsError::PermissionDenied(format!(
+                "only the event's owner, its community's moderators or an admin {what} it"
+            )));
         }
+        Ok(())
+    }
+
+    async fn cancel(&self, claims: &Claims, request: pb::CancelEventRequest) -> Result<pb::Event> {
+        let event = self.visible(claims, &request.event_id).await?;
+        self.may_manage(claims, &event, "cancel").await?;
         self.repo.cancel(event.id).await?;
         self.reload(event.id, claims.sub).await
+    }
+
+    async fn update(&self, claims: &Claims, request: pb::UpdateEventRequest) -> Result<pb::Event> {
+        let event = self.visible(claims, &request.event_id).await?;
+        self.may_manage(claims, &event, "update").await?;
+        let mut violations = FieldViolations::new();
+        let mut text = |raw: &Option<String>, field: &str, max: usize, required: bool| {
+            raw.as_deref()
+                .map(|raw| domain::check_text(raw, field, max, required, &mut violations))
+        };
+        let update = EventUpdate {
+            title: text(&request.title, "title", limits::TITLE_MAX, true),
+            description: text(
+                &request.description,
+                "description",
+                limits::DESCRIPTION_MAX,
+                false,
+            ),
+            location: text(&request.location, "location", limits::LOCATION_MAX, false),
+            capacity: request.capacity.map(|c| (c > 0).then_some(c)),
+        };
+        if update == EventUpdate::default() {
+            violations.add(
+                "event_id",
+                "nothing to change: set title, description, location or capacity",
+            );
+        }
+        violations.into_result()?;
+        match self
+            .repo
+            .update_event(event.id, &update, claims.sub)
+            .await?
+        {
+            UpdateOutcome::Updated(_) => self.reload(event.id, claims.sub).await,
+            UpdateOutcome::BelowParticipants(count) => Err(EventsError::FailedPrecondition(
+                format!("capacity cannot be below the {count} participants already in"),
+            )),
+            UpdateOutcome::Cancelled => Err(EventsError::FailedPrecondition(
+                "event is cancelled".to_owned(),
+            )),
+            UpdateOutcome::NoEvent => Err(EventsError::NotFound),
+        }
+    }
+
+    async fn stats(&self, claims: &Claims, request: pb::GetStatsRequest) -> Result<pb::Stats> {
+        if !Self::is_admin(claims) {
+            return Err(EventsError::PermissionDenied(
+                "only admins see statistics".to_owned(),
+            ));
+        }
+        let (from_hour, to_hour) = stats_window(&request, now_millis())?;
+        let top = munity_store::page_size(request.top, 10, 50);
+        let record = self.repo.stats(from_hour, to_hour, top).await?;
+        let mut top_events = Vec::with_capacity(record.top_events.len());
+        for (id, joins) in record.top_events {
+            if let Some(event) = self.repo.get_event(id).await? {
+                top_events.push(pb::TopEvent {
+                    event_id: id.to_string(),
+                    title: event.title,
+                    joins,
+                    participant_count: event.participant_count,
+                });
+            }
+        }
+        Ok(pb::Stats {
+            from: Some(timestamp(from_hour * HOUR_MS)),
+            to: Some(timestamp(to_hour * HOUR_MS)),
+            events_created: record.events_created,
+            votes_cast: record.votes_cast,
+            joins: record.joins,
+            active_users: record.active_users,
+            top_events,
+        })
     }
 
     async fn vote(
@@ -309,6 +391,63 @@ impl EventsApi {
     }
 }
 
+/// The hours `[from, to)` GetStats counts: a named window ending with the
+/// current hour, or an explicit range rounded out to whole hours.
+fn stats_window(request: &pb::GetStatsRequest, now: domain::Millis) -> Result<(i64, i64)> {
+    let now_hour = now.div_euclid(HOUR_MS);
+    let explicit = request.from.is_some() || request.to.is_some();
+    let back = match pb::StatsWindow::try_from(request.window) {
+        Ok(pb::StatsWindow::LastHour) => Some(1),
+        Ok(pb::StatsWindow::LastDay) => Some(24),
+        Ok(pb::StatsWindow::LastWeek) => Some(168),
+        Ok(pb::StatsWindow::Unspecified) => None,
+        Err(_) => {
+            return Err(EventsError::invalid(
+                "window",
+                "must be LAST_HOUR, LAST_DAY or LAST_WEEK",
+            ));
+        }
+    };
+    match (back, explicit) {
+        (Some(_), true) => Err(EventsError::invalid(
+            "window",
+            "set a window, or from and to, not both",
+        )),
+        (Some(back), false) => Ok((now_hour - back, now_hour + 1)),
+        (None, false) => Err(EventsError::invalid(
+            "window",
+            "set a window, or from and to",
+        )),
+        (None, true) => {
+            let mut violations = FieldViolations::new();
+            let from = request.from.as_ref().map(millis);
+            let to = request.to.as_ref().map(millis);
+            if from.is_none() {
+                violations.add("from", "is required with to");
+            }
+            if to.is_none() {
+                violations.add("to", "is required with from");
+            }
+            violations.into_result()?;
+            let (from, to) = (from.unwrap_or(0), to.unwrap_or(0));
+            let (from_hour, to_hour) = (
+                from.div_euclid(HOUR_MS),
+                (to + HOUR_MS - 1).div_euclid(HOUR_MS),
+            );
+            if to <= from {
+                return Err(EventsError::invalid("to", "must be after from"));
+            }
+            if to_hour - from_hour > STATS_MAX_HOURS {
+                return Err(EventsError::invalid(
+                    "to",
+                    "must be at most 31 days after from",
+                ));
+            }
+            Ok((from_hour, to_hour))
+        }
+    }
+}
+
 fn one_id(raw: &str, field: &str) -> Result<Uuid> {
     let mut violations = FieldViolations::new();
     let id = parse_id(raw, field, &mut violations);
@@ -350,6 +489,20 @@ impl Events for EventsApi {
         request: Request<pb::ListEventsRequest>,
     ) -> std::result::Result<Response<pb::ListEventsResponse>, Status> {
         authed!(request, |claims, message| self.list(&claims, message))
+    }
+
+    async fn update_event(
+        &self,
+        request: Request<pb::UpdateEventRequest>,
+    ) -> std::result::Result<Response<pb::Event>, Status> {
+        authed!(request, |claims, message| self.update(&claims, message))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> std::result::Result<Response<pb::Stats>, Status> {
+        authed!(request, |claims, message| self.stats(&claims, message))
     }
 
     async fn cancel_event(

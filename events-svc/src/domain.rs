@@ -78,6 +78,152 @@ pub struct ParticipantRecord {
     pub joined_at: Millis,
 }
 
+/// A change to an event's own fields (`None`: left as it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventUpdate {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub location: Option<String>,
+    /// `Some(None)`: no limit.
+    pub capacity: Option<Option<u32>>,
+}
+
+impl EventUpdate {
+    /// Applies the change to `event`.
+    pub fn apply(&self, event: &mut EventRecord) {
+        if let Some(title) = &self.title {
+            event.title.clone_from(title);
+        }
+        if let Some(description) = &self.description {
+            event.description.clone_from(description);
+        }
+        if let Some(location) = &self.location {
+            event.location.clone_from(location);
+        }
+        if let Some(capacity) = self.capacity {
+            event.capacity = capacity;
+        }
+    }
+}
+
+/// A reminder to send: `before_secs` before the scheduled event starts,
+/// due at `due` (that start less the offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReminderJob {
+    pub event_id: Uuid,
+    pub due: Millis,
+    pub before_secs: u32,
+}
+
+impl ReminderJob {
+    /// Whether the job still stands for `event` at `now`: the event is
+    /// scheduled to start when the job was made for, and has not started.
+    pub fn stands(&self, event: &EventRecord, now: Millis) -> bool {
+        match event.status {
+            Status::Scheduled { option } => event.options.get(option as usize).is_some_and(|o| {
+                o.start - i64::from(self.before_secs) * 1000 == self.due && o.start > now
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// The reminders to schedule when `event` is scheduled: one per offset
+/// whose time is still ahead at `now` (an event closed 10 hours before it
+/// starts gets no 24-hour reminder).
+pub fn reminders_for(event: &EventRecord, offsets_secs: &[u32], now: Millis) -> Vec<ReminderJob> {
+    let start = event.starts_at();
+    offsets_secs
+        .iter()
+        .map(|&before_secs| ReminderJob {
+            event_id: event.id,
+            due: start.saturating_sub(i64::from(before_secs) * 1000),
+            before_secs,
+        })
+        .filter(|job| job.due > now && start != Millis::MAX)
+        .collect()
+}
+
+/// What one domain event adds to the statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityKind {
+    Created,
+    Voted,
+    Joined,
+    Left,
+}
+
+impl ActivityKind {
+    /// Its counter's name (`None`: it counts only in the events' joins).
+    pub fn counter(self) -> Option<&'static str> {
+        match self {
+            ActivityKind::Created => Some("created"),
+            ActivityKind::Voted => Some("votes"),
+            ActivityKind::Joined => Some("joins"),
+            ActivityKind::Left => None,
+        }
+    }
+
+    /// Whether the acting user counts as active.
+    pub fn active(self) -> bool {
+        !matches!(self, ActivityKind::Left)
+    }
+
+    /// What it adds to the event's joins in the window.
+    pub fn joins(self) -> i64 {
+        match self {
+            ActivityKind::Joined => 1,
+            ActivityKind::Left => -1,
+            _ => 0,
+        }
+    }
+}
+
+/// One domain event, as the statistics count it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// The domain event's id (redeliveries are skipped by it where the
+    /// backend can).
+    pub id: Uuid,
+    pub kind: ActivityKind,
+    /// The hour it happened in (ms since the epoch / 3,600,000).
+    pub hour: i64,
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+}
+
+pub const HOUR_MS: Millis = 3_600_000;
+
+/// Counts over whole hours `[from_hour, to_hour)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsRecord {
+    pub events_created: u64,
+    pub votes_cast: u64,
+    pub joins: u64,
+    pub active_users: u64,
+    /// (event, joins in the window), most first, ties by id.
+    pub top_events: Vec<(Uuid, i64)>,
+}
+
+/// Adds one counter row to `stats`.
+pub fn add_counter(stats: &mut StatsRecord, name: &str, n: i64) {
+    let n = n.max(0) as u64;
+    match name {
+        "created" => stats.events_created += n,
+        "votes" => stats.votes_cast += n,
+        "joins" => stats.joins += n,
+        _ => {}
+    }
+}
+
+/// The `top` events by joins (positive only), most first, ties by id.
+pub fn top_events(joins: std::collections::HashMap<Uuid, i64>, top: usize) -> Vec<(Uuid, i64)> {
+    let mut ranked: Vec<(Uuid, i64)> = joins.into_iter().filter(|&(_, n)| n > 0).collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(top);
+    ranked
+}
+
 /// A user's role in a community, as the membership view knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

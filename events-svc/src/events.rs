@@ -107,3 +107,30 @@ pub fn left(event: &EventRecord, user: Uuid) -> DomainEvent {
         },
     )
 }
+
+pub fn updated(event: &EventRecord, by: Uuid) -> DomainEvent {
+    publish(
+        event,
+        by,
+        &pb::EventUpdated {
+            event: Some(event_to_proto(event, &[], &[])),
+        },
+    )
+}
+
+/// A reminder: the acting "user" is the owner (the scheduler acts for them).
+pub fn reminder_due(event: &EventRecord, job: &crate::domain::ReminderJob) -> DomainEvent {
+    publish(
+        event,
+        event.owner_id,
+        &pb::ReminderDue {
+            event_id: event.id.to_string(),
+            start: Some(timestamp(job.due + i64::from(job.before_secs) * 1000)),
+            seconds_before: job.before_secs,
+            community_id: event
+                .community_id
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        },
+    )
+}

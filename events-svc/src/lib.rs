@@ -10,7 +10,9 @@
 //!   protobuf.
 //! - `members.rs`: its view of community memberships, kept from
 //!   users-svc's domain events.
-//! - `scheduler.rs`: closes voting at each event's deadline.
+//! - `scheduler.rs`: closes voting at each event's deadline and sends
+//!   reminders before scheduled events start.
+//! - `stats.rs`: counts its own domain events into hourly statistics.
 //! - `api.rs`: the gRPC service; `error.rs`: errors to gRPC statuses.
 
 #![forbid(unsafe_code)]
@@ -23,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod members;
 pub mod scheduler;
+pub mod stats;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
@@ -67,7 +70,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
-    let store::Opened { repo, publishing } = store::open(&config.storage).await?;
+    let store::Opened { repo, publishing } =
+        store::open(&config.storage, &config.own.reminders_before_secs).await?;
     // Its changes go out on the event log, and users-svc's membership
     // changes come in (the membership view).
     if let Some(log) = publishing
@@ -75,15 +79,21 @@ pub async fn run(
         .await
     {
         tokio::spawn(members::follow(
-            log,
+            log.clone(),
             repo.clone(),
             config.own.members_group.clone(),
             shutdown.clone(),
         ));
+        tokio::spawn(stats::follow(
+            log,
+            repo.clone(),
+            config.own.stats_group.clone(),
+            shutdown.clone(),
+        ));
     }
-    tokio::spawn(scheduler::close_due(
+    tokio::spawn(scheduler::run(
         repo.clone(),
-        Duration::from_millis(config.own.close_sweep_interval_ms.max(10)),
+        Duration::from_millis(config.own.sweep_interval_ms.max(10)),
         shutdown.clone(),
     ));
 

@@ -4,10 +4,13 @@
 use std::{collections::HashSet, sync::Arc};
 
 use events_svc::{
-    domain::{EventRecord, MemberRole, Status, TimeOption, now_millis},
+    domain::{
+        Activity, ActivityKind, EventRecord, EventUpdate, MemberRole, ReminderJob, Status,
+        TimeOption, now_millis,
+    },
     store::{
-        CloseOutcome, EventsRepository, JoinOutcome, Listing, VoteOutcome, cql::CqlStore,
-        embedded::EmbeddedStore,
+        CloseOutcome, EventsRepository, JoinOutcome, Listing, UpdateOutcome, VoteOutcome,
+        cql::CqlStore, embedded::EmbeddedStore,
     },
 };
 use uuid::Uuid;
@@ -16,7 +19,10 @@ type Repo = Arc<dyn EventsRepository>;
 
 async fn embedded() -> Option<(Repo, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
-    Some((Arc::new(EmbeddedStore::open(dir.path()).unwrap()), dir))
+    let store = EmbeddedStore::open(dir.path())
+        .unwrap()
+        .remind_before(REMINDERS);
+    Some((Arc::new(store), dir))
 }
 
 /// The CQL test server (`MUNITY_TEST_CQL`), one keyspace per test process.
@@ -25,9 +31,13 @@ async fn cql() -> Option<(Repo, ())> {
     let _schema = munity_testkit::schema_lock().await;
     let store = CqlStore::connect(&config)
         .await
-        .expect("connect to the CQL test server");
+        .expect("connect to the CQL test server")
+        .remind_before(REMINDERS);
     Some((Arc::new(store), ()))
 }
+
+/// A day and an hour before the start.
+const REMINDERS: &[u32] = &[86_400, 3_600];
 
 const HOUR: i64 = 3_600_000;
 
@@ -272,6 +282,205 @@ mod cases {
         assert!(due.contains(&later.id), "{due:?}");
     }
 
+    pub async fn reminders_are_sent_once_before_a_scheduled_event_starts(repo: Repo) {
+        let now = now_millis();
+        // Starts in 10 hours: too late for the day-before reminder.
+        let event = meeting(Uuid::now_v7(), None, None);
+        repo.create_event(&event).await.unwrap();
+        repo.cast_vote(event.id, 0, Uuid::now_v7()).await.unwrap();
+        assert_eq!(
+            repo.close_voting(event.id).await.unwrap(),
+            CloseOutcome::Closed(0)
+        );
+        let start = event.options[0].start;
+        let job = ReminderJob {
+            event_id: event.id,
+            due: start - 3_600_000,
+            before_secs: 3_600,
+        };
+        let mine = |jobs: Vec<ReminderJob>| -> Vec<ReminderJob> {
+            jobs.into_iter()
+                .filter(|j| j.event_id == event.id)
+                .collect()
+        };
+        assert_eq!(mine(repo.due_reminders(now, 1000).await.unwrap()), vec![]);
+        let at = job.due + 1_000;
+        assert_eq!(
+            mine(repo.due_reminders(at, 1000).await.unwrap()),
+            vec![job],
+            "only the hour-before reminder"
+        );
+        let sends: Vec<_> = (0..4)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move { repo.send_reminder(&job, at).await.unwrap() })
+            })
+            .collect();
+        let mut sent = 0;
+        for send in sends {
+            sent += usize::from(send.await.unwrap());
+        }
+        assert_eq!(sent, 1, "sent once, whoever got there first");
+        assert_eq!(mine(repo.due_reminders(at, 1000).await.unwrap()), vec![]);
+
+        // A cancelled event's reminder does not go out.
+        let cancelled = meeting(Uuid::now_v7(), None, None);
+        repo.create_event(&cancelled).await.unwrap();
+        repo.close_voting(cancelled.id).await.unwrap();
+        repo.cancel(cancelled.id).await.unwrap();
+        let job = ReminderJob {
+            event_id: cancelled.id,
+            due: cancelled.options[0].start - 3_600_000,
+            before_secs: 3_600,
+        };
+        assert!(!repo.send_reminder(&job, job.due + 1).await.unwrap());
+        let due = repo.due_reminders(job.due + 1, 1000).await.unwrap();
+        assert!(!due.iter().any(|j| j.event_id == cancelled.id), "{due:?}");
+    }
+
+    pub async fn updates_never_leave_capacity_below_participants(repo: Repo) {
+        let owner = Uuid::now_v7();
+        let event = meeting(owner, None, Some(5));
+        repo.create_event(&event).await.unwrap();
+        for _ in 0..3 {
+            repo.join(event.id, Uuid::now_v7(), now_millis())
+                .await
+                .unwrap();
+        }
+        let lower = EventUpdate {
+            capacity: Some(Some(2)),
+            ..EventUpdate::default()
+        };
+        assert_eq!(
+            repo.update_event(event.id, &lower, owner).await.unwrap(),
+            UpdateOutcome::BelowParticipants(3)
+        );
+        let update = EventUpdate {
+            title: Some("Chess".to_owned()),
+            capacity: Some(Some(3)),
+            ..EventUpdate::default()
+        };
+        assert!(matches!(
+            repo.update_event(event.id, &update, owner).await.unwrap(),
+            UpdateOutcome::Updated(_)
+        ));
+        let stored = repo.get_event(event.id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                stored.title.as_str(),
+                stored.location.as_str(),
+                stored.capacity
+            ),
+            ("Chess", "Café", Some(3)),
+            "what was not set stays"
+        );
+        assert_eq!(
+            repo.join(event.id, Uuid::now_v7(), now_millis())
+                .await
+                .unwrap(),
+            JoinOutcome::Full(3)
+        );
+
+        // Joins racing an update to capacity 6: never past what applied.
+        let racing = meeting(owner, None, None);
+        repo.create_event(&racing).await.unwrap();
+        let joins: Vec<_> = (0..12)
+            .map(|_| {
+                let repo = repo.clone();
+                tokio::spawn(async move {
+                    repo.join(racing.id, Uuid::now_v7(), now_millis())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let six = EventUpdate {
+            capacity: Some(Some(6)),
+            ..EventUpdate::default()
+        };
+        let updated = repo.update_event(racing.id, &six, owner).await.unwrap();
+        let mut joined = 0;
+        for join in joins {
+            joined += u32::from(join.await.unwrap() == JoinOutcome::Joined);
+        }
+        let stored = repo.get_event(racing.id).await.unwrap().unwrap();
+        assert_eq!(stored.participant_count, joined);
+        match updated {
+            UpdateOutcome::Updated(_) => {
+                assert_eq!(stored.capacity, Some(6));
+                assert!(joined <= 6, "{joined} joined under capacity 6");
+            }
+            UpdateOutcome::BelowParticipants(n) => {
+                assert!(n > 6);
+                assert_eq!((stored.capacity, joined), (None, 12));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        repo.cancel(event.id).await.unwrap();
+        assert_eq!(
+            repo.update_event(event.id, &update, owner).await.unwrap(),
+            UpdateOutcome::Cancelled
+        );
+        assert_eq!(
+            repo.update_event(Uuid::now_v7(), &update, owner)
+                .await
+                .unwrap(),
+            UpdateOutcome::NoEvent
+        );
+    }
+
+    pub async fn activity_is_counted_per_hour(repo: Repo) {
+        // An hour of its own (tests share the store's buckets).
+        let hour = 400_000 + i64::from(Uuid::now_v7().as_fields().1 % 10_000) * 100;
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (e1, e2) = (Uuid::now_v7(), Uuid::now_v7());
+        let happened = [
+            (ActivityKind::Created, e1, a, hour),
+            (ActivityKind::Created, e2, b, hour),
+            (ActivityKind::Voted, e1, a, hour),
+            (ActivityKind::Voted, e2, a, hour),
+            (ActivityKind::Voted, e1, c, hour),
+            (ActivityKind::Joined, e1, a, hour),
+            (ActivityKind::Joined, e1, b, hour),
+            (ActivityKind::Joined, e1, c, hour),
+            (ActivityKind::Joined, e2, a, hour),
+            (ActivityKind::Left, e1, c, hour),
+            // The next day.
+            (ActivityKind::Joined, e2, c, hour + 30),
+        ];
+        for (kind, event_id, user_id, hour) in happened {
+            repo.record_activity(&Activity {
+                id: Uuid::now_v7(),
+                kind,
+                hour,
+                event_id,
+                user_id,
+            })
+            .await
+            .unwrap();
+        }
+        let stats = repo.stats(hour, hour + 1, 10).await.unwrap();
+        assert_eq!(
+            (
+                stats.events_created,
+                stats.votes_cast,
+                stats.joins,
+                stats.active_users
+            ),
+            (2, 3, 4, 3)
+        );
+        assert_eq!(stats.top_events, vec![(e1, 2), (e2, 1)]);
+        let both_days = repo.stats(hour, hour + 31, 1).await.unwrap();
+        assert_eq!(both_days.joins, 5);
+        assert_eq!(both_days.top_events.len(), 1, "top 1");
+        assert_eq!(
+            repo.stats(hour + 1, hour + 30, 10).await.unwrap(),
+            Default::default(),
+            "nothing in between"
+        );
+    }
+
     pub async fn the_membership_view_follows_what_it_is_told(repo: Repo) {
         let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
         assert_eq!(repo.member_role(community, user).await.unwrap(), None);
@@ -300,5 +509,8 @@ munity_testkit::contract_suite! {
         joins_stop_at_capacity_even_when_racing,
         passed_deadlines_are_due_until_voting_closes,
         the_membership_view_follows_what_it_is_told,
+        reminders_are_sent_once_before_a_scheduled_event_starts,
+        updates_never_leave_capacity_below_participants,
+        activity_is_counted_per_hour,
     ],
 }

@@ -13,9 +13,20 @@ use munity_proto::{
 use munity_testkit::{Ready, spawn_ready};
 use tonic::{Code, transport::Channel};
 
+/// Whoever registers with this email is an admin (the config file).
+const ADMIN_EMAIL: &str = "ops@example.com";
+
 async fn start(data_dir: &Path) -> (Ready, Channel) {
+    let config = data_dir.join("munity.toml");
+    std::fs::write(
+        &config,
+        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n"),
+    )
+    .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
     command
+        .arg("--config")
+        .arg(&config)
         .args(["dev", "--data-dir"])
         .arg(data_dir)
         .env("MUNITY_DEV__ANY_PORT", "true")
@@ -31,9 +42,18 @@ async fn start(data_dir: &Path) -> (Ready, Channel) {
 }
 
 async fn register(channel: &Channel, name: &str) -> (String, String) {
+    register_as(
+        channel,
+        name,
+        &format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple()),
+    )
+    .await
+}
+
+async fn register_as(channel: &Channel, name: &str, email: &str) -> (String, String) {
     let session = UsersClient::new(channel.clone())
         .register(users::RegisterRequest {
-            email: format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple()),
+            email: email.to_owned(),
             password: "correct horse".to_owned(),
             display_name: name.to_owned(),
         })
@@ -287,6 +307,96 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
     assert_eq!(list(&bob, events::EventFilter::Joined).await, 1);
     assert_eq!(list(&bob, events::EventFilter::Community).await, 1);
     assert_eq!(list(&carol, events::EventFilter::Mine).await, 0);
+
+    // The owner edits it: a new title, and room for everyone. Bob (a member,
+    // not a moderator) may not; nor may anyone lower it below who is in.
+    let update = |token: &str, request: events::UpdateEventRequest| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::UpdateEventRequest {
+                event_id: event.id.clone(),
+                ..request
+            },
+            token,
+        );
+        async move { events.update_event(request).await }
+    };
+    let bigger = events::UpdateEventRequest {
+        title: Some("Ridge walk (long)".to_owned()),
+        capacity: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(update(&bob, bigger.clone()).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(code(update(&carol, bigger.clone()).await), Code::NotFound);
+    let updated = update(&alice, bigger).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            updated.title.as_str(),
+            updated.capacity,
+            updated.location.as_str()
+        ),
+        ("Ridge walk (long)", 0, "North gate")
+    );
+    join(&alice).await.unwrap();
+    let smaller = update(
+        &alice,
+        events::UpdateEventRequest {
+            capacity: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(smaller.code(), Code::FailedPrecondition);
+    assert!(
+        smaller.message().contains("2 participants"),
+        "{}",
+        smaller.message()
+    );
+    assert_eq!(
+        code(update(&alice, events::UpdateEventRequest::default()).await),
+        Code::InvalidArgument,
+        "nothing to change"
+    );
+
+    // Statistics are for admins, counted from the domain events.
+    let (ops, _) = register_as(&channel, "ops", ADMIN_EMAIL).await;
+    let stats = |token: &str| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::GetStatsRequest {
+                window: events::StatsWindow::LastHour as i32,
+                ..Default::default()
+            },
+            token,
+        );
+        async move { events.get_stats(request).await }
+    };
+    assert_eq!(code(stats(&alice).await), Code::PermissionDenied);
+    let started = std::time::Instant::now();
+    let counted = loop {
+        let counted = stats(&ops).await.unwrap().into_inner();
+        if counted.joins == 2 || started.elapsed() > Duration::from_secs(10) {
+            break counted;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (
+            counted.events_created,
+            counted.votes_cast,
+            counted.joins,
+            counted.active_users
+        ),
+        (1, 3, 2, 2),
+        "{counted:?}"
+    );
+    assert_eq!(counted.top_events.len(), 1);
+    assert_eq!(counted.top_events[0].event_id, event.id);
+    assert_eq!(counted.top_events[0].participant_count, 2);
 
     // Voting also closes by itself at the deadline (the scheduler).
     let mut soon = proposal();

@@ -10,6 +10,11 @@
 //!   `COUNT(*)` of one option's rows in the event's partition (exact).
 //! - `participants ((event_id), user_id)`, `members ((community_id),
 //!   user_id)`.
+//! - The scheduler's due indexes, `voting_deadlines` and `reminders_due`,
+//!   in minute partitions read from a cursor (`due_cursor`) that is never
+//!   past a job still to run; `reminders_sent` is the reminders' CAS.
+//! - Statistics per hour, in day partitions: `stats_counters` and
+//!   `event_joins` (counters), `active_users` (a row per user and hour).
 //!
 //! Domain events: written in the logged batch of a plain write (creating an
 //! event), staged tentatively around a lightweight transaction otherwise,
@@ -35,17 +40,24 @@ use scylla::statement::{
     batch::{Batch, BatchType},
     prepared::PreparedStatement,
 };
+use scylla::value::Counter;
 use uuid::Uuid;
 
-use super::{CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, VoteOutcome};
+use super::{
+    CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, UpdateOutcome, VoteOutcome,
+};
 use crate::{
-    domain::{EventRecord, MemberRole, Millis, ParticipantRecord, Status, winner},
+    domain::{
+        Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
+        StatsRecord, Status, add_counter, reminders_for, top_events, winner,
+    },
     events,
 };
 
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS events (
-        id uuid PRIMARY KEY, record text, status text, chosen int, participant_count int)",
+        id uuid PRIMARY KEY, record text, status text, chosen int, participant_count int,
+        capacity int)",
     "CREATE TABLE IF NOT EXISTS events_by_owner (owner_id uuid, id uuid, PRIMARY KEY ((owner_id), id))",
     "CREATE TABLE IF NOT EXISTS events_by_community (
         community_id uuid, id uuid, PRIMARY KEY ((community_id), id))",
@@ -56,7 +68,18 @@ pub const SCHEMA: &[&str] = &[
         event_id uuid, user_id uuid, joined_at bigint, PRIMARY KEY ((event_id), user_id))",
     "CREATE TABLE IF NOT EXISTS voting_deadlines (
         minute bigint, deadline bigint, id uuid, PRIMARY KEY ((minute), deadline, id))",
-    "CREATE TABLE IF NOT EXISTS deadline_cursor (name text PRIMARY KEY, minute bigint)",
+    "CREATE TABLE IF NOT EXISTS reminders_due (
+        minute bigint, due bigint, id uuid, before_secs int,
+        PRIMARY KEY ((minute), due, id, before_secs))",
+    "CREATE TABLE IF NOT EXISTS reminders_sent (
+        id uuid, before_secs int, PRIMARY KEY ((id), before_secs))",
+    "CREATE TABLE IF NOT EXISTS due_cursor (name text PRIMARY KEY, minute bigint)",
+    "CREATE TABLE IF NOT EXISTS stats_counters (
+        day bigint, hour bigint, name text, n counter, PRIMARY KEY ((day), hour, name))",
+    "CREATE TABLE IF NOT EXISTS event_joins (
+        day bigint, hour bigint, id uuid, n counter, PRIMARY KEY ((day), hour, id))",
+    "CREATE TABLE IF NOT EXISTS active_users (
+        day bigint, hour bigint, user_id uuid, PRIMARY KEY ((day), hour, user_id))",
     "CREATE TABLE IF NOT EXISTS members (
         community_id uuid, user_id uuid, role text, PRIMARY KEY ((community_id), user_id))",
 ];
@@ -73,6 +96,18 @@ struct Statements {
     close: PreparedStatement,
     cancel: PreparedStatement,
     set_count: PreparedStatement,
+    take_place: PreparedStatement,
+    update: PreparedStatement,
+    index_reminder: PreparedStatement,
+    reminders_in: PreparedStatement,
+    mark_sent: PreparedStatement,
+    get_sent: PreparedStatement,
+    bump_counter: PreparedStatement,
+    bump_joins: PreparedStatement,
+    mark_active: PreparedStatement,
+    counters_in: PreparedStatement,
+    joins_in: PreparedStatement,
+    active_in: PreparedStatement,
     insert_participant: PreparedStatement,
     delete_participant: PreparedStatement,
     get_participant: PreparedStatement,
@@ -101,12 +136,30 @@ pub struct CqlStore {
     cql: Arc<Cql>,
     s: Statements,
     outbox: Arc<CqlOutbox>,
+    /// Reminders scheduled when voting closes (seconds before the start).
+    reminders_before: Vec<u32>,
+}
+
+/// The scheduler's two due indexes.
+#[derive(Debug, Clone, Copy)]
+enum Sweep {
+    Close,
+    Remind,
+}
+
+impl Sweep {
+    fn cursor(self) -> &'static str {
+        match self {
+            Sweep::Close => "close",
+            Sweep::Remind => "remind",
+        }
+    }
 }
 
 const MINUTE_MS: i64 = 60_000;
 
 /// An event row: the record's JSON and the columns races change.
-type EventRow = (String, String, Option<i32>, i32);
+type EventRow = (String, String, Option<i32>, i32, Option<i32>);
 
 impl CqlStore {
     pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
@@ -114,10 +167,10 @@ impl CqlStore {
         let cql = Arc::new(Cql::connect(config, &schema).await?);
         let p = |statement: &'static str| cql.prepare(statement);
         let s = Statements {
-            insert_event: p("INSERT INTO events (id, record, status, chosen, participant_count) VALUES (?, ?, 'voting', null, 0)").await?,
+            insert_event: p("INSERT INTO events (id, record, status, chosen, participant_count, capacity) VALUES (?, ?, 'voting', null, 0, ?)").await?,
             index_owner: p("INSERT INTO events_by_owner (owner_id, id) VALUES (?, ?)").await?,
             index_community: p("INSERT INTO events_by_community (community_id, id) VALUES (?, ?)").await?,
-            get_event: p("SELECT record, status, chosen, participant_count FROM events WHERE id = ?").await?,
+            get_event: p("SELECT record, status, chosen, participant_count, capacity FROM events WHERE id = ?").await?,
             insert_vote: p("INSERT INTO votes (event_id, option, user_id) VALUES (?, ?, ?) IF NOT EXISTS").await?,
             delete_vote: p("DELETE FROM votes WHERE event_id = ? AND option = ? AND user_id = ? IF EXISTS").await?,
             count_votes: p("SELECT COUNT(*) FROM votes WHERE event_id = ? AND option = ?").await?,
@@ -125,6 +178,20 @@ impl CqlStore {
             close: p("UPDATE events SET status = 'scheduled', chosen = ? WHERE id = ? IF status = 'voting'").await?,
             cancel: p("UPDATE events SET status = 'cancelled' WHERE id = ? IF status != 'cancelled'").await?,
             set_count: p("UPDATE events SET participant_count = ? WHERE id = ? IF participant_count = ? AND status != 'cancelled'").await?,
+            // A join takes a place under the capacity it read: an update
+            // lowering it meanwhile makes the join look again.
+            take_place: p("UPDATE events SET participant_count = ? WHERE id = ? IF participant_count = ? AND capacity = ? AND status != 'cancelled'").await?,
+            update: p("UPDATE events SET record = ?, capacity = ? WHERE id = ? IF status != 'cancelled' AND participant_count <= ?").await?,
+            index_reminder: p("INSERT INTO reminders_due (minute, due, id, before_secs) VALUES (?, ?, ?, ?)").await?,
+            reminders_in: p("SELECT due, id, before_secs FROM reminders_due WHERE minute = ?").await?,
+            mark_sent: p("INSERT INTO reminders_sent (id, before_secs) VALUES (?, ?) IF NOT EXISTS").await?,
+            get_sent: p("SELECT before_secs FROM reminders_sent WHERE id = ? AND before_secs = ?").await?,
+            bump_counter: p("UPDATE stats_counters SET n = n + 1 WHERE day = ? AND hour = ? AND name = ?").await?,
+            bump_joins: p("UPDATE event_joins SET n = n + ? WHERE day = ? AND hour = ? AND id = ?").await?,
+            mark_active: p("INSERT INTO active_users (day, hour, user_id) VALUES (?, ?, ?)").await?,
+            counters_in: p("SELECT name, n FROM stats_counters WHERE day = ? AND hour >= ? AND hour < ?").await?,
+            joins_in: p("SELECT id, n FROM event_joins WHERE day = ? AND hour >= ? AND hour < ?").await?,
+            active_in: p("SELECT user_id FROM active_users WHERE day = ? AND hour >= ? AND hour < ?").await?,
             insert_participant: p("INSERT INTO participants (event_id, user_id, joined_at) VALUES (?, ?, ?) IF NOT EXISTS").await?,
             delete_participant: p("DELETE FROM participants WHERE event_id = ? AND user_id = ? IF EXISTS").await?,
             get_participant: p("SELECT event_id, user_id, joined_at FROM participants WHERE event_id = ? AND user_id = ?").await?,
@@ -140,16 +207,28 @@ impl CqlStore {
             joined_after: p("SELECT id FROM joined_by_user WHERE user_id = ? AND id > ? LIMIT ?").await?,
             index_deadline: p("INSERT INTO voting_deadlines (minute, deadline, id) VALUES (?, ?, ?)").await?,
             deadlines_in: p("SELECT deadline, id FROM voting_deadlines WHERE minute = ?").await?,
-            init_cursor: p("INSERT INTO deadline_cursor (name, minute) VALUES ('close', ?) IF NOT EXISTS").await?,
-            get_cursor: p("SELECT minute FROM deadline_cursor WHERE name = 'close'").await?,
-            set_cursor: p("UPDATE deadline_cursor SET minute = ? WHERE name = 'close'").await?,
-            lower_cursor: p("UPDATE deadline_cursor SET minute = ? WHERE name = 'close' IF minute > ?").await?,
+            init_cursor: p("INSERT INTO due_cursor (name, minute) VALUES (?, ?) IF NOT EXISTS").await?,
+            get_cursor: p("SELECT minute FROM due_cursor WHERE name = ?").await?,
+            set_cursor: p("UPDATE due_cursor SET minute = ? WHERE name = ?").await?,
+            lower_cursor: p("UPDATE due_cursor SET minute = ? WHERE name = ? IF minute > ?").await?,
             set_member: p("INSERT INTO members (community_id, user_id, role) VALUES (?, ?, ?)").await?,
             delete_member: p("DELETE FROM members WHERE community_id = ? AND user_id = ?").await?,
             get_member: p("SELECT role FROM members WHERE community_id = ? AND user_id = ?").await?,
         };
         let outbox = Arc::new(CqlOutbox::new(cql.clone()).await?);
-        Ok(CqlStore { cql, s, outbox })
+        Ok(CqlStore {
+            cql,
+            s,
+            outbox,
+            reminders_before: Vec::new(),
+        })
+    }
+
+    /// Closing voting schedules a reminder this long before the start,
+    /// for each offset (seconds).
+    pub fn remind_before(mut self, offsets_secs: &[u32]) -> Self {
+        self.reminders_before = offsets_secs.to_vec();
+        self
     }
 
     pub fn outbox(&self) -> Arc<CqlOutbox> {
@@ -158,7 +237,7 @@ impl CqlStore {
 
     async fn load(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
         let row: Option<EventRow> = self.cql.maybe_row(&self.s.get_event, (id,)).await?;
-        row.map(|(record, status, chosen, count)| {
+        row.map(|(record, status, chosen, count, capacity)| {
             let mut event: EventRecord = serde_json::from_str(&record).map_err(internal)?;
             event.status = match (status.as_str(), chosen) {
                 ("scheduled", Some(option)) => Status::Scheduled {
@@ -168,6 +247,9 @@ impl CqlStore {
                 _ => Status::Voting,
             };
             event.participant_count = count.max(0) as u32;
+            if let Some(capacity) = capacity {
+                event.capacity = (capacity > 0).then_some(capacity as u32);
+            }
             Ok(event)
         })
         .transpose()
@@ -275,6 +357,126 @@ impl CqlStore {
     }
 }
 
+impl CqlStore {
+    /// Keeps `sweep`'s cursor at or before the minute of `due` (or of now,
+    /// if that is earlier): the cursor is never past a job still to run.
+    async fn keep_cursor_before(&self, sweep: Sweep, due: Millis) -> StoreResult<()> {
+        let first = due.min(now_millis()).div_euclid(MINUTE_MS);
+        let name = sweep.cursor();
+        if !self
+            .cql
+            .execute_lwt(&self.s.init_cursor, (name, first))
+            .await?
+        {
+            self.cql
+                .execute_lwt(&self.s.lower_cursor, (first, name, first))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One minute partition of a due index: (due, event, seconds before).
+    async fn due_in(&self, sweep: Sweep, minute: i64) -> StoreResult<Vec<ReminderJob>> {
+        Ok(match sweep {
+            Sweep::Close => {
+                let rows: Vec<(i64, Uuid)> = self.cql.rows(&self.s.deadlines_in, (minute,)).await?;
+                rows.into_iter()
+                    .map(|(due, event_id)| ReminderJob {
+                        event_id,
+                        due,
+                        before_secs: 0,
+                    })
+                    .collect()
+            }
+            Sweep::Remind => {
+                let rows: Vec<(i64, Uuid, i32)> =
+                    self.cql.rows(&self.s.reminders_in, (minute,)).await?;
+                rows.into_iter()
+                    .map(|(due, event_id, before)| ReminderJob {
+                        event_id,
+                        due,
+                        before_secs: before.max(0) as u32,
+                    })
+                    .collect()
+            }
+        })
+    }
+
+    /// Whether a job in a due index is still to run (at `now`).
+    async fn pending(&self, sweep: Sweep, job: &ReminderJob, now: Millis) -> StoreResult<bool> {
+        let Some(event) = self.load(job.event_id).await? else {
+            return Ok(false);
+        };
+        Ok(match sweep {
+            Sweep::Close => event.status == Status::Voting,
+            Sweep::Remind => {
+                job.stands(&event, now)
+                    && self
+                        .cql
+                        .maybe_row::<(i32,)>(
+                            &self.s.get_sent,
+                            (job.event_id, job.before_secs as i32),
+                        )
+                        .await?
+                        .is_none()
+            }
+        })
+    }
+
+    /// The jobs of a due index due at `now`, oldest minute first, walking
+    /// minute partitions from the cursor; moves the cursor past minutes
+    /// that are over and hold nothing still to run.
+    async fn sweep(
+        &self,
+        sweep: Sweep,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<ReminderJob>> {
+        let cursor: Option<(Option<i64>,)> = self
+            .cql
+            .maybe_row(&self.s.get_cursor, (sweep.cursor(),))
+            .await?;
+        let Some(from) = cursor.and_then(|(minute,)| minute) else {
+            return Ok(Vec::new());
+        };
+        let now_minute = now.div_euclid(MINUTE_MS);
+        let mut due = Vec::new();
+        let mut settled_through = None;
+        // At most a day of minutes per sweep; the next sweep goes on.
+        for minute in from..=now_minute.min(from + 1440) {
+            let mut open = false;
+            for job in self.due_in(sweep, minute).await? {
+                if self.pending(sweep, &job, now).await? {
+                    open = true;
+                    if job.due <= now && due.len() < limit {
+                        due.push(job);
+                    }
+                }
+            }
+            // The cursor moves past a minute once it is over and holds no
+            // job still to run; never past one that does.
+            let contiguous = match settled_through {
+                None => minute == from,
+                Some(previous) => previous + 1 == minute,
+            };
+            // Only minutes well over: a replica whose clock runs behind
+            // may still add a job due in the last one or two.
+            if contiguous && !open && minute < now_minute - 2 {
+                settled_through = Some(minute);
+            }
+            if due.len() >= limit {
+                break;
+            }
+        }
+        if let Some(minute) = settled_through {
+            self.cql
+                .execute(&self.s.set_cursor, (minute + 1, sweep.cursor()))
+                .await?;
+        }
+        Ok(due)
+    }
+}
+
 fn role_name(role: MemberRole) -> &'static str {
     match role {
         MemberRole::Member => "member",
@@ -292,12 +494,17 @@ impl EventsRepository for CqlStore {
         batch.append_statement(self.s.index_owner.clone());
         batch.append_statement(self.outbox.insert_statement().clone());
         let created = CqlOutbox::row(&events::created(event));
+        let capacity = event.capacity.unwrap_or(0) as i32;
         match event.community_id {
             None => {
                 self.cql
                     .batch(
                         &batch,
-                        ((event.id, record), (event.owner_id, event.id), created),
+                        (
+                            (event.id, record, capacity),
+                            (event.owner_id, event.id),
+                            created,
+                        ),
                     )
                     .await?;
             }
@@ -307,7 +514,7 @@ impl EventsRepository for CqlStore {
                     .batch(
                         &batch,
                         (
-                            (event.id, record),
+                            (event.id, record, capacity),
                             (event.owner_id, event.id),
                             created,
                             (community, event.id),
@@ -317,8 +524,7 @@ impl EventsRepository for CqlStore {
             }
         }
         self.outbox.notify_staged();
-        // The scheduler's index: minute partitions of deadlines, read from
-        // a cursor that starts no later than any deadline.
+        // The scheduler's index: minute partitions of deadlines.
         let minute = event.voting_deadline.div_euclid(MINUTE_MS);
         self.cql
             .execute(
@@ -326,17 +532,8 @@ impl EventsRepository for CqlStore {
                 (minute, event.voting_deadline, event.id),
             )
             .await?;
-        let first = event
-            .voting_deadline
-            .min(now_millis())
-            .div_euclid(MINUTE_MS);
-        // The cursor must never be past a deadline still to come.
-        if !self.cql.execute_lwt(&self.s.init_cursor, (first,)).await? {
-            self.cql
-                .execute_lwt(&self.s.lower_cursor, (first, first))
-                .await?;
-        }
-        Ok(())
+        self.keep_cursor_before(Sweep::Close, event.voting_deadline)
+            .await
     }
 
     async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
@@ -388,6 +585,27 @@ impl EventsRepository for CqlStore {
         }
         let counts = self.vote_counts(id).await?;
         let chosen = winner(&event.options, &counts).unwrap_or(0);
+        // The reminders go in before the close: if the close does not
+        // apply, they do not stand (the sweep checks) and are passed over.
+        let mut scheduled = event.clone();
+        scheduled.status = Status::Scheduled { option: chosen };
+        let reminders = reminders_for(&scheduled, &self.reminders_before, now_millis());
+        for job in &reminders {
+            self.cql
+                .execute(
+                    &self.s.index_reminder,
+                    (
+                        job.due.div_euclid(MINUTE_MS),
+                        job.due,
+                        id,
+                        job.before_secs as i32,
+                    ),
+                )
+                .await?;
+        }
+        if let Some(first) = reminders.iter().map(|job| job.due).min() {
+            self.keep_cursor_before(Sweep::Remind, first).await?;
+        }
         self.outbox
             .with_events(&[events::voting_closed(&event, chosen)], async {
                 let applied = self
@@ -402,6 +620,48 @@ impl EventsRepository for CqlStore {
                 Ok((applied, outcome))
             })
             .await
+    }
+
+    async fn update_event(
+        &self,
+        id: Uuid,
+        update: &EventUpdate,
+        by: Uuid,
+    ) -> StoreResult<UpdateOutcome> {
+        for _ in 0..50 {
+            let Some(mut event) = self.load(id).await? else {
+                return Ok(UpdateOutcome::NoEvent);
+            };
+            if event.status == Status::Cancelled {
+                return Ok(UpdateOutcome::Cancelled);
+            }
+            update.apply(&mut event);
+            let limit = event.capacity.map_or(i32::MAX, |c| c as i32);
+            if event.participant_count as i32 > limit {
+                return Ok(UpdateOutcome::BelowParticipants(event.participant_count));
+            }
+            let record = serde_json::to_string(&event).map_err(internal)?;
+            let capacity = event.capacity.unwrap_or(0) as i32;
+            // Applies only with no more participants than the capacity,
+            // and a join in flight checks the capacity it read: neither
+            // gets past the other.
+            let applied = self
+                .outbox
+                .with_events(&[events::updated(&event, by)], async {
+                    let applied = self
+                        .cql
+                        .execute_lwt(&self.s.update, (record, capacity, id, limit))
+                        .await?;
+                    Ok((applied, applied))
+                })
+                .await?;
+            if applied {
+                return Ok(UpdateOutcome::Updated(Box::new(event)));
+            }
+        }
+        Err(StoreError::Unavailable(
+            "the event kept changing; try again".to_owned(),
+        ))
     }
 
     async fn cancel(&self, id: Uuid) -> StoreResult<bool> {
@@ -420,7 +680,7 @@ impl EventsRepository for CqlStore {
     }
 
     async fn join(&self, id: Uuid, user: Uuid, at: Millis) -> StoreResult<JoinOutcome> {
-        let Some(event) = self.load(id).await? else {
+        let Some(mut event) = self.load(id).await? else {
             return Ok(JoinOutcome::NoEvent);
         };
         if event.status == Status::Cancelled {
@@ -442,15 +702,22 @@ impl EventsRepository for CqlStore {
             {
                 return Ok(JoinOutcome::Full(capacity));
             }
+            let capacity = event.capacity.unwrap_or(0) as i32;
             if self
                 .cql
-                .execute_lwt(&self.s.set_count, (count as i32 + 1, id, count as i32))
+                .execute_lwt(
+                    &self.s.take_place,
+                    (count as i32 + 1, id, count as i32, capacity),
+                )
                 .await?
             {
                 break;
             }
             match self.load(id).await? {
-                Some(now) if now.status != Status::Cancelled => count = now.participant_count,
+                Some(now) if now.status != Status::Cancelled => {
+                    count = now.participant_count;
+                    event = now;
+                }
                 Some(_) => return Ok(JoinOutcome::Cancelled),
                 None => return Ok(JoinOutcome::NoEvent),
             }
@@ -557,48 +824,83 @@ impl EventsRepository for CqlStore {
     }
 
     async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>> {
-        let cursor: Option<(Option<i64>,)> = self.cql.maybe_row(&self.s.get_cursor, ()).await?;
-        let Some(from) = cursor.and_then(|(minute,)| minute) else {
-            return Ok(Vec::new());
+        let due = self.sweep(Sweep::Close, now, limit).await?;
+        Ok(due.into_iter().map(|job| job.event_id).collect())
+    }
+
+    async fn due_reminders(&self, now: Millis, limit: usize) -> StoreResult<Vec<ReminderJob>> {
+        self.sweep(Sweep::Remind, now, limit).await
+    }
+
+    async fn send_reminder(&self, job: &ReminderJob, now: Millis) -> StoreResult<bool> {
+        let Some(event) = self.load(job.event_id).await? else {
+            return Ok(false);
         };
-        let now_minute = now.div_euclid(MINUTE_MS);
-        let mut due = Vec::new();
-        let mut settled_through = None;
-        // At most a day of minutes per sweep; the next sweep goes on.
-        for minute in from..=now_minute.min(from + 1440) {
-            let rows: Vec<(i64, Uuid)> = self.cql.rows(&self.s.deadlines_in, (minute,)).await?;
-            let mut open = false;
-            for (deadline, id) in rows {
-                let voting = self
-                    .load(id)
-                    .await?
-                    .is_some_and(|e| e.status == Status::Voting);
-                if voting {
-                    open = true;
-                    if deadline <= now && due.len() < limit {
-                        due.push(id);
-                    }
-                }
+        if !job.stands(&event, now) {
+            return Ok(false);
+        }
+        self.outbox
+            .with_events(&[events::reminder_due(&event, job)], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.s.mark_sent, (job.event_id, job.before_secs as i32))
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await
+    }
+
+    async fn record_activity(&self, activity: &Activity) -> StoreResult<()> {
+        // Counters cannot be compare-and-set: a redelivery the consumer's
+        // own memory does not catch (after a crash) counts twice.
+        let (day, hour) = (activity.hour.div_euclid(24), activity.hour);
+        if let Some(name) = activity.kind.counter() {
+            self.cql
+                .execute(&self.s.bump_counter, (day, hour, name))
+                .await?;
+        }
+        if activity.kind.active() {
+            self.cql
+                .execute(&self.s.mark_active, (day, hour, activity.user_id))
+                .await?;
+        }
+        let delta = activity.kind.joins();
+        if delta != 0 {
+            self.cql
+                .execute(
+                    &self.s.bump_joins,
+                    (Counter(delta), day, hour, activity.event_id),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn stats(&self, from_hour: i64, to_hour: i64, top: usize) -> StoreResult<StatsRecord> {
+        let mut stats = StatsRecord::default();
+        let mut users = std::collections::HashSet::new();
+        let mut joins = std::collections::HashMap::new();
+        if to_hour <= from_hour {
+            return Ok(stats);
+        }
+        // One partition per day of the window.
+        for day in from_hour.div_euclid(24)..=(to_hour - 1).div_euclid(24) {
+            let window = (day, from_hour, to_hour);
+            let counters: Vec<(String, Counter)> =
+                self.cql.rows(&self.s.counters_in, window).await?;
+            for (name, Counter(n)) in counters {
+                add_counter(&mut stats, &name, n);
             }
-            // The cursor moves past a minute once it is over and holds no
-            // event still voting; never past one that does.
-            let contiguous = match settled_through {
-                None => minute == from,
-                Some(previous) => previous + 1 == minute,
-            };
-            // Only minutes well over: a replica whose clock runs behind
-            // may still create an event due in the last one or two.
-            if contiguous && !open && minute < now_minute - 2 {
-                settled_through = Some(minute);
-            }
-            if due.len() >= limit {
-                break;
+            let active: Vec<(Uuid,)> = self.cql.rows(&self.s.active_in, window).await?;
+            users.extend(active.into_iter().map(|(user,)| user));
+            let joined: Vec<(Uuid, Counter)> = self.cql.rows(&self.s.joins_in, window).await?;
+            for (event, Counter(n)) in joined {
+                *joins.entry(event).or_insert(0) += n;
             }
         }
-        if let Some(minute) = settled_through {
-            self.cql.execute(&self.s.set_cursor, (minute + 1,)).await?;
-        }
-        Ok(due)
+        stats.active_users = users.len() as u64;
+        stats.top_events = top_events(joins, top);
+        Ok(stats)
     }
 
     async fn set_member(
@@ -696,6 +998,31 @@ impl Verify for CqlStore {
                 None => false,
             },
             "munity.events.v1.EventCancelled" => status().await? == Some(Status::Cancelled),
+            "munity.events.v1.EventUpdated" => {
+                match pb::EventUpdated::decode(payload).ok().and_then(|e| e.event) {
+                    // Happened if the event reads as the update left it.
+                    Some(e) => self
+                        .load(event_id)
+                        .await
+                        .map_err(unavailable)?
+                        .is_some_and(|now| {
+                            now.title == e.title
+                                && now.description == e.description
+                                && now.location == e.location
+                                && now.capacity.unwrap_or(0) == e.capacity
+                        }),
+                    None => false,
+                }
+            }
+            "munity.events.v1.ReminderDue" => match pb::ReminderDue::decode(payload).ok() {
+                Some(e) => self
+                    .cql
+                    .maybe_row::<(i32,)>(&self.s.get_sent, (event_id, e.seconds_before as i32))
+                    .await
+                    .map_err(unavailable)?
+                    .is_some(),
+                None => false,
+            },
             "munity.events.v1.ParticipantJoined" => {
                 match pb::ParticipantJoined::decode(payload)
                     .ok()

@@ -21,9 +21,14 @@ use munity_store::{
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
-use super::{CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, VoteOutcome};
+use super::{
+    CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, UpdateOutcome, VoteOutcome,
+};
 use crate::{
-    domain::{EventRecord, MemberRole, Millis, ParticipantRecord, Status, winner},
+    domain::{
+        Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
+        StatsRecord, Status, add_counter, now_millis, reminders_for, top_events, winner,
+    },
     events,
 };
 
@@ -42,6 +47,16 @@ const VOTES: TableDefinition<&[u8], ()> = TableDefinition::new("votes");
 const VOTE_COUNTS: TableDefinition<&[u8], u32> = TableDefinition::new("vote_counts");
 /// deadline ms (big-endian) ‖ event → (): events still voting, by deadline.
 const DEADLINES: TableDefinition<&[u8], ()> = TableDefinition::new("voting_deadlines");
+/// due ms ‖ event ‖ seconds before (big-endian) → (): reminders to send.
+const REMINDERS: TableDefinition<&[u8], ()> = TableDefinition::new("reminders_due");
+/// hour ‖ counter name → n.
+const COUNTERS: TableDefinition<&[u8], u64> = TableDefinition::new("stats_counters");
+/// hour ‖ user → (): who was active in an hour.
+const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("stats_active_users");
+/// hour ‖ event → joins less leaves in that hour.
+const EVENT_JOINS: TableDefinition<&[u8], i64> = TableDefinition::new("stats_event_joins");
+/// hour ‖ domain event id → (): counted already (kept two days).
+const COUNTED: TableDefinition<&[u8], ()> = TableDefinition::new("stats_counted");
 /// pair_key(community, user) → role.
 const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
 
@@ -49,6 +64,8 @@ pub struct EmbeddedStore {
     db: EmbeddedDb,
     /// Every change goes through it, staging its domain events.
     outbox: EmbeddedOutbox,
+    /// Reminders scheduled when voting closes (seconds before the start).
+    reminders_before: Vec<u32>,
 }
 
 impl EmbeddedStore {
@@ -64,12 +81,25 @@ impl EmbeddedStore {
             txn.open_table(VOTE_COUNTS)?;
             txn.open_table(MEMBERS)?;
             txn.open_table(DEADLINES)?;
+            txn.open_table(REMINDERS)?;
+            txn.open_table(COUNTERS)?;
+            txn.open_table(ACTIVE)?;
+            txn.open_table(EVENT_JOINS)?;
+            txn.open_table(COUNTED)?;
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
             outbox: EmbeddedOutbox::new(db.clone()),
             db,
+            reminders_before: Vec::new(),
         })
+    }
+
+    /// Closing voting schedules a reminder this long before the start,
+    /// for each offset (seconds).
+    pub fn remind_before(mut self, offsets_secs: &[u32]) -> Self {
+        self.reminders_before = offsets_secs.to_vec();
+        self
     }
 
     /// What the relay needs: the outbox and its cue.
@@ -166,6 +196,28 @@ fn unschedule(txn: &WriteTransaction, event: &EventRecord) -> StoreResult<()> {
         .remove(deadline_key(event).as_slice())
         .map_err(internal)?;
     Ok(())
+}
+
+fn reminder_key(job: &ReminderJob) -> [u8; 28] {
+    let mut key = [0u8; 28];
+    key[..8].copy_from_slice(&job.due.to_be_bytes());
+    key[8..24].copy_from_slice(job.event_id.as_bytes());
+    key[24..].copy_from_slice(&job.before_secs.to_be_bytes());
+    key
+}
+
+/// hour ‖ 16 bytes (an id).
+fn hour_key(hour: i64, id: Uuid) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&hour.to_be_bytes());
+    key[8..].copy_from_slice(id.as_bytes());
+    key
+}
+
+fn counter_key(hour: i64, name: &str) -> Vec<u8> {
+    let mut key = hour.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
 }
 
 fn load(txn: &WriteTransaction, id: Uuid) -> StoreResult<Option<EventRecord>> {
@@ -275,6 +327,7 @@ impl EventsRepository for EmbeddedStore {
     }
 
     async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome> {
+        let offsets = self.reminders_before.clone();
         self.change(move |txn| {
             let Some(mut event) = load(txn, id)? else {
                 return Ok((CloseOutcome::NoEvent, vec![]));
@@ -297,10 +350,46 @@ impl EventsRepository for EmbeddedStore {
             event.status = Status::Scheduled { option: chosen };
             save(txn, &event)?;
             unschedule(txn, &event)?;
+            let mut reminders = txn.open_table(REMINDERS).map_err(internal)?;
+            for job in reminders_for(&event, &offsets, now_millis()) {
+                reminders
+                    .insert(reminder_key(&job).as_slice(), ())
+                    .map_err(internal)?;
+            }
             Ok((
                 CloseOutcome::Closed(chosen),
                 vec![events::voting_closed(&event, chosen)],
             ))
+        })
+        .await
+    }
+
+    async fn update_event(
+        &self,
+        id: Uuid,
+        update: &EventUpdate,
+        by: Uuid,
+    ) -> StoreResult<UpdateOutcome> {
+        let update = update.clone();
+        self.change(move |txn| {
+            let Some(mut event) = load(txn, id)? else {
+                return Ok((UpdateOutcome::NoEvent, vec![]));
+            };
+            if event.status == Status::Cancelled {
+                return Ok((UpdateOutcome::Cancelled, vec![]));
+            }
+            if let Some(Some(capacity)) = update.capacity
+                && capacity < event.participant_count
+            {
+                return Ok((
+                    UpdateOutcome::BelowParticipants(event.participant_count),
+                    vec![],
+                ));
+            }
+            update.apply(&mut event);
+            save(txn, &event)?;
+            let published = events::updated(&event, by);
+            Ok((UpdateOutcome::Updated(Box::new(event)), vec![published]))
         })
         .await
     }
@@ -480,6 +569,137 @@ impl EventsRepository for EmbeddedStore {
                     due.push(Uuid::from_slice(&key.value()[8..]).map_err(internal)?);
                 }
                 Ok(due)
+            })
+            .await
+    }
+
+    async fn due_reminders(&self, now: Millis, limit: usize) -> StoreResult<Vec<ReminderJob>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(REMINDERS).map_err(internal)?;
+                let mut end = [0xffu8; 28];
+                end[..8].copy_from_slice(&now.max(0).to_be_bytes());
+                let start = [0u8; 28];
+                let mut due = Vec::new();
+                for entry in table
+                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
+                    .map_err(internal)?
+                    .take(limit)
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    let key = key.value();
+                    due.push(ReminderJob {
+                        due: i64::from_be_bytes(key[..8].try_into().map_err(internal)?),
+                        event_id: Uuid::from_slice(&key[8..24]).map_err(internal)?,
+                        before_secs: u32::from_be_bytes(key[24..].try_into().map_err(internal)?),
+                    });
+                }
+                Ok(due)
+            })
+            .await
+    }
+
+    async fn send_reminder(&self, job: &ReminderJob, now: Millis) -> StoreResult<bool> {
+        let job = *job;
+        self.change(move |txn| {
+            // Taking the job off the index is the compare-and-set: once.
+            let taken = txn
+                .open_table(REMINDERS)
+                .map_err(internal)?
+                .remove(reminder_key(&job).as_slice())
+                .map_err(internal)?
+                .is_some();
+            if !taken {
+                return Ok((false, vec![]));
+            }
+            match load(txn, job.event_id)? {
+                Some(event) if job.stands(&event, now) => {
+                    Ok((true, vec![events::reminder_due(&event, &job)]))
+                }
+                _ => Ok((false, vec![])),
+            }
+        })
+        .await
+    }
+
+    async fn record_activity(&self, activity: &Activity) -> StoreResult<()> {
+        let activity = activity.clone();
+        self.db
+            .write(move |txn| {
+                let mut counted = txn.open_table(COUNTED).map_err(internal)?;
+                let key = hour_key(activity.hour, activity.id);
+                if counted
+                    .insert(key.as_slice(), ())
+                    .map_err(internal)?
+                    .is_some()
+                {
+                    return Ok(());
+                }
+                // Redeliveries come within minutes; two days is plenty.
+                let forget = hour_key(activity.hour - 48, Uuid::nil());
+                counted
+                    .retain_in::<&[u8], _>(..forget.as_slice(), |_, _| false)
+                    .map_err(internal)?;
+                if let Some(name) = activity.kind.counter() {
+                    let mut counters = txn.open_table(COUNTERS).map_err(internal)?;
+                    let key = counter_key(activity.hour, name);
+                    let n = counters
+                        .get(key.as_slice())
+                        .map_err(internal)?
+                        .map_or(0, |v| v.value());
+                    counters.insert(key.as_slice(), n + 1).map_err(internal)?;
+                }
+                if activity.kind.active() {
+                    txn.open_table(ACTIVE)
+                        .map_err(internal)?
+                        .insert(hour_key(activity.hour, activity.user_id).as_slice(), ())
+                        .map_err(internal)?;
+                }
+                let delta = activity.kind.joins();
+                if delta != 0 {
+                    let mut joins = txn.open_table(EVENT_JOINS).map_err(internal)?;
+                    let key = hour_key(activity.hour, activity.event_id);
+                    let n = joins
+                        .get(key.as_slice())
+                        .map_err(internal)?
+                        .map_or(0, |v| v.value());
+                    joins.insert(key.as_slice(), n + delta).map_err(internal)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn stats(&self, from_hour: i64, to_hour: i64, top: usize) -> StoreResult<StatsRecord> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let (from, to) = (from_hour.to_be_bytes(), to_hour.to_be_bytes());
+                let range = from.as_slice()..to.as_slice();
+                let mut stats = StatsRecord::default();
+                let counters = txn.open_table(COUNTERS).map_err(internal)?;
+                for entry in counters.range::<&[u8]>(range.clone()).map_err(internal)? {
+                    let (key, n) = entry.map_err(internal)?;
+                    let name = std::str::from_utf8(&key.value()[8..]).unwrap_or("");
+                    add_counter(&mut stats, name, n.value() as i64);
+                }
+                let active = txn.open_table(ACTIVE).map_err(internal)?;
+                let mut users = std::collections::HashSet::new();
+                for entry in active.range::<&[u8]>(range.clone()).map_err(internal)? {
+                    let (key, _) = entry.map_err(internal)?;
+                    users.insert(Uuid::from_slice(&key.value()[8..]).map_err(internal)?);
+                }
+                stats.active_users = users.len() as u64;
+                let joins_table = txn.open_table(EVENT_JOINS).map_err(internal)?;
+                let mut joins = std::collections::HashMap::new();
+                for entry in joins_table.range::<&[u8]>(range).map_err(internal)? {
+                    let (key, n) = entry.map_err(internal)?;
+                    let event = Uuid::from_slice(&key.value()[8..]).map_err(internal)?;
+                    *joins.entry(event).or_insert(0) += n.value();
+                }
+                stats.top_events = top_events(joins, top);
+                Ok(stats)
             })
             .await
     }

@@ -10,7 +10,10 @@ pub mod embedded;
 pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
-use crate::domain::{EventRecord, MemberRole, Millis, ParticipantRecord};
+use crate::domain::{
+    Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
+    StatsRecord,
+};
 
 /// Which events a listing walks, in a stable order (by id: creation order).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,16 @@ pub enum JoinOutcome {
     NoEvent,
 }
 
+/// What updating an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Updated(Box<EventRecord>),
+    /// The capacity asked for is below the participants already in (them).
+    BelowParticipants(u32),
+    Cancelled,
+    NoEvent,
+}
+
 #[async_trait::async_trait]
 pub trait EventsRepository: Send + Sync + 'static {
     /// Stores a new event (status VOTING).
@@ -70,6 +83,14 @@ pub trait EventsRepository: Send + Sync + 'static {
     async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
     /// Ends voting once: the winner by [`crate::domain::winner`].
     async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome>;
+    /// Changes the event's own fields; never a capacity below its
+    /// participants, even with joins racing (`by`: who, for the event).
+    async fn update_event(
+        &self,
+        id: Uuid,
+        update: &EventUpdate,
+        by: Uuid,
+    ) -> StoreResult<UpdateOutcome>;
     /// False when it was cancelled already (or does not exist).
     async fn cancel(&self, id: Uuid) -> StoreResult<bool>;
     async fn join(&self, id: Uuid, user: Uuid, at: Millis) -> StoreResult<JoinOutcome>;
@@ -92,6 +113,19 @@ pub trait EventsRepository: Send + Sync + 'static {
     /// deadline first (the scheduler closes them).
     async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>>;
 
+    /// Reminders due at or before `now`, oldest first. Closing voting
+    /// schedules them (offsets given to the backend when opened).
+    async fn due_reminders(&self, now: Millis, limit: usize) -> StoreResult<Vec<ReminderJob>>;
+    /// Sends a due reminder once, whichever replica gets there first
+    /// (publishing ReminderDue); false when it was sent already or no
+    /// longer stands (cancelled, started, the time changed).
+    async fn send_reminder(&self, job: &ReminderJob, now: Millis) -> StoreResult<bool>;
+
+    /// Counts one domain event in its hour's statistics.
+    async fn record_activity(&self, activity: &Activity) -> StoreResult<()>;
+    /// Statistics over whole hours `[from_hour, to_hour)`.
+    async fn stats(&self, from_hour: i64, to_hour: i64, top: usize) -> StoreResult<StatsRecord>;
+
     /// The membership view (from users-svc's events): `None` removes.
     async fn set_member(
         &self,
@@ -108,19 +142,27 @@ pub struct Opened {
     pub publishing: munity_bus::outbox::Publishing,
 }
 
-/// Opens the configured backend.
-pub async fn open(storage: &munity_platform::config::StorageConfig) -> anyhow::Result<Opened> {
+/// Opens the configured backend; voting closed schedules a reminder
+/// `reminders_before_secs` before the start, for each offset.
+pub async fn open(
+    storage: &munity_platform::config::StorageConfig,
+    reminders_before_secs: &[u32],
+) -> anyhow::Result<Opened> {
     use std::sync::Arc;
     Ok(match storage {
         munity_platform::config::StorageConfig::Embedded { path } => {
-            let store = embedded::EmbeddedStore::open(path)?;
+            let store = embedded::EmbeddedStore::open(path)?.remind_before(reminders_before_secs);
             Opened {
                 publishing: store.publishing(),
                 repo: Arc::new(store),
             }
         }
         munity_platform::config::StorageConfig::Cql(config) => {
-            let store = Arc::new(cql::CqlStore::connect(config).await?);
+            let store = Arc::new(
+                cql::CqlStore::connect(config)
+                    .await?
+                    .remind_before(reminders_before_secs),
+            );
             Opened {
                 publishing: munity_bus::outbox::Publishing::cql(store.outbox(), store.clone()),
                 repo: store,

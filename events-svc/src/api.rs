@@ -163,6 +163,7 @@ impl EventsApi {
         request: pb::ListEventsRequest,
     ) -> Result<pb::ListEventsResponse> {
         let listing = match pb::EventFilter::try_from(request.filter) {
+            Ok(pb::EventFilter::Upcoming) => return self.upcoming(claims, request).await,
             Ok(pb::EventFilter::Mine) => Listing::Owner(claims.sub),
             Ok(pb::EventFilter::Joined) => Listing::Joined(claims.sub),
             Ok(pb::EventFilter::Community) => {
@@ -177,7 +178,7 @@ impl EventsApi {
             _ => {
                 return Err(EventsError::invalid(
                     "filter",
-                    "must be MINE, JOINED or COMMUNITY",
+                    "must be UPCOMING, MINE, JOINED or COMMUNITY",
                 ));
             }
         };
@@ -201,6 +202,54 @@ impl EventsApi {
         Ok(pb::ListEventsResponse {
             events,
             next_page_token: page_token::encode(page.next_after),
+        })
+    }
+
+    /// Upcoming events the caller may see, soonest first: reads a few
+    /// bounded stretches of the listing by start, passing over community
+    /// events of communities the caller is not in.
+    async fn upcoming(
+        &self,
+        claims: &Claims,
+        request: pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse> {
+        let mut after = page_token::decode_at(&request.page_token)
+            .map_err(|e| EventsError::invalid("page_token", &e.to_string()))?;
+        let size = munity_store::page_size(request.page_size, 20, 100);
+        let now = now_millis();
+        let admin = Self::is_admin(claims);
+        let mut member_of: std::collections::HashMap<Uuid, bool> = Default::default();
+        let mut events = Vec::new();
+        for _ in 0..4 {
+            let page = self
+                .repo
+                .list_by_start(now, after, size - events.len())
+                .await?;
+            for event in page.items {
+                let visible = match event.community_id {
+                    None => true,
+                    Some(_) if admin => true,
+                    Some(community) => match member_of.get(&community) {
+                        Some(&member) => member,
+                        None => {
+                            let member = self.role_in(community, claims.sub).await?.is_some();
+                            member_of.insert(community, member);
+                            member
+                        }
+                    },
+                };
+                if visible {
+                    events.push(self.view(&event, claims.sub).await?);
+                }
+            }
+            after = page.next;
+            if after.is_none() || events.len() >= size {
+                break;
+            }
+        }
+        Ok(pb::ListEventsResponse {
+            events,
+            next_page_token: page_token::encode_at(after),
         })
     }
 

@@ -70,6 +70,33 @@ impl EventRecord {
     }
 }
 
+impl EventRecord {
+    /// The option whose start is the event's start: the chosen one, or the
+    /// earliest proposed while voting (ties: the lowest id); `None` once
+    /// cancelled. Listings by start count an event at this option only.
+    pub fn start_option(&self) -> Option<u32> {
+        match self.status {
+            Status::Scheduled { option } => Some(option),
+            Status::Cancelled => None,
+            Status::Voting => (0..self.options.len())
+                .min_by_key(|&i| (self.options[i].start, i))
+                .map(|i| i as u32),
+        }
+    }
+}
+
+/// A position in the listing of events by start: (start ms, event, option).
+pub type StartPosition = (Millis, Uuid, u32);
+
+/// One page of the listing by start. It may hold fewer events than asked
+/// for (each call reads a bounded stretch); `next` is where to go on, `None`
+/// at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartPage {
+    pub items: Vec<EventRecord>,
+    pub next: Option<StartPosition>,
+}
+
 /// One participant of one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParticipantRecord {

@@ -481,6 +481,62 @@ mod cases {
         );
     }
 
+    pub async fn upcoming_events_are_listed_by_start_stable_under_inserts(repo: Repo) {
+        // A stretch of time of its own, far ahead (tests share the store).
+        let from = now_millis() + 400 * 24 * HOUR + i64::from(Uuid::now_v7().as_fields().1) * 1000;
+        let at = |hours: f64| from + (hours * HOUR as f64) as i64;
+        let with_starts = |starts: &[f64]| {
+            let mut event = meeting(Uuid::now_v7(), None, None);
+            event.options = starts
+                .iter()
+                .map(|&h| TimeOption {
+                    start: at(h),
+                    end: at(h) + HOUR,
+                })
+                .collect();
+            event
+        };
+        // Voting: counted at its earliest option.
+        let voting = with_starts(&[5.0, 1.0]);
+        // Closed: at the chosen one, not the earliest.
+        let chosen_later = with_starts(&[3.0, 0.5]);
+        let scheduled = with_starts(&[2.0]);
+        let cancelled = with_starts(&[4.0]);
+        let before = with_starts(&[-1.0]);
+        for event in [&voting, &chosen_later, &scheduled, &cancelled, &before] {
+            repo.create_event(event).await.unwrap();
+        }
+        repo.cast_vote(chosen_later.id, 0, Uuid::now_v7())
+            .await
+            .unwrap();
+        repo.close_voting(chosen_later.id).await.unwrap();
+        repo.close_voting(scheduled.id).await.unwrap();
+        repo.cancel(cancelled.id).await.unwrap();
+
+        let first = repo.list_by_start(from, None, 1).await.unwrap();
+        let mut seen: Vec<Uuid> = first.items.iter().map(|e| e.id).collect();
+        // Created while the listing is walked: one before the cursor (not
+        // listed), one after it (listed once, in its place).
+        repo.create_event(&with_starts(&[0.25])).await.unwrap();
+        let late = with_starts(&[240.0]);
+        repo.create_event(&late).await.unwrap();
+        let mut after = first.next;
+        let mut calls = 1;
+        while let Some(cursor) = after {
+            let page = repo.list_by_start(from, Some(cursor), 1).await.unwrap();
+            assert!(page.items.len() <= 1);
+            seen.extend(page.items.iter().map(|e| e.id));
+            after = page.next;
+            calls += 1;
+            assert!(calls < 1000, "the listing ends");
+        }
+        assert_eq!(
+            seen,
+            [voting.id, scheduled.id, chosen_later.id, late.id],
+            "soonest first, each once"
+        );
+    }
+
     pub async fn the_membership_view_follows_what_it_is_told(repo: Repo) {
         let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
         assert_eq!(repo.member_role(community, user).await.unwrap(), None);
@@ -512,5 +568,6 @@ munity_testkit::contract_suite! {
         reminders_are_sent_once_before_a_scheduled_event_starts,
         updates_never_leave_capacity_below_participants,
         activity_is_counted_per_hour,
+        upcoming_events_are_listed_by_start_stable_under_inserts,
     ],
 }

@@ -308,6 +308,53 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
     assert_eq!(list(&bob, events::EventFilter::Community).await, 1);
     assert_eq!(list(&carol, events::EventFilter::Mine).await, 0);
 
+    // Upcoming: carol's public meeting for everyone, soonest first; the
+    // community's only for its members.
+    let mut public = proposal();
+    public.community_id = String::new();
+    public.title = "Open picnic".to_owned();
+    public.options = vec![events::TimeOptionInput {
+        start: Some(at(25)),
+        end: Some(at(26)),
+    }];
+    let public = events
+        .clone()
+        .create_event(with_bearer(public, &carol))
+        .await
+        .unwrap()
+        .into_inner();
+    let upcoming = |token: &str| {
+        let events = events.clone();
+        let token = token.to_owned();
+        async move {
+            let mut ids = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = events
+                    .clone()
+                    .list_events(with_bearer(
+                        events::ListEventsRequest {
+                            filter: events::EventFilter::Upcoming as i32,
+                            page_size: 1,
+                            page_token,
+                            ..Default::default()
+                        },
+                        &token,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                ids.extend(page.events.into_iter().map(|e| e.id));
+                if page.next_page_token.is_empty() {
+                    return ids;
+                }
+                page_token = page.next_page_token;
+            }
+        }
+    };
+    assert_eq!(upcoming(&bob).await, [public.id.clone(), event.id.clone()]);
+    assert_eq!(upcoming(&carol).await, [public.id.clone()]);
+
     // The owner edits it: a new title, and room for everyone. Bob (a member,
     // not a moderator) may not; nor may anyone lower it below who is in.
     let update = |token: &str, request: events::UpdateEventRequest| {
@@ -391,8 +438,8 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
             counted.joins,
             counted.active_users
         ),
-        (1, 3, 2, 2),
-        "{counted:?}"
+        (2, 3, 2, 3),
+        "alice's and carol's events; alice, bob and carol active: {counted:?}"
     );
     assert_eq!(counted.top_events.len(), 1);
     assert_eq!(counted.top_events[0].event_id, event.id);

@@ -25,6 +25,37 @@ pub fn decode(token: &str) -> Result<Option<Uuid>, InvalidPageToken> {
         .ok_or(InvalidPageToken)
 }
 
+/// The token for "continue after this position" in a listing ordered by
+/// time first (time ms, id, a sub-position); empty when the listing is done.
+pub fn encode_at(after: Option<(i64, Uuid, u32)>) -> String {
+    after
+        .map(|(at, id, sub)| {
+            let mut bytes = Vec::with_capacity(28);
+            bytes.extend_from_slice(&at.to_be_bytes());
+            bytes.extend_from_slice(id.as_bytes());
+            bytes.extend_from_slice(&sub.to_be_bytes());
+            URL_SAFE_NO_PAD.encode(bytes)
+        })
+        .unwrap_or_default()
+}
+
+/// The position an [`encode_at`] token continues after.
+pub fn decode_at(token: &str) -> Result<Option<(i64, Uuid, u32)>, InvalidPageToken> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| InvalidPageToken)?;
+    if bytes.len() != 28 {
+        return Err(InvalidPageToken);
+    }
+    let at = i64::from_be_bytes(bytes[..8].try_into().map_err(|_| InvalidPageToken)?);
+    let id = Uuid::from_slice(&bytes[8..24]).map_err(|_| InvalidPageToken)?;
+    let sub = u32::from_be_bytes(bytes[24..].try_into().map_err(|_| InvalidPageToken)?);
+    Ok(Some((at, id, sub)))
+}
+
 /// A page token that no listing returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("is not a page token returned by this method")]
@@ -42,5 +73,12 @@ mod tests {
         assert_eq!(decode("").unwrap(), None);
         assert!(decode("not-a-token!").is_err());
         assert!(decode("AAAA").is_err());
+        let at = (1_700_000_000_000, id, 3);
+        assert_eq!(decode_at(&encode_at(Some(at))).unwrap(), Some(at));
+        assert_eq!(decode_at("").unwrap(), None);
+        assert!(
+            decode_at(&encode(Some(id))).is_err(),
+            "another listing's token"
+        );
     }
 }

@@ -49,7 +49,8 @@ use super::{
 use crate::{
     domain::{
         Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
-        StatsRecord, Status, add_counter, reminders_for, top_events, winner,
+        StartPage, StartPosition, StatsRecord, Status, add_counter, reminders_for, top_events,
+        winner,
     },
     events,
 };
@@ -68,6 +69,8 @@ pub const SCHEMA: &[&str] = &[
         event_id uuid, user_id uuid, joined_at bigint, PRIMARY KEY ((event_id), user_id))",
     "CREATE TABLE IF NOT EXISTS voting_deadlines (
         minute bigint, deadline bigint, id uuid, PRIMARY KEY ((minute), deadline, id))",
+    "CREATE TABLE IF NOT EXISTS events_by_start (
+        week bigint, start bigint, id uuid, option int, PRIMARY KEY ((week), start, id, option))",
     "CREATE TABLE IF NOT EXISTS reminders_due (
         minute bigint, due bigint, id uuid, before_secs int,
         PRIMARY KEY ((minute), due, id, before_secs))",
@@ -98,6 +101,9 @@ struct Statements {
     set_count: PreparedStatement,
     take_place: PreparedStatement,
     update: PreparedStatement,
+    index_start: PreparedStatement,
+    starts_from: PreparedStatement,
+    starts_after: PreparedStatement,
     index_reminder: PreparedStatement,
     reminders_in: PreparedStatement,
     mark_sent: PreparedStatement,
@@ -157,6 +163,12 @@ impl Sweep {
 }
 
 const MINUTE_MS: i64 = 60_000;
+/// `events_by_start` partitions: a week of starts each.
+const WEEK_MS: i64 = 7 * 24 * 3_600_000;
+/// How many weeks one listing call reads at most, and how far ahead the
+/// listing by start reaches at all.
+const WEEKS_PER_CALL: i64 = 8;
+const WEEKS_AHEAD: i64 = 104;
 
 /// An event row: the record's JSON and the columns races change.
 type EventRow = (String, String, Option<i32>, i32, Option<i32>);
@@ -182,6 +194,9 @@ impl CqlStore {
             // lowering it meanwhile makes the join look again.
             take_place: p("UPDATE events SET participant_count = ? WHERE id = ? IF participant_count = ? AND capacity = ? AND status != 'cancelled'").await?,
             update: p("UPDATE events SET record = ?, capacity = ? WHERE id = ? IF status != 'cancelled' AND participant_count <= ?").await?,
+            index_start: p("INSERT INTO events_by_start (week, start, id, option) VALUES (?, ?, ?, ?)").await?,
+            starts_from: p("SELECT start, id, option FROM events_by_start WHERE week = ? AND start >= ? LIMIT ?").await?,
+            starts_after: p("SELECT start, id, option FROM events_by_start WHERE week = ? AND (start, id, option) > (?, ?, ?) LIMIT ?").await?,
             index_reminder: p("INSERT INTO reminders_due (minute, due, id, before_secs) VALUES (?, ?, ?, ?)").await?,
             reminders_in: p("SELECT due, id, before_secs FROM reminders_due WHERE minute = ?").await?,
             mark_sent: p("INSERT INTO reminders_sent (id, before_secs) VALUES (?, ?) IF NOT EXISTS").await?,
@@ -488,6 +503,21 @@ fn role_name(role: MemberRole) -> &'static str {
 #[async_trait::async_trait]
 impl EventsRepository for CqlStore {
     async fn create_event(&self, event: &EventRecord) -> StoreResult<()> {
+        // The listing by start first: an entry whose event was never
+        // written is passed over.
+        for (option, time) in event.options.iter().enumerate() {
+            self.cql
+                .execute(
+                    &self.s.index_start,
+                    (
+                        time.start.div_euclid(WEEK_MS),
+                        time.start,
+                        event.id,
+                        option as i32,
+                    ),
+                )
+                .await?;
+        }
         let record = serde_json::to_string(event).map_err(internal)?;
         let mut batch = Batch::new(BatchType::Logged);
         batch.append_statement(self.s.insert_event.clone());
@@ -821,6 +851,66 @@ impl EventsRepository for CqlStore {
                     .await
             }
         }
+    }
+
+    async fn list_by_start(
+        &self,
+        from: Millis,
+        after: Option<StartPosition>,
+        limit: usize,
+    ) -> StoreResult<StartPage> {
+        let after = after.filter(|&(start, _, _)| start >= from);
+        let first_week = after
+            .map_or(from, |(start, _, _)| start)
+            .div_euclid(WEEK_MS);
+        let last_week = (first_week + WEEKS_PER_CALL).min(from.div_euclid(WEEK_MS) + WEEKS_AHEAD);
+        let fetch = limit_plus_one(limit * 4 + 15);
+        let mut page = StartPage {
+            items: Vec::new(),
+            next: None,
+        };
+        let mut position = after;
+        for week in first_week..last_week {
+            loop {
+                let rows: Vec<(i64, Uuid, i32)> = match position {
+                    Some((start, id, option)) if start.div_euclid(WEEK_MS) == week => {
+                        self.cql
+                            .rows(
+                                &self.s.starts_after,
+                                (week, start, id, option as i32, fetch),
+                            )
+                            .await?
+                    }
+                    _ => {
+                        self.cql
+                            .rows(&self.s.starts_from, (week, from, fetch))
+                            .await?
+                    }
+                };
+                let full = rows.len() >= fetch as usize;
+                for (start, id, option) in rows {
+                    let option = option.max(0) as u32;
+                    position = Some((start, id, option));
+                    if let Some(event) = self.load(id).await?
+                        && event.start_option() == Some(option)
+                    {
+                        page.items.push(event);
+                        if page.items.len() >= limit {
+                            page.next = position;
+                            return Ok(page);
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        // Go on after the weeks read, unless that is past the horizon.
+        if last_week < from.div_euclid(WEEK_MS) + WEEKS_AHEAD {
+            page.next = Some((last_week * WEEK_MS - 1, Uuid::max(), u32::MAX));
+        }
+        Ok(page)
     }
 
     async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>> {

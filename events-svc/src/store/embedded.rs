@@ -27,7 +27,8 @@ use super::{
 use crate::{
     domain::{
         Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
-        StatsRecord, Status, add_counter, now_millis, reminders_for, top_events, winner,
+        StartPage, StartPosition, StatsRecord, Status, add_counter, now_millis, reminders_for,
+        top_events, winner,
     },
     events,
 };
@@ -47,6 +48,8 @@ const VOTES: TableDefinition<&[u8], ()> = TableDefinition::new("votes");
 const VOTE_COUNTS: TableDefinition<&[u8], u32> = TableDefinition::new("vote_counts");
 /// deadline ms (big-endian) ‖ event → (): events still voting, by deadline.
 const DEADLINES: TableDefinition<&[u8], ()> = TableDefinition::new("voting_deadlines");
+/// start ms ‖ event ‖ option (big-endian) → (): every proposed start.
+const STARTS: TableDefinition<&[u8], ()> = TableDefinition::new("events_by_start");
 /// due ms ‖ event ‖ seconds before (big-endian) → (): reminders to send.
 const REMINDERS: TableDefinition<&[u8], ()> = TableDefinition::new("reminders_due");
 /// hour ‖ counter name → n.
@@ -82,6 +85,7 @@ impl EmbeddedStore {
             txn.open_table(MEMBERS)?;
             txn.open_table(DEADLINES)?;
             txn.open_table(REMINDERS)?;
+            txn.open_table(STARTS)?;
             txn.open_table(COUNTERS)?;
             txn.open_table(ACTIVE)?;
             txn.open_table(EVENT_JOINS)?;
@@ -198,6 +202,14 @@ fn unschedule(txn: &WriteTransaction, event: &EventRecord) -> StoreResult<()> {
     Ok(())
 }
 
+fn start_key((start, event, option): StartPosition) -> [u8; 28] {
+    let mut key = [0u8; 28];
+    key[..8].copy_from_slice(&start.to_be_bytes());
+    key[8..24].copy_from_slice(event.as_bytes());
+    key[24..].copy_from_slice(&option.to_be_bytes());
+    key
+}
+
 fn reminder_key(job: &ReminderJob) -> [u8; 28] {
     let mut key = [0u8; 28];
     key[..8].copy_from_slice(&job.due.to_be_bytes());
@@ -272,6 +284,15 @@ impl EventsRepository for EmbeddedStore {
                 .map_err(internal)?
                 .insert(deadline_key(&event).as_slice(), ())
                 .map_err(internal)?;
+            let mut starts = txn.open_table(STARTS).map_err(internal)?;
+            for (option, time) in event.options.iter().enumerate() {
+                starts
+                    .insert(
+                        start_key((time.start, event.id, option as u32)).as_slice(),
+                        (),
+                    )
+                    .map_err(internal)?;
+            }
             if let Some(community) = event.community_id {
                 txn.open_table(BY_COMMUNITY)
                     .map_err(internal)?
@@ -546,6 +567,63 @@ impl EventsRepository for EmbeddedStore {
                     }
                 }
                 Ok(page_from(items, limit, |e| e.id))
+            })
+            .await
+    }
+
+    async fn list_by_start(
+        &self,
+        from: Millis,
+        after: Option<StartPosition>,
+        limit: usize,
+    ) -> StoreResult<StartPage> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let starts = txn.open_table(STARTS).map_err(internal)?;
+                let events = txn.open_table(EVENTS).map_err(internal)?;
+                let first = start_key((from.max(0), Uuid::nil(), 0));
+                let lower = after.map(start_key);
+                let lower = match &lower {
+                    Some(key) if key.as_slice() >= first.as_slice() => {
+                        Bound::Excluded(key.as_slice())
+                    }
+                    _ => Bound::Included(first.as_slice()),
+                };
+                let mut page = StartPage {
+                    items: Vec::new(),
+                    next: None,
+                };
+                // A bounded stretch per call: other options' entries and
+                // cancelled events are passed over, not counted.
+                let mut budget = limit * 10 + 100;
+                for entry in starts
+                    .range::<&[u8]>((lower, Bound::Unbounded))
+                    .map_err(internal)?
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    let key = key.value();
+                    let position = (
+                        i64::from_be_bytes(key[..8].try_into().map_err(internal)?),
+                        Uuid::from_slice(&key[8..24]).map_err(internal)?,
+                        u32::from_be_bytes(key[24..].try_into().map_err(internal)?),
+                    );
+                    if let Some(value) = events
+                        .get(position.1.as_bytes().as_slice())
+                        .map_err(internal)?
+                    {
+                        let event: EventRecord = decode(value.value())?;
+                        if event.start_option() == Some(position.2) {
+                            page.items.push(event);
+                        }
+                    }
+                    budget -= 1;
+                    if page.items.len() >= limit || budget == 0 {
+                        page.next = Some(position);
+                        break;
+                    }
+                }
+                Ok(page)
             })
             .await
     }

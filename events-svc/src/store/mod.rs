@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
-    StatsRecord,
+    StartPage, StartPosition, StatsRecord,
 };
 
 /// Which events a listing walks, in a stable order (by id: creation order).
@@ -108,6 +108,17 @@ pub trait EventsRepository: Send + Sync + 'static {
         after: Option<Uuid>,
         limit: usize,
     ) -> StoreResult<Page<EventRecord>>;
+
+    /// Events not cancelled that start at or after `from`, by (start, id):
+    /// every option's start is indexed when the event is created, and an
+    /// event counts at its `start_option` only, so closing moves it without
+    /// touching the index. Continues after `after`; `limit` events at most.
+    async fn list_by_start(
+        &self,
+        from: Millis,
+        after: Option<StartPosition>,
+        limit: usize,
+    ) -> StoreResult<StartPage>;
 
     /// Events still voting whose deadline is at or before `now`, oldest
     /// deadline first (the scheduler closes them).

@@ -177,3 +177,102 @@ async fn closes_and_reminders_happen_once_across_replicas_one_killed() {
     }
     drop(b);
 }
+
+/// A Redis of this test's own on `port`, persisting to `dir` (a restart
+/// keeps the stream, as a production Redis with AOF does).
+fn own_redis(port: u16, dir: &std::path::Path) -> Option<munity_testkit::Process> {
+    let mut args: Vec<&std::ffi::OsStr> = ["--save", "", "--appendonly", "yes", "--dir"]
+        .iter()
+        .map(|a| a.as_ref())
+        .collect();
+    args.push(dir.as_os_str());
+    munity_testkit::redis_server(port, &args).ok()
+}
+
+/// Reads the stream from the start until `want` events of `aggregate` came
+/// (or 30 s): their types and acting users, in stream order.
+async fn events_of(log: &RedisLog, aggregate: &str, want: usize) -> Vec<(String, String)> {
+    let mut reader = log
+        .join(&format!("reader-{}", Uuid::now_v7().simple()), "reader")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut ids = HashSet::new();
+    let started = Instant::now();
+    while seen.len() < want && started.elapsed() < Duration::from_secs(30) {
+        for delivery in reader.next(100, Duration::from_millis(300)).await.unwrap() {
+            let event = delivery.event;
+            if event.aggregate_id == aggregate && ids.insert(event.id.clone()) {
+                let user = event.subject_ids.last().cloned().unwrap_or_default();
+                seen.push((event.r#type, user));
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_while_redis_is_down_and_events_follow_in_order() {
+    let Some(cql) = munity_testkit::cql_config("events_redis_down") else {
+        return;
+    };
+    let redis_dir = tempfile::tempdir().unwrap();
+    let port = munity_testkit::free_port();
+    let Some(redis) = own_redis(port, redis_dir.path()) else {
+        assert!(!munity_testkit::in_ci(), "no redis-server in CI");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let stream = "munity:test:events-redis-down";
+    let store = {
+        let _schema = munity_testkit::schema_lock().await;
+        CqlStore::connect(&cql).await.expect("the CQL test server")
+    };
+    // The replica relays the keyspace's outbox to the stream.
+    let _replica = munity_testkit::spawn_ready(
+        replica(&cql.nodes.join(","), &cql.keyspace, &url, stream),
+        Duration::from_secs(60),
+    )
+    .await;
+    let now = now_millis();
+    let event = meeting(now + 3_600_000, now + 7_200_000);
+    store.create_event(&event).await.unwrap();
+    let log = RedisLog::connect(&url, stream, 100_000, Duration::from_millis(500))
+        .await
+        .unwrap();
+    let aggregate = event.id.to_string();
+    assert_eq!(events_of(&log, &aggregate, 1).await.len(), 1, "created");
+
+    // Redis goes away: every change still commits; its events wait.
+    drop(redis);
+    let voters: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+    for voter in &voters {
+        store.cast_vote(event.id, 0, *voter).await.unwrap();
+    }
+    store.withdraw_vote(event.id, 0, voters[0]).await.unwrap();
+    assert_eq!(store.vote_counts(event.id).await.unwrap(), vec![4]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // It comes back with its data: the relay catches up, in order.
+    let _redis = own_redis(port, redis_dir.path()).unwrap();
+    let started = Instant::now();
+    let seen = events_of(&log, &aggregate, 7).await;
+    println!("caught up {:?} after Redis came back", started.elapsed());
+    let mut expected = vec![(
+        "munity.events.v1.EventCreated".to_owned(),
+        event.owner_id.to_string(),
+    )];
+    expected.extend(
+        voters
+            .iter()
+            .map(|v| ("munity.events.v1.VoteCast".to_owned(), v.to_string())),
+    );
+    expected.push((
+        "munity.events.v1.VoteWithdrawn".to_owned(),
+        voters[0].to_string(),
+    ));
+    assert_eq!(
+        seen, expected,
+        "every event once, in the order they happened"
+    );
+}

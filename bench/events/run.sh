@@ -11,7 +11,7 @@
 # Backends (both up for the whole run):
 #   embedded     `munity dev`: gateway, users-svc, events-svc in one process
 #   cql          users-svc + events-svc on Cassandra, Redis event log,
-#                munity-gateway in front (four processes)
+#                munity-gateway in front (three processes, plus the store)
 # Prints per (backend, call, concurrency) req/s, p50, p99, errors and CPU
 # seconds per 1,000 calls of the gateway, the services and (cql) the store.
 # Everything on loopback; every process started here is stopped on exit.
@@ -131,7 +131,7 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   # The CQL backend's data: its keyspaces and its event-log stream.
-  if ((${#CQL_KEYSPACES[@]})) && [[ $STOP_CASSANDRA -eq 0 && -n "$CQL_NODE" ]]; then
+  if ((${#CQL_KEYSPACES[@]})) && [[ -n "$CQL_NODE" ]]; then
     python3 "$HERE/cql_drop.py" "$CQL_NODE" "${CQL_KEYSPACES[@]}" \
       || log "WARNING: could not drop keyspaces ${CQL_KEYSPACES[*]}"
   fi

@@ -17,6 +17,16 @@ use events_svc::{
     store::{EventsRepository, cql::CqlStore},
 };
 use munity_bus::{EventLog, redis::RedisLog};
+use munity_platform::{
+    auth::{AuthConfig, with_bearer},
+    config::{BusConfig, StorageConfig},
+    service::ServiceConfig,
+    shutdown::ShutdownToken,
+};
+use munity_proto::{
+    events::v1::{self as events_pb, events_client::EventsClient},
+    users::v1::{self as users_pb, users_client::UsersClient},
+};
 use uuid::Uuid;
 
 /// A reminder this long before the start (seconds).
@@ -211,6 +221,56 @@ async fn events_of(log: &RedisLog, aggregate: &str, want: usize) -> Vec<(String,
     seen
 }
 
+/// users-svc in this process (embedded storage under `dir`): where the
+/// replica fetches its keys, and where the test signs people up.
+async fn users_service(dir: &std::path::Path) -> (String, ShutdownToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let config = ServiceConfig {
+        listen: address,
+        shutdown_grace_secs: 1,
+        storage: StorageConfig::Embedded {
+            path: dir.to_path_buf(),
+        },
+        bus: BusConfig {
+            path: dir.join("bus"),
+            ..Default::default()
+        },
+        own: users_svc::UsersConfig::default(),
+    };
+    let shutdown = ShutdownToken::new();
+    tokio::spawn(users_svc::run(
+        config,
+        AuthConfig::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    (format!("http://{address}"), shutdown)
+}
+
+async fn sign_up(users: &str) -> (String, String) {
+    let session = UsersClient::connect(users.to_owned())
+        .await
+        .unwrap()
+        .register(users_pb::RegisterRequest {
+            email: format!("{}@example.com", Uuid::now_v7().simple()),
+            password: "correct horse".to_owned(),
+            display_name: "Voter".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (session.access_token, session.user.unwrap().id)
+}
+
+fn in_hours(hours: i64) -> prost_types::Timestamp {
+    let at = now_millis() + hours * 3_600_000;
+    prost_types::Timestamp {
+        seconds: at / 1000,
+        nanos: 0,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_commit_while_redis_is_down_and_events_follow_in_order() {
     let Some(cql) = munity_testkit::cql_config("events_redis_down") else {
@@ -224,55 +284,93 @@ async fn writes_commit_while_redis_is_down_and_events_follow_in_order() {
     };
     let url = format!("redis://127.0.0.1:{port}");
     let stream = "munity:test:events-redis-down";
-    let store = {
+    let users_dir = tempfile::tempdir().unwrap();
+    let (users, _users_shutdown) = users_service(users_dir.path()).await;
+    let replica = {
         let _schema = munity_testkit::schema_lock().await;
-        CqlStore::connect(&cql).await.expect("the CQL test server")
+        let mut command = replica(&cql.nodes.join(","), &cql.keyspace, &url, stream);
+        command.env("MUNITY_AUTH__JWKS_URL", &users);
+        munity_testkit::spawn_ready(command, Duration::from_secs(60)).await
     };
-    // The replica relays the keyspace's outbox to the stream.
-    let _replica = munity_testkit::spawn_ready(
-        replica(&cql.nodes.join(","), &cql.keyspace, &url, stream),
-        Duration::from_secs(60),
-    )
-    .await;
-    let now = now_millis();
-    let event = meeting(now + 3_600_000, now + 7_200_000);
-    store.create_event(&event).await.unwrap();
+    let mut events = EventsClient::connect(format!("http://{}", replica.address("events")))
+        .await
+        .unwrap();
+    let (owner, owner_id) = sign_up(&users).await;
+    let create = |title: &str| events_pb::CreateEventRequest {
+        title: title.to_owned(),
+        options: vec![events_pb::TimeOptionInput {
+            start: Some(in_hours(10)),
+            end: Some(in_hours(11)),
+        }],
+        voting_deadline: Some(in_hours(5)),
+        ..Default::default()
+    };
+    let event = events
+        .create_event(with_bearer(create("Before"), &owner))
+        .await
+        .unwrap()
+        .into_inner();
     let log = RedisLog::connect(&url, stream, 100_000, Duration::from_millis(500))
         .await
         .unwrap();
-    let aggregate = event.id.to_string();
-    assert_eq!(events_of(&log, &aggregate, 1).await.len(), 1, "created");
+    assert_eq!(events_of(&log, &event.id, 1).await.len(), 1, "created");
 
-    // Redis goes away: every change still commits; its events wait.
+    // Redis goes away: CreateEvent and Vote still succeed; events wait.
     drop(redis);
-    let voters: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-    for voter in &voters {
-        store.cast_vote(event.id, 0, *voter).await.unwrap();
+    let mut voters = Vec::new();
+    for _ in 0..5 {
+        let (token, id) = sign_up(&users).await;
+        events
+            .vote(with_bearer(
+                events_pb::VoteRequest {
+                    event_id: event.id.clone(),
+                    option_id: 0,
+                },
+                &token,
+            ))
+            .await
+            .unwrap();
+        voters.push((token, id));
     }
-    store.withdraw_vote(event.id, 0, voters[0]).await.unwrap();
-    assert_eq!(store.vote_counts(event.id).await.unwrap(), vec![4]);
+    events
+        .unvote(with_bearer(
+            events_pb::VoteRequest {
+                event_id: event.id.clone(),
+                option_id: 0,
+            },
+            &voters[0].0,
+        ))
+        .await
+        .unwrap();
+    let during = events
+        .create_event(with_bearer(create("During"), &owner))
+        .await
+        .unwrap()
+        .into_inner();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // It comes back with its data: the relay catches up, in order.
     let _redis = own_redis(port, redis_dir.path()).unwrap();
     let started = Instant::now();
-    let seen = events_of(&log, &aggregate, 7).await;
+    let seen = events_of(&log, &event.id, 7).await;
     println!("caught up {:?} after Redis came back", started.elapsed());
-    let mut expected = vec![(
-        "munity.events.v1.EventCreated".to_owned(),
-        event.owner_id.to_string(),
-    )];
+    let mut expected = vec![("munity.events.v1.EventCreated".to_owned(), owner_id)];
     expected.extend(
         voters
             .iter()
-            .map(|v| ("munity.events.v1.VoteCast".to_owned(), v.to_string())),
+            .map(|(_, id)| ("munity.events.v1.VoteCast".to_owned(), id.clone())),
     );
     expected.push((
         "munity.events.v1.VoteWithdrawn".to_owned(),
-        voters[0].to_string(),
+        voters[0].1.clone(),
     ));
     assert_eq!(
         seen, expected,
         "every event once, in the order they happened"
+    );
+    assert_eq!(
+        events_of(&log, &during.id, 1).await.len(),
+        1,
+        "created while down"
     );
 }

@@ -353,7 +353,7 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
         }
     };
     assert_eq!(upcoming(&bob).await, [public.id.clone(), event.id.clone()]);
-    assert_eq!(upcoming(&carol).await, [public.id.clone()]);
+    assert_eq!(upcoming(&carol).await, [public.id.as_str()]);
 
     // The owner edits it: a new title, and room for everyone. Bob (a member,
     // not a moderator) may not; nor may anyone lower it below who is in.

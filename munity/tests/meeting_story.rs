@@ -182,6 +182,66 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
         async move { events.vote(request).await }
     };
     assert_eq!(code(vote(&carol, 0).await), Code::NotFound);
+    // Every other call on it from outside the community: NOT_FOUND too, as
+    // if it did not exist (no probing for ids).
+    let id = || event.id.clone();
+    let mut e = events.clone();
+    let outsider = [
+        code(
+            e.unvote(with_bearer(
+                events::VoteRequest {
+                    event_id: id(),
+                    option_id: 0,
+                },
+                &carol,
+            ))
+            .await,
+        ),
+        code(
+            e.join(with_bearer(events::JoinRequest { event_id: id() }, &carol))
+                .await,
+        ),
+        code(
+            e.leave(with_bearer(events::LeaveRequest { event_id: id() }, &carol))
+                .await,
+        ),
+        code(
+            e.list_participants(with_bearer(
+                events::ListParticipantsRequest {
+                    event_id: id(),
+                    ..Default::default()
+                },
+                &carol,
+            ))
+            .await,
+        ),
+        code(
+            e.close_voting(with_bearer(
+                events::CloseVotingRequest { event_id: id() },
+                &carol,
+            ))
+            .await,
+        ),
+        code(
+            e.cancel_event(with_bearer(
+                events::CancelEventRequest { event_id: id() },
+                &carol,
+            ))
+            .await,
+        ),
+        code(
+            e.update_event(with_bearer(
+                events::UpdateEventRequest {
+                    event_id: id(),
+                    title: Some("Mine now".to_owned()),
+                    ..Default::default()
+                },
+                &carol,
+            ))
+            .await,
+        ),
+    ];
+    assert_eq!(outsider, [Code::NotFound; 7]);
     assert_eq!(
         code(
             events

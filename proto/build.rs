@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "munity/domain/v1/domain.proto",
     "munity/users/v1/users.proto",
     "munity/events/v1/events.proto",
+    "munity/notify/v1/notify.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -380,8 +380,8 @@ set_up_calls() {  # set_up_calls BACKEND GATEWAY_ADDR USERS_ADDR
   deadline=$((SECONDS + 30))
   until grpc "$users" munity.users.v1.Users/Register \
       "{\"email\":\"$email\",\"password\":\"$password\",\"displayName\":\"Bench\"}" \
-      >"$dir/register.json" 2>&1; do
-    (( SECONDS < deadline )) || { cat "$dir/register.json" >&2; die "$backend: Register failed"; }
+      >"$dir/register.json" 2>"$dir/register.err"; do
+    (( SECONDS < deadline )) || { cat "$dir/register.err" >&2; die "$backend: Register failed"; }
     sleep 0.5
   done
   token=$(json_get "$dir/register.json" accessToken)
@@ -399,8 +399,8 @@ set_up_calls() {  # set_up_calls BACKEND GATEWAY_ADDR USERS_ADDR
   deadline=$((SECONDS + 30))
   until grpc "$gateway" munity.events.v1.Events/CreateEvent \
       "{\"title\":\"bench vote\",\"options\":$options,\"votingDeadline\":\"2030-01-05T00:00:00Z\"}" \
-      "$token" >"$dir/vote-event.json" 2>&1; do
-    (( SECONDS < deadline )) || { cat "$dir/vote-event.json" >&2; die "$backend: CreateEvent through the gateway failed"; }
+      "$token" >"$dir/vote-event.json" 2>"$dir/vote-event.err"; do
+    (( SECONDS < deadline )) || { cat "$dir/vote-event.err" >&2; die "$backend: CreateEvent through the gateway failed"; }
     sleep 0.3
   done
   local event_id

@@ -52,8 +52,9 @@ fn unavailable(error: impl std::fmt::Display) -> BusError {
 }
 
 /// A client that reconnects by itself and fails commands fast while Redis
-/// is away (the callers retry: the relay, consumers' loops).
-async fn connect(config: &Config, timeout: Duration) -> BusResult<Client> {
+/// is away (the callers retry: the relay, consumers' loops). Shared with
+/// other users of Redis (notify-svc's hub).
+pub async fn connect(config: &Config, timeout: Duration) -> BusResult<Client> {
     let client = Builder::from_config(config.clone())
         .with_connection_config(|c| {
             c.connection_timeout = timeout;

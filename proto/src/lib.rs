@@ -35,6 +35,13 @@ pub mod events {
     }
 }
 
+/// `munity.notify.v1`: live notifications on topics, with resume.
+pub mod notify {
+    pub mod v1 {
+        tonic::include_proto!("munity.notify.v1");
+    }
+}
+
 /// `munity.users.v1`: accounts, sessions, signing keys, roles, communities.
 pub mod users {
     pub mod v1 {

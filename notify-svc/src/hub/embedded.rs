@@ -1,0 +1,279 @@
+//! The embedded hub (`munity dev`): history in one redb file
+//! (`notify.redb`), live delivery by an in-process broadcast sent after
+//! each commit. Each publish is one write transaction: the offset, the
+//! history entry, the idempotency entry and the trimming together.
+//!
+//! Keys: `topic ‖ 0 ‖ offset` (big-endian) for history, `topic ‖ 0 ‖ id`
+//! for idempotency. The epoch is made once per topic and kept: history
+//! trimmed by size or age makes an old position resync, not the epoch.
+
+use std::{path::Path, sync::Arc};
+
+use munity_store::{
+    Millis,
+    embedded::{EmbeddedDb, decode, encode},
+    internal,
+};
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{
+    Hub, HubError, HubResult, LIVE_BUFFER, Live, Notification, Position, Recovery, Retention,
+    from_proto, new_epoch, to_proto,
+};
+
+/// topic → its meta.
+const TOPICS: TableDefinition<&str, &[u8]> = TableDefinition::new("topics");
+/// topic ‖ 0 ‖ offset → notification (protobuf).
+const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
+/// topic ‖ 0 ‖ source event id → offset.
+const PUBLISHED: TableDefinition<&[u8], u64> = TableDefinition::new("published");
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TopicMeta {
+    epoch: String,
+    /// The last offset given.
+    offset: u64,
+}
+
+fn key(topic: &str, tail: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + 1 + tail.len());
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(tail);
+    key
+}
+
+fn history_key(topic: &str, offset: u64) -> Vec<u8> {
+    key(topic, &offset.to_be_bytes())
+}
+
+fn hub_error(error: munity_store::StoreError) -> HubError {
+    HubError::Internal(error.to_string())
+}
+
+pub struct EmbeddedHub {
+    db: EmbeddedDb,
+    retention: Retention,
+    live: broadcast::Sender<Live>,
+}
+
+impl EmbeddedHub {
+    /// Opens (or creates) `dir/notify.redb`.
+    pub fn open(dir: &Path, retention: Retention) -> anyhow::Result<Self> {
+        let db = EmbeddedDb::open(dir, "notify", |txn| {
+            txn.open_table(TOPICS)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(PUBLISHED)?;
+            Ok(())
+        })?;
+        Ok(EmbeddedHub {
+            db,
+            retention,
+            live: broadcast::channel(LIVE_BUFFER).0,
+        })
+    }
+}
+
+fn meta(txn: &WriteTransaction, topic: &str) -> munity_store::StoreResult<TopicMeta> {
+    let mut topics = txn.open_table(TOPICS).map_err(internal)?;
+    let existing = topics
+        .get(topic)
+        .map_err(internal)?
+        .map(|v| decode::<TopicMeta>(v.value()))
+        .transpose()?;
+    match existing {
+        Some(meta) => Ok(meta),
+        None => {
+            let meta = TopicMeta {
+                epoch: new_epoch(),
+                offset: 0,
+            };
+            topics
+                .insert(topic, encode(&meta)?.as_slice())
+                .map_err(internal)?;
+            Ok(meta)
+        }
+    }
+}
+
+/// Drops history past the retention size (the oldest entries; a bounded
+/// number per publish). The embedded hub has no TTL: one process, one
+/// disk, and topics stay until trimmed by size.
+fn trim(
+    txn: &WriteTransaction,
+    topic: &str,
+    newest: u64,
+    retention: Retention,
+) -> munity_store::StoreResult<()> {
+    let mut history = txn.open_table(HISTORY).map_err(internal)?;
+    let mut published = txn.open_table(PUBLISHED).map_err(internal)?;
+    let oldest_kept = newest.saturating_sub(retention.size.max(1)) + 1;
+    let start = history_key(topic, 0);
+    let end = history_key(topic, oldest_kept);
+    let mut doomed = Vec::new();
+    for entry in history
+        .range::<&[u8]>(start.as_slice()..end.as_slice())
+        .map_err(internal)?
+        .take(64)
+    {
+        let (k, v) = entry.map_err(internal)?;
+        let notification =
+            munity_proto::notify::v1::Notification::decode(v.value()).map_err(internal)?;
+        doomed.push((k.value().to_vec(), notification.event_id));
+    }
+    for (k, id) in doomed {
+        history.remove(k.as_slice()).map_err(internal)?;
+        published
+            .remove(key(topic, id.as_bytes()).as_slice())
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Hub for EmbeddedHub {
+    async fn publish(
+        &self,
+        topic: &str,
+        id: &str,
+        kind: &str,
+        payload: &[u8],
+        at: Millis,
+    ) -> HubResult<Notification> {
+        let (topic, id, kind, payload) = (
+            topic.to_owned(),
+            id.to_owned(),
+            kind.to_owned(),
+            payload.to_vec(),
+        );
+        let retention = self.retention;
+        let (notification, new) = self
+            .db
+            .write(move |txn| {
+                let before = txn
+                    .open_table(PUBLISHED)
+                    .map_err(internal)?
+                    .get(key(&topic, id.as_bytes()).as_slice())
+                    .map_err(internal)?
+                    .map(|v| v.value());
+                if let Some(offset) = before {
+                    let history = txn.open_table(HISTORY).map_err(internal)?;
+                    if let Some(stored) = history
+                        .get(history_key(&topic, offset).as_slice())
+                        .map_err(internal)?
+                    {
+                        let stored = munity_proto::notify::v1::Notification::decode(stored.value())
+                            .map_err(internal)?;
+                        return Ok((from_proto(stored), false));
+                    }
+                }
+                let mut meta = meta(txn, &topic)?;
+                meta.offset += 1;
+                txn.open_table(TOPICS)
+                    .map_err(internal)?
+                    .insert(topic.as_str(), encode(&meta)?.as_slice())
+                    .map_err(internal)?;
+                let notification = Notification {
+                    topic: topic.clone(),
+                    epoch: meta.epoch,
+                    offset: meta.offset,
+                    at,
+                    kind,
+                    id: id.clone(),
+                    payload,
+                };
+                txn.open_table(HISTORY)
+                    .map_err(internal)?
+                    .insert(
+                        history_key(&topic, meta.offset).as_slice(),
+                        to_proto(&notification).encode_to_vec().as_slice(),
+                    )
+                    .map_err(internal)?;
+                txn.open_table(PUBLISHED)
+                    .map_err(internal)?
+                    .insert(key(&topic, id.as_bytes()).as_slice(), meta.offset)
+                    .map_err(internal)?;
+                trim(txn, &topic, meta.offset, retention)?;
+                Ok((notification, true))
+            })
+            .await
+            .map_err(hub_error)?;
+        if new {
+            // After the commit: whoever hears it can read it back.
+            let _ = self
+                .live
+                .send(Live::Notification(Arc::new(notification.clone())));
+        }
+        Ok(notification)
+    }
+
+    async fn position(&self, topic: &str) -> HubResult<Position> {
+        let topic = topic.to_owned();
+        let meta = self
+            .db
+            .write(move |txn| meta(txn, &topic))
+            .await
+            .map_err(hub_error)?;
+        Ok(Position {
+            epoch: meta.epoch,
+            offset: meta.offset,
+        })
+    }
+
+    async fn since(&self, topic: &str, after: &Position, limit: usize) -> HubResult<Recovery> {
+        let now = self.position(topic).await?;
+        if now.epoch != after.epoch {
+            return Ok(Recovery::Resync {
+                now,
+                reason: "the topic's history was lost (another epoch)",
+            });
+        }
+        if after.offset > now.offset {
+            return Ok(Recovery::Resync {
+                now,
+                reason: "the position is ahead of the topic",
+            });
+        }
+        if after.offset == now.offset {
+            return Ok(Recovery::Missed(Vec::new()));
+        }
+        let (topic, from) = (topic.to_owned(), after.offset + 1);
+        let items = self
+            .db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let history = txn.open_table(HISTORY).map_err(internal)?;
+                let start = history_key(&topic, from);
+                let end = history_key(&topic, u64::MAX);
+                let mut items = Vec::new();
+                for entry in history
+                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
+                    .map_err(internal)?
+                    .take(limit)
+                {
+                    let (_, v) = entry.map_err(internal)?;
+                    items.push(from_proto(
+                        munity_proto::notify::v1::Notification::decode(v.value())
+                            .map_err(internal)?,
+                    ));
+                }
+                Ok(items)
+            })
+            .await
+            .map_err(hub_error)?;
+        if items.first().is_none_or(|n| n.offset != from) {
+            return Ok(Recovery::Resync {
+                now,
+                reason: "history no longer reaches back to the position",
+            });
+        }
+        Ok(Recovery::Missed(items))
+    }
+
+    fn live(&self) -> broadcast::Receiver<Live> {
+        self.live.subscribe()
+    }
+}

@@ -1,0 +1,188 @@
+//! One contract, both hubs: the embedded one, and Redis (`MUNITY_TEST_REDIS`;
+//! required under CI=true) with two hubs on one server, as two replicas.
+
+use std::{sync::Arc, time::Duration};
+
+use notify_svc::hub::{
+    Hub, Live, Position, Recovery, Retention, embedded::EmbeddedHub, redis::RedisHub,
+};
+use uuid::Uuid;
+
+/// Two replicas' hubs over one store (embedded: the same one twice).
+type Pair = (Arc<dyn Hub>, Arc<dyn Hub>);
+
+const RETENTION: Retention = Retention {
+    size: 5,
+    ttl_secs: 3600,
+};
+
+async fn embedded() -> Option<(Pair, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let hub: Arc<dyn Hub> = Arc::new(EmbeddedHub::open(dir.path(), RETENTION).unwrap());
+    Some(((hub.clone(), hub), dir))
+}
+
+async fn redis() -> Option<(Pair, ())> {
+    let Some(url) = std::env::var("MUNITY_TEST_REDIS")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        assert!(
+            !munity_testkit::in_ci(),
+            "MUNITY_TEST_REDIS is required under CI=true"
+        );
+        return None;
+    };
+    let prefix = format!("munity:test:notify:{}", Uuid::now_v7().simple());
+    let hub = || async {
+        let hub = RedisHub::connect(&url, &prefix, RETENTION, Duration::from_secs(2))
+            .await
+            .unwrap();
+        Arc::new(hub) as Arc<dyn Hub>
+    };
+    let (a, b) = (hub().await, hub().await);
+    // Let both subscribe to the live channel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Some(((a, b), ()))
+}
+
+fn topic() -> String {
+    format!("event:{}", Uuid::now_v7())
+}
+
+async fn publish(hub: &dyn Hub, topic: &str, n: u32) -> notify_svc::hub::Notification {
+    hub.publish(
+        topic,
+        &format!("id-{n}"),
+        "munity.test.Thing",
+        format!("payload {n}|\0").as_bytes(),
+        1_700_000_000_000 + i64::from(n),
+    )
+    .await
+    .unwrap()
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn offsets_grow_by_one_per_topic_and_publishes_are_idempotent(pair: Pair) {
+        let (a, b) = pair;
+        let (t1, t2) = (topic(), topic());
+        let start = a.position(&t1).await.unwrap();
+        assert_eq!(start.offset, 0);
+        assert_eq!(b.position(&t1).await.unwrap(), start, "one epoch for all");
+        let mut offsets = Vec::new();
+        for n in 0..4 {
+            // Alternating replicas: one sequence.
+            let hub = if n % 2 == 0 { &a } else { &b };
+            offsets.push(publish(hub.as_ref(), &t1, n).await.offset);
+        }
+        assert_eq!(offsets, [1, 2, 3, 4]);
+        assert_eq!(publish(a.as_ref(), &t2, 0).await.offset, 1, "per topic");
+        let again = publish(b.as_ref(), &t1, 1).await;
+        assert_eq!(
+            again.offset, 2,
+            "the same source event: the same notification"
+        );
+        assert_eq!(again.payload, b"payload 1|\0");
+        assert_eq!(a.position(&t1).await.unwrap().offset, 4);
+    }
+
+    pub async fn a_resume_gets_exactly_what_was_missed_or_a_resync(pair: Pair) {
+        let (a, b) = pair;
+        let t = topic();
+        let epoch = a.position(&t).await.unwrap().epoch;
+        for n in 0..4 {
+            publish(a.as_ref(), &t, n).await;
+        }
+        let after = |offset| Position {
+            epoch: epoch.clone(),
+            offset,
+        };
+        match b.since(&t, &after(1), 100).await.unwrap() {
+            Recovery::Missed(missed) => {
+                let offsets: Vec<u64> = missed.iter().map(|n| n.offset).collect();
+                assert_eq!(offsets, [2, 3, 4]);
+                assert_eq!(missed[0].id, "id-1");
+                assert_eq!(missed[0].payload, b"payload 1|\0");
+                assert_eq!(missed[0].at, 1_700_000_000_001);
+                assert_eq!(missed[0].kind, "munity.test.Thing");
+            }
+            other => panic!("{other:?}"),
+        }
+        match b.since(&t, &after(1), 2).await.unwrap() {
+            Recovery::Missed(missed) => assert_eq!(missed.len(), 2, "a limit"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            b.since(&t, &after(4), 100).await.unwrap(),
+            Recovery::Missed(vec![])
+        );
+        // Another epoch, or a position ahead: resync.
+        let wrong = Position {
+            epoch: "other".to_owned(),
+            offset: 2,
+        };
+        assert!(matches!(
+            b.since(&t, &wrong, 100).await.unwrap(),
+            Recovery::Resync { now, .. } if now.offset == 4 && now.epoch == epoch
+        ));
+        assert!(matches!(
+            b.since(&t, &after(9), 100).await.unwrap(),
+            Recovery::Resync { .. }
+        ));
+        // History keeps the last 5: further back is a resync.
+        for n in 4..10 {
+            publish(a.as_ref(), &t, n).await;
+        }
+        assert!(matches!(
+            b.since(&t, &after(1), 100).await.unwrap(),
+            Recovery::Resync { .. }
+        ));
+        match b.since(&t, &after(7), 100).await.unwrap() {
+            Recovery::Missed(missed) => assert_eq!(missed.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    pub async fn live_notifications_reach_every_replica(pair: Pair) {
+        let (a, b) = pair;
+        let t = topic();
+        let mut on_a = a.live();
+        let mut on_b = b.live();
+        let sent = publish(a.as_ref(), &t, 0).await;
+        for live in [&mut on_a, &mut on_b] {
+            let heard = loop {
+                match tokio::time::timeout(Duration::from_secs(5), live.recv())
+                    .await
+                    .expect("heard within 5 s")
+                    .unwrap()
+                {
+                    Live::Notification(n) if n.topic == t => break n,
+                    _ => continue,
+                }
+            };
+            assert_eq!(*heard, sent);
+        }
+        // A repeated publish is not delivered again.
+        publish(b.as_ref(), &t, 0).await;
+        let next = publish(b.as_ref(), &t, 1).await;
+        let heard = loop {
+            match on_a.recv().await.unwrap() {
+                Live::Notification(n) if n.topic == t => break n,
+                _ => continue,
+            }
+        };
+        assert_eq!(heard.offset, next.offset);
+    }
+}
+
+munity_testkit::contract_suite! {
+    cases: cases,
+    backends: { embedded_hub => embedded(), redis_hub => redis() },
+    tests: [
+        offsets_grow_by_one_per_topic_and_publishes_are_idempotent,
+        a_resume_gets_exactly_what_was_missed_or_a_resync,
+        live_notifications_reach_every_replica,
+    ],
+}

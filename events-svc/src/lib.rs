@@ -28,10 +28,10 @@ pub mod scheduler;
 pub mod stats;
 pub mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use munity_platform::{
-    auth::{AuthConfig, RemoteJwks, TokenVerifier, VerifierSettings},
+    auth::{AuthConfig, TokenVerifier},
     server::GrpcHost,
     service::{Service, ServiceConfig},
     shutdown::ShutdownToken,
@@ -97,19 +97,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let verifier = Arc::new(TokenVerifier::new(
-        Arc::new(
-            RemoteJwks::new(std::slice::from_ref(&auth.jwks_url))
-                .map_err(|e| anyhow::anyhow!("auth.jwks_url {:?}: {e}", auth.jwks_url))?,
-        ),
-        VerifierSettings {
-            issuer: auth.issuer.clone(),
-            audience: auth.audience.clone(),
-            leeway: Duration::from_secs(auth.leeway_secs),
-            min_refetch_interval: Duration::from_secs(1),
-            cache_capacity: auth.token_cache_capacity,
-        },
-    ));
+    let verifier = TokenVerifier::remote(&auth)?;
     GrpcHost::new(EventsService::DESCRIPTOR_SET)?
         .add_service(
             EventsServer::new(api::EventsApi::new(repo))

@@ -50,6 +50,7 @@ pub fn services() -> Vec<DevEntry> {
     vec![
         dev_entry::<users_svc::UsersService>(),
         dev_entry::<events_svc::EventsService>(),
+        dev_entry::<notify_svc::NotifyService>(),
     ]
 }
 
@@ -91,6 +92,11 @@ pub async fn dev(
         // it fetch its signing keys from where it listens.
         if service.section == "users" {
             auth.jwks_url = format!("http://{}", service.address);
+        }
+        // notify-svc asks events-svc who may follow an event's topics.
+        if service.section == "events" {
+            source =
+                source.with_override("notify.events_url", format!("http://{}", service.address));
         }
         bound.push(service);
     }

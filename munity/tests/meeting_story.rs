@@ -11,6 +11,7 @@ use munity_proto::{
     users::v1::{self as users, users_client::UsersClient},
 };
 use munity_testkit::{Ready, spawn_ready};
+use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
 /// Whoever registers with this email is an admin (the config file).
@@ -642,4 +643,159 @@ async fn domain_events_survive_a_restart_of_munity_dev() {
         .into_inner();
     let ids: Vec<String> = listed.events.into_iter().map(|e| e.id).collect();
     assert_eq!(ids, created);
+}
+
+/// notify-svc through the gateway: a member follows a meeting and sees
+/// votes live; outsiders and other people's topics are refused; a client
+/// that drops off resumes from its last (epoch, offset) and gets exactly
+/// what it missed, then live ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_reach_subscribers_live_and_after_a_reconnect() {
+    use munity_proto::notify::v1::{
+        self as notify, notify_client::NotifyClient, subscribe_response::Message,
+    };
+
+    let data = tempfile::tempdir().unwrap();
+    let (_ready, channel) = start(data.path()).await;
+    let (alice, _) = register(&channel, "alice").await;
+    let (bob, bob_id) = register(&channel, "bob").await;
+    let mut events = EventsClient::new(channel.clone());
+    let mut notifications = NotifyClient::new(channel.clone());
+    let event = events
+        .create_event(with_bearer(
+            events::CreateEventRequest {
+                title: "Open call".to_owned(),
+                options: (1..=3)
+                    .map(|h| events::TimeOptionInput {
+                        start: Some(at(10 * h)),
+                        end: Some(at(10 * h + 1)),
+                    })
+                    .collect(),
+                voting_deadline: Some(at(5)),
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let topic = format!("event:{}", event.id);
+    let vote = |option: u32| {
+        let mut events = events.clone();
+        let request = with_bearer(
+            events::VoteRequest {
+                event_id: event.id.clone(),
+                option_id: option,
+            },
+            &alice,
+        );
+        async move { events.vote(request).await.unwrap() }
+    };
+
+    // Someone else's user topic, an unknown event: refused before streaming.
+    for refused in [
+        format!("user:{}", uuid::Uuid::now_v7()),
+        format!("event:{}", uuid::Uuid::now_v7()),
+    ] {
+        let status = notifications
+            .subscribe(with_bearer(
+                notify::SubscribeRequest {
+                    topics: vec![refused.clone()],
+                    ..Default::default()
+                },
+                &bob,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{refused}");
+    }
+
+    let subscribe = |resume: Option<notify::TopicPosition>| {
+        let mut notifications = notifications.clone();
+        let request = with_bearer(
+            notify::SubscribeRequest {
+                topics: vec![topic.clone(), format!("user:{bob_id}")],
+                resume: resume.into_iter().collect(),
+            },
+            &bob,
+        );
+        async move { notifications.subscribe(request).await.unwrap().into_inner() }
+    };
+    async fn next_notification(
+        stream: &mut tonic::Streaming<notify::SubscribeResponse>,
+    ) -> notify::Notification {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("a notification within 10 s")
+                .unwrap()
+                .expect("the stream goes on");
+            match message.message {
+                Some(Message::Notification(n)) => return n,
+                Some(Message::Heartbeat(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    let mut stream = subscribe(None).await;
+    let Some(Message::Subscribed(subscribed)) = stream.message().await.unwrap().unwrap().message
+    else {
+        panic!("subscribed first");
+    };
+    assert_eq!(subscribed.positions.len(), 2);
+    vote(0).await;
+    let first = next_notification(&mut stream).await;
+    assert_eq!(
+        (first.topic.as_str(), first.kind.as_str()),
+        (topic.as_str(), "munity.events.v1.VoteCast")
+    );
+    let cast = events::VoteCast::decode(first.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(cast.option_id, 0);
+
+    // Dropped; two votes meanwhile; resumed: exactly those two, then live.
+    drop(stream);
+    vote(1).await;
+    vote(2).await;
+    let mut stream = subscribe(Some(notify::TopicPosition {
+        topic: topic.clone(),
+        epoch: first.epoch.clone(),
+        offset: first.offset,
+    }))
+    .await;
+    stream.message().await.unwrap().unwrap(); // subscribed
+    let missed: Vec<u64> = vec![
+        next_notification(&mut stream).await.offset,
+        next_notification(&mut stream).await.offset,
+    ];
+    assert_eq!(missed, [first.offset + 1, first.offset + 2]);
+    vote(1).await; // no change: no event, no notification
+    events
+        .unvote(with_bearer(
+            events::VoteRequest {
+                event_id: event.id.clone(),
+                option_id: 0,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let live = next_notification(&mut stream).await;
+    assert_eq!(
+        (live.offset, live.kind.as_str()),
+        (first.offset + 3, "munity.events.v1.VoteWithdrawn")
+    );
+
+    // A position from another epoch: told to resync, then live.
+    let mut stream = subscribe(Some(notify::TopicPosition {
+        topic: topic.clone(),
+        epoch: "elsewhere".to_owned(),
+        offset: 1,
+    }))
+    .await;
+    stream.message().await.unwrap().unwrap(); // subscribed
+    let Some(Message::Resync(resync)) = stream.message().await.unwrap().unwrap().message else {
+        panic!("a resync");
+    };
+    assert_eq!(resync.position.unwrap().offset, first.offset + 3);
 }

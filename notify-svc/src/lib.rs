@@ -4,11 +4,119 @@
 //! exactly what it missed, then live ones.
 //!
 //! Layout, one layer per file:
+//! - `config.rs`: its own keys of the `[notify]` section.
 //! - `hub/`: history, offsets and live delivery; embedded (redb and an
 //!   in-process broadcast) and Redis (a stream per topic, one Lua script
 //!   per publish, pub/sub across replicas), held to one contract by
 //!   `tests/hub_contract.rs`.
+//! - `sources.rs`: domain events from the event log, published on the
+//!   topics they concern.
+//! - `access.rs`: who may follow which topic.
+//! - `api.rs`: the gRPC service (Subscribe).
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod api;
+pub mod config;
 pub mod hub;
+pub mod sources;
+
+use std::{sync::Arc, time::Duration};
+
+use munity_platform::{
+    auth::{AuthConfig, TokenVerifier},
+    config::StorageConfig,
+    server::GrpcHost,
+    service::{Service, ServiceConfig},
+    shutdown::ShutdownToken,
+};
+use munity_proto::notify::v1::notify_server::NotifyServer;
+use tokio::net::TcpListener;
+
+pub use config::{HubBackend, NotifyConfig};
+
+use crate::hub::{Hub, Retention, embedded::EmbeddedHub, redis::RedisHub};
+
+/// Largest request notify-svc accepts (32 topics with positions).
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// notify-svc as a platform service: `[notify]`, `munity.notify.v1`.
+pub struct NotifyService;
+
+impl Service for NotifyService {
+    const NAME: &'static str = "notify-svc";
+    const SECTION: &'static str = "notify";
+    const DESCRIPTOR_SET: &'static [u8] = munity_proto::FILE_DESCRIPTOR_SET;
+    type Config = NotifyConfig;
+
+    async fn run(
+        config: ServiceConfig<NotifyConfig>,
+        auth: AuthConfig,
+        listener: TcpListener,
+        shutdown: ShutdownToken,
+    ) -> anyhow::Result<()> {
+        run(config, auth, listener, shutdown).await
+    }
+}
+
+/// Opens the configured hub.
+pub async fn open_hub(config: &ServiceConfig<NotifyConfig>) -> anyhow::Result<Arc<dyn Hub>> {
+    let own = &config.own;
+    let retention = Retention {
+        size: own.history_size.max(1),
+        ttl_secs: own.history_ttl_secs.max(1),
+    };
+    Ok(match own.hub {
+        HubBackend::Embedded => match &config.storage {
+            StorageConfig::Embedded { path } => Arc::new(EmbeddedHub::open(path, retention)?),
+            StorageConfig::Cql(_) => anyhow::bail!(
+                "notify.hub = \"embedded\" keeps history under an embedded storage path; \
+                 with several replicas use notify.hub = \"redis\""
+            ),
+        },
+        HubBackend::Redis => Arc::new(
+            RedisHub::connect(
+                &own.redis_url,
+                &own.redis_prefix,
+                retention,
+                Duration::from_millis(own.redis_timeout_ms.max(1)),
+            )
+            .await?,
+        ),
+    })
+}
+
+/// Serves notify-svc on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    config: ServiceConfig<NotifyConfig>,
+    auth: AuthConfig,
+    listener: TcpListener,
+    shutdown: ShutdownToken,
+) -> anyhow::Result<()> {
+    let hub = open_hub(&config).await?;
+    match munity_bus::open(&config.bus).await {
+        Ok(log) => {
+            tokio::spawn(sources::follow(
+                log,
+                hub.clone(),
+                config.own.sources_group.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Err(error) => {
+            tracing::error!(%error, "the event log cannot be opened; no notifications from domain events")
+        }
+    }
+    let access = access::Access::new(&config.own.events_url)
+        .map_err(|e| anyhow::anyhow!("notify.events_url {:?}: {e}", config.own.events_url))?;
+    GrpcHost::new(NotifyService::DESCRIPTOR_SET)?
+        .add_service(
+            NotifyServer::new(api::NotifyApi::new(hub, access, config.own.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .with_shutdown_grace(config.shutdown_grace())
+        .with_auth(TokenVerifier::remote(&auth)?)
+        .serve(listener, shutdown.cancelled_owned())
+        .await
+}

@@ -1,6 +1,8 @@
-//! `notify-svc`: notify-svc alone, for scale-out deployments (typically
-//! with `[notify] hub = "redis"` and `[bus] backend = "redis"`).
+//! `notify-svc`: notify-svc alone, for scale-out deployments (with
+//! `[notify] hub = "redis"` and `[bus] backend = "redis"`).
+//! Configuration: `--config FILE` or `$MUNITY_CONFIG`, then `MUNITY_*`
+//! environment variables.
 
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+    munity_platform::service::main::<notify_svc::NotifyService>()
 }

@@ -268,6 +268,24 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
+    /// The verifier of a service that does not issue tokens: it fetches
+    /// users-svc's keys from `auth.jwks_url` (on first use, and again when
+    /// a token names a key it has not seen, at most once a second).
+    pub fn remote(auth: &AuthConfig) -> anyhow::Result<Arc<Self>> {
+        let keys = RemoteJwks::new(std::slice::from_ref(&auth.jwks_url))
+            .map_err(|e| anyhow::anyhow!("auth.jwks_url {:?}: {e}", auth.jwks_url))?;
+        Ok(Arc::new(TokenVerifier::new(
+            Arc::new(keys),
+            VerifierSettings {
+                issuer: auth.issuer.clone(),
+                audience: auth.audience.clone(),
+                leeway: std::time::Duration::from_secs(auth.leeway_secs),
+                min_refetch_interval: std::time::Duration::from_secs(1),
+                cache_capacity: auth.token_cache_capacity,
+            },
+        )))
+    }
+
     pub fn new(source: Arc<dyn JwksSource>, settings: VerifierSettings) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[settings.issuer]);

@@ -129,29 +129,6 @@ pub fn new_epoch() -> String {
 /// How many live messages a replica buffers for its slowest subscriber.
 pub const LIVE_BUFFER: usize = 4096;
 
-#[cfg(test)]
-mod tests {
-    use super::valid_topic;
-
-    #[test]
-    fn topics_are_kind_colon_id() {
-        assert!(valid_topic("event:01a20a96-ba9a-7646-8bc3-46c106d045ca"));
-        assert!(valid_topic("user:abc_1.2"));
-        for bad in [
-            "event",
-            "event:",
-            ":x",
-            "Event:x",
-            "event:a|b",
-            "event:a b",
-            "a:b:c",
-        ] {
-            assert!(!valid_topic(bad), "{bad}");
-        }
-        assert!(!valid_topic(&format!("event:{}", "a".repeat(100))));
-    }
-}
-
 /// The notification as clients (and the embedded store) see it.
 pub fn to_proto(n: &Notification) -> munity_proto::notify::v1::Notification {
     munity_proto::notify::v1::Notification {
@@ -177,5 +154,28 @@ pub fn from_proto(n: munity_proto::notify::v1::Notification) -> Notification {
         epoch: n.epoch,
         kind: n.kind,
         id: n.event_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_topic;
+
+    #[test]
+    fn topics_are_kind_colon_id() {
+        assert!(valid_topic("event:01a20a96-ba9a-7646-8bc3-46c106d045ca"));
+        assert!(valid_topic("user:abc_1.2"));
+        for bad in [
+            "event",
+            "event:",
+            ":x",
+            "Event:x",
+            "event:a|b",
+            "event:a b",
+            "a:b:c",
+        ] {
+            assert!(!valid_topic(bad), "{bad}");
+        }
+        assert!(!valid_topic(&format!("event:{}", "a".repeat(100))));
     }
 }

@@ -207,10 +207,10 @@ fn listen(subscriber: fred::prelude::Client, channel: String, live: broadcast::S
     let mut reconnects = subscriber.reconnect_rx();
     tokio::spawn(async move {
         // The first connection may have come before this task started.
-        if subscriber.is_connected() {
-            if let Err(error) = subscriber.subscribe(channel.as_str()).await {
-                tracing::warn!(%error, "cannot subscribe to live notifications yet");
-            }
+        if subscriber.is_connected()
+            && let Err(error) = subscriber.subscribe(channel.as_str()).await
+        {
+            tracing::warn!(%error, "cannot subscribe to live notifications yet");
         }
         while reconnects.recv().await.is_ok() {
             match subscriber.subscribe(channel.as_str()).await {

@@ -1,0 +1,87 @@
+//! Who may follow which topic, decided before anything streams:
+//! - `user:<id>`: the caller's own;
+//! - `event:<id>`: an event the caller can see, as events-svc decides
+//!   (GetEvent with the caller's own token);
+//! - `community:<id>`: a community the caller is a member of, as
+//!   events-svc knows it (its community listing, with the caller's token).
+//!
+//! Asking events-svc with the caller's token keeps one rule in one place;
+//! it costs one call per topic per Subscribe.
+
+use munity_platform::auth::{Claims, with_bearer};
+use munity_proto::events::v1::{self as events, events_client::EventsClient};
+use tonic::{Code, Status, transport::Channel};
+
+#[derive(Clone)]
+pub struct Access {
+    events: EventsClient<Channel>,
+}
+
+impl Access {
+    /// Calls events-svc at `url` (connecting lazily, on first use).
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(url.to_owned())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Access {
+            events: EventsClient::new(channel),
+        })
+    }
+
+    /// Ok when `claims` (presenting `token`) may follow `topic`.
+    pub async fn check(&self, claims: &Claims, token: &str, topic: &str) -> Result<(), Status> {
+        let denied = || Status::permission_denied(format!("topic {topic} is not yours to follow"));
+        let (kind, id) = topic.split_once(':').ok_or_else(denied)?;
+        let answer = match kind {
+            "user" => {
+                return if id == claims.sub.to_string() {
+                    Ok(())
+                } else {
+                    Err(denied())
+                };
+            }
+            "event" => self
+                .events
+                .clone()
+                .get_event(with_bearer(
+                    events::GetEventRequest {
+                        event_id: id.to_owned(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "community" => self
+                .events
+                .clone()
+                .list_events(with_bearer(
+                    events::ListEventsRequest {
+                        filter: events::EventFilter::Community as i32,
+                        community_id: id.to_owned(),
+                        page_size: 1,
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            _ => return Err(denied()),
+        };
+        match answer {
+            Ok(()) => Ok(()),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::NotFound | Code::PermissionDenied | Code::InvalidArgument
+                ) =>
+            {
+                Err(denied())
+            }
+            Err(status) => Err(Status::unavailable(format!(
+                "cannot check topic {topic} now ({}); try again",
+                status.message()
+            ))),
+        }
+    }
+}

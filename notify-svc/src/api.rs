@@ -1,0 +1,370 @@
+//! The `munity.notify.v1.Notify` gRPC service: Subscribe.
+//!
+//! A stream, once its topics are allowed (`access.rs`), is one task that
+//! listens to the hub's live notifications *before* reading each topic's
+//! position, then for each topic delivers in offset order: what the client
+//! missed (from history), then live ones. A live notification past the next
+//! offset (one lost on the way, or a lagging receiver) sends the stream to
+//! history for the gap; one at or below the last delivered is a duplicate
+//! and skipped. So nothing is skipped or repeated, however live and
+//! history interleave.
+//!
+//! Bounds: topics per stream, streams per user, and a buffer per stream; a
+//! client that lets the buffer fill is ended with UNAVAILABLE and resumes
+//! from its last offsets (nothing grows without bound for a slow reader).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use munity_platform::{auth::caller, error::FieldViolations, wire::timestamp};
+use munity_proto::notify::v1::{self as pb, notify_server::Notify};
+use munity_store::now_millis;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    access::Access,
+    config::NotifyConfig,
+    hub::{Hub, Live, Notification, Position, Recovery, to_proto, valid_topic},
+};
+
+pub struct NotifyApi {
+    hub: Arc<dyn Hub>,
+    access: Access,
+    config: Arc<NotifyConfig>,
+    /// Open streams per user.
+    streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl NotifyApi {
+    pub fn new(hub: Arc<dyn Hub>, access: Access, config: NotifyConfig) -> Self {
+        NotifyApi {
+            hub,
+            access,
+            config: Arc::new(config),
+            streams: Arc::default(),
+        }
+    }
+}
+
+/// One of a user's open streams; given back when dropped.
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<Uuid, usize>>>,
+    user: Uuid,
+}
+
+impl StreamSlot {
+    fn take(
+        streams: &Arc<Mutex<HashMap<Uuid, usize>>>,
+        user: Uuid,
+        max: usize,
+    ) -> Result<Self, Status> {
+        let mut open = streams.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(user).or_insert(0);
+        if *count >= max {
+            return Err(Status::resource_exhausted(format!(
+                "at most {max} streams per user are open at once; close one first"
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            streams: streams.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// The response stream: what the follower task sends, then the status it
+/// ended with, if it ended with one.
+pub struct Outbound {
+    rx: mpsc::Receiver<pb::SubscribeResponse>,
+    end: Arc<Mutex<Option<Status>>>,
+    finished: bool,
+}
+
+impl tokio_stream::Stream for Outbound {
+    type Item = Result<pb::SubscribeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(message)) => Poll::Ready(Some(Ok(message))),
+            Poll::Ready(None) => {
+                self.finished = true;
+                let end = self.end.lock().unwrap_or_else(|e| e.into_inner()).take();
+                Poll::Ready(end.map(Err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The stream cannot go on (the client is gone, or too slow).
+struct Stop;
+
+/// Follows a stream's topics until the client goes away or falls behind.
+struct Follower {
+    hub: Arc<dyn Hub>,
+    tx: mpsc::Sender<pb::SubscribeResponse>,
+    end: Arc<Mutex<Option<Status>>>,
+    /// Per topic: where the client is (the last offset delivered).
+    at: BTreeMap<String, Position>,
+}
+
+impl Follower {
+    fn send(&self, message: pb::subscribe_response::Message) -> Result<(), Stop> {
+        let message = pb::SubscribeResponse {
+            message: Some(message),
+        };
+        match self.tx.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.finish(Status::unavailable(
+                    "notifications came faster than this stream was read; \
+                     reconnect and resume from the last offsets seen",
+                ));
+                Err(Stop)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop),
+        }
+    }
+
+    fn finish(&self, status: Status) {
+        *self.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    fn unavailable(&self, error: impl std::fmt::Display) -> Stop {
+        self.finish(Status::unavailable(format!(
+            "notification history is unavailable ({error}); reconnect and resume"
+        )));
+        Stop
+    }
+
+    fn deliver(&mut self, notification: &Notification) -> Result<(), Stop> {
+        self.send(pb::subscribe_response::Message::Notification(to_proto(
+            notification,
+        )))?;
+        if let Some(at) = self.at.get_mut(&notification.topic) {
+            at.offset = notification.offset;
+        }
+        Ok(())
+    }
+
+    /// Delivers what `topic` holds after the client's position (or says
+    /// to resync, and moves it to now).
+    async fn catch_up(&mut self, topic: &str) -> Result<(), Stop> {
+        loop {
+            let Some(at) = self.at.get(topic).cloned() else {
+                return Ok(());
+            };
+            match self.hub.since(topic, &at, 100).await {
+                Ok(Recovery::Missed(missed)) if missed.is_empty() => return Ok(()),
+                Ok(Recovery::Missed(missed)) => {
+                    for notification in &missed {
+                        self.deliver(notification)?;
+                    }
+                }
+                Ok(Recovery::Resync { now, reason }) => {
+                    self.send(pb::subscribe_response::Message::Resync(
+                        pb::ResyncRequired {
+                            position: Some(pb::TopicPosition {
+                                topic: topic.to_owned(),
+                                epoch: now.epoch.clone(),
+                                offset: now.offset,
+                            }),
+                            reason: reason.to_owned(),
+                        },
+                    ))?;
+                    self.at.insert(topic.to_owned(), now);
+                    return Ok(());
+                }
+                Err(error) => return Err(self.unavailable(error)),
+            }
+        }
+    }
+
+    async fn catch_up_all(&mut self) -> Result<(), Stop> {
+        let topics: Vec<String> = self.at.keys().cloned().collect();
+        for topic in topics {
+            self.catch_up(&topic).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(
+        mut self,
+        topics: BTreeMap<String, Option<Position>>,
+        mut live: broadcast::Receiver<Live>,
+        heartbeat: Duration,
+    ) -> Result<(), Stop> {
+        // `live` was opened before these positions were read: nothing
+        // published after them is missed.
+        let mut positions = Vec::new();
+        let mut resumed = Vec::new();
+        for (topic, resume) in topics {
+            let now = self
+                .hub
+                .position(&topic)
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            positions.push(pb::TopicPosition {
+                topic: topic.clone(),
+                epoch: now.epoch.clone(),
+                offset: now.offset,
+            });
+            if resume.is_some() {
+                resumed.push(topic.clone());
+            }
+            self.at.insert(topic, resume.unwrap_or(now));
+        }
+        self.send(pb::subscribe_response::Message::Subscribed(
+            pb::Subscribed { positions },
+        ))?;
+        for topic in resumed {
+            self.catch_up(&topic).await?;
+        }
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        loop {
+            tokio::select! {
+                () = self.tx.closed() => return Err(Stop),
+                _ = beat.tick() => {
+                    self.send(pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
+                        at: Some(timestamp(now_millis())),
+                    }))?;
+                }
+                heard = live.recv() => match heard {
+                    Ok(Live::Notification(notification)) => {
+                        let Some(at) = self.at.get(&notification.topic) else {
+                            continue;
+                        };
+                        if notification.epoch == at.epoch && notification.offset <= at.offset {
+                            continue; // delivered already
+                        }
+                        if notification.epoch == at.epoch && notification.offset == at.offset + 1 {
+                            self.deliver(&notification)?;
+                        } else {
+                            // A gap, or another epoch: history decides.
+                            let topic = notification.topic.clone();
+                            self.catch_up(&topic).await?;
+                        }
+                    }
+                    Ok(Live::CatchUp) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.catch_up_all().await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        self.finish(Status::unavailable("the server is stopping; reconnect and resume"));
+                        return Err(Stop);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The raw access token of a request (to ask events-svc as the caller).
+fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .ok_or_else(|| Status::unauthenticated("this method needs a bearer access token"))
+}
+
+#[tonic::async_trait]
+impl Notify for NotifyApi {
+    type SubscribeStream = Outbound;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Outbound>, Status> {
+        let claims = caller(&request)?.clone();
+        let token = bearer(&request)?;
+        let message = request.into_inner();
+
+        let mut violations = FieldViolations::new();
+        let mut topics: BTreeMap<String, Option<Position>> = BTreeMap::new();
+        for (i, topic) in message.topics.iter().enumerate() {
+            if valid_topic(topic) {
+                topics.entry(topic.clone()).or_insert(None);
+            } else {
+                violations.add(
+                    format!("topics[{i}]"),
+                    "must be user:<id>, event:<id> or community:<id>",
+                );
+            }
+        }
+        for (i, resume) in message.resume.iter().enumerate() {
+            if valid_topic(&resume.topic) {
+                topics.insert(
+                    resume.topic.clone(),
+                    Some(Position {
+                        epoch: resume.epoch.clone(),
+                        offset: resume.offset,
+                    }),
+                );
+            } else {
+                violations.add(
+                    format!("resume[{i}].topic"),
+                    "must be user:<id>, event:<id> or community:<id>",
+                );
+            }
+        }
+        let max = self.config.max_topics_per_stream;
+        if topics.is_empty() || topics.len() > max {
+            violations.add(
+                "topics",
+                format!("must name 1 to {max} topics (with resume)"),
+            );
+        }
+        if !violations.is_empty() {
+            return Err(munity_platform::error::invalid_argument(&violations));
+        }
+        for topic in topics.keys() {
+            self.access.check(&claims, &token, topic).await?;
+        }
+        let slot = StreamSlot::take(&self.streams, claims.sub, self.config.max_streams_per_user)?;
+
+        let live = self.hub.live();
+        let (tx, rx) = mpsc::channel(self.config.stream_buffer.max(1));
+        let end = Arc::new(Mutex::new(None));
+        let follower = Follower {
+            hub: self.hub.clone(),
+            tx,
+            end: end.clone(),
+            at: BTreeMap::new(),
+        };
+        let heartbeat = Duration::from_secs(self.config.heartbeat_secs.max(1));
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = follower.run(topics, live, heartbeat).await;
+        });
+        Ok(Response::new(Outbound {
+            rx,
+            end,
+            finished: false,
+        }))
+    }
+}

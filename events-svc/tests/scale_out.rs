@@ -19,8 +19,7 @@ use events_svc::{
 use munity_bus::{EventLog, redis::RedisLog};
 use munity_platform::{
     auth::{AuthConfig, with_bearer},
-    config::{BusConfig, StorageConfig},
-    service::ServiceConfig,
+    config::BusConfig,
     shutdown::ShutdownToken,
 };
 use munity_proto::{
@@ -224,28 +223,17 @@ async fn events_of(log: &RedisLog, aggregate: &str, want: usize) -> Vec<(String,
 /// users-svc in this process (embedded storage under `dir`): where the
 /// replica fetches its keys, and where the test signs people up.
 async fn users_service(dir: &std::path::Path) -> (String, ShutdownToken) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let config = ServiceConfig {
-        listen: address,
-        shutdown_grace_secs: 1,
-        storage: StorageConfig::Embedded {
-            path: dir.to_path_buf(),
-        },
-        bus: BusConfig {
-            path: dir.join("bus"),
-            ..Default::default()
-        },
-        own: users_svc::UsersConfig::default(),
+    let bus = BusConfig {
+        path: dir.join("bus"),
+        ..Default::default()
     };
-    let shutdown = ShutdownToken::new();
-    tokio::spawn(users_svc::run(
-        config,
+    munity_testkit::serve_in_process::<users_svc::UsersService>(
+        Default::default(),
+        dir,
+        bus,
         AuthConfig::default(),
-        listener,
-        shutdown.clone(),
-    ));
-    (format!("http://{address}"), shutdown)
+    )
+    .await
 }
 
 async fn sign_up(users: &str) -> (String, String) {

@@ -252,3 +252,36 @@ macro_rules! contract_suite {
         )+
     };
 }
+
+/// A service served in this test process on 127.0.0.1 (port 0), with
+/// embedded storage under `dir` and `bus` as its event log; its URL and the
+/// token that stops it. For tests that need a real peer (users-svc to sign
+/// people up, events-svc to ask) beside the processes they spawn.
+pub async fn serve_in_process<S: munity_platform::service::Service>(
+    own: S::Config,
+    dir: &std::path::Path,
+    bus: munity_platform::config::BusConfig,
+    auth: munity_platform::auth::AuthConfig,
+) -> (String, munity_platform::shutdown::ShutdownToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port on 127.0.0.1");
+    let address = listener.local_addr().expect("a bound address");
+    let config = munity_platform::service::ServiceConfig {
+        listen: address,
+        shutdown_grace_secs: 1,
+        storage: munity_platform::config::StorageConfig::Embedded {
+            path: dir.to_path_buf(),
+        },
+        bus,
+        own,
+    };
+    let shutdown = munity_platform::shutdown::ShutdownToken::new();
+    let serving = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = S::run(config, auth, listener, serving).await {
+            panic!("{} failed: {error:#}", S::NAME);
+        }
+    });
+    (format!("http://{address}"), shutdown)
+}

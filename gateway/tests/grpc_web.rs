@@ -22,13 +22,7 @@
 //! The npm packages come from `npm ci --prefix gateway/tests/grpc-web`
 //! (`scripts/test.sh` runs it).
 
-use std::{
-    io::Write,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{io::Write, net::SocketAddr, path::Path, time::Duration};
 
 mod common;
 
@@ -56,17 +50,6 @@ async fn gateway_with(users: SocketAddr, gateway_keys: &str) -> Gateway {
     .await
 }
 
-fn node_project() -> PathBuf {
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc-web");
-    assert!(
-        project.join("node_modules").is_dir(),
-        "{}/node_modules is missing: run `npm ci --prefix gateway/tests/grpc-web` \
-         (scripts/test.sh does) so the gRPC-web client tests can run",
-        project.display()
-    );
-    project
-}
-
 /// The descriptor sets the clients build their registry from, written once
 /// per test into `dir`; returned as `--descriptors FILE` arguments.
 fn descriptor_args(dir: &Path) -> Vec<String> {
@@ -83,44 +66,18 @@ fn descriptor_args(dir: &Path) -> Vec<String> {
     args
 }
 
-/// Runs `node <script> <args>` in the npm project and asserts it succeeds,
-/// showing what it printed either way.
+/// Runs `node <script> <args>` in the npm project and asserts it succeeds.
 async fn node(script: &str, args: Vec<String>) {
-    node_with_env(script, args, &[]).await
+    munity_testkit::node(script, args, &[]).await
 }
 
 async fn node_with_env(script: &str, args: Vec<String>, env: &[(&str, &str)]) {
-    let project = node_project();
-    let name = script.to_owned();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(&name)
-            .args(&args)
-            .envs(env)
-            .current_dir(&project)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run node ({e}); node 20+ must be on PATH"))
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "node {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    print!("{stdout}");
+    munity_testkit::node(script, args, env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_grpc_web_binary_over_http1_and_h2c() {
-    node_project();
+    munity_testkit::grpc_web_clients();
     let users = replica().await;
     let gateway = gateway(users.address).await;
     let descriptors = tempfile::tempdir().unwrap();
@@ -141,7 +98,7 @@ async fn connect_grpc_web_binary_over_http1_and_h2c() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_web_text_with_the_official_client_and_by_hand() {
-    node_project();
+    munity_testkit::grpc_web_clients();
     let users = replica().await;
     let gateway = gateway(users.address).await;
     let descriptors = tempfile::tempdir().unwrap();
@@ -191,7 +148,7 @@ fn chromium() -> Option<String> {
 /// browser's own CORS check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_calls_from_an_allowed_origin_and_is_blocked_from_another() {
-    node_project();
+    munity_testkit::grpc_web_clients();
     let Some(chromium) = chromium() else {
         eprintln!("skipped: no Chromium (apt-get install chromium)");
         return;

@@ -799,3 +799,27 @@ async fn votes_reach_subscribers_live_and_after_a_reconnect() {
     };
     assert_eq!(resync.position.unwrap().offset, first.offset + 3);
 }
+
+/// The same stream to a gRPC-web client (Connect's gRPC-web transport from
+/// node, over HTTP/1.1 as a browser would), through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_web_client_follows_a_meeting() {
+    munity_testkit::grpc_web_clients();
+    let data = tempfile::tempdir().unwrap();
+    let (ready, _channel) = start(data.path()).await;
+    let descriptors = data.path().join("munity.fds.bin");
+    std::fs::write(&descriptors, munity_proto::FILE_DESCRIPTOR_SET).unwrap();
+    munity_testkit::node(
+        "notify.mjs",
+        vec![
+            "--base-url".to_owned(),
+            format!("http://{}", ready.address("gateway")),
+            "--descriptors".to_owned(),
+            descriptors.to_str().unwrap().to_owned(),
+            "--email".to_owned(),
+            "web-subscriber@example.com".to_owned(),
+        ],
+        &[],
+    )
+    .await;
+}

@@ -285,3 +285,49 @@ pub async fn serve_in_process<S: munity_platform::service::Service>(
     });
     (format!("http://{address}"), shutdown)
 }
+
+/// The npm project of gRPC-web clients (`gateway/tests/grpc-web`), with its
+/// `node_modules` (`scripts/test.sh` runs `npm ci` there).
+pub fn grpc_web_clients() -> PathBuf {
+    let project = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("gateway/tests/grpc-web");
+    assert!(
+        project.join("node_modules").is_dir(),
+        "{}/node_modules is missing: run `npm ci --prefix gateway/tests/grpc-web` \
+         (scripts/test.sh does) so the gRPC-web client tests can run",
+        project.display()
+    );
+    project
+}
+
+/// Runs `node <script> <args>` (with `env`) in the gRPC-web clients'
+/// project and asserts it succeeds, showing what it printed either way.
+pub async fn node(script: &str, args: Vec<String>, env: &[(&str, &str)]) {
+    let project = grpc_web_clients();
+    let name = script.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(&name)
+            .args(&args)
+            .envs(env)
+            .current_dir(&project)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run node ({e}); node 20+ must be on PATH"))
+    })
+    .await
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "node {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    print!("{stdout}");
+}

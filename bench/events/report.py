@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Summarises bench/events/run.sh results.
 
-Usage: report.py ROUNDS_TSV CLK_TCK
+Usage: report.py ROUNDS_TSV CLK_TCK [VOTES_TSV]
        report.py --brief GHZ_JSON      (one line about one ghz run)
+       report.py --vote-events OUT.json|- LIST_EVENTS_PAGE.json...
 
 ROUNDS_TSV has one line per measured ghz run:
     round  concurrency  backend  call  ghz_json  gw  svc  users  events  store
@@ -15,6 +16,22 @@ and its store is in-process).
 Prints one line per run, every non-OK status / error ghz saw, then the
 table: medians over rounds per (backend, call, concurrency). Exits 1 when
 any call failed.
+
+VOTES_TSV has one line per Vote ghz run:
+    backend  warmup|measured  pairs  ghz_json
+(each run by a voter of its own, over `pairs` (event, option) pairs in
+turn) and one per backend:
+    backend  stored  votes  -
+(the votes stored at the end, summed over the vote events). Prints per
+backend the Vote calls, the distinct (user, event, option) votes they could
+cast, and how many were new votes; exits 1 when the stored votes are not
+what the calls should have cast.
+
+--vote-events reads ListEvents responses (grpcurl JSON) of the vote
+events, writes to OUT.json (unless "-") ghz's Vote data: a JSON array of
+one VoteRequest per (event, option) pair, events first (element i: event
+i mod E, option i div E, so calls in flight together hit different
+events), and prints "EVENTS PAIRS VOTES" (VOTES: the vote counts summed).
 """
 
 import json
@@ -133,7 +150,82 @@ def main():
               f"{fmt(m['gw'], '{:.3f}'):>7} {fmt(m['svc'], '{:.3f}'):>7} "
               f"{fmt(m['users'], '{:.3f}'):>7} {fmt(m['events'], '{:.3f}'):>7} "
               f"{fmt(m['store'], '{:.3f}'):>7}")
-    return 1 if problems else 0
+    failed = bool(problems)
+    if len(sys.argv) > 3:
+        failed |= votes(sys.argv[3])
+    return 1 if failed else 0
+
+
+def votes(path):
+    """Prints the Vote lines; True when stored votes and calls disagree."""
+    runs = defaultdict(list)  # backend -> [(kind, pairs, count, ok)]
+    stored = {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            backend, kind, value, ghz_path = line.rstrip("\n").split("\t")
+            if kind == "stored":
+                stored[backend] = int(value) if value.strip() else None
+                continue
+            ghz = load(ghz_path)
+            count = int(ghz.get("count") or 0)
+            ok = int((ghz.get("statusCodeDistribution") or {}).get("OK", 0))
+            runs[backend].append((kind, int(value), count, ok))
+    mismatch = False
+    print()
+    print("Vote as a write: each Vote run (warm-up, every round and -c) by a voter of its own, "
+          "over the (event, option) pairs in turn; a run's calls are new votes up to its pairs")
+    for backend in BACKENDS:
+        if backend not in runs:
+            continue
+        measured = [r for r in runs[backend] if r[0] == "measured"]
+        calls = sum(r[2] for r in measured)
+        combos = sum(r[1] for r in measured)
+        new = sum(min(r[2], r[1]) for r in measured)
+        pairs = sorted({r[1] for r in measured})
+        shape = (f"{len(measured)} voters x {pairs[0]} pairs" if len(pairs) == 1
+                 else f"{len(measured)} voters, {'/'.join(map(str, pairs))} pairs")
+        largest = max((r[2] for r in measured), default=0)
+        pct = 100.0 * new / calls if calls else 100.0
+        print(f"  {backend:<8} {calls} measured Vote calls in {len(measured)} runs (largest {largest}); "
+              f"{combos} distinct (user, event, option) votes available ({shape}): "
+              f"{new} new votes ({pct:.1f}%)")
+        # Every Vote run, warm-up included, against the votes stored.
+        ok_calls = sum(r[3] for r in runs[backend])
+        expected = sum(min(r[3], r[1]) for r in runs[backend])
+        errors = any(r[3] != r[2] for r in runs[backend])
+        got = stored.get(backend)
+        if got is None:
+            verdict = "not read"
+        elif got == expected:
+            verdict = ("every OK call cast a new vote" if expected == ok_calls
+                       else f"{expected} new votes, {ok_calls - expected} repeats "
+                            "(runs with more calls than pairs)")
+        elif errors:
+            verdict = f"expected about {expected} (some calls failed)"
+        else:
+            verdict = f"MISMATCH: expected {expected}"
+            mismatch = True
+        print(f"  {'':<8} stored votes {got if got is not None else '-'}, "
+              f"OK Vote calls incl. warm-up {ok_calls}: {verdict}")
+    return mismatch
+
+
+def vote_events(out, pages):
+    events = []
+    for path in pages:
+        events.extend(load(path).get("events") or [])
+    width = max((len(e.get("options") or []) for e in events), default=0)
+    requests = [{"eventId": e["id"], "optionId": option}
+                for option in range(width)
+                for e in events if option < len(e.get("options") or [])]
+    if out != "-":
+        with open(out, "w") as f:
+            json.dump(requests, f, separators=(",", ":"))
+            f.write("\n")
+    stored = sum(int(o.get("votes") or 0) for e in events for o in e.get("options") or [])
+    print(len(events), len(requests), stored)
 
 
 def brief(path):
@@ -146,5 +238,8 @@ def brief(path):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--brief":
         brief(sys.argv[2])
+        sys.exit(0)
+    if len(sys.argv) >= 3 and sys.argv[1] == "--vote-events":
+        vote_events(sys.argv[2], sys.argv[3:])
         sys.exit(0)
     sys.exit(main())

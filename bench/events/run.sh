@@ -6,14 +6,17 @@
 # `authorization: Bearer <JWT>`, all through the gateway):
 #   GetMe        munity.users.v1.Users/GetMe (baseline)
 #   CreateEvent  munity.events.v1.Events/CreateEvent (one option, no community)
-#   Vote         munity.events.v1.Events/Vote on one 10-option event made at
-#                set-up, optionId = request number mod 10 (same user)
+#   Vote         munity.events.v1.Events/Vote, every call a new vote: each
+#                ghz run by a voter of its own, over the (event, option)
+#                pairs of 10-option events made at set-up, in turn
 # Backends (both up for the whole run):
 #   embedded     `munity dev`: gateway, users-svc, events-svc in one process
 #   cql          users-svc + events-svc on Cassandra, Redis event log,
 #                munity-gateway in front (three processes, plus the store)
 # Prints per (backend, call, concurrency) req/s, p50, p99, errors and CPU
-# seconds per 1,000 calls of the gateway, the services and (cql) the store.
+# seconds per 1,000 calls of the gateway, the services and (cql) the store,
+# and per backend how many Vote calls there were against how many distinct
+# (user, event, option) votes they could cast.
 # Everything on loopback; every process started here is stopped on exit.
 # See bench/events/README.md.
 #
@@ -36,7 +39,7 @@ BACKENDS=embedded,cql
 THREADS=1
 KEEP=0
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -108,6 +111,7 @@ ensure_tools() {
 TMP=""
 PIDS=()
 GHZ_PID=""
+REGISTER_PIDS=()   # grpcurl Registers running in the background
 STOP_REDIS=0       # 1 when this script started Redis / Cassandra itself
 STOP_CASSANDRA=0
 CQL_KEYSPACES=()   # dropped on exit
@@ -119,6 +123,9 @@ cleanup() {
   trap - EXIT INT TERM
   local pid
   if [[ -n "$GHZ_PID" ]]; then kill -TERM "$GHZ_PID" 2>/dev/null || true; wait "$GHZ_PID" 2>/dev/null || true; fi
+  for pid in "${REGISTER_PIDS[@]}"; do
+    [[ -z "$pid" ]] || { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+  done
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -184,7 +191,7 @@ json_get() {  # json_get FILE KEY
 grpc() {  # grpc ADDR METHOD DATA [TOKEN]: one call through grpcurl, JSON out
   local auth=()
   [[ -z "${4:-}" ]] || auth=(-H "authorization: Bearer $4")
-  grpcurl -plaintext -max-time 10 -protoset "$PROTOSET" "${auth[@]}" -d "$3" "$1" "$2"
+  grpcurl -plaintext -max-time "${GRPC_MAX_TIME:-10}" -protoset "$PROTOSET" "${auth[@]}" -d "$3" "$1" "$2"
 }
 
 # CPU (utime + stime, in clock ticks) of a process or thread, from its stat
@@ -247,9 +254,10 @@ diff_samples() {  # diff_samples "BEFORE" "AFTER": tab-separated differences
 # ------------------------------------------------------------ backends ----
 # The gateway's rate limits stay ON (as in production and bench/gateway),
 # with quotas no run can reach: the default quota (every method without a
-# rule of its own, e.g. GetMe and Vote), and a configured rule for
-# CreateEvent, which replaces the quota its proto declares (30/min, burst
-# 10; a configured rule for a method wins over the declared one).
+# rule of its own, e.g. GetMe, Vote and ListEvents), and a configured rule
+# for CreateEvent, which replaces the quota its proto declares (30/min,
+# burst 10; a configured rule for a method wins over the declared one): it
+# covers the benchmark and the set-up's vote events alike.
 write_gateway_config() {  # write_gateway_config FILE [USERS_ADDR EVENTS_ADDR]
   {
     echo "# munity-gateway config written by bench/events/run.sh"
@@ -370,52 +378,167 @@ start_cql() {
   log "cql: users-svc pid $CQL_USERS_PID $CQL_USERS, events-svc pid $CQL_EVENTS_PID $CQL_EVENTS, gateway pid $CQL_GATEWAY_PID $CQL_GATEWAY"
 }
 
-# Registers the bench user (directly at users-svc: Register has a 5/min quota
-# at the gateway), then waits until GetMe and CreateEvent pass through the
-# gateway (its health checks must have found both upstreams serving), and
-# writes the three ghz request files. Sets <BACKEND>_TOKEN.
-set_up_calls() {  # set_up_calls BACKEND GATEWAY_ADDR USERS_ADDR
-  local backend=$1 gateway=$2 users=$3 dir="$TMP/$1" token deadline out
-  local email="bench-$$-$RANDOM@example.com" password="bench password $RANDOM$RANDOM"
-  deadline=$((SECONDS + 30))
-  until grpc "$users" munity.users.v1.Users/Register \
-      "{\"email\":\"$email\",\"password\":\"$password\",\"displayName\":\"Bench\"}" \
-      >"$dir/register.json" 2>"$dir/register.err"; do
-    (( SECONDS < deadline )) || { cat "$dir/register.err" >&2; die "$backend: Register failed"; }
+# Users register directly at users-svc (Register has a 5/min quota at the
+# gateway).
+register_request() {  # register_request NAME: a RegisterRequest (JSON)
+  echo "{\"email\":\"bench-$1-$$-$RANDOM$RANDOM@example.com\",\"password\":\"bench password $RANDOM$RANDOM\",\"displayName\":\"Bench $1\"}"
+}
+
+# Registers one user, retrying for 30 s while users-svc comes up. The
+# AuthResponse goes to OUT.json.
+register() {  # register BACKEND USERS_ADDR NAME OUT.json
+  local request deadline=$((SECONDS + 30))
+  request=$(register_request "$3")
+  until grpc "$2" munity.users.v1.Users/Register "$request" >"$4" 2>"$4.err"; do
+    (( SECONDS < deadline )) || { cat "$4.err" >&2; die "$1: Register ($3) failed"; }
     sleep 0.5
   done
-  token=$(json_get "$dir/register.json" accessToken)
-  [[ -n "$token" ]] || die "$backend: no accessToken in the Register response"
+  [[ -n "$(json_get "$4" accessToken)" ]] || die "$1: no accessToken in $4"
+}
+
+# Registers users two at a time: users-svc hashes as many passwords at once
+# as it has cores (a debug build takes seconds per hash), and refuses calls
+# queued for over 2 s. One that fails is tried again alone.
+register_all() {  # register_all BACKEND USERS_ADDR NAME:OUT.json...
+  local backend=$1 users=$2 specs spec i k status
+  shift 2
+  specs=("$@")
+  for (( i = 0; i < ${#specs[@]}; i += 2 )); do
+    REGISTER_PIDS=()
+    for spec in "${specs[@]:i:2}"; do
+      grpcurl -plaintext -max-time 10 -protoset "$PROTOSET" -d "$(register_request "${spec%%:*}")" \
+        "$users" munity.users.v1.Users/Register >"${spec#*:}" 2>"${spec#*:}.err" &
+      REGISTER_PIDS+=($!)
+    done
+    for k in "${!REGISTER_PIDS[@]}"; do
+      status=0
+      wait "${REGISTER_PIDS[k]}" || status=$?
+      REGISTER_PIDS[k]=""   # reaped: not to be signalled on exit
+      (( status != 0 )) || continue
+      spec=${specs[i + k]}
+      register "$backend" "$users" "${spec%%:*}" "${spec#*:}"
+    done
+    REGISTER_PIDS=()
+  done
+  for spec in "${specs[@]}"; do
+    [[ -n "$(json_get "${spec#*:}" accessToken)" ]] || die "$backend: no accessToken in ${spec#*:}"
+  done
+}
+access_token() { json_get "$1" accessToken; }  # access_token AUTH_RESPONSE.json
+
+# Vote must write: cast a new vote (a vote row and its VoteCast in the
+# outbox), not find the caller's vote already there (Unchanged: nothing
+# written, no domain event). So an organizer (a user of its own) makes
+# 10-option events at set-up, and Vote.json is a JSON array of one request
+# per (event, option) pair, events first (request i: event i mod E, option
+# i div E), which ghz sends in turn: element RequestNumber mod its length,
+# counting from 0 in every ghz run. Each Vote ghz run (the warm-up, then
+# every round and concurrency) gets a voter of its own, registered at
+# set-up: a run's calls are all new votes as long as they are no more than
+# the pairs. There are at least VOTE_EVENTS_MIN events, more when a run may
+# go faster (ensure_vote_pairs).
+VOTE_EVENTS_MIN=300
+VOTERS=$(( 1 + ROUNDS * ${#CONCURRENCIES[@]} ))   # per backend
+declare -A VOTE_EVENTS=() VOTE_PAIRS=() NEXT_VOTER=()
+VOTE_CREATE_RPS=0
+
+# The organizer's events (ListEvents MINE through the gateway, 100 a page,
+# in creation order), to DIR/vote-events.page.NNNN.json.
+list_vote_events() {  # list_vote_events BACKEND
+  local backend=$1 dir="$TMP/$1" token page=0 next="" file
+  token=$(access_token "$dir/organizer.json")
+  rm -f "$dir"/vote-events.page.*.json
+  while :; do
+    page=$((page + 1))
+    printf -v file '%s/vote-events.page.%04d.json' "$dir" "$page"
+    # A page is 100 events, each read with its vote counts: slow on a busy
+    # debug CQL backend.
+    GRPC_MAX_TIME=120 grpc "$(gateway_addr "$backend")" munity.events.v1.Events/ListEvents \
+        "{\"filter\":\"EVENT_FILTER_MINE\",\"pageSize\":100,\"pageToken\":\"$next\"}" "$token" \
+        >"$file" 2>"$dir/vote-events.err" \
+      || { cat "$dir/vote-events.err" >&2; die "$backend: ListEvents (the vote events) failed"; }
+    next=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("nextPageToken", ""))' "$file")
+    [[ -n "$next" ]] || break
+  done
+}
+
+# Creates N more vote events as the organizer (ghz CreateEvent through the
+# gateway: the rule above lifts its quota), lists them all and rewrites
+# Vote.json. Sets VOTE_EVENTS, VOTE_PAIRS and VOTE_CREATE_RPS.
+add_vote_events() {  # add_vote_events BACKEND N
+  local backend=$1 n=$2 dir="$TMP/$1" out expected events pairs
+  expected=$(( ${VOTE_EVENTS[$backend]:-0} + n ))
+  out="$dir/vote-events.create.$expected.json"
+  ghz_wait 300 --call munity.events.v1.Events/CreateEvent \
+      --data-file "$dir/vote-event.json" \
+      -m "{\"authorization\":\"Bearer $(access_token "$dir/organizer.json")\"}" \
+      -n "$n" -c $(( n < 8 ? n : 8 )) --connections 1 \
+      -O json -o "$out" "$(gateway_addr "$backend")" \
+    || die "$backend: ghz CreateEvent (vote events) failed"
+  list_vote_events "$backend"
+  read -r events pairs _ < <(python3 "$HERE/report.py" --vote-events "$dir/Vote.json" "$dir"/vote-events.page.*.json)
+  (( events == expected )) \
+    || die "$backend: the organizer has $events events, expected $expected (ghz: $(python3 "$HERE/report.py" --brief "$out"))"
+  VOTE_EVENTS[$backend]=$events
+  VOTE_PAIRS[$backend]=$pairs
+  VOTE_CREATE_RPS=$(json_get "$out" rps)
+}
+
+# Creates more vote events when a Vote run of SECONDS at twice RATE calls/s
+# (a round may go faster than the rate measured) could make more calls than
+# there are pairs.
+ensure_vote_pairs() {  # ensure_vote_pairs BACKEND RATE SECONDS WHAT
+  local need more
+  need=$(python3 -c 'import math,sys; print(math.ceil(float(sys.argv[1]) * float(sys.argv[2]) * 2))' "$2" "$3")
+  (( need > ${VOTE_PAIRS[$1]} )) || return 0
+  more=$(( (need - ${VOTE_PAIRS[$1]} + 9) / 10 ))
+  log "$1: $4 $(printf '%.0f' "$2")/s: a Vote run of ${3}s at up to twice that may make ~$need calls, more than the ${VOTE_PAIRS[$1]} (event, option) pairs; creating $more more events"
+  add_vote_events "$1" "$more"
+}
+
+# Registers the bench user, the organizer and the voters, waits until GetMe
+# and CreateEvent pass through the gateway (its health checks must have found
+# both upstreams serving), makes the vote events and writes the three ghz
+# request files. Sets <BACKEND>_TOKEN.
+set_up_calls() {  # set_up_calls BACKEND GATEWAY_ADDR USERS_ADDR
+  local backend=$1 gateway=$2 users=$3 dir="$TMP/$1" token deadline out i started=$SECONDS
+  local others=("organizer:$dir/organizer.json")
+  for i in $(seq 0 $((VOTERS - 1))); do others+=("voter$i:$dir/voter.$i.json"); done
+  register "$backend" "$users" user "$dir/user.json"   # waits for users-svc
+  token=$(access_token "$dir/user.json")
   printf -v "${backend^^}_TOKEN" '%s' "$token"
+  register_all "$backend" "$users" "${others[@]}"
+  NEXT_VOTER[$backend]=0
 
   deadline=$((SECONDS + 30))
   until out=$(grpc "$gateway" munity.users.v1.Users/GetMe '{}' "$token" 2>&1); do
     (( SECONDS < deadline )) || die "$backend: no successful GetMe through the gateway after 30 s: $out"
     sleep 0.3
   done
-  # The event everyone votes on: 10 options (the most CreateEvent allows).
+  # The events voted on: 10 options each (the most CreateEvent allows). The
+  # first one by grpcurl, until events-svc is reachable through the gateway.
   local options
   options=$(python3 -c 'import json; print(json.dumps([{"start": "2030-01-%02dT09:00:00Z" % d, "end": "2030-01-%02dT12:00:00Z" % d} for d in range(10, 20)]))')
+  echo "{\"title\":\"bench vote\",\"options\":$options,\"votingDeadline\":\"2030-01-05T00:00:00Z\"}" \
+    >"$dir/vote-event.json"
   deadline=$((SECONDS + 30))
-  until grpc "$gateway" munity.events.v1.Events/CreateEvent \
-      "{\"title\":\"bench vote\",\"options\":$options,\"votingDeadline\":\"2030-01-05T00:00:00Z\"}" \
-      "$token" >"$dir/vote-event.json" 2>"$dir/vote-event.err"; do
+  until grpc "$gateway" munity.events.v1.Events/CreateEvent "$(cat "$dir/vote-event.json")" \
+      "$(access_token "$dir/organizer.json")" >"$dir/vote-event.first.json" 2>"$dir/vote-event.err"; do
     (( SECONDS < deadline )) || { cat "$dir/vote-event.err" >&2; die "$backend: CreateEvent through the gateway failed"; }
     sleep 0.3
   done
-  local event_id
-  event_id=$(json_get "$dir/vote-event.json" id)
+  VOTE_EVENTS[$backend]=1
+  add_vote_events "$backend" $((VOTE_EVENTS_MIN - 1))
+  # CreateEvent, a write like Vote, gives a first idea of the rate; the
+  # Vote warm-up checks again before the rounds.
+  local longest=${DURATION%s}
+  (( ${WARMUP%s} <= longest )) || longest=${WARMUP%s}
+  ensure_vote_pairs "$backend" "$VOTE_CREATE_RPS" "$longest" "CreateEvent ran at"
 
   echo '{}' >"$dir/GetMe.json"
   echo '{"title":"bench meeting","description":"events-svc benchmark","options":[{"start":"2030-01-10T09:00:00Z","end":"2030-01-10T12:00:00Z"}],"votingDeadline":"2030-01-05T00:00:00Z"}' \
     >"$dir/CreateEvent.json"
-  # A ghz call template: the last digit of the zero-padded request number,
-  # i.e. RequestNumber mod 10 (Go templates have no arithmetic; ghz has no
-  # mod function). A file, because ghz re-encodes -d and would escape the
-  # quotes inside the action.
-  printf '{"eventId":"%s","optionId":{{ slice (printf "%%010d" .RequestNumber) 9 }} }\n' \
-    "$event_id" >"$dir/Vote.json"
-  log "$backend: bench user $email, vote event $event_id"
+  log "$backend: set up in $((SECONDS - started)) s: bench user, organizer, $VOTERS voters, ${VOTE_EVENTS[$backend]} vote events (${VOTE_PAIRS[$backend]} pairs)"
 }
 
 gateway_addr() { if [[ $1 == embedded ]]; then echo "$EMB_GATEWAY"; else echo "$CQL_GATEWAY"; fi; }
@@ -427,23 +550,38 @@ method_of() {
   esac
 }
 
-run_ghz() {  # run_ghz BACKEND CALL CONCURRENCY DURATION OUT.json
-  local seconds=${4%s}
+# call_token BACKEND CALL: sets TOKEN, the bench user's; for Vote, the next
+# voter's (one not used before).
+call_token() {
+  if [[ $2 != Vote ]]; then TOKEN=$(token_of "$1"); return; fi
+  local i=${NEXT_VOTER[$1]}
+  (( i < VOTERS )) || die "$1: no voter left for Vote"
+  NEXT_VOTER[$1]=$((i + 1))
+  TOKEN=$(access_token "$TMP/$1/voter.$i.json")
+}
+
+ghz_wait() {  # ghz_wait SECONDS GHZ_ARGS...: at most SECONDS
   # In the background and waited for, so a signal to this script is handled
   # at once (bash defers traps until a foreground child exits).
-  timeout $(( seconds + 60 )) ghz --insecure --protoset "$PROTOSET" \
-    --call "$(method_of "$2")" \
-    --data-file "$TMP/$1/$2.json" \
-    -m "{\"authorization\":\"Bearer $(token_of "$1")\"}" \
-    -c "$3" --connections 1 \
-    -z "$4" --duration-stop wait \
-    -O json -o "$5" \
-    "$(gateway_addr "$1")" &
+  local limit=$1
+  shift
+  timeout "$limit" ghz --insecure --protoset "$PROTOSET" "$@" &
   GHZ_PID=$!
   local status=0
   wait "$GHZ_PID" || status=$?
   GHZ_PID=""
   return "$status"
+}
+
+run_ghz() {  # run_ghz BACKEND CALL CONCURRENCY DURATION OUT.json TOKEN
+  ghz_wait $(( ${4%s} + 60 )) \
+    --call "$(method_of "$2")" \
+    --data-file "$TMP/$1/$2.json" \
+    -m "{\"authorization\":\"Bearer $6\"}" \
+    -c "$3" --connections 1 \
+    -z "$4" --duration-stop wait \
+    -O json -o "$5" \
+    "$(gateway_addr "$1")"
 }
 
 warn_if_something_died() {
@@ -495,12 +633,25 @@ fi
 # Warm-up: every backend and call once, at the highest concurrency.
 max_c=0
 for c in "${CONCURRENCIES[@]}"; do (( c > max_c )) && max_c=$c; done
+# Vote runs (backend, warmup | measured, its voter's pairs, ghz JSON), then
+# per backend the votes stored at the end: report.py's Vote lines.
+votes_tsv="$TMP/results/votes.tsv"
+: >"$votes_tsv"
 for backend in "${BACKEND_LIST[@]}"; do
   for call in "${CALLS[@]}"; do
     log "warm-up $backend $call ($WARMUP, -c $max_c)"
-    run_ghz "$backend" "$call" "$max_c" "$WARMUP" "$TMP/results/warmup_${backend}_$call.json" \
+    out="$TMP/results/warmup_${backend}_$call.json"
+    call_token "$backend" "$call"
+    run_ghz "$backend" "$call" "$max_c" "$WARMUP" "$out" "$TOKEN" \
       || die "ghz warm-up $backend $call failed"
+    [[ $call != Vote ]] \
+      || printf '%s\twarmup\t%s\t%s\n' "$backend" "${VOTE_PAIRS[$backend]}" "$out" >>"$votes_tsv"
   done
+done
+# Enough pairs for the rounds at the warm-up's Vote rate (highest -c)?
+for backend in "${BACKEND_LIST[@]}"; do
+  ensure_vote_pairs "$backend" "$(json_get "$TMP/results/warmup_${backend}_Vote.json" rps)" \
+    "${DURATION%s}" "the Vote warm-up ran at"
 done
 
 # Rounds: each round runs every concurrency x backend x call once, so
@@ -512,18 +663,30 @@ for round in $(seq "$ROUNDS"); do
     for backend in "${BACKEND_LIST[@]}"; do
       for call in "${CALLS[@]}"; do
         out="$TMP/results/r${round}_c${c}_${backend}_$call.json"
+        call_token "$backend" "$call"
         before=$(sample "$backend")
-        run_ghz "$backend" "$call" "$c" "$DURATION" "$out" \
+        run_ghz "$backend" "$call" "$c" "$DURATION" "$out" "$TOKEN" \
           || die "ghz $backend $call -c $c failed (round $round)"
         after=$(sample "$backend")
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$backend" "$call" "$out" \
           "$(diff_samples "$before" "$after")" >>"$rounds_tsv"
+        [[ $call != Vote ]] \
+          || printf '%s\tmeasured\t%s\t%s\n' "$backend" "${VOTE_PAIRS[$backend]}" "$out" >>"$votes_tsv"
         log "round $round -c $c $backend $call: $(python3 "$HERE/report.py" --brief "$out")"
       done
     done
   done
 done
 warn_if_something_died
+# The votes stored: the sum of the vote counts of the organizer's events
+# (left empty if they cannot be listed: the report still comes).
+for backend in "${BACKEND_LIST[@]}"; do
+  stored=""
+  if (list_vote_events "$backend"); then
+    read -r _ _ stored < <(python3 "$HERE/report.py" --vote-events - "$TMP/$backend"/vote-events.page.*.json) || true
+  fi
+  printf '%s\tstored\t%s\t-\n' "$backend" "$stored" >>"$votes_tsv"
+done
 
 echo
 echo "Munity events-svc benchmark through munity-gateway: ghz -c $CONCURRENCY --connections 1 -z $DURATION x $ROUNDS round(s); $PROFILE binaries; gateway threads $THREADS"
@@ -531,8 +694,8 @@ echo "$(nproc) CPUs; ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '
 has_backend embedded && echo "embedded: munity dev (one process; gateway = its Pingora threads, services = the rest; redb stores)"
 has_backend cql && echo "cql: users-svc + events-svc on Cassandra $CQL_NODE, Redis event log; store CPU = Cassandra + Redis processes (shared: anything else using them counts too)"
 report_status=0
-python3 "$HERE/report.py" "$rounds_tsv" "$CLK_TCK" || report_status=$?
+python3 "$HERE/report.py" "$rounds_tsv" "$CLK_TCK" "$votes_tsv" || report_status=$?
 if [[ $report_status -ne 0 ]]; then
   KEEP=1
-  log "some calls failed; ghz JSON kept in $TMP/results"
+  log "some calls failed, or the stored votes disagree with the Vote calls; ghz JSON kept in $TMP/results"
 fi

@@ -234,6 +234,10 @@ impl Outbox for EmbeddedOutbox {
             })
             .await
             .map_err(unavailable)?;
+        // Only what is durable goes out: a change read before its commit
+        // was fsynced (group commit) could still be lost. Everything read
+        // was committed before this wait began, so it covers all of it.
+        self.db.durable().await.map_err(unavailable)?;
         raw.into_iter()
             .map(|(seq, bytes)| {
                 DomainEvent::decode(bytes.as_slice())

@@ -4,15 +4,31 @@
 //! write transactions are serialized, so a compare-and-set is one write
 //! transaction.
 //!
+//! Group commit: each write transaction commits without an fsync
+//! (`Durability::None`), then waits for a durable commit that comes after
+//! it; one such commit (an empty transaction with `Durability::Immediate`)
+//! makes every commit before it durable, so concurrent writers share one
+//! fsync instead of queueing one each. A call returns only once its write
+//! is durable. Readers may see a write a moment before it is durable; what
+//! publishes data elsewhere (the outbox relay) waits for [`EmbeddedDb::durable`]
+//! first.
+//!
 //! Conventions the helpers assume: keys are raw UUID bytes (UUIDv7 ids sort
 //! in creation order, which gives listings a stable order for free) or
 //! strings; values are JSON, so a field added later with a serde default
 //! needs no migration.
 
-use std::{ops::Bound, path::Path, sync::Arc};
+use std::{
+    ops::Bound,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{Page, StoreError, StoreResult, internal, page_from};
@@ -21,6 +37,21 @@ use crate::{Page, StoreError, StoreResult, internal, page_from};
 #[derive(Clone)]
 pub struct EmbeddedDb {
     db: Arc<Database>,
+    commits: Arc<GroupCommit>,
+}
+
+/// Shares durable commits among writers (see the module doc).
+struct GroupCommit {
+    state: Mutex<CommitState>,
+    /// How many tickets are durable.
+    durable: watch::Sender<u64>,
+}
+
+struct CommitState {
+    /// Tickets handed out: one per write committed without an fsync.
+    issued: u64,
+    /// Whether a flusher task is running.
+    flushing: bool,
 }
 
 impl EmbeddedDb {
@@ -44,7 +75,16 @@ impl EmbeddedDb {
         let txn = db.begin_write()?;
         create_tables(&txn)?;
         txn.commit()?;
-        Ok(EmbeddedDb { db: Arc::new(db) })
+        Ok(EmbeddedDb {
+            db: Arc::new(db),
+            commits: Arc::new(GroupCommit {
+                state: Mutex::new(CommitState {
+                    issued: 0,
+                    flushing: false,
+                }),
+                durable: watch::channel(0).0,
+            }),
+        })
     }
 
     /// Runs `operation` on tokio's blocking pool: redb blocks on disk I/O
@@ -61,19 +101,82 @@ impl EmbeddedDb {
     }
 
     /// Runs `operation` in one write transaction on the blocking pool and
-    /// commits it when it succeeds (nothing is written when it fails).
+    /// commits it when it succeeds (nothing is written when it fails);
+    /// returns once the commit is durable.
     pub async fn write<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(internal)?;
-            let value = operation(&txn)?;
-            txn.commit().map_err(internal)?;
-            Ok(value)
+        let value = self
+            .blocking(move |db| {
+                let mut txn = db.begin_write().map_err(internal)?;
+                txn.set_durability(Durability::None).map_err(internal)?;
+                let value = operation(&txn)?;
+                txn.commit().map_err(internal)?;
+                Ok(value)
+            })
+            .await?;
+        self.durable().await?;
+        Ok(value)
+    }
+
+    /// Waits until every write committed so far is durable (sharing the
+    /// fsync with whoever else is waiting).
+    pub async fn durable(&self) -> StoreResult<()> {
+        let mut durable = self.commits.durable.subscribe();
+        let ticket = {
+            let mut state = self.commits.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.issued += 1;
+            if !state.flushing {
+                state.flushing = true;
+                tokio::spawn(flush(self.db.clone(), self.commits.clone()));
+            }
+            state.issued
+        };
+        durable
+            .wait_for(|done| *done >= ticket)
+            .await
+            .map_err(|_| StoreError::Internal("the store's flusher stopped".to_owned()))?;
+        Ok(())
+    }
+}
+
+/// Makes commits durable until no one waits: each round, one durable
+/// commit for every ticket issued before it.
+async fn flush(db: Arc<Database>, commits: Arc<GroupCommit>) {
+    loop {
+        let target = {
+            let mut state = commits.state.lock().unwrap_or_else(|e| e.into_inner());
+            if *commits.durable.borrow() >= state.issued {
+                state.flushing = false;
+                return;
+            }
+            state.issued
+        };
+        let db = db.clone();
+        let synced = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
         })
-        .await
+        .await;
+        match synced {
+            Ok(Ok(())) => {
+                commits
+                    .durable
+                    .send_modify(|done| *done = (*done).max(target));
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot make commits durable; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "the durable commit task failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 

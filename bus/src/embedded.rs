@@ -15,7 +15,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use munity_store::{StoreError, embedded::EmbeddedDb, now_millis};
+use munity_store::{StoreError, StoreResult, embedded::EmbeddedDb, now_millis};
 use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::Notify;
@@ -32,6 +32,11 @@ pub struct EmbeddedLog {
     db: EmbeddedDb,
     max_len: u64,
     appended: Arc<Notify>,
+    /// Consumers joined in this process. The file is this process's alone
+    /// (redb locks it), so a delivery pending for any other consumer was
+    /// left by a process that has stopped: it is stale at once, not after
+    /// the idle time (a restart of `munity dev` redelivers it right away).
+    live: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl EmbeddedLog {
@@ -47,6 +52,7 @@ impl EmbeddedLog {
             db,
             max_len: max_len.max(1),
             appended: Arc::new(Notify::new()),
+            live: Arc::default(),
         })
     }
 }
@@ -113,6 +119,10 @@ impl EventLog for EmbeddedLog {
             .write(move |txn| position(txn, &owned).map(drop))
             .await
             .map_err(unavailable)?;
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(consumer.to_owned());
         Ok(Box::new(EmbeddedConsumer {
             log: self.clone(),
             group: group.to_owned(),
@@ -137,6 +147,33 @@ impl EventLog for EmbeddedLog {
             .await
             .map_err(unavailable)
     }
+}
+
+/// Deliveries pending in `group` to take over (at most `max`): idle for
+/// `idle_ms`, or left by a consumer that is not live in this process.
+fn stale_pending(
+    pending: &impl ReadableTable<(&'static str, u64), (&'static str, u64)>,
+    group: &str,
+    idle_ms: u64,
+    live: &std::collections::HashSet<String>,
+    max: usize,
+) -> StoreResult<Vec<u64>> {
+    let now = now_millis().max(0) as u64;
+    let mut stale = Vec::new();
+    for entry in pending
+        .range((group, 0)..=(group, u64::MAX))
+        .map_err(store)?
+    {
+        let (key, value) = entry.map_err(store)?;
+        let (owner, delivered_at) = value.value();
+        if now.saturating_sub(delivered_at) >= idle_ms || !live.contains(owner) {
+            stale.push(key.value().1);
+            if stale.len() >= max {
+                break;
+            }
+        }
+    }
+    Ok(stale)
 }
 
 struct EmbeddedConsumer {
@@ -226,26 +263,36 @@ impl GroupConsumer for EmbeddedConsumer {
     async fn claim_stale(&mut self, idle: Duration, max: usize) -> BusResult<Vec<Delivery>> {
         let (group, consumer) = (self.group.clone(), self.consumer.clone());
         let idle_ms = idle.as_millis() as u64;
+        let live = self
+            .log
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Most of the time nothing is stale: look in a read transaction
+        // first, and write only to claim.
+        let (read_group, read_live) = (group.clone(), live.clone());
+        let any_stale = self
+            .log
+            .db
+            .blocking(move |db| {
+                let txn = redb::ReadableDatabase::begin_read(db).map_err(store)?;
+                let pending = txn.open_table(PENDING).map_err(store)?;
+                let stale = stale_pending(&pending, &read_group, idle_ms, &read_live, 1)?;
+                Ok(!stale.is_empty())
+            })
+            .await
+            .map_err(unavailable)?;
+        if !any_stale {
+            return Ok(Vec::new());
+        }
         let claimed: Vec<(u64, Option<Vec<u8>>)> = self
             .log
             .db
             .write(move |txn| {
                 let now = now_millis().max(0) as u64;
                 let mut pending = txn.open_table(PENDING).map_err(store)?;
-                let mut stale = Vec::new();
-                for entry in pending
-                    .range((group.as_str(), 0)..=(group.as_str(), u64::MAX))
-                    .map_err(store)?
-                {
-                    let (key, value) = entry.map_err(store)?;
-                    let (_, delivered_at) = value.value();
-                    if now.saturating_sub(delivered_at) >= idle_ms {
-                        stale.push(key.value().1);
-                        if stale.len() >= max {
-                            break;
-                        }
-                    }
-                }
+                let stale = stale_pending(&pending, &group, idle_ms, &live, max)?;
                 let log = txn.open_table(LOG).map_err(store)?;
                 let mut claimed = Vec::new();
                 for seq in stale {

@@ -145,3 +145,58 @@ fn bus_config_refuses_unknown_keys() {
     let source = munity_platform::config::ConfigSource::from_toml_str("");
     assert_eq!(BusConfig::load(&source).unwrap(), BusConfig::default());
 }
+
+/// `munity dev` restarted: what its consumers had been handed but not yet
+/// acknowledged when it stopped is handed out again at once, not after the
+/// idle time (the file is one process's, so its old consumers are gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_log_reopened_redelivers_what_was_pending_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any payload will do: the envelope's own type.
+    let event = |_n: i64| munity_bus::event("test", "a", vec![], &DomainEvent::default());
+    {
+        let log = munity_bus::EmbeddedLog::open(dir.path(), 1000).unwrap();
+        log.append(&[event(1), event(2)]).await.unwrap();
+        let mut before = log.join("g", "before-restart").await.unwrap();
+        let handed = before.next(10, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(handed.len(), 2, "handed out, never acknowledged");
+    }
+    // Reopened once the first copy's last background flush has let go.
+    let started = Instant::now();
+    let log = loop {
+        match munity_bus::EmbeddedLog::open(dir.path(), 1000) {
+            Ok(log) => break log,
+            Err(error) => {
+                assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut after = log.join("g", "after-restart").await.unwrap();
+    let again = after
+        .claim_stale(Duration::from_secs(3600), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        2,
+        "redelivered at once, an hour's idle time or not"
+    );
+    // A live consumer's deliveries are not taken from it.
+    log.append(&[event(3)]).await.unwrap();
+    let mut live = log.join("g", "live").await.unwrap();
+    assert_eq!(
+        live.next(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        after
+            .claim_stale(Duration::from_secs(3600), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

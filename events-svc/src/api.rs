@@ -77,12 +77,12 @@ impl EventsApi {
     }
 
     async fn reload(&self, id: Uuid, user: Uuid) -> Result<pb::Event> {
-        let event = self
+        let view = self
             .repo
-            .get_event(id)
+            .view(id, user)
             .await?
             .ok_or(EventsError::NotFound)?;
-        self.view(&event, user).await
+        Ok(event_to_proto(&view.event, &view.counts, &view.mine))
     }
 
     async fn create(&self, claims: &Claims, request: pb::CreateEventRequest) -> Result<pb::Event> {
@@ -529,7 +529,7 @@ impl Events for EventsApi {
     ) -> std::result::Result<Response<pb::Event>, Status> {
         authed!(request, |claims, message| async {
             let event = self.visible(&claims, &message.event_id).await?;
-            self.view(&event, claims.sub).await
+            self.reload(event.id, claims.sub).await
         })
     }
 

@@ -138,6 +138,18 @@ mod cases {
             VoteOutcome::NoOption
         );
         assert_eq!(repo.vote_counts(event.id).await.unwrap(), vec![0, 50, 24]);
+        let view = repo.view(event.id, voters[3]).await.unwrap().unwrap();
+        assert_eq!(
+            (view.event.id, view.counts, view.mine),
+            (event.id, vec![0, 50, 24], vec![1, 2]),
+            "the event, its counts and one voter's votes at once"
+        );
+        assert!(
+            repo.view(Uuid::now_v7(), voters[3])
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     pub async fn voting_closes_once_with_the_most_voted_option(repo: Repo) {

@@ -22,7 +22,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
 use super::{
-    CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, UpdateOutcome, VoteOutcome,
+    CloseOutcome, EventView, EventsRepository, JoinOutcome, Listing, Page, UpdateOutcome,
+    VoteOutcome,
 };
 use crate::{
     domain::{
@@ -307,6 +308,44 @@ impl EventsRepository for EmbeddedStore {
     async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
         self.db
             .blocking(move |db| read_one(db, EVENTS, id.as_bytes().as_slice()))
+            .await
+    }
+
+    async fn view(&self, id: Uuid, user: Uuid) -> StoreResult<Option<EventView>> {
+        // One read transaction, one trip to the blocking pool.
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let events = txn.open_table(EVENTS).map_err(internal)?;
+                let Some(value) = events.get(id.as_bytes().as_slice()).map_err(internal)? else {
+                    return Ok(None);
+                };
+                let event: EventRecord = decode(value.value())?;
+                let counts_table = txn.open_table(VOTE_COUNTS).map_err(internal)?;
+                let votes = txn.open_table(VOTES).map_err(internal)?;
+                let mut counts = Vec::with_capacity(event.options.len());
+                let mut mine = Vec::new();
+                for option in 0..event.options.len() as u32 {
+                    counts.push(
+                        counts_table
+                            .get(count_key(id, option).as_slice())
+                            .map_err(internal)?
+                            .map_or(0, |v| v.value()),
+                    );
+                    if votes
+                        .get(vote_key(id, option, user).as_slice())
+                        .map_err(internal)?
+                        .is_some()
+                    {
+                        mine.push(option);
+                    }
+                }
+                Ok(Some(EventView {
+                    event,
+                    counts,
+                    mine,
+                }))
+            })
             .await
     }
 

@@ -60,6 +60,14 @@ pub enum JoinOutcome {
     NoEvent,
 }
 
+/// An event with its vote counts and one user's votes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventView {
+    pub event: EventRecord,
+    pub counts: Vec<u32>,
+    pub mine: Vec<u32>,
+}
+
 /// What updating an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpdateOutcome {
@@ -79,6 +87,18 @@ pub trait EventsRepository: Send + Sync + 'static {
     async fn vote_counts(&self, id: Uuid) -> StoreResult<Vec<u32>>;
     /// The options `user` voted for.
     async fn votes_of(&self, id: Uuid, user: Uuid) -> StoreResult<Vec<u32>>;
+    /// The event as `user` sees it: the record, votes per option, and the
+    /// options `user` voted for (a backend may read them at once).
+    async fn view(&self, id: Uuid, user: Uuid) -> StoreResult<Option<EventView>> {
+        let Some(event) = self.get_event(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(EventView {
+            counts: self.vote_counts(id).await?,
+            mine: self.votes_of(id, user).await?,
+            event,
+        }))
+    }
     async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
     async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
     /// Ends voting once: the winner by [`crate::domain::winner`].

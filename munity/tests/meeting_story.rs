@@ -731,6 +731,11 @@ async fn votes_reach_subscribers_live_and_after_a_reconnect() {
                 .unwrap()
                 .expect("the stream goes on");
             match message.message {
+                // The meeting's creation is published a moment after
+                // CreateEvent answers: it may come after subscribing.
+                Some(Message::Notification(n)) if n.kind == "munity.events.v1.EventCreated" => {
+                    continue;
+                }
                 Some(Message::Notification(n)) => return n,
                 Some(Message::Heartbeat(_)) => continue,
                 other => panic!("{other:?}"),

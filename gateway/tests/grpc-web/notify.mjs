@@ -13,12 +13,18 @@ import { check, equal, loadRegistry, parseArgs, run, service, within } from "./l
 
 const args = parseArgs();
 
-/** The next notification of `stream` (heartbeats and the first message skipped). */
+/**
+ * The next notification of `stream` other than the meeting's creation
+ * (which may arrive after the subscription: it is published a moment after
+ * CreateEvent answers); heartbeats and the first message skipped.
+ */
 async function nextNotification(iterator) {
   for (;;) {
     const { value, done } = await iterator.next();
     check(!done, "the stream goes on");
-    if (value.message.case === "notification") return value.message.value;
+    if (value.message.case !== "notification") continue;
+    if (value.message.value.kind === "munity.events.v1.EventCreated") continue;
+    return value.message.value;
   }
 }
 

@@ -136,6 +136,14 @@ impl RedisHub {
         let subscriber = connect(config).await?;
         let channel = format!("{prefix}:live");
         let live = broadcast::channel(LIVE_BUFFER).0;
+        // Subscribed before the hub is used, so no stream opened from now on
+        // can miss a live notification (later reconnects announce a
+        // catch-up instead).
+        if subscriber.is_connected()
+            && let Err(error) = subscriber.subscribe(channel.as_str()).await
+        {
+            tracing::warn!(%error, "cannot subscribe to live notifications yet");
+        }
         listen(subscriber, channel.clone(), live.clone());
         Ok(RedisHub {
             client,
@@ -206,12 +214,6 @@ fn listen(subscriber: fred::prelude::Client, channel: String, live: broadcast::S
     });
     let mut reconnects = subscriber.reconnect_rx();
     tokio::spawn(async move {
-        // The first connection may have come before this task started.
-        if subscriber.is_connected()
-            && let Err(error) = subscriber.subscribe(channel.as_str()).await
-        {
-            tracing::warn!(%error, "cannot subscribe to live notifications yet");
-        }
         while reconnects.recv().await.is_ok() {
             match subscriber.subscribe(channel.as_str()).await {
                 Ok(()) => {

@@ -57,6 +57,20 @@ impl Seen {
 }
 
 impl ConsumerLoop {
+    /// A service's member of `group`, as services run them: a consumer name
+    /// of its own (`<service>-<unique>`), 100 events a read, reads waiting
+    /// up to 1 s, deliveries pending 30 s taken over.
+    pub fn member(log: Arc<dyn EventLog>, group: impl Into<String>, service: &str) -> Self {
+        ConsumerLoop {
+            log,
+            group: group.into(),
+            consumer: format!("{service}-{}", uuid::Uuid::now_v7().simple()),
+            batch: 100,
+            wait: Duration::from_secs(1),
+            retry_after: Duration::from_secs(30),
+        }
+    }
+
     /// Runs until `shutdown`, handing each event to `handle`.
     pub async fn run<H, F>(self, shutdown: ShutdownToken, mut handle: H)
     where

@@ -58,14 +58,7 @@ pub async fn follow(
     group: String,
     shutdown: ShutdownToken,
 ) {
-    let consumer = ConsumerLoop {
-        log,
-        group,
-        consumer: format!("events-svc-{}", Uuid::now_v7().simple()),
-        batch: 100,
-        wait: std::time::Duration::from_secs(1),
-        retry_after: std::time::Duration::from_secs(30),
-    };
+    let consumer = ConsumerLoop::member(log, group, "events-svc");
     consumer
         .run(shutdown, move |event| {
             let repo = repo.clone();

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use munity_bus::{ConsumerLoop, DomainEvent, EventLog};
 use munity_platform::shutdown::ShutdownToken;
-use uuid::Uuid;
 
 use crate::hub::{Hub, valid_topic};
 
@@ -46,14 +45,7 @@ pub async fn follow(
     group: String,
     shutdown: ShutdownToken,
 ) {
-    let consumer = ConsumerLoop {
-        log,
-        group,
-        consumer: format!("notify-svc-{}", Uuid::now_v7().simple()),
-        batch: 100,
-        wait: std::time::Duration::from_secs(1),
-        retry_after: std::time::Duration::from_secs(30),
-    };
+    let consumer = ConsumerLoop::member(log, group, "notify-svc");
     consumer
         .run(shutdown, move |event| {
             let hub = hub.clone();

@@ -225,20 +225,8 @@ impl Hub for EmbeddedHub {
 
     async fn since(&self, topic: &str, after: &Position, limit: usize) -> HubResult<Recovery> {
         let now = self.position(topic).await?;
-        if now.epoch != after.epoch {
-            return Ok(Recovery::Resync {
-                now,
-                reason: "the topic's history was lost (another epoch)",
-            });
-        }
-        if after.offset > now.offset {
-            return Ok(Recovery::Resync {
-                now,
-                reason: "the position is ahead of the topic",
-            });
-        }
-        if after.offset == now.offset {
-            return Ok(Recovery::Missed(Vec::new()));
+        if let Some(recovery) = Recovery::without_history(&now, after) {
+            return Ok(recovery);
         }
         let (topic, from) = (topic.to_owned(), after.offset + 1);
         let items = self
@@ -264,13 +252,7 @@ impl Hub for EmbeddedHub {
             })
             .await
             .map_err(hub_error)?;
-        if items.first().is_none_or(|n| n.offset != from) {
-            return Ok(Recovery::Resync {
-                now,
-                reason: "history no longer reaches back to the position",
-            });
-        }
-        Ok(Recovery::Missed(items))
+        Ok(Recovery::from_history(now, after, items))
     }
 
     fn live(&self) -> broadcast::Receiver<Live> {

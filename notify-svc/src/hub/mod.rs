@@ -54,6 +54,39 @@ pub enum Recovery {
     Resync { now: Position, reason: &'static str },
 }
 
+impl Recovery {
+    /// What every backend answers before reading history: a resync for
+    /// another epoch or a position ahead of the topic, nothing missed at
+    /// the topic's position; `None`: history must be read.
+    pub fn without_history(now: &Position, after: &Position) -> Option<Recovery> {
+        if now.epoch != after.epoch {
+            return Some(Recovery::Resync {
+                now: now.clone(),
+                reason: "the topic's history was lost (another epoch)",
+            });
+        }
+        if after.offset > now.offset {
+            return Some(Recovery::Resync {
+                now: now.clone(),
+                reason: "the position is ahead of the topic",
+            });
+        }
+        (after.offset == now.offset).then(|| Recovery::Missed(Vec::new()))
+    }
+
+    /// `items` read from history after `after`, or a resync if they do not
+    /// start right after it (history was trimmed past it).
+    pub fn from_history(now: Position, after: &Position, items: Vec<Notification>) -> Recovery {
+        if items.first().is_none_or(|n| n.offset != after.offset + 1) {
+            return Recovery::Resync {
+                now,
+                reason: "history no longer reaches back to the position",
+            };
+        }
+        Recovery::Missed(items)
+    }
+}
+
 /// What a live receiver gets.
 #[derive(Debug, Clone)]
 pub enum Live {

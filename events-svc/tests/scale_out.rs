@@ -251,14 +251,6 @@ async fn sign_up(users: &str) -> (String, String) {
     (session.access_token, session.user.unwrap().id)
 }
 
-fn in_hours(hours: i64) -> prost_types::Timestamp {
-    let at = now_millis() + hours * 3_600_000;
-    prost_types::Timestamp {
-        seconds: at / 1000,
-        nanos: 0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_commit_while_redis_is_down_and_events_follow_in_order() {
     let Some(cql) = munity_testkit::cql_config("events_redis_down") else {
@@ -287,10 +279,10 @@ async fn writes_commit_while_redis_is_down_and_events_follow_in_order() {
     let create = |title: &str| events_pb::CreateEventRequest {
         title: title.to_owned(),
         options: vec![events_pb::TimeOptionInput {
-            start: Some(in_hours(10)),
-            end: Some(in_hours(11)),
+            start: Some(munity_testkit::in_hours(10)),
+            end: Some(munity_testkit::in_hours(11)),
         }],
-        voting_deadline: Some(in_hours(5)),
+        voting_deadline: Some(munity_testkit::in_hours(5)),
         ..Default::default()
     };
     let event = events

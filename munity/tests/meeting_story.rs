@@ -10,7 +10,7 @@ use munity_proto::{
     events::v1::{self as events, events_client::EventsClient},
     users::v1::{self as users, users_client::UsersClient},
 };
-use munity_testkit::{Ready, spawn_ready};
+use munity_testkit::{Ready, in_hours as at, spawn_ready};
 use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
@@ -62,17 +62,6 @@ async fn register_as(channel: &Channel, name: &str, email: &str) -> (String, Str
         .unwrap()
         .into_inner();
     (session.access_token, session.user.unwrap().id)
-}
-
-fn at(hours_from_now: i64) -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    prost_types::Timestamp {
-        seconds: now + hours_from_now * 3600,
-        nanos: 0,
-    }
 }
 
 async fn get_event(client: &EventsClient<Channel>, id: &str, token: &str) -> events::Event {
@@ -560,17 +549,7 @@ async fn domain_events_survive_a_restart_of_munity_dev() {
     for i in 0..3 {
         let event = events
             .create_event(with_bearer(
-                events::CreateEventRequest {
-                    title: format!("Meeting {i}"),
-                    options: (1..=3)
-                        .map(|h| events::TimeOptionInput {
-                            start: Some(at(10 * h)),
-                            end: Some(at(10 * h + 1)),
-                        })
-                        .collect(),
-                    voting_deadline: Some(at(5)),
-                    ..Default::default()
-                },
+                munity_testkit::meeting_request(&format!("Meeting {i}")),
                 &alice,
             ))
             .await
@@ -663,17 +642,7 @@ async fn votes_reach_subscribers_live_and_after_a_reconnect() {
     let mut notifications = NotifyClient::new(channel.clone());
     let event = events
         .create_event(with_bearer(
-            events::CreateEventRequest {
-                title: "Open call".to_owned(),
-                options: (1..=3)
-                    .map(|h| events::TimeOptionInput {
-                        start: Some(at(10 * h)),
-                        end: Some(at(10 * h + 1)),
-                    })
-                    .collect(),
-                voting_deadline: Some(at(5)),
-                ..Default::default()
-            },
+            munity_testkit::meeting_request("Open call"),
             &alice,
         ))
         .await

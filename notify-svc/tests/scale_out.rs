@@ -42,17 +42,6 @@ fn replica(
     command
 }
 
-fn in_hours(hours: i64) -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    prost_types::Timestamp {
-        seconds: now + hours * 3600,
-        nanos: 0,
-    }
-}
-
 /// The next notification on `stream` (heartbeats skipped).
 async fn next(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::Notification {
     loop {
@@ -139,17 +128,7 @@ async fn a_notification_reaches_subscribers_on_every_replica() {
     let mut events = EventsClient::connect(events_url.clone()).await.unwrap();
     let event = events
         .create_event(with_bearer(
-            events_pb::CreateEventRequest {
-                title: "Across replicas".to_owned(),
-                options: (1..=3)
-                    .map(|h| events_pb::TimeOptionInput {
-                        start: Some(in_hours(10 * h)),
-                        end: Some(in_hours(10 * h + 1)),
-                    })
-                    .collect(),
-                voting_deadline: Some(in_hours(5)),
-                ..Default::default()
-            },
+            munity_testkit::meeting_request("Across replicas"),
             &token,
         ))
         .await

@@ -331,3 +331,30 @@ pub async fn node(script: &str, args: Vec<String>, env: &[(&str, &str)]) {
     );
     print!("{stdout}");
 }
+
+/// `hours` from now, as a protobuf timestamp (whole seconds).
+pub fn in_hours(hours: i64) -> prost_types::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    prost_types::Timestamp {
+        seconds: now + hours * 3600,
+        nanos: 0,
+    }
+}
+
+/// A valid CreateEvent request open to everyone: three one-hour options,
+/// 10, 20 and 30 hours from now, voting until 5 hours from now.
+pub fn meeting_request(title: &str) -> munity_proto::events::v1::CreateEventRequest {
+    munity_proto::events::v1::CreateEventRequest {
+        title: title.to_owned(),
+        options: (1..=3)
+            .map(|h| munity_proto::events::v1::TimeOptionInput {
+                start: Some(in_hours(10 * h)),
+                end: Some(in_hours(10 * h + 1)),
+            })
+            .collect(),
+        voting_deadline: Some(in_hours(5)),
+        ..Default::default()
+    }
+}

@@ -121,6 +121,35 @@ impl EmbeddedStore {
         self.outbox.write(operation).await
     }
 
+    /// The first `limit` keys of a due index (keys start with the due time
+    /// in ms, big-endian) due at or before `now`.
+    async fn due_keys(
+        &self,
+        index: TableDefinition<'static, &'static [u8], ()>,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Vec<u8>>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(index).map_err(internal)?;
+                // Nothing falls due before 1970: start at 0. Every key of a
+                // due time sorts before its time followed by 0xff bytes.
+                let mut end = [0xffu8; 64];
+                end[..8].copy_from_slice(&now.max(0).to_be_bytes());
+                let mut due = Vec::new();
+                for entry in table
+                    .range::<&[u8]>([0u8; 8].as_slice()..=end.as_slice())
+                    .map_err(internal)?
+                    .take(limit)
+                {
+                    due.push(entry.map_err(internal)?.0.value().to_vec());
+                }
+                Ok(due)
+            })
+            .await
+    }
+
     /// Casts (`cast`) or takes back one vote, with its count, in one
     /// transaction: exact under any concurrency.
     async fn change_vote(
@@ -668,53 +697,23 @@ impl EventsRepository for EmbeddedStore {
     }
 
     async fn due_for_closing(&self, now: Millis, limit: usize) -> StoreResult<Vec<Uuid>> {
-        self.db
-            .blocking(move |db| {
-                let txn = db.begin_read().map_err(internal)?;
-                let table = txn.open_table(DEADLINES).map_err(internal)?;
-                // Deadlines before 1970 do not exist: start at 0.
-                let mut end = [0xffu8; 24];
-                end[..8].copy_from_slice(&now.max(0).to_be_bytes());
-                let start = [0u8; 24];
-                let mut due = Vec::new();
-                for entry in table
-                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
-                    .map_err(internal)?
-                    .take(limit)
-                {
-                    let (key, _) = entry.map_err(internal)?;
-                    due.push(Uuid::from_slice(&key.value()[8..]).map_err(internal)?);
-                }
-                Ok(due)
-            })
-            .await
+        let keys = self.due_keys(DEADLINES, now, limit).await?;
+        keys.iter()
+            .map(|key| Uuid::from_slice(&key[8..]).map_err(internal))
+            .collect()
     }
 
     async fn due_reminders(&self, now: Millis, limit: usize) -> StoreResult<Vec<ReminderJob>> {
-        self.db
-            .blocking(move |db| {
-                let txn = db.begin_read().map_err(internal)?;
-                let table = txn.open_table(REMINDERS).map_err(internal)?;
-                let mut end = [0xffu8; 28];
-                end[..8].copy_from_slice(&now.max(0).to_be_bytes());
-                let start = [0u8; 28];
-                let mut due = Vec::new();
-                for entry in table
-                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
-                    .map_err(internal)?
-                    .take(limit)
-                {
-                    let (key, _) = entry.map_err(internal)?;
-                    let key = key.value();
-                    due.push(ReminderJob {
-                        due: i64::from_be_bytes(key[..8].try_into().map_err(internal)?),
-                        event_id: Uuid::from_slice(&key[8..24]).map_err(internal)?,
-                        before_secs: u32::from_be_bytes(key[24..].try_into().map_err(internal)?),
-                    });
-                }
-                Ok(due)
+        let keys = self.due_keys(REMINDERS, now, limit).await?;
+        keys.iter()
+            .map(|key| {
+                Ok(ReminderJob {
+                    due: i64::from_be_bytes(key[..8].try_into().map_err(internal)?),
+                    event_id: Uuid::from_slice(&key[8..24]).map_err(internal)?,
+                    before_secs: u32::from_be_bytes(key[24..].try_into().map_err(internal)?),
+                })
             })
-            .await
+            .collect()
     }
 
     async fn send_reminder(&self, job: &ReminderJob, now: Millis) -> StoreResult<bool> {

@@ -367,4 +367,32 @@ impl Notify for NotifyApi {
             finished: false,
         }))
     }
+
+    async fn publish(
+        &self,
+        _request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        Err(Status::unimplemented("Publish is not built yet"))
+    }
+
+    async fn list_inbox(
+        &self,
+        _request: Request<pb::ListInboxRequest>,
+    ) -> Result<Response<pb::ListInboxResponse>, Status> {
+        Err(Status::unimplemented("the inbox is not built yet"))
+    }
+
+    async fn mark_read(
+        &self,
+        _request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::UnreadCountResponse>, Status> {
+        Err(Status::unimplemented("the inbox is not built yet"))
+    }
+
+    async fn unread_count(
+        &self,
+        _request: Request<pb::UnreadCountRequest>,
+    ) -> Result<Response<pb::UnreadCountResponse>, Status> {
+        Err(Status::unimplemented("the inbox is not built yet"))
+    }
 }

@@ -80,6 +80,10 @@ pub struct Claims {
     /// Platform roles, e.g. `user`, `admin`.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// What a service account's token may do (RFC 9068's `scope`:
+    /// space-separated, e.g. `notify.publish`); empty on users' tokens.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
 
 impl Claims {
@@ -90,6 +94,11 @@ impl Claims {
 
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether the token carries `scope` (only service accounts' do).
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope)
     }
 }
 

@@ -227,4 +227,39 @@ impl Users for UsersApi {
             Ok(pb::RemoveMemberResponse {})
         })
     }
+
+    async fn create_service_account(
+        &self,
+        _request: Request<pb::CreateServiceAccountRequest>,
+    ) -> Result<Response<pb::ServiceAccountSecret>, Status> {
+        Err(Status::unimplemented("service accounts are not built yet"))
+    }
+
+    async fn list_service_accounts(
+        &self,
+        _request: Request<pb::ListServiceAccountsRequest>,
+    ) -> Result<Response<pb::ListServiceAccountsResponse>, Status> {
+        Err(Status::unimplemented("service accounts are not built yet"))
+    }
+
+    async fn rotate_service_secret(
+        &self,
+        _request: Request<pb::RotateServiceSecretRequest>,
+    ) -> Result<Response<pb::ServiceAccountSecret>, Status> {
+        Err(Status::unimplemented("service accounts are not built yet"))
+    }
+
+    async fn set_service_account_disabled(
+        &self,
+        _request: Request<pb::SetServiceAccountDisabledRequest>,
+    ) -> Result<Response<pb::ServiceAccount>, Status> {
+        Err(Status::unimplemented("service accounts are not built yet"))
+    }
+
+    async fn issue_service_token(
+        &self,
+        _request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::ServiceToken>, Status> {
+        Err(Status::unimplemented("service accounts are not built yet"))
+    }
 }

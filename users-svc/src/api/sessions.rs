@@ -62,6 +62,7 @@ impl UsersApi {
             jti: Uuid::now_v7().to_string(),
             sid: session_id.to_string(),
             roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            scope: String::new(),
         };
         Ok(pb::AuthResponse {
             user: Some(convert::user_to_proto(user, true)),

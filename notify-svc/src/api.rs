@@ -11,8 +11,11 @@
 //! history interleave.
 //!
 //! Bounds: topics per stream, streams per user, and a buffer per stream; a
-//! client that lets the buffer fill is ended with UNAVAILABLE and resumes
-//! from its last offsets (nothing grows without bound for a slow reader).
+//! client that lets the buffer fill with live notifications is ended with
+//! UNAVAILABLE and resumes from its last offsets (nothing grows without
+//! bound for a slow reader). Catching up from history goes at the client's
+//! pace instead, but a client that takes nothing for `notify.stall_secs`
+//! is ended the same way.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -136,6 +139,8 @@ struct Follower {
     end: Arc<Mutex<Option<Status>>>,
     /// Per topic: where the client is (the last offset delivered).
     at: BTreeMap<String, Position>,
+    /// How long catching up waits for the client to take a message.
+    stall: Duration,
 }
 
 impl Follower {
@@ -171,10 +176,38 @@ impl Follower {
         self.send(pb::subscribe_response::Message::Notification(to_proto(
             notification,
         )))?;
+        self.delivered(notification);
+        Ok(())
+    }
+
+    /// Delivers from history at the client's pace: history waits, unlike
+    /// live notifications (which pile up meanwhile only as far as the
+    /// hub's bounded live buffer; past that this stream catches up again).
+    async fn deliver_missed(&mut self, notification: &Notification) -> Result<(), Stop> {
+        let message = pb::SubscribeResponse {
+            message: Some(pb::subscribe_response::Message::Notification(to_proto(
+                notification,
+            ))),
+        };
+        match tokio::time::timeout(self.stall, self.tx.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Stop), // the client is gone
+            Err(_) => {
+                self.finish(Status::unavailable(
+                    "this stream took nothing for too long while catching up; \
+                     reconnect and resume from the last offsets seen",
+                ));
+                return Err(Stop);
+            }
+        }
+        self.delivered(notification);
+        Ok(())
+    }
+
+    fn delivered(&mut self, notification: &Notification) {
         if let Some(at) = self.at.get_mut(&notification.topic) {
             at.offset = notification.offset;
         }
-        Ok(())
     }
 
     /// Delivers what `topic` holds after the client's position (or says
@@ -188,7 +221,7 @@ impl Follower {
                 Ok(Recovery::Missed(missed)) if missed.is_empty() => return Ok(()),
                 Ok(Recovery::Missed(missed)) => {
                     for notification in &missed {
-                        self.deliver(notification)?;
+                        self.deliver_missed(notification).await?;
                     }
                 }
                 Ok(Recovery::Resync { now, reason }) => {
@@ -362,6 +395,7 @@ impl Notify for NotifyApi {
             tx,
             end: end.clone(),
             at: BTreeMap::new(),
+            stall: Duration::from_secs(self.config.stall_secs.max(1)),
         };
         let heartbeat = Duration::from_secs(self.config.heartbeat_secs.max(1));
         tokio::spawn(async move {

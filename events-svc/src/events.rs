@@ -93,6 +93,7 @@ pub fn joined(event: &EventRecord, user: Uuid) -> DomainEvent {
         &pb::ParticipantJoined {
             event_id: event.id.to_string(),
             user_id: user.to_string(),
+            owner_id: event.owner_id.to_string(),
         },
     )
 }
@@ -104,6 +105,7 @@ pub fn left(event: &EventRecord, user: Uuid) -> DomainEvent {
         &pb::ParticipantLeft {
             event_id: event.id.to_string(),
             user_id: user.to_string(),
+            owner_id: event.owner_id.to_string(),
         },
     )
 }

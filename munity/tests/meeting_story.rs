@@ -3,65 +3,19 @@
 //! three times, vote, close, join; and the forbidden calls are refused
 //! (someone outside the community, someone else's event, a full event).
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use munity_platform::auth::with_bearer;
 use munity_proto::{
     events::v1::{self as events, events_client::EventsClient},
     users::v1::{self as users, users_client::UsersClient},
 };
-use munity_testkit::{Ready, in_hours as at, spawn_ready};
+use munity_testkit::{ADMIN_EMAIL, Ready, in_hours as at, register, register_as};
 use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
-/// Whoever registers with this email is an admin (the config file).
-const ADMIN_EMAIL: &str = "ops@example.com";
-
 async fn start(data_dir: &Path) -> (Ready, Channel) {
-    let config = data_dir.join("munity.toml");
-    std::fs::write(
-        &config,
-        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n"),
-    )
-    .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
-    command
-        .arg("--config")
-        .arg(&config)
-        .args(["dev", "--data-dir"])
-        .arg(data_dir)
-        .env("MUNITY_DEV__ANY_PORT", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null());
-    let ready = spawn_ready(command, Duration::from_secs(60)).await;
-    let channel = Channel::from_shared(format!("http://{}", ready.address("gateway")))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (ready, channel)
-}
-
-async fn register(channel: &Channel, name: &str) -> (String, String) {
-    register_as(
-        channel,
-        name,
-        &format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple()),
-    )
-    .await
-}
-
-async fn register_as(channel: &Channel, name: &str, email: &str) -> (String, String) {
-    let session = UsersClient::new(channel.clone())
-        .register(users::RegisterRequest {
-            email: email.to_owned(),
-            password: "correct horse".to_owned(),
-            display_name: name.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (session.access_token, session.user.unwrap().id)
+    munity_testkit::start_dev(env!("CARGO_BIN_EXE_munity"), data_dir).await
 }
 
 async fn get_event(client: &EventsClient<Channel>, id: &str, token: &str) -> events::Event {

@@ -1,4 +1,5 @@
-//! The `munity.notify.v1.Notify` gRPC service: Subscribe.
+//! The `munity.notify.v1.Notify` gRPC service: Subscribe, Publish (service
+//! callers) and the caller's inbox.
 //!
 //! A stream, once its topics are allowed (`access.rs`), is one task that
 //! listens to the hub's live notifications *before* reading each topic's
@@ -23,7 +24,7 @@ use std::{
 
 use munity_platform::{auth::caller, error::FieldViolations, wire::timestamp};
 use munity_proto::notify::v1::{self as pb, notify_server::Notify};
-use munity_store::now_millis;
+use munity_store::{StoreError, now_millis};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -31,11 +32,15 @@ use uuid::Uuid;
 use crate::{
     access::Access,
     config::NotifyConfig,
-    hub::{Hub, Live, Notification, Position, Recovery, to_proto, valid_topic},
+    hub::{Hub, HubError, Live, Notification, Position, Recovery, to_proto, valid_topic},
+    inbox::{self, Inbox, ItemKey},
+    publish::{PublishError, Publisher},
 };
 
 pub struct NotifyApi {
     hub: Arc<dyn Hub>,
+    publisher: Publisher,
+    inbox: Arc<dyn Inbox>,
     access: Access,
     config: Arc<NotifyConfig>,
     /// Open streams per user.
@@ -43,9 +48,11 @@ pub struct NotifyApi {
 }
 
 impl NotifyApi {
-    pub fn new(hub: Arc<dyn Hub>, access: Access, config: NotifyConfig) -> Self {
+    pub fn new(publisher: Publisher, access: Access, config: NotifyConfig) -> Self {
         NotifyApi {
-            hub,
+            hub: publisher.hub.clone(),
+            inbox: publisher.inbox.clone(),
+            publisher,
             access,
             config: Arc::new(config),
             streams: Arc::default(),
@@ -370,29 +377,199 @@ impl Notify for NotifyApi {
 
     async fn publish(
         &self,
-        _request: Request<pb::PublishRequest>,
+        request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        Err(Status::unimplemented("Publish is not built yet"))
+        let claims = caller(&request)?;
+        if !claims.has_scope(PUBLISH_SCOPE) {
+            return Err(Status::permission_denied(format!(
+                "Publish is for service accounts with scope {PUBLISH_SCOPE}"
+            )));
+        }
+        let message = request.into_inner();
+        let mut violations = FieldViolations::new();
+        if !valid_topic(&message.topic) {
+            violations.add(
+                "topic",
+                "must be kind:id (lower-case kind; id of letters, digits, -, _, .; at most 100 characters)",
+            );
+        }
+        if !message.id.is_empty() && !inbox::valid_id(&message.id) {
+            violations.add("id", "must be 1 to 64 letters, digits, -, _ or .");
+        }
+        let kind = match &message.payload {
+            None => {
+                violations.add("payload", "is required");
+                String::new()
+            }
+            Some(any) => {
+                if any.value.len() > MAX_PAYLOAD_BYTES {
+                    violations.add(
+                        "payload",
+                        format!("must be at most {MAX_PAYLOAD_BYTES} bytes"),
+                    );
+                }
+                match any.type_url.rsplit_once('/') {
+                    Some((_, kind)) if valid_kind(kind) => kind.to_owned(),
+                    _ => {
+                        violations.add(
+                            "payload.type_url",
+                            "must end in /<message name>, e.g. type.googleapis.com/acme.v1.Ping",
+                        );
+                        String::new()
+                    }
+                }
+            }
+        };
+        if !violations.is_empty() {
+            return Err(munity_platform::error::invalid_argument(&violations));
+        }
+        let id = if message.id.is_empty() {
+            Uuid::now_v7().to_string()
+        } else {
+            message.id
+        };
+        let payload = message.payload.map(|any| any.value).unwrap_or_default();
+        let notification = self
+            .publisher
+            .publish(&message.topic, &id, &kind, &payload, now_millis())
+            .await
+            .map_err(publish_status)?;
+        Ok(Response::new(pb::PublishResponse {
+            notification: Some(to_proto(&notification)),
+        }))
     }
 
     async fn list_inbox(
         &self,
-        _request: Request<pb::ListInboxRequest>,
+        request: Request<pb::ListInboxRequest>,
     ) -> Result<Response<pb::ListInboxResponse>, Status> {
-        Err(Status::unimplemented("the inbox is not built yet"))
+        let user = caller(&request)?.sub;
+        let message = request.into_inner();
+        let mut violations = FieldViolations::new();
+        if message.page_size > 100 {
+            violations.add("page_size", "must be at most 100");
+        }
+        let before = if message.page_token.is_empty() {
+            None
+        } else {
+            let key = ItemKey::decode(&message.page_token);
+            if key.is_none() {
+                violations.add("page_token", "is not a token ListInbox gave");
+            }
+            key
+        };
+        if !violations.is_empty() {
+            return Err(munity_platform::error::invalid_argument(&violations));
+        }
+        let limit = munity_store::page_size(message.page_size, 20, 100);
+        // One more than asked says whether there is a next page.
+        let mut items = self
+            .inbox
+            .list(user, before.as_ref(), limit + 1, message.unread_only)
+            .await
+            .map_err(store_status)?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_page_token = match items.last() {
+            Some(last) if more => last.key.encode(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListInboxResponse {
+            items: items
+                .iter()
+                .map(|item| pb::InboxItem {
+                    id: item.key.encode(),
+                    notification: Some(to_proto(&item.notification)),
+                    read_at: item.read_at.map(timestamp),
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn mark_read(
         &self,
-        _request: Request<pb::MarkReadRequest>,
+        request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::UnreadCountResponse>, Status> {
-        Err(Status::unimplemented("the inbox is not built yet"))
+        let user = caller(&request)?.sub;
+        let message = request.into_inner();
+        let mut violations = FieldViolations::new();
+        if message.ids.len() > 100 {
+            violations.add("ids", "must be at most 100");
+        }
+        if message.ids.is_empty() && !message.all {
+            violations.add("ids", "name items, or set all");
+        }
+        let mut keys = Vec::with_capacity(message.ids.len());
+        for (i, id) in message.ids.iter().enumerate() {
+            match ItemKey::decode(id) {
+                Some(key) => keys.push(key),
+                None => violations.add(format!("ids[{i}]"), "is not an id ListInbox gave"),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(munity_platform::error::invalid_argument(&violations));
+        }
+        let now = now_millis();
+        if message.all {
+            self.inbox.mark_all_read(user, now).await
+        } else {
+            self.inbox.mark_read(user, &keys, now).await
+        }
+        .map_err(store_status)?;
+        let unread = self.inbox.unread(user).await.map_err(store_status)?;
+        Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 
     async fn unread_count(
         &self,
-        _request: Request<pb::UnreadCountRequest>,
+        request: Request<pb::UnreadCountRequest>,
     ) -> Result<Response<pb::UnreadCountResponse>, Status> {
-        Err(Status::unimplemented("the inbox is not built yet"))
+        let user = caller(&request)?.sub;
+        let unread = self.inbox.unread(user).await.map_err(store_status)?;
+        Ok(Response::new(pb::UnreadCountResponse { unread }))
+    }
+}
+
+/// The scope a token needs to Publish.
+pub const PUBLISH_SCOPE: &str = "notify.publish";
+
+/// The largest payload Publish takes.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// A message name: dotted identifiers, at most 200 characters.
+fn valid_kind(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 200
+        && kind.split('.').all(|part| {
+            part.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(_) => {
+            Status::unavailable("the inbox is unavailable for a moment; try again")
+        }
+        error => {
+            tracing::error!(%error, "inbox failed");
+            Status::internal("the inbox failed")
+        }
+    }
+}
+
+fn publish_status(error: PublishError) -> Status {
+    match error {
+        PublishError::Hub(HubError::Unavailable(error)) => Status::unavailable(format!(
+            "notification history is unavailable ({error}); publish again with the same id"
+        )),
+        PublishError::Hub(HubError::Internal(error)) => {
+            tracing::error!(%error, "publish failed");
+            Status::internal("publishing failed")
+        }
+        PublishError::Inbox(error) => store_status(error),
     }
 }

@@ -43,6 +43,10 @@ pub struct NotifyConfig {
     /// Messages buffered per stream; a client reading slower than this is
     /// ended (UNAVAILABLE) and resumes.
     pub stream_buffer: usize,
+    /// How long inbox items are kept.
+    pub inbox_ttl_secs: u64,
+    /// UnreadCount reads at most this many of the newest items.
+    pub inbox_unread_cap: usize,
 }
 
 impl Default for NotifyConfig {
@@ -60,6 +64,8 @@ impl Default for NotifyConfig {
             max_topics_per_stream: 32,
             max_streams_per_user: 16,
             stream_buffer: 256,
+            inbox_ttl_secs: 30 * 24 * 3600,
+            inbox_unread_cap: 1_000,
         }
     }
 }

@@ -9,10 +9,13 @@
 //!   in-process broadcast) and Redis (a stream per topic, one Lua script
 //!   per publish, pub/sub across replicas), held to one contract by
 //!   `tests/hub_contract.rs`.
+//! - `inbox/`: what `user:` topics got, kept per user with read marks;
+//!   redb or CQL, held to one contract by `tests/inbox_contract.rs`.
+//! - `publish.rs`: a publish on the hub, then into the inbox.
 //! - `sources.rs`: domain events from the event log, published on the
 //!   topics they concern.
 //! - `access.rs`: who may follow which topic.
-//! - `api.rs`: the gRPC service (Subscribe).
+//! - `api.rs`: the gRPC service (Subscribe, Publish, the inbox).
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +23,8 @@ pub mod access;
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod inbox;
+pub mod publish;
 pub mod sources;
 
 use std::{sync::Arc, time::Duration};
@@ -38,8 +43,9 @@ pub use config::{HubBackend, NotifyConfig};
 
 use crate::hub::{Hub, Retention, embedded::EmbeddedHub, redis::RedisHub};
 
-/// Largest request notify-svc accepts (32 topics with positions).
-const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest request notify-svc accepts (a Publish of the largest payload,
+/// or 32 topics with positions).
+const MAX_REQUEST_BYTES: usize = api::MAX_PAYLOAD_BYTES + 4 * 1024;
 
 /// notify-svc as a platform service: `[notify]`, `munity.notify.v1`.
 pub struct NotifyService;
@@ -95,11 +101,20 @@ pub async fn run(
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
     let hub = open_hub(&config).await?;
+    let inbox = inbox::open(
+        &config.storage,
+        inbox::InboxLimits {
+            ttl_secs: config.own.inbox_ttl_secs.max(1),
+            count_cap: config.own.inbox_unread_cap.max(1),
+        },
+    )
+    .await?;
+    let publisher = publish::Publisher { hub, inbox };
     match munity_bus::open(&config.bus).await {
         Ok(log) => {
             tokio::spawn(sources::follow(
                 log,
-                hub.clone(),
+                publisher.clone(),
                 config.own.sources_group.clone(),
                 shutdown.clone(),
             ));
@@ -112,7 +127,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("notify.events_url {:?}: {e}", config.own.events_url))?;
     GrpcHost::new(NotifyService::DESCRIPTOR_SET)?
         .add_service(
-            NotifyServer::new(api::NotifyApi::new(hub, access, config.own.clone()))
+            NotifyServer::new(api::NotifyApi::new(publisher, access, config.own.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .with_shutdown_grace(config.shutdown_grace())

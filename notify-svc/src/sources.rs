@@ -3,7 +3,9 @@
 //! the topics they concern:
 //! - every event of a meeting on `event:<id>`;
 //! - a meeting created, updated, cancelled, closed (scheduled) or due soon
-//!   also on `community:<id>` of its community.
+//!   also on `community:<id>` of its community;
+//! - someone joining or leaving a meeting also on its owner's `user:<id>`
+//!   (and so in the owner's inbox).
 //!
 //! Publishing is idempotent by the domain event's id, so a redelivery from
 //! the log changes nothing.
@@ -12,8 +14,10 @@ use std::sync::Arc;
 
 use munity_bus::{ConsumerLoop, DomainEvent, EventLog};
 use munity_platform::shutdown::ShutdownToken;
+use munity_proto::events::v1 as events;
+use prost::Message;
 
-use crate::hub::{Hub, valid_topic};
+use crate::{hub::valid_topic, publish::Publisher};
 
 /// events-svc's events that matter to a whole community.
 const COMMUNITY_WIDE: &[&str] = &[
@@ -33,32 +37,52 @@ pub fn topics(event: &DomainEvent) -> Vec<String> {
         if event.subject_ids.len() >= 2 && COMMUNITY_WIDE.contains(&event.r#type.as_str()) {
             topics.push(format!("community:{}", event.subject_ids[0]));
         }
+        if let Some(owner) = owner_to_tell(event) {
+            topics.push(format!("user:{owner}"));
+        }
     }
     topics.retain(|t| valid_topic(t));
     topics
 }
 
+/// The owner of a meeting someone else joined or left.
+fn owner_to_tell(event: &DomainEvent) -> Option<String> {
+    let (user, owner) = match event.r#type.as_str() {
+        "munity.events.v1.ParticipantJoined" => {
+            let e = events::ParticipantJoined::decode(event.payload.as_slice()).ok()?;
+            (e.user_id, e.owner_id)
+        }
+        "munity.events.v1.ParticipantLeft" => {
+            let e = events::ParticipantLeft::decode(event.payload.as_slice()).ok()?;
+            (e.user_id, e.owner_id)
+        }
+        _ => return None,
+    };
+    (!owner.is_empty() && owner != user).then_some(owner)
+}
+
 /// Publishes what the log brings until `shutdown`.
 pub async fn follow(
     log: Arc<dyn EventLog>,
-    hub: Arc<dyn Hub>,
+    publisher: Publisher,
     group: String,
     shutdown: ShutdownToken,
 ) {
     let consumer = ConsumerLoop::member(log, group, "notify-svc");
     consumer
         .run(shutdown, move |event| {
-            let hub = hub.clone();
+            let publisher = publisher.clone();
             async move {
                 for topic in topics(&event) {
-                    hub.publish(
-                        &topic,
-                        &event.id,
-                        &event.r#type,
-                        &event.payload,
-                        event.occurred_at_ms,
-                    )
-                    .await?;
+                    publisher
+                        .publish(
+                            &topic,
+                            &event.id,
+                            &event.r#type,
+                            &event.payload,
+                            event.occurred_at_ms,
+                        )
+                        .await?;
                 }
                 Ok(())
             }

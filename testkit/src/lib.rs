@@ -9,7 +9,9 @@
 //! - [`cql_config`]: the CQL test server (`MUNITY_TEST_CQL`), one keyspace
 //!   per test process (required under `CI=true`);
 //! - [`contract_suite!`]: one repository contract, instantiated for every
-//!   backend.
+//!   backend;
+//! - [`start_dev`], [`register`]: `munity dev` in a data directory, and
+//!   accounts made through its gateway.
 
 #![forbid(unsafe_code)]
 
@@ -357,4 +359,65 @@ pub fn meeting_request(title: &str) -> munity_proto::events::v1::CreateEventRequ
         voting_deadline: Some(in_hours(5)),
         ..Default::default()
     }
+}
+
+/// Whoever registers with this email is an admin of [`start_dev`]'s Munity.
+pub const ADMIN_EMAIL: &str = "ops@example.com";
+
+/// Starts `munity dev` (the binary at `munity`, i.e. the test's
+/// `env!("CARGO_BIN_EXE_munity")`) on any free ports with its data in
+/// `data_dir`, and connects to its gateway.
+pub async fn start_dev(munity: &str, data_dir: &Path) -> (Ready, tonic::transport::Channel) {
+    let config = data_dir.join("munity.toml");
+    std::fs::write(
+        &config,
+        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n"),
+    )
+    .unwrap();
+    let mut command = Command::new(munity);
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["dev", "--data-dir"])
+        .arg(data_dir)
+        .env("MUNITY_DEV__ANY_PORT", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    let ready = spawn_ready(command, Duration::from_secs(60)).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", ready.address("gateway")))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    (ready, channel)
+}
+
+/// Registers `name` with a fresh email: (access token, user id).
+pub async fn register(channel: &tonic::transport::Channel, name: &str) -> (String, String) {
+    register_as(
+        channel,
+        name,
+        &format!("{name}-{}@example.com", uuid::Uuid::now_v7().simple()),
+    )
+    .await
+}
+
+/// Registers `name` with `email`: (access token, user id).
+pub async fn register_as(
+    channel: &tonic::transport::Channel,
+    name: &str,
+    email: &str,
+) -> (String, String) {
+    use munity_proto::users::v1 as users;
+    let session = users::users_client::UsersClient::new(channel.clone())
+        .register(users::RegisterRequest {
+            email: email.to_owned(),
+            password: "correct horse".to_owned(),
+            display_name: name.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (session.access_token, session.user.unwrap().id)
 }

@@ -287,6 +287,34 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
         .map(|p| p.user_id.as_str())
         .collect();
     assert_eq!(ids, [bob_id.as_str()]);
+
+    // The owner hears of it in her inbox (a moment later: notify-svc's
+    // consumer group turns the domain event into the notification).
+    let mut inbox = munity_proto::notify::v1::notify_client::NotifyClient::new(channel.clone());
+    let heard = async {
+        loop {
+            let items = inbox
+                .list_inbox(with_bearer(
+                    munity_proto::notify::v1::ListInboxRequest::default(),
+                    &alice,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .items;
+            if let Some(item) = items.first() {
+                break item.notification.clone().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let heard = tokio::time::timeout(Duration::from_secs(10), heard)
+        .await
+        .expect("in the owner's inbox within 10 s");
+    assert_eq!(heard.kind, "munity.events.v1.ParticipantJoined");
+    let joined =
+        events::ParticipantJoined::decode(heard.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(joined.user_id, bob_id);
     let list = |token: &str, filter: events::EventFilter| {
         let mut events = events.clone();
         let request = with_bearer(

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Unknown keys are refused by the platform (which sees the whole section),
 /// so no `deny_unknown_fields` at this level.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct UsersConfig {
     /// Token lifetimes.
@@ -19,6 +19,21 @@ pub struct UsersConfig {
     pub admin_emails: Vec<String>,
     /// How many password hashes may run at once (`[users.passwords]`).
     pub passwords: PasswordsConfig,
+    /// Lifetime of a service account's access token (IssueServiceToken), in
+    /// seconds. Short: a service asks again with its secret, and a disabled
+    /// account or a rotated secret shuts it out within this time.
+    pub service_token_ttl_secs: u64,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        UsersConfig {
+            tokens: TokenConfig::default(),
+            admin_emails: Vec::new(),
+            passwords: PasswordsConfig::default(),
+            service_token_ttl_secs: 10 * 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

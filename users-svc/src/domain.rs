@@ -145,6 +145,37 @@ pub struct MembershipRecord {
     pub joined_at: Millis,
 }
 
+/// The role every service account's token carries, and no user's: a token
+/// with it names a service account, not a person (`api/service_accounts.rs`).
+pub const SERVICE_ROLE: &str = "service";
+
+/// A service account: an identity for an internal caller (another service,
+/// a bot), which exchanges its client id and secret for short-lived tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccountRecord {
+    /// The client id, and the `sub` of its tokens.
+    pub id: Uuid,
+    /// As given; unique ignoring ASCII case ([`ServiceAccountRecord::name_key`]).
+    pub name: String,
+    /// Sorted, without duplicates (as a CQL `set<text>` holds them, so both
+    /// backends give the same record back).
+    pub scopes: Vec<String>,
+    /// Hex SHA-256 of the client secret; the secret itself is shown once.
+    pub secret_hash: String,
+    pub disabled: bool,
+    pub created_at: Millis,
+    /// When the current secret was made.
+    pub secret_rotated_at: Millis,
+}
+
+impl ServiceAccountRecord {
+    /// What makes a name taken: `Bot` and `bot` would be told apart by
+    /// nobody reading an audit log.
+    pub fn name_key(&self) -> String {
+        self.name.to_ascii_lowercase()
+    }
+}
+
 /// Limits on input, in characters (not bytes) where text is concerned.
 pub mod limits {
     pub const EMAIL_MAX: usize = 254;
@@ -153,6 +184,9 @@ pub mod limits {
     pub const DISPLAY_NAME_MAX: usize = 64;
     pub const COMMUNITY_NAME_MAX: usize = 100;
     pub const COMMUNITY_DESCRIPTION_MAX: usize = 2000;
+    pub const SERVICE_ACCOUNT_NAME_MAX: usize = 64;
+    pub const SCOPES_MAX: usize = 16;
+    pub const SCOPE_MAX: usize = 64;
     pub const PAGE_SIZE_DEFAULT: u32 = 50;
     pub const PAGE_SIZE_MAX: u32 = 500;
 }
@@ -241,6 +275,70 @@ pub fn check_text(text: &str, max: usize, field: &str, violations: &mut FieldVio
     }
 }
 
+/// A service account's name: 1 to 64 ASCII letters, digits, `-`, `_`, `.`
+/// (it ends up in logs and tools' arguments, so nothing to quote or to
+/// confuse with another script's letters). Not trimmed: a name with spaces
+/// is refused rather than quietly changed.
+pub fn check_service_account_name(name: &str, field: &str, violations: &mut FieldViolations) {
+    if name.is_empty() {
+        violations.add(field, "is required");
+    } else if name.len() > limits::SERVICE_ACCOUNT_NAME_MAX {
+        violations.add(
+            field,
+            format!(
+                "must be at most {} characters",
+                limits::SERVICE_ACCOUNT_NAME_MAX
+            ),
+        );
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        violations.add(
+            field,
+            "may contain only ASCII letters, digits, '-', '_' and '.'",
+        );
+    }
+}
+
+/// A service account's scopes, checked, sorted and deduplicated: 1 to 16
+/// distinct scopes, each 1 to 64 of lower-case ASCII letters, digits, `.`,
+/// `_`, `-`, `:`. No space can be in one: a token carries them joined by
+/// spaces (RFC 9068's `scope`).
+pub fn normalize_scopes(
+    raw: &[String],
+    field: &str,
+    violations: &mut FieldViolations,
+) -> Vec<String> {
+    for (i, scope) in raw.iter().enumerate() {
+        if scope.is_empty() || scope.len() > limits::SCOPE_MAX {
+            violations.add(
+                format!("{field}[{i}]"),
+                format!("must be 1 to {} characters", limits::SCOPE_MAX),
+            );
+        } else if !scope.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | ':')
+        }) {
+            violations.add(
+                format!("{field}[{i}]"),
+                "may contain only lower-case ASCII letters, digits, '.', '_', '-' and ':'",
+            );
+        }
+    }
+    let mut scopes = raw.to_vec();
+    scopes.sort();
+    scopes.dedup();
+    if scopes.is_empty() {
+        violations.add(field, "at least one scope is required");
+    } else if scopes.len() > limits::SCOPES_MAX {
+        violations.add(
+            field,
+            format!("at most {} distinct scopes", limits::SCOPES_MAX),
+        );
+    }
+    scopes
+}
+
 pub use munity_platform::wire::parse_id;
 
 #[cfg(test)]
@@ -285,6 +383,52 @@ mod tests {
         let mut v = FieldViolations::new();
         check_password(&"a".repeat(129), "password", &mut v);
         assert!(!v.is_empty());
+    }
+
+    #[test]
+    fn service_account_names() {
+        let ok = |name: &str| {
+            let mut v = FieldViolations::new();
+            check_service_account_name(name, "name", &mut v);
+            v.is_empty()
+        };
+        assert!(ok("telegram-bot"));
+        assert!(ok("Notify_Svc.v2"));
+        assert!(ok(&"a".repeat(64)));
+        for bad in ["", " bot", "bot ", "a b", "bot/1", "bøt", "bot\n"] {
+            assert!(!ok(bad), "{bad:?} should be refused");
+        }
+        assert!(!ok(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn scopes_are_checked_sorted_and_deduplicated() {
+        let scopes = |raw: &[&str]| {
+            let mut v = FieldViolations::new();
+            let raw: Vec<String> = raw.iter().map(|s| s.to_string()).collect();
+            let scopes = normalize_scopes(&raw, "scopes", &mut v);
+            let fields: Vec<String> = v.iter().map(|(f, _)| f.to_owned()).collect();
+            (scopes, fields)
+        };
+        assert_eq!(
+            scopes(&["notify.publish", "events:read", "notify.publish"]),
+            (
+                vec!["events:read".to_owned(), "notify.publish".to_owned()],
+                vec![]
+            )
+        );
+        assert_eq!(scopes(&[]).1, ["scopes"]);
+        assert_eq!(
+            scopes(&["ok", "Upper", "", "has space", &"a".repeat(65)]).1,
+            ["scopes[1]", "scopes[2]", "scopes[3]", "scopes[4]"]
+        );
+        let seventeen: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
+        let seventeen: Vec<&str> = seventeen.iter().map(String::as_str).collect();
+        assert_eq!(scopes(&seventeen).1, ["scopes"]);
+        // Sixteen distinct among seventeen given is fine.
+        let mut sixteen = seventeen[..16].to_vec();
+        sixteen.push("s0");
+        assert!(scopes(&sixteen).1.is_empty());
     }
 
     #[test]

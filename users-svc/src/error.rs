@@ -17,6 +17,13 @@ pub enum UsersError {
     InvalidRefreshToken,
     #[error("the refresh token was already used; its session has been revoked")]
     RefreshTokenReused,
+    #[error("a service account with this name already exists")]
+    ServiceAccountNameTaken,
+    /// IssueServiceToken's one answer to every failure (malformed or unknown
+    /// client id, wrong secret, disabled account): a caller probing with
+    /// guesses learns nothing about which ids exist or are disabled.
+    #[error("unknown client or wrong secret")]
+    BadClientCredentials,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -46,10 +53,13 @@ impl From<UsersError> for Status {
     fn from(error: UsersError) -> Self {
         match error {
             UsersError::InvalidInput(violations) => invalid_argument(&violations),
-            UsersError::EmailTaken => Status::already_exists(error.to_string()),
+            UsersError::EmailTaken | UsersError::ServiceAccountNameTaken => {
+                Status::already_exists(error.to_string())
+            }
             UsersError::BadCredentials
             | UsersError::InvalidRefreshToken
-            | UsersError::RefreshTokenReused => Status::unauthenticated(error.to_string()),
+            | UsersError::RefreshTokenReused
+            | UsersError::BadClientCredentials => Status::unauthenticated(error.to_string()),
             UsersError::NotFound(_) => Status::not_found(error.to_string()),
             UsersError::PermissionDenied(message) => Status::permission_denied(message),
             UsersError::FailedPrecondition(message) => Status::failed_precondition(message),

@@ -9,7 +9,7 @@
 //! - `passwords.rs`: Argon2id hashing, bounded (`[users.passwords]`).
 //! - `keys.rs`: Ed25519 signing keys, rotation, the JWKS.
 //! - `api/`: the gRPC service, a file per concern (sessions, accounts,
-//!   communities) plus conversions to protobuf.
+//!   communities, service accounts) plus conversions to protobuf.
 //! - `error.rs`: domain errors and their gRPC status codes.
 //! - `events.rs`: the domain events it publishes (communities and
 //!   memberships), staged with each change and relayed to the event log.
@@ -94,10 +94,14 @@ pub async fn run_with_hashing(
         .start(&config.bus, UsersService::NAME, &shutdown)
         .await;
     let tokens = &config.own.tokens;
-    let access_ttl = Duration::from_secs(tokens.access_ttl_secs);
+    // The longest any token lives: users' or service accounts'.
+    let token_ttl = Duration::from_secs(
+        tokens
+            .access_ttl_secs
+            .max(config.own.service_token_ttl_secs),
+    );
     // Keep retired keys published for as long as tokens they signed live.
-    let publish_grace =
-        access_ttl + Duration::from_secs(auth.leeway_secs) + Duration::from_secs(60);
+    let publish_grace = token_ttl + Duration::from_secs(auth.leeway_secs) + Duration::from_secs(60);
     let keys = keys::KeyManager::load(repo.clone(), publish_grace).await?;
     keys.spawn_reloader(
         Duration::from_secs(tokens.key_reload_secs.max(1)),

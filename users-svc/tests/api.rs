@@ -1161,3 +1161,420 @@ async fn community_changes_are_published_on_the_event_log() {
     );
     app.stop().await;
 }
+
+/// An admin's session and a service account made by it, with its secret.
+async fn admin_and_service_account(
+    app: &TestApp,
+    name: &str,
+    scopes: &[&str],
+) -> (pb::AuthResponse, pb::ServiceAccountSecret) {
+    let admin = app.register(ADMIN_EMAIL, "correct horse").await.unwrap();
+    let created = app
+        .client
+        .clone()
+        .create_service_account(with_bearer(
+            pb::CreateServiceAccountRequest {
+                name: name.to_owned(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (admin, created)
+}
+
+async fn issue(app: &TestApp, client_id: &str, secret: &str) -> Result<pb::ServiceToken, Status> {
+    app.client
+        .clone()
+        .issue_service_token(pb::IssueServiceTokenRequest {
+            client_id: client_id.to_owned(),
+            client_secret: secret.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// What any service holding users-svc's JWKS URL makes of a token.
+async fn verify_remotely(
+    app: &TestApp,
+    token: &str,
+) -> Result<std::sync::Arc<munity_platform::auth::Claims>, munity_platform::auth::AuthError> {
+    let verifier = munity_platform::auth::TokenVerifier::remote(&AuthConfig {
+        jwks_url: format!("http://{}", app.address),
+        ..AuthConfig::default()
+    })
+    .unwrap();
+    verifier.verify(token).await
+}
+
+#[tokio::test]
+async fn service_accounts_get_tokens_that_verify_with_the_jwks() {
+    let app = TestApp::spawn().await;
+    let (admin, created) = admin_and_service_account(
+        &app,
+        "telegram-bot",
+        &["notify.publish", "events:read", "notify.publish"],
+    )
+    .await;
+    let account = created.account.unwrap();
+    assert!(created.client_secret.starts_with("mss_"));
+    // 32 random bytes, base64url without padding.
+    assert_eq!(created.client_secret.len(), 4 + 43);
+    assert!(uuid::Uuid::parse_str(&account.id).is_ok());
+    assert_eq!(account.name, "telegram-bot");
+    assert_eq!(account.scopes, ["events:read", "notify.publish"]);
+    assert!(!account.disabled);
+    assert_eq!(account.created_at, account.secret_rotated_at);
+
+    let listed = app
+        .client
+        .clone()
+        .list_service_accounts(with_bearer(
+            pb::ListServiceAccountsRequest {},
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts, std::slice::from_ref(&account));
+
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = issue(&app, &account.id, &created.client_secret)
+        .await
+        .unwrap();
+    assert_eq!(token.scopes, ["events:read", "notify.publish"]);
+    let claims = verify_remotely(&app, &token.access_token).await.unwrap();
+    assert_eq!(claims.sub.to_string(), account.id);
+    assert_eq!(claims.roles, ["service"]);
+    assert_eq!(claims.scope, "events:read notify.publish");
+    assert!(claims.has_scope("notify.publish") && claims.has_scope("events:read"));
+    assert!(!claims.has_scope("notify"));
+    assert_eq!(claims.sid, format!("service:{}", account.id));
+    // users.service_token_ttl_secs: 600 by default.
+    assert_eq!(claims.exp - claims.iat, 600);
+    assert!((before..=before + 2).contains(&claims.iat));
+    assert_eq!(token.expires_at.unwrap().seconds, claims.exp);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn service_token_ttl_comes_from_the_config() {
+    let app = TestApp::spawn_with(|config, _| config.own.service_token_ttl_secs = 90).await;
+    let (_, created) = admin_and_service_account(&app, "short-lived", &["a"]).await;
+    let token = issue(&app, &created.account.unwrap().id, &created.client_secret)
+        .await
+        .unwrap();
+    let claims = verify_remotely(&app, &token.access_token).await.unwrap();
+    assert_eq!(claims.exp - claims.iat, 90);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_refused_service_token_looks_the_same() {
+    let app = TestApp::spawn().await;
+    let (admin, created) = admin_and_service_account(&app, "relay", &["notify.publish"]).await;
+    let account = created.account.unwrap();
+    let secret = created.client_secret;
+    let mut client = app.client.clone();
+
+    let mut wrong_secret = secret.clone();
+    wrong_secret.pop();
+    wrong_secret.push(if secret.ends_with('A') { 'B' } else { 'A' });
+    let unknown_id = uuid::Uuid::now_v7().to_string();
+    let refused = |status: Status, case: &str| {
+        assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        assert_eq!(
+            status.message(),
+            "unknown client or wrong secret",
+            "{case}: every failure gives the same message"
+        );
+    };
+    for (case, id, presented) in [
+        ("wrong secret", account.id.as_str(), wrong_secret.as_str()),
+        ("empty secret", account.id.as_str(), ""),
+        ("huge secret", account.id.as_str(), &"x".repeat(10_000)),
+        ("malformed id", "not-a-uuid", secret.as_str()),
+        ("empty id", "", secret.as_str()),
+        ("unknown id", unknown_id.as_str(), secret.as_str()),
+    ] {
+        refused(issue(&app, id, presented).await.unwrap_err(), case);
+    }
+
+    // Disabled: refused alike; enabled again: works.
+    let disabled = client
+        .set_service_account_disabled(with_bearer(
+            pb::SetServiceAccountDisabledRequest {
+                id: account.id.clone(),
+                disabled: true,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(disabled.disabled);
+    refused(
+        issue(&app, &account.id, &secret).await.unwrap_err(),
+        "disabled",
+    );
+    let enabled = client
+        .set_service_account_disabled(with_bearer(
+            pb::SetServiceAccountDisabledRequest {
+                id: account.id.clone(),
+                disabled: false,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!enabled.disabled);
+    let before_rotation = issue(&app, &account.id, &secret).await.unwrap();
+
+    // Rotation: the old secret stops at once, the new one works; a token
+    // already issued lives out its lifetime.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rotated = client
+        .rotate_service_secret(with_bearer(
+            pb::RotateServiceSecretRequest {
+                id: account.id.clone(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.client_secret, secret);
+    assert!(rotated.client_secret.starts_with("mss_"));
+    let rotated_account = rotated.account.unwrap();
+    assert_eq!(rotated_account.created_at, account.created_at);
+    assert!(
+        prost_time(&rotated_account.secret_rotated_at) > prost_time(&account.secret_rotated_at)
+    );
+    refused(
+        issue(&app, &account.id, &secret).await.unwrap_err(),
+        "old secret after rotation",
+    );
+    issue(&app, &account.id, &rotated.client_secret)
+        .await
+        .unwrap();
+    verify_remotely(&app, &before_rotation.access_token)
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+fn prost_time(timestamp: &Option<prost_types::Timestamp>) -> (i64, i32) {
+    let t = timestamp.as_ref().unwrap();
+    (t.seconds, t.nanos)
+}
+
+#[tokio::test]
+async fn service_accounts_are_for_admins_and_service_tokens_are_not_users() {
+    let app = TestApp::spawn().await;
+    let (admin, created) = admin_and_service_account(&app, "robot", &["notify.publish"]).await;
+    let account = created.account.unwrap();
+    let plain = app
+        .register(&unique_email("plain"), "correct horse")
+        .await
+        .unwrap();
+    let service = issue(&app, &account.id, &created.client_secret)
+        .await
+        .unwrap()
+        .access_token;
+    let mut client = app.client.clone();
+
+    // Neither a user without the admin role nor a service token may manage
+    // service accounts.
+    for (who, token) in [("plain user", &plain.access_token), ("service", &service)] {
+        let create = client
+            .create_service_account(with_bearer(
+                pb::CreateServiceAccountRequest {
+                    name: "sneaky".to_owned(),
+                    scopes: vec!["admin".to_owned()],
+                },
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(create.code(), Code::PermissionDenied, "{who}: {create:?}");
+        let list = client
+            .list_service_accounts(with_bearer(pb::ListServiceAccountsRequest {}, token))
+            .await
+            .unwrap_err();
+        assert_eq!(list.code(), Code::PermissionDenied, "{who}: {list:?}");
+        let rotate = client
+            .rotate_service_secret(with_bearer(
+                pb::RotateServiceSecretRequest {
+                    id: account.id.clone(),
+                },
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(rotate.code(), Code::PermissionDenied, "{who}: {rotate:?}");
+        let disable = client
+            .set_service_account_disabled(with_bearer(
+                pb::SetServiceAccountDisabledRequest {
+                    id: account.id.clone(),
+                    disabled: true,
+                },
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(disable.code(), Code::PermissionDenied, "{who}: {disable:?}");
+        let users = client
+            .list_users(with_bearer(pb::ListUsersRequest::default(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(users.code(), Code::PermissionDenied, "{who}: {users:?}");
+    }
+    let anonymous = client
+        .create_service_account(pb::CreateServiceAccountRequest {
+            name: "anon".to_owned(),
+            scopes: vec!["a".to_owned()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    // A service token names no user: it cannot act as one.
+    let me = client
+        .get_me(with_bearer(pb::GetMeRequest {}, &service))
+        .await
+        .unwrap_err();
+    assert_eq!(me.code(), Code::PermissionDenied, "{me:?}");
+    assert!(me.message().contains("service account"), "{}", me.message());
+    let profile = client
+        .update_profile(with_bearer(
+            pb::UpdateProfileRequest {
+                display_name: "Robot".to_owned(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(profile.code(), Code::PermissionDenied);
+    let community = client
+        .create_community(with_bearer(
+            pb::CreateCommunityRequest {
+                name: "Bots only".to_owned(),
+                description: String::new(),
+            },
+            &service,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(community.code(), Code::PermissionDenied);
+
+    // Still usable by the admin: the account was not disabled above.
+    issue(&app, &account.id, &created.client_secret)
+        .await
+        .unwrap();
+    let listed = client
+        .list_service_accounts(with_bearer(
+            pb::ListServiceAccountsRequest {},
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts.len(), 1);
+    assert!(!listed.accounts[0].disabled);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn service_account_input_is_checked() {
+    let app = TestApp::spawn().await;
+    let (admin, created) = admin_and_service_account(&app, "Notify.Svc_1", &["a"]).await;
+    let mut client = app.client.clone();
+    let create = |name: &str, scopes: &[&str]| {
+        let mut client = app.client.clone();
+        let request = with_bearer(
+            pb::CreateServiceAccountRequest {
+                name: name.to_owned(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            },
+            &admin.access_token,
+        );
+        async move { client.create_service_account(request).await }
+    };
+
+    let too_many: Vec<String> = (0..17).map(|i| format!("s{i}")).collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    let long_name = "n".repeat(65);
+    let long_scope = "s".repeat(65);
+    for (name, scopes, expected) in [
+        ("", &["a"][..], &["name"][..]),
+        ("has space", &["a"], &["name"]),
+        ("slash/name", &["a"], &["name"]),
+        (long_name.as_str(), &["a"], &["name"]),
+        ("ok", &[], &["scopes"]),
+        ("ok", &too_many, &["scopes"]),
+        ("ok", &["fine", "Upper"], &["scopes[1]"]),
+        ("ok", &["with space"], &["scopes[0]"]),
+        ("ok", &[""], &["scopes[0]"]),
+        ("ok", &[long_scope.as_str()], &["scopes[0]"]),
+        ("", &[], &["name", "scopes"]),
+    ] {
+        let status = create(name, scopes).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name:?} {scopes:?}");
+        assert_eq!(fields(&status), expected, "{name:?} {scopes:?}");
+    }
+
+    // Names are unique, ignoring case.
+    let taken = create("notify.svc_1", &["b"]).await.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+
+    // Unknown and malformed ids.
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let status = client
+        .rotate_service_secret(with_bearer(
+            pb::RotateServiceSecretRequest { id: ghost.clone() },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .set_service_account_disabled(with_bearer(
+            pb::SetServiceAccountDisabledRequest {
+                id: ghost,
+                disabled: true,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .rotate_service_secret(with_bearer(
+            pb::RotateServiceSecretRequest {
+                id: "nope".to_owned(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(fields(&status), ["id"]);
+
+    // Nothing refused was stored.
+    let listed = client
+        .list_service_accounts(with_bearer(
+            pb::ListServiceAccountsRequest {},
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.accounts, [created.account.unwrap()]);
+    app.stop().await;
+}

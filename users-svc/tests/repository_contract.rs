@@ -8,8 +8,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use users_svc::{
     domain::{
-        CommunityRecord, MemberRole, MembershipRecord, RefreshTokenRecord, Role, SessionRecord,
-        SigningKeyRecord, UserRecord, now_millis,
+        CommunityRecord, MemberRole, MembershipRecord, RefreshTokenRecord, Role,
+        ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord, now_millis,
     },
     store::{StoreError, UsersRepository, cql::CqlStore, embedded::EmbeddedStore},
 };
@@ -63,6 +63,22 @@ fn community(owner: Uuid) -> (CommunityRecord, MembershipRecord) {
             joined_at: now,
         },
     )
+}
+
+/// A service account with a name no other run of the suite has used (the
+/// CQL keyspace outlives test runs).
+fn service_account(name_prefix: &str) -> ServiceAccountRecord {
+    let id = Uuid::now_v7();
+    let now = now_millis();
+    ServiceAccountRecord {
+        id,
+        name: format!("{name_prefix}-{}", id.simple()),
+        scopes: vec!["events:read".to_owned(), "notify.publish".to_owned()],
+        secret_hash: format!("{:064x}", Uuid::now_v7().as_u128()),
+        disabled: false,
+        created_at: now,
+        secret_rotated_at: now,
+    }
 }
 
 mod cases {
@@ -327,6 +343,146 @@ mod cases {
             None
         );
     }
+
+    pub async fn service_accounts_round_trip_and_list_oldest_first(repo: Repo) {
+        let first = service_account("bot");
+        repo.create_service_account(&first).await.unwrap();
+        let mut second = service_account("relay");
+        second.created_at = first.created_at + 1;
+        second.secret_rotated_at = second.created_at;
+        second.scopes = vec!["notify.publish".to_owned()];
+        repo.create_service_account(&second).await.unwrap();
+
+        assert_eq!(
+            repo.get_service_account(first.id).await.unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(
+            repo.get_service_account(second.id).await.unwrap(),
+            Some(second.clone())
+        );
+        assert_eq!(
+            repo.get_service_account(Uuid::now_v7()).await.unwrap(),
+            None
+        );
+
+        let listed = repo.list_service_accounts().await.unwrap();
+        let position = |id: Uuid| listed.iter().position(|a| a.id == id).unwrap();
+        assert!(position(first.id) < position(second.id), "oldest first");
+        assert_eq!(listed[position(first.id)], first);
+        assert!(
+            listed
+                .windows(2)
+                .all(|w| (w[0].created_at, w[0].id) <= (w[1].created_at, w[1].id))
+        );
+    }
+
+    pub async fn service_account_names_are_unique_even_under_races(repo: Repo) {
+        let first = service_account("dup");
+        repo.create_service_account(&first).await.unwrap();
+        // Another case of the same name is the same name.
+        let mut second = service_account("dup2");
+        second.name = first.name.to_uppercase();
+        assert!(matches!(
+            repo.create_service_account(&second).await,
+            Err(StoreError::Conflict("service account name"))
+        ));
+        // The loser's record must not have been written.
+        assert_eq!(repo.get_service_account(second.id).await.unwrap(), None);
+
+        let name = service_account("race").name;
+        let attempts = (0..6).map(|_| {
+            let repo = repo.clone();
+            let mut candidate = service_account("race");
+            candidate.name = name.clone();
+            tokio::spawn(async move {
+                let outcome = repo.create_service_account(&candidate).await;
+                let stored = repo.get_service_account(candidate.id).await.unwrap();
+                match outcome {
+                    Ok(()) => {
+                        assert_eq!(stored, Some(candidate));
+                        true
+                    }
+                    Err(StoreError::Conflict(_)) => {
+                        assert_eq!(stored, None, "a loser's record was written");
+                        false
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            })
+        });
+        let winners = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|won| *won.as_ref().unwrap())
+            .count();
+        assert_eq!(winners, 1, "exactly one concurrent creation wins");
+    }
+
+    pub async fn service_account_changes_touch_only_their_fields(repo: Repo) {
+        let account = service_account("change");
+        repo.create_service_account(&account).await.unwrap();
+
+        let new_hash = format!("{:064x}", Uuid::now_v7().as_u128());
+        let rotated_at = account.created_at + 1000;
+        let rotated = repo
+            .set_service_secret(account.id, &new_hash, rotated_at)
+            .await
+            .unwrap();
+        let expected = ServiceAccountRecord {
+            secret_hash: new_hash.clone(),
+            secret_rotated_at: rotated_at,
+            ..account.clone()
+        };
+        assert_eq!(rotated, expected);
+        assert_eq!(
+            repo.get_service_account(account.id).await.unwrap(),
+            Some(expected.clone())
+        );
+
+        let disabled = repo
+            .set_service_account_disabled(account.id, true)
+            .await
+            .unwrap();
+        assert_eq!(
+            disabled,
+            ServiceAccountRecord {
+                disabled: true,
+                ..expected.clone()
+            }
+        );
+        let enabled = repo
+            .set_service_account_disabled(account.id, false)
+            .await
+            .unwrap();
+        assert_eq!(enabled, expected);
+
+        let ghost = Uuid::now_v7();
+        assert!(matches!(
+            repo.set_service_secret(ghost, &new_hash, rotated_at).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            repo.set_service_account_disabled(ghost, true).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(repo.get_service_account(ghost).await.unwrap(), None);
+
+        // A rotation and a disable at once: neither undoes the other.
+        let last_hash = format!("{:064x}", Uuid::now_v7().as_u128());
+        let (rotation, disabling) = tokio::join!(
+            repo.set_service_secret(account.id, &last_hash, rotated_at + 1),
+            repo.set_service_account_disabled(account.id, true),
+        );
+        rotation.unwrap();
+        disabling.unwrap();
+        let stored = repo.get_service_account(account.id).await.unwrap().unwrap();
+        assert_eq!(stored.secret_hash, last_hash);
+        assert_eq!(stored.secret_rotated_at, rotated_at + 1);
+        assert!(stored.disabled);
+        assert_eq!(stored.name, account.name);
+        assert_eq!(stored.scopes, account.scopes);
+    }
 }
 
 munity_testkit::contract_suite! {
@@ -342,5 +498,8 @@ munity_testkit::contract_suite! {
         signing_keys_insert_once_and_retire,
         communities_round_trip_and_page,
         memberships_join_once_change_and_leave,
+        service_accounts_round_trip_and_list_oldest_first,
+        service_account_names_are_unique_even_under_races,
+        service_account_changes_touch_only_their_fields,
     ],
 }

@@ -3,7 +3,9 @@
 //! CQL server (Cassandra 5.0 here, for ScyllaDB). An account made on one
 //! replica logs in on the other; tokens signed by one verify on the other; a
 //! refresh token used on one cannot be reused on the other; a key rotated on
-//! one is honoured by the other without a restart.
+//! one is honoured by the other without a restart; a service account made on
+//! one gets tokens from the other, and a secret rotated on one is refused by
+//! the other at once.
 
 use std::{process::Command, time::Duration};
 
@@ -160,4 +162,69 @@ async fn two_replicas_share_accounts_sessions_and_keys() {
         .into_inner()
         .jwks_json;
     assert!(jwks.contains(&rotated_kid), "{jwks}");
+
+    // Service accounts: made on A, a token from B; the name is taken on B
+    // too; a secret rotated on B is refused on A at once.
+    let created = a
+        .client
+        .create_service_account(with_bearer(
+            pb::CreateServiceAccountRequest {
+                name: "relay".to_owned(),
+                scopes: vec!["notify.publish".to_owned()],
+            },
+            &registered.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = created.account.unwrap().id;
+    let issue = |secret: &str| pb::IssueServiceTokenRequest {
+        client_id: id.clone(),
+        client_secret: secret.to_owned(),
+    };
+    let service = b
+        .client
+        .issue_service_token(issue(&created.client_secret))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(service.scopes, ["notify.publish"]);
+    let taken = b
+        .client
+        .create_service_account(with_bearer(
+            pb::CreateServiceAccountRequest {
+                name: "Relay".to_owned(),
+                scopes: vec!["x".to_owned()],
+            },
+            &registered.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    let rotated = b
+        .client
+        .rotate_service_secret(with_bearer(
+            pb::RotateServiceSecretRequest { id: id.clone() },
+            &registered.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let old = a
+        .client
+        .issue_service_token(issue(&created.client_secret))
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::Unauthenticated);
+    a.client
+        .issue_service_token(issue(&rotated.client_secret))
+        .await
+        .unwrap();
+    // B's service token is no user on A either.
+    let me = a
+        .client
+        .get_me(with_bearer(pb::GetMeRequest {}, &service.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(me.code(), Code::PermissionDenied);
 }

@@ -7,12 +7,20 @@ use munity_store::page_token;
 
 use super::{UsersApi, convert};
 use crate::{
-    domain::{self, Role, UserRecord, limits},
+    domain::{self, Role, SERVICE_ROLE, UserRecord, limits},
     error::UsersError,
 };
 
 impl UsersApi {
+    /// The caller's account. A service account's token names no user, so it
+    /// is refused here, clearly, before any lookup: nothing that acts as
+    /// the caller (their profile, admin rights, communities) takes one.
     pub(super) async fn current_user(&self, claims: &Claims) -> Result<UserRecord, UsersError> {
+        if claims.has_role(SERVICE_ROLE) {
+            return Err(UsersError::PermissionDenied(
+                "a service account's token cannot act as a user".to_owned(),
+            ));
+        }
         self.repo
             .get_user(claims.user_id())
             .await?

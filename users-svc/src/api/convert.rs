@@ -7,7 +7,10 @@ use munity_store::page_token;
 use uuid::Uuid;
 
 use crate::{
-    domain::{self, CommunityRecord, MemberRole, MembershipRecord, Role, UserRecord, limits},
+    domain::{
+        self, CommunityRecord, MemberRole, MembershipRecord, Role, ServiceAccountRecord,
+        UserRecord, limits,
+    },
     error::UsersError,
 };
 
@@ -75,6 +78,18 @@ pub(super) fn membership_to_proto(membership: &MembershipRecord) -> pb::Membersh
         user_id: membership.user_id.to_string(),
         role: member_role_to_proto(membership.role) as i32,
         joined_at: Some(timestamp(membership.joined_at)),
+    }
+}
+
+/// A service account as clients see it: never its secret's hash.
+pub(super) fn service_account_to_proto(account: &ServiceAccountRecord) -> pb::ServiceAccount {
+    pb::ServiceAccount {
+        id: account.id.to_string(),
+        name: account.name.clone(),
+        scopes: account.scopes.clone(),
+        disabled: account.disabled,
+        created_at: Some(timestamp(account.created_at)),
+        secret_rotated_at: Some(timestamp(account.secret_rotated_at)),
     }
 }
 

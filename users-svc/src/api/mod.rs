@@ -1,6 +1,7 @@
 //! The `munity.users.v1.Users` gRPC service, a file per concern:
 //! `sessions.rs` (register, login, refresh, logout), `accounts.rs`,
-//! `communities.rs`, and `convert.rs` (records to protobuf, ids, pages).
+//! `communities.rs`, `service_accounts.rs` (and their tokens), and
+//! `convert.rs` (records to protobuf, ids, pages).
 //! This file holds the service's state and the glue from tonic's trait to
 //! those handlers. Storage is behind [`UsersRepository`]; errors are
 //! [`UsersError`], turned into gRPC statuses in `error.rs`. Which methods
@@ -9,6 +10,7 @@
 mod accounts;
 mod communities;
 pub(crate) mod convert;
+mod service_accounts;
 mod sessions;
 
 use std::{sync::Arc, time::Duration};
@@ -30,6 +32,8 @@ pub struct UsersApi {
     hashing: Hashing,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    /// Lifetime of service accounts' tokens.
+    service_token_ttl: Duration,
     auth: AuthConfig,
     admin_emails: Vec<String>,
 }
@@ -48,6 +52,7 @@ impl UsersApi {
             hashing,
             access_ttl: Duration::from_secs(config.tokens.access_ttl_secs),
             refresh_ttl: Duration::from_secs(config.tokens.refresh_ttl_secs),
+            service_token_ttl: Duration::from_secs(config.service_token_ttl_secs),
             auth: auth.clone(),
             admin_emails: config
                 .admin_emails
@@ -230,36 +235,42 @@ impl Users for UsersApi {
 
     async fn create_service_account(
         &self,
-        _request: Request<pb::CreateServiceAccountRequest>,
+        request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccountSecret>, Status> {
-        Err(Status::unimplemented("service accounts are not built yet"))
+        authed!(request, |claims, message| self
+            .create_service_account(&claims, message))
     }
 
     async fn list_service_accounts(
         &self,
-        _request: Request<pb::ListServiceAccountsRequest>,
+        request: Request<pb::ListServiceAccountsRequest>,
     ) -> Result<Response<pb::ListServiceAccountsResponse>, Status> {
-        Err(Status::unimplemented("service accounts are not built yet"))
+        authed!(request, |claims, _message| self
+            .list_service_accounts(&claims))
     }
 
     async fn rotate_service_secret(
         &self,
-        _request: Request<pb::RotateServiceSecretRequest>,
+        request: Request<pb::RotateServiceSecretRequest>,
     ) -> Result<Response<pb::ServiceAccountSecret>, Status> {
-        Err(Status::unimplemented("service accounts are not built yet"))
+        authed!(request, |claims, message| self
+            .rotate_service_secret(&claims, message))
     }
 
     async fn set_service_account_disabled(
         &self,
-        _request: Request<pb::SetServiceAccountDisabledRequest>,
+        request: Request<pb::SetServiceAccountDisabledRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        Err(Status::unimplemented("service accounts are not built yet"))
+        authed!(request, |claims, message| self
+            .set_service_account_disabled(&claims, message))
     }
 
     async fn issue_service_token(
         &self,
-        _request: Request<pb::IssueServiceTokenRequest>,
+        request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::ServiceToken>, Status> {
-        Err(Status::unimplemented("service accounts are not built yet"))
+        Ok(Response::new(
+            self.issue_service_token(request.into_inner()).await?,
+        ))
     }
 }

@@ -40,7 +40,7 @@ impl UsersApi {
         session_id: Uuid,
     ) -> Result<pb::AuthResponse, UsersError> {
         let now = now_millis();
-        let refresh_token = format!("mrt_{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
+        let refresh_token = new_secret("mrt_");
         let refresh_expires = now + self.refresh_ttl.as_millis() as Millis;
         self.repo
             .insert_refresh_token(&RefreshTokenRecord {
@@ -189,10 +189,22 @@ impl UsersApi {
     }
 }
 
-/// Only a hash of each refresh token is stored: a leaked database does not
-/// leak working tokens. The tokens are 256 random bits, so a fast hash is
-/// enough (no password-style stretching needed).
-fn token_hash(token: &str) -> String {
+/// A fresh bearer secret (refresh tokens, `mrt_`; service accounts' client
+/// secrets, `mss_`): 256 random bits, base64url, after a prefix that says
+/// what it is (for people, and for secret scanners).
+pub(super) fn new_secret(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+    )
+}
+
+/// Only a hash of each refresh token or client secret is stored: a leaked
+/// database does not leak working ones. They are 256 random bits
+/// ([`new_secret`]), so a fast hash is enough: no password-style stretching,
+/// which would also hand anyone who can call a public method a way to burn
+/// CPU.
+pub(super) fn token_hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -30,8 +30,8 @@ use uuid::Uuid;
 
 use super::{Page, StoreError, StoreResult, UsersRepository};
 use crate::domain::{
-    CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role, SessionRecord,
-    SigningKeyRecord, UserRecord,
+    CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role,
+    ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord,
 };
 use crate::{
     api::convert::member_role_to_proto,
@@ -78,12 +78,27 @@ pub const SCHEMA: &[&str] = &[
         role text,
         joined_at timestamp,
         PRIMARY KEY ((community_id), user_id))",
+    "CREATE TABLE IF NOT EXISTS service_accounts (
+        id uuid PRIMARY KEY,
+        name text,
+        scopes set<text>,
+        secret_hash text,
+        disabled boolean,
+        created_at timestamp,
+        secret_rotated_at timestamp)",
+    // Keyed by `ServiceAccountRecord::name_key`: names are unique by an
+    // `IF NOT EXISTS` here, as emails are in `users_by_email`.
+    "CREATE TABLE IF NOT EXISTS service_accounts_by_name (
+        name text PRIMARY KEY,
+        account_id uuid)",
 ];
 
 const USER_COLUMNS: &str = "id, email, display_name, password_hash, roles, created_at";
 const COMMUNITY_COLUMNS: &str = "id, name, description, owner_id, created_at";
 const MEMBER_COLUMNS: &str = "community_id, user_id, role, joined_at";
 const TOKEN_COLUMNS: &str = "token_hash, session_id, user_id, expires_at, used";
+const SERVICE_ACCOUNT_COLUMNS: &str =
+    "id, name, scopes, secret_hash, disabled, created_at, secret_rotated_at";
 
 struct Statements {
     claim_email: PreparedStatement,
@@ -113,6 +128,13 @@ struct Statements {
     delete_member: PreparedStatement,
     list_members_first: PreparedStatement,
     list_members_after: PreparedStatement,
+    claim_service_name: PreparedStatement,
+    release_service_name: PreparedStatement,
+    insert_service_account: PreparedStatement,
+    get_service_account: PreparedStatement,
+    list_service_accounts: PreparedStatement,
+    set_service_secret: PreparedStatement,
+    set_service_disabled: PreparedStatement,
 }
 
 /// The ScyllaDB-backed repository.
@@ -206,6 +228,13 @@ impl Statements {
             delete_member: p("DELETE FROM community_members WHERE community_id = ? AND user_id = ? IF EXISTS".into()).await?,
             list_members_first: p(format!("SELECT {MEMBER_COLUMNS} FROM community_members WHERE community_id = ? LIMIT ?")).await?,
             list_members_after: p(format!("SELECT {MEMBER_COLUMNS} FROM community_members WHERE community_id = ? AND user_id > ? LIMIT ?")).await?,
+            claim_service_name: p("INSERT INTO service_accounts_by_name (name, account_id) VALUES (?, ?) IF NOT EXISTS".into()).await?,
+            release_service_name: p("DELETE FROM service_accounts_by_name WHERE name = ? IF account_id = ?".into()).await?,
+            insert_service_account: p(format!("INSERT INTO service_accounts ({SERVICE_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")).await?,
+            get_service_account: p(format!("SELECT {SERVICE_ACCOUNT_COLUMNS} FROM service_accounts WHERE id = ?")).await?,
+            list_service_accounts: p(format!("SELECT {SERVICE_ACCOUNT_COLUMNS} FROM service_accounts")).await?,
+            set_service_secret: p("UPDATE service_accounts SET secret_hash = ?, secret_rotated_at = ? WHERE id = ? IF EXISTS".into()).await?,
+            set_service_disabled: p("UPDATE service_accounts SET disabled = ? WHERE id = ? IF EXISTS".into()).await?,
         })
     }
 }
@@ -321,6 +350,50 @@ impl TryFrom<MemberRow> for MembershipRecord {
             })?,
             joined_at: row.joined_at.0,
         })
+    }
+}
+
+#[derive(DeserializeRow)]
+struct ServiceAccountRow {
+    id: Uuid,
+    name: String,
+    // An empty set is stored as null in CQL.
+    scopes: Option<Vec<String>>,
+    secret_hash: String,
+    disabled: Option<bool>,
+    created_at: CqlTimestamp,
+    secret_rotated_at: CqlTimestamp,
+}
+
+impl From<ServiceAccountRow> for ServiceAccountRecord {
+    fn from(row: ServiceAccountRow) -> Self {
+        ServiceAccountRecord {
+            id: row.id,
+            name: row.name,
+            // A set comes back sorted, as the record keeps them.
+            scopes: row.scopes.unwrap_or_default(),
+            secret_hash: row.secret_hash,
+            disabled: row.disabled.unwrap_or(false),
+            created_at: row.created_at.0,
+            secret_rotated_at: row.secret_rotated_at.0,
+        }
+    }
+}
+
+impl CqlStore {
+    /// The account after a change applied by `IF EXISTS`; `NotFound` when
+    /// it was not applied (no such account).
+    async fn changed_service_account(
+        &self,
+        applied: bool,
+        id: Uuid,
+    ) -> StoreResult<ServiceAccountRecord> {
+        if !applied {
+            return Err(StoreError::NotFound("service account"));
+        }
+        self.get_service_account(id)
+            .await?
+            .ok_or(StoreError::NotFound("service account"))
     }
 }
 
@@ -515,6 +588,92 @@ impl UsersRepository for CqlStore {
             }
         }
         Ok(())
+    }
+
+    async fn create_service_account(&self, account: &ServiceAccountRecord) -> StoreResult<()> {
+        let s = &self.statements;
+        let name_key = account.name_key();
+        if !self
+            .cql
+            .execute_lwt(&s.claim_service_name, (&name_key, account.id))
+            .await?
+        {
+            return Err(StoreError::Conflict("service account name"));
+        }
+        let row = (
+            account.id,
+            &account.name,
+            &account.scopes,
+            &account.secret_hash,
+            account.disabled,
+            ts(account.created_at),
+            ts(account.secret_rotated_at),
+        );
+        // A lightweight transaction, though the id is fresh: every write to
+        // the row is then one (the changes are `IF EXISTS`), so none can lose
+        // to another by its timestamp.
+        let inserted = self.cql.execute_lwt(&s.insert_service_account, row).await;
+        if !matches!(inserted, Ok(true)) {
+            // Give the name back so the account can be created again.
+            let _ = self
+                .cql
+                .execute_lwt(&s.release_service_name, (&name_key, account.id))
+                .await;
+        }
+        match inserted {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::Conflict("service account")),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn get_service_account(&self, id: Uuid) -> StoreResult<Option<ServiceAccountRecord>> {
+        Ok(self
+            .cql
+            .maybe_row::<ServiceAccountRow>(&self.statements.get_service_account, (id,))
+            .await?
+            .map(ServiceAccountRecord::from))
+    }
+
+    async fn list_service_accounts(&self) -> StoreResult<Vec<ServiceAccountRecord>> {
+        // Rows come in partition-token order; oldest first is a sort here
+        // (they are few).
+        let rows: Vec<ServiceAccountRow> = self
+            .cql
+            .rows(&self.statements.list_service_accounts, ())
+            .await?;
+        let mut accounts: Vec<ServiceAccountRecord> =
+            rows.into_iter().map(ServiceAccountRecord::from).collect();
+        accounts.sort_by_key(|a| (a.created_at, a.id));
+        Ok(accounts)
+    }
+
+    async fn set_service_secret(
+        &self,
+        id: Uuid,
+        secret_hash: &str,
+        rotated_at: Millis,
+    ) -> StoreResult<ServiceAccountRecord> {
+        let applied = self
+            .cql
+            .execute_lwt(
+                &self.statements.set_service_secret,
+                (secret_hash, ts(rotated_at), id),
+            )
+            .await?;
+        self.changed_service_account(applied, id).await
+    }
+
+    async fn set_service_account_disabled(
+        &self,
+        id: Uuid,
+        disabled: bool,
+    ) -> StoreResult<ServiceAccountRecord> {
+        let applied = self
+            .cql
+            .execute_lwt(&self.statements.set_service_disabled, (disabled, id))
+            .await?;
+        self.changed_service_account(applied, id).await
     }
 
     async fn create_community(

@@ -6,8 +6,9 @@
 //!
 //! Both must behave identically; `tests/repository_contract.rs` runs one
 //! suite against each. Operations that must be atomic across concurrent
-//! replicas (unique emails, single-use refresh tokens, joining once) are
-//! compare-and-set operations here, so the service logic above never races.
+//! replicas (unique emails and service-account names, single-use refresh
+//! tokens, joining once) are compare-and-set operations here, so the service
+//! logic above never races.
 
 pub mod cql;
 pub mod embedded;
@@ -21,8 +22,8 @@ pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
 use crate::domain::{
-    CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, SessionRecord, SigningKeyRecord,
-    UserRecord,
+    CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, ServiceAccountRecord,
+    SessionRecord, SigningKeyRecord, UserRecord,
 };
 
 /// Everything users-svc stores.
@@ -58,6 +59,33 @@ pub trait UsersRepository: Send + Sync + 'static {
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
     /// Sets `retired_at` on every key that has none, except `keep_kid`.
     async fn retire_signing_keys_except(&self, keep_kid: &str, at: Millis) -> StoreResult<()>;
+
+    /// Creates a service account; `Conflict("service account name")` when
+    /// its name is taken (ignoring ASCII case,
+    /// [`ServiceAccountRecord::name_key`]), even when two replicas race for
+    /// it.
+    async fn create_service_account(&self, account: &ServiceAccountRecord) -> StoreResult<()>;
+    async fn get_service_account(&self, id: Uuid) -> StoreResult<Option<ServiceAccountRecord>>;
+    /// Every service account, oldest first. Unpaged: they are a handful of
+    /// internal callers, made by hand.
+    async fn list_service_accounts(&self) -> StoreResult<Vec<ServiceAccountRecord>>;
+    /// Replaces the secret's hash and `secret_rotated_at`, touching nothing
+    /// else (a concurrent disable is not undone); returns the account as
+    /// stored afterwards, or `NotFound("service account")`.
+    async fn set_service_secret(
+        &self,
+        id: Uuid,
+        secret_hash: &str,
+        rotated_at: Millis,
+    ) -> StoreResult<ServiceAccountRecord>;
+    /// Sets `disabled`, touching nothing else (a concurrent rotation is not
+    /// undone); returns the account as stored afterwards, or
+    /// `NotFound("service account")`.
+    async fn set_service_account_disabled(
+        &self,
+        id: Uuid,
+        disabled: bool,
+    ) -> StoreResult<ServiceAccountRecord>;
 
     /// Creates a community with its owner as first member.
     async fn create_community(

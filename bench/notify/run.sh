@@ -32,13 +32,18 @@
 # Usage: bench/notify/run.sh [--profile release] [--no-build] [--cases a,b,d,c]
 #          [--streams-big 10000] [--streams-small 1000] [--connections 100]
 #          [--rate 10] [--payload 100] [--duration 10]
-#          [--server-threads 2] [--gateway-threads 1] [--client-threads N]
+#          [--publishes-in-flight 0] [--server-threads 2] [--gateway-threads 1]
+#          [--client-threads N]
 #          [--perf] [--keep]
 #   --profile: cargo profile to build and run (dev: to try the script out,
 #   not for figures).
+#   --publishes-in-flight: 0 (default): a Publish every 1/rate s whatever
+#   the earlier ones are doing (concurrent publishers); 1: one after the
+#   other.
 #   --server-threads: notify-svc's tokio worker threads (TOKIO_WORKER_THREADS).
 #   --client-threads: notify-load's worker threads (default: one per core).
-#   --perf: perf record notify-svc (call graphs) while case a publishes.
+#   --perf: perf record notify-svc (call graphs) for the whole of case a
+#   (opening the streams, then publishing).
 #   --keep: keep the work dir (logs, configs, JSON results).
 set -euo pipefail
 
@@ -54,6 +59,7 @@ DURATION=10
 SERVER_THREADS=2
 GATEWAY_THREADS=1
 CLIENT_THREADS=""
+IN_FLIGHT=0
 PERF=0
 KEEP=0
 
@@ -73,6 +79,7 @@ while [[ $# -gt 0 ]]; do
     --server-threads) SERVER_THREADS="$2"; shift 2 ;;
     --gateway-threads) GATEWAY_THREADS="$2"; shift 2 ;;
     --client-threads) CLIENT_THREADS="$2"; shift 2 ;;
+    --publishes-in-flight) IN_FLIGHT="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -82,6 +89,7 @@ done
 [[ "$CASES" =~ ^[abcd](,[abcd])*$ ]] \
   || { echo "run.sh: --cases takes a, b, c, d separated by commas, got '$CASES'" >&2; exit 2; }
 [[ "$PROFILE" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "run.sh: bad --profile '$PROFILE'" >&2; exit 2; }
+[[ "$IN_FLIGHT" =~ ^[0-9]+$ ]] || { echo "run.sh: --publishes-in-flight takes a number, got '$IN_FLIGHT'" >&2; exit 2; }
 for n in "$STREAMS_BIG" "$STREAMS_SMALL" "$CONNECTIONS" "$RATE" "$PAYLOAD" "$DURATION" "$SERVER_THREADS" "$GATEWAY_THREADS" ${CLIENT_THREADS:+"$CLIENT_THREADS"}; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
@@ -280,7 +288,7 @@ run_case() {  # run_case LABEL STREAMS TARGET_ADDR PID PID_LABEL
     in_background timeout $(( DURATION + 180 )) "$LOAD_BIN" run \
       --label "$label" --target "http://$target" --publish-target "http://$NOTIFY_ADDR" \
       --streams "$streams" --connections "$CONNECTIONS" \
-      --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" \
+      --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" --publishes-in-flight "$IN_FLIGHT" \
       --pid "$pid" --pid-label "$pid_label" "${threads[@]}" \
       --json "$TMP/results/$label.json" \
     | tee "$TMP/results/$label.txt" \
@@ -291,7 +299,7 @@ run_case() {  # run_case LABEL STREAMS TARGET_ADDR PID PID_LABEL
 
 perf_start() {  # perf_start PID DATA: samples PID (call graphs) until perf_finish
   command -v perf >/dev/null || { log "perf not installed; no profile"; return 0; }
-  perf record -q -F 499 -g -p "$1" -o "$2" >"$2.log" 2>&1 &
+  perf record -q -F 199 --call-graph dwarf,16384 -p "$1" -o "$2" >"$2.log" 2>&1 &
   PERF_PID=$!
 }
 
@@ -300,8 +308,9 @@ perf_finish() {  # perf_finish DATA: stops perf and summarises
   kill -INT "$PERF_PID" 2>/dev/null || true
   wait "$PERF_PID" 2>/dev/null || true
   PERF_PID=""
-  perf report -i "$1" --no-children --percent-limit 1 --stdio -g none 2>/dev/null \
-    | grep -v '^$' | head -60 >"$1.txt" || true
+  { perf report -i "$1" --no-children --percent-limit 1 --stdio -g none 2>/dev/null
+    perf report -i "$1" --children --percent-limit 3 --stdio -g none 2>/dev/null
+  } | grep -v '^$' | grep -v '^#' | cut -c1-200 >"$1.txt" || true
   log "profile of notify-svc: $1 (summary $1.txt)"
 }
 
@@ -309,7 +318,7 @@ perf_finish() {  # perf_finish DATA: stops perf and summarises
 command -v python3 >/dev/null || die "python3 is required (free ports)"
 if [[ $BUILD -eq 1 ]]; then
   log "building $PROFILE binaries into $TARGET_DIR"
-  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" \
+  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --locked --profile "$PROFILE" \
       -p notify-load -p notify-svc -p users-svc -p munity-gateway --bins)
 fi
 for bin in "$USERS_BIN" "$NOTIFY_BIN" "$GATEWAY_BIN" "$LOAD_BIN"; do
@@ -369,7 +378,7 @@ if has_case c || has_case d; then
 fi
 
 echo
-echo "Munity notify-svc streaming benchmark: one topic (user:<id>), $RATE notifications/s x $PAYLOAD B for $DURATION s, streams over $CONNECTIONS HTTP/2 connections; Publish straight to notify-svc"
+echo "Munity notify-svc streaming benchmark: one topic (user:<id>), $RATE notifications/s x $PAYLOAD B for $DURATION s, streams over $CONNECTIONS HTTP/2 connections; Publish straight to notify-svc, $( ((IN_FLIGHT == 0)) && echo "one call every 1/$RATE s however many are in flight" || echo "at most $IN_FLIGHT in flight")"
 echo "$PROFILE binaries; $(nproc) CPUs; notify-svc $SERVER_THREADS worker threads (embedded hub and inbox); gateway threads $GATEWAY_THREADS; client notify-load ${CLIENT_THREADS:-$(nproc)} threads in the same machine"
-echo "RSS/stream: notify-svc VmRSS (all streams subscribed - connections only) / streams; c_gateway: the gateway's, not notify-svc's"
+echo "RSS/stream: notify-svc VmRSS (all streams subscribed - connections only) / streams; after load: (after publishing - connections only) / streams; 'ga': the gateway's RSS, not notify-svc's"
 "$LOAD_BIN" report "${RESULTS[@]}"

@@ -113,6 +113,12 @@ struct RunArgs {
     /// Payload bytes per notification (the first 16: send time, sequence).
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Publish calls in flight at most (0: no limit, one call per tick
+    /// whatever the ones before are doing; 1: one publisher, one call after
+    /// the other, falling behind the rate when a call takes longer than a
+    /// tick).
+    #[arg(long, default_value_t = 0)]
+    publishes_in_flight: usize,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -217,12 +223,45 @@ fn now_micros() -> u64 {
 
 /// VmRSS (or another `Vm*` line) of a process, in bytes.
 fn vm_bytes(pid: u32, key: &str) -> Option<u64> {
+    status_field(pid, key)?
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// A line of /proc/<pid>/status, after `key:`.
+fn status_field(pid: u32, key: &str) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|line| {
         let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-        let kb: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
-        Some(kb * 1024)
+        Some(rest.trim().to_owned())
     })
+}
+
+fn threads(pid: Option<u32>) -> Option<u64> {
+    status_field(pid?, "Threads")?.parse().ok()
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (comm) may hold spaces: count from after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux everywhere this runs.
+    Some(ticks as f64 / 100.0)
+}
+
+/// Write system calls (write, writev, send...) a process has made so far.
+fn write_syscalls(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("syscw:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn self_rss() -> Option<u64> {
@@ -375,13 +414,15 @@ async fn follow(i: usize, mut stream: Streaming<notify::SubscribeResponse>, shar
     }
 }
 
-/// Opens stream `i` and waits for its `subscribed`; returns the stream and
-/// the topic's offset then.
+/// An open stream, and the topic's offset when it was subscribed.
+type Opened = (Streaming<notify::SubscribeResponse>, u64);
+
+/// Opens a stream and waits for its `subscribed`.
 async fn open_stream(
     mut client: NotifyClient<Channel>,
     topic: String,
     token: &str,
-) -> anyhow::Result<(Streaming<notify::SubscribeResponse>, u64)> {
+) -> anyhow::Result<Opened> {
     let request = with_bearer(
         notify::SubscribeRequest {
             topics: vec![topic.clone()],
@@ -426,6 +467,9 @@ struct RunReport {
     publish_p50_ms: f64,
     publish_p99_ms: f64,
     publish_max_ms: f64,
+    publishes_in_flight: usize,
+    /// Seconds from the first publish to the last one's answer.
+    publish_secs: f64,
     expected_deliveries: u64,
     delivered: u64,
     delivered_in_window: u64,
@@ -450,7 +494,21 @@ struct RunReport {
     hwm_after_load: Option<u64>,
     rss_per_connection: Option<f64>,
     rss_per_stream: Option<f64>,
+    /// (after load - connections) / streams: with every stream's buffers
+    /// in use (as in steady state), not only just subscribed.
+    rss_per_stream_after_load: Option<f64>,
     client_rss: Option<u64>,
+    /// The measured process's threads (tokio workers and blocking pool)
+    /// before connecting, with every stream subscribed, after the load.
+    threads_before: Option<u64>,
+    threads_streams: Option<u64>,
+    threads_after_load: Option<u64>,
+    /// CPU used while publishing (the --duration window), in % of one core.
+    server_cpu_percent: Option<f64>,
+    client_cpu_percent: Option<f64>,
+    /// The measured process's write system calls per second while
+    /// publishing (from /proc/<pid>/io): how well it batches frames.
+    server_writes_per_sec: Option<f64>,
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -460,7 +518,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.payload < 16 || args.payload > 16 * 1024 {
         bail!("--payload must be 16 to 16384 bytes");
     }
-    if !(args.rate > 0.0) {
+    if args.rate.is_nan() || args.rate <= 0.0 {
         bail!("--rate must be positive");
     }
     let topic = match &args.topic {
@@ -479,17 +537,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         payload_bytes: args.payload,
         duration_secs: args.duration,
         rss_process: args.pid_label.clone(),
+        publishes_in_flight: args.publishes_in_flight,
         ..RunReport::default()
     };
-    say(&args.label, format!(
-        "{} streams on {topic} over {} connections to {}; {} notifications/s of {} bytes for {} s",
-        args.streams, args.connections, args.target, args.rate, args.payload, args.duration
-    ));
+    say(
+        &args.label,
+        format!(
+            "{} streams on {topic} over {} connections to {}; {} notifications/s of {} bytes for {} s",
+            args.streams, args.connections, args.target, args.rate, args.payload, args.duration
+        ),
+    );
 
     // 1. Before connecting.
     if args.pid.is_some() {
         tokio::time::sleep(settle).await;
         report.rss_before = rss("VmRSS");
+        report.threads_before = threads(args.pid);
         if report.rss_before.is_none() {
             bail!("cannot read VmRSS of pid {:?}", args.pid);
         }
@@ -521,13 +584,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .filter(|s| s.code() != Code::NotFound && s.code() != Code::Unauthenticated)
         .collect();
     if let Some(status) = failed_checks.first() {
-        say(&args.label, format!(
-            "warning: {} of {} health checks failed (first: {:?} {})",
-            failed_checks.len(),
-            channels.len(),
-            status.code(),
-            status.message()
-        ));
+        say(
+            &args.label,
+            format!(
+                "warning: {} of {} health checks failed (first: {:?} {})",
+                failed_checks.len(),
+                channels.len(),
+                status.code(),
+                status.message()
+            ),
+        );
     }
     if args.pid.is_some() {
         tokio::time::sleep(settle).await;
@@ -539,23 +605,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let clients: Vec<NotifyClient<Channel>> =
         channels.iter().cloned().map(NotifyClient::new).collect();
     let open_started = Instant::now();
-    let opened: Vec<(usize, anyhow::Result<(Streaming<notify::SubscribeResponse>, u64)>)> =
-        futures::stream::iter(0..args.streams)
-            .map(|i| {
-                let client = clients[i % clients.len()].clone();
-                let topic = topic.clone();
-                let token = args.token.as_str();
-                async move {
-                    let opened =
-                        tokio::time::timeout(Duration::from_secs(30), open_stream(client, topic, token))
-                            .await
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("no `subscribed` within 30 s")));
-                    (i, opened)
-                }
-            })
-            .buffer_unordered(args.subscribe_concurrency.max(1))
-            .collect()
-            .await;
+    let opened: Vec<(usize, anyhow::Result<Opened>)> = futures::stream::iter(0..args.streams)
+        .map(|i| {
+            let client = clients[i % clients.len()].clone();
+            let topic = topic.clone();
+            let token = args.token.as_str();
+            async move {
+                let opened = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    open_stream(client, topic, token),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no `subscribed` within 30 s")));
+                (i, opened)
+            }
+        })
+        .buffer_unordered(args.subscribe_concurrency.max(1))
+        .collect()
+        .await;
     let mut followers = Vec::with_capacity(args.streams);
     let mut open = vec![false; args.streams];
     for (i, opened) in opened {
@@ -575,19 +642,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     report.streams_open = followers.len();
     report.open_secs = open_started.elapsed().as_secs_f64();
-    say(&args.label, format!(
-        "{} connections in {:.1} s; {} of {} streams subscribed in {:.1} s{}",
-        args.connections,
-        (open_started - started).as_secs_f64(),
-        report.streams_open,
-        args.streams,
-        report.open_secs,
-        report
-            .first_subscribe_error
-            .as_ref()
-            .map(|e| format!(" (first failure: {e})"))
-            .unwrap_or_default()
-    ));
+    say(
+        &args.label,
+        format!(
+            "{} connections in {:.1} s; {} of {} streams subscribed in {:.1} s{}",
+            args.connections,
+            (open_started - started).as_secs_f64(),
+            report.streams_open,
+            args.streams,
+            report.open_secs,
+            report
+                .first_subscribe_error
+                .as_ref()
+                .map(|e| format!(" (first failure: {e})"))
+                .unwrap_or_default()
+        ),
+    );
     if report.streams_open == 0 {
         print_run(&report);
         bail!("no stream opened");
@@ -595,6 +665,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.pid.is_some() {
         tokio::time::sleep(settle).await;
         report.rss_streams = rss("VmRSS");
+        report.threads_streams = threads(args.pid);
     }
 
     // 4. Publish at --rate for --duration.
@@ -614,16 +685,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let in_window = {
         let shared = shared.clone();
         let before = shared.delivered.load(Relaxed);
+        let pid = args.pid;
+        let cpu_before = (pid.and_then(cpu_secs), cpu_secs(std::process::id()));
+        let writes_before = pid.and_then(write_syscalls);
         tokio::spawn(async move {
             tokio::time::sleep_until(window_start + window).await;
-            shared.delivered.load(Relaxed) - before
+            let delivered = shared.delivered.load(Relaxed) - before;
+            let elapsed = window_start.elapsed().as_secs_f64();
+            let percent = |before: Option<f64>, after: Option<f64>| {
+                Some((after? - before?) / elapsed * 100.0)
+            };
+            let server = percent(cpu_before.0, pid.and_then(cpu_secs));
+            let client = percent(cpu_before.1, cpu_secs(std::process::id()));
+            let writes = pid
+                .and_then(write_syscalls)
+                .zip(writes_before)
+                .map(|(after, before)| (after - before) as f64 / elapsed);
+            (delivered, server, client, writes)
         })
     };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        if args.publishes_in_flight == 0 {
+            tokio::sync::Semaphore::MAX_PERMITS
+        } else {
+            args.publishes_in_flight
+        },
+    ));
     let mut publishes = Vec::with_capacity(total as usize);
     for seq in 0..total {
         if seq > 0 {
             tick.tick().await;
         }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let mut client = publisher.clone();
         let token = args.publish_token.clone();
         let topic = topic.clone();
@@ -634,6 +731,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let max_offset = max_offset.clone();
         let published = published.clone();
         publishes.push(tokio::spawn(async move {
+            let _permit = permit;
             let mut value = vec![b'.'; payload_len];
             let sent = now_micros();
             value[..8].copy_from_slice(&sent.to_le_bytes());
@@ -647,7 +745,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }),
             };
             let result = match with_bearer(request, &token) {
-                Ok(request) => client.publish(request).await.map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                Ok(request) => client
+                    .publish(request)
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
                 Err(error) => Err(format!("{error:#}")),
             };
             match result {
@@ -673,7 +774,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for publish in publishes {
         let _ = publish.await;
     }
-    report.delivered_in_window = in_window.await.unwrap_or(0);
+    report.publish_secs = window_start.elapsed().as_secs_f64();
+    (
+        report.delivered_in_window,
+        report.server_cpu_percent,
+        report.client_cpu_percent,
+        report.server_writes_per_sec,
+    ) = in_window.await.unwrap_or((0, None, None, None));
     report.delivered_per_sec = report.delivered_in_window as f64 / args.duration as f64;
     report.published = published.load(Relaxed);
     {
@@ -683,10 +790,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     report.expected_deliveries = report.published * report.streams_open as u64;
     if let Some(error) = &report.first_publish_error {
-        say(&args.label, format!(
-            "{} of {total} publishes failed (first: {error})",
-            report.publish_failures
-        ));
+        say(
+            &args.label,
+            format!(
+                "{} of {total} publishes failed (first: {error})",
+                report.publish_failures
+            ),
+        );
     }
 
     // 5. What is still on its way.
@@ -700,6 +810,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.pid.is_some() {
         report.rss_after_load = rss("VmRSS");
         report.hwm_after_load = rss("VmHWM");
+        report.threads_after_load = threads(args.pid);
     }
     report.client_rss = self_rss();
 
@@ -749,6 +860,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let (Some(conns), Some(streams)) = (report.rss_connections, report.rss_streams) {
         report.rss_per_stream = Some((streams as f64 - conns as f64) / report.streams_open as f64);
     }
+    if let (Some(conns), Some(after)) = (report.rss_connections, report.rss_after_load) {
+        report.rss_per_stream_after_load =
+            Some((after as f64 - conns as f64) / report.streams_open as f64);
+    }
     print_run(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -764,7 +879,9 @@ fn say(label: &str, message: String) {
 }
 
 fn mib(bytes: Option<u64>) -> String {
-    bytes.map_or("-".to_owned(), |b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+    bytes.map_or("-".to_owned(), |b| {
+        format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    })
 }
 
 fn print_run(r: &RunReport) {
@@ -783,11 +900,17 @@ fn print_run(r: &RunReport) {
             .unwrap_or_default()
     );
     println!(
-        "published         {} at {}/s x {} B for {} s ({} failed{}); Publish p50 {:.2} p99 {:.2} max {:.2} ms",
+        "published         {} at {}/s x {} B for {} s (done in {:.1} s; at most {} in flight; {} failed{}); Publish p50 {:.2} p99 {:.2} max {:.2} ms",
         r.published,
         r.rate,
         r.payload_bytes,
         r.duration_secs,
+        r.publish_secs,
+        if r.publishes_in_flight == 0 {
+            "any number".to_owned()
+        } else {
+            r.publishes_in_flight.to_string()
+        },
         r.publish_failures,
         r.first_publish_error
             .as_ref()
@@ -824,12 +947,41 @@ fn print_run(r: &RunReport) {
             mib(r.rss_after_load),
             mib(r.hwm_after_load)
         );
+        let count = |n: Option<u64>| n.map_or("-".to_owned(), |n| n.to_string());
         println!(
-            "per connection    {}; per stream {}",
-            r.rss_per_connection
-                .map_or("-".to_owned(), |b| format!("{:.0} B ({:.1} KiB)", b, b / 1024.0)),
-            r.rss_per_stream
-                .map_or("-".to_owned(), |b| format!("{:.0} B ({:.1} KiB)", b, b / 1024.0)),
+            "{} threads  {} before, {} with the streams, {} after load",
+            r.rss_process,
+            count(r.threads_before),
+            count(r.threads_streams),
+            count(r.threads_after_load)
+        );
+        let bytes = |b: Option<f64>| {
+            b.map_or("-".to_owned(), |b| {
+                format!("{:.0} B ({:.1} KiB)", b, b / 1024.0)
+            })
+        };
+        println!(
+            "per connection    {}; per stream {} subscribed, {} after load",
+            bytes(r.rss_per_connection),
+            bytes(r.rss_per_stream),
+            bytes(r.rss_per_stream_after_load),
+        );
+    }
+    println!(
+        "CPU publishing    {} {}, notify-load {} (% of one core)",
+        r.rss_process,
+        r.server_cpu_percent
+            .map_or("-".to_owned(), |p| format!("{p:.0}%")),
+        r.client_cpu_percent
+            .map_or("-".to_owned(), |p| format!("{p:.0}%")),
+    );
+    if let Some(writes) = r.server_writes_per_sec {
+        println!(
+            "{} writes  {:.0} write syscalls/s while publishing, {:.2} per delivery; CPU {:.1} us per delivery",
+            r.rss_process,
+            writes,
+            writes / r.delivered_per_sec.max(1.0),
+            r.server_cpu_percent.unwrap_or(0.0) / 100.0 * 1e6 / r.delivered_per_sec.max(1.0),
         );
     }
     println!("client RSS        {}", mib(r.client_rss));
@@ -839,21 +991,38 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let files = &args.files;
     let mut verdicts = Vec::new();
     println!(
-        "{:<22} {:>7} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>5} {:>12}",
-        "case", "streams", "conns", "expected", "delivered", "deliv/s", "p50 ms", "p99 ms", "max ms",
-        "missed", "dup", "RSS/stream"
+        "{:<22} {:>7} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>5} {:>12} {:>12}  Publish p50/p99 ms, CPU % server/client",
+        "case",
+        "streams",
+        "conns",
+        "expected",
+        "delivered",
+        "deliv/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "missed",
+        "dup",
+        "RSS/stream",
+        "after load",
     );
     for file in files {
         let r: RunReport = serde_json::from_slice(
             &std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
         )?;
-        let per_stream = match (r.rss_process.as_str(), r.rss_per_stream) {
+        let kib = |b: Option<f64>| match (r.rss_process.as_str(), b) {
             (_, None) => "-".to_owned(),
             ("notify-svc", Some(b)) => format!("{:.1} KiB", b / 1024.0),
-            (process, Some(b)) => format!("{:.1} KiB ({process})", b / 1024.0),
+            (process, Some(b)) => format!(
+                "{:.1} KiB {}",
+                b / 1024.0,
+                process.get(..2).unwrap_or(process)
+            ),
         };
+        let per_stream = kib(r.rss_per_stream);
+        let after_load = kib(r.rss_per_stream_after_load);
         println!(
-            "{:<22} {:>7} {:>5} {:>10} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>12}",
+            "{:<22} {:>7} {:>5} {:>10} {:>10} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>5} {:>12} {:>12}  {:.1}/{:.1}, {}/{}",
             r.label,
             r.streams_open,
             r.connections,
@@ -865,17 +1034,31 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
             r.max_ms,
             r.missed,
             r.duplicated,
-            per_stream
+            per_stream,
+            after_load,
+            r.publish_p50_ms,
+            r.publish_p99_ms,
+            r.server_cpu_percent
+                .map_or("-".to_owned(), |p| format!("{p:.0}")),
+            r.client_cpu_percent
+                .map_or("-".to_owned(), |p| format!("{p:.0}")),
         );
         let mut missed = Vec::new();
         if r.missed > 0 || r.delivered < r.expected_deliveries {
-            missed.push(format!("{} missed", r.missed.max(r.expected_deliveries.saturating_sub(r.delivered))));
+            missed.push(format!(
+                "{} missed",
+                r.missed
+                    .max(r.expected_deliveries.saturating_sub(r.delivered))
+            ));
         }
         if r.duplicated > 0 {
             missed.push(format!("{} duplicated", r.duplicated));
         }
         if r.streams_open < r.streams {
-            missed.push(format!("{} streams did not open", r.streams - r.streams_open));
+            missed.push(format!(
+                "{} streams did not open",
+                r.streams - r.streams_open
+            ));
         }
         if r.published == 0 {
             missed.push("nothing published".to_owned());
@@ -888,13 +1071,21 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
         verdict.push(format!(
             "p99 <= {} ms: {}",
             args.p99_target_ms,
-            if r.latency_samples > 0 && r.p99_ms <= args.p99_target_ms { "yes" } else { "NO" }
+            if r.latency_samples > 0 && r.p99_ms <= args.p99_target_ms {
+                "yes"
+            } else {
+                "NO"
+            }
         ));
         if let ("notify-svc", Some(b)) = (r.rss_process.as_str(), r.rss_per_stream) {
             verdict.push(format!(
                 "<= {} KiB/stream: {}",
                 args.rss_target_kib,
-                if b / 1024.0 <= args.rss_target_kib { "yes" } else { "NO" }
+                if b / 1024.0 <= args.rss_target_kib {
+                    "yes"
+                } else {
+                    "NO"
+                }
             ));
         }
         verdicts.push(format!("{:<22} {}", r.label, verdict.join("; ")));
@@ -925,7 +1116,12 @@ async fn health(args: HealthArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("{} is not SERVING {:?} after {} s ({last})", args.target, args.service, args.timeout_secs)
+    bail!(
+        "{} is not SERVING {:?} after {} s ({last})",
+        args.target,
+        args.service,
+        args.timeout_secs
+    )
 }
 
 // -------------------------------------------------------------- set-up
@@ -953,7 +1149,6 @@ async fn register_or_login(
             .login(users::LoginRequest {
                 email: email.to_owned(),
                 password: password.to_owned(),
-                ..Default::default()
             })
             .await
             .with_context(|| format!("Login {email}"))?
@@ -964,10 +1159,16 @@ async fn register_or_login(
 
 async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let mut users = UsersClient::new(connect(&args.users).await?);
-    let admin = register_or_login(&mut users, &args.admin_email, &args.password, "Bench admin").await?;
+    let admin =
+        register_or_login(&mut users, &args.admin_email, &args.password, "Bench admin").await?;
     let subscriber_email = format!("bench-subscriber-{}@example.com", unique());
-    let subscriber =
-        register_or_login(&mut users, &subscriber_email, &args.password, "Bench subscriber").await?;
+    let subscriber = register_or_login(
+        &mut users,
+        &subscriber_email,
+        &args.password,
+        "Bench subscriber",
+    )
+    .await?;
     let subscriber_id = subscriber
         .user
         .as_ref()
@@ -988,7 +1189,10 @@ async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let account = match account {
         Ok(account) => account.into_inner(),
         Err(status) if status.code() == Code::Unimplemented => {
-            eprintln!("notify-load setup: CreateServiceAccount is not implemented by this users-svc: {}", status.message());
+            eprintln!(
+                "notify-load setup: CreateServiceAccount is not implemented by this users-svc: {}",
+                status.message()
+            );
             std::process::exit(3);
         }
         Err(status) => return Err(status).context("CreateServiceAccount"),

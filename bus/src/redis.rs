@@ -61,6 +61,10 @@ pub async fn connect(config: &Config, timeout: Duration) -> BusResult<Client> {
         })
         .with_performance_config(|p| {
             p.default_command_timeout = Duration::ZERO;
+            // Pub/sub messages reach us through a broadcast of this size:
+            // fred's default (32) drops messages of a burst (a subscriber
+            // then sees `Lagged` and every stream must read history).
+            p.broadcast_channel_capacity = 4096;
         })
         .set_policy(ReconnectPolicy::new_constant(0, 250))
         .build()

@@ -410,7 +410,38 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
         Code::PermissionDenied
     );
     assert_eq!(code(update(&carol, bigger.clone()).await), Code::NotFound);
+    // The community's topic: members follow it, others may not.
+    let community_topic = format!("community:{}", community.id);
+    let follow = |token: &str| {
+        let mut notify =
+            munity_proto::notify::v1::notify_client::NotifyClient::new(channel.clone());
+        let request = with_bearer(
+            munity_proto::notify::v1::SubscribeRequest {
+                topics: vec![community_topic.clone()],
+                ..Default::default()
+            },
+            token,
+        );
+        async move { notify.subscribe(request).await }
+    };
+    assert_eq!(code(follow(&carol).await), Code::PermissionDenied);
+    let mut community_stream = follow(&bob).await.unwrap().into_inner();
+    community_stream.message().await.unwrap().unwrap(); // subscribed
     let updated = update(&alice, bigger).await.unwrap().into_inner();
+    let heard = loop {
+        use munity_proto::notify::v1::subscribe_response::Message;
+        let message = tokio::time::timeout(Duration::from_secs(10), community_stream.message())
+            .await
+            .expect("the update reaches the community within 10 s")
+            .unwrap()
+            .unwrap();
+        match message.message {
+            Some(Message::Notification(n)) if n.kind == "munity.events.v1.EventUpdated" => break n,
+            _ => continue,
+        }
+    };
+    let told = events::EventUpdated::decode(heard.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(told.event.unwrap().title, "Ridge walk (long)");
     assert_eq!(
         (
             updated.title.as_str(),

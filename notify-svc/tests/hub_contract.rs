@@ -175,6 +175,36 @@ mod cases {
         };
         assert_eq!(heard.offset, next.offset);
     }
+
+    pub async fn concurrent_publishes_are_heard_live_in_offset_order(pair: Pair) {
+        let (a, b) = pair;
+        let t = topic();
+        let mut live = b.live();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..40 {
+            let hub = if n % 2 == 0 { a.clone() } else { b.clone() };
+            let t = t.clone();
+            tasks.spawn(async move { publish(hub.as_ref(), &t, n).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let mut heard = Vec::new();
+        while heard.len() < 40 {
+            let Ok(got) = tokio::time::timeout(Duration::from_secs(5), live.recv()).await else {
+                panic!("heard only {heard:?} within 5 s");
+            };
+            match got.unwrap() {
+                Live::Notification(n) if n.topic == t => heard.push(n.offset),
+                _ => continue,
+            }
+        }
+        assert_eq!(
+            heard,
+            (1..=40).collect::<Vec<u64>>(),
+            "no gap a subscriber must fill from history"
+        );
+    }
 }
 
 munity_testkit::contract_suite! {
@@ -184,5 +214,6 @@ munity_testkit::contract_suite! {
         offsets_grow_by_one_per_topic_and_publishes_are_idempotent,
         a_resume_gets_exactly_what_was_missed_or_a_resync,
         live_notifications_reach_every_replica,
+        concurrent_publishes_are_heard_live_in_offset_order,
     ],
 }

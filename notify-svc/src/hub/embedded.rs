@@ -7,7 +7,14 @@
 //! for idempotency. The epoch is made once per topic and kept: history
 //! trimmed by size or age makes an old position resync, not the epoch.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use munity_store::{
     Millis,
@@ -58,6 +65,46 @@ pub struct EmbeddedHub {
     db: EmbeddedDb,
     retention: Retention,
     live: broadcast::Sender<Live>,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+/// Per topic, the offsets committed but not yet sent live, in offset
+/// order; `None` until their publish has them durable. Publishes finish in
+/// any order (they share fsyncs), but live delivery must keep offset order:
+/// a subscriber that hears k+1 before k takes it for a gap and reads
+/// history. An offset is entered in the write transaction that assigns it
+/// (redb runs those one at a time), and sent only once every lower one of
+/// its topic was.
+type InFlight = HashMap<String, BTreeMap<u64, Option<Notification>>>;
+
+impl EmbeddedHub {
+    /// Settles `offset` of `topic` (sent when `Some`, dropped when `None`:
+    /// its publish failed), then sends whatever is now first in line.
+    fn settle(&self, topic: &str, offset: u64, notification: Option<Notification>) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pending) = in_flight.get_mut(topic) else {
+            return;
+        };
+        match notification {
+            Some(n) => {
+                pending.insert(offset, Some(n));
+            }
+            None => {
+                pending.remove(&offset);
+            }
+        }
+        while let Some(entry) = pending.first_entry() {
+            if entry.get().is_none() {
+                break;
+            }
+            if let Some(n) = entry.remove() {
+                let _ = self.live.send(Live::Notification(Arc::new(n)));
+            }
+        }
+        if pending.is_empty() {
+            in_flight.remove(topic);
+        }
+    }
 }
 
 impl EmbeddedHub {
@@ -73,6 +120,7 @@ impl EmbeddedHub {
             db,
             retention,
             live: broadcast::channel(LIVE_BUFFER).0,
+            in_flight: Arc::default(),
         })
     }
 }
@@ -150,7 +198,9 @@ impl Hub for EmbeddedHub {
             payload.to_vec(),
         );
         let retention = self.retention;
-        let (notification, new) = self
+        let (in_flight, assigned) = (self.in_flight.clone(), Arc::new(AtomicU64::new(0)));
+        let (topic_again, offset_given) = (topic.clone(), assigned.clone());
+        let written = self
             .db
             .write(move |txn| {
                 let before = txn
@@ -197,26 +247,63 @@ impl Hub for EmbeddedHub {
                     .insert(key(&topic, id.as_bytes()).as_slice(), meta.offset)
                     .map_err(internal)?;
                 trim(txn, &topic, meta.offset, retention)?;
+                // Last, so that only the commit can still fail.
+                in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(topic.clone())
+                    .or_default()
+                    .insert(meta.offset, None);
+                offset_given.store(meta.offset, Ordering::SeqCst);
                 Ok((notification, true))
             })
-            .await
-            .map_err(hub_error)?;
-        if new {
-            // After the commit: whoever hears it can read it back.
-            let _ = self
-                .live
-                .send(Live::Notification(Arc::new(notification.clone())));
+            .await;
+        let offset = assigned.load(Ordering::SeqCst);
+        match written {
+            Ok((notification, new)) => {
+                if new {
+                    // Durable now: whoever hears it can read it back.
+                    self.settle(&topic_again, offset, Some(notification.clone()));
+                }
+                Ok(notification)
+            }
+            Err(error) => {
+                if offset != 0 {
+                    self.settle(&topic_again, offset, None);
+                }
+                Err(hub_error(error))
+            }
         }
-        Ok(notification)
     }
 
     async fn position(&self, topic: &str) -> HubResult<Position> {
         let topic = topic.to_owned();
-        let meta = self
-            .db
-            .write(move |txn| meta(txn, &topic))
-            .await
-            .map_err(hub_error)?;
+        // A read transaction for a topic that exists (every stream asks,
+        // for every topic, and history reads too): the single writer and
+        // the fsync only for a topic's first epoch.
+        let known = {
+            let topic = topic.clone();
+            self.db
+                .blocking(move |db| {
+                    let txn = db.begin_read().map_err(internal)?;
+                    let topics = txn.open_table(TOPICS).map_err(internal)?;
+                    topics
+                        .get(topic.as_str())
+                        .map_err(internal)?
+                        .map(|v| decode::<TopicMeta>(v.value()))
+                        .transpose()
+                })
+                .await
+                .map_err(hub_error)?
+        };
+        let meta = match known {
+            Some(meta) => meta,
+            None => self
+                .db
+                .write(move |txn| meta(txn, &topic))
+                .await
+                .map_err(hub_error)?,
+        };
         Ok(Position {
             epoch: meta.epoch,
             offset: meta.offset,

@@ -218,26 +218,12 @@ async fn notifications_reach_every_replica_and_resume_after_one_restarts() {
         .unwrap()
         .into_inner()
         .access_token;
-    let made = users_client
-        .create_service_account(with_bearer(
-            users_pb::CreateServiceAccountRequest {
-                name: "bot".to_owned(),
-                scopes: vec!["notify.publish".to_owned()],
-            },
-            &ops,
-        ))
-        .await
+    let users_channel = tonic::transport::Channel::from_shared(users.clone())
         .unwrap()
-        .into_inner();
-    let bot = users_client
-        .issue_service_token(users_pb::IssueServiceTokenRequest {
-            client_id: made.account.unwrap().id,
-            client_secret: made.client_secret,
-        })
+        .connect()
         .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+        .unwrap();
+    let bot = munity_testkit::service_token(&users_channel, &ops, "bot", &["notify.publish"]).await;
     let client = |replica: &munity_testkit::Ready| {
         NotifyClient::connect(format!("http://{}", replica.address("notify")))
     };

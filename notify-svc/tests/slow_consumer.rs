@@ -90,7 +90,7 @@ async fn a_slow_subscriber_is_ended_and_resumes_without_loss() {
     let pid = notify.process.child_mut().id();
     let url = format!("http://{}", notify.address("notify"));
 
-    let mut users_client = UsersClient::connect(users.clone()).await.unwrap();
+    let users_client = UsersClient::connect(users.clone()).await.unwrap();
     let register = |email: &str| {
         let request = users_pb::RegisterRequest {
             email: email.to_owned(),
@@ -104,26 +104,13 @@ async fn a_slow_subscriber_is_ended_and_resumes_without_loss() {
     let (ops, ops_id) = (ops.access_token, ops.user.unwrap().id);
     let carol = register("carol@example.com").await;
     let topic = format!("user:{}", carol.user.unwrap().id);
-    let made = users_client
-        .create_service_account(with_bearer(
-            users_pb::CreateServiceAccountRequest {
-                name: "flood".to_owned(),
-                scopes: vec!["notify.publish".to_owned()],
-            },
-            &ops,
-        ))
-        .await
+    let users_channel = tonic::transport::Channel::from_shared(users.clone())
         .unwrap()
-        .into_inner();
-    let bot = users_client
-        .issue_service_token(users_pb::IssueServiceTokenRequest {
-            client_id: made.account.unwrap().id,
-            client_secret: made.client_secret,
-        })
+        .connect()
         .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+        .unwrap();
+    let bot =
+        munity_testkit::service_token(&users_channel, &ops, "flood", &["notify.publish"]).await;
 
     // Carol subscribes on a connection of her own, then stops reading.
     let mut slow = NotifyClient::connect(url.clone())

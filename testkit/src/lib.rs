@@ -421,3 +421,35 @@ pub async fn register_as(
         .into_inner();
     (session.access_token, session.user.unwrap().id)
 }
+
+/// As the admin `admin_token`: makes a service account `name` with
+/// `scopes` and returns a token issued for it.
+pub async fn service_token(
+    channel: &tonic::transport::Channel,
+    admin_token: &str,
+    name: &str,
+    scopes: &[&str],
+) -> String {
+    use munity_proto::users::v1 as users;
+    let mut client = users::users_client::UsersClient::new(channel.clone());
+    let made = client
+        .create_service_account(munity_platform::auth::with_bearer(
+            users::CreateServiceAccountRequest {
+                name: name.to_owned(),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            },
+            admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .issue_service_token(users::IssueServiceTokenRequest {
+            client_id: made.account.unwrap().id,
+            client_secret: made.client_secret,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token
+}

@@ -89,8 +89,8 @@ EVENTS_BIN="$BIN_DIR/events-svc"
 GATEWAY_BIN="$BIN_DIR/munity-gateway"
 RUN_DIR="${MUNITY_RUN_DIR:-$HOME/.cache/munity/run}"   # scripts/{redis,cassandra}.sh state
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, free_ports, wait_for_file, wait_for_line
+source "$(dirname "$0")/../lib.sh"
 
 has_backend() { [[ ",$BACKENDS," == *",$1,"* ]]; }
 
@@ -165,24 +165,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-wait_for_file() {  # wait_for_file FILE PID SECONDS LOG
-  local file=$1 pid=$2 deadline=$((SECONDS + $3))
-  until [[ -s "$file" ]]; do
-    kill -0 "$pid" 2>/dev/null || { cat "$4" >&2; die "process $pid exited before writing $file"; }
-    (( SECONDS < deadline )) || { cat "$4" >&2; die "timed out waiting for $file"; }
-    sleep 0.1
-  done
-}
-
-wait_for_line() {  # wait_for_line FILE PATTERN PID SECONDS
-  local file=$1 pattern=$2 pid=$3 deadline=$((SECONDS + $4))
-  until grep -q "$pattern" "$file" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "process $pid exited before printing '$pattern'"; }
-    (( SECONDS < deadline )) || { cat "$file" >&2; die "timed out waiting for '$pattern' in $file"; }
-    sleep 0.1
-  done
-}
 
 json_get() {  # json_get FILE KEY
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"

@@ -95,8 +95,8 @@ TICKER_BIN="${TICKER_BIN:-$TARGET_DIR/$PROFILE_DIR/examples/health_ticker}"
 PROTO_ARGS=(--import-paths "$REPO/proto" --proto "$REPO/proto/munity/users/v1/users.proto")
 GRPCURL_PROTO=(-import-path "$REPO/proto" -proto munity/users/v1/users.proto)
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# log, die, free_ports, wait_for_file, wait_for_line
+source "$(dirname "$0")/../lib.sh"
 
 # ---------------------------------------------------------------- tools ----
 ensure_tools() {
@@ -150,25 +150,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-free_ports() {  # free_ports N: N currently unused loopback ports
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-
-wait_for_line() {  # wait_for_line FILE PATTERN PID SECONDS
-  local file=$1 pattern=$2 pid=$3 deadline=$((SECONDS + $4))
-  until grep -q "$pattern" "$file" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "process $pid exited before printing '$pattern'"; }
-    (( SECONDS < deadline )) || { cat "$file" >&2; die "timed out waiting for '$pattern' in $file"; }
-    sleep 0.1
-  done
-}
 
 get_me() {  # get_me ADDR: one authenticated GetMe call, quiet
   grpcurl -plaintext -max-time 2 "${GRPCURL_PROTO[@]}" \

@@ -1,0 +1,32 @@
+# Helpers every bench/*/run.sh shares: `source "$(dirname "$0")/../lib.sh"`.
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+free_ports() {  # free_ports N: N currently unused loopback ports
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+wait_for_file() {  # wait_for_file FILE PID SECONDS LOG
+  local file=$1 pid=$2 deadline=$((SECONDS + $3))
+  until [[ -s "$file" ]]; do
+    kill -0 "$pid" 2>/dev/null || { cat "$4" >&2; die "process $pid exited before writing $file"; }
+    (( SECONDS < deadline )) || { cat "$4" >&2; die "timed out waiting for $file"; }
+    sleep 0.1
+  done
+}
+
+wait_for_line() {  # wait_for_line FILE PATTERN PID SECONDS
+  local file=$1 pattern=$2 pid=$3 deadline=$((SECONDS + $4))
+  until grep -q "$pattern" "$file" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; die "process $pid exited before printing '$pattern'"; }
+    (( SECONDS < deadline )) || { cat "$file" >&2; die "timed out waiting for '$pattern' in $file"; }
+    sleep 0.1
+  done
+}

@@ -36,14 +36,13 @@ use crate::{
     access::Access,
     config::NotifyConfig,
     hub::{Hub, HubError, Live, Notification, Position, Recovery, to_proto, valid_topic},
-    inbox::{self, Inbox, ItemKey},
+    inbox::{self, ItemKey},
     publish::{PublishError, Publisher},
 };
 
 pub struct NotifyApi {
-    hub: Arc<dyn Hub>,
+    /// The hub and the inbox.
     publisher: Publisher,
-    inbox: Arc<dyn Inbox>,
     access: Access,
     config: Arc<NotifyConfig>,
     /// Open streams per user.
@@ -53,8 +52,6 @@ pub struct NotifyApi {
 impl NotifyApi {
     pub fn new(publisher: Publisher, access: Access, config: NotifyConfig) -> Self {
         NotifyApi {
-            hub: publisher.hub.clone(),
-            inbox: publisher.inbox.clone(),
             publisher,
             access,
             config: Arc::new(config),
@@ -387,11 +384,11 @@ impl Notify for NotifyApi {
         }
         let slot = StreamSlot::take(&self.streams, claims.sub, self.config.max_streams_per_user)?;
 
-        let live = self.hub.live();
+        let live = self.publisher.hub.live();
         let (tx, rx) = mpsc::channel(self.config.stream_buffer.max(1));
         let end = Arc::new(Mutex::new(None));
         let follower = Follower {
-            hub: self.hub.clone(),
+            hub: self.publisher.hub.clone(),
             tx,
             end: end.clone(),
             at: BTreeMap::new(),
@@ -498,6 +495,7 @@ impl Notify for NotifyApi {
         let limit = munity_store::page_size(message.page_size, 20, 100);
         // One more than asked says whether there is a next page.
         let mut items = self
+            .publisher
             .inbox
             .list(user, before.as_ref(), limit + 1, message.unread_only)
             .await
@@ -546,12 +544,17 @@ impl Notify for NotifyApi {
         }
         let now = now_millis();
         if message.all {
-            self.inbox.mark_all_read(user, now).await
+            self.publisher.inbox.mark_all_read(user, now).await
         } else {
-            self.inbox.mark_read(user, &keys, now).await
+            self.publisher.inbox.mark_read(user, &keys, now).await
         }
         .map_err(store_status)?;
-        let unread = self.inbox.unread(user).await.map_err(store_status)?;
+        let unread = self
+            .publisher
+            .inbox
+            .unread(user)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 
@@ -560,7 +563,12 @@ impl Notify for NotifyApi {
         request: Request<pb::UnreadCountRequest>,
     ) -> Result<Response<pb::UnreadCountResponse>, Status> {
         let user = caller(&request)?.sub;
-        let unread = self.inbox.unread(user).await.map_err(store_status)?;
+        let unread = self
+            .publisher
+            .inbox
+            .unread(user)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 }

@@ -43,12 +43,11 @@ fn user_end(user: Uuid) -> Vec<u8> {
     key
 }
 
-fn item_from(key: &[u8], stored: Stored) -> StoreResult<InboxItem> {
+fn item_from(stored: Stored) -> StoreResult<InboxItem> {
     let notification = from_proto(
         munity_proto::notify::v1::Notification::decode(stored.notification.as_slice())
             .map_err(internal)?,
     );
-    debug_assert_eq!(&key[24..], notification.id.as_bytes());
     Ok(InboxItem {
         key: ItemKey::of(&notification),
         notification,
@@ -73,8 +72,7 @@ impl EmbeddedInbox {
 
     /// The oldest time still kept.
     fn kept_from(limits: InboxLimits) -> Millis {
-        let now = now_millis();
-        now - (limits.expires_at(now) - now)
+        now_millis().saturating_sub(limits.ttl_ms())
     }
 
     /// Marks read at `at` the unexpired unread items of `user` named by
@@ -177,12 +175,12 @@ impl Inbox for EmbeddedInbox {
                 );
                 let mut items = Vec::new();
                 for entry in table.range::<&[u8]>(range).map_err(internal)?.rev() {
-                    let (key, value) = entry.map_err(internal)?;
+                    let (_, value) = entry.map_err(internal)?;
                     let stored: Stored = decode(value.value())?;
                     if unread_only && stored.read_at.is_some() {
                         continue;
                     }
-                    items.push(item_from(key.value(), stored)?);
+                    items.push(item_from(stored)?);
                     if items.len() >= limit {
                         break;
                     }

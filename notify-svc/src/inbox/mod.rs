@@ -76,7 +76,7 @@ pub struct InboxLimits {
 }
 
 impl InboxLimits {
-    fn ttl_ms(&self) -> Millis {
+    pub fn ttl_ms(&self) -> Millis {
         Millis::try_from(self.ttl_secs.saturating_mul(1000)).unwrap_or(Millis::MAX)
     }
 

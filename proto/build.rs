@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "munity/users/v1/users.proto",
     "munity/events/v1/events.proto",
     "munity/notify/v1/notify.proto",
+    "munity/warehouse/v1/warehouse.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

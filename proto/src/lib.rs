@@ -48,3 +48,10 @@ pub mod users {
         tonic::include_proto!("munity.users.v1");
     }
 }
+
+/// `munity.warehouse.v1`: records by source, time ranges, aggregates, tail.
+pub mod warehouse {
+    pub mod v1 {
+        tonic::include_proto!("munity.warehouse.v1");
+    }
+}

@@ -1,0 +1,556 @@
+//! The gRPC service: check the caller and the request, then the ingestor
+//! or the store. Streams (Export, Tail) are pulled by the client: each
+//! message is read from storage when the transport has room for it, so a
+//! slow client holds its place, never a backlog in memory.
+
+use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use munity_platform::auth::{Claims, caller};
+use munity_proto::warehouse::v1::{
+    self as pb, AggregateRequest, AggregateResponse, ExportRequest, Heartbeat, IngestRequest,
+    IngestResponse, Order, QueryRequest, QueryResponse, Record, TailRecord, TailRequest,
+    TailResponse, tail_response::Kind, warehouse_server::Warehouse,
+};
+use munity_store::{Millis, now_millis};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    config::WarehouseConfig,
+    domain::{
+        ArrivalCursor, BucketWidth, RESERVED_SOURCE_PREFIX, Range, RecordKey, decode_page_token,
+        encode_page_token, numeric, timestamp_of, valid_source, valid_time,
+    },
+    error::WarehouseError,
+    ingest::Ingestor,
+    store::RecordStore,
+};
+
+/// Scope of service tokens that may write any source (or, as
+/// `warehouse.produce:<source>`, one source).
+pub const PRODUCE_SCOPE: &str = "warehouse.produce";
+/// Scope of service tokens that may read.
+pub const READ_SCOPE: &str = "warehouse.read";
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1_000;
+/// Records read per storage round trip by Export, Aggregate and Tail.
+const SCAN_PAGE: usize = 1_000;
+const TAIL_READ: usize = 256;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct WarehouseApi {
+    ingestor: Ingestor,
+    store: Arc<dyn RecordStore>,
+    config: Arc<WarehouseConfig>,
+    tails: Arc<Semaphore>,
+    scans: Arc<Semaphore>,
+}
+
+impl WarehouseApi {
+    pub fn new(ingestor: Ingestor, config: WarehouseConfig) -> Self {
+        WarehouseApi {
+            store: ingestor.store.clone(),
+            ingestor,
+            tails: Arc::new(Semaphore::new(config.max_tails.max(1))),
+            scans: Arc::new(Semaphore::new(config.max_scans.max(1))),
+            config: Arc::new(config),
+        }
+    }
+
+    /// Checks and stores one batch for `claims`.
+    async fn ingest_batch(
+        &self,
+        claims: &Claims,
+        records: Vec<Record>,
+    ) -> Result<Vec<String>, WarehouseError> {
+        let records = self.ingestor.prepare(records)?;
+        for (index, record) in records.iter().enumerate() {
+            if !may_produce(claims, &record.source) {
+                return Err(WarehouseError::PermissionDenied(format!(
+                    "records[{index}]: this caller may not write source {:?}",
+                    record.source
+                )));
+            }
+        }
+        self.ingestor.store(records).await
+    }
+
+    async fn scan_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.scans
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("shutting down"))
+    }
+}
+
+/// Admins, and service tokens with the produce scope (for any source or
+/// this one). Nobody writes the warehouse's own `domain.*` sources.
+fn may_produce(claims: &Claims, source: &str) -> bool {
+    !source.starts_with(RESERVED_SOURCE_PREFIX)
+        && (claims.has_role("admin")
+            || claims.has_scope(PRODUCE_SCOPE)
+            || claims.has_scope(&format!("{PRODUCE_SCOPE}:{source}")))
+}
+
+fn check_reader(claims: &Claims) -> Result<(), WarehouseError> {
+    if claims.has_role("admin") || claims.has_scope(READ_SCOPE) {
+        Ok(())
+    } else {
+        Err(WarehouseError::PermissionDenied(format!(
+            "reading the warehouse needs an admin or a service token with scope {READ_SCOPE}"
+        )))
+    }
+}
+
+/// The range of a request, or what is wrong with it.
+fn range_of(
+    source: &str,
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+    order: i32,
+) -> Result<Range, WarehouseError> {
+    let mut violations = munity_platform::error::FieldViolations::new();
+    if !valid_source(source) {
+        violations.add("source", "must be a source name (a-z, 0-9, '.', '-', '_')");
+    }
+    let mut time = |field: &str, value: Option<&prost_types::Timestamp>| match value {
+        None => {
+            violations.add(field, "is required");
+            0
+        }
+        Some(t) => valid_time(t).unwrap_or_else(|why| {
+            violations.add(field, why);
+            0
+        }),
+    };
+    let from = time("from", from);
+    let to = time("to", to);
+    let descending = match Order::try_from(order) {
+        Ok(Order::Unspecified | Order::Ascending) => false,
+        Ok(Order::Descending) => true,
+        Err(_) => {
+            violations.add("order", "unknown order");
+            false
+        }
+    };
+    if violations.is_empty() && from >= to {
+        violations.add("to", "must be after from");
+    }
+    violations.into_result()?;
+    Ok(Range {
+        source: source.to_owned(),
+        from,
+        to,
+        descending,
+    })
+}
+
+#[tonic::async_trait]
+impl Warehouse for WarehouseApi {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let claims = caller(&request)?.clone();
+        let ids = self
+            .ingest_batch(&claims, request.into_inner().records)
+            .await?;
+        Ok(Response::new(IngestResponse {
+            accepted: ids.len() as u64,
+            ids,
+            batches: 1,
+        }))
+    }
+
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<IngestRequest>>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let claims = caller(&request)?.clone();
+        let mut batches = request.into_inner();
+        let (mut stored, mut accepted) = (0u64, 0u64);
+        loop {
+            let batch = match batches.message().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(status) => {
+                    return Err(Status::new(
+                        status.code(),
+                        format!(
+                            "{} ({stored} batches were stored before it)",
+                            status.message()
+                        ),
+                    ));
+                }
+            };
+            match self.ingest_batch(&claims, batch.records).await {
+                Ok(ids) => {
+                    stored += 1;
+                    accepted += ids.len() as u64;
+                }
+                Err(error) => {
+                    let status = Status::from(error);
+                    return Err(Status::with_details(
+                        status.code(),
+                        format!(
+                            "batch {stored} (counting from 0): {}; the {stored} batches before it were stored",
+                            status.message()
+                        ),
+                        status.details().to_vec().into(),
+                    ));
+                }
+            }
+        }
+        Ok(Response::new(IngestResponse {
+            accepted,
+            ids: Vec::new(),
+            batches: stored,
+        }))
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        check_reader(caller(&request)?)?;
+        let request = request.into_inner();
+        let range = range_of(
+            &request.source,
+            request.from.as_ref(),
+            request.to.as_ref(),
+            request.order,
+        )?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(decode_page_token(&range, token).ok_or_else(|| {
+                WarehouseError::invalid(
+                    "page_token",
+                    "is not a page token of this source, range and order",
+                )
+            })?),
+        };
+        if request.page_size > MAX_PAGE {
+            return Err(
+                WarehouseError::invalid("page_size", &format!("at most {MAX_PAGE}")).into(),
+            );
+        }
+        let page = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n => n,
+        } as usize;
+        let mut records = self
+            .store
+            .read(&range, after.as_ref(), page + 1)
+            .await
+            .map_err(WarehouseError::from)?;
+        let next_page_token = if records.len() > page {
+            records.truncate(page);
+            records
+                .last()
+                .map(|last| encode_page_token(&range, &RecordKey::of(last)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(QueryResponse {
+            records,
+            next_page_token,
+        }))
+    }
+
+    type ExportStream = BoxStream<Record>;
+
+    async fn export(
+        &self,
+        request: Request<ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        check_reader(caller(&request)?)?;
+        let request = request.into_inner();
+        let range = range_of(
+            &request.source,
+            request.from.as_ref(),
+            request.to.as_ref(),
+            request.order,
+        )?;
+        let permit = self.scan_permit().await?;
+        let state = ExportState {
+            store: self.store.clone(),
+            range,
+            after: None,
+            pending: VecDeque::new(),
+            done: false,
+            _permit: permit,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            state,
+            ExportState::next,
+        ))))
+    }
+
+    async fn aggregate(
+        &self,
+        request: Request<AggregateRequest>,
+    ) -> Result<Response<AggregateResponse>, Status> {
+        check_reader(caller(&request)?)?;
+        let request = request.into_inner();
+        let range = range_of(
+            &request.source,
+            request.from.as_ref(),
+            request.to.as_ref(),
+            Order::Ascending as i32,
+        )?;
+        let width = match pb::BucketWidth::try_from(request.bucket) {
+            Ok(pb::BucketWidth::Minute) => BucketWidth::Minute,
+            Ok(pb::BucketWidth::Hour) => BucketWidth::Hour,
+            Ok(pb::BucketWidth::Day) => BucketWidth::Day,
+            _ => {
+                return Err(
+                    WarehouseError::invalid("bucket", "must be minute, hour or day").into(),
+                );
+            }
+        };
+        if request.attribute.len() > crate::domain::MAX_ATTRIBUTE_KEY_BYTES {
+            return Err(WarehouseError::invalid("attribute", "at most 64 bytes").into());
+        }
+        let _permit = self.scan_permit().await?;
+        let cap = self.config.aggregate_max_records;
+        let mut buckets: Vec<pb::Bucket> = Vec::new();
+        let mut scanned = 0u64;
+        let mut after: Option<RecordKey> = None;
+        loop {
+            let page = self
+                .store
+                .read(&range, after.as_ref(), SCAN_PAGE)
+                .await
+                .map_err(WarehouseError::from)?;
+            scanned += page.len() as u64;
+            if scanned > cap {
+                return Err(WarehouseError::FailedPrecondition(format!(
+                    "the range holds more than warehouse.aggregate_max_records ({cap}) records: \
+                     aggregate a shorter range"
+                ))
+                .into());
+            }
+            for record in &page {
+                let key = RecordKey::of(record);
+                let start = width.start_of(key.time);
+                let start_ts = timestamp_of(start);
+                if buckets
+                    .last()
+                    .is_none_or(|b| b.start.as_ref() != Some(&start_ts))
+                {
+                    buckets.push(pb::Bucket {
+                        start: Some(start_ts),
+                        ..pb::Bucket::default()
+                    });
+                }
+                let bucket = buckets.last_mut().expect("pushed above");
+                bucket.count += 1;
+                if let Some(value) = record
+                    .attributes
+                    .get(&request.attribute)
+                    .and_then(|v| numeric(v))
+                {
+                    if bucket.values == 0 {
+                        bucket.min = value;
+                        bucket.max = value;
+                    } else {
+                        bucket.min = bucket.min.min(value);
+                        bucket.max = bucket.max.max(value);
+                    }
+                    bucket.values += 1;
+                    bucket.sum += value;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == SCAN_PAGE => after = Some(RecordKey::of(last)),
+                _ => break,
+            }
+        }
+        for bucket in &mut buckets {
+            if bucket.values > 0 {
+                bucket.avg = bucket.sum / bucket.values as f64;
+            }
+        }
+        Ok(Response::new(AggregateResponse { buckets, scanned }))
+    }
+
+    type TailStream = BoxStream<TailResponse>;
+
+    async fn tail(
+        &self,
+        request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        check_reader(caller(&request)?)?;
+        let request = request.into_inner();
+        if !valid_source(&request.source) {
+            return Err(WarehouseError::invalid(
+                "source",
+                "must be a source name (a-z, 0-9, '.', '-', '_')",
+            )
+            .into());
+        }
+        let after = match request.after.as_str() {
+            "" => None,
+            text => {
+                let cursor = ArrivalCursor::decode(text)
+                    .ok_or_else(|| WarehouseError::invalid("after", "is not a cursor from Tail"))?;
+                let retention_ms =
+                    Millis::try_from(self.config.tail_retention_secs.saturating_mul(1000))
+                        .unwrap_or(Millis::MAX);
+                if cursor.at < now_millis().saturating_sub(retention_ms) {
+                    return Err(WarehouseError::OutOfRange(format!(
+                        "the cursor is older than the tail's retention ({} s): query the range instead",
+                        self.config.tail_retention_secs
+                    ))
+                    .into());
+                }
+                Some(cursor)
+            }
+        };
+        let permit = self.tails.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted("too many tails are open on this replica; try again later")
+        })?;
+        let cursor = match after {
+            Some(cursor) => Some(cursor),
+            None => self
+                .store
+                .newest_arrival(&request.source)
+                .await
+                .map_err(WarehouseError::from)?,
+        };
+        let wake = self.ingestor.wakers.watch(&request.source);
+        let state = TailState {
+            store: self.store.clone(),
+            wakers: self.ingestor.wakers.clone(),
+            source: request.source,
+            cursor,
+            pending: VecDeque::new(),
+            wake: Some(wake),
+            poll: Duration::from_millis(self.config.tail_poll_ms.max(10)),
+            heartbeat: Duration::from_secs(self.config.heartbeat_secs.max(1)),
+            failed: false,
+            _permit: permit,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            state,
+            TailState::next,
+        ))))
+    }
+}
+
+/// Export's position: reads a page when the last one is sent.
+struct ExportState {
+    store: Arc<dyn RecordStore>,
+    range: Range,
+    after: Option<RecordKey>,
+    pending: VecDeque<Record>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ExportState {
+    async fn next(mut self) -> Option<(Result<Record, Status>, Self)> {
+        if self.pending.is_empty() && !self.done {
+            match self
+                .store
+                .read(&self.range, self.after.as_ref(), SCAN_PAGE)
+                .await
+            {
+                Ok(page) => {
+                    self.done = page.len() < SCAN_PAGE;
+                    self.after = page.last().map(RecordKey::of);
+                    self.pending.extend(page);
+                }
+                Err(error) => {
+                    self.done = true;
+                    return Some((Err(WarehouseError::from(error).into()), self));
+                }
+            }
+        }
+        let record = self.pending.pop_front()?;
+        Some((Ok(record), self))
+    }
+}
+
+/// A tail's position: reads arrivals after its cursor when the last ones
+/// are sent; waits for this replica's ingests of the source, or polls (for
+/// other replicas'), with heartbeats while idle.
+struct TailState {
+    store: Arc<dyn RecordStore>,
+    wakers: Arc<crate::ingest::Wakers>,
+    source: String,
+    cursor: Option<ArrivalCursor>,
+    pending: VecDeque<TailRecord>,
+    wake: Option<Arc<Notify>>,
+    poll: Duration,
+    heartbeat: Duration,
+    failed: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for TailState {
+    fn drop(&mut self) {
+        if let Some(wake) = self.wake.take() {
+            self.wakers.release(&self.source, wake);
+        }
+    }
+}
+
+impl TailState {
+    async fn next(mut self) -> Option<(Result<TailResponse, Status>, Self)> {
+        if self.failed {
+            return None;
+        }
+        let idle_until = tokio::time::Instant::now() + self.heartbeat;
+        loop {
+            if let Some(record) = self.pending.pop_front() {
+                let response = TailResponse {
+                    kind: Some(Kind::Record(record)),
+                };
+                return Some((Ok(response), self));
+            }
+            let wake = self.wake.clone()?;
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self
+                .store
+                .arrivals(&self.source, self.cursor.as_ref(), TAIL_READ)
+                .await
+            {
+                Ok(items) if !items.is_empty() => {
+                    for (cursor, record) in items {
+                        self.cursor = Some(cursor);
+                        self.pending.push_back(TailRecord {
+                            record: Some(record),
+                            cursor: cursor.encode(),
+                        });
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    self.failed = true;
+                    return Some((Err(WarehouseError::from(error).into()), self));
+                }
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep_until(idle_until) => {
+                    let heartbeat = TailResponse {
+                        kind: Some(Kind::Heartbeat(Heartbeat {
+                            at: Some(timestamp_of(now_millis())),
+                        })),
+                    };
+                    return Some((Ok(heartbeat), self));
+                }
+            }
+        }
+    }
+}

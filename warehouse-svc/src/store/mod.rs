@@ -1,0 +1,123 @@
+//! Where records live: one trait, two backends (`embedded`: redb;
+//! `cql`: ScyllaDB / Cassandra), one contract (`tests/repository_contract.rs`).
+//!
+//! Both keep two orders of a source's records:
+//! - by (event time, id), for range queries and aggregates: a record's key;
+//!   storing a key again stores nothing new, so retries are harmless;
+//! - by arrival, for the tail: every stored batch of a source is an
+//!   arrival entry (the time it was stored and a batch id), kept for
+//!   `warehouse.tail_retention_secs`.
+
+pub mod cql;
+pub mod embedded;
+
+use std::sync::Arc;
+
+use munity_platform::config::StorageConfig;
+use munity_proto::warehouse::v1::Record;
+use munity_store::{Millis, StoreResult};
+
+use crate::{
+    config::WarehouseConfig,
+    domain::{ArrivalCursor, Range, RecordKey},
+};
+
+#[async_trait::async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Stores prepared records (ids, times and `stored_at` set), of any
+    /// sources, and returns once they are durable. A record whose key its
+    /// source holds already is not stored again.
+    async fn ingest(&self, records: Vec<Record>) -> StoreResult<()>;
+
+    /// At most `limit` records of `range`, in its order, strictly after
+    /// `after` when given. Expired records are never returned.
+    async fn read(
+        &self,
+        range: &Range,
+        after: Option<&RecordKey>,
+        limit: usize,
+    ) -> StoreResult<Vec<Record>>;
+
+    /// At most `limit` of `source`'s records in arrival order, strictly
+    /// after `after` (from the oldest kept when `None`), each with its
+    /// cursor. Only arrivals the store is sure nothing can land before
+    /// are returned (see `warehouse.tail_settle_ms`).
+    async fn arrivals(
+        &self,
+        source: &str,
+        after: Option<&ArrivalCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<(ArrivalCursor, Record)>>;
+
+    /// The cursor of `source`'s newest arrival, if any is kept.
+    async fn newest_arrival(&self, source: &str) -> StoreResult<Option<ArrivalCursor>>;
+}
+
+/// Opens the configured backend.
+pub async fn open(
+    storage: &StorageConfig,
+    config: &WarehouseConfig,
+) -> anyhow::Result<Arc<dyn RecordStore>> {
+    Ok(match storage {
+        StorageConfig::Embedded { path } => {
+            Arc::new(embedded::EmbeddedRecords::open(path, config.clone())?)
+        }
+        StorageConfig::Cql(cql) => Arc::new(cql::CqlRecords::connect(cql, config.clone()).await?),
+    })
+}
+
+/// When a record stored at `stored_at` of `source` expires (`None`: kept).
+pub fn expires_at(config: &WarehouseConfig, source: &str, stored_at: Millis) -> Option<Millis> {
+    match config.ttl_secs(source) {
+        0 => None,
+        ttl => Some(
+            stored_at
+                .saturating_add(Millis::try_from(ttl.saturating_mul(1000)).unwrap_or(Millis::MAX)),
+        ),
+    }
+}
+
+/// The records of an arrival entry: the records' protobuf encodings,
+/// framed as an `IngestRequest` (so one encoding of each record serves
+/// both orders).
+pub fn frame_batch(encoded: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded.iter().map(|r| r.len() + 6).sum());
+    for record in encoded {
+        // Field 1 (records), wire type 2 (length-delimited).
+        out.push(0x0a);
+        prost::encoding::encode_varint(record.len() as u64, &mut out);
+        out.extend_from_slice(record);
+    }
+    out
+}
+
+/// The records of an arrival entry.
+pub fn unframe_batch(bytes: &[u8]) -> StoreResult<Vec<Record>> {
+    use prost::Message;
+    munity_proto::warehouse::v1::IngestRequest::decode(bytes)
+        .map(|batch| batch.records)
+        .map_err(munity_store::internal)
+}
+
+/// The records of `batch` past `after`'s index when `after` names this
+/// batch, each with its cursor.
+pub fn records_after(
+    at: Millis,
+    batch: uuid::Uuid,
+    records: Vec<Record>,
+    after: Option<&ArrivalCursor>,
+) -> impl Iterator<Item = (ArrivalCursor, Record)> {
+    let skip_through = after
+        .filter(|a| a.at == at && a.batch == batch)
+        .map(|a| a.index);
+    records
+        .into_iter()
+        .enumerate()
+        .filter_map(move |(index, record)| {
+            let index = u32::try_from(index).ok()?;
+            if skip_through.is_some_and(|last| index <= last) {
+                return None;
+            }
+            Some((ArrivalCursor { at, batch, index }, record))
+        })
+}

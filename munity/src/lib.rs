@@ -51,6 +51,7 @@ pub fn services() -> Vec<DevEntry> {
         dev_entry::<users_svc::UsersService>(),
         dev_entry::<events_svc::EventsService>(),
         dev_entry::<notify_svc::NotifyService>(),
+        dev_entry::<warehouse_svc::WarehouseService>(),
     ]
 }
 

@@ -56,7 +56,7 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS buckets (source text, bucket bigint, \
      PRIMARY KEY (source, bucket))",
     "CREATE TABLE IF NOT EXISTS arrivals (source text, hour bigint, at timestamp, \
-     batch uuid, records blob, PRIMARY KEY ((source, hour), at, batch))",
+     batch_id uuid, records blob, PRIMARY KEY ((source, hour), at, batch_id))",
 ];
 
 const HOUR_MS: Millis = 3_600_000;
@@ -118,13 +118,13 @@ impl CqlRecords {
         let s = Statements {
             insert: p("INSERT INTO records (source, bucket, time, id, record) VALUES (?, ?, ?, ?, ?) USING TTL ?").await?,
             bucket: p("INSERT INTO buckets (source, bucket) VALUES (?, ?) USING TTL ?").await?,
-            arrival: p("INSERT INTO arrivals (source, hour, at, batch, records) VALUES (?, ?, ?, ?, ?) USING TTL ?").await?,
+            arrival: p("INSERT INTO arrivals (source, hour, at, batch_id, records) VALUES (?, ?, ?, ?, ?) USING TTL ?").await?,
             buckets_up: p("SELECT bucket FROM buckets WHERE source = ? AND bucket >= ? AND bucket <= ?").await?,
             buckets_down: p("SELECT bucket FROM buckets WHERE source = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket DESC").await?,
             read_up: p("SELECT record FROM records WHERE source = ? AND bucket = ? AND (time, id) > (?, ?) AND (time, id) < (?, ?) LIMIT ?").await?,
             read_down: p("SELECT record FROM records WHERE source = ? AND bucket = ? AND (time, id) > (?, ?) AND (time, id) < (?, ?) ORDER BY time DESC, id DESC LIMIT ?").await?,
-            arrivals_after: p("SELECT at, batch, records FROM arrivals WHERE source = ? AND hour = ? AND (at, batch) >= (?, ?) AND (at, batch) <= (?, ?) LIMIT ?").await?,
-            newest_arrival: p("SELECT at, batch, records FROM arrivals WHERE source = ? AND hour = ? ORDER BY at DESC, batch DESC LIMIT 1").await?,
+            arrivals_after: p("SELECT at, batch_id, records FROM arrivals WHERE source = ? AND hour = ? AND (at, batch_id) >= (?, ?) AND (at, batch_id) <= (?, ?) LIMIT ?").await?,
+            newest_arrival: p("SELECT at, batch_id, records FROM arrivals WHERE source = ? AND hour = ? ORDER BY at DESC, batch_id DESC LIMIT 1").await?,
         };
         let writes = Arc::new(Semaphore::new(own.cql_write_concurrency.max(1)));
         Ok(CqlRecords {

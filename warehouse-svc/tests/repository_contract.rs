@@ -159,7 +159,11 @@ mod cases {
         }
         // A range inside one partition.
         let inner = store
-            .read(&range(&source, base + HOUR + 1000, base + HOUR + 3000, false), None, 100)
+            .read(
+                &range(&source, base + HOUR + 1000, base + HOUR + 3000, false),
+                None,
+                100,
+            )
             .await
             .unwrap();
         assert_eq!(inner.len(), 2);
@@ -183,7 +187,11 @@ mod cases {
             let done = page.len() < 7;
             seen.extend(keys(&page));
             round += 1;
-            let late = [base + 500 + round, base + 59_999 - round, base + 61_000 + round];
+            let late = [
+                base + 500 + round,
+                base + 59_999 - round,
+                base + 61_000 + round,
+            ];
             let mut batch = records(&source, &late);
             for record in &mut batch {
                 record.id = format!("late-{round}-{}", record.id);
@@ -195,7 +203,10 @@ mod cases {
         }
         let unique: HashSet<&RecordKey> = seen.iter().collect();
         assert_eq!(unique.len(), seen.len(), "no record twice");
-        assert!(existing.iter().all(|k| unique.contains(k)), "no record skipped");
+        assert!(
+            existing.iter().all(|k| unique.contains(k)),
+            "no record skipped"
+        );
         let mut sorted = seen.clone();
         sorted.sort();
         assert_eq!(sorted, seen, "in order");

@@ -23,9 +23,13 @@
 #   b      the same into warehouse-svc b (Cassandra), then, after --settle
 #          s, plain: the scylla-crate writer (warehouse-load plain-cql) of
 #          the same records into a table of the same shape in its own
-#          keyspace (whbench_plain_<pid>), unlogged single-partition batches
+#          keyspace, unlogged single-partition batches
 #          of 64 rows (warehouse-svc's BATCH_ROWS), --cql-concurrency
-#          batches in flight (= warehouse.cql_write_concurrency of b)
+#          batches in flight (= warehouse.cql_write_concurrency of b),
+#          keyspace whbench_plain_<pid>
+#   (plain-arrivals, a diagnostic: the plain writer again, also writing
+#          what warehouse-svc writes for its tail: a row of a table shaped
+#          like its `arrivals` with the framed records, per --batch records)
 #   query  --queries Query calls (page_size 1000, one at a time) at random
 #          windows of 1,200 records of what a and b stored, on each
 # A table and the targets (embedded >= 100,000 records/s; b >= 0.8 x plain)
@@ -113,6 +117,7 @@ source "$(dirname "$0")/../lib.sh"
 
 # ---------------------------------------------------------- processes ----
 TMP=""
+CQL_PID=""
 PIDS=()            # users-svc, the warehouse-svcs
 CHILD_PID=""       # warehouse-load, waited for in the background
 PERF_PID=""
@@ -219,15 +224,15 @@ token() {
 
 client_threads() { [[ -z "$CLIENT_THREADS" ]] || echo "--threads $CLIENT_THREADS"; }
 
-run_ingest() {  # run_ingest LABEL ADDR PID
-  local label=$1 addr=$2 pid=$3 tok
+run_ingest() {  # run_ingest LABEL ADDR PID [CQL_SERVER_PID]
+  local label=$1 addr=$2 pid=$3 cql_pid=${4:-} tok
   tok=$(token) || die "IssueServiceToken failed"
   log "ingest $label: $STREAMS streams x batches of $BATCH x $RECORD_BYTES B for $DURATION s into $addr"
   # shellcheck disable=SC2046
   WAREHOUSE_LOAD_TOKEN="$tok" in_background timeout $((DURATION + 300)) "$LOAD_BIN" ingest \
       --label "$label" --target "http://$addr" --source "bench.$label" \
       --streams "$STREAMS" --batch "$BATCH" --duration "$DURATION" --record-bytes "$RECORD_BYTES" \
-      --pid "$pid" $(client_threads) --json "$TMP/results/ingest_$label.json" \
+      --pid "$pid" ${cql_pid:+--cql-pid "$cql_pid"} $(client_threads) --json "$TMP/results/ingest_$label.json" \
     >"$TMP/results/ingest_$label.txt" || die "warehouse-load ingest failed ($label)"
   kill -0 "$pid" 2>/dev/null || die "warehouse-svc died in ingest $label"
   RESULTS+=("$TMP/results/ingest_$label.json")
@@ -243,6 +248,23 @@ run_query() {  # run_query LABEL ADDR
       --queries "$QUERIES" --json "$TMP/results/query_$label.json" \
     >"$TMP/results/query_$label.txt" || die "warehouse-load query failed ($label)"
   RESULTS+=("$TMP/results/query_$label.json")
+}
+
+run_plain() {  # run_plain LABEL ARRIVAL_RECORDS: the plain writer into its own keyspace
+  local label=$1 arrivals=$2 ks="whbench_${1//-/_}_$$"
+  KEYSPACES+=("$ks")
+  ((SETTLE == 0)) || { log "settling $SETTLE s"; sleep "$SETTLE"; }
+  log "$label: scylla-crate writer, $CQL_CONCURRENCY batches of 64 rows in flight for $DURATION s into keyspace $ks$( ((arrivals == 0)) || echo ", and an arrival entry per $arrivals records")"
+  # shellcheck disable=SC2046
+  in_background timeout $((DURATION + 300)) "$LOAD_BIN" plain-cql \
+      --label "$label" --nodes "$CQL" --keyspace "$ks" --source bench.cql \
+      --concurrency "$CQL_CONCURRENCY" --batch-rows 64 --duration "$DURATION" \
+      --record-bytes "$RECORD_BYTES" --arrival-records "$arrivals" \
+      ${CQL_PID:+--pid "$CQL_PID"} $(client_threads) \
+      --json "$TMP/results/$label.json" >"$TMP/results/$label.txt" \
+    || die "warehouse-load plain-cql failed ($label)"
+  RESULTS+=("$TMP/results/$label.json")
+  log "$label: $(sed -n 's/^ *"records_per_sec": \(.*\),/\1/p' "$TMP/results/$label.json") records/s"
 }
 
 perf_start() {  # perf_start PID DATA: samples PID (call graphs) until perf_finish
@@ -294,7 +316,6 @@ A_ADDR="127.0.0.1:$A_PORT"
 B_ADDR="127.0.0.1:$B_PORT"
 ADMIN_EMAIL="bench-admin-$$-$RANDOM@example.com"
 SVC_KEYSPACE="whbench_svc_$$"
-PLAIN_KEYSPACE="whbench_plain_$$"
 RESULTS=()
 log "profile $PROFILE ($BIN_DIR); cases $CASES; $STREAMS streams x $BATCH records x $RECORD_BYTES B for $DURATION s; work dir $TMP"
 
@@ -316,25 +337,16 @@ path = \"$TMP/warehouse.a/data\""
 fi
 
 if has_case b; then
-  KEYSPACES+=("$SVC_KEYSPACE" "$PLAIN_KEYSPACE")
+  KEYSPACES+=("$SVC_KEYSPACE")
   start_warehouse b "$B_ADDR" "backend = \"cql\"
 nodes = [\"$CQL\"]
 keyspace = \"$SVC_KEYSPACE\""
   B_PID=$WAREHOUSE_PID
   perf_start "$B_PID" "$TMP/results/perf_b.data"
-  run_ingest cql "$B_ADDR" "$B_PID"
+  run_ingest cql "$B_ADDR" "$B_PID" "$CQL_PID"
   perf_finish "$TMP/results/perf_b.data"
-  ((SETTLE == 0)) || { log "settling $SETTLE s"; sleep "$SETTLE"; }
-  log "plain scylla-crate writer: $CQL_CONCURRENCY batches of 64 rows in flight for $DURATION s into keyspace $PLAIN_KEYSPACE"
-  # shellcheck disable=SC2046
-  in_background timeout $((DURATION + 300)) "$LOAD_BIN" plain-cql \
-      --label plain --nodes "$CQL" --keyspace "$PLAIN_KEYSPACE" --source bench.cql \
-      --concurrency "$CQL_CONCURRENCY" --batch-rows 64 --duration "$DURATION" \
-      --record-bytes "$RECORD_BYTES" ${CQL_PID:+--pid "$CQL_PID"} $(client_threads) \
-      --json "$TMP/results/plain.json" >"$TMP/results/plain.txt" \
-    || die "warehouse-load plain-cql failed"
-  RESULTS+=("$TMP/results/plain.json")
-  log "plain: $(sed -n 's/^ *"records_per_sec": \(.*\),/\1/p' "$TMP/results/plain.json") records/s"
+  run_plain plain 0
+  run_plain plain-arrivals "$BATCH"
 fi
 
 if has_case a; then run_query embedded "$A_ADDR"; fi

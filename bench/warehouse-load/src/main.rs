@@ -136,6 +136,9 @@ struct IngestArgs {
     /// The server process, for its CPU time.
     #[arg(long)]
     pid: Option<u32>,
+    /// The CQL server behind it (CQL backend), for its CPU time.
+    #[arg(long)]
+    cql_pid: Option<u32>,
     #[arg(long, default_value = "ingest")]
     label: String,
     /// The client's tokio worker threads (default: one per core).
@@ -194,6 +197,12 @@ struct PlainArgs {
     batch_rows: u64,
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Also write what warehouse-svc writes for its tail: after every this
+    /// many records a worker wrote, one row of a table shaped like its
+    /// `arrivals` holding those records' encodings, framed (0: records
+    /// only, the plain writer of the issue).
+    #[arg(long, default_value_t = 0)]
+    arrival_records: usize,
     /// Per-request timeout (warehouse-svc's storage.request_timeout_ms).
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
@@ -431,6 +440,8 @@ struct IngestResult {
     server_cpu_secs: Option<f64>,
     server_cpu_us_per_record: Option<f64>,
     client_cpu_secs: Option<f64>,
+    #[serde(default)]
+    cql_server_cpu_secs: Option<f64>,
 }
 
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
@@ -446,6 +457,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     let next = Arc::new(AtomicU64::new(0));
     let server_cpu0 = args.pid.and_then(cpu_secs);
+    let cql_cpu0 = args.cql_pid.and_then(cpu_secs);
     let client_cpu0 = cpu_secs(std::process::id());
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
@@ -489,6 +501,11 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let client_cpu = cpu_secs(std::process::id())
         .zip(client_cpu0)
         .map(|(b, a)| b - a);
+    let cql_cpu = args
+        .cql_pid
+        .and_then(cpu_secs)
+        .zip(cql_cpu0)
+        .map(|(b, a)| b - a);
     let mut records = 0;
     let mut batches = 0;
     for answer in answers {
@@ -524,6 +541,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         server_cpu_secs: server_cpu,
         server_cpu_us_per_record: server_cpu.map(|cpu| cpu * 1e6 / records.max(1) as f64),
         client_cpu_secs: client_cpu,
+        cql_server_cpu_secs: cql_cpu,
     };
     write_json(args.json.as_ref(), &result)
 }
@@ -672,6 +690,11 @@ const RECORDS_TABLE: &str = "CREATE TABLE IF NOT EXISTS records (source text, bu
 const INSERT: &str = "INSERT INTO records (source, bucket, time, id, record) \
      VALUES (?, ?, ?, ?, ?) USING TTL ?";
 const HOUR_MS: i64 = 3_600_000;
+/// warehouse-svc's `arrivals` table, and its insert.
+const ARRIVALS_TABLE: &str = "CREATE TABLE IF NOT EXISTS arrivals (source text, hour bigint, \
+     at timestamp, batch_id uuid, records blob, PRIMARY KEY ((source, hour), at, batch_id))";
+const INSERT_ARRIVAL: &str = "INSERT INTO arrivals (source, hour, at, batch_id, records) \
+     VALUES (?, ?, ?, ?, ?) USING TTL ?";
 
 #[derive(Serialize, Deserialize)]
 struct PlainResult {
@@ -681,6 +704,8 @@ struct PlainResult {
     source: String,
     concurrency: usize,
     batch_rows: u64,
+    #[serde(default)]
+    arrival_records: usize,
     duration_secs: u64,
     record_bytes: usize,
     encoded_bytes_per_record: usize,
@@ -729,6 +754,7 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
         ),
         format!("USE {}", args.keyspace),
         RECORDS_TABLE.to_owned(),
+        ARRIVALS_TABLE.to_owned(),
     ] {
         if let Some(ks) = statement.strip_prefix("USE ") {
             session.use_keyspace(ks, false).await?;
@@ -738,6 +764,8 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
         }
     }
     let insert = session.prepare(INSERT).await?;
+    let insert_arrival = session.prepare(INSERT_ARRIVAL).await?;
+    let arrival_records = args.arrival_records;
     let rows = args.batch_rows.max(1);
     let mut full = Batch::new(BatchType::Unlogged);
     for _ in 0..rows {
@@ -750,6 +778,7 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(args.duration);
     let workers = (0..args.concurrency.max(1)).map(|_| {
+        let insert_arrival = insert_arrival.clone();
         let (session, insert, full, shape, next) = (
             session.clone(),
             insert.clone(),
@@ -759,6 +788,9 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
         );
         tokio::spawn(async move {
             let mut batches = 0u64;
+            let mut pending: Vec<u8> = Vec::new();
+            let mut pending_records = 0;
+            let mut arrival_id = 0u128;
             while Instant::now() < deadline {
                 let first = next.fetch_add(rows, Relaxed);
                 let stored_at = now_ms();
@@ -800,6 +832,37 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
                     }
                     batches += 1;
                 }
+                if arrival_records > 0 {
+                    for row in &chunk {
+                        pending.push(0x0a);
+                        prost::encoding::encode_varint(row.4.len() as u64, &mut pending);
+                        pending.extend_from_slice(&row.4);
+                    }
+                    pending_records += chunk.len();
+                    if pending_records >= arrival_records {
+                        let at = now_ms();
+                        arrival_id += 1;
+                        let batch_id = uuid::Uuid::from_u128(u128::from(
+                            std::process::id(),
+                        ) << 64
+                            | (first as u128) << 16
+                            | arrival_id);
+                        session
+                            .execute_unpaged(
+                                &insert_arrival,
+                                (
+                                    &shape.source,
+                                    at.div_euclid(HOUR_MS),
+                                    CqlTimestamp(at),
+                                    batch_id,
+                                    std::mem::take(&mut pending),
+                                    86_400,
+                                ),
+                            )
+                            .await?;
+                        pending_records = 0;
+                    }
+                }
             }
             anyhow::Ok(batches)
         })
@@ -826,6 +889,7 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
         source: shape.source.clone(),
         concurrency: args.concurrency.max(1),
         batch_rows: rows,
+        arrival_records,
         duration_secs: args.duration,
         record_bytes: args.records.record_bytes,
         encoded_bytes_per_record: shape.stored(0, now_ms()).encoded_len(),
@@ -988,12 +1052,12 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let opt = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
     println!();
     println!(
-        "| ingest | streams x batch | records | seconds | records/s | MiB/s (content) | server CPU | server CPU µs/record | client CPU |"
+        "| ingest | streams x batch | records | seconds | records/s | MiB/s (content) | warehouse-svc CPU | its µs/record | CQL server CPU µs/record | client CPU |"
     );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in &ingests {
         println!(
-            "| {} (warehouse-svc) | {} x {} | {} | {:.1} | **{}** | {:.1} | {} s | {} | {} s |",
+            "| {} (warehouse-svc) | {} x {} | {} | {:.1} | **{}** | {:.1} | {} s | {} | {} | {} s |",
             r.label,
             r.streams,
             r.batch,
@@ -1003,20 +1067,34 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
             r.content_mib_per_sec,
             opt(r.server_cpu_secs, 1),
             opt(r.server_cpu_us_per_record, 1),
+            opt(
+                r.cql_server_cpu_secs
+                    .map(|cpu| cpu * 1e6 / r.records.max(1) as f64),
+                1
+            ),
             opt(r.client_cpu_secs, 1),
         );
     }
     for p in &plains {
         println!(
-            "| {} (scylla crate, no service) | {} in flight x {} rows | {} | {:.1} | **{}** | {:.1} | {} s (CQL server) | - | {} s |",
+            "| {} (scylla crate, no service{}) | {} in flight x {} rows | {} | {:.1} | **{}** | {:.1} | - | - | {} | {} s |",
             p.label,
+            if p.arrival_records > 0 {
+                format!("; + an arrival entry per {} records", p.arrival_records)
+            } else {
+                String::new()
+            },
             p.concurrency,
             p.batch_rows,
             thousands(p.records as f64),
             p.elapsed_secs,
             thousands(p.records_per_sec),
             p.records_per_sec * p.record_bytes as f64 / (1024.0 * 1024.0),
-            opt(p.server_cpu_secs, 1),
+            opt(
+                p.server_cpu_secs
+                    .map(|cpu| cpu * 1e6 / p.records.max(1) as f64),
+                1
+            ),
             opt(p.client_cpu_secs, 1),
         );
     }
@@ -1043,7 +1121,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
     }
     if let (Some(cql), Some(plain)) = (
         ingests.iter().find(|r| r.label == "cql"),
-        plains.first(),
+        plains.iter().find(|p| p.label == "plain"),
     ) {
         let ratio = cql.records_per_sec / plain.records_per_sec;
         println!(
@@ -1054,6 +1132,15 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
             thousands(plain.records_per_sec),
             ratio
         );
+        if let Some(same) = plains.iter().find(|p| p.arrival_records > 0) {
+            println!(
+                "(diagnostic) beside a plain writer of what warehouse-svc writes, records and arrival entries of {} records: {} / {} records/s = {:.2}x",
+                same.arrival_records,
+                thousands(cql.records_per_sec),
+                thousands(same.records_per_sec),
+                cql.records_per_sec / same.records_per_sec
+            );
+        }
     }
     Ok(())
 }

@@ -44,9 +44,9 @@
 #   not for figures). Binaries go to $CARGO_TARGET_DIR (default
 #   ~/.cache/munity-bench-target-wh).
 #   --server-threads: warehouse-svc's tokio workers (default: one per core).
-#   --perf: perf record -g warehouse-svc during each ingest (a, b); the
-#   summaries go to results/perf_<case>.data.txt (figures with --perf are
-#   lower: not for the table).
+#   --perf: perf record (dwarf call graphs) of warehouse-svc during each
+#   ingest (a, b); summaries in results/perf_<case>.data.txt (figures with
+#   --perf are lower: not for the table).
 #   --keep: keep the work dir (logs, configs, JSON results).
 set -euo pipefail
 
@@ -270,7 +270,7 @@ run_plain() {  # run_plain LABEL ARRIVAL_RECORDS: the plain writer into its own 
 perf_start() {  # perf_start PID DATA: samples PID (call graphs) until perf_finish
   [[ $PERF -eq 1 ]] || return 0
   command -v perf >/dev/null || { log "perf not installed; no profile"; return 0; }
-  perf record -q -F 199 -g -p "$1" -o "$2" >"$2.log" 2>&1 &
+  perf record -q -F 199 --call-graph dwarf,16384 -p "$1" -o "$2" >"$2.log" 2>&1 &
   PERF_PID=$!
 }
 

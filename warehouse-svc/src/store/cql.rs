@@ -43,7 +43,7 @@ use scylla::{
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{RecordStore, expires_at, frame_batch, records_after, unframe_batch};
+use super::{RecordStore, expires_at, records_after, unframe_batch};
 use crate::{
     config::WarehouseConfig,
     domain::{ArrivalCursor, Range, RecordKey, millis_of},
@@ -103,10 +103,11 @@ pub struct CqlRecords {
     known_buckets: Mutex<HashSet<(String, i64)>>,
 }
 
-/// The values of [`Statements::insert`] for `row`.
+/// The values of [`Statements::insert`] for `row` of `framed`.
 fn row_values<'a>(
     source: &'a str,
     bucket: i64,
+    framed: &'a [u8],
     row: &'a Row,
 ) -> (&'a str, i64, CqlTimestamp, &'a str, &'a [u8], i32) {
     (
@@ -114,16 +115,17 @@ fn row_values<'a>(
         bucket,
         ts(row.time),
         row.id.as_str(),
-        row.encoded.as_slice(),
+        &framed[row.encoded.clone()],
         row.ttl,
     )
 }
 
-/// One record ready to write (its source and bucket are its partition's).
+/// One record ready to write (its source and bucket are its partition's;
+/// its protobuf is a part of its source's arrival entry).
 struct Row {
     time: Millis,
     id: String,
-    encoded: Vec<u8>,
+    encoded: std::ops::Range<usize>,
     ttl: i32,
 }
 
@@ -165,7 +167,13 @@ impl CqlRecords {
 
     /// Runs the unlogged batches of one partition's rows, bounded by the
     /// write semaphore.
-    async fn write_partition(&self, source: &str, bucket: i64, rows: &[Row]) -> StoreResult<()> {
+    async fn write_partition(
+        &self,
+        source: &str,
+        bucket: i64,
+        rows: &[Row],
+        framed: &[u8],
+    ) -> StoreResult<()> {
         // Index ranges (not slices: the futures below must not be generic
         // over a borrow's lifetime to be Send).
         let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
@@ -190,7 +198,7 @@ impl CqlRecords {
                     .acquire()
                     .await
                     .map_err(|_| internal("the write limiter closed"))?;
-                let values = |row| row_values(source, bucket, row);
+                let values = |row| row_values(source, bucket, framed, row);
                 if let [row] = chunk {
                     return self
                         .cql
@@ -238,50 +246,54 @@ impl CqlRecords {
 impl RecordStore for CqlRecords {
     async fn ingest(&self, records: Vec<Record>) -> StoreResult<()> {
         let now = now_millis();
-        // Each source's records, in request order (for its arrival entry),
-        // and by bucket (partition).
-        let mut by_source: BTreeMap<String, Vec<(i64, Row)>> = BTreeMap::new();
-        for record in records {
+        // Each source's arrival entry: its records in request order, each
+        // encoded once, straight into the entry (framed as an
+        // `IngestRequest`, see `frame_batch`); the rows point into it.
+        let total = records.len();
+        let mut by_source: BTreeMap<String, (Vec<u8>, Vec<Row>)> = BTreeMap::new();
+        for (index, record) in records.into_iter().enumerate() {
             let time = record.time.as_ref().map_or(0, millis_of);
             let stored_at = record.stored_at.as_ref().map_or(now, millis_of);
             let expires = expires_at(&self.config, &record.source, stored_at);
-            let row = Row {
+            let len = record.encoded_len();
+            let (framed, rows) = match by_source.get_mut(record.source.as_str()) {
+                Some(entry) => entry,
+                None => by_source.entry(record.source.clone()).or_insert_with(|| {
+                    (Vec::with_capacity((total - index) * (len + 6)), Vec::new())
+                }),
+            };
+            // Field 1 (records), wire type 2 (length-delimited).
+            framed.push(0x0a);
+            prost::encoding::encode_varint(len as u64, framed);
+            let start = framed.len();
+            record.encode_raw(framed);
+            rows.push(Row {
                 time,
-                encoded: record.encode_to_vec(),
+                encoded: start..framed.len(),
                 ttl: ttl_secs(expires, now),
                 id: record.id,
-            };
-            match by_source.get_mut(record.source.as_str()) {
-                Some(rows) => rows.push((hour_of(time), row)),
-                None => {
-                    by_source.insert(record.source, vec![(hour_of(time), row)]);
-                }
-            }
+            });
         }
-        // The arrival entries, framed from the same encodings.
-        let arrived: Vec<(String, Vec<u8>)> = by_source
-            .iter()
-            .map(|(source, rows)| {
-                let slices: Vec<&[u8]> =
-                    rows.iter().map(|(_, row)| row.encoded.as_slice()).collect();
-                (source.clone(), frame_batch(&slices))
-            })
-            .collect();
-        let mut partitions: BTreeMap<(String, i64), Vec<Row>> = BTreeMap::new();
-        for (source, rows) in by_source {
-            for (bucket, row) in rows {
-                match partitions.get_mut(&(source.clone(), bucket)) {
-                    Some(partition) => partition.push(row),
-                    None => {
-                        partitions.insert((source.clone(), bucket), vec![row]);
-                    }
-                }
+        // Partitions: (index in `sources`, bucket, rows).
+        let mut sources: Vec<(String, Vec<u8>)> = Vec::with_capacity(by_source.len());
+        let mut partitions: Vec<(usize, i64, Vec<Row>)> = Vec::new();
+        for (index, (source, (framed, rows))) in by_source.into_iter().enumerate() {
+            let mut buckets: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
+            for row in rows {
+                buckets.entry(hour_of(row.time)).or_default().push(row);
             }
+            partitions.extend(
+                buckets
+                    .into_iter()
+                    .map(|(bucket, rows)| (index, bucket, rows)),
+            );
+            sources.push((source, framed));
         }
         let mut bucket_rows: Vec<(String, i64, i32)> = Vec::new();
         {
             let known = self.known_buckets.lock().unwrap_or_else(|e| e.into_inner());
-            for ((source, bucket), rows) in &partitions {
+            for (index, bucket, rows) in &partitions {
+                let source = &sources[*index].0;
                 if known.contains(&(source.clone(), *bucket)) {
                     continue;
                 }
@@ -316,9 +328,11 @@ impl RecordStore for CqlRecords {
             .try_collect::<Vec<()>>()
             .await?;
 
+        let written = &sources;
         stream::iter(partitions)
-            .map(|((source, bucket), rows)| async move {
-                self.write_partition(&source, bucket, &rows).await
+            .map(|(index, bucket, rows)| async move {
+                let (source, framed) = &written[index];
+                self.write_partition(source, bucket, &rows, framed).await
             })
             .buffer_unordered(self.config.cql_write_concurrency.max(1))
             .try_collect::<Vec<()>>()
@@ -328,7 +342,7 @@ impl RecordStore for CqlRecords {
         let retention_ttl =
             i32::try_from(self.config.tail_retention_secs.max(1)).unwrap_or(i32::MAX);
         let at = now_millis();
-        stream::iter(arrived)
+        stream::iter(sources)
             .map(|(source, framed)| async move {
                 self.cql
                     .execute(

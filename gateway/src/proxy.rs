@@ -152,7 +152,9 @@ impl Gateway {
         let destination = self.route(ctx, &path)?;
         self.authenticate(session, ctx, &path).await?;
         self.rate_limit(session, ctx, &path).await?;
-        let streaming = self.policy.is_server_streaming(&path);
+        // Streams in either direction get no default deadline (a producer's
+        // IngestStream lasts as long as it produces).
+        let streaming = self.policy.is_long_lived(&path);
         if self.policy.takes_one_request(&path) {
             ctx.request_messages = Some(Default::default());
         }

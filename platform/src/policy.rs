@@ -71,6 +71,8 @@ pub struct MethodPolicy {
     /// Full paths of methods that take one request message (unary and
     /// server-streaming).
     one_request: HashSet<String>,
+    /// Full paths of client-streaming methods (e.g. continuous producers).
+    client_streaming: HashSet<String>,
     /// Munity services that declare their upstream.
     services: Vec<RoutedService>,
 }
@@ -106,7 +108,9 @@ impl MethodPolicy {
                 if method.is_server_streaming() {
                     policy.streaming.insert(path.clone());
                 }
-                if !method.is_client_streaming() {
+                if method.is_client_streaming() {
+                    policy.client_streaming.insert(path.clone());
+                } else {
                     policy.one_request.insert(path.clone());
                 }
                 let declared = extension(&method.options(), method_option.as_ref());
@@ -149,6 +153,12 @@ impl MethodPolicy {
     /// Whether `path` is a server-streaming method (no default deadline).
     pub fn is_server_streaming(&self, path: &str) -> bool {
         self.streaming.contains(path)
+    }
+
+    /// Whether calls of `path` may rightly last as long as the client
+    /// wants (server or client streaming): no default deadline at the edge.
+    pub fn is_long_lived(&self, path: &str) -> bool {
+        self.streaming.contains(path) || self.client_streaming.contains(path)
     }
 
     /// Whether `path` is a known method that takes exactly one request
@@ -258,6 +268,10 @@ mod tests {
         assert!(policy.is_server_streaming("/grpc.health.v1.Health/Watch"));
         assert!(!policy.is_server_streaming("/grpc.health.v1.Health/Check"));
         assert!(!policy.is_server_streaming("/munity.users.v1.Users/Login"));
+        assert!(policy.is_long_lived("/munity.warehouse.v1.Warehouse/IngestStream"));
+        assert!(policy.is_long_lived("/munity.warehouse.v1.Warehouse/Tail"));
+        assert!(!policy.is_long_lived("/munity.warehouse.v1.Warehouse/Ingest"));
+        assert!(!policy.takes_one_request("/munity.warehouse.v1.Warehouse/IngestStream"));
         let upstreams = policy.upstreams();
         assert_eq!(
             upstreams.get("users"),

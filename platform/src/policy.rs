@@ -349,7 +349,10 @@ mod tests {
             .iter()
             .find(|b| b.grpc_path == "/munity.users.v1.Users/GetMe")
             .unwrap();
-        assert_eq!((get_me.verb.as_str(), get_me.template.as_str()), ("GET", "/v1/me"));
+        assert_eq!(
+            (get_me.verb.as_str(), get_me.template.as_str()),
+            ("GET", "/v1/me")
+        );
         let login = policy
             .http_bindings()
             .iter()
@@ -360,7 +363,12 @@ mod tests {
             policy.resume_field("/munity.notify.v1.Notify/Subscribe"),
             Some("resume")
         );
-        assert!(policy.pool().get_message_by_name("munity.users.v1.User").is_some());
+        assert!(
+            policy
+                .pool()
+                .get_message_by_name("munity.users.v1.User")
+                .is_some()
+        );
     }
 
     #[test]

@@ -294,6 +294,14 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     Ok(())
 }
 
+/// The OpenAPI document of every HTTP/JSON binding in the compiled protos,
+/// as `/openapi.json` serves it (`munity-gateway openapi` writes it).
+pub fn openapi_document() -> anyhow::Result<String> {
+    let transcoder = http_json::Transcoder::new(&config::policy())
+        .map_err(|e| anyhow::anyhow!("an HTTP binding in the protos cannot be served: {e}"))?;
+    Ok(http_json::openapi::document_text(&transcoder))
+}
+
 /// Binds a listener now, so that a taken address fails start-up by name.
 fn bind(address: &str, key: &str) -> anyhow::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(address).map_err(|e| anyhow::anyhow!("{key} = {address:?}: {e}"))

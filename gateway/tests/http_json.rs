@@ -134,3 +134,17 @@ async fn a_route_can_turn_http_json_off_and_docs_are_served() {
     );
     users.shutdown.cancel();
 }
+
+/// The published document (`docs/openapi.json`, linked from the README) is
+/// what the gateway serves.
+#[test]
+fn the_published_openapi_file_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let published = std::fs::read_to_string(&path).unwrap_or_default();
+    let current = munity_gateway::openapi_document().unwrap();
+    assert!(
+        published == current,
+        "{} is out of date: run `cargo run -p munity-gateway -- openapi --out docs/openapi.json`",
+        path.display()
+    );
+}

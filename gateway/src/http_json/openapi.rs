@@ -368,6 +368,14 @@ fn comments(file: &FileDescriptor, path: &[i32]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// The document as published: pretty JSON and a final newline, the same
+/// bytes `/openapi.json` serves and `munity-gateway openapi` writes.
+pub fn document_text(transcoder: &Transcoder) -> String {
+    let mut text = serde_json::to_string_pretty(&document(transcoder)).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
 /// `/openapi.json` and `/docs`, rendered once.
 pub struct Docs {
     openapi: Bytes,
@@ -378,11 +386,8 @@ const DOCS_PAGE: &str = include_str!("docs.html");
 
 impl Docs {
     pub fn new(transcoder: &Transcoder) -> Self {
-        let document = document(transcoder);
         Docs {
-            openapi: serde_json::to_vec_pretty(&document)
-                .unwrap_or_default()
-                .into(),
+            openapi: document_text(transcoder).into(),
         }
     }
 

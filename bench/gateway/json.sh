@@ -120,7 +120,7 @@ round() {  # round grpc|json N: runs the load, prints "calls rps p50_ms p99_ms t
   if [[ $1 == grpc ]]; then
     ghz --insecure "${PROTO_ARGS[@]}" --call munity.users.v1.Users/GetMe -d '{}' \
       -m "{\"authorization\":\"Bearer $TOKEN\"}" -c "$CONCURRENCY" --connections 1 \
-      -z "$DURATION" -O json -o "$out.json" "$GATEWAY_ADDR" &
+      -z "$DURATION" --duration-stop wait -O json -o "$out.json" "$GATEWAY_ADDR" &
   else
     hey -z "$DURATION" -c "$CONCURRENCY" -H "authorization: Bearer $TOKEN" \
       -o csv "http://$GATEWAY_ADDR/v1/me" >"$out.csv" &
@@ -133,7 +133,7 @@ kind, out, ticks, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sy
 if kind == "grpc":
     r = json.load(open(out + ".json"))
     ok = r["statusCodeDistribution"].get("OK", 0)
-    lat = {d["percentage"]: d["latency"] / 1e6 for d in r["latencyDistribution"]}
+    lat = {d["percentage"]: round(d["latency"] / 1e6, 2) for d in r["latencyDistribution"]}
     bad = r["count"] - ok
     print(ok, round(r["rps"]), lat[50], lat[99], ticks, bad)
 else:

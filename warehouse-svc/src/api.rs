@@ -68,12 +68,12 @@ impl WarehouseApi {
         }
     }
 
-    /// Checks and stores one batch for `claims`.
-    async fn ingest_batch(
+    /// Checks one batch for `claims` and makes it ready to store.
+    fn check_batch(
         &self,
         claims: &Claims,
         records: Vec<Record>,
-    ) -> Result<Vec<String>, WarehouseError> {
+    ) -> Result<Vec<Record>, WarehouseError> {
         let records = self.ingestor.prepare(records)?;
         for (index, record) in records.iter().enumerate() {
             if !may_produce(claims, &record.source) {
@@ -83,7 +83,7 @@ impl WarehouseApi {
                 )));
             }
         }
-        self.ingestor.store(records).await
+        Ok(records)
     }
 
     async fn scan_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
@@ -114,6 +114,46 @@ fn may_produce(claims: &Claims, source: &str) -> bool {
         && (claims.has_role("admin")
             || claims.has_scope(PRODUCE_SCOPE)
             || claims.has_scope(&format!("{PRODUCE_SCOPE}:{source}")))
+}
+
+/// IngestStream's next message, checked.
+enum NextBatch {
+    Ready(Vec<Record>),
+    End,
+    /// The message could not be received (decoding, transport).
+    Unreadable(Status),
+    /// The batch breaks a rule, or the caller may not write it.
+    Refused(WarehouseError),
+}
+
+impl WarehouseApi {
+    async fn next_batch(
+        &self,
+        claims: &Claims,
+        batches: &mut Streaming<IngestRequest>,
+    ) -> NextBatch {
+        match batches.message().await {
+            Ok(Some(batch)) => match self.check_batch(claims, batch.records) {
+                Ok(records) => NextBatch::Ready(records),
+                Err(error) => NextBatch::Refused(error),
+            },
+            Ok(None) => NextBatch::End,
+            Err(status) => NextBatch::Unreadable(status),
+        }
+    }
+}
+
+/// IngestStream's answer when batch `stored` (counting from 0) fails.
+fn refused(stored: u64, error: WarehouseError) -> Status {
+    let status = Status::from(error);
+    Status::with_details(
+        status.code(),
+        format!(
+            "batch {stored} (counting from 0): {}; the {stored} batches before it were stored",
+            status.message()
+        ),
+        status.details().to_vec().into(),
+    )
 }
 
 fn check_reader(claims: &Claims) -> Result<(), WarehouseError> {
@@ -176,9 +216,8 @@ impl Warehouse for WarehouseApi {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let claims = caller(&request)?.clone();
-        let ids = self
-            .ingest_batch(&claims, request.into_inner().records)
-            .await?;
+        let records = self.check_batch(&claims, request.into_inner().records)?;
+        let ids = self.ingestor.store(records).await?;
         Ok(Response::new(IngestResponse {
             accepted: ids.len() as u64,
             ids,
@@ -193,11 +232,17 @@ impl Warehouse for WarehouseApi {
         let claims = caller(&request)?.clone();
         let mut batches = request.into_inner();
         let (mut stored, mut accepted) = (0u64, 0u64);
+        // The next message is received and checked while the one before it
+        // is being stored (its storage round trips and fsync are most of
+        // the time a batch takes); it is stored only once that one is, and
+        // what is wrong with it is told only then, so the stored batches
+        // are still the ones before the first that failed.
+        let mut next = self.next_batch(&claims, &mut batches).await;
         loop {
-            let batch = match batches.message().await {
-                Ok(Some(batch)) => batch,
-                Ok(None) => break,
-                Err(status) => {
+            let records = match next {
+                NextBatch::Ready(records) => records,
+                NextBatch::End => break,
+                NextBatch::Unreadable(status) => {
                     return Err(Status::new(
                         status.code(),
                         format!(
@@ -206,24 +251,30 @@ impl Warehouse for WarehouseApi {
                         ),
                     ));
                 }
+                NextBatch::Refused(error) => return Err(refused(stored, error)),
             };
-            match self.ingest_batch(&claims, batch.records).await {
-                Ok(ids) => {
+            let storing = self.ingestor.store_all(records);
+            let reading = self.next_batch(&claims, &mut batches);
+            tokio::pin!(storing, reading);
+            let mut read = None;
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut storing => break result,
+                    following = &mut reading, if read.is_none() => read = Some(following),
+                }
+            };
+            match result {
+                Ok(count) => {
                     stored += 1;
-                    accepted += ids.len() as u64;
+                    accepted += count as u64;
                 }
-                Err(error) => {
-                    let status = Status::from(error);
-                    return Err(Status::with_details(
-                        status.code(),
-                        format!(
-                            "batch {stored} (counting from 0): {}; the {stored} batches before it were stored",
-                            status.message()
-                        ),
-                        status.details().to_vec().into(),
-                    ));
-                }
+                Err(error) => return Err(refused(stored, error)),
             }
+            next = match read {
+                Some(following) => following,
+                None => reading.await,
+            };
         }
         Ok(Response::new(IngestResponse {
             accepted,

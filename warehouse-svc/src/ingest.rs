@@ -48,12 +48,22 @@ impl Ingestor {
     /// sources; the ids, in order.
     pub async fn store(&self, records: Vec<Record>) -> Result<Vec<String>, WarehouseError> {
         let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        let mut sources: Vec<String> = records.iter().map(|r| r.source.clone()).collect();
-        sources.sort_unstable();
-        sources.dedup();
+        self.store_all(records).await?;
+        Ok(ids)
+    }
+
+    /// [`Ingestor::store`] without the ids (IngestStream answers with
+    /// counts only): how many records were stored.
+    pub async fn store_all(&self, records: Vec<Record>) -> Result<usize, WarehouseError> {
+        let count = records.len();
+        // The distinct sources, without a copy of each record's name.
+        let mut names: Vec<&str> = records.iter().map(|r| r.source.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let sources: Vec<String> = names.into_iter().map(str::to_owned).collect();
         self.store.ingest(records).await?;
         self.wakers.wake(&sources);
-        Ok(ids)
+        Ok(count)
     }
 }
 

@@ -80,6 +80,8 @@ fn ttl_secs(expires: Option<Millis>, now: Millis) -> i32 {
 
 struct Statements {
     insert: PreparedStatement,
+    /// An unlogged batch of `BATCH_ROWS` inserts, made once.
+    full_batch: Batch,
     bucket: PreparedStatement,
     arrival: PreparedStatement,
     buckets_up: PreparedStatement,
@@ -101,10 +103,24 @@ pub struct CqlRecords {
     known_buckets: Mutex<HashSet<(String, i64)>>,
 }
 
-/// One record ready to write.
-struct Row {
-    source: String,
+/// The values of [`Statements::insert`] for `row`.
+fn row_values<'a>(
+    source: &'a str,
     bucket: i64,
+    row: &'a Row,
+) -> (&'a str, i64, CqlTimestamp, &'a str, &'a [u8], i32) {
+    (
+        source,
+        bucket,
+        ts(row.time),
+        row.id.as_str(),
+        row.encoded.as_slice(),
+        row.ttl,
+    )
+}
+
+/// One record ready to write (its source and bucket are its partition's).
+struct Row {
     time: Millis,
     id: String,
     encoded: Vec<u8>,
@@ -115,8 +131,14 @@ impl CqlRecords {
     pub async fn connect(config: &CqlConfig, own: WarehouseConfig) -> anyhow::Result<Self> {
         let cql = CqlStore::connect(config, SCHEMA).await?;
         let p = |statement: &'static str| cql.prepare(statement);
+        let insert = p("INSERT INTO records (source, bucket, time, id, record) VALUES (?, ?, ?, ?, ?) USING TTL ?").await?;
+        let mut full_batch = Batch::new(BatchType::Unlogged);
+        for _ in 0..BATCH_ROWS {
+            full_batch.append_statement(insert.clone());
+        }
         let s = Statements {
-            insert: p("INSERT INTO records (source, bucket, time, id, record) VALUES (?, ?, ?, ?, ?) USING TTL ?").await?,
+            insert,
+            full_batch,
             bucket: p("INSERT INTO buckets (source, bucket) VALUES (?, ?) USING TTL ?").await?,
             arrival: p("INSERT INTO arrivals (source, hour, at, batch_id, records) VALUES (?, ?, ?, ?, ?) USING TTL ?").await?,
             buckets_up: p("SELECT bucket FROM buckets WHERE source = ? AND bucket >= ? AND bucket <= ?").await?,
@@ -143,64 +165,43 @@ impl CqlRecords {
 
     /// Runs the unlogged batches of one partition's rows, bounded by the
     /// write semaphore.
-    async fn write_partition(&self, rows: Vec<Row>) -> StoreResult<()> {
-        let mut chunks: Vec<Vec<Row>> = Vec::new();
-        let mut bytes = 0;
-        for row in rows {
-            let start_new = match chunks.last() {
-                None => true,
-                Some(chunk) => chunk.len() >= BATCH_ROWS || bytes + row.encoded.len() > BATCH_BYTES,
-            };
-            if start_new {
-                chunks.push(Vec::new());
-                bytes = 0;
+    async fn write_partition(&self, source: &str, bucket: i64, rows: &[Row]) -> StoreResult<()> {
+        // Index ranges (not slices: the futures below must not be generic
+        // over a borrow's lifetime to be Send).
+        let mut chunks: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (index, row) in rows.iter().enumerate() {
+            if index > start
+                && (index - start >= BATCH_ROWS || bytes + row.encoded.len() > BATCH_BYTES)
+            {
+                chunks.push(start..index);
+                (start, bytes) = (index, 0);
             }
             bytes += row.encoded.len();
-            if let Some(chunk) = chunks.last_mut() {
-                chunk.push(row);
-            }
+        }
+        if start < rows.len() {
+            chunks.push(start..rows.len());
         }
         stream::iter(chunks)
             .map(|chunk| async move {
+                let chunk = &rows[chunk];
                 let _permit = self
                     .writes
                     .acquire()
                     .await
                     .map_err(|_| internal("the write limiter closed"))?;
-                if let [row] = chunk.as_slice() {
-                    return self
-                        .cql
-                        .execute(
-                            &self.s.insert,
-                            (
-                                &row.source,
-                                row.bucket,
-                                ts(row.time),
-                                &row.id,
-                                &row.encoded,
-                                row.ttl,
-                            ),
-                        )
-                        .await
-                        .map(drop);
+                let values = |row| row_values(source, bucket, row);
+                if let [row] = chunk {
+                    return self.cql.execute(&self.s.insert, values(row)).await.map(drop);
+                }
+                let values: Vec<_> = chunk.iter().map(values).collect();
+                if chunk.len() == BATCH_ROWS {
+                    return self.cql.batch(&self.s.full_batch, values).await.map(drop);
                 }
                 let mut batch = Batch::new(BatchType::Unlogged);
-                for _ in &chunk {
+                for _ in chunk {
                     batch.append_statement(self.s.insert.clone());
                 }
-                let values: Vec<_> = chunk
-                    .iter()
-                    .map(|row| {
-                        (
-                            &row.source,
-                            row.bucket,
-                            ts(row.time),
-                            &row.id,
-                            &row.encoded,
-                            row.ttl,
-                        )
-                    })
-                    .collect();
                 self.cql.batch(&batch, values).await.map(drop)
             })
             .buffer_unordered(self.config.cql_write_concurrency.max(1))
@@ -233,46 +234,62 @@ impl CqlRecords {
 impl RecordStore for CqlRecords {
     async fn ingest(&self, records: Vec<Record>) -> StoreResult<()> {
         let now = now_millis();
-        let mut partitions: BTreeMap<(String, i64), Vec<Row>> = BTreeMap::new();
-        let mut by_source: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut bucket_rows: Vec<(String, i64, i32)> = Vec::new();
+        // Each source's records, in request order (for its arrival entry),
+        // and by bucket (partition).
+        let mut by_source: BTreeMap<String, Vec<(i64, Row)>> = BTreeMap::new();
         for record in records {
-            let key = RecordKey::of(&record);
+            let time = record.time.as_ref().map_or(0, millis_of);
             let stored_at = record.stored_at.as_ref().map_or(now, millis_of);
             let expires = expires_at(&self.config, &record.source, stored_at);
-            let encoded = record.encode_to_vec();
-            let bucket = hour_of(key.time);
-            let ttl = ttl_secs(expires, now);
-            by_source
-                .entry(record.source.clone())
-                .or_default()
-                .push(encoded.clone());
-            let partition = partitions
-                .entry((record.source.clone(), bucket))
-                .or_default();
-            if partition.is_empty() {
-                let known = {
-                    let known = self.known_buckets.lock().unwrap_or_else(|e| e.into_inner());
-                    known.contains(&(record.source.clone(), bucket))
-                };
-                if !known {
-                    // The bucket row lives at least as long as its records.
-                    let bucket_ttl = if ttl == 0 {
-                        0
-                    } else {
-                        ttl.saturating_add(3600)
-                    };
-                    bucket_rows.push((record.source.clone(), bucket, bucket_ttl));
+            let row = Row {
+                time,
+                encoded: record.encode_to_vec(),
+                ttl: ttl_secs(expires, now),
+                id: record.id,
+            };
+            match by_source.get_mut(record.source.as_str()) {
+                Some(rows) => rows.push((hour_of(time), row)),
+                None => {
+                    by_source.insert(record.source, vec![(hour_of(time), row)]);
                 }
             }
-            partition.push(Row {
-                source: record.source,
-                bucket,
-                time: key.time,
-                id: key.id,
-                encoded,
-                ttl,
-            });
+        }
+        // The arrival entries, framed from the same encodings.
+        let arrived: Vec<(String, Vec<u8>)> = by_source
+            .iter()
+            .map(|(source, rows)| {
+                let slices: Vec<&[u8]> = rows.iter().map(|(_, row)| row.encoded.as_slice()).collect();
+                (source.clone(), frame_batch(&slices))
+            })
+            .collect();
+        let mut partitions: BTreeMap<(String, i64), Vec<Row>> = BTreeMap::new();
+        for (source, rows) in by_source {
+            for (bucket, row) in rows {
+                match partitions.get_mut(&(source.clone(), bucket)) {
+                    Some(partition) => partition.push(row),
+                    None => {
+                        partitions.insert((source.clone(), bucket), vec![row]);
+                    }
+                }
+            }
+        }
+        let mut bucket_rows: Vec<(String, i64, i32)> = Vec::new();
+        {
+            let known = self.known_buckets.lock().unwrap_or_else(|e| e.into_inner());
+            for ((source, bucket), rows) in &partitions {
+                if known.contains(&(source.clone(), *bucket)) {
+                    continue;
+                }
+                // The bucket row lives at least as long as its records
+                // (a source's records of one ingest share their TTL).
+                let ttl = rows.first().map_or(0, |row| row.ttl);
+                let bucket_ttl = if ttl == 0 {
+                    0
+                } else {
+                    ttl.saturating_add(3600)
+                };
+                bucket_rows.push((source.clone(), *bucket, bucket_ttl));
+            }
         }
 
         // The bucket index first: a reader never misses a partition that
@@ -294,8 +311,10 @@ impl RecordStore for CqlRecords {
             .try_collect::<Vec<()>>()
             .await?;
 
-        stream::iter(partitions.into_values())
-            .map(|rows| self.write_partition(rows))
+        stream::iter(partitions)
+            .map(|((source, bucket), rows)| async move {
+                self.write_partition(&source, bucket, &rows).await
+            })
             .buffer_unordered(self.config.cql_write_concurrency.max(1))
             .try_collect::<Vec<()>>()
             .await?;
@@ -304,9 +323,8 @@ impl RecordStore for CqlRecords {
         let retention_ttl =
             i32::try_from(self.config.tail_retention_secs.max(1)).unwrap_or(i32::MAX);
         let at = now_millis();
-        stream::iter(by_source)
-            .map(|(source, encoded)| async move {
-                let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        stream::iter(arrived)
+            .map(|(source, framed)| async move {
                 self.cql
                     .execute(
                         &self.s.arrival,
@@ -315,7 +333,7 @@ impl RecordStore for CqlRecords {
                             hour_of(at),
                             ts(at),
                             Uuid::now_v7(),
-                            frame_batch(&slices),
+                            framed,
                             retention_ttl,
                         ),
                     )

@@ -91,14 +91,6 @@ fn arrival_of(source: &str, key: &[u8]) -> StoreResult<(Millis, Uuid)> {
     Ok((unsortable(rest), batch))
 }
 
-/// A stored record: expiry (0: kept) ‖ protobuf.
-fn stored_value(expires: Option<Millis>, encoded: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(8 + encoded.len());
-    value.extend_from_slice(&expires.unwrap_or(0).to_be_bytes());
-    value.extend_from_slice(encoded);
-    value
-}
-
 /// The record in a stored value, unless it has expired.
 fn live_record(value: &[u8], now: Millis) -> StoreResult<Option<Record>> {
     if value.len() < 8 {
@@ -132,44 +124,80 @@ impl EmbeddedRecords {
     }
 }
 
-/// A record ready for the write transaction.
+/// A record ready for the write transaction: its key and its stored value
+/// (expiry ‖ protobuf, encoded once, straight into the value).
 struct Prepared {
-    source: String,
     key: Vec<u8>,
-    encoded: Vec<u8>,
+    value: Vec<u8>,
     expires: Option<Millis>,
+}
+
+impl Prepared {
+    fn encoded(&self) -> &[u8] {
+        &self.value[8..]
+    }
+}
+
+/// One source's records of an ingest, in request order, and their
+/// arrival entry, framed before the write transaction (the transaction
+/// uses it as is when every record is new, as it is but for retries).
+struct SourceBatch {
+    records: Vec<Prepared>,
+    framed: Vec<u8>,
+}
+
+/// The key of a prepared record (see [`record_key`]).
+fn key_of(record: &Record) -> Vec<u8> {
+    let mut bytes = source_prefix(&record.source);
+    bytes.extend_from_slice(&sortable(record.time.as_ref().map_or(0, millis_of)));
+    bytes.extend_from_slice(record.id.as_bytes());
+    bytes
 }
 
 /// The write transaction of one ingest.
 fn store_batch(
     txn: &WriteTransaction,
-    records: Vec<Prepared>,
+    batches: BTreeMap<String, SourceBatch>,
     retention_ms: Millis,
 ) -> StoreResult<()> {
     let now = now_millis();
     let mut table = txn.open_table(RECORDS).map_err(internal)?;
     let mut expiry = txn.open_table(EXPIRY).map_err(internal)?;
-    // New records per source, in request order.
-    let mut fresh: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    for Prepared {
-        source,
-        key,
-        encoded,
-        expires,
-    } in records
-    {
-        if table.get(key.as_slice()).map_err(internal)?.is_some() {
-            continue; // stored already: a retry
+    // Each source's arrival entry: its new records, in request order.
+    let mut arrived: Vec<(String, Vec<u8>)> = Vec::with_capacity(batches.len());
+    for (source, SourceBatch { records, framed }) in batches {
+        let mut fresh = vec![true; records.len()];
+        for (index, record) in records.iter().enumerate() {
+            // One lookup: insert, and put the stored record back in the
+            // rare case the key was there already.
+            let before = table
+                .insert(record.key.as_slice(), record.value.as_slice())
+                .map_err(internal)?
+                .map(|old| old.value().to_vec());
+            if let Some(before) = before {
+                table
+                    .insert(record.key.as_slice(), before.as_slice())
+                    .map_err(internal)?;
+                fresh[index] = false; // stored already: a retry
+                continue;
+            }
+            if let Some(expires) = record.expires {
+                let mut index = expires.to_be_bytes().to_vec();
+                index.extend_from_slice(&record.key);
+                expiry.insert(index.as_slice(), ()).map_err(internal)?;
+            }
         }
-        table
-            .insert(key.as_slice(), stored_value(expires, &encoded).as_slice())
-            .map_err(internal)?;
-        if let Some(expires) = expires {
-            let mut index = expires.to_be_bytes().to_vec();
-            index.extend_from_slice(&key);
-            expiry.insert(index.as_slice(), ()).map_err(internal)?;
+        if fresh.iter().all(|&f| f) {
+            arrived.push((source, framed));
+        } else if fresh.iter().any(|&f| f) {
+            let slices: Vec<&[u8]> = records
+                .iter()
+                .zip(&fresh)
+                .filter(|(_, fresh)| **fresh)
+                .map(|(record, _)| record.encoded())
+                .collect();
+            arrived.push((source, frame_batch(&slices)));
         }
-        fresh.entry(source).or_default().push(encoded);
     }
 
     // Expired records go, a bounded number per write.
@@ -187,7 +215,7 @@ fn store_batch(
 
     let mut arrivals = txn.open_table(ARRIVALS).map_err(internal)?;
     let mut last = txn.open_table(LAST_ARRIVAL).map_err(internal)?;
-    for (source, encoded) in fresh {
+    for (source, framed) in arrived {
         // After the source's previous arrival, whatever the clock says.
         let previous = last
             .get(source.as_str())
@@ -202,9 +230,8 @@ fn store_batch(
             _ => (now, Uuid::now_v7()),
         };
         let key = arrival_key(&source, at, batch);
-        let slices: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         arrivals
-            .insert(key.as_slice(), frame_batch(&slices).as_slice())
+            .insert(key.as_slice(), framed.as_slice())
             .map_err(internal)?;
         let mut newest = sortable(at).to_vec();
         newest.extend_from_slice(batch.as_bytes());
@@ -230,24 +257,39 @@ fn store_batch(
 #[async_trait::async_trait]
 impl RecordStore for EmbeddedRecords {
     async fn ingest(&self, records: Vec<Record>) -> StoreResult<()> {
-        let prepared = records
-            .into_iter()
-            .map(|record| {
-                let stored_at = record.stored_at.as_ref().map_or(0, millis_of);
-                let expires = expires_at(&self.config, &record.source, stored_at);
-                let key = record_key(&record.source, &RecordKey::of(&record));
-                Prepared {
-                    source: record.source.clone(),
-                    key,
-                    encoded: record.encode_to_vec(),
-                    expires,
+        // Everything but the lookups and inserts is done here, outside the
+        // write transaction (one at a time for the whole database).
+        let mut by_source: BTreeMap<String, Vec<Prepared>> = BTreeMap::new();
+        for record in records {
+            let stored_at = record.stored_at.as_ref().map_or(0, millis_of);
+            let expires = expires_at(&self.config, &record.source, stored_at);
+            let mut value = Vec::with_capacity(8 + record.encoded_len());
+            value.extend_from_slice(&expires.unwrap_or(0).to_be_bytes());
+            record.encode(&mut value).map_err(internal)?;
+            let prepared = Prepared {
+                key: key_of(&record),
+                value,
+                expires,
+            };
+            match by_source.get_mut(record.source.as_str()) {
+                Some(list) => list.push(prepared),
+                None => {
+                    by_source.insert(record.source, vec![prepared]);
                 }
+            }
+        }
+        let batches: BTreeMap<String, SourceBatch> = by_source
+            .into_iter()
+            .map(|(source, records)| {
+                let slices: Vec<&[u8]> = records.iter().map(Prepared::encoded).collect();
+                let framed = frame_batch(&slices);
+                (source, SourceBatch { records, framed })
             })
             .collect();
         let retention_ms = Millis::try_from(self.config.tail_retention_secs.saturating_mul(1000))
             .unwrap_or(Millis::MAX);
         self.db
-            .write(move |txn| store_batch(txn, prepared, retention_ms))
+            .write(move |txn| store_batch(txn, batches, retention_ms))
             .await
     }
 

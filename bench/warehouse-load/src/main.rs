@@ -636,8 +636,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
                     .context("Query")?
                     .into_inner();
                 let micros = sent.elapsed().as_micros() as u64;
-                if answer.records.len() != page_size as usize || answer.next_page_token.is_empty()
-                {
+                if answer.records.len() != page_size as usize || answer.next_page_token.is_empty() {
                     bail!(
                         "a window of {} records answered {} records (next page token {:?})",
                         args.window_records,
@@ -842,11 +841,11 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
                     if pending_records >= arrival_records {
                         let at = now_ms();
                         arrival_id += 1;
-                        let batch_id = uuid::Uuid::from_u128(u128::from(
-                            std::process::id(),
-                        ) << 64
-                            | (first as u128) << 16
-                            | arrival_id);
+                        let batch_id = uuid::Uuid::from_u128(
+                            u128::from(std::process::id()) << 64
+                                | (first as u128) << 16
+                                | arrival_id,
+                        );
                         session
                             .execute_unpaged(
                                 &insert_arrival,
@@ -1100,7 +1099,10 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
     }
     if !queries.is_empty() {
         println!();
-        println!("| query ({} records per page) | calls | p50 | p90 | p99 | max | calls/s |", queries[0].page_size);
+        println!(
+            "| query ({} records per page) | calls | p50 | p90 | p99 | max | calls/s |",
+            queries[0].page_size
+        );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
         for q in &queries {
             println!(

@@ -192,7 +192,11 @@ impl CqlRecords {
                     .map_err(|_| internal("the write limiter closed"))?;
                 let values = |row| row_values(source, bucket, row);
                 if let [row] = chunk {
-                    return self.cql.execute(&self.s.insert, values(row)).await.map(drop);
+                    return self
+                        .cql
+                        .execute(&self.s.insert, values(row))
+                        .await
+                        .map(drop);
                 }
                 let values: Vec<_> = chunk.iter().map(values).collect();
                 if chunk.len() == BATCH_ROWS {
@@ -258,7 +262,8 @@ impl RecordStore for CqlRecords {
         let arrived: Vec<(String, Vec<u8>)> = by_source
             .iter()
             .map(|(source, rows)| {
-                let slices: Vec<&[u8]> = rows.iter().map(|(_, row)| row.encoded.as_slice()).collect();
+                let slices: Vec<&[u8]> =
+                    rows.iter().map(|(_, row)| row.encoded.as_slice()).collect();
                 (source.clone(), frame_batch(&slices))
             })
             .collect();

@@ -8,6 +8,9 @@ use std::{env, fs, path::PathBuf};
 /// Every service's protos. A new service adds its file here and a module in
 /// `src/lib.rs`.
 const PROTOS: &[&str] = &[
+    // `google.api.http` (HTTP/JSON bindings, transcoded by the gateway).
+    "google/api/http.proto",
+    "google/api/annotations.proto",
     "munity/options/v1/options.proto",
     "munity/domain/v1/domain.proto",
     "munity/users/v1/users.proto",

@@ -36,6 +36,13 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  # The virtualenv of the HTTP/JSON tests' Python clients (Debian splits
+  # venv/ensurepip out of python3).
+  if ! python3 -c 'import ensurepip' 2>/dev/null; then
+    log "installing python3-venv"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
   # The browser the gRPC-web test drives through playwright-core.
   if ! command -v chromium >/dev/null; then
     log "installing chromium"
@@ -79,6 +86,22 @@ if [[ ! -d $grpc_web_clients/node_modules || $grpc_web_clients/package-lock.json
   touch "$grpc_web_clients/node_modules"
 fi
 # --- end npm clients ---
+
+# --- Python clients (HTTP/JSON tests) ---
+# gateway/tests/http_json.rs and munity/tests/http_json_dev.rs drive the
+# gateway with Python requests, sseclient-py and schemathesis, from a
+# virtualenv outside the clone (Debian's python3 is externally managed),
+# pinned in gateway/tests/http-json/requirements.txt.
+python_venv=${MUNITY_TEST_VENV:-$HOME/.cache/munity-venv}
+python_requirements=gateway/tests/http-json/requirements.txt
+if [[ ! -x $python_venv/bin/python || $python_requirements -nt $python_venv/.installed ]]; then
+  log "pip install -r $python_requirements into $python_venv"
+  python3 -m venv "$python_venv"
+  "$python_venv/bin/pip" install -q --disable-pip-version-check -r "$python_requirements"
+  touch "$python_venv/.installed"
+fi
+export MUNITY_TEST_PYTHON="$python_venv/bin/python"
+# --- end Python clients ---
 
 # --- checks ----------------------------------------------------------------
 log "cargo fmt --check"

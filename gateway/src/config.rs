@@ -84,6 +84,9 @@ pub struct GatewayConfig {
     /// or is closed; so must an idle HTTP/1.1 keep-alive connection its
     /// next one, within 60 s plus this. Bounds slow and idle clients.
     pub request_header_timeout_ms: u64,
+    /// Largest JSON request body accepted over HTTP/JSON (413 beyond); it
+    /// must arrive within `request_header_timeout_ms`.
+    pub max_json_body_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -111,6 +114,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
             request_header_timeout_ms: 10_000,
+            max_json_body_bytes: 1 << 20,
         }
     }
 }
@@ -178,6 +182,9 @@ pub struct RouteConfig {
     /// The service name active health checks ask about (default: the
     /// route's first service).
     pub health_service: Option<String>,
+    /// Serve the route's methods that have `google.api.http` bindings as
+    /// HTTP/JSON too (404 when off).
+    pub http_json: bool,
 }
 
 impl RouteConfig {
@@ -227,6 +234,7 @@ impl Default for RouteConfig {
             default_timeout_ms: 30_000,
             max_timeout_ms: 300_000,
             health_service: None,
+            http_json: true,
         }
     }
 }

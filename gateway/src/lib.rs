@@ -12,6 +12,8 @@
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
 //! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC.
+//! - `http_json/`: HTTP/JSON transcoding from `google.api.http` bindings,
+//!   NDJSON and Server-Sent Event streams, the OpenAPI document and `/docs`.
 //! - `cors.rs`: CORS for browsers: preflights, allowed origins.
 //! - `connections.rs`: the accept loop: connection caps, and a deadline for
 //!   each connection's next request (slow and idle clients).
@@ -30,6 +32,7 @@ mod edge_health;
 mod grpc;
 mod grpc_web;
 mod health;
+pub mod http_json;
 mod limits;
 mod metrics;
 mod outlier;
@@ -195,7 +198,17 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         },
         drain_streams.clone(),
     );
+    let transcoder = Arc::new(
+        http_json::Transcoder::new(&policy)
+            .map_err(|e| anyhow::anyhow!("an HTTP binding in the protos cannot be served: {e}"))?,
+    );
+    let docs = http_json::openapi::Docs::new(&transcoder);
     let gateway = proxy::Gateway {
+        http: transcoder,
+        upstreams: http_json::Upstreams::default(),
+        max_json_body_bytes: config.max_json_body_bytes,
+        json_body_timeout: Duration::from_millis(config.request_header_timeout_ms.max(1)),
+        docs,
         connections: connections.clone(),
         routes,
         auth: verifier,
@@ -279,6 +292,14 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         shutdown_signal: Box::new(TokenSignal(shutdown)),
     });
     Ok(())
+}
+
+/// The OpenAPI document of every HTTP/JSON binding in the compiled protos,
+/// as `/openapi.json` serves it (`munity-gateway openapi` writes it).
+pub fn openapi_document() -> anyhow::Result<String> {
+    let transcoder = http_json::Transcoder::new(&config::policy())
+        .map_err(|e| anyhow::anyhow!("an HTTP binding in the protos cannot be served: {e}"))?;
+    Ok(http_json::openapi::document_text(&transcoder))
 }
 
 /// Binds a listener now, so that a taken address fails start-up by name.

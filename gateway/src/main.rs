@@ -16,10 +16,32 @@ struct Args {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Writes the OpenAPI 3.1 document of the HTTP/JSON API (what
+    /// `/openapi.json` serves), to publish it; `docs/openapi.json` in the
+    /// repository is this output.
+    Openapi {
+        /// The file to write; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Openapi { out }) = &args.command {
+        let document = munity_gateway::openapi_document()?;
+        match out {
+            Some(path) => std::fs::write(path, document)?,
+            None => print!("{document}"),
+        }
+        return Ok(());
+    }
     let source = ConfigSource::load(args.config.as_deref())?;
     let mut config = GatewayConfig::load(&source)?;
     config.claim_listen_addresses()?;

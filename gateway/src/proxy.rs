@@ -30,6 +30,7 @@ use crate::{
     edge_health::{self, EdgeHealth},
     grpc,
     grpc_web::{Encoding, WebCall},
+    http_json::{self, JsonCall, Transcoder, Upstreams},
     limits::{Decision, Limiter},
     metrics,
     outlier::Outliers,
@@ -40,6 +41,8 @@ use crate::{
 /// themselves), and removes any such header a client sends, so that no
 /// upstream ever reads one a client made up.
 const RESERVED_HEADER_PREFIX: &str = "x-munity-";
+
+mod json_call;
 
 /// One upstream (route) and its replicas.
 pub struct Route {
@@ -71,6 +74,15 @@ pub struct Gateway {
     /// Cancelled half way through the shutdown grace period, when calls
     /// still open are ended with UNAVAILABLE.
     pub drain: munity_platform::shutdown::ShutdownToken,
+    /// HTTP/JSON bindings of every method (`google.api.http`).
+    pub http: Arc<Transcoder>,
+    /// Channels the gateway makes HTTP/JSON calls on.
+    pub upstreams: Upstreams,
+    /// Largest JSON request body, and how long it may take to arrive.
+    pub max_json_body_bytes: usize,
+    pub json_body_timeout: Duration,
+    /// `/openapi.json` and `/docs`, made once at start-up.
+    pub docs: http_json::openapi::Docs,
 }
 
 /// Where an admitted call goes.
@@ -98,6 +110,9 @@ pub struct CallCtx {
     peer: Option<SocketAddr>,
     /// Set for gRPC-web calls: how to translate bodies.
     web: Option<WebCall>,
+    /// Set for plain HTTP requests (JSON): the binding they matched, if
+    /// any. Refusals are then answered in JSON with an HTTP status.
+    json: Option<JsonCall>,
     /// The caller's allowed browser origin, echoed in CORS headers.
     origin: Option<String>,
     /// Why the request body could not be decoded (bad base64), in words
@@ -116,6 +131,9 @@ pub struct CallCtx {
 /// The answer that ends a call in `request_filter`, instead of proxying it.
 struct Refusal {
     code: Code,
+    /// For HTTP/JSON calls, a status other than the code's (404 and 405
+    /// for paths no binding serves, 414).
+    http_status: Option<u16>,
     message: String,
     /// Headers besides the CORS ones (e.g. `retry-after`).
     headers: Vec<(&'static str, String)>,
@@ -125,6 +143,7 @@ impl Refusal {
     fn new(code: Code, message: impl Into<String>) -> Self {
         Refusal {
             code,
+            http_status: None,
             message: message.into(),
             headers: Vec::new(),
         }
@@ -146,13 +165,24 @@ impl Gateway {
     ) -> Step<Destination> {
         self.check_header_size(session)?;
         self.check_origin(ctx, origin)?;
-        check_is_grpc(session, ctx)?;
-        let path = session.req_header().uri.path().to_owned();
+        let path = match &ctx.json {
+            Some(call) => json_grpc_path(session, call)?,
+            None => {
+                check_is_grpc(session, ctx)?;
+                session.req_header().uri.path().to_owned()
+            }
+        };
         start_span(session, ctx, &path);
         let destination = self.route(ctx, &path)?;
+        if ctx.json.is_some() && ctx.route.as_ref().is_some_and(|r| !r.config.http_json) {
+            let message = format!("{} is not served over HTTP/JSON here", ctx.service);
+            return Err(Refusal::new(Code::NotFound, message));
+        }
         self.authenticate(session, ctx, &path).await?;
         self.rate_limit(session, ctx, &path).await?;
-        let streaming = self.policy.is_server_streaming(&path);
+        // Streams in either direction get no default deadline (a producer's
+        // IngestStream lasts as long as it produces).
+        let streaming = self.policy.is_long_lived(&path);
         if self.policy.takes_one_request(&path) {
             ctx.request_messages = Some(Default::default());
         }
@@ -270,7 +300,8 @@ impl Gateway {
     }
 }
 
-/// Answers the call with the refusal's status (trailers-only).
+/// Answers the call with the refusal's status (trailers-only), or for an
+/// HTTP/JSON call with its HTTP status and a JSON error.
 async fn refuse(
     session: &mut Session,
     ctx: &mut CallCtx,
@@ -279,7 +310,88 @@ async fn refuse(
     ctx.local_status = Some(refusal.code);
     let mut headers = refusal.headers;
     headers.extend(cors::response_headers(ctx.origin.as_deref()));
+    if ctx.json.is_some() {
+        let mut error = http_json::JsonError::new(refusal.code, refusal.message);
+        if let Some(status) = refusal.http_status {
+            error.http_status = status;
+        }
+        return http_json::respond_error(session, &error, &headers).await;
+    }
     grpc::respond_status(session, refusal.code, &refusal.message, &headers).await
+}
+
+/// The gRPC method an HTTP/JSON request's binding names: 404 for a path
+/// no binding has, 405 for one bound to other verbs only.
+fn json_grpc_path(session: &Session, call: &JsonCall) -> Step<String> {
+    let request = session.req_header();
+    let length = request.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if length > http_json::MAX_PATH_BYTES {
+        return Err(Refusal {
+            http_status: Some(414),
+            ..Refusal::new(
+                Code::InvalidArgument,
+                format!(
+                    "the path is longer than {} bytes",
+                    http_json::MAX_PATH_BYTES
+                ),
+            )
+        });
+    }
+    match &call.route {
+        Some(route) => Ok(route.grpc_path.clone()),
+        None if !call.allowed.is_empty() => {
+            let allowed: Vec<&str> = call.allowed.iter().map(http::Method::as_str).collect();
+            Err(Refusal {
+                http_status: Some(405),
+                headers: vec![("allow", allowed.join(", "))],
+                ..Refusal::new(
+                    Code::Unimplemented,
+                    format!("{} {} is not allowed", request.method, request.uri.path()),
+                )
+            })
+        }
+        None => Err(Refusal::new(
+            Code::NotFound,
+            format!(
+                "no HTTP route for {} {}",
+                request.method,
+                request.uri.path()
+            ),
+        )),
+    }
+}
+
+/// Whether a request is plain HTTP for the JSON bindings rather than gRPC:
+/// not a gRPC content type, and either a path some binding has, or one
+/// that is not shaped like a gRPC method (`/package.Service/Method` keeps
+/// its gRPC answers, e.g. "gRPC calls are POST requests").
+fn classify_http(transcoder: &Transcoder, session: &Session) -> Option<JsonCall> {
+    let request = session.req_header();
+    let grpc_content = request
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/grpc"));
+    if grpc_content {
+        return None;
+    }
+    let path = request.uri.path();
+    match transcoder.find(&request.method, path) {
+        Ok((route, variables)) => Some(JsonCall {
+            route: Some(route),
+            variables,
+            allowed: Vec::new(),
+        }),
+        Err(allowed) => {
+            let grpc_shaped =
+                grpc::split_path(path).is_some_and(|(service, _)| service.contains('.'));
+            (!grpc_shaped || !allowed.is_empty()).then(|| JsonCall {
+                route: None,
+                variables: Vec::new(),
+                allowed,
+            })
+        }
+    }
 }
 
 /// Not gRPC at all: say so here rather than let the service fail to decode
@@ -425,6 +537,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             peer: None,
             web: None,
+            json: None,
             origin: None,
             bad_request_body: None,
             request_messages: None,
@@ -456,7 +569,16 @@ impl ProxyHttp for Gateway {
             self.cors.preflight(session, origin).await?;
             return Ok(true);
         }
+        if self.docs.serve(session).await? {
+            ctx.local_status = Some(Code::Ok);
+            return Ok(true);
+        }
+        ctx.json = classify_http(&self.http, session);
         match self.admit(session, ctx, origin).await {
+            Ok(Destination::Upstream) if ctx.json.is_some() => {
+                self.serve_json(session, ctx).await?;
+                Ok(true)
+            }
             Ok(Destination::Upstream) => Ok(false),
             Ok(Destination::Health) => {
                 let headers = cors::response_headers(ctx.origin.as_deref());

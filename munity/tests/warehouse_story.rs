@@ -88,6 +88,23 @@ async fn query_all(
     }
 }
 
+/// curl (a plain HTTP client) against the gateway: (status, body).
+async fn curl(args: Vec<String>) -> (u16, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "15", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "curl failed: {output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
 async fn next_record(stream: &mut tonic::Streaming<TailResponse>) -> wh::TailRecord {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(15), stream.message())
@@ -125,7 +142,8 @@ async fn tail(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_warehouse_through_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
-    let (_munity, channel) = start_dev(env!("CARGO_BIN_EXE_munity"), dir.path()).await;
+    let (munity, channel) = start_dev(env!("CARGO_BIN_EXE_munity"), dir.path()).await;
+    let base = format!("http://{}", munity.address("gateway"));
     let (admin, _) = register_as(&channel, "Ops", ADMIN_EMAIL).await;
     let (user, _) = register(&channel, "Ann").await;
     let producer = service_token(&channel, &admin, "sensors", &["warehouse.produce"]).await;
@@ -426,6 +444,79 @@ async fn the_warehouse_through_the_gateway() {
         .await
         .unwrap_err();
     assert_eq!(bad_cursor.code(), Code::InvalidArgument);
+
+    // --- over HTTP/JSON: a device posts readings with curl -------------------
+    let bearer = format!("authorization: Bearer {producer}");
+    let reading_bearer = format!("authorization: Bearer {reader}");
+    let (status, body) = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-H".into(),
+        bearer.clone(),
+        "-d".into(),
+        r#"{"records":[{"source":"sensors.curl","id":"c1","time":"2026-01-01T00:00:00Z","attributes":{"celsius":"3.5"}},
+                       {"source":"sensors.curl","id":"c2","time":"2026-01-01T00:01:00Z","attributes":{"celsius":"4.5"}}]}"#
+            .into(),
+        format!("{base}/v1/warehouse/records"),
+    ])
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""accepted":"2""#), "{body}");
+    let (status, body) = curl(vec![
+        "-H".into(),
+        reading_bearer.clone(),
+        format!(
+            "{base}/v1/warehouse/sources/sensors.curl/records?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&order=ORDER_DESCENDING&pageSize=1"
+        ),
+    ])
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["records"][0]["id"], "c2");
+    assert!(
+        page["nextPageToken"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    let (status, body) = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        bearer.clone(),
+        "-d".into(),
+        r#"{"records":[{"source":"sensors.curl"},{"source":"BAD"}]}"#.into(),
+        format!("{base}/v1/warehouse/records"),
+    ])
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("records[1].source"), "{body}");
+    // The same tail over NDJSON: a plain HTTP client follows the source.
+    let url = format!(
+        "{base}/v1/warehouse/sources/{live}/tail?after={}",
+        m2.cursor
+    );
+    let body = tokio::task::spawn_blocking(move || {
+        // Ends by curl's own time limit: the stream itself goes on.
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "-N", "--max-time", "3", "-H", &reading_bearer, &url])
+            .output()
+            .expect("curl runs");
+        String::from_utf8(output.stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    let ids: Vec<String> = body
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|event| {
+            event["result"]["record"]["record"]["id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(ids, ["m3", "m4", "m5", "m6"]);
 
     // --- activity: domain events as records of domain.<service> -------------
     UsersClient::new(channel.clone())

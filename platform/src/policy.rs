@@ -11,6 +11,10 @@
 //! }
 //! ```
 //!
+//! HTTP/JSON bindings (`option (google.api.http)`) are read here too, and
+//! the descriptor pool is kept, so the gateway transcodes from the same one
+//! reading of the descriptors.
+//!
 //! The gateway and every service's [`GrpcHost`](crate::server::GrpcHost)
 //! read the same [`MethodPolicy`], so the edge and the services cannot
 //! disagree about what needs a token. Infrastructure services that every
@@ -29,6 +33,23 @@ pub const ALWAYS_PUBLIC_SERVICES: &[&str] = &[
 
 const METHOD_OPTION: &str = "munity.options.v1.method";
 const SERVICE_OPTION: &str = "munity.options.v1.service";
+const HTTP_OPTION: &str = "google.api.http";
+
+/// One HTTP binding of a method (`google.api.http`), as declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpBinding {
+    /// The method's gRPC path, `/package.Service/Method`.
+    pub grpc_path: String,
+    /// The HTTP verb, upper case (`GET`, `POST`, ...).
+    pub verb: String,
+    /// The path template, e.g. `/v1/events/{event_id}`.
+    pub template: String,
+    /// The request field the body maps to: `*`, a field name, or empty
+    /// (no body).
+    pub body: String,
+    /// The response field that is the body; empty for the whole message.
+    pub response_body: String,
+}
 
 /// A default rate limit declared on a method: `requests` per `per_secs`
 /// seconds, bursts up to `burst`.
@@ -71,8 +92,16 @@ pub struct MethodPolicy {
     /// Full paths of methods that take one request message (unary and
     /// server-streaming).
     one_request: HashSet<String>,
+    /// Full paths of client-streaming methods (e.g. continuous producers).
+    client_streaming: HashSet<String>,
     /// Munity services that declare their upstream.
     services: Vec<RoutedService>,
+    /// Every `google.api.http` binding, additional bindings included.
+    http_bindings: Vec<HttpBinding>,
+    /// Server streams that resume (`resume_field`), by full path.
+    resume_fields: BTreeMap<String, String>,
+    /// The descriptors themselves (messages, fields, comments).
+    pool: DescriptorPool,
 }
 
 impl MethodPolicy {
@@ -86,7 +115,11 @@ impl MethodPolicy {
         }
         let method_option = pool.get_extension_by_name(METHOD_OPTION);
         let service_option = pool.get_extension_by_name(SERVICE_OPTION);
-        let mut policy = MethodPolicy::default();
+        let http_option = pool.get_extension_by_name(HTTP_OPTION);
+        let mut policy = MethodPolicy {
+            pool: pool.clone(),
+            ..MethodPolicy::default()
+        };
         for service in pool.services() {
             let service_name = service.full_name().to_owned();
             if let Some(routing) = extension(&service.options(), service_option.as_ref()) {
@@ -106,7 +139,9 @@ impl MethodPolicy {
                 if method.is_server_streaming() {
                     policy.streaming.insert(path.clone());
                 }
-                if !method.is_client_streaming() {
+                if method.is_client_streaming() {
+                    policy.client_streaming.insert(path.clone());
+                } else {
                     policy.one_request.insert(path.clone());
                 }
                 let declared = extension(&method.options(), method_option.as_ref());
@@ -117,6 +152,16 @@ impl MethodPolicy {
                     .unwrap_or(false);
                 if public || always_public {
                     policy.public.insert(path.clone());
+                }
+                if let Some(rule) = extension(&method.options(), http_option.as_ref()) {
+                    http_bindings(&path, &rule, true, &mut policy.http_bindings);
+                }
+                let resume_field = declared
+                    .as_ref()
+                    .map(|m| str_field(m, "resume_field"))
+                    .unwrap_or_default();
+                if !resume_field.is_empty() {
+                    policy.resume_fields.insert(path.clone(), resume_field);
                 }
                 if let Some(quota) = declared.as_ref().and_then(|m| message_field(m, "quota")) {
                     policy.quotas.insert(
@@ -151,6 +196,12 @@ impl MethodPolicy {
         self.streaming.contains(path)
     }
 
+    /// Whether calls of `path` may rightly last as long as the client
+    /// wants (server or client streaming): no default deadline at the edge.
+    pub fn is_long_lived(&self, path: &str) -> bool {
+        self.streaming.contains(path) || self.client_streaming.contains(path)
+    }
+
     /// Whether `path` is a known method that takes exactly one request
     /// message (unary or server-streaming).
     pub fn takes_one_request(&self, path: &str) -> bool {
@@ -165,6 +216,21 @@ impl MethodPolicy {
     /// The Munity services and the upstream serving each.
     pub fn services(&self) -> &[RoutedService] {
         &self.services
+    }
+
+    /// Every method's HTTP/JSON bindings, in declaration order.
+    pub fn http_bindings(&self) -> &[HttpBinding] {
+        &self.http_bindings
+    }
+
+    /// The request field a resumable server stream takes its positions in.
+    pub fn resume_field(&self, path: &str) -> Option<&str> {
+        self.resume_fields.get(path).map(String::as_str)
+    }
+
+    /// The descriptor pool the policy was read from.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
     }
 
     /// Services grouped by upstream name (`users` → [`munity.users.v1.Users`]),
@@ -193,6 +259,39 @@ fn extension(
     match options.get_extension(ext).as_ref() {
         Value::Message(message) => Some(message.clone()),
         _ => None,
+    }
+}
+
+/// A `google.api.HttpRule` and (at the top level only, as the rule says)
+/// its additional bindings. A rule without a pattern binds nothing.
+fn http_bindings(path: &str, rule: &DynamicMessage, top: bool, into: &mut Vec<HttpBinding>) {
+    let pattern = ["get", "put", "post", "delete", "patch"]
+        .into_iter()
+        .find(|verb| rule.has_field_by_name(verb))
+        .map(|verb| (verb.to_ascii_uppercase(), str_field(rule, verb)))
+        .or_else(|| {
+            message_field(rule, "custom")
+                .map(|custom| (str_field(&custom, "kind"), str_field(&custom, "path")))
+        });
+    if let Some((verb, template)) = pattern {
+        into.push(HttpBinding {
+            grpc_path: path.to_owned(),
+            verb,
+            template,
+            body: str_field(rule, "body"),
+            response_body: str_field(rule, "response_body"),
+        });
+    }
+    if top
+        && let Some(Value::List(more)) = rule
+            .get_field_by_name("additional_bindings")
+            .map(|v| v.into_owned())
+    {
+        for binding in more {
+            if let Value::Message(binding) = binding {
+                http_bindings(path, &binding, false, into);
+            }
+        }
     }
 }
 
@@ -253,11 +352,45 @@ mod tests {
     }
 
     #[test]
+    fn http_bindings_and_resume_fields_come_from_the_protos() {
+        let policy = policy();
+        let get_me = policy
+            .http_bindings()
+            .iter()
+            .find(|b| b.grpc_path == "/munity.users.v1.Users/GetMe")
+            .unwrap();
+        assert_eq!(
+            (get_me.verb.as_str(), get_me.template.as_str()),
+            ("GET", "/v1/me")
+        );
+        let login = policy
+            .http_bindings()
+            .iter()
+            .find(|b| b.grpc_path == "/munity.users.v1.Users/Login")
+            .unwrap();
+        assert_eq!((login.verb.as_str(), login.body.as_str()), ("POST", "*"));
+        assert_eq!(
+            policy.resume_field("/munity.notify.v1.Notify/Subscribe"),
+            Some("resume")
+        );
+        assert!(
+            policy
+                .pool()
+                .get_message_by_name("munity.users.v1.User")
+                .is_some()
+        );
+    }
+
+    #[test]
     fn streaming_methods_and_upstreams() {
         let policy = policy();
         assert!(policy.is_server_streaming("/grpc.health.v1.Health/Watch"));
         assert!(!policy.is_server_streaming("/grpc.health.v1.Health/Check"));
         assert!(!policy.is_server_streaming("/munity.users.v1.Users/Login"));
+        assert!(policy.is_long_lived("/munity.warehouse.v1.Warehouse/IngestStream"));
+        assert!(policy.is_long_lived("/munity.warehouse.v1.Warehouse/Tail"));
+        assert!(!policy.is_long_lived("/munity.warehouse.v1.Warehouse/Ingest"));
+        assert!(!policy.takes_one_request("/munity.warehouse.v1.Warehouse/IngestStream"));
         let upstreams = policy.upstreams();
         assert_eq!(
             upstreams.get("users"),

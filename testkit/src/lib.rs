@@ -179,6 +179,49 @@ pub fn grpcurl() -> Option<PathBuf> {
     missing("grpcurl", "scripts/test.sh installs it with `go install`")
 }
 
+/// The Python of the test virtualenv (`MUNITY_TEST_PYTHON`, which
+/// `scripts/test.sh` makes with pinned `requests`, `sseclient-py` and
+/// `schemathesis`). `None` (a skip) when unset, which CI never allows.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("MUNITY_TEST_PYTHON").map(PathBuf::from) {
+        Some(python) if python.exists() => Some(python),
+        _ => missing(
+            "the test virtualenv (MUNITY_TEST_PYTHON)",
+            "scripts/test.sh makes it and exports MUNITY_TEST_PYTHON",
+        ),
+    }
+}
+
+/// Runs `python <script> <args>` from the gateway's HTTP/JSON test clients
+/// (`gateway/tests/http-json/`) and asserts it succeeds, showing what it
+/// printed either way.
+pub async fn python_script(python: &Path, script: &str, args: Vec<String>) {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("gateway/tests/http-json");
+    let python = python.to_owned();
+    let name = script.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(&name)
+            .args(&args)
+            .current_dir(&scripts)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()))
+    })
+    .await
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    print!("{stdout}");
+}
+
 /// A config for the CQL test server (`MUNITY_TEST_CQL`, comma-separated
 /// `host:port`s; `scripts/cassandra.sh start` prints it) with a keyspace
 /// named `<prefix>_<start time>`, the same for every call in this test

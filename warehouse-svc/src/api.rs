@@ -38,6 +38,12 @@ const MAX_PAGE: u32 = 1_000;
 /// Records read per storage round trip by Export, Aggregate and Tail.
 const SCAN_PAGE: usize = 1_000;
 const TAIL_READ: usize = 256;
+/// Records Export reads per round trip: with the largest payloads, a page
+/// held for a slow client stays a few MiB.
+const EXPORT_PAGE: usize = 100;
+/// A Query page is cut short past this many bytes of records (clients
+/// refuse messages over 4 MiB by default); its token goes on from there.
+const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -45,7 +51,9 @@ pub struct WarehouseApi {
     ingestor: Ingestor,
     store: Arc<dyn RecordStore>,
     config: Arc<WarehouseConfig>,
-    tails: Arc<Semaphore>,
+    /// Open Tails and Exports on this replica.
+    streams: Arc<Semaphore>,
+    /// Storage scans running at once (Aggregate, Export page reads).
     scans: Arc<Semaphore>,
 }
 
@@ -54,7 +62,7 @@ impl WarehouseApi {
         WarehouseApi {
             store: ingestor.store.clone(),
             ingestor,
-            tails: Arc::new(Semaphore::new(config.max_tails.max(1))),
+            streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
             scans: Arc::new(Semaphore::new(config.max_scans.max(1))),
             config: Arc::new(config),
         }
@@ -79,12 +87,24 @@ impl WarehouseApi {
     }
 
     async fn scan_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        self.scans
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Status::unavailable("shutting down"))
+        scan_permit(&self.scans).await
     }
+
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(
+                "too many tails and exports are open on this replica; try again later",
+            )
+        })
+    }
+}
+
+async fn scan_permit(scans: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Status> {
+    scans
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Status::unavailable("shutting down"))
 }
 
 /// Admins, and service tokens with the produce scope (for any source or
@@ -298,14 +318,22 @@ impl Warehouse for WarehouseApi {
             .read(&range, after.as_ref(), page + 1)
             .await
             .map_err(WarehouseError::from)?;
-        let next_page_token = if records.len() > page {
-            records.truncate(page);
-            records
-                .last()
-                .map(|last| encode_page_token(&range, &RecordKey::of(last)))
-                .unwrap_or_default()
-        } else {
-            String::new()
+        // At most `page` records, and at most MAX_PAGE_BYTES of them (but
+        // at least one); the token goes on after the last one kept.
+        let mut keep = records.len().min(page);
+        let mut bytes = 0;
+        for (index, record) in records.iter().enumerate().take(keep) {
+            bytes += prost::Message::encoded_len(record);
+            if bytes > MAX_PAGE_BYTES && index > 0 {
+                keep = index;
+                break;
+            }
+        }
+        let more = records.len() > keep;
+        records.truncate(keep);
+        let next_page_token = match records.last() {
+            Some(last) if more => encode_page_token(&range, &RecordKey::of(last)),
+            _ => String::new(),
         };
         Ok(Response::new(QueryResponse {
             records,
@@ -327,9 +355,10 @@ impl Warehouse for WarehouseApi {
             request.to.as_ref(),
             request.order,
         )?;
-        let permit = self.scan_permit().await?;
+        let permit = self.stream_permit()?;
         let state = ExportState {
             store: self.store.clone(),
+            scans: self.scans.clone(),
             range,
             after: None,
             pending: VecDeque::new(),
@@ -463,9 +492,7 @@ impl Warehouse for WarehouseApi {
                 Some(cursor)
             }
         };
-        let permit = self.tails.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted("too many tails are open on this replica; try again later")
-        })?;
+        let permit = self.stream_permit()?;
         let cursor = match after {
             Some(cursor) => Some(cursor),
             None => self
@@ -494,9 +521,12 @@ impl Warehouse for WarehouseApi {
     }
 }
 
-/// Export's position: reads a page when the last one is sent.
+/// Export's position: reads a page when the last one is sent, holding a
+/// scan permit only while it reads (a client that stops reading holds its
+/// stream slot, not other callers' scans).
 struct ExportState {
     store: Arc<dyn RecordStore>,
+    scans: Arc<Semaphore>,
     range: Range,
     after: Option<RecordKey>,
     pending: VecDeque<Record>,
@@ -507,19 +537,23 @@ struct ExportState {
 impl ExportState {
     async fn next(mut self) -> Option<(Result<Record, Status>, Self)> {
         if self.pending.is_empty() && !self.done {
-            match self
-                .store
-                .read(&self.range, self.after.as_ref(), SCAN_PAGE)
-                .await
-            {
+            let read = match scan_permit(&self.scans).await {
+                Ok(_permit) => self
+                    .store
+                    .read(&self.range, self.after.as_ref(), EXPORT_PAGE)
+                    .await
+                    .map_err(|e| Status::from(WarehouseError::from(e))),
+                Err(status) => Err(status),
+            };
+            match read {
                 Ok(page) => {
-                    self.done = page.len() < SCAN_PAGE;
+                    self.done = page.len() < EXPORT_PAGE;
                     self.after = page.last().map(RecordKey::of);
                     self.pending.extend(page);
                 }
-                Err(error) => {
+                Err(status) => {
                     self.done = true;
-                    return Some((Err(WarehouseError::from(error).into()), self));
+                    return Some((Err(status), self));
                 }
             }
         }

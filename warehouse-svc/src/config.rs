@@ -30,8 +30,8 @@ pub struct WarehouseConfig {
     pub tail_settle_ms: u64,
     /// A heartbeat on every Tail idle this long.
     pub heartbeat_secs: u64,
-    /// Tails open at once on this replica.
-    pub max_tails: usize,
+    /// Tails and Exports open at once on this replica.
+    pub max_streams: usize,
     /// Exports and Aggregates running at once on this replica (others
     /// wait their turn, within their deadline).
     pub max_scans: usize,
@@ -54,7 +54,7 @@ impl Default for WarehouseConfig {
             tail_poll_ms: 250,
             tail_settle_ms: 1_000,
             heartbeat_secs: 15,
-            max_tails: 1_024,
+            max_streams: 1_024,
             max_scans: 8,
             aggregate_max_records: 1_000_000,
             cql_write_concurrency: 64,

@@ -39,11 +39,13 @@
 #          [--streams 8] [--batch 1000] [--duration 10] [--record-bytes 200]
 #          [--cql-concurrency 64] [--queries 1000] [--settle 5]
 #          [--cql 127.0.0.1:9042] [--server-threads N] [--client-threads N]
-#          [--perf] [--keep]
+#          [--plain-first] [--perf] [--keep]
 #   --profile: cargo profile to build and run (dev: to try the script out,
 #   not for figures). Binaries go to $CARGO_TARGET_DIR (default
 #   ~/.cache/munity-bench-target-wh).
 #   --server-threads: warehouse-svc's tokio workers (default: one per core).
+#   --plain-first: in b, run the plain writers before warehouse-svc's
+#   ingest instead of after (to see whether the order matters).
 #   --perf: perf record (dwarf call graphs) of warehouse-svc during each
 #   ingest (a, b); summaries in results/perf_<case>.data.txt (figures with
 #   --perf are lower: not for the table).
@@ -65,6 +67,7 @@ SERVER_THREADS=""
 CLIENT_THREADS=""
 PERF=0
 KEEP=0
+PLAIN_FIRST=0
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -84,6 +87,7 @@ while [[ $# -gt 0 ]]; do
     --server-threads) SERVER_THREADS="$2"; shift 2 ;;
     --client-threads) CLIENT_THREADS="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
+    --plain-first) PLAIN_FIRST=1; shift ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -342,11 +346,18 @@ if has_case b; then
 nodes = [\"$CQL\"]
 keyspace = \"$SVC_KEYSPACE\""
   B_PID=$WAREHOUSE_PID
+  if [[ $PLAIN_FIRST -eq 1 ]]; then
+    run_plain plain 0
+    run_plain plain-arrivals "$BATCH"
+    ((SETTLE == 0)) || { log "settling $SETTLE s"; sleep "$SETTLE"; }
+  fi
   perf_start "$B_PID" "$TMP/results/perf_b.data"
   run_ingest cql "$B_ADDR" "$B_PID" "$CQL_PID"
   perf_finish "$TMP/results/perf_b.data"
-  run_plain plain 0
-  run_plain plain-arrivals "$BATCH"
+  if [[ $PLAIN_FIRST -eq 0 ]]; then
+    run_plain plain 0
+    run_plain plain-arrivals "$BATCH"
+  fi
 fi
 
 if has_case a; then run_query embedded "$A_ADDR"; fi

@@ -17,7 +17,8 @@ fn config() -> WarehouseConfig {
         tail_settle_ms: 0,
         ..WarehouseConfig::default()
     };
-    config.source_ttl_secs.insert("short-lived.*".into(), 1);
+    // Long enough to be read back on a loaded machine before it expires.
+    config.source_ttl_secs.insert("short-lived.*".into(), 4);
     config
 }
 
@@ -270,7 +271,7 @@ mod cases {
             }
         };
         assert_eq!((all(kept.clone()).await, all(short.clone()).await), (1, 1));
-        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        tokio::time::sleep(Duration::from_millis(4_600)).await;
         assert_eq!((all(kept).await, all(short).await), (1, 0));
     }
 }

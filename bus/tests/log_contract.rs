@@ -233,7 +233,20 @@ async fn embedded_positions_survive_a_restart() {
         let got = consumer.next(3, Duration::from_millis(100)).await.unwrap();
         consumer.ack(&[got[0].id.clone()]).await.unwrap();
     }
-    let log = EmbeddedLog::open(dir.path(), 1_000).unwrap();
+    // The dropped log's group-commit flusher (a background task holding the
+    // database) may still be finishing: wait for it to let go of the file.
+    let mut tries = 0;
+    let log = loop {
+        match EmbeddedLog::open(dir.path(), 1_000) {
+            Ok(log) => break log,
+            Err(error) if tries < 50 => {
+                tries += 1;
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("{error:#}"),
+        }
+    };
     assert_eq!(log.lag("g").await.unwrap(), 4);
     let mut consumer = log.join("g", "c2").await.unwrap();
     let fresh = consumer.next(10, Duration::from_millis(100)).await.unwrap();

@@ -239,9 +239,8 @@ async fn embedded_positions_survive_a_restart() {
     let log = loop {
         match EmbeddedLog::open(dir.path(), 1_000) {
             Ok(log) => break log,
-            Err(error) if tries < 50 => {
+            Err(_) if tries < 50 => {
                 tries += 1;
-                let _ = error;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => panic!("{error:#}"),

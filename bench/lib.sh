@@ -30,3 +30,39 @@ wait_for_line() {  # wait_for_line FILE PATTERN PID SECONDS
     sleep 0.1
   done
 }
+
+stop_pid() {  # stop_pid PID: SIGTERM, up to 10 s, then SIGKILL
+  local pid=$1
+  [[ -n "$pid" ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "pid $pid did not stop in 10 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+stop_all() {  # stop_all PID...: SIGTERM to all at once, then stop_pid each (so they stop in parallel)
+  local pid
+  for pid in "$@"; do [[ -z "$pid" ]] || kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do stop_pid "$pid"; done
+}
+
+finish_tmp() {  # finish_tmp STATUS: keep $TMP (with --keep, or after a failure) or remove it
+  [[ -n "${TMP:-}" ]] || return 0
+  if [[ ${KEEP:-0} -eq 1 || $1 -ne 0 ]]; then
+    log "logs and results kept in $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+}
+
+in_background() {  # in_background CMD...: runs it as CHILD_PID and waits (signals are handled at once)
+  "$@" &
+  CHILD_PID=$!
+  local status=0
+  wait "$CHILD_PID" || status=$?
+  CHILD_PID=""
+  return "$status"
+}

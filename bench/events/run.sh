@@ -126,17 +126,7 @@ cleanup() {
   for pid in "${REGISTER_PIDS[@]}"; do
     [[ -z "$pid" ]] || { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
   done
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid did not stop in 10 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
+  stop_all "${PIDS[@]}"
   # The CQL backend's data: its keyspaces and its event-log stream.
   if ((${#CQL_KEYSPACES[@]})) && [[ -n "$CQL_NODE" ]]; then
     python3 "$HERE/cql_drop.py" "$CQL_NODE" "${CQL_KEYSPACES[@]}" \
@@ -153,13 +143,7 @@ cleanup() {
     log "stopping the Redis this run started"
     bash "$REPO/scripts/redis.sh" stop >&2 || true
   fi
-  if [[ -n "$TMP" ]]; then
-    if [[ $KEEP -eq 1 || $status -ne 0 ]]; then
-      log "logs and results kept in $TMP"
-    else
-      rm -rf "$TMP"
-    fi
-  fi
+  finish_tmp "$status"
   exit "$status"
 }
 trap cleanup EXIT

@@ -65,9 +65,8 @@ cleanup() {
   local status=$? pid
   trap - EXIT INT TERM
   [[ -n "$LOAD_PID" ]] && { kill -TERM "$LOAD_PID" 2>/dev/null || true; wait "$LOAD_PID" 2>/dev/null || true; }
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ $KEEP -eq 1 || $status -ne 0 ]]; then log "logs and results kept in $TMP"; else rm -rf "$TMP"; fi
+  stop_all "${PIDS[@]}"
+  finish_tmp "$status"
   exit "$status"
 }
 trap cleanup EXIT

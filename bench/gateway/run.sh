@@ -125,26 +125,9 @@ GHZ_PID=""        # the running load client (ghz, or streams.py with --streams)
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  local pid
   if [[ -n "$GHZ_PID" ]]; then kill -TERM "$GHZ_PID" 2>/dev/null || true; wait "$GHZ_PID" 2>/dev/null || true; fi
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "pid $pid did not stop in 10 s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ -n "$TMP" ]]; then
-    if [[ $KEEP -eq 1 || $status -ne 0 ]]; then
-      log "logs and results kept in $TMP"
-    else
-      rm -rf "$TMP"
-    fi
-  fi
+  stop_all "${PIDS[@]}"
+  finish_tmp "$status"
   exit "$status"
 }
 trap cleanup EXIT

@@ -119,47 +119,18 @@ NOTIFY_PID=""      # the current notify-svc
 CHILD_PID=""       # notify-load or perf, waited for in the background
 PERF_PID=""
 
-stop_pid() {  # stop_pid PID: SIGTERM, up to 10 s, then SIGKILL
-  local pid=$1
-  [[ -n "$pid" ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop in 10 s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  local pid
   [[ -z "$CHILD_PID" ]] || stop_pid "$CHILD_PID"
   [[ -z "$PERF_PID" ]] || { kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; }
-  stop_pid "$NOTIFY_PID"
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [[ -n "$TMP" ]]; then
-    if [[ $KEEP -eq 1 || $status -ne 0 ]]; then
-      log "logs and results kept in $TMP"
-    else
-      rm -rf "$TMP"
-    fi
-  fi
+  stop_all "$NOTIFY_PID" "${PIDS[@]}"
+  finish_tmp "$status"
   exit "$status"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-in_background() {  # in_background CMD...: runs it as CHILD_PID and waits (signals are handled at once)
-  "$@" &
-  CHILD_PID=$!
-  local status=0
-  wait "$CHILD_PID" || status=$?
-  CHILD_PID=""
-  return "$status"
-}
 
 COMMON_ENV=(RUST_LOG=warn)
 

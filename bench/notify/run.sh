@@ -217,7 +217,7 @@ TOML
 }
 
 publish_token() {
-  NOTIFY_LOAD_CLIENT_SECRET="$SERVICE_CLIENT_SECRET" \
+  BENCH_CLIENT_SECRET="$SERVICE_CLIENT_SECRET" \
     "$LOAD_BIN" service-token --users "http://$USERS_ADDR" --client-id "$SERVICE_CLIENT_ID"
 }
 

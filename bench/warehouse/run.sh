@@ -42,7 +42,7 @@
 #          [--plain-first] [--perf] [--keep]
 #   --profile: cargo profile to build and run (dev: to try the script out,
 #   not for figures). Binaries go to $CARGO_TARGET_DIR (default
-#   ~/.cache/munity-bench-target-wh).
+#   ~/.cache/munity-bench-target).
 #   --server-threads: warehouse-svc's tokio workers (default: one per core).
 #   --plain-first: in b, run the plain writers before warehouse-svc's
 #   ingest instead of after (to see whether the order matters).
@@ -105,7 +105,7 @@ has_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target-wh}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
 case "$PROFILE" in
   dev|test) PROFILE_DIR=debug ;;
   bench) PROFILE_DIR=release ;;
@@ -195,7 +195,7 @@ TOML
 }
 
 token() {
-  WAREHOUSE_LOAD_CLIENT_SECRET="$SERVICE_CLIENT_SECRET" \
+  BENCH_CLIENT_SECRET="$SERVICE_CLIENT_SECRET" \
     "$LOAD_BIN" service-token --users "http://$USERS_ADDR" --client-id "$SERVICE_CLIENT_ID"
 }
 

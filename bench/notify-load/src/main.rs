@@ -33,18 +33,19 @@ use std::{
 
 use anyhow::{Context, bail};
 use base64::Engine;
+use bench_kit::{
+    HealthArgs, ServiceTokenArgs, connect, cpu_secs, histogram, register_or_login, service_account,
+    unique, with_bearer,
+};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use munity_proto::{
     notify::v1::{self as notify, notify_client::NotifyClient, subscribe_response::Message},
-    users::v1::{self as users, users_client::UsersClient},
+    users::v1::users_client::UsersClient,
 };
 use serde::{Deserialize, Serialize};
-use tonic::{
-    Code, Request, Streaming,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Streaming, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Parser)]
@@ -80,17 +81,6 @@ struct ReportArgs {
     /// Target: notify-svc's resident memory per stream at most this (KiB).
     #[arg(long, default_value_t = 16.0)]
     rss_target_kib: f64,
-}
-
-#[derive(clap::Args)]
-struct HealthArgs {
-    #[arg(long)]
-    target: String,
-    /// The service asked about ("" for the server as a whole).
-    #[arg(long, default_value = "")]
-    service: String,
-    #[arg(long, default_value_t = 30)]
-    timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -169,16 +159,6 @@ struct SetupArgs {
     password: String,
 }
 
-#[derive(clap::Args)]
-struct ServiceTokenArgs {
-    #[arg(long)]
-    users: String,
-    #[arg(long)]
-    client_id: String,
-    #[arg(long, env = "NOTIFY_LOAD_CLIENT_SECRET", hide_env_values = true)]
-    client_secret: String,
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match &cli.command {
@@ -194,25 +174,14 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run(*args).await,
             Command::Setup(args) => setup(args).await,
-            Command::ServiceToken(args) => service_token(args).await,
+            Command::ServiceToken(args) => bench_kit::service_token(args).await,
             Command::Report(args) => report(&args),
-            Command::Health(args) => health(args).await,
+            Command::Health(args) => bench_kit::health(args).await,
         }
     })
 }
 
 // ------------------------------------------------------------------ helpers
-
-fn with_bearer<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .context("the token is not a valid header value")?,
-    );
-    Ok(request)
-}
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -242,16 +211,6 @@ fn status_field(pid: u32, key: &str) -> Option<String> {
 
 fn threads(pid: Option<u32>) -> Option<u64> {
     status_field(pid?, "Threads")?.parse().ok()
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 2 (comm) may hold spaces: count from after its ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on Linux everywhere this runs.
-    Some(ticks as f64 / 100.0)
 }
 
 /// Write system calls (write, writev, send...) a process has made so far.
@@ -284,15 +243,6 @@ fn token_subject(token: &str) -> anyhow::Result<String> {
         .context("the token has no sub")
 }
 
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
-}
-
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
@@ -315,11 +265,6 @@ struct Shared {
 }
 
 const SHARDS: usize = 16;
-
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 10 min, 3 significant figures.
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
 
 impl Shared {
     fn new(streams: usize) -> Self {
@@ -1097,65 +1042,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn health(args: HealthArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Ok(channel) = connect(&args.target).await {
-            let mut health = HealthClient::new(channel);
-            match health
-                .check(HealthCheckRequest {
-                    service: args.service.clone(),
-                })
-                .await
-            {
-                Ok(answer) if answer.get_ref().status == 1 => return Ok(()),
-                Ok(answer) => last = format!("status {}", answer.get_ref().status),
-                Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!(
-        "{} is not SERVING {:?} after {} s ({last})",
-        args.target,
-        args.service,
-        args.timeout_secs
-    )
-}
-
 // -------------------------------------------------------------- set-up
-
-fn unique() -> String {
-    format!("{:x}{:x}", now_micros(), std::process::id())
-}
-
-async fn register_or_login(
-    users: &mut UsersClient<Channel>,
-    email: &str,
-    password: &str,
-    name: &str,
-) -> anyhow::Result<users::AuthResponse> {
-    let registered = users
-        .register(users::RegisterRequest {
-            email: email.to_owned(),
-            password: password.to_owned(),
-            display_name: name.to_owned(),
-        })
-        .await;
-    match registered {
-        Ok(response) => Ok(response.into_inner()),
-        Err(status) if status.code() == Code::AlreadyExists => Ok(users
-            .login(users::LoginRequest {
-                email: email.to_owned(),
-                password: password.to_owned(),
-            })
-            .await
-            .with_context(|| format!("Login {email}"))?
-            .into_inner()),
-        Err(status) => Err(status).with_context(|| format!("Register {email}")),
-    }
-}
 
 async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let mut users = UsersClient::new(connect(&args.users).await?);
@@ -1177,46 +1064,14 @@ async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     println!("ADMIN_TOKEN={}", admin.access_token);
     println!("SUBSCRIBER_ID={subscriber_id}");
     println!("SUBSCRIBER_TOKEN={}", subscriber.access_token);
-    let account = users
-        .create_service_account(with_bearer(
-            users::CreateServiceAccountRequest {
-                name: format!("bench-publisher-{}", unique()),
-                scopes: vec!["notify.publish".to_owned()],
-            },
-            &admin.access_token,
-        )?)
-        .await;
-    let account = match account {
-        Ok(account) => account.into_inner(),
-        Err(status) if status.code() == Code::Unimplemented => {
-            eprintln!(
-                "notify-load setup: CreateServiceAccount is not implemented by this users-svc: {}",
-                status.message()
-            );
-            std::process::exit(3);
-        }
-        Err(status) => return Err(status).context("CreateServiceAccount"),
-    };
-    let client_id = account
-        .account
-        .as_ref()
-        .map(|a| a.id.clone())
-        .context("CreateServiceAccount answered no account")?;
+    let (client_id, client_secret) = service_account(
+        &mut users,
+        &admin.access_token,
+        format!("bench-publisher-{}", unique()),
+        &["notify.publish"],
+    )
+    .await?;
     println!("SERVICE_CLIENT_ID={client_id}");
-    println!("SERVICE_CLIENT_SECRET={}", account.client_secret);
-    Ok(())
-}
-
-async fn service_token(args: ServiceTokenArgs) -> anyhow::Result<()> {
-    let mut users = UsersClient::new(connect(&args.users).await?);
-    let token = users
-        .issue_service_token(users::IssueServiceTokenRequest {
-            client_id: args.client_id,
-            client_secret: args.client_secret,
-        })
-        .await
-        .context("IssueServiceToken")?
-        .into_inner();
-    println!("{}", token.access_token);
+    println!("SERVICE_CLIENT_SECRET={client_secret}");
     Ok(())
 }

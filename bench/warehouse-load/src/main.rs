@@ -41,9 +41,12 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use bench_kit::{
+    HealthArgs, ServiceTokenArgs, connect, cpu_secs, histogram, register_or_login, service_account,
+    unique, with_bearer,
+};
 use clap::{Parser, Subcommand};
 use futures::stream;
-use hdrhistogram::Histogram;
 use munity_proto::{
     users::v1::{self as users, users_client::UsersClient},
     warehouse::v1::{
@@ -59,11 +62,6 @@ use scylla::{
     value::CqlTimestamp,
 };
 use serde::{Deserialize, Serialize};
-use tonic::{
-    Code, Request,
-    transport::{Channel, Endpoint},
-};
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 #[derive(Parser)]
 #[command(about = "Load client for warehouse-svc (bench/warehouse)")]
@@ -236,26 +234,6 @@ struct SetupArgs {
 }
 
 #[derive(clap::Args)]
-struct ServiceTokenArgs {
-    #[arg(long)]
-    users: String,
-    #[arg(long)]
-    client_id: String,
-    #[arg(long, env = "WAREHOUSE_LOAD_CLIENT_SECRET", hide_env_values = true)]
-    client_secret: String,
-}
-
-#[derive(clap::Args)]
-struct HealthArgs {
-    #[arg(long)]
-    target: String,
-    #[arg(long, default_value = "")]
-    service: String,
-    #[arg(long, default_value_t = 30)]
-    timeout_secs: u64,
-}
-
-#[derive(clap::Args)]
 struct ReportArgs {
     files: Vec<PathBuf>,
     /// Target: embedded ingest at least this many records/s.
@@ -286,8 +264,8 @@ fn main() -> anyhow::Result<()> {
             Command::Query(args) => query(args).await,
             Command::PlainCql(args) => plain_cql(args).await,
             Command::Setup(args) => setup(args).await,
-            Command::ServiceToken(args) => service_token(args).await,
-            Command::Health(args) => health(args).await,
+            Command::ServiceToken(args) => bench_kit::service_token(args).await,
+            Command::Health(args) => bench_kit::health(args).await,
             Command::DropKeyspace(args) => drop_keyspace(args).await,
             Command::Report(args) => report(&args),
         }
@@ -296,39 +274,11 @@ fn main() -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------ helpers
 
-fn with_bearer<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .context("the token is not a valid header value")?,
-    );
-    Ok(request)
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {url}"))
 }
 
 fn write_json<T: Serialize>(path: Option<&PathBuf>, value: &T) -> anyhow::Result<()> {
@@ -338,11 +288,6 @@ fn write_json<T: Serialize>(path: Option<&PathBuf>, value: &T) -> anyhow::Result
         std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
-}
-
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 10 min, 3 significant figures.
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
 // ------------------------------------------------------------------ records
@@ -914,110 +859,29 @@ async fn drop_keyspace(args: DropArgs) -> anyhow::Result<()> {
 
 // ------------------------------------------------------------------- set-up
 
-fn unique() -> String {
-    format!("{:x}{:x}", now_ms(), std::process::id())
-}
-
-async fn register_or_login(
-    users: &mut UsersClient<Channel>,
-    email: &str,
-    password: &str,
-    name: &str,
-) -> anyhow::Result<users::AuthResponse> {
-    let registered = users
-        .register(users::RegisterRequest {
-            email: email.to_owned(),
-            password: password.to_owned(),
-            display_name: name.to_owned(),
-        })
-        .await;
-    match registered {
-        Ok(response) => Ok(response.into_inner()),
-        Err(status) if status.code() == Code::AlreadyExists => Ok(users
-            .login(users::LoginRequest {
-                email: email.to_owned(),
-                password: password.to_owned(),
-            })
-            .await
-            .with_context(|| format!("Login {email}"))?
-            .into_inner()),
-        Err(status) => Err(status).with_context(|| format!("Register {email}")),
-    }
-}
-
 async fn setup(args: SetupArgs) -> anyhow::Result<()> {
     let mut users = UsersClient::new(connect(&args.users).await?);
     let admin =
         register_or_login(&mut users, &args.admin_email, &args.password, "Bench admin").await?;
-    let account = users
-        .create_service_account(with_bearer(
-            users::CreateServiceAccountRequest {
-                name: format!("bench-warehouse-{}", unique()),
-                scopes: vec!["warehouse.produce".to_owned(), "warehouse.read".to_owned()],
-            },
-            &admin.access_token,
-        )?)
-        .await
-        .context("CreateServiceAccount")?
-        .into_inner();
-    let client_id = account
-        .account
-        .as_ref()
-        .map(|a| a.id.clone())
-        .context("CreateServiceAccount answered no account")?;
+    let (client_id, client_secret) = service_account(
+        &mut users,
+        &admin.access_token,
+        format!("bench-warehouse-{}", unique()),
+        &["warehouse.produce", "warehouse.read"],
+    )
+    .await?;
     let token = users
         .issue_service_token(users::IssueServiceTokenRequest {
             client_id: client_id.clone(),
-            client_secret: account.client_secret.clone(),
+            client_secret: client_secret.clone(),
         })
         .await
         .context("IssueServiceToken")?
         .into_inner();
     println!("SERVICE_CLIENT_ID={client_id}");
-    println!("SERVICE_CLIENT_SECRET={}", account.client_secret);
+    println!("SERVICE_CLIENT_SECRET={client_secret}");
     println!("SERVICE_TOKEN={}", token.access_token);
     Ok(())
-}
-
-async fn service_token(args: ServiceTokenArgs) -> anyhow::Result<()> {
-    let mut users = UsersClient::new(connect(&args.users).await?);
-    let token = users
-        .issue_service_token(users::IssueServiceTokenRequest {
-            client_id: args.client_id,
-            client_secret: args.client_secret,
-        })
-        .await
-        .context("IssueServiceToken")?
-        .into_inner();
-    println!("{}", token.access_token);
-    Ok(())
-}
-
-async fn health(args: HealthArgs) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Ok(channel) = connect(&args.target).await {
-            let mut health = HealthClient::new(channel);
-            match health
-                .check(HealthCheckRequest {
-                    service: args.service.clone(),
-                })
-                .await
-            {
-                Ok(answer) if answer.get_ref().status == 1 => return Ok(()),
-                Ok(answer) => last = format!("status {}", answer.get_ref().status),
-                Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!(
-        "{} is not SERVING {:?} after {} s ({last})",
-        args.target,
-        args.service,
-        args.timeout_secs
-    )
 }
 
 // ------------------------------------------------------------------- report

@@ -5,11 +5,12 @@
 //! makes). The transcoded calls take the gRPC calls' path: the same
 //! metrics count them, the same quota refuses them.
 
-use std::{net::SocketAddr, process::Command};
+use std::net::SocketAddr;
 
 mod common;
 
 use common::{Gateway, replica, users_routes};
+use munity_testkit::curl;
 
 /// A gateway in front of `users`, with room for the Register calls.
 async fn gateway(users: SocketAddr, route_keys: &str) -> Gateway {
@@ -20,24 +21,6 @@ async fn gateway(users: SocketAddr, route_keys: &str) -> Gateway {
     Gateway::start(users, "health_check_interval_ms = 200", &tables)
         .serving()
         .await
-}
-
-/// `curl -sS <args>`: (HTTP status, body).
-async fn curl(args: &[&str]) -> (u16, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("curl")
-            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
-            .args(&args)
-            .output()
-            .expect("curl runs")
-    })
-    .await
-    .unwrap();
-    assert!(output.status.success(), "curl failed: {output:?}");
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use munity_proto::{
         self as wh, Record, TailResponse, tail_response::Kind, warehouse_client::WarehouseClient,
     },
 };
-use munity_testkit::{ADMIN_EMAIL, register, register_as, service_token, start_dev};
+use munity_testkit::{ADMIN_EMAIL, curl, register, register_as, service_token, start_dev};
 use prost_types::Timestamp;
 use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt;
@@ -86,23 +86,6 @@ async fn query_all(
         }
         page_token = page.next_page_token;
     }
-}
-
-/// curl (a plain HTTP client) against the gateway: (status, body).
-async fn curl(args: Vec<String>) -> (u16, String) {
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "15", "-w", "\n%{http_code}"])
-            .args(&args)
-            .output()
-            .expect("curl runs")
-    })
-    .await
-    .unwrap();
-    assert!(output.status.success(), "curl failed: {output:?}");
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), body.to_owned())
 }
 
 async fn next_record(stream: &mut tonic::Streaming<TailResponse>) -> wh::TailRecord {
@@ -448,26 +431,26 @@ async fn the_warehouse_through_the_gateway() {
     // --- over HTTP/JSON: a device posts readings with curl -------------------
     let bearer = format!("authorization: Bearer {producer}");
     let reading_bearer = format!("authorization: Bearer {reader}");
-    let (status, body) = curl(vec![
-        "-X".into(),
-        "POST".into(),
-        "-H".into(),
-        "content-type: application/json".into(),
-        "-H".into(),
-        bearer.clone(),
-        "-d".into(),
+    let records_url = format!("{base}/v1/warehouse/records");
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        &bearer,
+        "-d",
         r#"{"records":[{"source":"sensors.curl","id":"c1","time":"2026-01-01T00:00:00Z","attributes":{"celsius":"3.5"}},
-                       {"source":"sensors.curl","id":"c2","time":"2026-01-01T00:01:00Z","attributes":{"celsius":"4.5"}}]}"#
-            .into(),
-        format!("{base}/v1/warehouse/records"),
+                       {"source":"sensors.curl","id":"c2","time":"2026-01-01T00:01:00Z","attributes":{"celsius":"4.5"}}]}"#,
+        &records_url,
     ])
     .await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""accepted":"2""#), "{body}");
-    let (status, body) = curl(vec![
-        "-H".into(),
-        reading_bearer.clone(),
-        format!(
+    let (status, body) = curl(&[
+        "-H",
+        &reading_bearer,
+        &format!(
             "{base}/v1/warehouse/sources/sensors.curl/records?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&order=ORDER_DESCENDING&pageSize=1"
         ),
     ])
@@ -480,14 +463,14 @@ async fn the_warehouse_through_the_gateway() {
             .as_str()
             .is_some_and(|t| !t.is_empty())
     );
-    let (status, body) = curl(vec![
-        "-X".into(),
-        "POST".into(),
-        "-H".into(),
-        bearer.clone(),
-        "-d".into(),
-        r#"{"records":[{"source":"sensors.curl"},{"source":"BAD"}]}"#.into(),
-        format!("{base}/v1/warehouse/records"),
+    let (status, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &bearer,
+        "-d",
+        r#"{"records":[{"source":"sensors.curl"},{"source":"BAD"}]}"#,
+        &records_url,
     ])
     .await;
     assert_eq!(status, 400, "{body}");

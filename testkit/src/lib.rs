@@ -496,3 +496,22 @@ pub async fn service_token(
         .into_inner()
         .access_token
 }
+
+/// `curl -sS <args>` (a plain HTTP client nobody here wrote): (HTTP status,
+/// body). Fails the test if curl itself fails (no connection, time out).
+pub async fn curl(args: &[&str]) -> (u16, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "curl failed: {output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}

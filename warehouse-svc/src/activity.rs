@@ -19,11 +19,11 @@ use crate::{
 
 /// The source an event of `service` is stored in.
 pub fn source_of(service: &str) -> String {
+    let service = service.to_ascii_lowercase();
     let name: String = service
         .strip_suffix("-svc")
-        .unwrap_or(service)
+        .unwrap_or(&service)
         .chars()
-        .map(|c| c.to_ascii_lowercase())
         .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
         .take(100)
         .collect();
@@ -112,7 +112,7 @@ mod tests {
     #[test]
     fn services_map_to_domain_sources() {
         assert_eq!(source_of("users-svc"), "domain.users");
-        assert_eq!(source_of("Events-Svc"), "domain.events-svc");
+        assert_eq!(source_of("Events-Svc"), "domain.events");
         assert_eq!(source_of(""), "domain.unknown");
         assert!(crate::domain::valid_source(&source_of("weird name!")));
     }

@@ -12,7 +12,7 @@ use munity_proto::warehouse::v1::{
     IngestResponse, Order, QueryRequest, QueryResponse, Record, TailRecord, TailRequest,
     TailResponse, tail_response::Kind, warehouse_server::Warehouse,
 };
-use munity_store::{Millis, now_millis};
+use munity_store::now_millis;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -84,10 +84,6 @@ impl WarehouseApi {
             }
         }
         Ok(records)
-    }
-
-    async fn scan_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        scan_permit(&self.scans).await
     }
 
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
@@ -396,7 +392,7 @@ impl Warehouse for WarehouseApi {
         if request.attribute.len() > crate::domain::MAX_ATTRIBUTE_KEY_BYTES {
             return Err(WarehouseError::invalid("attribute", "at most 64 bytes").into());
         }
-        let _permit = self.scan_permit().await?;
+        let _permit = scan_permit(&self.scans).await?;
         let cap = self.config.aggregate_max_records;
         let mut buckets: Vec<pb::Bucket> = Vec::new();
         let mut scanned = 0u64;
@@ -479,10 +475,7 @@ impl Warehouse for WarehouseApi {
             text => {
                 let cursor = ArrivalCursor::decode(text)
                     .ok_or_else(|| WarehouseError::invalid("after", "is not a cursor from Tail"))?;
-                let retention_ms =
-                    Millis::try_from(self.config.tail_retention_secs.saturating_mul(1000))
-                        .unwrap_or(Millis::MAX);
-                if cursor.at < now_millis().saturating_sub(retention_ms) {
+                if cursor.at < now_millis().saturating_sub(self.config.tail_retention_ms()) {
                     return Err(WarehouseError::OutOfRange(format!(
                         "the cursor is older than the tail's retention ({} s): query the range instead",
                         self.config.tail_retention_secs

@@ -64,6 +64,12 @@ impl Default for WarehouseConfig {
 }
 
 impl WarehouseConfig {
+    /// How far back a Tail can resume, in milliseconds.
+    pub fn tail_retention_ms(&self) -> munity_store::Millis {
+        munity_store::Millis::try_from(self.tail_retention_secs.saturating_mul(1000))
+            .unwrap_or(munity_store::Millis::MAX)
+    }
+
     /// How long `source`'s records are kept (seconds; 0: kept).
     pub fn ttl_secs(&self, source: &str) -> u64 {
         let mut best: Option<(usize, u64)> = None;

@@ -43,7 +43,7 @@ use scylla::{
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{RecordStore, expires_at, records_after, unframe_batch};
+use super::{RecordStore, expires_at, last_cursor, records_after, unframe_batch};
 use crate::{
     config::WarehouseConfig,
     domain::{ArrivalCursor, Range, RecordKey, millis_of},
@@ -158,11 +158,6 @@ impl CqlRecords {
             writes,
             known_buckets: Mutex::new(HashSet::new()),
         })
-    }
-
-    fn retention_ms(&self) -> Millis {
-        Millis::try_from(self.config.tail_retention_secs.saturating_mul(1000))
-            .unwrap_or(Millis::MAX)
     }
 
     /// Runs the unlogged batches of one partition's rows, bounded by the
@@ -433,7 +428,7 @@ impl RecordStore for CqlRecords {
     ) -> StoreResult<Vec<(ArrivalCursor, Record)>> {
         let now = now_millis();
         let horizon = now - Millis::try_from(self.config.tail_settle_ms).unwrap_or(0);
-        let oldest = now.saturating_sub(self.retention_ms());
+        let oldest = now.saturating_sub(self.config.tail_retention_ms());
         let (from_at, from_batch) = match after {
             Some(a) => (a.at, a.batch),
             None => (oldest, Uuid::nil()),
@@ -481,7 +476,7 @@ impl RecordStore for CqlRecords {
 
     async fn newest_arrival(&self, source: &str) -> StoreResult<Option<ArrivalCursor>> {
         let now = now_millis();
-        let oldest_hour = hour_of(now.saturating_sub(self.retention_ms()));
+        let oldest_hour = hour_of(now.saturating_sub(self.config.tail_retention_ms()));
         let mut hour = hour_of(now) + 1; // a replica's clock may run ahead
         while hour >= oldest_hour {
             let row: Option<(CqlTimestamp, Uuid, Vec<u8>)> = self
@@ -489,12 +484,7 @@ impl RecordStore for CqlRecords {
                 .maybe_row(&self.s.newest_arrival, (source, hour))
                 .await?;
             if let Some((at, batch, framed)) = row {
-                let count = unframe_batch(&framed)?.len();
-                return Ok(Some(ArrivalCursor {
-                    at: at.0,
-                    batch,
-                    index: u32::try_from(count.saturating_sub(1)).unwrap_or(u32::MAX),
-                }));
+                return last_cursor(at.0, batch, &framed).map(Some);
             }
             hour -= 1;
         }

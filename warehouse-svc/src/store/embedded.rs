@@ -19,7 +19,7 @@ use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
-use super::{RecordStore, expires_at, frame_batch, records_after, unframe_batch};
+use super::{RecordStore, expires_at, frame_batch, last_cursor, records_after, unframe_batch};
 use crate::{
     config::WarehouseConfig,
     domain::{ArrivalCursor, Range, RecordKey, millis_of},
@@ -286,8 +286,7 @@ impl RecordStore for EmbeddedRecords {
                 (source, SourceBatch { records, framed })
             })
             .collect();
-        let retention_ms = Millis::try_from(self.config.tail_retention_secs.saturating_mul(1000))
-            .unwrap_or(Millis::MAX);
+        let retention_ms = self.config.tail_retention_ms();
         self.db
             .write(move |txn| store_batch(txn, batches, retention_ms))
             .await
@@ -396,12 +395,7 @@ impl RecordStore for EmbeddedRecords {
                     return Ok(None);
                 };
                 let (at, batch) = arrival_of(&source, key.value())?;
-                let count = unframe_batch(value.value())?.len();
-                Ok(Some(ArrivalCursor {
-                    at,
-                    batch,
-                    index: u32::try_from(count.saturating_sub(1)).unwrap_or(u32::MAX),
-                }))
+                last_cursor(at, batch, value.value()).map(Some)
             })
             .await
     }

@@ -99,6 +99,16 @@ pub fn unframe_batch(bytes: &[u8]) -> StoreResult<Vec<Record>> {
         .map_err(munity_store::internal)
 }
 
+/// The cursor of the last record of an arrival entry.
+pub fn last_cursor(at: Millis, batch: uuid::Uuid, framed: &[u8]) -> StoreResult<ArrivalCursor> {
+    let count = unframe_batch(framed)?.len();
+    Ok(ArrivalCursor {
+        at,
+        batch,
+        index: u32::try_from(count.saturating_sub(1)).unwrap_or(u32::MAX),
+    })
+}
+
 /// The records of `batch` past `after`'s index when `after` names this
 /// batch, each with its cursor.
 pub fn records_after(

@@ -42,6 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Requests that do not decode are INVALID_ARGUMENT, and every
+        // request is checked against its declared field rules.
+        .codec_path("crate::codec::MunityCodec")
         // `prost::Name` on every message: domain events carry their
         // payload's full type name.
         .compile_fds_with_config(descriptors, {

@@ -266,6 +266,15 @@ impl Gateway {
         };
         match verified {
             Ok(claims) => {
+                // The same rule every service's AuthLayer applies, read from
+                // the same descriptors: refused here, it costs no upstream.
+                if let Err(message) = self
+                    .policy
+                    .callers(path)
+                    .admits(&claims, munity_platform::auth::method_name(path))
+                {
+                    return Err(Refusal::new(Code::PermissionDenied, message));
+                }
                 ctx.claims = Some(claims);
                 Ok(())
             }

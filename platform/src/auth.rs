@@ -60,6 +60,9 @@ impl Default for AuthConfig {
     }
 }
 
+/// The role users-svc gives service accounts' tokens, and only theirs.
+pub const SERVICE_ROLE: &str = "service";
+
 /// The claims Munity puts in an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -99,6 +102,22 @@ impl Claims {
     /// Whether the token carries `scope` (only service accounts' do).
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scope.split(' ').any(|s| s == scope)
+    }
+
+    /// Whether the token carries `scope` itself or a qualified form of it
+    /// (`scope:<qualifier>`, e.g. `warehouse.produce:sensors`).
+    pub fn has_scope_or_qualified(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| {
+            s == scope
+                || s.strip_prefix(scope)
+                    .is_some_and(|rest| rest.starts_with(':') && rest.len() > 1)
+        })
+    }
+
+    /// Whether this is a service account's token (role `service`): it acts
+    /// as no user, ever.
+    pub fn is_service(&self) -> bool {
+        self.has_role(SERVICE_ROLE)
     }
 }
 
@@ -420,6 +439,13 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// `Service/Method` of a gRPC path, for messages.
+pub fn method_name(path: &str) -> &str {
+    path.strip_prefix('/')
+        .and_then(|p| p.rsplit_once('.').map(|(_, m)| m))
+        .unwrap_or(path)
+}
+
 /// A tower layer that refuses protected gRPC methods without a valid bearer
 /// token and attaches the verified [`Claims`] to the request. Which methods
 /// are public comes from the protos ([`MethodPolicy`]).
@@ -510,6 +536,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let verifier = self.layer.verifier.clone();
+        let policy = self.layer.policy.clone();
         Box::pin(async move {
             let verified = match bearer_token(request.headers()) {
                 Ok(token) => verifier.verify(token).await,
@@ -517,6 +544,11 @@ where
             };
             match verified {
                 Ok(claims) => {
+                    let path = request.uri().path();
+                    if let Err(message) = policy.callers(path).admits(&claims, method_name(path)) {
+                        tracing::debug!(%path, %message, "refused a caller the method does not accept");
+                        return Ok(Status::permission_denied(message).into_http());
+                    }
                     request.extensions_mut().insert(claims);
                     inner.call(request).await
                 }

@@ -71,6 +71,77 @@ pub struct RoutedService {
     pub default_port: u16,
 }
 
+/// Which verified callers a method accepts (`callers` and `scopes` in
+/// `munity.options.v1.MethodPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerRule {
+    /// Users' tokens are accepted.
+    pub users: bool,
+    /// Service tokens holding one of `scopes` are accepted.
+    pub services: bool,
+    /// The scopes a service token needs, any one of them.
+    pub scopes: Vec<String>,
+    /// Whether the proto declares the rule (an undeclared method gets the
+    /// narrowest one: users only).
+    pub declared: bool,
+}
+
+impl Default for CallerRule {
+    fn default() -> Self {
+        CallerRule {
+            users: true,
+            services: false,
+            scopes: Vec::new(),
+            declared: false,
+        }
+    }
+}
+
+impl CallerRule {
+    /// Whether `caller` may call the method; PERMISSION_DENIED's message
+    /// when not. A token is a service's when it carries the role
+    /// `service`, which users-svc gives service accounts only.
+    pub fn admits(&self, caller: &crate::auth::Claims, method: &str) -> Result<(), String> {
+        if caller.is_service() {
+            if !self.services {
+                return Err(format!(
+                    "{method} is for users: a service account's token never acts as a user"
+                ));
+            }
+            if !self
+                .scopes
+                .iter()
+                .any(|scope| caller.has_scope_or_qualified(scope))
+            {
+                return Err(format!(
+                    "{method} needs a service token with scope {}",
+                    self.scopes.join(" or ")
+                ));
+            }
+            Ok(())
+        } else if self.users {
+            Ok(())
+        } else {
+            Err(format!(
+                "{method} is for service accounts with scope {}, not users",
+                self.scopes.join(" or ")
+            ))
+        }
+    }
+
+    /// A line for documentation: who may call.
+    pub fn describe(&self) -> String {
+        let scopes = self.scopes.join(" or ");
+        match (self.users, self.services) {
+            (true, true) => {
+                format!("Callers: signed-in users, and service tokens with scope {scopes}.")
+            }
+            (false, true) => format!("Callers: service tokens with scope {scopes} only."),
+            _ => "Callers: signed-in users only (service tokens are refused).".to_owned(),
+        }
+    }
+}
+
 /// Why the descriptor set could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -98,6 +169,8 @@ pub struct MethodPolicy {
     services: Vec<RoutedService>,
     /// Every `google.api.http` binding, additional bindings included.
     http_bindings: Vec<HttpBinding>,
+    /// Who may call each protected method, by full path.
+    callers: BTreeMap<String, CallerRule>,
     /// Server streams that resume (`resume_field`), by full path.
     resume_fields: BTreeMap<String, String>,
     /// The descriptors themselves (messages, fields, comments).
@@ -163,6 +236,11 @@ impl MethodPolicy {
                 if !resume_field.is_empty() {
                     policy.resume_fields.insert(path.clone(), resume_field);
                 }
+                if !public && !always_public {
+                    policy
+                        .callers
+                        .insert(path.clone(), caller_rule(declared.as_ref()));
+                }
                 if let Some(quota) = declared.as_ref().and_then(|m| message_field(m, "quota")) {
                     policy.quotas.insert(
                         path,
@@ -189,6 +267,17 @@ impl MethodPolicy {
                 .strip_prefix('/')
                 .and_then(|p| p.split_once('/'))
                 .is_some_and(|(service, _)| ALWAYS_PUBLIC_SERVICES.contains(&service))
+    }
+
+    /// Who may call the protected method `path`. A path no descriptor knows
+    /// gets the narrowest rule (users only).
+    pub fn callers(&self, path: &str) -> CallerRule {
+        self.callers.get(path).cloned().unwrap_or_default()
+    }
+
+    /// Every protected method's caller rule, by full path.
+    pub fn caller_rules(&self) -> &BTreeMap<String, CallerRule> {
+        &self.callers
     }
 
     /// Whether `path` is a server-streaming method (no default deadline).
@@ -292,6 +381,37 @@ fn http_bindings(path: &str, rule: &DynamicMessage, top: bool, into: &mut Vec<Ht
                 http_bindings(path, &binding, false, into);
             }
         }
+    }
+}
+
+/// The caller rule a method's options declare.
+fn caller_rule(declared: Option<&DynamicMessage>) -> CallerRule {
+    let Some(declared) = declared else {
+        return CallerRule::default();
+    };
+    let callers = declared
+        .get_field_by_name("callers")
+        .and_then(|v| v.as_enum_number())
+        .unwrap_or(0);
+    let scopes = match declared.get_field_by_name("scopes").map(|v| v.into_owned()) {
+        Some(Value::List(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    // munity.options.v1.Callers: 1 users, 2 services, 3 both.
+    let (users, services, known) = match callers {
+        1 => (true, false, true),
+        2 => (false, true, true),
+        3 => (true, true, true),
+        _ => (true, false, false),
+    };
+    CallerRule {
+        users,
+        services,
+        scopes,
+        declared: known,
     }
 }
 

@@ -7,6 +7,10 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod bad_request;
+pub mod codec;
+pub mod validate;
+
 /// The encoded `google.protobuf.FileDescriptorSet` of every Munity proto and
 /// its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -11,9 +11,13 @@
 //! - [`contract_suite!`]: one repository contract, instantiated for every
 //!   backend;
 //! - [`start_dev`], [`register`]: `munity dev` in a data directory, and
-//!   accounts made through its gateway.
+//!   accounts made through its gateway;
+//! - [`raw_grpc`]: calls by path with raw bytes, for tests that walk every
+//!   method in the descriptors.
 
 #![forbid(unsafe_code)]
+
+pub mod raw_grpc;
 
 use std::{
     collections::BTreeMap,

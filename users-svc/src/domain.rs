@@ -147,7 +147,8 @@ pub struct MembershipRecord {
 
 /// The role every service account's token carries, and no user's: a token
 /// with it names a service account, not a person (`api/service_accounts.rs`).
-pub const SERVICE_ROLE: &str = "service";
+/// The platform reads it to tell services' tokens from users'.
+pub use munity_platform::auth::SERVICE_ROLE;
 
 /// A service account: an identity for an internal caller (another service,
 /// a bot), which exchanges its client id and secret for short-lived tokens.

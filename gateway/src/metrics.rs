@@ -112,6 +112,15 @@ pub static CONNECTIONS_TIMED_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static JSON_REPAIRS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "munity_gateway_json_repairs_total",
+        "Values in answers the proto3 JSON mapping cannot write, repaired by the HTTP/JSON transcoder, by kind (timestamp or duration: clamped into protobuf's range; any: a payload of a type without descriptor, written as its bytes).",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     use prometheus::Encoder;

@@ -20,10 +20,31 @@ pub fn parse_id(raw: &str, field: &str, violations: &mut FieldViolations) -> Uui
     }
 }
 
-/// Milliseconds since the Unix epoch as a protobuf timestamp.
+/// The earliest time a protobuf Timestamp may hold: 0001-01-01T00:00:00Z.
+pub const TIMESTAMP_MIN_SECONDS: i64 = -62_135_596_800;
+/// The last second a protobuf Timestamp may hold: 9999-12-31T23:59:59Z.
+pub const TIMESTAMP_MAX_SECONDS: i64 = 253_402_300_799;
+
+/// Milliseconds since the Unix epoch as a protobuf timestamp, clamped to
+/// the range protobuf allows (years 1 to 9999): a time stored before a
+/// service refused such input must still reach clients, whose JSON mapping
+/// (grpcurl, the gateway's HTTP/JSON) refuses a Timestamp outside it.
 pub fn timestamp(millis: i64) -> prost_types::Timestamp {
+    let seconds = millis.div_euclid(1000);
+    if seconds < TIMESTAMP_MIN_SECONDS {
+        return prost_types::Timestamp {
+            seconds: TIMESTAMP_MIN_SECONDS,
+            nanos: 0,
+        };
+    }
+    if seconds > TIMESTAMP_MAX_SECONDS {
+        return prost_types::Timestamp {
+            seconds: TIMESTAMP_MAX_SECONDS,
+            nanos: 999_000_000,
+        };
+    }
     prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
+        seconds,
         nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
@@ -46,5 +67,23 @@ mod tests {
         assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
         assert_eq!(millis(&t), 1_700_000_000_123);
         assert_eq!(millis(&timestamp(-1)), -1);
+    }
+
+    #[test]
+    fn outgoing_timestamps_stay_in_protobufs_range() {
+        // Year 10000 (accepted by events-svc once) and far before year 1.
+        let late = timestamp(253_402_300_800 * 1000);
+        assert_eq!(
+            (late.seconds, late.nanos),
+            (TIMESTAMP_MAX_SECONDS, 999_000_000)
+        );
+        assert_eq!(timestamp(i64::MAX).seconds, TIMESTAMP_MAX_SECONDS);
+        let early = timestamp(i64::MIN);
+        assert_eq!((early.seconds, early.nanos), (TIMESTAMP_MIN_SECONDS, 0));
+        let last = timestamp(TIMESTAMP_MAX_SECONDS * 1000 + 999);
+        assert_eq!(
+            (last.seconds, last.nanos),
+            (TIMESTAMP_MAX_SECONDS, 999_000_000)
+        );
     }
 }

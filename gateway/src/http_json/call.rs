@@ -23,7 +23,7 @@ use tonic::{
     transport::Channel,
 };
 
-use super::{HttpRoute, error_body, http_status, resume::Positions};
+use super::{HttpRoute, error_body, http_status, resume::Positions, writable};
 
 /// A request matched (or not) to an HTTP binding; kept in the call's
 /// context so that refusals are answered in JSON.
@@ -257,19 +257,54 @@ async fn finish_request_body(session: &mut Session) {
 
 /// Serialises a message by the proto3 JSON mapping (camelCase names,
 /// 64-bit integers as strings, enums by name, well-known types in their
-/// JSON forms, default values left out).
+/// JSON forms, default values left out). What the mapping cannot write is
+/// repaired first (`writable`: out-of-range times clamped, payloads of
+/// unknown types as their bytes), so one bad stored value never fails a
+/// page or ends a stream.
 pub fn message_json(message: &DynamicMessage) -> Result<Vec<u8>, JsonError> {
+    let options = prost_reflect::SerializeOptions::new();
     let mut out = Vec::with_capacity(256);
-    let mut serializer = serde_json::Serializer::new(&mut out);
-    message
-        .serialize_with_options(&mut serializer, &prost_reflect::SerializeOptions::new())
-        .map_err(|e| {
-            JsonError::new(
-                Code::Internal,
-                format!("the answer cannot be written as JSON: {e}"),
-            )
-        })?;
-    Ok(out)
+    let first = match message
+        .serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options)
+    {
+        Ok(()) => return Ok(out),
+        Err(error) => error,
+    };
+    let cannot_write = |e: &dyn std::fmt::Display| {
+        JsonError::new(
+            Code::Internal,
+            format!("the answer cannot be written as JSON: {e}"),
+        )
+    };
+    let mut repaired = message.clone();
+    let repairs = writable::repair(&mut repaired);
+    if repairs.is_empty() {
+        return Err(cannot_write(&first));
+    }
+    for (kind, count) in [
+        ("timestamp", repairs.timestamps),
+        ("duration", repairs.durations),
+        ("any", repairs.opaque),
+    ] {
+        if count > 0 {
+            crate::metrics::JSON_REPAIRS
+                .with_label_values(&[kind])
+                .inc_by(u64::from(count));
+        }
+    }
+    tracing::debug!(
+        message = prost_reflect::ReflectMessage::descriptor(&repaired).full_name(),
+        ?repairs,
+        error = %first,
+        "an answer was repaired to be written as JSON"
+    );
+    let mut json = repaired
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| cannot_write(&e))?;
+    if repairs.opaque > 0 {
+        writable::unwrap_opaque(&mut json);
+    }
+    serde_json::to_vec(&json).map_err(|e| cannot_write(&e))
 }
 
 /// How a server stream is written.

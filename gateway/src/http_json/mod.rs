@@ -13,11 +13,14 @@
 //! - `call.rs`: the call itself, made by the gateway once the request has
 //!   passed the same route, auth, limit and deadline steps as gRPC.
 //! - `openapi.rs`: the OpenAPI 3.1 document, from the same bindings.
+//! - `writable.rs`: answers the JSON mapping cannot write (a Timestamp out
+//!   of range, an `Any` of a type without descriptor) made writable.
 
 pub mod call;
 pub mod openapi;
 pub mod resume;
 mod template;
+pub mod writable;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -77,13 +80,17 @@ pub enum BindingError {
     Template(String, template::TemplateError),
     #[error("{method}: {reason}")]
     Field { method: String, reason: String },
+    #[error("the well-known types do not fit the descriptors: {0}")]
+    Descriptors(#[from] prost_reflect::DescriptorError),
 }
 
 impl Transcoder {
     /// The bindings of every method the policy's descriptors declare.
     pub fn new(policy: &MethodPolicy) -> Result<Self, BindingError> {
         let mut routes = Vec::new();
-        let pool = policy.pool();
+        // Requests and answers are built from this pool: an `Any` payload
+        // may be any well-known type, imported by a Munity proto or not.
+        let pool = writable::complete_pool(policy.pool())?;
         for binding in policy.http_bindings() {
             let Some((service, method_name)) = crate::grpc::split_path(&binding.grpc_path) else {
                 continue;

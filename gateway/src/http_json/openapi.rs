@@ -86,7 +86,7 @@ pub fn document(transcoder: &Transcoder) -> Json {
         "info": {
             "title": "Munity HTTP/JSON API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Every method bound with google.api.http in the Munity protos, transcoded to gRPC by the gateway. Fields use the proto3 JSON mapping: camelCase names, 64-bit integers as strings, enums by name, timestamps in RFC 3339; default values are left out of answers; unknown fields are refused. Errors are {code, message, details} with the HTTP status of the gRPC code. Server streams are newline-delimited JSON, or Server-Sent Events with Accept: text/event-stream.",
+            "description": "Every method bound with google.api.http in the Munity protos, transcoded to gRPC by the gateway. Fields use the proto3 JSON mapping: camelCase names, 64-bit integers as strings, enums by name, timestamps in RFC 3339; default values are left out of answers; unknown fields are refused. Errors are {code, message, details} with the HTTP status of the gRPC code. Server streams are newline-delimited JSON, or Server-Sent Events with Accept: text/event-stream. Answers are always written: a stored time outside protobuf's range (years 1 to 9999) is written clamped to it, and a google.protobuf.Any payload of a type the gateway has no descriptor for as {\"@type\": \"<type URL>\", \"value\": \"<base64 of its bytes>\"} (a form protobuf's JSON mapping does not define).",
         },
         "paths": paths,
         "components": {
@@ -271,9 +271,14 @@ fn message_ref(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Json>
 }
 
 fn with_description(schema: Json, text: String) -> Json {
-    // Next to a $ref, OpenAPI 3.1 takes sibling keywords.
+    // Next to a $ref, OpenAPI 3.1 takes sibling keywords. A well-known
+    // type's own description (google.protobuf.Any's) follows the field's.
     let mut schema = schema;
     if let Json::Object(object) = &mut schema {
+        let text = match object.get("description").and_then(Json::as_str) {
+            Some(own) => format!("{text}\n\n{own}"),
+            None => text,
+        };
         object.insert("description".into(), json!(text));
     }
     schema
@@ -333,6 +338,7 @@ fn well_known(name: &str) -> Option<Json> {
         "google.protobuf.ListValue" => json!({"type": "array"}),
         "google.protobuf.Any" => json!({
             "type": "object",
+            "description": "A message of the type its @type URL names, by the proto3 JSON mapping: its fields beside @type, or {\"@type\", \"value\"} for a well-known type. A payload of a type the gateway has no descriptor for is {\"@type\": \"<type URL>\", \"value\": \"<base64 of its bytes>\"}.",
             "properties": {"@type": {"type": "string"}},
             "required": ["@type"],
             "additionalProperties": true

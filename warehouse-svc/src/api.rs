@@ -239,12 +239,14 @@ impl Warehouse for WarehouseApi {
                 NextBatch::Ready(records) => records,
                 NextBatch::End => break,
                 NextBatch::Unreadable(status) => {
-                    return Err(Status::new(
+                    // The details (a BadRequest naming the field) stay.
+                    return Err(Status::with_details(
                         status.code(),
                         format!(
                             "{} ({stored} batches were stored before it)",
                             status.message()
                         ),
+                        status.details().to_vec().into(),
                     ));
                 }
                 NextBatch::Refused(error) => return Err(refused(stored, error)),

@@ -20,10 +20,11 @@ pub fn parse_id(raw: &str, field: &str, violations: &mut FieldViolations) -> Uui
     }
 }
 
-/// The earliest time a protobuf Timestamp may hold: 0001-01-01T00:00:00Z.
-pub const TIMESTAMP_MIN_SECONDS: i64 = -62_135_596_800;
-/// The last second a protobuf Timestamp may hold: 9999-12-31T23:59:59Z.
-pub const TIMESTAMP_MAX_SECONDS: i64 = 253_402_300_799;
+/// The earliest (0001-01-01T00:00:00Z) and last (9999-12-31T23:59:59Z)
+/// second a protobuf Timestamp may hold, as the request checks define them.
+pub use munity_proto::validate::{
+    MAX_TIMESTAMP_SECS as TIMESTAMP_MAX_SECONDS, MIN_TIMESTAMP_SECS as TIMESTAMP_MIN_SECONDS,
+};
 
 /// Milliseconds since the Unix epoch as a protobuf timestamp, clamped to
 /// the range protobuf allows (years 1 to 9999): a time stored before a

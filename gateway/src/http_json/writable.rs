@@ -28,7 +28,7 @@ use prost_types::{
 use serde_json::Value as Json;
 
 /// Longest Duration protobuf's JSON mapping writes (10 000 years).
-pub const DURATION_MAX_SECONDS: i64 = 315_576_000_000;
+pub use munity_proto::validate::MAX_DURATION_SECS as DURATION_MAX_SECONDS;
 const MAX_NANOS: i32 = 999_999_999;
 
 /// The marker an undescribed `Any` payload is rewritten to, only ever

@@ -320,6 +320,27 @@ async fn refuse(
     grpc::respond_status(session, refusal.code, &refusal.message, &headers).await
 }
 
+/// Ends an HTTP/1.1 exchange whose request body could not be read (a bad
+/// chunk size, say). Where that request ends is then unknown: what follows
+/// on the connection could be taken for a request of its own (request
+/// smuggling), so, as HTTP servers do, HTTP 400 with `Connection: close`
+/// (Pingora writes it once keep-alive is off), and the connection is shut
+/// once the answer is out.
+async fn refuse_unframed(session: &mut Session, ctx: &mut CallCtx) -> pingora_core::Result<()> {
+    ctx.local_status = Some(Code::InvalidArgument);
+    let headers = cors::response_headers(ctx.origin.as_deref());
+    let mut response = ResponseHeader::build(400, Some(1 + headers.len()))?;
+    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    for (name, value) in headers {
+        response.insert_header(name, value)?;
+    }
+    let downstream = session.as_downstream_mut();
+    downstream.set_keepalive(None);
+    downstream
+        .write_error_response(response, Bytes::new())
+        .await
+}
+
 /// The gRPC method an HTTP/JSON request's binding names: 404 for a path
 /// no binding has, 405 for one bound to other verbs only.
 fn json_grpc_path(session: &Session, call: &JsonCall) -> Step<String> {
@@ -590,6 +611,9 @@ impl ProxyHttp for Gateway {
                     .await
                 {
                     Ok(()) => ctx.local_status = Some(Code::Ok),
+                    Err(refusal) if refusal.unframed && !session.as_downstream().is_http2() => {
+                        refuse_unframed(session, ctx).await?
+                    }
                     Err(refusal) => {
                         refuse(session, ctx, Refusal::new(refusal.code, refusal.message)).await?
                     }
@@ -800,7 +824,19 @@ impl ProxyHttp for Gateway {
         ctx: &mut CallCtx,
     ) -> FailToProxy {
         let draining = self.drain.is_cancelled();
-        if session.response_written().is_some() {
+        // The client's own HTTP/1.1 request could not be read (a bad chunk
+        // size, say): the connection's framing is lost.
+        let unframed = *error.esource() == pingora_core::ErrorSource::Downstream
+            && !session.as_downstream().is_http2()
+            && ctx.bad_request_body.is_none();
+        if unframed {
+            session.as_downstream_mut().set_keepalive(None);
+        }
+        if unframed && !draining && session.response_written().is_none() {
+            if let Err(write_error) = refuse_unframed(session, ctx).await {
+                tracing::debug!(%write_error, "could not send the 400 to the client");
+            }
+        } else if session.response_written().is_some() {
             // The upstream's response has started: end it with a status
             // rather than cut it, so clients know to reconnect.
             end_started_response(session, ctx, draining).await;
@@ -811,8 +847,8 @@ impl ProxyHttp for Gateway {
                     Code::InvalidArgument,
                     ctx.bad_request_body.clone().unwrap_or_default(),
                 ),
-                // The client's own request could not be read (a bad chunk
-                // size, say): its fault, not a reason to retry.
+                // The client's own HTTP/2 request could not be read: its
+                // fault, not a reason to retry.
                 _ if *error.esource() == pingora_core::ErrorSource::Downstream => (
                     Code::InvalidArgument,
                     format!("the request could not be read: {}", error.etype().as_str()),

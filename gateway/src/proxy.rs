@@ -320,6 +320,46 @@ async fn refuse(
     grpc::respond_status(session, refusal.code, &refusal.message, &headers).await
 }
 
+/// Whether `error` is the client leaving its call: its HTTP/2 stream reset
+/// with CANCEL (a client cancelling a stream, the usual way a Subscribe
+/// ends), or its connection closed under the call. Normal, not a failure.
+fn client_left(error: &Error) -> bool {
+    fn connection_gone(error: &std::io::Error) -> bool {
+        // Not ConnectionAborted: that is the gateway's own drain
+        // (connections.rs) failing reads at shutdown.
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    }
+    if *error.esource() != pingora_core::ErrorSource::Downstream {
+        return false;
+    }
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = current {
+        // Pingora's errors nest as `Error` or, with more context, `Box<Error>`.
+        let nested = cause
+            .downcast_ref::<Error>()
+            .or_else(|| cause.downcast_ref::<Box<Error>>().map(|e| &**e));
+        if let Some(error) = nested {
+            if *error.etype() == ErrorType::ConnectionClosed {
+                return true;
+            }
+            current = error.cause.as_deref().map(|c| c as _);
+        } else if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return (h2.is_remote() && h2.reason() == Some(h2::Reason::CANCEL))
+                || h2.get_io().is_some_and(connection_gone);
+        } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return connection_gone(io);
+        } else {
+            current = cause.source();
+        }
+    }
+    false
+}
+
 /// Ends an HTTP/1.1 exchange whose request body could not be read (a bad
 /// chunk size, say). Where that request ends is then unknown: what follows
 /// on the connection could be taken for a request of its own (request
@@ -824,6 +864,17 @@ impl ProxyHttp for Gateway {
         ctx: &mut CallCtx,
     ) -> FailToProxy {
         let draining = self.drain.is_cancelled();
+        if !draining && client_left(error) {
+            // Nobody is left to answer; counted CANCELLED, and
+            // `suppress_error_log` keeps it out of the error log.
+            tracing::debug!(%error, "the client cancelled the call");
+            ctx.local_status = Some(Code::Cancelled);
+            session.as_downstream_mut().set_keepalive(None);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         // The client's own HTTP/1.1 request could not be read (a bad chunk
         // size, say): the connection's framing is lost.
         let unframed = *error.esource() == pingora_core::ErrorSource::Downstream
@@ -883,6 +934,11 @@ impl ProxyHttp for Gateway {
             error_code: 0,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &CallCtx, _error: &Error) -> bool {
+        // A client's cancel (`fail_to_proxy` has seen it) is no error.
+        ctx.local_status == Some(Code::Cancelled)
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut CallCtx) {

@@ -311,8 +311,8 @@ async fn a_malformed_http1_body_is_400_and_closes_the_connection() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
     // A well-formed request on another connection is answered as ever.
-    let answer = String::from_utf8_lossy(&http1_to_end(&gateway.address, well_formed).await)
-        .into_owned();
+    let answer =
+        String::from_utf8_lossy(&http1_to_end(&gateway.address, well_formed).await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("grpc-status:0"), "{answer}");
     users.shutdown.cancel();

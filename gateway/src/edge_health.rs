@@ -41,6 +41,9 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Refusal {
     pub code: Code,
     pub message: String,
+    /// The request body could not be read (bad HTTP/1.1 chunking, say):
+    /// where the request ends is unknown, so the connection must close.
+    pub unframed: bool,
 }
 
 impl Refusal {
@@ -48,6 +51,7 @@ impl Refusal {
         Refusal {
             code,
             message: message.into(),
+            unframed: false,
         }
     }
 }
@@ -212,7 +216,10 @@ async fn read_request(
             .downstream_session
             .read_request_body()
             .await
-            .map_err(|e| Refusal::new(Code::InvalidArgument, format!("reading the request: {e}")))?
+            .map_err(|e| Refusal {
+                unframed: true,
+                ..Refusal::new(Code::InvalidArgument, format!("reading the request: {e}"))
+            })?
         {
             let chunk = match web.as_deref_mut().filter(|w| w.encoding == Encoding::Text) {
                 Some(web) => web

@@ -329,6 +329,67 @@ async fn refuse(
     grpc::respond_status(session, refusal.code, &refusal.message, &headers).await
 }
 
+/// Whether `error` is the client leaving its call: its HTTP/2 stream reset
+/// with CANCEL (a client cancelling a stream, the usual way a Subscribe
+/// ends), or its connection closed under the call. Normal, not a failure.
+fn client_left(error: &Error) -> bool {
+    fn connection_gone(error: &std::io::Error) -> bool {
+        // Not ConnectionAborted: that is the gateway's own drain
+        // (connections.rs) failing reads at shutdown.
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+        )
+    }
+    if *error.esource() != pingora_core::ErrorSource::Downstream {
+        return false;
+    }
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = current {
+        // Pingora's errors nest as `Error` or, with more context, `Box<Error>`.
+        let nested = cause
+            .downcast_ref::<Error>()
+            .or_else(|| cause.downcast_ref::<Box<Error>>().map(|e| &**e));
+        if let Some(error) = nested {
+            if *error.etype() == ErrorType::ConnectionClosed {
+                return true;
+            }
+            current = error.cause.as_deref().map(|c| c as _);
+        } else if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return (h2.is_remote() && h2.reason() == Some(h2::Reason::CANCEL))
+                || h2.get_io().is_some_and(connection_gone);
+        } else if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return connection_gone(io);
+        } else {
+            current = cause.source();
+        }
+    }
+    false
+}
+
+/// Ends an HTTP/1.1 exchange whose request body could not be read (a bad
+/// chunk size, say). Where that request ends is then unknown: what follows
+/// on the connection could be taken for a request of its own (request
+/// smuggling), so, as HTTP servers do, HTTP 400 with `Connection: close`
+/// (Pingora writes it once keep-alive is off), and the connection is shut
+/// once the answer is out.
+async fn refuse_unframed(session: &mut Session, ctx: &mut CallCtx) -> pingora_core::Result<()> {
+    ctx.local_status = Some(Code::InvalidArgument);
+    let headers = cors::response_headers(ctx.origin.as_deref());
+    let mut response = ResponseHeader::build(400, Some(1 + headers.len()))?;
+    response.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    for (name, value) in headers {
+        response.insert_header(name, value)?;
+    }
+    let downstream = session.as_downstream_mut();
+    downstream.set_keepalive(None);
+    downstream
+        .write_error_response(response, Bytes::new())
+        .await
+}
+
 /// The gRPC method an HTTP/JSON request's binding names: 404 for a path
 /// no binding has, 405 for one bound to other verbs only.
 fn json_grpc_path(session: &Session, call: &JsonCall) -> Step<String> {
@@ -599,6 +660,9 @@ impl ProxyHttp for Gateway {
                     .await
                 {
                     Ok(()) => ctx.local_status = Some(Code::Ok),
+                    Err(refusal) if refusal.unframed && !session.as_downstream().is_http2() => {
+                        refuse_unframed(session, ctx).await?
+                    }
                     Err(refusal) => {
                         refuse(session, ctx, Refusal::new(refusal.code, refusal.message)).await?
                     }
@@ -809,7 +873,30 @@ impl ProxyHttp for Gateway {
         ctx: &mut CallCtx,
     ) -> FailToProxy {
         let draining = self.drain.is_cancelled();
-        if session.response_written().is_some() {
+        if !draining && client_left(error) {
+            // Nobody is left to answer; counted CANCELLED, and
+            // `suppress_error_log` keeps it out of the error log.
+            tracing::debug!(%error, "the client cancelled the call");
+            ctx.local_status = Some(Code::Cancelled);
+            session.as_downstream_mut().set_keepalive(None);
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        // The client's own HTTP/1.1 request could not be read (a bad chunk
+        // size, say): the connection's framing is lost.
+        let unframed = *error.esource() == pingora_core::ErrorSource::Downstream
+            && !session.as_downstream().is_http2()
+            && ctx.bad_request_body.is_none();
+        if unframed {
+            session.as_downstream_mut().set_keepalive(None);
+        }
+        if unframed && !draining && session.response_written().is_none() {
+            if let Err(write_error) = refuse_unframed(session, ctx).await {
+                tracing::debug!(%write_error, "could not send the 400 to the client");
+            }
+        } else if session.response_written().is_some() {
             // The upstream's response has started: end it with a status
             // rather than cut it, so clients know to reconnect.
             end_started_response(session, ctx, draining).await;
@@ -820,8 +907,8 @@ impl ProxyHttp for Gateway {
                     Code::InvalidArgument,
                     ctx.bad_request_body.clone().unwrap_or_default(),
                 ),
-                // The client's own request could not be read (a bad chunk
-                // size, say): its fault, not a reason to retry.
+                // The client's own HTTP/2 request could not be read: its
+                // fault, not a reason to retry.
                 _ if *error.esource() == pingora_core::ErrorSource::Downstream => (
                     Code::InvalidArgument,
                     format!("the request could not be read: {}", error.etype().as_str()),
@@ -856,6 +943,11 @@ impl ProxyHttp for Gateway {
             error_code: 0,
             can_reuse_downstream: false,
         }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &CallCtx, _error: &Error) -> bool {
+        // A client's cancel (`fail_to_proxy` has seen it) is no error.
+        ctx.local_status == Some(Code::Cancelled)
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut CallCtx) {

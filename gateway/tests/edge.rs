@@ -906,3 +906,84 @@ async fn sigterm_ends_grpc_web_streams_with_unavailable() {
     }
     users.shutdown.cancel();
 }
+
+/// The `munity_gateway_requests_total` count for `method` with `code`.
+async fn requests(gateway: &Gateway, method: &str, code: &str) -> u64 {
+    gateway
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("munity_gateway_requests_total{")
+                && l.contains(&format!("method=\"{method}\""))
+                && l.contains(&format!("code=\"{code}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A client cancelling its stream was logged at ERROR ("Fail to proxy")
+/// and counted UNAVAILABLE (14), as if the replica had failed. A cancel is
+/// normal: it is counted CANCELLED (1), and logged at debug only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_a_stream_is_cancelled_not_an_error() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let users = replica().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("gateway.log");
+    let gateway = Gateway::start_logging(
+        users.address,
+        "",
+        &users_routes(&[users.address], ""),
+        Some(&log),
+    )
+    .serving()
+    .await;
+    let method = "ServerReflectionInfo";
+    let channel = gateway.channel().await;
+    for _ in 0..3 {
+        let (requests, outbound) = tokio::sync::mpsc::channel(4);
+        requests
+            .send(ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            })
+            .await
+            .unwrap();
+        let mut stream = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        // Dropping the response stream resets the HTTP/2 stream (CANCEL);
+        // the request side stays open, so nothing else ends the call.
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(requests);
+    }
+    // Once the gateway has counted the three calls, whatever their code:
+    let started = Instant::now();
+    let all = || async {
+        let mut all = 0;
+        for code in ["1", "14"] {
+            all += requests(&gateway, method, code).await;
+        }
+        all
+    };
+    while all().await < 3 && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = requests(&gateway, method, "1").await;
+    let unavailable = requests(&gateway, method, "14").await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        cancelled == 3 && unavailable == 0 && errors.is_empty(),
+        "CANCELLED: {cancelled}, UNAVAILABLE: {unavailable}, errors logged: {errors:#?}"
+    );
+    users.shutdown.cancel();
+}

@@ -332,6 +332,11 @@ impl TokenVerifier {
         }
     }
 
+    /// The clock skew tolerated on `exp` (`auth.leeway_secs`).
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.validation.leeway)
+    }
+
     /// Checks signature, algorithm, issuer, audience and expiry; a token
     /// already verified is only checked for expiry.
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {

@@ -70,13 +70,28 @@ pub fn draining_trailers() -> http::HeaderMap {
     trailers
 }
 
+/// The trailers that end a server stream whose caller's access token has
+/// expired: UNAUTHENTICATED; the client reconnects with a fresh token and
+/// resumes.
+pub fn token_expired_trailers() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("access token expired; reconnect with a fresh token"),
+    );
+    trailers
+}
+
 /// A response body that ends with DEADLINE_EXCEEDED trailers when its
-/// deadline passes first, or with UNAVAILABLE when its server starts
-/// draining streams (and passes through untouched otherwise).
+/// deadline passes first, with UNAVAILABLE when its server starts draining
+/// streams, or with UNAUTHENTICATED when the token it was opened with
+/// expires (and passes through untouched otherwise).
 pub struct Deadline<B> {
     inner: B,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Trailers were sent (the inner body's or ours): nothing follows.
     finished: bool,
 }
@@ -87,8 +102,16 @@ impl<B> Deadline<B> {
             inner,
             timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
             drain: None,
+            expiry: None,
             finished: false,
         }
+    }
+
+    /// Also ends the body (UNAUTHENTICATED) once `left` has passed: the
+    /// time its caller's access token has left, leeway included.
+    pub fn expiring_after(mut self, left: Duration) -> Self {
+        self.expiry = Some(Box::pin(tokio::time::sleep(left)));
+        self
     }
 
     /// Also ends the body (UNAVAILABLE) when `drain` is cancelled.
@@ -124,6 +147,12 @@ where
         {
             this.finished = true;
             return Poll::Ready(Some(Ok(Frame::trailers(draining_trailers()))));
+        }
+        if let Some(expiry) = &mut this.expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            this.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(token_expired_trailers()))));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -139,6 +139,17 @@ impl Gateway {
     /// `gateway_keys` go in the `[gateway]` table; `tables` (routes, rate
     /// limits, TLS) follow it.
     pub fn start(jwks: SocketAddr, gateway_keys: &str, tables: &str) -> Gateway {
+        Self::start_logging(jwks, gateway_keys, tables, None)
+    }
+
+    /// As [`Gateway::start`], with the gateway's log written to `log`, at
+    /// the level RUST_LOG gives or `info`.
+    pub fn start_logging(
+        jwks: SocketAddr,
+        gateway_keys: &str,
+        tables: &str,
+        log: Option<&std::path::Path>,
+    ) -> Gateway {
         let (port, admin) = (free_port(), free_port());
         let mut config = tempfile::NamedTempFile::new().unwrap();
         write!(
@@ -149,20 +160,28 @@ impl Gateway {
         .unwrap();
         // MUNITY_TEST_GATEWAY_LOG=<dir> keeps each gateway's log there, at
         // the level RUST_LOG gives, for debugging a failing test.
-        let (stdout, level) = match std::env::var_os("MUNITY_TEST_GATEWAY_LOG") {
-            Some(dir) => {
+        let mut stderr = Stdio::inherit();
+        let (stdout, level) = match (log, std::env::var_os("MUNITY_TEST_GATEWAY_LOG")) {
+            (Some(path), _) => {
+                let file = std::fs::File::create(path).unwrap();
+                stderr = Stdio::from(file.try_clone().unwrap());
+                let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+                (Stdio::from(file), level)
+            }
+            (None, Some(dir)) => {
                 let path = std::path::Path::new(&dir).join(format!("gateway-{port}.log"));
                 let file = std::fs::File::create(path).unwrap();
                 let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".to_owned());
                 (Stdio::from(file), level)
             }
-            None => (Stdio::null(), "error".to_owned()),
+            (None, None) => (Stdio::null(), "error".to_owned()),
         };
         let child = Command::new(env!("CARGO_BIN_EXE_munity-gateway"))
             .arg("--config")
             .arg(config.path())
             .env("RUST_LOG", level)
             .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap();
         Gateway {

@@ -43,8 +43,18 @@ fn main() {
         .as_secs() as i64;
     let payload = Struct {
         fields: [
-            ("celsius".to_owned(), Value { kind: Some(Kind::NumberValue(4.5)) }),
-            ("station".to_owned(), Value { kind: Some(Kind::StringValue("berlin-7".into())) }),
+            (
+                "celsius".to_owned(),
+                Value {
+                    kind: Some(Kind::NumberValue(4.5)),
+                },
+            ),
+            (
+                "station".to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue("berlin-7".into())),
+                },
+            ),
         ]
         .into(),
     };
@@ -53,8 +63,15 @@ fn main() {
             .map(|i| Record {
                 id: format!("r-{i}"),
                 source: "sensors.berlin".into(),
-                time: Some(Timestamp { seconds: now - i, nanos: 0 }),
-                attributes: [("unit".to_owned(), "c".to_owned()), ("floor".to_owned(), "3".to_owned())].into(),
+                time: Some(Timestamp {
+                    seconds: now - i,
+                    nanos: 0,
+                }),
+                attributes: [
+                    ("unit".to_owned(), "c".to_owned()),
+                    ("floor".to_owned(), "3".to_owned()),
+                ]
+                .into(),
                 payload: Some(record::Payload::Value(payload.clone())),
                 ..Default::default()
             })
@@ -66,11 +83,20 @@ fn main() {
         description: "Bring water".into(),
         options: (0..3)
             .map(|i| TimeOptionInput {
-                start: Some(Timestamp { seconds: now + 86_400 * (i + 1), nanos: 0 }),
-                end: Some(Timestamp { seconds: now + 86_400 * (i + 1) + 3600, nanos: 0 }),
+                start: Some(Timestamp {
+                    seconds: now + 86_400 * (i + 1),
+                    nanos: 0,
+                }),
+                end: Some(Timestamp {
+                    seconds: now + 86_400 * (i + 1) + 3600,
+                    nanos: 0,
+                }),
             })
             .collect(),
-        voting_deadline: Some(Timestamp { seconds: now + 3600, nanos: 0 }),
+        voting_deadline: Some(Timestamp {
+            seconds: now + 3600,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     measure("CreateEventRequest", &event, 200_000);

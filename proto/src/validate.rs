@@ -230,7 +230,7 @@ impl RequestCheck {
     pub fn check(&self, bytes: &[u8], violations: &mut FieldViolations) {
         let now = unix_now();
         self.validator
-            .walk(self.plan, bytes, "", now, 0, violations);
+            .walk(self.plan, bytes, None, now, 0, violations);
     }
 
     /// Whether messages of this type have anything to check.
@@ -365,7 +365,7 @@ impl Validator {
             self.walk(
                 plan,
                 &message.encode_to_vec(),
-                "",
+                None,
                 unix_now(),
                 0,
                 violations,
@@ -377,7 +377,7 @@ impl Validator {
         &self,
         plan_index: usize,
         mut bytes: &[u8],
-        prefix: &str,
+        prefix: Option<&At<'_>>,
         now: i64,
         depth: u32,
         violations: &mut FieldViolations,
@@ -388,8 +388,19 @@ impl Validator {
         }
         // Per field: items seen (repeated) or whether set, and the last
         // scalar (proto3: the last one wins).
-        let mut seen = vec![0usize; plan.fields.len()];
-        let mut last: Vec<Option<Scalar>> = vec![None; plan.fields.len()];
+        // On the stack for the messages Munity has (no allocation per
+        // walked message); on the heap past that.
+        const INLINE: usize = 16;
+        let count = plan.fields.len();
+        let (mut seen_inline, mut last_inline) = ([0usize; INLINE], [None::<Scalar>; INLINE]);
+        let (mut seen_heap, mut last_heap) = (Vec::new(), Vec::new());
+        let (seen, last): (&mut [usize], &mut [Option<Scalar>]) = if count <= INLINE {
+            (&mut seen_inline[..count], &mut last_inline[..count])
+        } else {
+            seen_heap.resize(count, 0);
+            last_heap.resize(count, None);
+            (&mut seen_heap[..], &mut last_heap[..])
+        };
         while !bytes.is_empty() {
             let Some(key) = read_varint(&mut bytes) else {
                 return;
@@ -431,33 +442,26 @@ impl Validator {
             if !field.walk {
                 continue;
             }
-            let path = |i: usize| {
-                let base = if prefix.is_empty() {
-                    field.name.clone()
-                } else {
-                    format!("{prefix}.{}", field.name)
-                };
-                if field.repeated {
-                    format!("{base}[{i}]")
-                } else {
-                    base
-                }
+            let at = |i: usize| At {
+                parent: prefix,
+                name: &field.name,
+                index: field.repeated.then_some(i),
             };
             match (field.kind, value) {
                 (ValueKind::Message(inner), Wire::Bytes(b)) => {
-                    let at = path(seen[index]);
+                    let here = at(seen[index]);
                     seen[index] += 1;
-                    self.walk(inner, b, &at, now, depth + 1, violations);
+                    self.walk(inner, b, Some(&here), now, depth + 1, violations);
                 }
                 (ValueKind::Timestamp, Wire::Bytes(b)) => {
-                    let at = path(seen[index]);
+                    let here = at(seen[index]);
                     seen[index] += 1;
-                    check_timestamp(&at, b, &field.rules, now, violations);
+                    check_timestamp(&here, b, &field.rules, now, violations);
                 }
                 (ValueKind::Duration, Wire::Bytes(b)) => {
-                    let at = path(seen[index]);
+                    let here = at(seen[index]);
                     seen[index] += 1;
-                    check_duration(&at, b, violations);
+                    check_duration(&here, b, violations);
                 }
                 (ValueKind::String, Wire::Bytes(b)) => {
                     let text = std::str::from_utf8(b).unwrap_or_default();
@@ -465,7 +469,7 @@ impl Validator {
                         // A list's length rules count its items; the shape
                         // applies to each.
                         if !text.is_empty() {
-                            check_format(&path(seen[index]), text, field.rules.format, violations);
+                            check_format(&at(seen[index]), text, field.rules.format, violations);
                         }
                         seen[index] += 1;
                     } else {
@@ -501,7 +505,7 @@ impl Validator {
                         };
                         let Some(item) = item else { break };
                         if let Some(n) = integer(field.kind, &item) {
-                            check_int(&path(seen[index]), n, &field.rules, violations);
+                            check_int(&at(seen[index]), n, &field.rules, violations);
                         }
                         seen[index] += 1;
                     }
@@ -510,7 +514,7 @@ impl Validator {
                     let n = integer(kind, &value);
                     if field.repeated {
                         if let Some(n) = n {
-                            check_int(&path(seen[index]), n, &field.rules, violations);
+                            check_int(&at(seen[index]), n, &field.rules, violations);
                         }
                         seen[index] += 1;
                     } else {
@@ -526,14 +530,14 @@ impl Validator {
             if rules.is_empty() {
                 continue;
             }
-            let at = if prefix.is_empty() {
-                field.name.clone()
-            } else {
-                format!("{prefix}.{}", field.name)
+            let at = At {
+                parent: prefix,
+                name: &field.name,
+                index: None,
             };
             if field.repeated {
                 if rules.required && seen[index] == 0 {
-                    violations.add(at, "is required");
+                    violations.add(at.render(), "is required");
                 } else {
                     check_len(&at, seen[index], rules, "items", violations);
                 }
@@ -559,14 +563,14 @@ impl Validator {
                         "bytes"
                     };
                     if rules.required && len == 0 {
-                        violations.add(at, "is required");
+                        violations.add(at.render(), "is required");
                     } else if len > 0 {
                         check_len(&at, len, rules, unit, violations);
                     }
                 }
                 (ValueKind::Message(_) | ValueKind::Timestamp | ValueKind::Duration, _) => {
                     if rules.required && seen[index] == 0 {
-                        violations.add(at, "is required");
+                        violations.add(at.render(), "is required");
                     }
                 }
                 (_, last) => {
@@ -575,13 +579,34 @@ impl Validator {
                         _ => 0,
                     };
                     if rules.required && n == 0 {
-                        violations.add(at, "is required");
+                        violations.add(at.render(), "is required");
                     } else if n != 0 {
                         check_int(&at, n, rules, violations);
                     }
                 }
             }
         }
+    }
+}
+
+/// Where a field is, rendered (`options[1].start`) only for a violation.
+struct At<'a> {
+    parent: Option<&'a At<'a>>,
+    name: &'a str,
+    index: Option<usize>,
+}
+
+impl At<'_> {
+    fn render(&self) -> String {
+        let mut text = match self.parent {
+            Some(parent) => parent.render() + ".",
+            None => String::new(),
+        };
+        text.push_str(self.name);
+        if let Some(index) = self.index {
+            text.push_str(&format!("[{index}]"));
+        }
+        text
     }
 }
 
@@ -593,9 +618,9 @@ enum Scalar<'a> {
     Other,
 }
 
-fn check_format(at: &str, text: &str, format: Format, violations: &mut FieldViolations) {
+fn check_format(at: &At<'_>, text: &str, format: Format, violations: &mut FieldViolations) {
     if let Err(why) = format.check(text) {
-        violations.add(at, why);
+        violations.add(at.render(), why);
     }
 }
 
@@ -621,7 +646,7 @@ fn integer(kind: ValueKind, value: &Wire<'_>) -> Option<i128> {
     }
 }
 
-fn check_int(at: &str, n: i128, rules: &FieldRules, violations: &mut FieldViolations) {
+fn check_int(at: &At<'_>, n: i128, rules: &FieldRules, violations: &mut FieldViolations) {
     let below = rules.min.is_some_and(|min| n < i128::from(min));
     let above = rules.max.is_some_and(|max| n > i128::from(max));
     if below || above {
@@ -631,12 +656,12 @@ fn check_int(at: &str, n: i128, rules: &FieldRules, violations: &mut FieldViolat
             (None, Some(max)) => format!("must be at most {max}"),
             (None, None) => unreachable!("a bound was broken"),
         };
-        violations.add(at, format!("{range} (got {n})"));
+        violations.add(at.render(), format!("{range} (got {n})"));
     }
 }
 
 fn check_len(
-    at: &str,
+    at: &At<'_>,
     len: usize,
     rules: &FieldRules,
     unit: &str,
@@ -651,7 +676,7 @@ fn check_len(
             (None, Some(max)) => format!("must be at most {max} {unit}"),
             (None, None) => unreachable!("a bound was broken"),
         };
-        violations.add(at, format!("{range} (got {len})"));
+        violations.add(at.render(), format!("{range} (got {len})"));
     }
 }
 
@@ -677,7 +702,7 @@ fn seconds_and_nanos(mut bytes: &[u8]) -> (i64, i64) {
 }
 
 fn check_timestamp(
-    at: &str,
+    at: &At<'_>,
     bytes: &[u8],
     rules: &FieldRules,
     now: i64,
@@ -685,36 +710,38 @@ fn check_timestamp(
 ) {
     let (seconds, nanos) = seconds_and_nanos(bytes);
     if !(0..=999_999_999).contains(&nanos) {
-        violations.add(at, format!("nanos must be 0 to 999999999 (got {nanos})"));
-    } else if !(MIN_TIMESTAMP_SECS..=MAX_TIMESTAMP_SECS).contains(&seconds) {
         violations.add(
-            at,
+            at.render(),
+            format!("nanos must be 0 to 999999999 (got {nanos})"),
+        );
+    } else if !(MIN_TIMESTAMP_SECS..=MAX_TIMESTAMP_SECS).contains(&seconds) {
+        violations.add(at.render(),
             "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z (protobuf's Timestamp range)",
         );
     } else if let Some(days) = rules.max_days_ahead
         && seconds > now.saturating_add(i64::from(days) * DAY_SECS)
     {
-        violations.add(at, format!("must be at most {days} days from now"));
+        violations.add(at.render(), format!("must be at most {days} days from now"));
     } else if let Some(days) = rules.max_days_ago
         && seconds < now.saturating_sub(i64::from(days) * DAY_SECS)
     {
-        violations.add(at, format!("must be at most {days} days ago"));
+        violations.add(at.render(), format!("must be at most {days} days ago"));
     }
 }
 
-fn check_duration(at: &str, bytes: &[u8], violations: &mut FieldViolations) {
+fn check_duration(at: &At<'_>, bytes: &[u8], violations: &mut FieldViolations) {
     let (seconds, nanos) = seconds_and_nanos(bytes);
     let same_sign = seconds == 0 || nanos == 0 || (seconds < 0) == (nanos < 0);
     if !(-999_999_999..=999_999_999).contains(&nanos) || !same_sign {
         violations.add(
-            at,
+            at.render(),
             format!(
                 "nanos must be -999999999 to 999999999, with the sign of seconds (got {nanos})"
             ),
         );
     } else if !(-MAX_DURATION_SECS..=MAX_DURATION_SECS).contains(&seconds) {
         violations.add(
-            at,
+            at.render(),
             "must be within ±10,000 years (protobuf's Duration range)",
         );
     }

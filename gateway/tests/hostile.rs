@@ -278,15 +278,27 @@ async fn a_malformed_http1_body_is_400_and_closes_the_connection() {
     let second = String::from_utf8(well_formed.clone())
         .unwrap()
         .replace("connection: close\r\n", "");
-    // A proxied method, and one the gateway answers itself.
+    // A proxied method, one the gateway answers itself, and an HTTP/JSON
+    // call (whose body the gateway reads itself).
     let cases = ["0x5", "-5", "ffffffffffffffffff", "zz"]
         .into_iter()
-        .flat_map(|size| [(path, size), ("/grpc.health.v1.Health/Check", size)]);
+        .flat_map(|size| {
+            [
+                (path, size),
+                ("/grpc.health.v1.Health/Check", size),
+                ("/v1/auth/login", size),
+            ]
+        });
     let mut failures = Vec::new();
     for (path, size) in cases {
+        let content_type = if path.starts_with("/v1/") {
+            "application/json"
+        } else {
+            "application/grpc-web+proto\r\nx-grpc-web: 1"
+        };
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {0}\r\n\
-             content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
+             content-type: {content_type}\r\n\
              transfer-encoding: chunked\r\n\r\n{size}\r\n",
             gateway.address
         );

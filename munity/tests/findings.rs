@@ -175,7 +175,8 @@ async fn meeting_times_outside_protobufs_range_or_sense_are_refused_by_field() {
     let dev = Dev::start().await;
     let (owner, _) = register(&dev.gateway, "Planner").await;
     let mut client = EventsClient::new(dev.gateway.clone());
-    let cases: [(&str, Box<dyn Fn(&mut events::CreateEventRequest)>); 4] = [
+    type Spoil = Box<dyn Fn(&mut events::CreateEventRequest)>;
+    let cases: [(&str, Spoil); 4] = [
         (
             "options[0].start",
             Box::new(|r| r.options[0].start.as_mut().unwrap().seconds = 253_402_300_800),

@@ -172,17 +172,22 @@ pub async fn read_body(
     }
     let read = async {
         let mut body = BytesMut::new();
-        while let Some(chunk) = session
-            .downstream_session
-            .read_request_body()
-            .await
-            .map_err(|e| {
-                JsonError::new(
-                    Code::InvalidArgument,
-                    format!("the request body could not be read: {e}"),
-                )
-            })?
-        {
+        loop {
+            let chunk = match session.downstream_session.read_request_body().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    // After a framing error (a bad chunk size) where the
+                    // next request starts is unknown: answer 400 and close
+                    // the connection rather than parse what follows
+                    // (request smuggling).
+                    session.downstream_session.set_keepalive(None);
+                    return Err(JsonError::new(
+                        Code::InvalidArgument,
+                        format!("the request body could not be read: {e}"),
+                    ));
+                }
+            };
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use munity_proto::validate::{FieldRules, Format};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
@@ -37,12 +38,9 @@ pub fn document(transcoder: &Transcoder) -> Json {
         } else {
             format!("{base_id}_{count}")
         };
-        let operation = operation(
-            route,
-            operation_id,
-            policy.is_public(&route.grpc_path),
-            &mut schemas,
-        );
+        let public = policy.is_public(&route.grpc_path);
+        let callers = (!public).then(|| policy.callers(&route.grpc_path).describe());
+        let operation = operation(route, operation_id, public, callers, &mut schemas);
         paths
             .entry(route.template.openapi_path())
             .or_default()
@@ -103,17 +101,24 @@ fn operation(
     route: &HttpRoute,
     operation_id: String,
     public: bool,
+    callers: Option<String>,
     schemas: &mut BTreeMap<String, Json>,
 ) -> Json {
     let method = &route.method;
     let input = method.input();
-    let description = comments(&method.parent_file(), method.path()).unwrap_or_default();
-    let summary = description
+    let comment = comments(&method.parent_file(), method.path()).unwrap_or_default();
+    let summary = comment
         .split(['\n'])
         .next()
         .unwrap_or_default()
         .trim()
         .to_owned();
+    let who = callers.unwrap_or_else(|| "Callers: anyone; no access token needed.".to_owned());
+    let description = if comment.is_empty() {
+        who
+    } else {
+        format!("{comment}\n\n{who}")
+    };
     let mut parameters = Vec::new();
     let path_fields: Vec<String> = route
         .template
@@ -149,7 +154,7 @@ fn operation(
             let mut parameter = json!({
                 "name": field.json_name(),
                 "in": "query",
-                "required": false,
+                "required": must_be_given(&field),
                 "schema": field_schema(&field, schemas),
             });
             if let Some(text) = comments(&field.parent_file(), field.path()) {
@@ -215,8 +220,13 @@ fn operation(
         "x-grpc-method": route.grpc_path,
     });
     if let Some(schema) = request_body {
+        let required = match &route.body {
+            BodyMapping::Whole => input.fields().any(|f| !bound(&f) && must_be_given(&f)),
+            BodyMapping::Field(field) => must_be_given(field),
+            BodyMapping::None => false,
+        };
         operation["requestBody"] = json!({
-            "required": false,
+            "required": required,
             "content": {"application/json": {"schema": schema}}
         });
     }
@@ -235,9 +245,15 @@ fn body_schema(
     }
     let mut properties = Map::new();
     for field in input.fields().filter(|f| !bound(f)) {
-        properties.insert(field.json_name().to_owned(), field_schema(&field, schemas));
+        properties.insert(
+            field.json_name().to_owned(),
+            property_schema(&field, schemas),
+        );
     }
-    json!({"type": "object", "properties": properties, "additionalProperties": false})
+    let mut schema =
+        json!({"type": "object", "properties": properties, "additionalProperties": false});
+    object_rules(&mut schema, input, bound);
+    schema
 }
 
 /// `{"$ref": ...}` to a message's schema (or the inline JSON form of a
@@ -251,7 +267,7 @@ fn message_ref(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Json>
         schemas.insert(name.clone(), Json::Null); // breaks cycles
         let mut properties = Map::new();
         for field in message.fields() {
-            let mut schema = field_schema(&field, schemas);
+            let mut schema = property_schema(&field, schemas);
             if let Some(text) = comments(&field.parent_file(), field.path()) {
                 schema = with_description(schema, text);
             }
@@ -262,6 +278,7 @@ fn message_ref(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Json>
             "properties": properties,
             "additionalProperties": false,
         });
+        object_rules(&mut schema, message, &|_| false);
         if let Some(text) = comments(&message.parent_file(), message.path()) {
             schema["description"] = json!(text);
         }
@@ -284,7 +301,14 @@ fn with_description(schema: Json, text: String) -> Json {
     schema
 }
 
+/// A field's schema: its JSON form (proto3 JSON mapping), held to the
+/// rules the proto declares for it (`munity.options.v1.field`), which
+/// every request is checked against before its handler runs
+/// (`munity_proto::validate`). Proto3 cannot tell a zero, empty or absent
+/// value apart: bounds hold for what is given, and only `required`
+/// refuses zero and empty (lists and maps are counted whatever their size).
 fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Json>) -> Json {
+    let rules = FieldRules::of(field).unwrap_or_default();
     if field.is_map() {
         let Kind::Message(entry) = field.kind() else {
             return json!({"type": "object"});
@@ -292,7 +316,14 @@ fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Json>) -
         let value = entry
             .get_field_by_name("value")
             .map_or(json!({}), |v| field_schema(&v, schemas));
-        return json!({"type": "object", "additionalProperties": value});
+        let mut schema = json!({"type": "object", "additionalProperties": value});
+        if let Some(min) = min_count(&rules) {
+            schema["minProperties"] = json!(min);
+        }
+        if let Some(max) = rules.max_len {
+            schema["maxProperties"] = json!(max);
+        }
+        return schema;
     }
     let single = match field.kind() {
         Kind::Double | Kind::Float => json!({"type": "number"}),
@@ -312,15 +343,243 @@ fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Json>) -
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
         Kind::Enum(enumeration) => {
-            let names: Vec<String> = enumeration.values().map(|v| v.name().to_owned()).collect();
+            // A required enum refuses its zero value (`*_UNSPECIFIED`);
+            // `min` and `max` bound the numbers of the others.
+            let single = !field.is_list();
+            let names: Vec<String> = enumeration
+                .values()
+                .filter(|v| {
+                    let n = i64::from(v.number());
+                    if single && n == 0 {
+                        return !rules.required;
+                    }
+                    rules.min.is_none_or(|min| n >= min) && rules.max.is_none_or(|max| n <= max)
+                })
+                .map(|v| v.name().to_owned())
+                .collect();
             json!({"type": "string", "enum": names})
         }
         Kind::Message(message) => message_ref(&message, schemas),
     };
     if field.is_list() {
-        json!({"type": "array", "items": single})
+        // The length rules count the items; a shape holds for each
+        // non-empty item, an integer bound for every item.
+        let item_rules = FieldRules {
+            required: false,
+            min_len: None,
+            max_len: None,
+            ..rules.clone()
+        };
+        let mut list =
+            json!({"type": "array", "items": value_rules(field, single, &item_rules, true)});
+        if let Some(min) = min_count(&rules) {
+            list["minItems"] = json!(min);
+        }
+        if let Some(max) = rules.max_len {
+            list["maxItems"] = json!(max);
+        }
+        list
     } else {
-        single
+        value_rules(field, single, &rules, false)
+    }
+}
+
+/// A field's schema as an object's property. The proto3 JSON mapping
+/// reads `null` as the field's default (as if left out): a field a
+/// request need not give may be `null`.
+fn property_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Json>) -> Json {
+    let schema = field_schema(field, schemas);
+    if must_be_given(field)
+        || matches!(field.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.Value")
+    {
+        return schema;
+    }
+    json!({"anyOf": [schema, {"type": "null"}]})
+}
+
+/// The least number of items (or entries) a list (or map) field takes.
+fn min_count(rules: &FieldRules) -> Option<u32> {
+    let min = rules.min_len.unwrap_or(0).max(u32::from(rules.required));
+    (min > 0).then_some(min)
+}
+
+/// Whether a request must give `field`: a required one, or a list or map
+/// with a least length (absent is empty in proto3).
+fn must_be_given(field: &FieldDescriptor) -> bool {
+    FieldRules::of(field).is_some_and(|rules| {
+        rules.required || ((field.is_list() || field.is_map()) && min_count(&rules).is_some())
+    })
+}
+
+/// A message's `required` fields (less those `skip` says the path sets)
+/// and its oneofs (at most one member given) in its object schema.
+fn object_rules(
+    schema: &mut Json,
+    message: &MessageDescriptor,
+    skip: &dyn Fn(&FieldDescriptor) -> bool,
+) {
+    let required: Vec<String> = message
+        .fields()
+        .filter(|f| !skip(f) && must_be_given(f))
+        .map(|f| f.json_name().to_owned())
+        .collect();
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    let mut exclusive = Vec::new();
+    for oneof in message.oneofs().filter(|o| !o.is_synthetic()) {
+        let members: Vec<String> = oneof
+            .fields()
+            .filter(|f| !skip(f))
+            .map(|f| f.json_name().to_owned())
+            .collect();
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[i + 1..] {
+                exclusive.push(json!({"not": {"required": [a, b]}}));
+            }
+        }
+    }
+    if !exclusive.is_empty() {
+        schema["allOf"] = json!(exclusive);
+    }
+}
+
+/// A UUID in its hyphenated text form, as `Format::Uuid` checks it
+/// (JSON Schema's `uuid` format alone also takes other spellings).
+const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// An email address as `Format::Email` checks it: text without `@` or
+/// white space, one `@`, and a domain with a dot neither first nor last
+/// (JSON Schema's `email` format alone says less or more, by validator).
+const EMAIL_PATTERN: &str = "^[^@\\s]+@[^@\\s.][^@\\s]*\\.[^@\\s]*[^@\\s.]$";
+/// RFC 3339 as protobuf's JSON mapping takes it: `T` and `Z` upper case,
+/// an offset with a colon, years 0001 to 9999.
+const TIMESTAMP_PATTERN: &str = "^([0-9]{3}[1-9]|[0-9]{2}[1-9][0-9]|[0-9][1-9][0-9]{2}|[1-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// `schema` (one value of `field`) with the value rules: lengths, shape,
+/// integer bounds, presence of scalars, and what a time may be. `item`:
+/// an item of a list, where zero and empty count as given.
+fn value_rules(field: &FieldDescriptor, schema: Json, rules: &FieldRules, item: bool) -> Json {
+    let mut schema = schema;
+    let required = rules.required && !item;
+    match field.kind() {
+        Kind::String => {
+            let format = rules.format.openapi();
+            let min = rules.min_len.unwrap_or(0);
+            let mut given = Map::new();
+            if let Some(format) = format {
+                given.insert("format".into(), json!(format));
+                let pattern = match rules.format {
+                    Format::Email => EMAIL_PATTERN,
+                    _ => UUID_PATTERN,
+                };
+                given.insert("pattern".into(), json!(pattern));
+            }
+            if min > 0 {
+                given.insert("minLength".into(), json!(min));
+            }
+            if let Some(max) = rules.max_len {
+                given.insert("maxLength".into(), json!(max));
+            }
+            if required {
+                // Empty is "not given": refused.
+                if min == 0 {
+                    given.insert("minLength".into(), json!(1));
+                }
+                extend(&mut schema, given);
+            } else if format.is_some() || min > 0 {
+                // Empty is "not given", and accepted; the rules hold
+                // for anything else.
+                let mut given = Json::Object(given);
+                given["minLength"] = json!(min.max(1));
+                schema["anyOf"] = json!([{"const": ""}, given]);
+            } else {
+                extend(&mut schema, given);
+            }
+        }
+        Kind::Bytes => {
+            if required {
+                schema["minLength"] = json!(1);
+            }
+            let bounds = match (rules.min_len, rules.max_len) {
+                (Some(min), Some(max)) => Some(format!("{min} to {max} bytes")),
+                (Some(min), None) => Some(format!("at least {min} bytes")),
+                (None, Some(max)) => Some(format!("at most {max} bytes")),
+                (None, None) => None,
+            };
+            if let Some(bounds) = bounds {
+                schema["description"] = json!(format!("When given: {bounds} (before base64)."));
+            }
+        }
+        Kind::Int32
+        | Kind::Sint32
+        | Kind::Sfixed32
+        | Kind::Uint32
+        | Kind::Fixed32
+        | Kind::Enum(_)
+            if rules.min.is_some() || rules.max.is_some() || required =>
+        {
+            if matches!(field.kind(), Kind::Enum(_)) {
+                // Enums are written by name: the names above are those
+                // the rules take.
+                return schema;
+            }
+            let low = schema["minimum"].as_i64().unwrap_or(i64::MIN);
+            let high = schema["maximum"].as_i64().unwrap_or(i64::MAX);
+            let low = rules.min.map_or(low, |min| min.max(low));
+            let high = rules.max.map_or(high, |max| max.min(high));
+            schema["minimum"] = json!(low);
+            schema["maximum"] = json!(high);
+            let zero_in_range = low <= 0 && 0 <= high;
+            if required && zero_in_range {
+                // Zero is "not given": refused.
+                schema["not"] = json!({"const": 0});
+            } else if !required && !item && !zero_in_range {
+                // Zero is "not given", and accepted; the bounds hold for
+                // anything else.
+                let bounded = json!({"minimum": low, "maximum": high});
+                schema["minimum"] = json!(low.min(0));
+                schema["maximum"] = json!(high.max(0));
+                schema["anyOf"] = json!([{"const": 0}, bounded]);
+            }
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+            let bounds = match (rules.min, rules.max) {
+                (Some(min), Some(max)) => Some(format!("{min} to {max}")),
+                (Some(min), None) => Some(format!("at least {min}")),
+                (None, Some(max)) => Some(format!("at most {max}")),
+                (None, None) => None,
+            };
+            if let Some(bounds) = bounds {
+                schema["description"] = json!(format!("When not 0: {bounds}."));
+            }
+            if required {
+                schema["not"] = json!({"pattern": "^-?0+$"});
+            }
+        }
+        Kind::Bool if required => {
+            schema["const"] = json!(true);
+        }
+        Kind::Message(message) if message.full_name() == "google.protobuf.Timestamp" => {
+            let mut limits =
+                vec!["Between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.".to_owned()];
+            if let Some(days) = rules.max_days_ahead {
+                limits.push(format!("At most {days} days from now."));
+            }
+            if let Some(days) = rules.max_days_ago {
+                limits.push(format!("At most {days} days ago."));
+            }
+            schema["pattern"] = json!(TIMESTAMP_PATTERN);
+            schema["description"] = json!(limits.join(" "));
+        }
+        _ => {}
+    }
+    schema
+}
+
+fn extend(schema: &mut Json, keywords: Map<String, Json>) {
+    if let Json::Object(object) = schema {
+        object.extend(keywords);
     }
 }
 

@@ -49,13 +49,12 @@ async fn server_streams_as_ndjson_and_resumable_sse() {
 ///   request too large for the edge (e.g. a path over 4 KiB) is refused
 ///   for its size, before anything reads it.
 /// - positive_data_acceptance is off for operations whose services hold
-///   rules the protos do not declare yet (no `FieldRules` can say them):
-///   users-svc refuses control characters in free text (PATCH /v1/me,
-///   POST /v1/communities); CreateEvent's times relate to each other and
-///   to now (an option ends after it starts and starts in the future, the
-///   deadline is before the first); MarkRead's ids are ones ListInbox gave,
-///   and it needs ids or `all`; Ingest's sources and ids have a character
-///   set and its times start in 1970. And for answers that depend on
+///   rules that relate fields to each other, to now or to stored state,
+///   which no `FieldRules` can say: CreateEvent's times (an option ends
+///   after it starts and starts in the future, the deadline is before the
+///   first); MarkRead's ids are ones ListInbox gave, and it needs ids or
+///   `all`; Ingest's record times start in 1970 (a bound relative to the
+///   epoch, not to now). And for answers that depend on
 ///   state, FAILED_PRECONDITION, which the HTTP mapping answers 400 like
 ///   INVALID_ARGUMENT (the owner cannot leave their community nor have
 ///   their role changed).
@@ -65,16 +64,6 @@ const SCHEMATHESIS_CONFIG: &str = r#"
 
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "414", "415", "422", "428", "429", "431", "5xx"]
-
-[[operations]]
-include-path-regex = "^/v1/me$"
-include-method = "PATCH"
-checks.positive_data_acceptance.enabled = false
-
-[[operations]]
-include-path-regex = "^/v1/communities$"
-include-method = "POST"
-checks.positive_data_acceptance.enabled = false
 
 [[operations]]
 include-path-regex = "^/v1/events$"

@@ -49,6 +49,10 @@ pub struct FieldRules {
     pub max_days_ahead: Option<u32>,
     pub max_days_ago: Option<u32>,
     pub format: Format,
+    /// A regular expression the whole value must match (anchored).
+    pub pattern: Option<String>,
+    /// What the pattern means, for the violation.
+    pub pattern_hint: Option<String>,
 }
 
 /// A string field's declared shape (`munity.options.v1.Format`).
@@ -128,6 +132,12 @@ impl FieldRules {
                 .then(|| rules.get_field_by_name(name).and_then(|v| v.as_u32()))
                 .flatten()
         };
+        let opt_string = |name: &str| {
+            rules
+                .get_field_by_name(name)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|s| !s.is_empty())
+        };
         Some(FieldRules {
             required: rules
                 .get_field_by_name("required")
@@ -187,6 +197,8 @@ struct FieldPlan {
     kind: ValueKind,
     repeated: bool,
     rules: FieldRules,
+    /// `rules.pattern`, compiled once.
+    pattern: Option<regex::Regex>,
     /// Whether the walk must look inside (rules, a time, or a message
     /// that holds something to check).
     walk: bool,
@@ -306,7 +318,13 @@ impl Validator {
                         },
                     };
                     let rules = FieldRules::of(&field).unwrap_or_default();
+                    let pattern = rules.pattern.as_deref().map(|pattern| {
+                        regex::Regex::new(pattern).unwrap_or_else(|e| {
+                            panic!("{}: pattern {pattern:?} is not a regular expression: {e}", field.full_name())
+                        })
+                    });
                     FieldPlan {
+                        pattern,
                         number: field.number(),
                         name: field.name().to_owned(),
                         kind,
@@ -470,6 +488,7 @@ impl Validator {
                         // applies to each.
                         if !text.is_empty() {
                             check_format(&at(seen[index]), text, field.rules.format, violations);
+                            check_pattern(&at(seen[index]), text, field, violations);
                         }
                         seen[index] += 1;
                     } else {
@@ -552,6 +571,7 @@ impl Validator {
                         Some(Scalar::Text(text)) => {
                             if !text.is_empty() {
                                 check_format(&at, text, rules.format, violations);
+                                check_pattern(&at, text, field, violations);
                             }
                             text.chars().count()
                         }
@@ -616,6 +636,18 @@ enum Scalar<'a> {
     Len(usize),
     Text(&'a str),
     Other,
+}
+
+fn check_pattern(at: &At<'_>, text: &str, field: &FieldPlan, violations: &mut FieldViolations) {
+    if let Some(pattern) = &field.pattern
+        && !pattern.is_match(text)
+    {
+        let why = match &field.rules.pattern_hint {
+            Some(hint) => format!("must be {hint}"),
+            None => format!("must match {}", pattern.as_str()),
+        };
+        violations.add(at.render(), why);
+    }
 }
 
 fn check_format(at: &At<'_>, text: &str, format: Format, violations: &mut FieldViolations) {

@@ -155,3 +155,29 @@ fn every_request_type_has_a_plan_and_no_response_type_is_checked() {
     assert!(!validate::is_request("munity.events.v1.Event"));
     assert!(validate::request_check("munity.events.v1.Event").is_none());
 }
+
+#[test]
+fn patterns_name_what_they_mean() {
+    let record = |source: &str, id: &str| Record {
+        source: source.into(),
+        id: id.into(),
+        time: at(now(), 0),
+        ..Default::default()
+    };
+    let batch = IngestRequest {
+        records: vec![
+            record("sensors.berlin", "r-1"),
+            record("Sensors Berlin", "r 2"),
+        ],
+    };
+    let found = violations(&batch);
+    let names: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(names, ["records[1].id", "records[1].source"]);
+    assert!(found[1].1.starts_with("must be a source name"), "{found:?}");
+    let blank = RegisterRequest {
+        email: "ada@example.com".into(),
+        password: "correct horse".into(),
+        display_name: " \u{7}".into(),
+    };
+    assert_eq!(fields(&blank), ["display_name"]);
+}

@@ -475,6 +475,9 @@ fn value_rules(field: &FieldDescriptor, schema: Json, rules: &FieldRules, item: 
                 };
                 given.insert("pattern".into(), json!(pattern));
             }
+            if let Some(pattern) = &rules.pattern {
+                given.insert("pattern".into(), json!(pattern));
+            }
             if min > 0 {
                 given.insert("minLength".into(), json!(min));
             }
@@ -487,7 +490,7 @@ fn value_rules(field: &FieldDescriptor, schema: Json, rules: &FieldRules, item: 
                     given.insert("minLength".into(), json!(1));
                 }
                 extend(&mut schema, given);
-            } else if format.is_some() || min > 0 {
+            } else if format.is_some() || rules.pattern.is_some() || min > 0 {
                 // Empty is "not given", and accepted; the rules hold
                 // for anything else.
                 let mut given = Json::Object(given);

@@ -438,6 +438,11 @@ fn breaking_values_set(field: &FieldDescriptor) -> Vec<(String, Value)> {
             if let Some(min) = rules.min_len.filter(|m| *m > 1) {
                 values.push((format!("min_len {min}"), text(min - 1)));
             }
+            if rules.pattern.is_some() {
+                // Upper case, a control character and punctuation: outside
+                // every pattern the protos declare.
+                values.push(("pattern".into(), Value::String("Bad\u{1}!".into())));
+            }
             match rules.format {
                 Format::Uuid => {
                     values.push(("format uuid".into(), Value::String("not-a-uuid".into())))

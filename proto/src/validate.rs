@@ -157,6 +157,8 @@ impl FieldRules {
                 Some(2) => Format::Email,
                 _ => Format::Any,
             },
+            pattern: opt_string("pattern"),
+            pattern_hint: opt_string("pattern_hint"),
         })
     }
 
@@ -320,7 +322,10 @@ impl Validator {
                     let rules = FieldRules::of(&field).unwrap_or_default();
                     let pattern = rules.pattern.as_deref().map(|pattern| {
                         regex::Regex::new(pattern).unwrap_or_else(|e| {
-                            panic!("{}: pattern {pattern:?} is not a regular expression: {e}", field.full_name())
+                            panic!(
+                                "{}: pattern {pattern:?} is not a regular expression: {e}",
+                                field.full_name()
+                            )
                         })
                     });
                     FieldPlan {

@@ -116,11 +116,16 @@ fn required_fields_lengths_and_counts() {
 #[test]
 fn integer_bounds_allow_zero_as_the_default() {
     let list = ListEventsRequest {
+        filter: 4,
         page_size: 4_294_967_295,
         ..Default::default()
     };
     assert_eq!(fields(&list), ["page_size"]);
-    assert_eq!(fields(&ListEventsRequest::default()), Vec::<String>::new());
+    let default_page = ListEventsRequest {
+        filter: 4,
+        ..Default::default()
+    };
+    assert_eq!(fields(&default_page), Vec::<String>::new());
     let stats = GetStatsRequest {
         top: 1_000_000,
         ..Default::default()

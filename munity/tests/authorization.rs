@@ -8,8 +8,6 @@
 //! got past the door (PERMISSION_DENIED or not), not what the method then
 //! makes of the empty message.
 
-use std::collections::BTreeSet;
-
 use bytes::Bytes;
 use munity_platform::policy::MethodPolicy;
 use munity_testkit::{ADMIN_EMAIL, raw_grpc, register_as, start_dev};
@@ -47,12 +45,7 @@ async fn every_rpc_admits_exactly_the_callers_it_declares() {
     let data = tempfile::tempdir().unwrap();
     let (ready, gateway) = start_dev(env!("CARGO_BIN_EXE_munity"), data.path()).await;
     let (admin, _) = register_as(&gateway, "Admin", ADMIN_EMAIL).await;
-    let every_scope: BTreeSet<&str> = policy
-        .caller_rules()
-        .values()
-        .flat_map(|rule| rule.scopes.iter().map(String::as_str))
-        .collect();
-    let every_scope: Vec<&str> = every_scope.into_iter().collect();
+    let every_scope = policy.declared_scopes();
     // Service accounts have 1 to 16 scopes: this one's grants nothing.
     let no_scope =
         munity_testkit::service_token(&gateway, &admin, "no-scope", &["audit.none"]).await;

@@ -10,7 +10,7 @@
 //! descriptors hold, so a new method or a new bound is covered the day it
 //! is declared.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use munity_platform::{auth::with_bearer, policy::MethodPolicy};
@@ -44,14 +44,13 @@ impl Dev {
         let (admin, _) = register_as(&gateway, "Admin", ADMIN_EMAIL).await;
         let policy =
             MethodPolicy::from_descriptor_sets(&[munity_proto::FILE_DESCRIPTOR_SET]).unwrap();
-        let scopes: BTreeSet<&str> = policy
-            .caller_rules()
-            .values()
-            .flat_map(|rule| rule.scopes.iter().map(String::as_str))
-            .collect();
-        let scopes: Vec<&str> = scopes.into_iter().collect();
-        let all_scopes =
-            munity_testkit::service_token(&gateway, &admin, "all-scopes", &scopes).await;
+        let all_scopes = munity_testkit::service_token(
+            &gateway,
+            &admin,
+            "all-scopes",
+            &policy.declared_scopes(),
+        )
+        .await;
         Dev {
             ready,
             gateway,

@@ -280,6 +280,16 @@ impl MethodPolicy {
         &self.callers
     }
 
+    /// Every scope some method names, sorted, once each.
+    pub fn declared_scopes(&self) -> Vec<&str> {
+        let scopes: std::collections::BTreeSet<&str> = self
+            .callers
+            .values()
+            .flat_map(|rule| rule.scopes.iter().map(String::as_str))
+            .collect();
+        scopes.into_iter().collect()
+    }
+
     /// Whether `path` is a server-streaming method (no default deadline).
     pub fn is_server_streaming(&self, path: &str) -> bool {
         self.streaming.contains(path)

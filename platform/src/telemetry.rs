@@ -66,14 +66,37 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Libraries whose debug logs write request headers whole, bearer tokens
+/// included (Pingora's proxy logs each request it sends upstream): held at
+/// `info` whatever the filter says, unless the filter names the library
+/// itself, a deliberate choice for a debugging session on test data.
+const HEADER_LOGGING_TARGETS: &[&str] = &["pingora_proxy"];
+
+/// `directives` with [`HEADER_LOGGING_TARGETS`] capped at `info`.
+pub fn with_secret_safe_levels(directives: &str) -> String {
+    let mut directives = directives.trim().to_owned();
+    for target in HEADER_LOGGING_TARGETS {
+        if !directives.contains(target) {
+            if !directives.is_empty() {
+                directives.push(',');
+            }
+            directives.push_str(&format!("{target}=info"));
+        }
+    }
+    directives
+}
+
 /// Installs the global subscriber for `service_name`. Calling it again in the
 /// same process (tests that start several services) keeps the first setup.
 pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_filter))
-        .map_err(|e| anyhow::anyhow!("telemetry.log_filter {:?}: {e}", config.log_filter))?;
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.trim().is_empty())
+        .unwrap_or_else(|| config.log_filter.clone());
+    let filter = EnvFilter::try_new(with_secret_safe_levels(&directives))
+        .map_err(|e| anyhow::anyhow!("telemetry.log_filter {directives:?}: {e}"))?;
 
     let fmt_layer = match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),

@@ -415,6 +415,17 @@ pub const ADMIN_EMAIL: &str = "ops@example.com";
 /// `env!("CARGO_BIN_EXE_munity")`) on any free ports with its data in
 /// `data_dir`, and connects to its gateway.
 pub async fn start_dev(munity: &str, data_dir: &Path) -> (Ready, tonic::transport::Channel) {
+    start_dev_logging(munity, data_dir, None).await
+}
+
+/// [`start_dev`], with everything the process writes (stdout and stderr)
+/// going to `log` as `(path, RUST_LOG level)`: for tests that read what
+/// Munity logs.
+pub async fn start_dev_logging(
+    munity: &str,
+    data_dir: &Path,
+    log: Option<(&Path, &str)>,
+) -> (Ready, tonic::transport::Channel) {
     let config = data_dir.join("munity.toml");
     std::fs::write(
         &config,
@@ -427,9 +438,21 @@ pub async fn start_dev(munity: &str, data_dir: &Path) -> (Ready, tonic::transpor
         .arg(&config)
         .args(["dev", "--data-dir"])
         .arg(data_dir)
-        .env("MUNITY_DEV__ANY_PORT", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null());
+        .env("MUNITY_DEV__ANY_PORT", "true");
+    match log {
+        Some((path, level)) => {
+            let file = std::fs::File::create(path).expect("the log file");
+            command
+                .env("RUST_LOG", level)
+                .stderr(file.try_clone().expect("the log file"))
+                .stdout(file);
+        }
+        None => {
+            command
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null());
+        }
+    }
     let ready = spawn_ready(command, Duration::from_secs(60)).await;
     let channel =
         tonic::transport::Channel::from_shared(format!("http://{}", ready.address("gateway")))

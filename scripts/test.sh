@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export PATH="$HOME/go/bin:$HOME/.cargo/bin:$PATH"
 GRPCURL_VERSION=v1.9.4
+CARGO_DENY_VERSION=0.20.2
 
 log() { echo "test.sh: $*" >&2; }
 started=()
@@ -55,6 +56,15 @@ if ! command -v grpcurl >/dev/null; then
   GOBIN="$HOME/go/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
 fi
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
+# cargo-deny checks licenses, bans and sources (deny.toml); built once and
+# kept under ~/.cache (a few minutes on 2 cores).
+tools=$HOME/.cache/munity-tools
+if [[ $("$tools/bin/cargo-deny" --version 2>/dev/null) != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+  log "installing cargo-deny $CARGO_DENY_VERSION into $tools"
+  CARGO_TARGET_DIR=$HOME/.cache/munity-tools-build \
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --root "$tools" --quiet
+  rm -rf "$HOME/.cache/munity-tools-build"
+fi
 
 # --- servers -----------------------------------------------------------------
 if ! bash scripts/redis.sh status; then started+=(redis); fi
@@ -108,5 +118,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo deny check licenses bans sources"
+"$tools/bin/cargo-deny" --locked check licenses bans sources
 log "cargo test"
 cargo test --workspace --locked "$@"

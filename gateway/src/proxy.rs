@@ -83,6 +83,8 @@ pub struct Gateway {
     pub json_body_timeout: Duration,
     /// `/openapi.json` and `/docs`, made once at start-up.
     pub docs: http_json::openapi::Docs,
+    /// The web app at `/` (`web.rs`).
+    pub web: crate::web::Web,
 }
 
 /// Where an admitted call goes.
@@ -578,7 +580,7 @@ impl ProxyHttp for Gateway {
             self.cors.preflight(session, origin).await?;
             return Ok(true);
         }
-        if self.docs.serve(session).await? {
+        if self.docs.serve(session).await? || self.web.serve(session, &self.http).await? {
             ctx.local_status = Some(Code::Ok);
             return Ok(true);
         }

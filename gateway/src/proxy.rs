@@ -585,6 +585,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         ctx.json = classify_http(&self.http, session);
+        let origin = self.web.cross_origin(session, origin);
         match self.admit(session, ctx, origin).await {
             Ok(Destination::Upstream) if ctx.json.is_some() => {
                 self.serve_json(session, ctx).await?;

@@ -100,6 +100,31 @@ impl Web {
         Web { files }
     }
 
+    /// `origin`, unless it is the request's own (the app calling the API
+    /// it was served with, which is no cross-origin call and needs no CORS
+    /// allowance); unchanged when the app is turned off.
+    pub fn cross_origin(&self, session: &Session, origin: Option<String>) -> Option<String> {
+        let own = self.files.is_some()
+            && origin.as_deref().is_some_and(|origin| {
+                let request = session.req_header();
+                let host = request
+                    .uri
+                    .authority()
+                    .map(|a| a.as_str())
+                    .or_else(|| {
+                        request
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|v| v.to_str().ok())
+                    });
+                let authority = origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"));
+                host.is_some_and(|host| authority.is_some_and(|a| a.eq_ignore_ascii_case(host)))
+            });
+        if own { None } else { origin }
+    }
+
     /// How many files are built into this binary (0 without `web/dist`).
     pub fn embedded_files() -> usize {
         embedded::FILES.len()

@@ -7,9 +7,9 @@ const path = new Store(location.pathname);
 window.addEventListener("popstate", () => path.set(location.pathname));
 
 export function navigate(to: string) {
-  if (to === location.pathname) return;
+  if (to === location.pathname + location.search) return;
   history.pushState(null, "", to);
-  path.set(to);
+  path.set(location.pathname);
   window.scrollTo(0, 0);
 }
 

@@ -107,16 +107,12 @@ impl Web {
         let own = self.files.is_some()
             && origin.as_deref().is_some_and(|origin| {
                 let request = session.req_header();
-                let host = request
-                    .uri
-                    .authority()
-                    .map(|a| a.as_str())
-                    .or_else(|| {
-                        request
-                            .headers
-                            .get(http::header::HOST)
-                            .and_then(|v| v.to_str().ok())
-                    });
+                let host = request.uri.authority().map(|a| a.as_str()).or_else(|| {
+                    request
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|v| v.to_str().ok())
+                });
                 let authority = origin
                     .strip_prefix("http://")
                     .or_else(|| origin.strip_prefix("https://"));
@@ -169,7 +165,10 @@ impl Web {
         if name.is_empty() {
             name = "index.html";
         }
-        if name.split('/').any(|segment| segment == ".." || segment.contains('\\')) {
+        if name
+            .split('/')
+            .any(|segment| segment == ".." || segment.contains('\\'))
+        {
             return Ok(false);
         }
         let (name, body) = match files.get(name) {
@@ -193,7 +192,9 @@ impl Web {
             let mut response = ResponseHeader::build(304, Some(4))?;
             common_headers(&mut response, name, immutable)?;
             response.insert_header(http::header::ETAG, etag.as_str())?;
-            session.write_response_header(Box::new(response), true).await?;
+            session
+                .write_response_header(Box::new(response), true)
+                .await?;
             return Ok(true);
         }
 
@@ -337,7 +338,13 @@ mod tests {
         ] {
             assert!(is_api_path(path), "{path}");
         }
-        for path in ["/", "/communities", "/meetings/abc", "/assets/index-x.js", "/v1x"] {
+        for path in [
+            "/",
+            "/communities",
+            "/meetings/abc",
+            "/assets/index-x.js",
+            "/v1x",
+        ] {
             assert!(!is_api_path(path), "{path}");
         }
     }

@@ -20,6 +20,9 @@ export interface FeedItem {
   text: string;
   /** The meeting it is about, when it is about one. */
   eventId: string;
+  /** The domain event's id: the same event on two topics (a meeting's and
+   * its community's) is one item. */
+  domainId: string;
 }
 
 export type LiveState = { state: "off" | "connecting" | "live" | "reconnecting"; detail?: string };
@@ -81,7 +84,8 @@ function describe(n: Notification, me: string): FeedItem {
   const kind = n.kind.split(".").pop() ?? n.kind;
   const message = n.payload ? (anyUnpack(n.payload, registry) as (Message & Record<string, any>) | undefined) : undefined;
   const who = (id: string) => (id === me ? "You" : "Someone");
-  const when = (t: any) => (t ? timestampDate(t).toLocaleString() : "");
+  const when = (t: any) =>
+    t ? timestampDate(t).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "";
   let text = kind;
   let eventId = message?.eventId ?? message?.event?.id ?? "";
   switch (kind) {
@@ -122,6 +126,7 @@ function describe(n: Notification, me: string): FeedItem {
     kind,
     text,
     eventId,
+    domainId: n.eventId,
   };
 }
 
@@ -205,7 +210,9 @@ async function run(topics: string[], signal: AbortSignal) {
           if (seen && seen.epoch === n.epoch && BigInt(seen.offset) >= n.offset) continue;
           positions.set(n.topic, { epoch: n.epoch, offset: n.offset.toString() });
           const item = describe(n, me);
-          feed.set([item, ...feed.get()].slice(0, 50));
+          if (!item.domainId || !feed.get().some((f) => f.domainId === item.domainId)) {
+            feed.set([item, ...feed.get()].slice(0, 50));
+          }
           saveState();
           emit(n.topic, item);
         } else if (m.case === "resync") {

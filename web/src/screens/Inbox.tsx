@@ -80,7 +80,7 @@ export function Feed() {
       {items.length > 0 && (
         <ol class="feed" aria-label="Notifications">
           {items.map((item) => (
-            <li key={item.key} data-topic={item.topic} data-offset={item.offset}>
+            <li key={item.key} data-topic={item.topic} data-offset={item.offset} data-id={item.domainId}>
               <span>{item.text}</span>
               <span class="muted">{formatDate(item.at)}</span>
               {item.eventId && <Link href={`/meetings/${item.eventId}`}>Open</Link>}

@@ -121,7 +121,7 @@ try {
   // B registers and joins it.
   await register(b.page, "Ben", `ben-${run}@example.com`);
   await b.page.getByRole("button", { name: `Join Hikers ${run}` }).click();
-  await text(b.page, ".card", "You are member", "B joined the community");
+  await text(b.page, ".card", "You are a member", "B joined the community");
   await shot(b.page, "04-communities");
   await b.page.getByRole("link", { name: "Meetings" }).click();
   await text(b.page, ".empty", "No upcoming meeting", "B's upcoming list starts empty");

@@ -34,7 +34,7 @@ export function Communities() {
                       <Link href={`/communities/${c.id}`}>{c.name}</Link>
                     </h3>
                     {c.description && <p>{c.description}</p>}
-                    <p class="muted">{role ? `You are ${roleName[role]}` : "You are not a member"}</p>
+                    <p class="muted">{role ? `You are ${role === MemberRole.OWNER ? "the" : "a"} ${roleName[role]}` : "You are not a member"}</p>
                     {!role && (
                       <button type="button" disabled={join.busy} onClick={() => join.act(async () => { await users.joinCommunity({ communityId: c.id }); list.reload(); })}>
                         Join {c.name}

@@ -80,7 +80,8 @@ function saveState() {
 
 const registry = createRegistry(file_munity_events_v1_events);
 
-function describe(n: Notification, me: string): FeedItem {
+/** A notification in words, for the feed and the inbox. */
+export function describe(n: Notification, me: string): FeedItem {
   const kind = n.kind.split(".").pop() ?? n.kind;
   const message = n.payload ? (anyUnpack(n.payload, registry) as (Message & Record<string, any>) | undefined) : undefined;
   const who = (id: string) => (id === me ? "You" : "Someone");

@@ -1,7 +1,7 @@
 import { useEffect } from "preact/hooks";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { notify, session } from "../api";
-import { feed, live, onTopic } from "../live";
+import { describe, feed, live, onTopic } from "../live";
 import { Link } from "../router";
 import { Store, useStore } from "../store";
 import { Empty, ErrorBox, Loading, formatDate, useAction, useLoad } from "../ui";
@@ -17,8 +17,6 @@ export async function refreshUnread() {
     // The badge keeps its last count; the inbox screen shows errors.
   }
 }
-
-const short = (kind: string) => kind.split(".").pop() ?? kind;
 
 export function Inbox() {
   const me = useStore(session)?.userId ?? "";
@@ -47,10 +45,13 @@ export function Inbox() {
         <ul class="feed" aria-label="Inbox">
           {items.map((item) => {
             const n = item.notification;
-            const eventId = n?.topic.startsWith("event:") ? n.topic.slice(6) : "";
+            const said = n ? describe(n, me) : undefined;
+            const eventId = said?.eventId ?? "";
             return (
               <li key={item.id} class={item.readAt ? "read" : "unread"}>
-                <span>{item.readAt ? "" : <span class="dot" aria-label="unread" />} {short(n?.kind ?? "")}</span>
+                <span>
+                  {item.readAt ? "" : <span class="dot" role="img" aria-label="unread" />} {said?.text}
+                </span>
                 <span class="muted">{n?.at ? formatDate(timestampDate(n.at).getTime()) : ""}</span>
                 {eventId && <Link href={`/meetings/${eventId}`}>Open meeting</Link>}
                 {!item.readAt && (

@@ -58,11 +58,11 @@ export function Loading(props: { what: string }) {
 export function ErrorBox(props: { error: CallError | null | undefined; retry?: () => void }) {
   const { error } = props;
   if (!error) return null;
-  const wait = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : "";
+  // Refused by a rate limit: say when to try again (the gateway's retry-after).
+  const message = error.retryAfter ? `Too many attempts. Try again in ${error.retryAfter} s.` : error.message;
   return (
     <div class="error" role="alert">
-      <strong>{error.code}:</strong> {error.message}
-      {wait}
+      <strong>{error.code}:</strong> {message}
       {props.retry && (
         <button type="button" class="link" onClick={props.retry}>
           Retry

@@ -176,6 +176,22 @@ try {
   await text(c.page, "[role=alert]", "event is full (capacity 1)", "C is refused: the meeting is full");
   await shot(c.page, "10-meeting-full");
 
+  // Wrong passwords: refused each time; the sixth Login in a minute is
+  // refused by the gateway's quota, with its retry-after.
+  await c.page.getByRole("button", { name: "Sign out" }).click();
+  await c.page.getByRole("heading", { name: "Sign in" }).waitFor();
+  for (let attempt = 1; attempt <= 6; attempt++) {
+    await c.page.getByLabel("Email").fill(`cleo-${run}@example.com`);
+    await c.page.getByLabel("Password").fill(`wrong password ${attempt}`);
+    await Promise.all([
+      c.page.waitForResponse((r) => r.url().endsWith("/munity.users.v1.Users/Login")),
+      c.page.getByRole("button", { name: "Sign in" }).click(),
+    ]);
+    await c.page.getByRole("button", { name: "Sign in" }).waitFor();
+  }
+  await text(c.page, "[role=alert]", "Try again in", "the sixth Login in a minute says when to try again");
+  await shot(c.page, "13-sign-in-throttled");
+
   // A, the owner, hears about B joining: unread badge, inbox, mark read.
   await text(a.page, "[data-testid=unread]", "1", "A's unread badge counts B's join");
   await a.page.getByRole("link", { name: /Inbox/ }).click();

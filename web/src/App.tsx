@@ -1,7 +1,7 @@
 import { useEffect } from "preact/hooks";
 import { session, signOut } from "./api";
 import { loadCommunities, mine } from "./data";
-import { follow, live, onTopic } from "./live";
+import { follow, live, onTopic, online } from "./live";
 import { Link, navigate, usePath } from "./router";
 import { useStore } from "./store";
 import { Register, SignIn } from "./screens/Auth";
@@ -13,7 +13,8 @@ function Nav() {
   const me = useStore(session);
   const path = usePath();
   const count = useStore(unread);
-  const state = useStore(live);
+  const live_ = useStore(live);
+  const state = useStore(online) ? live_ : { state: "offline" };
   const item = (href: string, label: string, extra?: preact.ComponentChildren) => (
     <li>
       <Link href={href} current={path === href || (href !== "/" && path.startsWith(`${href}/`))}>

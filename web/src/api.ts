@@ -70,6 +70,13 @@ export interface CallError {
   fields: Record<string, string>;
   /** Seconds to wait, when the gateway said (rate limits). */
   retryAfter?: number;
+  /** Set when the screen shows what it last loaded instead (ms since epoch). */
+  offlineAt?: number;
+}
+
+/** The server could not be reached at all (no answer, not a refusal). */
+export function unreachable(error: CallError): boolean {
+  return error.code === "Unavailable" || !navigator.onLine;
 }
 
 export function callError(error: unknown): CallError {
@@ -80,11 +87,14 @@ export function callError(error: unknown): CallError {
   }
   const retry = Number(e.metadata.get("retry-after") ?? "");
   let message = e.rawMessage || Code[e.code];
-  if (e.code === Code.Unavailable && /fetch|network/i.test(message)) {
+  let code = e.code;
+  // fetch itself failed: no answer came (offline, or the server is down).
+  if ((code === Code.Unknown || code === Code.Unavailable) && /failed to fetch|networkerror|network error/i.test(message)) {
+    code = Code.Unavailable;
     message = "The server cannot be reached. Check your connection and try again.";
   }
   return {
-    code: Code[e.code],
+    code: Code[code],
     message,
     fields,
     retryAfter: Number.isFinite(retry) && retry > 0 ? retry : undefined,

@@ -28,6 +28,9 @@ export interface FeedItem {
 export type LiveState = { state: "off" | "connecting" | "live" | "reconnecting"; detail?: string };
 
 export const feed = new Store<FeedItem[]>([]);
+/** Whether the browser says it is online. */
+export const online = new Store<boolean>(navigator.onLine);
+window.addEventListener("offline", () => online.set(false));
 export const live = new Store<LiveState>({ state: "off" });
 
 type Listener = (item: FeedItem | "resync") => void;
@@ -261,5 +264,6 @@ function onSession() {
 session.subscribe(onSession);
 onSession();
 window.addEventListener("online", () => {
+  online.set(true);
   if (session.get()) restart();
 });

@@ -2,7 +2,8 @@
 // with their server-side messages, names.
 import type { ComponentChildren, InputHTMLAttributes } from "preact";
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
-import { callError, type CallError } from "./api";
+import { callError, session, unreachable, type CallError } from "./api";
+import { get, put, type CacheSpec } from "./cache";
 import { userName } from "./data";
 
 export type Loaded<T> =
@@ -10,28 +11,62 @@ export type Loaded<T> =
   | { state: "error"; data?: T; error: CallError }
   | { state: "ready"; data: T; error?: undefined };
 
-/** Runs `load` now and whenever `deps` change; `reload` runs it again. */
-export function useLoad<T>(load: () => Promise<T>, deps: unknown[]): Loaded<T> & { reload: () => void } {
+/**
+ * Runs `load` now, whenever `deps` change and when the browser comes back
+ * online; `reload` runs it again. With `cache`, what loaded is kept in
+ * IndexedDB, and shown (the error saying since when) when the server cannot
+ * be reached.
+ */
+export function useLoad<T>(load: () => Promise<T>, deps: unknown[], cache?: CacheSpec<T>): Loaded<T> & { reload: () => void } {
   const [result, setResult] = useState<Loaded<T>>({ state: "loading" });
   const generation = useRef(0);
   const run = useCallback(() => {
     const mine = ++generation.current;
+    const key = cache && `${session.get()?.userId ?? ""}:${cache.key}`;
     setResult((r) => ({ state: "loading", data: r.data }));
     load().then(
-      (data) => mine === generation.current && setResult({ state: "ready", data }),
-      (error) => mine === generation.current && setResult((r) => ({ state: "error", data: r.data, error: callError(error) })),
+      (data) => {
+        if (mine !== generation.current) return;
+        setResult({ state: "ready", data });
+        if (cache && key) void put(key, cache.save(data));
+      },
+      async (failure) => {
+        const error = callError(failure);
+        const kept = cache && key && unreachable(error) ? await get(key) : undefined;
+        if (mine !== generation.current) return;
+        if (kept && cache) {
+          setResult({ state: "error", data: cache.restore(kept.value), error: { ...error, offlineAt: kept.at } });
+        } else {
+          setResult((r) => ({ state: "error", data: r.data, error }));
+        }
+      },
     );
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, deps);
   useEffect(run, [run]);
+  useEffect(() => {
+    window.addEventListener("online", run);
+    return () => window.removeEventListener("online", run);
+  }, [run]);
   return { ...result, reload: run };
 }
+
+const OFFLINE: CallError = {
+  code: "Unavailable",
+  message: "You are offline: nothing was changed. Try again once you are back online.",
+  fields: {},
+};
 
 /** A write: `busy` while it runs, its error kept for the form to show. */
 export function useAction() {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<CallError | null>(null);
   const act = useCallback(async (action: () => Promise<unknown>): Promise<boolean> => {
+    // A change is made now or not at all: never queued for later.
+    if (!navigator.onLine) {
+      setError(OFFLINE);
+      return false;
+    }
     setBusy(true);
     setError(null);
     try {
@@ -58,6 +93,19 @@ export function Loading(props: { what: string }) {
 export function ErrorBox(props: { error: CallError | null | undefined; retry?: () => void }) {
   const { error } = props;
   if (!error) return null;
+  if (error.offlineAt) {
+    return (
+      <div class="notice offline" role="status">
+        <strong>Offline</strong>, last updated at {formatDate(error.offlineAt)}.{" "}
+        {navigator.onLine ? "The server cannot be reached." : ""}
+        {props.retry && (
+          <button type="button" class="link" onClick={props.retry}>
+            Retry
+          </button>
+        )}
+      </div>
+    );
+  }
   // Refused by a rate limit: say when to try again (the gateway's retry-after).
   const message = error.retryAfter ? `Too many attempts. Try again in ${error.retryAfter} s.` : error.message;
   return (

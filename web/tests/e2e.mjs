@@ -123,7 +123,7 @@ try {
   await b.page.getByRole("button", { name: `Join Hikers ${run}` }).click();
   await text(b.page, ".card", "You are a member", "B joined the community");
   await shot(b.page, "04-communities");
-  await b.page.getByRole("link", { name: "Meetings" }).click();
+  await b.page.getByRole("link", { name: "Meetings", exact: true }).click();
   await text(b.page, ".empty", "No upcoming meeting", "B's upcoming list starts empty");
 
   // A proposes a meeting with capacity 1.
@@ -201,11 +201,40 @@ try {
   await a.page.locator("[data-testid=unread]").waitFor({ state: "detached" });
   check(true, "marking read clears the badge");
 
+  // B goes offline: its screens show what they last loaded, marked
+  // offline, and a change is refused, never queued.
+  await b.context.setOffline(true);
+  await b.page.getByRole("link", { name: "Meetings", exact: true }).click();
+  await text(b.page, ".offline", "Offline", "offline, B's meetings show the kept list, marked offline");
+  await text(b.page, ".card h3", "Ridge walk", "the kept list has the meeting");
+  await shot(b.page, "14-offline-meetings");
+  await b.page.getByRole("link", { name: "Ridge walk" }).click();
+  await text(b.page, ".offline", "last updated at", "the meeting page shows its kept state");
+  await b.page.getByRole("button", { name: "Leave meeting" }).click();
+  await text(b.page, "[role=alert]", "You are offline: nothing was changed", "a change while offline is refused, not queued");
+  await shot(b.page, "15-offline-meeting");
+
+  // Meanwhile A proposes a second meeting.
+  await a.page.goto(`${base}/meetings/new?community=${communityId}`);
+  await a.page.getByLabel("Title").fill("Lake swim");
+  await a.page.getByRole("button", { name: "Propose meeting" }).click();
+  await a.page.waitForURL(/\/meetings\/[0-9a-f-]{36}$/);
+
+  // B is back: the screen reloads, the feed resumes from its offsets.
+  await b.context.setOffline(false);
+  await text(b.page, "[data-testid=capacity]", "1 of 1 going", "back online, B's meeting page reloads: B is still in (nothing was queued)");
+  check((await b.page.locator(".offline").count()) === 0, "the offline mark is gone");
+  await b.page.getByRole("link", { name: "Meetings", exact: true }).click();
+  await text(b.page, ".card h3", "Lake swim", "B sees the meeting proposed while it was offline");
+
   // B's live feed, and a reload keeps the session and the feed.
   await b.page.getByRole("link", { name: "Live feed" }).click();
   await text(b.page, ".feed li", "Voting closed", "B's feed shows the closing");
   await b.page.reload();
   await text(b.page, ".feed li", "New meeting “Ridge walk”", "after a reload B is still signed in and the feed is kept");
+  await text(b.page, ".feed li", "New meeting “Lake swim”", "B's feed has what it missed while offline");
+  const swims = await b.page.locator(".feed li", { hasText: "Lake swim" }).count();
+  check(swims === 1, `the missed notification shows once (${swims})`);
   const keys = await b.page.locator(".feed li").evaluateAll((items) => items.map((i) => i.dataset.id));
   check(keys.length >= 4 && new Set(keys).size === keys.length, `no notification twice in B's feed (${keys.length} items)`);
   await shot(b.page, "12-live-feed");

@@ -1,14 +1,35 @@
 import { useState } from "preact/hooks";
 import { session, users } from "../api";
 import { loadCommunities, mine, roleName } from "../data";
-import { MemberRole } from "../gen/munity/users/v1/users_pb";
+import { create } from "@bufbuild/protobuf";
+import { protoCache, type CacheSpec } from "../cache";
+import type { Mine } from "../data";
+import {
+  CommunitySchema,
+  ListCommunitiesResponseSchema,
+  ListMembersResponseSchema,
+  MemberRole,
+} from "../gen/munity/users/v1/users_pb";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+
+const communitiesCache: CacheSpec<Mine> = {
+  key: "communities",
+  save: (mine) => ({
+    list: toBinary(ListCommunitiesResponseSchema, create(ListCommunitiesResponseSchema, { communities: mine.communities })),
+    roles: [...mine.roles],
+  }),
+  restore: (stored) => {
+    const { list, roles } = stored as { list: Uint8Array; roles: [string, MemberRole][] };
+    return { communities: fromBinary(ListCommunitiesResponseSchema, list).communities, roles: new Map(roles) };
+  },
+};
 import { Link, navigate } from "../router";
 import { useStore } from "../store";
 import { Empty, ErrorBox, Field, Loading, UserName, formatDate, useAction, useLoad } from "../ui";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 
 export function Communities() {
-  const list = useLoad(loadCommunities, []);
+  const list = useLoad(loadCommunities, [], communitiesCache);
   const [name, setName] = useState("");
   const [description, setDescription] = useState("");
   const create = useAction();
@@ -75,8 +96,16 @@ export function Communities() {
 
 export function CommunityPage(props: { id: string }) {
   const me = useStore(session)?.userId ?? "";
-  const community = useLoad(() => users.getCommunity({ communityId: props.id }), [props.id]);
-  const members = useLoad(() => users.listMembers({ communityId: props.id, pageSize: 500 }), [props.id]);
+  const community = useLoad(
+    () => users.getCommunity({ communityId: props.id }),
+    [props.id],
+    protoCache(`community:${props.id}`, CommunitySchema),
+  );
+  const members = useLoad(
+    () => users.listMembers({ communityId: props.id, pageSize: 500 }),
+    [props.id],
+    protoCache(`community:${props.id}:members`, ListMembersResponseSchema),
+  );
   const action = useAction();
   const myRole = members.data?.members.find((m) => m.userId === me)?.role;
   const manage = myRole === MemberRole.OWNER || myRole === MemberRole.MODERATOR;

@@ -2,6 +2,8 @@ import { useEffect } from "preact/hooks";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { notify, session } from "../api";
 import { describe, feed, live, onTopic } from "../live";
+import { protoCache } from "../cache";
+import { ListInboxResponseSchema } from "../gen/munity/notify/v1/notify_pb";
 import { Link } from "../router";
 import { Store, useStore } from "../store";
 import { Empty, ErrorBox, Loading, formatDate, useAction, useLoad } from "../ui";
@@ -20,7 +22,7 @@ export async function refreshUnread() {
 
 export function Inbox() {
   const me = useStore(session)?.userId ?? "";
-  const inbox = useLoad(() => notify.listInbox({ pageSize: 50 }), []);
+  const inbox = useLoad(() => notify.listInbox({ pageSize: 50 }), [], protoCache("inbox", ListInboxResponseSchema));
   const mark = useAction();
   useEffect(() => onTopic(`user:${me}`, () => inbox.reload()), [me, inbox.reload]);
   const items = inbox.data?.items ?? [];

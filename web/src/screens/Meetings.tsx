@@ -2,7 +2,15 @@ import { useEffect, useState } from "preact/hooks";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { events, session } from "../api";
 import { loadCommunities, mine } from "../data";
-import { EventFilter, EventStatus, type Event } from "../gen/munity/events/v1/events_pb";
+import { protoCache } from "../cache";
+import {
+  EventFilter,
+  EventSchema,
+  EventStatus,
+  ListEventsResponseSchema,
+  ListParticipantsResponseSchema,
+  type Event,
+} from "../gen/munity/events/v1/events_pb";
 import { follow, onTopic } from "../live";
 import { Link, navigate } from "../router";
 import { useStore } from "../store";
@@ -25,7 +33,11 @@ const statusName: Record<number, string> = {
 };
 
 export function Meetings() {
-  const list = useLoad(() => events.listEvents({ filter: EventFilter.UPCOMING, pageSize: 50 }), []);
+  const list = useLoad(
+    () => events.listEvents({ filter: EventFilter.UPCOMING, pageSize: 50 }),
+    [],
+    protoCache("meetings:upcoming", ListEventsResponseSchema),
+  );
   // New, changed and closed meetings of the user's communities arrive on
   // their `community:` topics (followed by the app shell).
   useEffect(
@@ -174,8 +186,12 @@ export function NewMeeting() {
 
 export function MeetingPage(props: { id: string }) {
   const me = useStore(session)?.userId ?? "";
-  const event = useLoad(() => events.getEvent({ eventId: props.id }), [props.id]);
-  const participants = useLoad(() => events.listParticipants({ eventId: props.id, pageSize: 500 }), [props.id]);
+  const event = useLoad(() => events.getEvent({ eventId: props.id }), [props.id], protoCache(`meeting:${props.id}`, EventSchema));
+  const participants = useLoad(
+    () => events.listParticipants({ eventId: props.id, pageSize: 500 }),
+    [props.id],
+    protoCache(`meeting:${props.id}:participants`, ListParticipantsResponseSchema),
+  );
   const action = useAction();
   useEffect(() => follow(`event:${props.id}`), [props.id]);
   useEffect(

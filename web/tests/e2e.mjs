@@ -10,7 +10,8 @@
 // A screenshot of each screen goes to --shots.
 //
 //   node tests/e2e.mjs --base http://127.0.0.1:PORT --shots DIR
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -51,7 +52,29 @@ async function user(browser, name) {
   return { context, page, name };
 }
 
+// axe-core checks every screen shot below: no critical or serious
+// accessibility violation. Evaluated over the DevTools protocol, so the
+// page's Content-Security-Policy stays as the gateway sends it.
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const axeVersion = require("axe-core/package.json").version;
+const accessibility = [];
+let audited = 0;
+
+async function audit(page, name) {
+  if (!(await page.evaluate(() => typeof window.axe !== "undefined"))) await page.evaluate(axeSource);
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { resultTypes: ["violations"] });
+    return result.violations
+      .filter((v) => v.impact === "critical" || v.impact === "serious")
+      .map((v) => `${v.impact} ${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`);
+  });
+  for (const v of violations) accessibility.push(`${name}: ${v}`);
+  audited++;
+}
+
 async function shot(page, name) {
+  await audit(page, name);
   // Not fullPage: resizing the page for it makes the next click miss (Chromium 156).
   await page.screenshot({ path: join(shots, `${name}.png`) });
 }
@@ -244,6 +267,7 @@ try {
   await a.page.getByRole("heading", { name: "Sign in" }).waitFor();
   check(true, "A signs out");
 
+  check(accessibility.length === 0, `axe-core ${axeVersion}: no critical or serious violation on ${audited} screens${accessibility.length ? `:\n${accessibility.join("\n")}` : ""}`);
   check(problems.length === 0, `no page errors or CSP refusals${problems.length ? `:\n${problems.join("\n")}` : ""}`);
   console.log(`${checks} passed, 0 failed`);
 } catch (error) {

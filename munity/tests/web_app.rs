@@ -4,8 +4,11 @@
 //! users in their own browser contexts: register (a bad email first),
 //! create and join a community, propose a meeting with capacity 1, see it
 //! appear and the votes change live, close voting, join, and be refused
-//! when full; inbox, feed, reload, sign out. Screenshots of each screen go
-//! to a temporary directory (`MUNITY_WEB_SHOTS` keeps them elsewhere).
+//! when full; the sixth Login in a minute told when to retry; offline with
+//! the last state kept and changes refused, then back with what was missed
+//! once; inbox, feed, reload, the admin's activity charts, sign out; axe-core
+//! on every screen. Screenshots of each screen go to a temporary directory
+//! (`MUNITY_WEB_SHOTS` keeps them elsewhere).
 
 use std::{
     path::{Path, PathBuf},
@@ -63,6 +66,7 @@ async fn two_people_plan_a_meeting_in_the_browser() {
             .arg("tests/e2e.mjs")
             .args(["--base", &base, "--shots"])
             .arg(&shots)
+            .args(["--admin-email", munity_testkit::ADMIN_EMAIL])
             .env("CHROMIUM", chromium)
             .current_dir(web_dir())
             .stdin(std::process::Stdio::null())

@@ -4,6 +4,7 @@ import { loadCommunities, mine } from "./data";
 import { follow, live, onTopic, online } from "./live";
 import { Link, navigate, usePath } from "./router";
 import { useStore } from "./store";
+import { Admin } from "./screens/Admin";
 import { Register, SignIn } from "./screens/Auth";
 import { Communities, CommunityPage } from "./screens/Communities";
 import { Feed, Inbox, refreshUnread, unread } from "./screens/Inbox";
@@ -44,6 +45,7 @@ function Nav() {
                 </span>
               ) : null,
             )}
+            {me.admin && item("/admin", "Admin")}
           </ul>
         ) : (
           <ul>
@@ -107,6 +109,8 @@ function Screen() {
       return <Inbox />;
     case "feed":
       return <Feed />;
+    case "admin":
+      return <Admin />;
     case "signin":
     case "register":
       return <Meetings />;

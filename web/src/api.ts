@@ -5,7 +5,7 @@
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { Users, type AuthResponse, type User } from "./gen/munity/users/v1/users_pb";
+import { Role, Users, type AuthResponse, type User } from "./gen/munity/users/v1/users_pb";
 import { Events } from "./gen/munity/events/v1/events_pb";
 import { Notify } from "./gen/munity/notify/v1/notify_pb";
 import { BadRequestSchema } from "./gen/google/rpc/error_details_pb";
@@ -15,6 +15,9 @@ export interface Session {
   userId: string;
   email: string;
   displayName: string;
+  /** Holds the admin role (what the token was issued with; the services
+   * check storage themselves). */
+  admin?: boolean;
   accessToken: string;
   accessExpiresAt: number;
   refreshToken: string;
@@ -111,6 +114,7 @@ function adopt(response: AuthResponse) {
     userId: user.id,
     email: user.email,
     displayName: user.displayName,
+    admin: user.roles.includes(Role.ADMIN),
     accessToken: response.accessToken,
     accessExpiresAt: response.accessTokenExpiresAt
       ? timestampDate(response.accessTokenExpiresAt).getTime()

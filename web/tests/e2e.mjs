@@ -132,7 +132,8 @@ try {
   await shot(a.page, "02-register-bad-email");
 
   // A registers and creates a community.
-  await register(a.page, "Ann", `ann-${run}@example.com`);
+  // A is the instance's admin (`[users] admin_emails`), when the test says who that is.
+  await register(a.page, "Ann", args["admin-email"] ?? `ann-${run}@example.com`);
   await shot(a.page, "03-communities-empty");
   await a.page.getByLabel("Name").fill(`Hikers ${run}`);
   await a.page.getByLabel("Description").fill("Walks on weekends");
@@ -261,6 +262,16 @@ try {
   const keys = await b.page.locator(".feed li").evaluateAll((items) => items.map((i) => i.dataset.id));
   check(keys.length >= 4 && new Set(keys).size === keys.length, `no notification twice in B's feed (${keys.length} items)`);
   await shot(b.page, "12-live-feed");
+
+  // The admin's activity screen: the day's totals and charts per hour.
+  if (args["admin-email"]) {
+    await a.page.getByRole("link", { name: "Admin" }).click();
+    await text(a.page, "[data-testid=votes-cast]", "1", "the admin sees B's vote counted");
+    await text(a.page, "[data-testid=joins]", "1", "and B's join");
+    check((await a.page.locator("figure.chart svg[role=img]").count()) === 3, "three charts per hour");
+    await shot(a.page, "16-admin-activity");
+    check((await b.page.getByRole("link", { name: "Admin" }).count()) === 0, "B, no admin, has no Admin link");
+  }
 
   // Signing out shows the sign-in screen.
   await a.page.getByRole("button", { name: "Sign out" }).click();

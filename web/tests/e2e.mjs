@@ -273,6 +273,29 @@ try {
     check((await b.page.getByRole("link", { name: "Admin" }).count()) === 0, "B, no admin, has no Admin link");
   }
 
+  // B's refresh token used elsewhere (copied into another browser, which
+  // refreshes first): B's own refresh is then refused, the session revoked,
+  // and B is signed out with the reason.
+  const stolen = JSON.parse(await b.page.evaluate(() => localStorage.getItem("munity.session")));
+  const d = await user(browser, "D");
+  await d.context.addInitScript((s) => {
+    if (!sessionStorage.getItem("seeded")) {
+      localStorage.setItem("munity.session", JSON.stringify(s));
+      sessionStorage.setItem("seeded", "1");
+    }
+  }, { ...stolen, accessExpiresAt: 0 });
+  await d.page.goto(`${base}/meetings`);
+  await d.page.getByRole("heading", { name: "Upcoming meetings" }).waitFor();
+  await d.page.waitForFunction((old) => JSON.parse(localStorage.getItem("munity.session") ?? "{}").refreshToken !== old, stolen.refreshToken);
+  check(true, "another browser refreshed with B's refresh token");
+  await b.page.evaluate(() => {
+    const s = JSON.parse(localStorage.getItem("munity.session"));
+    localStorage.setItem("munity.session", JSON.stringify({ ...s, accessExpiresAt: 0 }));
+  });
+  await b.page.reload();
+  await text(b.page, "[role=status]", "Your session ended", "B's refresh is refused: signed out, saying why");
+  await shot(b.page, "17-session-ended");
+
   // Signing out shows the sign-in screen.
   await a.page.getByRole("button", { name: "Sign out" }).click();
   await a.page.getByRole("heading", { name: "Sign in" }).waitFor();

@@ -5,6 +5,7 @@ import { follow, live, onTopic, online } from "./live";
 import { Link, navigate, usePath } from "./router";
 import { useStore } from "./store";
 import { Admin } from "./screens/Admin";
+import { Warehouse } from "./screens/Warehouse";
 import { Register, SignIn } from "./screens/Auth";
 import { Communities, CommunityPage } from "./screens/Communities";
 import { Feed, Inbox, refreshUnread, unread } from "./screens/Inbox";
@@ -46,6 +47,7 @@ function Nav() {
               ) : null,
             )}
             {me.admin && item("/admin", "Admin")}
+            {me.admin && item("/warehouse", "Warehouse")}
           </ul>
         ) : (
           <ul>
@@ -111,6 +113,8 @@ function Screen() {
       return <Feed />;
     case "admin":
       return <Admin />;
+    case "warehouse":
+      return <Warehouse />;
     case "signin":
     case "register":
       return <Meetings />;

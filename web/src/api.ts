@@ -8,6 +8,7 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Role, Users, type AuthResponse, type User } from "./gen/munity/users/v1/users_pb";
 import { Events } from "./gen/munity/events/v1/events_pb";
 import { Notify } from "./gen/munity/notify/v1/notify_pb";
+import { Warehouse } from "./gen/munity/warehouse/v1/warehouse_pb";
 import { BadRequestSchema } from "./gen/google/rpc/error_details_pb";
 import { Store } from "./store";
 
@@ -64,6 +65,7 @@ const transport = createGrpcWebTransport({
 export const users = createClient(Users, transport);
 export const events = createClient(Events, transport);
 export const notify = createClient(Notify, transport);
+export const warehouse = createClient(Warehouse, transport);
 
 /** A failed call, as the screens show it. */
 export interface CallError {

@@ -271,6 +271,18 @@ try {
     check((await a.page.locator("figure.chart svg[role=img]").count()) === 3, "three charts per hour");
     await shot(a.page, "16-admin-activity");
     check((await b.page.getByRole("link", { name: "Admin" }).count()) === 0, "B, no admin, has no Admin link");
+
+    // The warehouse keeps every domain event as activity: the admin's live
+    // tail of `domain.events` shows the story so far, then B leaving as it
+    // is stored.
+    await a.page.getByRole("link", { name: "Warehouse" }).click();
+    await text(a.page, "[data-testid=record] td", "EventCreated", "A's warehouse screen lists the meetings' domain events");
+    await text(a.page, "h2", "(live)", "the tail is live");
+    await b.page.goto(meetingUrl);
+    await b.page.getByRole("button", { name: "Leave meeting" }).click();
+    await b.page.getByRole("button", { name: "Join meeting" }).waitFor();
+    await text(a.page, "[data-testid=record] td", "ParticipantLeft", "A's live tail shows B leaving, without a reload");
+    await shot(a.page, "18-warehouse");
   }
 
   // B's refresh token used elsewhere (copied into another browser, which

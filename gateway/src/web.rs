@@ -15,7 +15,10 @@
 //!   route: `index.html`; a missing file with a dot falls through to the
 //!   gateway's usual 404;
 //! - precompressed `.br`/`.gz` siblings are sent to clients that accept them;
-//! - every answer carries a Content-Security-Policy of `'self'` only.
+//! - every answer carries a Content-Security-Policy of `'self'` only;
+//! - the app's gRPC-web calls carry its own origin (`Origin` equal to the
+//!   request's host): [`Web::cross_origin`] lets those pass without a CORS
+//!   allowance, while the app is on.
 
 use std::{collections::HashMap, hash::Hasher, path::PathBuf};
 

@@ -95,6 +95,14 @@ if [[ ! -d $grpc_web_clients/node_modules || $grpc_web_clients/package-lock.json
   npm ci --prefix "$grpc_web_clients" --no-audit --no-fund
   touch "$grpc_web_clients/node_modules"
 fi
+# The web app (web/): its build tools (the committed web/dist must be a
+# fresh build, gateway/tests/web.rs) and playwright-core for its end-to-end
+# test in Chromium (munity/tests/web_app.rs).
+if [[ ! -d web/node_modules || web/package-lock.json -nt web/node_modules ]]; then
+  log "npm ci in web"
+  npm ci --prefix web --no-audit --no-fund
+  touch web/node_modules
+fi
 # --- end npm clients ---
 
 # --- Python clients (HTTP/JSON tests) ---

@@ -87,6 +87,8 @@ pub struct GatewayConfig {
     /// Largest JSON request body accepted over HTTP/JSON (413 beyond); it
     /// must arrive within `request_header_timeout_ms`.
     pub max_json_body_bytes: usize,
+    /// `[gateway.web]`: the web app at `/`.
+    pub web: crate::web::WebConfig,
 }
 
 impl Default for GatewayConfig {
@@ -115,6 +117,7 @@ impl Default for GatewayConfig {
             max_connections_per_ip: 1_000,
             request_header_timeout_ms: 10_000,
             max_json_body_bytes: 1 << 20,
+            web: crate::web::WebConfig::default(),
         }
     }
 }

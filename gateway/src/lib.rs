@@ -37,6 +37,7 @@ mod limits;
 mod metrics;
 mod outlier;
 mod proxy;
+pub mod web;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -209,6 +210,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         max_json_body_bytes: config.max_json_body_bytes,
         json_body_timeout: Duration::from_millis(config.request_header_timeout_ms.max(1)),
         docs,
+        web: web::Web::new(&config.web),
         connections: connections.clone(),
         routes,
         auth: verifier,

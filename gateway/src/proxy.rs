@@ -83,6 +83,8 @@ pub struct Gateway {
     pub json_body_timeout: Duration,
     /// `/openapi.json` and `/docs`, made once at start-up.
     pub docs: http_json::openapi::Docs,
+    /// The web app at `/` (`web.rs`).
+    pub web: crate::web::Web,
 }
 
 /// Where an admitted call goes.
@@ -639,11 +641,12 @@ impl ProxyHttp for Gateway {
             self.cors.preflight(session, origin).await?;
             return Ok(true);
         }
-        if self.docs.serve(session).await? {
+        if self.docs.serve(session).await? || self.web.serve(session, &self.http).await? {
             ctx.local_status = Some(Code::Ok);
             return Ok(true);
         }
         ctx.json = classify_http(&self.http, session);
+        let origin = self.web.cross_origin(session, origin);
         match self.admit(session, ctx, origin).await {
             Ok(Destination::Upstream) if ctx.json.is_some() => {
                 self.serve_json(session, ctx).await?;

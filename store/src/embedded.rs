@@ -13,19 +13,34 @@
 //! publishes data elsewhere (the outbox relay) waits for [`EmbeddedDb::durable`]
 //! first.
 //!
+//! A failing disk (full, or I/O errors) never hangs a caller: redb's file
+//! backend is watched, and once a write, resize or fsync fails, waiting
+//! writers and every later call answer UNAVAILABLE at once (a write waits
+//! for its durable commit at most [`DURABLE_WAIT`] in any case). redb
+//! refuses everything after an I/O error until the file is opened again,
+//! so the next call reopens it (at most once a second; redb's repair keeps
+//! every durable commit): the store recovers when the disk does, without a
+//! restart, and no acknowledged write is lost (`tests/failing_disk.rs`).
+//!
 //! Conventions the helpers assume: keys are raw UUID bytes (UUIDv7 ids sort
 //! in creation order, which gives listings a stable order for free) or
 //! strings; values are JSON, so a field added later with a serde default
 //! needs no migration.
 
 use std::{
+    fs::OpenOptions,
     ops::Bound,
-    path::Path,
-    sync::{Arc, Mutex},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    BackendError, Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
+    TableDefinition, WriteTransaction, backends::FileBackend,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
@@ -33,18 +48,154 @@ use uuid::Uuid;
 
 use crate::{Page, StoreError, StoreResult, internal, page_from};
 
+/// How long a write waits for the durable commit that covers it before it
+/// answers UNAVAILABLE (a failing or stalled disk must not hang callers).
+pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
+/// After the disk failed, calls try to reopen the database at most this
+/// often (each try runs redb's repair).
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// What callers are told while the disk fails.
+const DISK_FAILING: &str =
+    "storage cannot write to its disk (full or failing); nothing was lost, try again shortly";
+
 /// One service's redb database.
 #[derive(Clone)]
 pub struct EmbeddedDb {
-    db: Arc<Database>,
-    commits: Arc<GroupCommit>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    /// The open database; `None` after an I/O failure until it is
+    /// reopened (redb refuses every call once a write failed, until the
+    /// file is opened again).
+    current: RwLock<Option<Arc<Database>>>,
+    /// Set by the backend on a failed write, resize or fsync.
+    io: Arc<IoHealth>,
+    commits: GroupCommit,
+    /// When a reopen was last tried.
+    reopened_at: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// What the database's I/O met, shared with its backend.
+#[derive(Debug, Default)]
+pub struct IoHealth {
+    failed: AtomicBool,
+    /// Fault injection for tests: writes, resizes and fsyncs fail as on a
+    /// full disk while set.
+    injected: AtomicBool,
+}
+
+/// redb's file backend, watched: the first failed write, resize or fsync
+/// marks the database failed, so callers get UNAVAILABLE at once and the
+/// database is reopened once the disk works again.
+#[derive(Debug)]
+struct WatchedBackend {
+    file: FileBackend,
+    io: Arc<IoHealth>,
+}
+
+impl WatchedBackend {
+    fn watch<T>(&self, result: std::io::Result<T>) -> std::io::Result<T> {
+        let result = if self.io.injected.load(Ordering::Acquire) {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            result
+        };
+        if result.is_err() {
+            self.io.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl StorageBackend for WatchedBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        if self.io.injected.load(Ordering::Acquire) {
+            return self.watch(Ok(()));
+        }
+        let result = self.file.set_len(len);
+        self.watch(result)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.io.injected.load(Ordering::Acquire) {
+            return self.watch(Ok(()));
+        }
+        let result = self.file.sync_data();
+        self.watch(result)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if self.io.injected.load(Ordering::Acquire) {
+            return self.watch(Ok(()));
+        }
+        let result = self.file.write(offset, data);
+        self.watch(result)
+    }
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
+/// Opens `path` (creating it) on a watched backend.
+fn open_watched(path: &Path, io: &Arc<IoHealth>) -> Result<Database, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let file = FileBackend::new(file).map_err(|e| e.to_string())?;
+    Builder::new()
+        .create_with_backend(WatchedBackend {
+            file,
+            io: io.clone(),
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// Shares durable commits among writers (see the module doc).
 struct GroupCommit {
     state: Mutex<CommitState>,
-    /// How many tickets are durable.
-    durable: watch::Sender<u64>,
+    /// How far tickets are settled: durable, or failed (their commit may
+    /// or may not have reached the disk; their callers were told
+    /// UNAVAILABLE, so nothing they were told is lost either way).
+    settled: watch::Sender<Settled>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Settled {
+    durable: u64,
+    failed: u64,
 }
 
 struct CommitState {
@@ -66,7 +217,8 @@ impl EmbeddedDb {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
         let path = dir.join(format!("{name}.redb"));
-        let db = Database::create(&path).map_err(|e| {
+        let io = Arc::new(IoHealth::default());
+        let db = open_watched(&path, &io).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open {} (is another munity process using it?): {e}",
                 path.display()
@@ -76,28 +228,80 @@ impl EmbeddedDb {
         create_tables(&txn)?;
         txn.commit()?;
         Ok(EmbeddedDb {
-            db: Arc::new(db),
-            commits: Arc::new(GroupCommit {
-                state: Mutex::new(CommitState {
-                    issued: 0,
-                    flushing: false,
-                }),
-                durable: watch::channel(0).0,
+            shared: Arc::new(Shared {
+                path,
+                current: RwLock::new(Some(Arc::new(db))),
+                io,
+                commits: GroupCommit {
+                    state: Mutex::new(CommitState {
+                        issued: 0,
+                        flushing: false,
+                    }),
+                    settled: watch::channel(Settled::default()).0,
+                },
+                reopened_at: tokio::sync::Mutex::new(None),
             }),
         })
     }
 
+    /// Makes writes, resizes and fsyncs fail as on a full disk (`true`),
+    /// or work again (`false`): for tests of the failure path.
+    #[doc(hidden)]
+    pub fn inject_disk_failure(&self, failing: bool) {
+        self.shared.io.injected.store(failing, Ordering::Release);
+    }
+
+    /// The open database, reopening it first after an I/O failure (at most
+    /// once per [`REOPEN_EVERY`]); UNAVAILABLE while that cannot be done.
+    async fn database(&self) -> StoreResult<Arc<Database>> {
+        if !self.shared.io.failed.load(Ordering::Acquire)
+            && let Some(db) = self.current()
+        {
+            return Ok(db);
+        }
+        let mut reopened_at = self.shared.reopened_at.lock().await;
+        if !self.shared.io.failed.load(Ordering::Acquire)
+            && let Some(db) = self.current()
+        {
+            return Ok(db);
+        }
+        if reopened_at.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+            return Err(StoreError::Unavailable(DISK_FAILING.to_owned()));
+        }
+        *reopened_at = Some(Instant::now());
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.reopen())
+            .await
+            .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
+    }
+
+    fn current(&self) -> Option<Arc<Database>> {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Runs `operation` on tokio's blocking pool: redb blocks on disk I/O
-    /// (fsync on commit), which must not stall the async workers.
+    /// (fsync on commit), which must not stall the async workers. A failure
+    /// that came from the disk is UNAVAILABLE.
     pub async fn blocking<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || operation(&db))
+        let db = self.database().await?;
+        let result = tokio::task::spawn_blocking(move || operation(&db))
             .await
-            .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?
+            .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?;
+        match result {
+            Err(StoreError::Internal(cause)) if self.shared.io.failed.load(Ordering::Acquire) => {
+                tracing::warn!(%cause, path = %self.shared.path.display(), "storage I/O failed");
+                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
+            }
+            other => other,
+        }
     }
 
     /// Runs `operation` in one write transaction on the blocking pool and
@@ -122,59 +326,123 @@ impl EmbeddedDb {
     }
 
     /// Waits until every write committed so far is durable (sharing the
-    /// fsync with whoever else is waiting).
+    /// fsync with whoever else is waiting), at most [`DURABLE_WAIT`]:
+    /// UNAVAILABLE when the disk fails or stalls.
     pub async fn durable(&self) -> StoreResult<()> {
-        let mut durable = self.commits.durable.subscribe();
+        let mut settled = self.shared.commits.settled.subscribe();
         let ticket = {
-            let mut state = self.commits.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self
+                .shared
+                .commits
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             state.issued += 1;
             if !state.flushing {
                 state.flushing = true;
-                tokio::spawn(flush(self.db.clone(), self.commits.clone()));
+                tokio::spawn(flush(self.clone()));
             }
             state.issued
         };
-        durable
-            .wait_for(|done| *done >= ticket)
-            .await
-            .map_err(|_| StoreError::Internal("the store's flusher stopped".to_owned()))?;
-        Ok(())
+        let wait = settled.wait_for(|s| s.durable >= ticket || s.failed >= ticket);
+        match tokio::time::timeout(DURABLE_WAIT, wait).await {
+            Ok(Ok(s)) if s.durable >= ticket => Ok(()),
+            Ok(Ok(_)) => Err(StoreError::Unavailable(DISK_FAILING.to_owned())),
+            Ok(Err(_)) => Err(StoreError::Internal(
+                "the store's flusher stopped".to_owned(),
+            )),
+            Err(_) => {
+                tracing::warn!(path = %self.shared.path.display(), "a durable commit took longer than {DURABLE_WAIT:?}");
+                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Closes the failed database and opens the file again (redb repairs
+    /// it: every commit that was durable is there). Runs on the blocking
+    /// pool; the old database must be dropped before the file can be
+    /// opened again, so calls still holding it are waited for (they fail
+    /// fast: redb refuses everything after an I/O error).
+    fn reopen(&self) -> StoreResult<Arc<Database>> {
+        let old = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            let started = Instant::now();
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still_shared) if started.elapsed() < DURABLE_WAIT => {
+                        old = still_shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(still_shared) => {
+                        // Put it back: the next try waits again.
+                        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some(still_shared);
+                        return Err(StoreError::Unavailable(DISK_FAILING.to_owned()));
+                    }
+                }
+            }
+        }
+        self.io.failed.store(false, Ordering::Release);
+        match open_watched(&self.path, &self.io) {
+            Ok(db) if !self.io.failed.load(Ordering::Acquire) => {
+                tracing::info!(path = %self.path.display(), "storage reopened after an I/O failure");
+                let db = Arc::new(db);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
+                Ok(db)
+            }
+            Ok(_) | Err(_) => {
+                self.io.failed.store(true, Ordering::Release);
+                tracing::warn!(path = %self.path.display(), "storage still cannot write to its disk");
+                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
+            }
+        }
     }
 }
 
 /// Makes commits durable until no one waits: each round, one durable
-/// commit for every ticket issued before it.
-async fn flush(db: Arc<Database>, commits: Arc<GroupCommit>) {
+/// commit for every ticket issued before it. When the disk fails, every
+/// ticket issued so far is settled as failed and the flusher stops; the
+/// next write reopens the database (or is refused while it cannot).
+async fn flush(db: EmbeddedDb) {
+    let commits = &db.shared.commits;
     loop {
         let target = {
             let mut state = commits.state.lock().unwrap_or_else(|e| e.into_inner());
-            if *commits.durable.borrow() >= state.issued {
+            let settled = *commits.settled.borrow();
+            if settled.durable.max(settled.failed) >= state.issued {
                 state.flushing = false;
                 return;
             }
             state.issued
         };
-        let db = db.clone();
-        let synced = tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
-            txn.commit()?;
-            Ok(())
-        })
-        .await;
+        let synced = db
+            .blocking(|db| {
+                let mut txn = db.begin_write().map_err(internal)?;
+                txn.set_durability(Durability::Immediate)
+                    .map_err(internal)?;
+                txn.commit().map_err(internal)
+            })
+            .await;
         match synced {
-            Ok(Ok(())) => {
-                commits
-                    .durable
-                    .send_modify(|done| *done = (*done).max(target));
-            }
-            Ok(Err(error)) => {
-                tracing::error!(%error, "cannot make commits durable; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            Ok(()) => commits
+                .settled
+                .send_modify(|s| s.durable = s.durable.max(target)),
             Err(error) => {
-                tracing::error!(%error, "the durable commit task failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tracing::error!(%error, "cannot make commits durable; their writes are refused");
+                commits
+                    .settled
+                    .send_modify(|s| s.failed = s.failed.max(target));
             }
         }
     }

@@ -5,8 +5,10 @@
 //! create and join a community, propose a meeting with capacity 1, see it
 //! appear and the votes change live, close voting, join, and be refused
 //! when full; the sixth Login in a minute told when to retry; offline with
-//! the last state kept and changes refused, then back with what was missed
-//! once; inbox, feed, reload, the admin's activity charts, sign out; axe-core
+//! the last state kept and changes refused while the owner edits the meeting
+//! and proposes another, then back with both changes and each missed
+//! notification once (the kept offsets checked); the owner cancels a meeting,
+//! seen live; inbox, feed, reload, the admin's activity charts, sign out; axe-core
 //! on every screen. Screenshots of each screen go to a temporary directory
 //! (`MUNITY_WEB_SHOTS` keeps them elsewhere).
 

@@ -9,7 +9,7 @@ import { Warehouse } from "./screens/Warehouse";
 import { Register, SignIn } from "./screens/Auth";
 import { Communities, CommunityPage } from "./screens/Communities";
 import { Feed, Inbox, refreshUnread, unread } from "./screens/Inbox";
-import { MeetingPage, Meetings, NewMeeting } from "./screens/Meetings";
+import { EditMeeting, MeetingPage, Meetings, NewMeeting } from "./screens/Meetings";
 
 function Nav() {
   const me = useStore(session);
@@ -103,6 +103,7 @@ function Screen() {
     case "":
     case "meetings":
       if (second === "new") return <NewMeeting />;
+      if (second && path.split("/")[3] === "edit") return <EditMeeting id={second} />;
       if (second) return <MeetingPage id={second} />;
       return <Meetings />;
     case "communities":

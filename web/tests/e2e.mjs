@@ -6,6 +6,11 @@
 //   proposes a meeting with capacity 1; B sees it appear without reloading
 //   and votes; A sees the count change live; A closes voting and both see
 //   the chosen time; B joins; C is refused with the capacity message.
+//   B goes offline; meanwhile A edits the meeting (a bad title first,
+//   refused by field) and proposes a second one; B comes back, sees both,
+//   and its feed has each missed notification once, its kept positions
+//   advanced by exactly what it missed. A cancels the second meeting; B,
+//   on its page, sees that live.
 // Before that, a bad email shows the field violation next to the field.
 // A screenshot of each screen goes to --shots.
 //
@@ -225,6 +230,18 @@ try {
   await a.page.locator("[data-testid=unread]").waitFor({ state: "detached" });
   check(true, "marking read clears the badge");
 
+  // Where B's feed stands before it goes offline: the (epoch, offset) the
+  // app keeps per topic.
+  const positionsOf = async (page) =>
+    page.evaluate(() => {
+      const me = JSON.parse(localStorage.getItem("munity.session")).userId;
+      return JSON.parse(localStorage.getItem(`munity.positions.${me}`) ?? "{}");
+    });
+  const meetingId = meetingUrl.split("/").pop();
+  const communityTopic = `community:${communityId}`, meetingTopic = `event:${meetingId}`;
+  const before = await positionsOf(b.page);
+  check(before[communityTopic] && before[meetingTopic], `B keeps its positions on ${communityTopic} and ${meetingTopic}`);
+
   // B goes offline: its screens show what they last loaded, marked
   // offline, and a change is refused, never queued.
   await b.context.setOffline(true);
@@ -238,7 +255,24 @@ try {
   await text(b.page, "[role=alert]", "You are offline: nothing was changed", "a change while offline is refused, not queued");
   await shot(b.page, "15-offline-meeting");
 
-  // Meanwhile A proposes a second meeting.
+  // Meanwhile A edits the meeting: a title too long is refused next to the
+  // field; then a new title and a capacity of 2.
+  await a.page.goto(meetingUrl);
+  await a.page.getByRole("link", { name: "Edit meeting" }).click();
+  await a.page.waitForURL(`${meetingUrl}/edit`);
+  await a.page.getByLabel("Title").fill("x".repeat(201));
+  await a.page.getByRole("button", { name: "Save changes" }).click();
+  await text(a.page, "#field-title-error", "", "a title too long shows the field violation under the title");
+  check((await a.page.getByLabel("Title").getAttribute("aria-invalid")) === "true", "the title input is marked aria-invalid");
+  await shot(a.page, "19-edit-meeting-bad-title");
+  await a.page.getByLabel("Title").fill("Ridge walk at dawn");
+  await a.page.getByLabel("Capacity").fill("2");
+  await a.page.getByRole("button", { name: "Save changes" }).click();
+  await a.page.waitForURL(meetingUrl);
+  await text(a.page, "h1", "Ridge walk at dawn", "A's edit is saved");
+  await text(a.page, "[data-testid=capacity]", "1 of 2 going", "with the new capacity");
+
+  // And A proposes a second meeting.
   await a.page.goto(`${base}/meetings/new?community=${communityId}`);
   await a.page.getByLabel("Title").fill("Lake swim");
   await a.page.getByRole("button", { name: "Propose meeting" }).click();
@@ -246,10 +280,12 @@ try {
 
   // B is back: the screen reloads, the feed resumes from its offsets.
   await b.context.setOffline(false);
-  await text(b.page, "[data-testid=capacity]", "1 of 1 going", "back online, B's meeting page reloads: B is still in (nothing was queued)");
+  await text(b.page, "[data-testid=capacity]", "1 of 2 going", "back online, B's meeting page reloads: B is still in (nothing was queued), with A's new capacity");
+  await text(b.page, "h1", "Ridge walk at dawn", "B sees A's new title");
   check((await b.page.locator(".offline").count()) === 0, "the offline mark is gone");
   await b.page.getByRole("link", { name: "Meetings", exact: true }).click();
   await text(b.page, ".card h3", "Lake swim", "B sees the meeting proposed while it was offline");
+  await text(b.page, ".card h3", "Ridge walk at dawn", "and the edited one under its new title");
 
   // B's live feed, and a reload keeps the session and the feed.
   await b.page.getByRole("link", { name: "Live feed" }).click();
@@ -259,9 +295,44 @@ try {
   await text(b.page, ".feed li", "New meeting “Lake swim”", "B's feed has what it missed while offline");
   const swims = await b.page.locator(".feed li", { hasText: "Lake swim" }).count();
   check(swims === 1, `the missed notification shows once (${swims})`);
+  await text(b.page, ".feed li", "Meeting “Ridge walk at dawn” was updated", "B's feed has the edit it missed");
+  const updates = await b.page.locator(".feed li", { hasText: "was updated" }).count();
+  check(updates === 1, `the missed edit shows once (${updates})`);
   const keys = await b.page.locator(".feed li").evaluateAll((items) => items.map((i) => i.dataset.id));
   check(keys.length >= 4 && new Set(keys).size === keys.length, `no notification twice in B's feed (${keys.length} items)`);
+  // Offsets: B missed two notifications on the community's topic (the edit,
+  // the new meeting) and one on the meeting's (the edit); its positions moved
+  // by exactly that, and the feed's entries past the old positions are those
+  // two, each at its own (topic, offset).
+  const after = await positionsOf(b.page);
+  for (const [topic, missed] of [[communityTopic, 2], [meetingTopic, 1]]) {
+    check(
+      after[topic].epoch === before[topic].epoch && BigInt(after[topic].offset) === BigInt(before[topic].offset) + BigInt(missed),
+      `${topic.split(":")[0]} topic: B's position went from ${before[topic].offset} to ${after[topic].offset} (${missed} missed)`,
+    );
+  }
+  const entries = await b.page
+    .locator(".feed li")
+    .evaluateAll((items) => items.map((i) => ({ topic: i.dataset.topic, offset: i.dataset.offset, text: i.textContent })));
+  const places = entries.map((e) => `${e.topic}#${e.offset}`);
+  check(new Set(places).size === places.length, "each feed entry has its own (topic, offset)");
+  const missedEntries = entries.filter((e) => before[e.topic] && BigInt(e.offset) > BigInt(before[e.topic].offset));
+  check(
+    missedEntries.length === 2 && missedEntries.some((e) => e.text.includes("Lake swim")) && missedEntries.some((e) => e.text.includes("was updated")),
+    `the feed's entries past B's old positions are the two it missed (${JSON.stringify(missedEntries.map((e) => `${e.topic.split(":")[0]}#${e.offset}`))})`,
+  );
   await shot(b.page, "12-live-feed");
+
+  // A cancels the second meeting; B, on its page, sees it live.
+  const swimUrl = a.page.url();
+  await b.page.goto(swimUrl);
+  await text(b.page, "h1", "Lake swim", "B opens the second meeting");
+  await a.page.getByRole("button", { name: "Cancel meeting" }).click();
+  await shot(a.page, "20-cancel-meeting");
+  await a.page.getByRole("button", { name: "Yes, cancel the meeting" }).click();
+  await text(a.page, "[role=status]", "This meeting was cancelled", "A cancels the meeting");
+  await text(b.page, "[role=status]", "This meeting was cancelled", "B sees the cancellation live");
+  check((await b.page.getByRole("button", { name: "Join meeting" }).count()) === 0, "a cancelled meeting cannot be joined");
 
   // The admin's activity screen: the day's totals and charts per hour.
   if (args["admin-email"]) {

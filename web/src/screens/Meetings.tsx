@@ -1,6 +1,8 @@
 import { useEffect, useState } from "preact/hooks";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { events, session } from "../api";
+import { BadRequestSchema } from "../gen/google/rpc/error_details_pb";
 import { loadCommunities, mine } from "../data";
 import { protoCache } from "../cache";
 import {
@@ -184,6 +186,70 @@ export function NewMeeting() {
   );
 }
 
+/** The owner changes a meeting's title, description, location or capacity
+ * (`UpdateEvent`: only the fields changed are sent). */
+export function EditMeeting(props: { id: string }) {
+  const me = useStore(session)?.userId ?? "";
+  const event = useLoad(() => events.getEvent({ eventId: props.id }), [props.id], protoCache(`meeting:${props.id}`, EventSchema));
+  const e = event.data;
+  const [form, setForm] = useState<{ title: string; description: string; location: string; capacity: string } | null>(null);
+  useEffect(() => {
+    if (e && !form) setForm({ title: e.title, description: e.description, location: e.location, capacity: String(e.capacity) });
+  }, [e]);
+  const save = useAction();
+  const set = (field: "title" | "description" | "location" | "capacity") => (ev: { currentTarget: HTMLInputElement }) =>
+    form && setForm({ ...form, [field]: ev.currentTarget.value });
+  return (
+    <section class="narrow">
+      <h1>Edit meeting</h1>
+      {event.state === "loading" && !e && <Loading what="the meeting" />}
+      <ErrorBox error={event.error} retry={event.reload} />
+      {e && e.ownerId !== me && <p class="empty">Only the person who proposed this meeting can change it.</p>}
+      {e && form && e.ownerId === me && (
+        <form
+          noValidate
+          onSubmit={async (ev) => {
+            ev.preventDefault();
+            const capacity = form.capacity.trim() === "" ? 0 : Number(form.capacity);
+            const ok = await save.act(async () => {
+              // A capacity no uint32 can carry is refused here, by field, as the server refuses the rest.
+              if (!Number.isInteger(capacity) || capacity < 0 || capacity > 0xffffffff) {
+                throw new ConnectError("capacity: a whole number, 0 or more", Code.InvalidArgument, undefined, [
+                  { desc: BadRequestSchema, value: { fieldViolations: [{ field: "capacity", description: "must be a whole number, 0 (no limit) or more" }] } },
+                ]);
+              }
+              await events.updateEvent({
+                eventId: e.id,
+                title: form.title !== e.title ? form.title : undefined,
+                description: form.description !== e.description ? form.description : undefined,
+                location: form.location !== e.location ? form.location : undefined,
+                capacity: capacity !== e.capacity ? capacity : undefined,
+              });
+            });
+            if (ok) navigate(`/meetings/${e.id}`);
+          }}
+        >
+          <Field label="Title" name="title" value={form.title} error={save.error} onInput={set("title")} />
+          <Field label="Location" name="location" value={form.location} error={save.error} onInput={set("location")} />
+          <Field label="Description" name="description" value={form.description} error={save.error} onInput={set("description")} />
+          <Field label="Capacity" name="capacity" type="number" min="0" hint="0: no limit; not below the people already going" value={form.capacity}
+            error={save.error} onInput={set("capacity")} />
+          <OtherViolations error={save.error} shown={["title", "description", "location", "capacity"]} />
+          <ErrorBox error={save.error} />
+          <div class="actions">
+            <button type="submit" disabled={save.busy}>
+              Save changes
+            </button>
+            <Link class="button secondary" href={`/meetings/${e.id}`}>
+              Back to the meeting
+            </Link>
+          </div>
+        </form>
+      )}
+    </section>
+  );
+}
+
 export function MeetingPage(props: { id: string }) {
   const me = useStore(session)?.userId ?? "";
   const event = useLoad(() => events.getEvent({ eventId: props.id }), [props.id], protoCache(`meeting:${props.id}`, EventSchema));
@@ -212,6 +278,8 @@ export function MeetingPage(props: { id: string }) {
       participants.reload();
     });
   const chosen = e?.options.find((o) => o.id === e.chosenOptionId);
+  const [confirmCancel, setConfirmCancel] = useState(false);
+  const open = e !== undefined && e.status !== EventStatus.CANCELLED;
   return (
     <section>
       {event.state === "loading" && !e && <Loading what="the meeting" />}
@@ -224,6 +292,11 @@ export function MeetingPage(props: { id: string }) {
             {e.location ? ` · ${e.location}` : ""}
           </p>
           {e.description && <p>{e.description}</p>}
+          {e.status === EventStatus.CANCELLED && (
+            <p class="notice" role="status">
+              This meeting was cancelled.
+            </p>
+          )}
           {chosen && (
             <p class="chosen" role="status">
               Happens <strong data-testid="chosen-time">{date(chosen.start)}</strong> – {date(chosen.end)}
@@ -253,6 +326,11 @@ export function MeetingPage(props: { id: string }) {
             })}
           </ul>
           <div class="actions">
+            {isOwner && open && (
+              <Link class="button secondary" href={`/meetings/${e.id}/edit`}>
+                Edit meeting
+              </Link>
+            )}
             {isOwner && e.status === EventStatus.VOTING && (
               <button type="button" disabled={action.busy} onClick={() => change(() => events.closeVoting({ eventId: e.id }))}>
                 Close voting
@@ -268,7 +346,28 @@ export function MeetingPage(props: { id: string }) {
                 Leave meeting
               </button>
             )}
+            {isOwner && open && !confirmCancel && (
+              <button type="button" class="secondary" disabled={action.busy} onClick={() => setConfirmCancel(true)}>
+                Cancel meeting
+              </button>
+            )}
           </div>
+          {isOwner && open && confirmCancel && (
+            <div class="notice" role="group" aria-label="Cancel this meeting">
+              <p>Cancel “{e.title}” for everyone? This cannot be undone.</p>
+              <div class="actions">
+                <button type="button" class="danger" disabled={action.busy}
+                  onClick={async () => {
+                    if (await change(() => events.cancelEvent({ eventId: e.id }))) setConfirmCancel(false);
+                  }}>
+                  Yes, cancel the meeting
+                </button>
+                <button type="button" class="secondary" disabled={action.busy} onClick={() => setConfirmCancel(false)}>
+                  Keep it
+                </button>
+              </div>
+            </div>
+          )}
           <ErrorBox error={action.error} />
           <h2>
             Participants{" "}

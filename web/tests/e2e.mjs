@@ -171,7 +171,7 @@ try {
   await text(a.page, "[data-testid=votes-0]", "0 votes", "A sees the new meeting's options");
 
   // B sees it appear without reloading, opens it and votes.
-  await text(b.page, ".card h3", "Ridge walk", "B's upcoming list shows the meeting live, without a reload");
+  await text(b.page, ".card h2", "Ridge walk", "B's upcoming list shows the meeting live, without a reload");
   await shot(b.page, "07-meetings");
   await b.page.getByRole("link", { name: "Ridge walk" }).click();
   await text(b.page, "[data-testid=votes-0]", "0 votes", "B opens the meeting");
@@ -247,7 +247,7 @@ try {
   await b.context.setOffline(true);
   await b.page.getByRole("link", { name: "Meetings", exact: true }).click();
   await text(b.page, ".offline", "Offline", "offline, B's meetings show the kept list, marked offline");
-  await text(b.page, ".card h3", "Ridge walk", "the kept list has the meeting");
+  await text(b.page, ".card h2", "Ridge walk", "the kept list has the meeting");
   await shot(b.page, "14-offline-meetings");
   await b.page.getByRole("link", { name: "Ridge walk" }).click();
   await text(b.page, ".offline", "last updated at", "the meeting page shows its kept state");
@@ -284,8 +284,8 @@ try {
   await text(b.page, "h1", "Ridge walk at dawn", "B sees A's new title");
   check((await b.page.locator(".offline").count()) === 0, "the offline mark is gone");
   await b.page.getByRole("link", { name: "Meetings", exact: true }).click();
-  await text(b.page, ".card h3", "Lake swim", "B sees the meeting proposed while it was offline");
-  await text(b.page, ".card h3", "Ridge walk at dawn", "and the edited one under its new title");
+  await text(b.page, ".card h2", "Lake swim", "B sees the meeting proposed while it was offline");
+  await text(b.page, ".card h2", "Ridge walk at dawn", "and the edited one under its new title");
 
   // B's live feed, and a reload keeps the session and the feed.
   await b.page.getByRole("link", { name: "Live feed" }).click();

@@ -65,9 +65,9 @@ export function Meetings() {
         <ul class="cards" aria-label="Upcoming meetings">
           {data.events.map((e) => (
             <li key={e.id} class="card">
-              <h3>
+              <h2>
                 <Link href={`/meetings/${e.id}`}>{e.title}</Link>
-              </h3>
+              </h2>
               <p>{when(e)}</p>
               <p class="muted">
                 {statusName[e.status]} · {e.participantCount}

@@ -121,27 +121,6 @@ async fn grpc_web_text_with_the_official_client_and_by_hand() {
     users.shutdown.cancel();
 }
 
-/// Debian's Chromium (or `$CHROMIUM`); `None` when absent, which CI never
-/// allows.
-fn chromium() -> Option<String> {
-    let found = std::env::var("CHROMIUM")
-        .ok()
-        .into_iter()
-        .chain([
-            "/usr/lib/chromium/chromium".to_owned(),
-            "/usr/bin/chromium".to_owned(),
-        ])
-        .find(|path| Path::new(path).exists());
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "chromium missing in CI (apt-get install chromium)"
-        );
-    }
-    found
-}
-
 /// A real browser: headless Chromium loads a page from an allowed origin
 /// and calls the gateway with Connect's browser transport (fetch), unary
 /// and server streaming; a page on another origin is blocked by the
@@ -149,7 +128,7 @@ fn chromium() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_calls_from_an_allowed_origin_and_is_blocked_from_another() {
     munity_testkit::grpc_web_clients();
-    let Some(chromium) = chromium() else {
+    let Some(chromium) = munity_testkit::chromium() else {
         eprintln!("skipped: no Chromium (apt-get install chromium)");
         return;
     };

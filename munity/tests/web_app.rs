@@ -21,30 +21,9 @@ fn web_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../web")
 }
 
-/// Debian's Chromium (or `$CHROMIUM`); `None` when absent, which CI never
-/// allows.
-fn chromium() -> Option<String> {
-    let found = std::env::var("CHROMIUM")
-        .ok()
-        .into_iter()
-        .chain([
-            "/usr/lib/chromium/chromium".to_owned(),
-            "/usr/bin/chromium".to_owned(),
-        ])
-        .find(|path| Path::new(path).exists());
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "chromium missing in CI (apt-get install chromium)"
-        );
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_plan_a_meeting_in_the_browser() {
-    let Some(chromium) = chromium() else {
+    let Some(chromium) = munity_testkit::chromium() else {
         eprintln!("skipped: no Chromium (apt-get install chromium)");
         return;
     };

@@ -335,6 +335,27 @@ pub async fn serve_in_process<S: munity_platform::service::Service>(
     (format!("http://{address}"), shutdown)
 }
 
+/// Debian's Chromium (or `$CHROMIUM`); `None` when absent, which CI never
+/// allows.
+pub fn chromium() -> Option<String> {
+    let found = std::env::var("CHROMIUM")
+        .ok()
+        .into_iter()
+        .chain([
+            "/usr/lib/chromium/chromium".to_owned(),
+            "/usr/bin/chromium".to_owned(),
+        ])
+        .find(|path| Path::new(path).exists());
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "chromium missing in CI (apt-get install chromium)"
+        );
+    }
+    found
+}
+
 /// The npm project of gRPC-web clients (`gateway/tests/grpc-web`), with its
 /// `node_modules` (`scripts/test.sh` runs `npm ci` there).
 pub fn grpc_web_clients() -> PathBuf {

@@ -1,6 +1,6 @@
 //! events-svc's domain errors, mapped to gRPC status codes in one place.
 
-use munity_platform::error::{FieldViolations, internal, invalid_argument, unavailable};
+use munity_platform::error::{FieldViolations, invalid_argument};
 use munity_store::StoreError;
 use tonic::Status;
 
@@ -35,14 +35,7 @@ impl From<EventsError> for Status {
             EventsError::NotFound => Status::not_found(error.to_string()),
             EventsError::PermissionDenied(message) => Status::permission_denied(message),
             EventsError::FailedPrecondition(message) => Status::failed_precondition(message),
-            EventsError::Store(StoreError::Conflict(what)) => {
-                Status::already_exists(format!("{what} already exists"))
-            }
-            EventsError::Store(StoreError::NotFound(_)) => Status::not_found("event not found"),
-            EventsError::Store(StoreError::Unavailable(cause)) => {
-                unavailable("storage is unavailable", &cause)
-            }
-            EventsError::Store(StoreError::Internal(cause)) => internal("storage failed", &cause),
+            EventsError::Store(error) => error.into(),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::{
 
 use munity_platform::{auth::caller, error::FieldViolations, wire::timestamp};
 use munity_proto::notify::v1::{self as pb, notify_server::Notify};
-use munity_store::{StoreError, now_millis};
+use munity_store::now_millis;
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -496,7 +496,7 @@ impl Notify for NotifyApi {
             .inbox
             .list(user, before.as_ref(), limit + 1, message.unread_only)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         let more = items.len() > limit;
         items.truncate(limit);
         let next_page_token = match items.last() {
@@ -545,13 +545,13 @@ impl Notify for NotifyApi {
         } else {
             self.publisher.inbox.mark_read(user, &keys, now).await
         }
-        .map_err(store_status)?;
+        .map_err(Status::from)?;
         let unread = self
             .publisher
             .inbox
             .unread(user)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 
@@ -565,7 +565,7 @@ impl Notify for NotifyApi {
             .inbox
             .unread(user)
             .await
-            .map_err(store_status)?;
+            .map_err(Status::from)?;
         Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 }
@@ -585,18 +585,6 @@ fn valid_kind(kind: &str) -> bool {
         })
 }
 
-fn store_status(error: StoreError) -> Status {
-    match error {
-        StoreError::Unavailable(_) => {
-            Status::unavailable("the inbox is unavailable for a moment; try again")
-        }
-        error => {
-            tracing::error!(%error, "inbox failed");
-            Status::internal("the inbox failed")
-        }
-    }
-}
-
 fn publish_status(error: PublishError) -> Status {
     match error {
         PublishError::Hub(HubError::Unavailable(error)) => Status::unavailable(format!(
@@ -606,6 +594,6 @@ fn publish_status(error: PublishError) -> Status {
             tracing::error!(%error, "publish failed");
             Status::internal("publishing failed")
         }
-        PublishError::Inbox(error) => store_status(error),
+        PublishError::Inbox(error) => error.into(),
     }
 }

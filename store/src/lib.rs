@@ -50,6 +50,23 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The one table from storage errors to gRPC statuses, the same codes and
+/// wording in every service (whose own error enums wrap a `StoreError`
+/// and hand it here).
+impl From<StoreError> for tonic::Status {
+    fn from(error: StoreError) -> Self {
+        use munity_platform::error::{internal, unavailable};
+        match error {
+            StoreError::Conflict(what) => {
+                tonic::Status::already_exists(format!("{what} already exists"))
+            }
+            StoreError::NotFound(what) => tonic::Status::not_found(format!("{what} not found")),
+            StoreError::Unavailable(cause) => unavailable("storage is unavailable", &cause),
+            StoreError::Internal(cause) => internal("storage failed", &cause),
+        }
+    }
+}
+
 /// Any error that is neither a conflict nor a missing record.
 pub fn internal(error: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(error.to_string())

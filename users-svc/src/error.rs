@@ -1,6 +1,6 @@
 //! users-svc's domain errors, mapped to gRPC status codes in one place.
 
-use munity_platform::error::{FieldViolations, internal, invalid_argument, unavailable};
+use munity_platform::error::{FieldViolations, internal, invalid_argument};
 use tonic::Status;
 
 use crate::store::StoreError;
@@ -70,16 +70,7 @@ impl From<UsersError> for Status {
             // the other replicas; RESOURCE_EXHAUSTED is also what the
             // gateway's own Login quota answers.
             UsersError::HashingBusy => Status::resource_exhausted(error.to_string()),
-            UsersError::Store(StoreError::Conflict(what)) => {
-                Status::already_exists(format!("{what} already exists"))
-            }
-            UsersError::Store(StoreError::NotFound(what)) => {
-                Status::not_found(format!("{what} not found"))
-            }
-            UsersError::Store(StoreError::Unavailable(cause)) => {
-                unavailable("storage is unavailable", &cause)
-            }
-            UsersError::Store(StoreError::Internal(cause)) => internal("storage failed", &cause),
+            UsersError::Store(error) => error.into(),
             UsersError::Internal(cause) => internal("internal error", &cause),
         }
     }

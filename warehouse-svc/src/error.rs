@@ -1,6 +1,6 @@
 //! warehouse-svc's errors, mapped to gRPC status codes in one place.
 
-use munity_platform::error::{FieldViolations, internal, invalid_argument, unavailable};
+use munity_platform::error::{FieldViolations, invalid_argument};
 use munity_store::StoreError;
 use tonic::Status;
 
@@ -36,10 +36,7 @@ impl From<WarehouseError> for Status {
             WarehouseError::FailedPrecondition(message) => Status::failed_precondition(message),
             WarehouseError::OutOfRange(message) => Status::out_of_range(message),
             WarehouseError::ResourceExhausted(message) => Status::resource_exhausted(message),
-            WarehouseError::Store(StoreError::Unavailable(cause)) => {
-                unavailable("storage is unavailable", &cause)
-            }
-            WarehouseError::Store(other) => internal("storage failed", &other),
+            WarehouseError::Store(error) => error.into(),
         }
     }
 }

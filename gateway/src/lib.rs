@@ -37,7 +37,6 @@ mod limits;
 mod metrics;
 mod outlier;
 mod proxy;
-mod upstream_io;
 pub mod web;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -220,10 +219,6 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         cors: cors::Cors::new(&config.cors_allowed_origins),
         health,
         max_header_bytes: config.max_request_header_bytes,
-        upstream_connector: Arc::new(upstream_io::DrainingConnector::new(
-            drain_streams.clone(),
-            Duration::from_secs(2),
-        )),
         drain: drain_streams,
     };
 

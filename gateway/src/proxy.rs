@@ -83,8 +83,6 @@ pub struct Gateway {
     pub json_body_timeout: Duration,
     /// `/openapi.json` and `/docs`, made once at start-up.
     pub docs: http_json::openapi::Docs,
-    /// How upstream connections are made: ended at `drain`.
-    pub upstream_connector: Arc<crate::upstream_io::DrainingConnector>,
     /// The web app at `/` (`web.rs`).
     pub web: crate::web::Web,
 }
@@ -713,9 +711,6 @@ impl ProxyHttp for Gateway {
         peer.options.max_h2_streams = 128;
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.h2_ping_interval = Some(Duration::from_secs(30));
-        // Connections that end when the gateway drains, so proxied streams
-        // get UNAVAILABLE "reconnect" rather than a cut (`upstream_io.rs`).
-        peer.options.custom_l4 = Some(self.upstream_connector.clone());
         Ok(Box::new(peer))
     }
 

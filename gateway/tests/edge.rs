@@ -821,8 +821,7 @@ async fn open_web_stream(
 /// At SIGTERM, gRPC-web streams over HTTP/1.1 (which cannot see HTTP/2's
 /// GOAWAY) ended mid-body with no trailer frame when the grace period ran
 /// out. Half way through it they now end with UNAVAILABLE ("reconnect"):
-/// a proxied stream and the gateway's own health Watch alike; and so do
-/// plain gRPC streams proxied over HTTP/2 (their upstream connections end).
+/// a proxied stream and the gateway's own health Watch alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_grpc_web_streams_with_unavailable() {
     let users = replica().await;
@@ -886,50 +885,9 @@ async fn sigterm_ends_grpc_web_streams_with_unavailable() {
         }),
     )
     .await;
-    // And a plain gRPC (HTTP/2) stream to the same upstream: GOAWAY tells
-    // its client to make no new calls, but the proxied stream itself must
-    // end with a status too, not be cut when the grace runs out.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", gateway.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let mut h2_stream = grpc
-        .server_streaming(
-            tonic::Request::new(bytes::Bytes::new()),
-            "/munity.users.v1.Users/GetJwks".parse().unwrap(),
-            munity_testkit::raw_grpc::RawCodec,
-        )
-        .await
-        .expect("the proxied gRPC stream opens")
-        .into_inner();
-    assert!(h2_stream.message().await.unwrap().is_some());
-    let h2_ended = tokio::spawn(async move {
-        loop {
-            match h2_stream.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => break None,
-                Err(status) => break Some(status),
-            }
-        }
-    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let terminated = Instant::now();
     gateway.terminate();
-    let status = tokio::time::timeout(Duration::from_secs(10), h2_ended)
-        .await
-        .expect("the proxied gRPC stream was still open 10 s after SIGTERM")
-        .unwrap()
-        .expect("the proxied gRPC stream ended with a status");
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("shutting down"), "{status:?}");
-    assert!(
-        terminated.elapsed() < Duration::from_millis(3900),
-        "the gRPC stream ended {:?} after SIGTERM, not half way through the 4 s grace",
-        terminated.elapsed()
-    );
     for (name, stream) in [("proxied stream", proxied), ("health Watch", watch)] {
         let received = tokio::time::timeout(Duration::from_secs(10), stream)
             .await

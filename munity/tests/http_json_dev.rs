@@ -338,40 +338,52 @@ async fn payloads_of_well_known_and_unknown_types_reach_inbox_and_streams() {
 }
 
 /// Issue 19 (2): an event stored with a time outside protobuf's range
-/// (year 10000, as events-svc accepted before refusing it) is still
-/// listed and read over HTTP/JSON, the time clamped to the last valid one.
-/// Only possible while events-svc still takes such a time; once it refuses
-/// it, the gateway's unit tests (`http_json::writable`) cover the writer.
+/// (year 10000, which events-svc accepted before it refused such input)
+/// is still listed and read over HTTP/JSON, the time clamped to the last
+/// valid one. The API refuses such a time now, so the record is written
+/// straight into events-svc's store while `munity dev` is stopped, as an
+/// older version would have left it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_time_outside_protobufs_range_does_not_fail_a_listing() {
-    use munity_platform::auth::with_bearer;
-    use munity_proto::events::v1::{self as events, events_client::EventsClient};
+    use events_svc::{
+        domain::{EventRecord, Status, TimeOption},
+        store::{EventsRepository, embedded::EmbeddedStore},
+    };
 
     let data = tempfile::tempdir().unwrap();
-    let (ready, channel) = start_dev(env!("CARGO_BIN_EXE_munity"), data.path()).await;
-    let base = format!("http://{}", ready.address("gateway"));
-    let (token, _) = register(&channel, "Planner").await;
-    let mut request = munity_testkit::meeting_request("Year 10000");
-    request.options = vec![events::TimeOptionInput {
-        start: Some(prost_types::Timestamp {
-            seconds: 253_402_300_800,
-            nanos: 0,
-        }),
-        end: Some(prost_types::Timestamp {
-            seconds: 253_402_304_400,
-            nanos: 0,
-        }),
-    }];
-    let created = EventsClient::new(channel.clone())
-        .create_event(with_bearer(request, &token))
-        .await;
-    let event = match created {
-        Ok(event) => event.into_inner(),
-        Err(status) => {
-            println!("events-svc refuses year 10000 ({status:?}): nothing stored to read back");
-            return;
-        }
+    let (mut ready, channel) = start_dev(env!("CARGO_BIN_EXE_munity"), data.path()).await;
+    let (token, user_id) = register(&channel, "Planner").await;
+    ready.process.terminate();
+    ready
+        .process
+        .wait_exit(std::time::Duration::from_secs(20))
+        .await
+        .expect("munity exits after SIGTERM");
+
+    let year_10000_ms = 253_402_300_800_000;
+    let event = EventRecord {
+        id: uuid::Uuid::now_v7(),
+        owner_id: user_id.parse().unwrap(),
+        community_id: None,
+        title: "Year 10000".into(),
+        description: String::new(),
+        location: String::new(),
+        options: vec![TimeOption {
+            start: year_10000_ms,
+            end: year_10000_ms + 3_600_000,
+        }],
+        voting_deadline: year_10000_ms - 3_600_000,
+        capacity: None,
+        status: Status::Voting,
+        participant_count: 0,
+        created_at: munity_store::now_millis(),
     };
+    let store = EmbeddedStore::open(&data.path().join("events")).unwrap();
+    store.create_event(&event).await.unwrap();
+    drop(store);
+
+    let (ready, _channel) = start_dev(env!("CARGO_BIN_EXE_munity"), data.path()).await;
+    let base = format!("http://{}", ready.address("gateway"));
     // 23:59:59.999Z from events-svc (milliseconds, clamped by
     // `platform::wire`), .999999999Z if only the gateway clamped it.
     let last = "\"9999-12-31T23:59:59.999";

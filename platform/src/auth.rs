@@ -16,7 +16,7 @@ use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use dashmap::DashMap;
@@ -444,6 +444,22 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// When a server stream's caller token expires (its `exp` plus the
+/// verifier's leeway): put in the response's extensions by [`AuthService`]
+/// for server streams, for `GrpcHost` to end the stream then
+/// (UNAUTHENTICATED; the client reconnects with a fresh token).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenExpiry(pub SystemTime);
+
+impl TokenExpiry {
+    /// The time left until then (zero once passed).
+    pub fn left(self) -> Duration {
+        self.0
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
 /// `Service/Method` of a gRPC path, for messages.
 pub fn method_name(path: &str) -> &str {
     path.strip_prefix('/')
@@ -554,8 +570,17 @@ where
                         tracing::debug!(%path, %message, "refused a caller the method does not accept");
                         return Ok(Status::permission_denied(message).into_http());
                     }
+                    // A server stream lives no longer than its token.
+                    let expiry = policy.is_server_streaming(path).then(|| {
+                        let exp = Duration::from_secs(u64::try_from(claims.exp).unwrap_or(0));
+                        TokenExpiry(SystemTime::UNIX_EPOCH + exp + verifier.leeway())
+                    });
                     request.extensions_mut().insert(claims);
-                    inner.call(request).await
+                    let mut response = inner.call(request).await?;
+                    if let Some(expiry) = expiry {
+                        response.extensions_mut().insert(expiry);
+                    }
+                    Ok(response)
                 }
                 Err(error) => {
                     tracing::debug!(?error, path = %request.uri().path(), "refused unauthenticated call");

@@ -21,7 +21,7 @@ use std::{
     future::Future,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use axum::response::IntoResponse;
@@ -39,7 +39,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::{
-    auth::{AuthLayer, Claims, TokenVerifier},
+    auth::{AuthLayer, TokenVerifier},
     deadline::Deadline,
     metrics::{CallRecord, MeteredBody},
     policy::MethodPolicy,
@@ -184,10 +184,6 @@ impl GrpcHost {
         // waits for the client's delayed ACK (~40 ms per call). The builder's
         // `tcp_nodelay` does not apply to a listener we pass in.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let leeway = self
-            .verifier
-            .as_ref()
-            .map_or(Duration::ZERO, |verifier| verifier.leeway());
         let auth = self.verifier.map(|verifier| {
             AuthLayer::new(verifier, self.policy.clone()).with_http_paths(self.http_paths)
         });
@@ -198,10 +194,6 @@ impl GrpcHost {
                 drain_streams,
             })
             .layer(OptionalAuthLayer(auth))
-            .layer(TokenExpiryLayer {
-                policy: self.policy.clone(),
-                leeway,
-            })
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, shutdown);
         // tonic's graceful shutdown waits for every open call, and a server
@@ -229,82 +221,6 @@ impl<S> Layer<S> for OptionalAuthLayer {
             Some(auth) => tower::util::Either::Left(auth.layer(inner)),
             None => tower::util::Either::Right(inner),
         }
-    }
-}
-
-/// When a server stream's caller token expires (its `exp` plus the
-/// verifier's leeway), as Unix time: put in the response's extensions by
-/// [`TokenExpiryLayer`], for [`ObserveService`] to end the stream then.
-#[derive(Clone, Copy)]
-struct TokenExpiry(SystemTime);
-
-impl TokenExpiry {
-    /// The time left until then (zero once passed).
-    fn left(self) -> Duration {
-        self.0
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-    }
-}
-
-/// Inside the auth layer, where the verified [`Claims`] are in the request's
-/// extensions: marks a server stream's response with its [`TokenExpiry`].
-#[derive(Clone)]
-struct TokenExpiryLayer {
-    policy: Arc<MethodPolicy>,
-    leeway: Duration,
-}
-
-impl<S> Layer<S> for TokenExpiryLayer {
-    type Service = TokenExpiryService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        TokenExpiryService {
-            inner,
-            policy: self.policy.clone(),
-            leeway: self.leeway,
-        }
-    }
-}
-
-#[derive(Clone)]
-struct TokenExpiryService<S> {
-    inner: S,
-    policy: Arc<MethodPolicy>,
-    leeway: Duration,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for TokenExpiryService<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        // Public methods carry no claims: their streams are not bounded.
-        let expiry = request
-            .extensions()
-            .get::<Arc<Claims>>()
-            .filter(|_| self.policy.is_server_streaming(request.uri().path()))
-            .map(|claims| {
-                let exp = Duration::from_secs(u64::try_from(claims.exp).unwrap_or(0));
-                TokenExpiry(SystemTime::UNIX_EPOCH + exp + self.leeway)
-            });
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            if let Some(expiry) = expiry {
-                response.extensions_mut().insert(expiry);
-            }
-            Ok(response)
-        })
     }
 }
 
@@ -410,7 +326,10 @@ where
                             .unwrap_or("0");
                         tracing::Span::current().record("rpc.grpc.status_code", code);
                         tracing::debug!(grpc_status = code, elapsed_us, "call answered");
-                        let expiry = response.extensions().get::<TokenExpiry>().copied();
+                        let expiry = response
+                            .extensions()
+                            .get::<crate::auth::TokenExpiry>()
+                            .copied();
                         Ok(response.map(|body| {
                             let mut body = Deadline::new(body, deadline);
                             if let Some(drain) = &drain {

@@ -19,10 +19,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use prost_reflect::{
-    Cardinality, DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
-    ReflectMessage, Value,
-};
+use prost_reflect::{Cardinality, DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, Value};
 
 use crate::bad_request::FieldViolations;
 
@@ -380,22 +377,6 @@ impl Validator {
         validator
     }
 
-    /// Checks `message` (a dynamic one, e.g. built by the gateway or a
-    /// test) as [`RequestCheck::check`] checks its bytes.
-    pub fn check_dynamic(&self, message: &DynamicMessage, violations: &mut FieldViolations) {
-        use prost::Message;
-        if let Some(&plan) = self.by_name.get(message.descriptor().full_name()) {
-            self.walk(
-                plan,
-                &message.encode_to_vec(),
-                None,
-                unix_now(),
-                0,
-                violations,
-            );
-        }
-    }
-
     fn walk(
         &self,
         plan_index: usize,
@@ -598,6 +579,9 @@ impl Validator {
                         violations.add(at.render(), "is required");
                     }
                 }
+                // A float or double that was sent: given, and no integer
+                // bound applies to it.
+                (_, Some(Scalar::Other)) => {}
                 (_, last) => {
                     let n = match last {
                         Some(Scalar::Int(n)) => n,

@@ -97,11 +97,13 @@ struct WatchedBackend {
 }
 
 impl WatchedBackend {
-    fn watch<T>(&self, result: std::io::Result<T>) -> std::io::Result<T> {
+    /// Runs a write-side operation (write, resize, fsync); its first
+    /// failure (or an injected one, as ENOSPC) marks the database failed.
+    fn watch<T>(&self, operation: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
         let result = if self.io.injected.load(Ordering::Acquire) {
             Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
         } else {
-            result
+            operation()
         };
         if result.is_err() {
             self.io.failed.store(true, Ordering::Release);
@@ -118,25 +120,13 @@ impl StorageBackend for WatchedBackend {
         self.file.read(offset, out)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
-        if self.io.injected.load(Ordering::Acquire) {
-            return self.watch(Ok(()));
-        }
-        let result = self.file.set_len(len);
-        self.watch(result)
+        self.watch(|| self.file.set_len(len))
     }
     fn sync_data(&self) -> std::io::Result<()> {
-        if self.io.injected.load(Ordering::Acquire) {
-            return self.watch(Ok(()));
-        }
-        let result = self.file.sync_data();
-        self.watch(result)
+        self.watch(|| self.file.sync_data())
     }
     fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        if self.io.injected.load(Ordering::Acquire) {
-            return self.watch(Ok(()));
-        }
-        let result = self.file.write(offset, data);
-        self.watch(result)
+        self.watch(|| self.file.write(offset, data))
     }
     fn close(&self) -> std::io::Result<()> {
         self.file.close()

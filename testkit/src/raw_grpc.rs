@@ -60,7 +60,7 @@ pub async fn call(
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?;
-    let mut request = tonic::Request::new(futures_stream_of_one(message));
+    let mut request = tonic::Request::new(tokio_stream::once(message));
     if let Some(token) = token {
         request.metadata_mut().insert(
             "authorization",
@@ -73,8 +73,4 @@ pub async fn call(
         Some(first) => Ok(first),
         None => Err(Status::ok("the call ended with no message")),
     }
-}
-
-fn futures_stream_of_one(message: Bytes) -> tokio_stream::Once<Bytes> {
-    tokio_stream::once(message)
 }

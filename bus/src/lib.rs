@@ -20,6 +20,9 @@
 //!   deliveries are on disk, so a restart neither loses nor replays
 //!   acknowledged events.
 //!
+//! Views kept from the log that several services need live here once:
+//! `membership.rs` (who is in which community, from users-svc's events).
+//!
 //! Services publish through the transactional outbox (`outbox.rs`): events
 //! are staged in the same transaction as the change they describe, and a
 //! relay moves them to the log, so none is lost while the log is down.
@@ -32,6 +35,7 @@
 pub mod config;
 pub mod consumer;
 pub mod embedded;
+pub mod membership;
 pub mod metrics;
 pub mod outbox;
 pub mod redis;

@@ -32,15 +32,18 @@ use crate::{
 /// The longest explicit GetStats range, in hours (31 days).
 const STATS_MAX_HOURS: i64 = 31 * 24;
 
+use munity_bus::membership::MembershipView;
+
 type Result<T> = std::result::Result<T, EventsError>;
 
 pub struct EventsApi {
     repo: Arc<dyn EventsRepository>,
+    memberships: Arc<dyn MembershipView>,
 }
 
 impl EventsApi {
-    pub fn new(repo: Arc<dyn EventsRepository>) -> Self {
-        EventsApi { repo }
+    pub fn new(repo: Arc<dyn EventsRepository>, memberships: Arc<dyn MembershipView>) -> Self {
+        EventsApi { repo, memberships }
     }
 
     fn is_admin(claims: &Claims) -> bool {
@@ -49,7 +52,7 @@ impl EventsApi {
 
     /// The caller's role in `community`, as the membership view knows it.
     async fn role_in(&self, community: Uuid, user: Uuid) -> Result<Option<MemberRole>> {
-        Ok(self.repo.member_role(community, user).await?)
+        Ok(self.memberships.role(community, user).await?)
     }
 
     /// The event, if the caller may see it; NOT_FOUND otherwise.

@@ -252,13 +252,7 @@ pub fn top_events(joins: std::collections::HashMap<Uuid, i64>, top: usize) -> Ve
 }
 
 /// A user's role in a community, as the membership view knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberRole {
-    Member,
-    Moderator,
-    Owner,
-}
+pub use munity_bus::membership::MemberRole;
 
 /// The most-voted option; ties go to the earliest start (then the lowest
 /// id). `None` without options.

@@ -8,8 +8,8 @@
 //!   CQL), held to one contract by `tests/repository_contract.rs`.
 //! - `events.rs`: the domain events it publishes; `convert.rs`: records to
 //!   protobuf.
-//! - `members.rs`: its view of community memberships, kept from
-//!   users-svc's domain events.
+//! - its view of community memberships is the shared
+//!   `munity_bus::membership`, kept in its own store.
 //! - `scheduler.rs`: closes voting at each event's deadline and sends
 //!   reminders before scheduled events start.
 //! - `stats.rs`: counts its own domain events into hourly statistics.
@@ -23,7 +23,6 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod events;
-pub mod members;
 pub mod scheduler;
 pub mod stats;
 pub mod store;
@@ -70,18 +69,22 @@ pub async fn run(
     listener: TcpListener,
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
-    let store::Opened { repo, publishing } =
-        store::open(&config.storage, &config.own.reminders_before_secs).await?;
+    let store::Opened {
+        repo,
+        publishing,
+        memberships,
+    } = store::open(&config.storage, &config.own.reminders_before_secs).await?;
     // Its changes go out on the event log, and users-svc's membership
     // changes come in (the membership view).
     if let Some(log) = publishing
         .start(&config.bus, EventsService::NAME, &shutdown)
         .await
     {
-        tokio::spawn(members::follow(
+        tokio::spawn(munity_bus::membership::follow(
             log.clone(),
-            repo.clone(),
+            memberships.clone(),
             config.own.members_group.clone(),
+            EventsService::NAME,
             shutdown.clone(),
         ));
         tokio::spawn(stats::follow(
@@ -100,7 +103,7 @@ pub async fn run(
     let verifier = TokenVerifier::remote(&auth)?;
     GrpcHost::new(EventsService::DESCRIPTOR_SET)?
         .add_service(
-            EventsServer::new(api::EventsApi::new(repo))
+            EventsServer::new(api::EventsApi::new(repo, memberships))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .with_shutdown_grace(config.shutdown_grace())

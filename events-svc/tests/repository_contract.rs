@@ -5,8 +5,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use events_svc::{
     domain::{
-        Activity, ActivityKind, EventRecord, EventUpdate, MemberRole, ReminderJob, Status,
-        TimeOption, now_millis,
+        Activity, ActivityKind, EventRecord, EventUpdate, ReminderJob, Status, TimeOption,
+        now_millis,
     },
     store::{
         CloseOutcome, EventsRepository, JoinOutcome, Listing, UpdateOutcome, VoteOutcome,
@@ -548,23 +548,6 @@ mod cases {
             "soonest first, each once"
         );
     }
-
-    pub async fn the_membership_view_follows_what_it_is_told(repo: Repo) {
-        let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
-        assert_eq!(repo.member_role(community, user).await.unwrap(), None);
-        repo.set_member(community, user, Some(MemberRole::Member))
-            .await
-            .unwrap();
-        repo.set_member(community, user, Some(MemberRole::Moderator))
-            .await
-            .unwrap();
-        assert_eq!(
-            repo.member_role(community, user).await.unwrap(),
-            Some(MemberRole::Moderator)
-        );
-        repo.set_member(community, user, None).await.unwrap();
-        assert_eq!(repo.member_role(community, user).await.unwrap(), None);
-    }
 }
 
 munity_testkit::contract_suite! {
@@ -576,7 +559,6 @@ munity_testkit::contract_suite! {
         voting_closes_once_with_the_most_voted_option,
         joins_stop_at_capacity_even_when_racing,
         passed_deadlines_are_due_until_voting_closes,
-        the_membership_view_follows_what_it_is_told,
         reminders_are_sent_once_before_a_scheduled_event_starts,
         updates_never_leave_capacity_below_participants,
         activity_is_counted_per_hour,

@@ -48,9 +48,8 @@ use super::{
 };
 use crate::{
     domain::{
-        Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
-        StartPage, StartPosition, StatsRecord, Status, add_counter, reminders_for, top_events,
-        winner,
+        Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob, StartPage,
+        StartPosition, StatsRecord, Status, add_counter, reminders_for, top_events, winner,
     },
     events,
 };
@@ -83,8 +82,6 @@ pub const SCHEMA: &[&str] = &[
         day bigint, hour bigint, id uuid, n counter, PRIMARY KEY ((day), hour, id))",
     "CREATE TABLE IF NOT EXISTS active_users (
         day bigint, hour bigint, user_id uuid, PRIMARY KEY ((day), hour, user_id))",
-    "CREATE TABLE IF NOT EXISTS members (
-        community_id uuid, user_id uuid, role text, PRIMARY KEY ((community_id), user_id))",
 ];
 
 struct Statements {
@@ -133,9 +130,6 @@ struct Statements {
     get_cursor: PreparedStatement,
     set_cursor: PreparedStatement,
     lower_cursor: PreparedStatement,
-    set_member: PreparedStatement,
-    delete_member: PreparedStatement,
-    get_member: PreparedStatement,
 }
 
 pub struct CqlStore {
@@ -175,7 +169,12 @@ type EventRow = (String, String, Option<i32>, i32, Option<i32>);
 
 impl CqlStore {
     pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
-        let schema: Vec<&str> = SCHEMA.iter().chain(outbox::SCHEMA).copied().collect();
+        let schema: Vec<&str> = SCHEMA
+            .iter()
+            .chain(outbox::SCHEMA)
+            .chain(munity_bus::membership::CQL_SCHEMA)
+            .copied()
+            .collect();
         let cql = Arc::new(Cql::connect(config, &schema).await?);
         let p = |statement: &'static str| cql.prepare(statement);
         let s = Statements {
@@ -226,9 +225,6 @@ impl CqlStore {
             get_cursor: p("SELECT minute FROM due_cursor WHERE name = ?").await?,
             set_cursor: p("UPDATE due_cursor SET minute = ? WHERE name = ?").await?,
             lower_cursor: p("UPDATE due_cursor SET minute = ? WHERE name = ? IF minute > ?").await?,
-            set_member: p("INSERT INTO members (community_id, user_id, role) VALUES (?, ?, ?)").await?,
-            delete_member: p("DELETE FROM members WHERE community_id = ? AND user_id = ?").await?,
-            get_member: p("SELECT role FROM members WHERE community_id = ? AND user_id = ?").await?,
         };
         let outbox = Arc::new(CqlOutbox::new(cql.clone()).await?);
         Ok(CqlStore {
@@ -244,6 +240,11 @@ impl CqlStore {
     pub fn remind_before(mut self, offsets_secs: &[u32]) -> Self {
         self.reminders_before = offsets_secs.to_vec();
         self
+    }
+
+    /// Its session, for the membership view kept in the same keyspace.
+    pub fn cql(&self) -> Arc<Cql> {
+        self.cql.clone()
     }
 
     pub fn outbox(&self) -> Arc<CqlOutbox> {
@@ -489,14 +490,6 @@ impl CqlStore {
                 .await?;
         }
         Ok(due)
-    }
-}
-
-fn role_name(role: MemberRole) -> &'static str {
-    match role {
-        MemberRole::Member => "member",
-        MemberRole::Moderator => "moderator",
-        MemberRole::Owner => "owner",
     }
 }
 
@@ -991,40 +984,6 @@ impl EventsRepository for CqlStore {
         stats.active_users = users.len() as u64;
         stats.top_events = top_events(joins, top);
         Ok(stats)
-    }
-
-    async fn set_member(
-        &self,
-        community: Uuid,
-        user: Uuid,
-        role: Option<MemberRole>,
-    ) -> StoreResult<()> {
-        match role {
-            Some(role) => {
-                self.cql
-                    .execute(&self.s.set_member, (community, user, role_name(role)))
-                    .await?
-            }
-            None => {
-                self.cql
-                    .execute(&self.s.delete_member, (community, user))
-                    .await?
-            }
-        };
-        Ok(())
-    }
-
-    async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
-        let row: Option<(String,)> = self
-            .cql
-            .maybe_row(&self.s.get_member, (community, user))
-            .await?;
-        Ok(row.and_then(|(role,)| match role.as_str() {
-            "member" => Some(MemberRole::Member),
-            "moderator" => Some(MemberRole::Moderator),
-            "owner" => Some(MemberRole::Owner),
-            _ => None,
-        }))
     }
 }
 

@@ -27,9 +27,9 @@ use super::{
 };
 use crate::{
     domain::{
-        Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
-        StartPage, StartPosition, StatsRecord, Status, add_counter, now_millis, reminders_for,
-        top_events, winner,
+        Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob, StartPage,
+        StartPosition, StatsRecord, Status, add_counter, now_millis, reminders_for, top_events,
+        winner,
     },
     events,
 };
@@ -61,8 +61,6 @@ const ACTIVE: TableDefinition<&[u8], ()> = TableDefinition::new("stats_active_us
 const EVENT_JOINS: TableDefinition<&[u8], i64> = TableDefinition::new("stats_event_joins");
 /// hour ‖ domain event id → (): counted already (kept two days).
 const COUNTED: TableDefinition<&[u8], ()> = TableDefinition::new("stats_counted");
-/// pair_key(community, user) → role.
-const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
 
 pub struct EmbeddedStore {
     db: EmbeddedDb,
@@ -83,7 +81,6 @@ impl EmbeddedStore {
             txn.open_table(PARTICIPANTS)?;
             txn.open_table(VOTES)?;
             txn.open_table(VOTE_COUNTS)?;
-            txn.open_table(MEMBERS)?;
             txn.open_table(DEADLINES)?;
             txn.open_table(REMINDERS)?;
             txn.open_table(STARTS)?;
@@ -108,6 +105,11 @@ impl EmbeddedStore {
     }
 
     /// What the relay needs: the outbox and its cue.
+    /// Its database, for the membership view kept in the same file.
+    pub fn db(&self) -> EmbeddedDb {
+        self.db.clone()
+    }
+
     pub fn publishing(&self) -> Publishing {
         Publishing::embedded(&self.outbox)
     }
@@ -287,14 +289,6 @@ fn counts(db: &redb::Database, id: Uuid, options: usize) -> StoreResult<Vec<u32>
                 .map_or(0, |v| v.value()))
         })
         .collect()
-}
-
-fn member_role(
-    db: &redb::Database,
-    community: Uuid,
-    user: Uuid,
-) -> StoreResult<Option<MemberRole>> {
-    read_one(db, MEMBERS, pair_key(community, user).as_slice())
 }
 
 #[async_trait::async_trait]
@@ -817,37 +811,6 @@ impl EventsRepository for EmbeddedStore {
                 stats.top_events = top_events(joins, top);
                 Ok(stats)
             })
-            .await
-    }
-
-    async fn set_member(
-        &self,
-        community: Uuid,
-        user: Uuid,
-        role: Option<MemberRole>,
-    ) -> StoreResult<()> {
-        self.db
-            .write(move |txn| {
-                let mut members = txn.open_table(MEMBERS).map_err(internal)?;
-                let key = pair_key(community, user);
-                match role {
-                    Some(role) => {
-                        members
-                            .insert(key.as_slice(), encode(&role)?.as_slice())
-                            .map_err(internal)?;
-                    }
-                    None => {
-                        members.remove(key.as_slice()).map_err(internal)?;
-                    }
-                }
-                Ok(())
-            })
-            .await
-    }
-
-    async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
-        self.db
-            .blocking(move |db| member_role(db, community, user))
             .await
     }
 }

@@ -11,8 +11,8 @@ pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
 use crate::domain::{
-    Activity, EventRecord, EventUpdate, MemberRole, Millis, ParticipantRecord, ReminderJob,
-    StartPage, StartPosition, StatsRecord,
+    Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob, StartPage,
+    StartPosition, StatsRecord,
 };
 
 /// Which events a listing walks, in a stable order (by id: creation order).
@@ -156,21 +156,14 @@ pub trait EventsRepository: Send + Sync + 'static {
     async fn record_activity(&self, activity: &Activity) -> StoreResult<()>;
     /// Statistics over whole hours `[from_hour, to_hour)`.
     async fn stats(&self, from_hour: i64, to_hour: i64, top: usize) -> StoreResult<StatsRecord>;
-
-    /// The membership view (from users-svc's events): `None` removes.
-    async fn set_member(
-        &self,
-        community: Uuid,
-        user: Uuid,
-        role: Option<MemberRole>,
-    ) -> StoreResult<()>;
-    async fn member_role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>>;
 }
 
 /// An open backend: the repository, and what its relay needs.
 pub struct Opened {
     pub repo: std::sync::Arc<dyn EventsRepository>,
     pub publishing: munity_bus::outbox::Publishing,
+    /// The membership view, in the same store.
+    pub memberships: std::sync::Arc<dyn munity_bus::membership::MembershipView>,
 }
 
 /// Opens the configured backend; voting closed schedules a reminder
@@ -185,6 +178,7 @@ pub async fn open(
             let store = embedded::EmbeddedStore::open(path)?.remind_before(reminders_before_secs);
             Opened {
                 publishing: store.publishing(),
+                memberships: munity_bus::membership::EmbeddedMemberships::open(store.db()),
                 repo: Arc::new(store),
             }
         }
@@ -196,6 +190,7 @@ pub async fn open(
             );
             Opened {
                 publishing: munity_bus::outbox::Publishing::cql(store.outbox(), store.clone()),
+                memberships: munity_bus::membership::CqlMemberships::prepare(store.cql()).await?,
                 repo: store,
             }
         }

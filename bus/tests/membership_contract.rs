@@ -1,0 +1,168 @@
+//! The shared membership view (`munity_bus::membership`), one contract on
+//! every backend: a redb file, and the real CQL server (`MUNITY_TEST_CQL`;
+//! required under CI=true). Fed by users-svc's events as the log delivers
+//! them, redeliveries included.
+
+use std::sync::Arc;
+
+use munity_bus::{
+    DomainEvent,
+    membership::{self, CqlMemberships, EmbeddedMemberships, MemberRole, MembershipView},
+};
+use munity_proto::users::v1 as users;
+use munity_store::{cql::CqlStore, embedded::EmbeddedDb};
+use prost::Message;
+use uuid::Uuid;
+
+type View = Arc<dyn MembershipView>;
+
+async fn embedded() -> Option<(View, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    // A service's file with tables of its own; the view adds its tables.
+    let db = EmbeddedDb::open(dir.path(), "svc", |txn| {
+        txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("own"))?;
+        Ok(())
+    })
+    .unwrap();
+    Some((EmbeddedMemberships::open(db), dir))
+}
+
+async fn cql() -> Option<(View, ())> {
+    let config = munity_testkit::cql_config("bus_membership")?;
+    let store = {
+        let _lock = munity_testkit::schema_lock().await;
+        Arc::new(
+            CqlStore::connect(&config, membership::CQL_SCHEMA)
+                .await
+                .expect("connect to the CQL test server"),
+        )
+    };
+    Some((CqlMemberships::prepare(store).await.unwrap(), ()))
+}
+
+fn event<M: Message>(kind: &str, message: M) -> DomainEvent {
+    DomainEvent {
+        id: Uuid::now_v7().to_string(),
+        r#type: format!("munity.users.v1.{kind}"),
+        payload: message.encode_to_vec(),
+        ..Default::default()
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn roles_are_set_changed_and_removed(view: View) {
+        let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(view.role(community, user).await.unwrap(), None);
+        assert!(view.communities_of(user).await.unwrap().is_empty());
+        view.set_member(community, user, Some(MemberRole::Member))
+            .await
+            .unwrap();
+        view.set_member(community, user, Some(MemberRole::Moderator))
+            .await
+            .unwrap();
+        assert_eq!(
+            view.role(community, user).await.unwrap(),
+            Some(MemberRole::Moderator)
+        );
+        assert_eq!(
+            view.communities_of(user).await.unwrap(),
+            [(community, MemberRole::Moderator)]
+        );
+        view.set_member(community, user, None).await.unwrap();
+        assert_eq!(view.role(community, user).await.unwrap(), None);
+        assert!(view.communities_of(user).await.unwrap().is_empty());
+        // Removing what is not there is no error (a redelivered MemberLeft).
+        view.set_member(community, user, None).await.unwrap();
+    }
+
+    pub async fn a_users_communities_are_theirs_alone(view: View) {
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut hers: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        for community in &hers {
+            view.set_member(*community, alice, Some(MemberRole::Member))
+                .await
+                .unwrap();
+        }
+        let shared = hers[2];
+        view.set_member(shared, bob, Some(MemberRole::Owner))
+            .await
+            .unwrap();
+        let mut listed: Vec<Uuid> = view
+            .communities_of(alice)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(c, role)| {
+                assert_eq!(role, MemberRole::Member);
+                c
+            })
+            .collect();
+        listed.sort();
+        hers.sort();
+        assert_eq!(listed, hers);
+        assert_eq!(
+            view.communities_of(bob).await.unwrap(),
+            [(shared, MemberRole::Owner)]
+        );
+    }
+
+    pub async fn users_events_are_applied_and_redeliveries_are_harmless(view: View) {
+        let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
+        let (c, u) = (community.to_string(), user.to_string());
+        let joined = event(
+            "MemberJoined",
+            users::MemberJoined {
+                community_id: c.clone(),
+                user_id: u.clone(),
+                role: users::MemberRole::Member as i32,
+                ..Default::default()
+            },
+        );
+        let promoted = event(
+            "MemberRoleChanged",
+            users::MemberRoleChanged {
+                community_id: c.clone(),
+                user_id: u.clone(),
+                role: users::MemberRole::Moderator as i32,
+            },
+        );
+        let left = event(
+            "MemberLeft",
+            users::MemberLeft {
+                community_id: c,
+                user_id: u,
+            },
+        );
+        for e in [&joined, &joined, &promoted, &promoted] {
+            membership::apply(view.as_ref(), e).await.unwrap();
+        }
+        assert_eq!(
+            view.role(community, user).await.unwrap(),
+            Some(MemberRole::Moderator)
+        );
+        membership::apply(view.as_ref(), &left).await.unwrap();
+        membership::apply(view.as_ref(), &left).await.unwrap();
+        assert_eq!(view.role(community, user).await.unwrap(), None);
+        // Someone else's events pass by; a broken one is an error (the
+        // consumer leaves it pending rather than acknowledging it).
+        let other = event("UserRegistered", users::MemberLeft::default());
+        membership::apply(view.as_ref(), &other).await.unwrap();
+        let broken = DomainEvent {
+            payload: vec![0xff, 0xff],
+            ..joined.clone()
+        };
+        assert!(membership::apply(view.as_ref(), &broken).await.is_err());
+    }
+}
+
+munity_testkit::contract_suite! {
+    cases: cases,
+    backends: { embedded_view => embedded(), cql_view => cql() },
+    tests: [
+        roles_are_set_changed_and_removed,
+        a_users_communities_are_theirs_alone,
+        users_events_are_applied_and_redeliveries_are_harmless,
+    ],
+}

@@ -10,9 +10,10 @@
 use std::sync::Arc;
 
 use munity_platform::{
-    auth::{Claims, caller},
+    auth::Claims,
+    authed,
     error::FieldViolations,
-    wire::{millis, parse_id},
+    wire::{millis, one_id, parse_id},
 };
 use munity_proto::events::v1::{self as pb, events_server::Events};
 use munity_store::page_token;
@@ -185,8 +186,7 @@ impl EventsApi {
                 ));
             }
         };
-        let after = page_token::decode(&request.page_token)
-            .map_err(|e| EventsError::invalid("page_token", &e.to_string()))?;
+        let after = page_token::decode(&request.page_token)?;
         let size = munity_store::page_size(request.page_size, 20, 100);
         let page = self.repo.list_events(&listing, after, size).await?;
         let mut events = Vec::with_capacity(page.items.len());
@@ -216,8 +216,7 @@ impl EventsApi {
         claims: &Claims,
         request: pb::ListEventsRequest,
     ) -> Result<pb::ListEventsResponse> {
-        let mut after = page_token::decode_at(&request.page_token)
-            .map_err(|e| EventsError::invalid("page_token", &e.to_string()))?;
+        let mut after = page_token::decode_at(&request.page_token)?;
         let size = munity_store::page_size(request.page_size, 20, 100);
         let now = now_millis();
         let admin = Self::is_admin(claims);
@@ -432,8 +431,7 @@ impl EventsApi {
         request: pb::ListParticipantsRequest,
     ) -> Result<pb::ListParticipantsResponse> {
         let event = self.visible(claims, &request.event_id).await?;
-        let after = page_token::decode(&request.page_token)
-            .map_err(|e| EventsError::invalid("page_token", &e.to_string()))?;
+        let after = page_token::decode(&request.page_token)?;
         let size = munity_store::page_size(request.page_size, 50, 500);
         let page = self.repo.list_participants(event.id, after, size).await?;
         Ok(pb::ListParticipantsResponse {
@@ -500,37 +498,21 @@ fn stats_window(request: &pb::GetStatsRequest, now: domain::Millis) -> Result<(i
     }
 }
 
-fn one_id(raw: &str, field: &str) -> Result<Uuid> {
-    let mut violations = FieldViolations::new();
-    let id = parse_id(raw, field, &mut violations);
-    violations.into_result()?;
-    Ok(id)
-}
-
-/// Runs a handler with the verified caller.
-macro_rules! authed {
-    ($request:ident, |$claims:ident, $message:ident| $body:expr) => {{
-        let $claims = caller(&$request)?.clone();
-        let $message = $request.into_inner();
-        let result: Result<_> = $body.await;
-        result.map(Response::new).map_err(Status::from)
-    }};
-}
-
 #[tonic::async_trait]
 impl Events for EventsApi {
     async fn create_event(
         &self,
         request: Request<pb::CreateEventRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| self.create(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .create(&claims, message))
     }
 
     async fn get_event(
         &self,
         request: Request<pb::GetEventRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| async {
+        authed!(request, EventsError, |claims, message| async {
             let event = self.visible(&claims, &message.event_id).await?;
             self.reload(event.id, claims.sub).await
         })
@@ -540,42 +522,47 @@ impl Events for EventsApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> std::result::Result<Response<pb::ListEventsResponse>, Status> {
-        authed!(request, |claims, message| self.list(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .list(&claims, message))
     }
 
     async fn update_event(
         &self,
         request: Request<pb::UpdateEventRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| self.update(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .update(&claims, message))
     }
 
     async fn get_stats(
         &self,
         request: Request<pb::GetStatsRequest>,
     ) -> std::result::Result<Response<pb::Stats>, Status> {
-        authed!(request, |claims, message| self.stats(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .stats(&claims, message))
     }
 
     async fn cancel_event(
         &self,
         request: Request<pb::CancelEventRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| self.cancel(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .cancel(&claims, message))
     }
 
     async fn vote(
         &self,
         request: Request<pb::VoteRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| self.vote(&claims, message, true))
+        authed!(request, EventsError, |claims, message| self
+            .vote(&claims, message, true))
     }
 
     async fn unvote(
         &self,
         request: Request<pb::VoteRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, EventsError, |claims, message| self
             .vote(&claims, message, false))
     }
 
@@ -583,21 +570,23 @@ impl Events for EventsApi {
         &self,
         request: Request<pb::CloseVotingRequest>,
     ) -> std::result::Result<Response<pb::Event>, Status> {
-        authed!(request, |claims, message| self.close(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .close(&claims, message))
     }
 
     async fn join(
         &self,
         request: Request<pb::JoinRequest>,
     ) -> std::result::Result<Response<pb::Participant>, Status> {
-        authed!(request, |claims, message| self.join(&claims, message))
+        authed!(request, EventsError, |claims, message| self
+            .join(&claims, message))
     }
 
     async fn leave(
         &self,
         request: Request<pb::LeaveRequest>,
     ) -> std::result::Result<Response<pb::LeaveResponse>, Status> {
-        authed!(request, |claims, message| async {
+        authed!(request, EventsError, |claims, message| async {
             let event = self.visible(&claims, &message.event_id).await?;
             self.repo.leave(event.id, claims.sub).await?;
             Ok(pb::LeaveResponse {})
@@ -608,7 +597,7 @@ impl Events for EventsApi {
         &self,
         request: Request<pb::ListParticipantsRequest>,
     ) -> std::result::Result<Response<pb::ListParticipantsResponse>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, EventsError, |claims, message| self
             .participants(&claims, message))
     }
 }

@@ -8,7 +8,7 @@ use munity_platform::{
     auth::AuthConfig,
     config::ConfigSource,
     server::announce,
-    service::{DevEntry, dev_entry, write_ready_file},
+    service::{DevEntry, bind, dev_entry, write_ready_file},
     shutdown::ShutdownToken,
 };
 use serde::{Deserialize, Serialize};
@@ -44,8 +44,9 @@ impl Default for DevConfig {
     }
 }
 
-/// Every service `munity dev` runs. A new service adds its line here (and
-/// its protos declare its upstream, which gives the gateway its route).
+/// Every service `munity dev` runs, in any order. A new service adds its
+/// line here (its protos declare its upstream, which gives the gateway its
+/// route; its `Service::PEERS` say whom it calls).
 pub fn services() -> Vec<DevEntry> {
     vec![
         dev_entry::<users_svc::UsersService>(),
@@ -76,30 +77,49 @@ pub async fn dev(
             .with_override("gateway.admin_listen", any);
     }
 
-    // Bind everything before serving anything, so a port clash fails fast
-    // and the printed addresses are real (port 0 resolves here).
-    let mut bound = Vec::new();
+    // Bind everything before serving anything, so a port clash fails fast,
+    // the printed addresses are real (port 0 resolves here), and every
+    // service's peers are known before any starts: no start order.
+    let entries = services();
+    let mut listeners = Vec::new();
+    let mut addresses = BTreeMap::new();
+    for entry in &entries {
+        let key = format!("{}.listen", entry.section);
+        let listener = bind((entry.listen)(&source)?, &key).await?;
+        addresses.insert(entry.section, listener.local_addr()?);
+        listeners.push(listener);
+    }
     let mut auth = auth;
-    for entry in services() {
+    for entry in &entries {
+        if entry.issues_tokens {
+            auth.jwks_url = format!("http://{}", addresses[entry.section]);
+        }
+        for peer in entry.peers {
+            let Some(address) = addresses.get(peer.upstream) else {
+                anyhow::bail!(
+                    "{} calls {:?} ({}.{}), which munity dev does not run",
+                    entry.name,
+                    peer.upstream,
+                    entry.section,
+                    peer.key
+                );
+            };
+            source = source.with_override(
+                &format!("{}.{}", entry.section, peer.key),
+                format!("http://{address}"),
+            );
+        }
+    }
+    let mut bound = Vec::new();
+    for (entry, listener) in entries.iter().zip(listeners) {
         let start = entry.start;
-        let service = start(
+        bound.push(start(
             source.clone(),
             data_dir.clone(),
             auth.clone(),
+            listener,
             shutdown.clone(),
-        )
-        .await?;
-        // users-svc issues the tokens (it comes first): the services after
-        // it fetch its signing keys from where it listens.
-        if service.section == "users" {
-            auth.jwks_url = format!("http://{}", service.address);
-        }
-        // notify-svc asks events-svc who may follow an event's topics.
-        if service.section == "events" {
-            source =
-                source.with_override("notify.events_url", format!("http://{}", service.address));
-        }
-        bound.push(service);
+        )?);
     }
 
     // The gateway fronts the in-process services: each upstream's route

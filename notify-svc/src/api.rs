@@ -35,9 +35,10 @@ use uuid::Uuid;
 use crate::{
     access::Access,
     config::NotifyConfig,
-    hub::{Hub, HubError, Live, Notification, Position, Recovery, to_proto, valid_topic},
+    error::NotifyError,
+    hub::{Hub, Live, Notification, Position, Recovery, to_proto, valid_topic},
     inbox::{self, ItemKey},
-    publish::{PublishError, Publisher},
+    publish::Publisher,
 };
 
 pub struct NotifyApi {
@@ -377,7 +378,7 @@ impl Notify for NotifyApi {
             );
         }
         if !violations.is_empty() {
-            return Err(munity_platform::error::invalid_argument(&violations));
+            return Err(NotifyError::from(violations).into());
         }
         for topic in topics.keys() {
             self.access.check(&claims, &token, topic).await?;
@@ -449,7 +450,7 @@ impl Notify for NotifyApi {
             }
         };
         if !violations.is_empty() {
-            return Err(munity_platform::error::invalid_argument(&violations));
+            return Err(NotifyError::from(violations).into());
         }
         let id = if message.id.is_empty() {
             Uuid::now_v7().to_string()
@@ -461,7 +462,7 @@ impl Notify for NotifyApi {
             .publisher
             .publish(&message.topic, &id, &kind, &payload, now_millis())
             .await
-            .map_err(publish_status)?;
+            .map_err(NotifyError::from)?;
         Ok(Response::new(pb::PublishResponse {
             notification: Some(to_proto(&notification)),
         }))
@@ -487,7 +488,7 @@ impl Notify for NotifyApi {
             key
         };
         if !violations.is_empty() {
-            return Err(munity_platform::error::invalid_argument(&violations));
+            return Err(NotifyError::from(violations).into());
         }
         let limit = munity_store::page_size(message.page_size, 20, 100);
         // One more than asked says whether there is a next page.
@@ -496,7 +497,7 @@ impl Notify for NotifyApi {
             .inbox
             .list(user, before.as_ref(), limit + 1, message.unread_only)
             .await
-            .map_err(Status::from)?;
+            .map_err(NotifyError::from)?;
         let more = items.len() > limit;
         items.truncate(limit);
         let next_page_token = match items.last() {
@@ -537,7 +538,7 @@ impl Notify for NotifyApi {
             }
         }
         if !violations.is_empty() {
-            return Err(munity_platform::error::invalid_argument(&violations));
+            return Err(NotifyError::from(violations).into());
         }
         let now = now_millis();
         if message.all {
@@ -545,13 +546,13 @@ impl Notify for NotifyApi {
         } else {
             self.publisher.inbox.mark_read(user, &keys, now).await
         }
-        .map_err(Status::from)?;
+        .map_err(NotifyError::from)?;
         let unread = self
             .publisher
             .inbox
             .unread(user)
             .await
-            .map_err(Status::from)?;
+            .map_err(NotifyError::from)?;
         Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 
@@ -565,7 +566,7 @@ impl Notify for NotifyApi {
             .inbox
             .unread(user)
             .await
-            .map_err(Status::from)?;
+            .map_err(NotifyError::from)?;
         Ok(Response::new(pb::UnreadCountResponse { unread }))
     }
 }
@@ -583,17 +584,4 @@ fn valid_kind(kind: &str) -> bool {
                 .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
-}
-
-fn publish_status(error: PublishError) -> Status {
-    match error {
-        PublishError::Hub(HubError::Unavailable(error)) => Status::unavailable(format!(
-            "notification history is unavailable ({error}); publish again with the same id"
-        )),
-        PublishError::Hub(HubError::Internal(error)) => {
-            tracing::error!(%error, "publish failed");
-            Status::internal("publishing failed")
-        }
-        PublishError::Inbox(error) => error.into(),
-    }
 }

@@ -15,13 +15,15 @@
 //! - `sources.rs`: domain events from the event log, published on the
 //!   topics they concern.
 //! - `access.rs`: who may follow which topic.
-//! - `api.rs`: the gRPC service (Subscribe, Publish, the inbox).
+//! - `api.rs`: the gRPC service (Subscribe, Publish, the inbox); `error.rs`:
+//!   its errors to gRPC statuses, in one place.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod api;
 pub mod config;
+pub mod error;
 pub mod hub;
 pub mod inbox;
 pub mod publish;
@@ -33,7 +35,7 @@ use munity_platform::{
     auth::{AuthConfig, TokenVerifier},
     config::StorageConfig,
     server::GrpcHost,
-    service::{Service, ServiceConfig},
+    service::{Peer, Service, ServiceConfig},
     shutdown::ShutdownToken,
 };
 use munity_proto::notify::v1::notify_server::NotifyServer;
@@ -55,6 +57,11 @@ impl Service for NotifyService {
     const SECTION: &'static str = "notify";
     const DESCRIPTOR_SET: &'static [u8] = munity_proto::FILE_DESCRIPTOR_SET;
     type Config = NotifyConfig;
+    /// It asks events-svc who may follow an event's topics.
+    const PEERS: &'static [Peer] = &[Peer {
+        key: "events_url",
+        upstream: "events",
+    }];
 
     async fn run(
         config: ServiceConfig<NotifyConfig>,

@@ -132,6 +132,26 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Claims, Status> {
         .ok_or_else(|| Status::unauthenticated("this method needs a bearer access token"))
 }
 
+/// Runs a handler that needs the verified caller: the claims the
+/// [`AuthLayer`] put on `request`, the message, and the handler's own error
+/// type, which becomes the status (UNAUTHENTICATED when there is no
+/// caller, which the layer only lets through for public methods):
+///
+/// ```text
+/// munity_platform::authed!(request, EventsError, |claims, message| self.create(&claims, message))
+/// ```
+#[macro_export]
+macro_rules! authed {
+    ($request:ident, $error:ty, |$claims:ident, $message:ident| $body:expr) => {{
+        let $claims = $crate::auth::caller(&$request)?.clone();
+        let $message = $request.into_inner();
+        let result: ::std::result::Result<_, $error> = $body.await;
+        result
+            .map(::tonic::Response::new)
+            .map_err(::tonic::Status::from)
+    }};
+}
+
 /// A request carrying `token` as `authorization: Bearer <token>`, for
 /// clients calling protected methods (services calling each other on a
 /// user's behalf, tests, tools).

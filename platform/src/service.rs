@@ -53,6 +53,13 @@ pub trait Service: 'static {
     /// key must have a default (`#[serde(default)]`); unknown keys are
     /// refused by the platform, so no `deny_unknown_fields` here.
     type Config: DeserializeOwned + Default + Clone + Send + Sync + 'static;
+    /// The services it calls, each by the key of its own section that holds
+    /// the peer's URL: `munity dev` sets each key to where that peer
+    /// listens, whatever the order of the registered services.
+    const PEERS: &'static [Peer] = &[];
+    /// Whether it issues the access tokens every service verifies (its
+    /// `/.well-known/jwks.json` becomes `auth.jwks_url` in `munity dev`).
+    const ISSUES_TOKENS: bool = false;
 
     /// Serves on `listener` until `shutdown` is cancelled.
     fn run(
@@ -61,6 +68,14 @@ pub trait Service: 'static {
         listener: TcpListener,
         shutdown: ShutdownToken,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// A service another one calls: `key` (of the caller's section) holds the
+/// URL of the service whose section is `upstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub key: &'static str,
+    pub upstream: &'static str,
 }
 
 /// A service's whole section: the shared keys and its own.
@@ -230,39 +245,47 @@ pub struct DevService {
     pub serve: BoxFuture<'static, anyhow::Result<()>>,
 }
 
-/// A service in `munity dev`'s list: its section, and how to bind it from
-/// the config `source` with its embedded store under
-/// `data_dir/<section>` (whatever the section says about storage).
+/// A service in `munity dev`'s list: who it is, whom it calls, where it
+/// listens, and how to start it on a bound listener with its embedded
+/// store under `data_dir/<section>` (whatever the section says about
+/// storage). `munity dev` binds every listener first, then points each
+/// declared peer at its address, then starts them all.
 #[derive(Clone, Copy)]
 pub struct DevEntry {
+    pub name: &'static str,
     pub section: &'static str,
+    pub peers: &'static [Peer],
+    pub issues_tokens: bool,
+    /// Where its section says it listens.
+    pub listen: fn(source: &ConfigSource) -> anyhow::Result<SocketAddr>,
     pub start: fn(
         source: ConfigSource,
         data_dir: PathBuf,
         auth: AuthConfig,
+        listener: TcpListener,
         shutdown: ShutdownToken,
-    ) -> BoxFuture<'static, anyhow::Result<DevService>>,
+    ) -> anyhow::Result<DevService>,
 }
 
 /// `S`'s entry in `munity dev`'s list of services.
 pub fn dev_entry<S: Service>() -> DevEntry {
     DevEntry {
+        name: S::NAME,
         section: S::SECTION,
-        start: |source, data_dir, auth, shutdown| {
-            Box::pin(async move {
-                let mut config = load_config::<S>(&source)?;
-                config.storage = embedded_under(&data_dir, S::SECTION);
-                // One process, one embedded log, shared by every service.
-                config.bus.backend = BusBackend::Embedded;
-                config.bus.path = data_dir.join("bus");
-                let listener = bind(config.listen, &format!("{}.listen", S::SECTION)).await?;
-                let address = listener.local_addr()?;
-                Ok(DevService {
-                    name: S::NAME,
-                    section: S::SECTION,
-                    address,
-                    serve: Box::pin(S::run(config, auth, listener, shutdown)),
-                })
+        peers: S::PEERS,
+        issues_tokens: S::ISSUES_TOKENS,
+        listen: |source| Ok(load_config::<S>(source)?.listen),
+        start: |source, data_dir, auth, listener, shutdown| {
+            let mut config = load_config::<S>(&source)?;
+            config.storage = embedded_under(&data_dir, S::SECTION);
+            // One process, one embedded log, shared by every service.
+            config.bus.backend = BusBackend::Embedded;
+            config.bus.path = data_dir.join("bus");
+            Ok(DevService {
+                name: S::NAME,
+                section: S::SECTION,
+                address: listener.local_addr()?,
+                serve: Box::pin(S::run(config, auth, listener, shutdown)),
             })
         },
     }

@@ -20,6 +20,14 @@ pub fn parse_id(raw: &str, field: &str, violations: &mut FieldViolations) -> Uui
     }
 }
 
+/// One id sent by a client in `field`, for requests that carry just one.
+pub fn one_id(raw: &str, field: &str) -> Result<Uuid, FieldViolations> {
+    let mut violations = FieldViolations::new();
+    let id = parse_id(raw, field, &mut violations);
+    violations.into_result()?;
+    Ok(id)
+}
+
 /// The earliest (0001-01-01T00:00:00Z) and last (9999-12-31T23:59:59Z)
 /// second a protobuf Timestamp may hold, as the request checks define them.
 pub use munity_proto::validate::{

@@ -1,8 +1,11 @@
 //! Page tokens: the opaque string a listing returns so the client can ask
 //! for the next page. It encodes the last item's id (URL-safe base64, no
-//! padding); anything else a client sends back is refused.
+//! padding); anything else a client sends back is refused, as a violation
+//! of the request's `page_token` field that every service's error enum
+//! takes (`?` is the whole of a handler's parsing).
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use munity_platform::error::FieldViolations;
 use uuid::Uuid;
 
 /// The token for "continue after `after`"; empty when the listing is done.
@@ -13,7 +16,7 @@ pub fn encode(after: Option<Uuid>) -> String {
 }
 
 /// The id a token continues after; `None` for the empty token (first page).
-pub fn decode(token: &str) -> Result<Option<Uuid>, InvalidPageToken> {
+pub fn decode(token: &str) -> Result<Option<Uuid>, FieldViolations> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -22,7 +25,7 @@ pub fn decode(token: &str) -> Result<Option<Uuid>, InvalidPageToken> {
         .ok()
         .and_then(|bytes| Uuid::from_slice(&bytes).ok())
         .map(Some)
-        .ok_or(InvalidPageToken)
+        .ok_or_else(invalid)
 }
 
 /// The token for "continue after this position" in a listing ordered by
@@ -40,26 +43,26 @@ pub fn encode_at(after: Option<(i64, Uuid, u32)>) -> String {
 }
 
 /// The position an [`encode_at`] token continues after.
-pub fn decode_at(token: &str) -> Result<Option<(i64, Uuid, u32)>, InvalidPageToken> {
+pub fn decode_at(token: &str) -> Result<Option<(i64, Uuid, u32)>, FieldViolations> {
     if token.is_empty() {
         return Ok(None);
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(token)
-        .map_err(|_| InvalidPageToken)?;
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     if bytes.len() != 28 {
-        return Err(InvalidPageToken);
+        return Err(invalid());
     }
-    let at = i64::from_be_bytes(bytes[..8].try_into().map_err(|_| InvalidPageToken)?);
-    let id = Uuid::from_slice(&bytes[8..24]).map_err(|_| InvalidPageToken)?;
-    let sub = u32::from_be_bytes(bytes[24..].try_into().map_err(|_| InvalidPageToken)?);
+    let at = i64::from_be_bytes(bytes[..8].try_into().map_err(|_| invalid())?);
+    let id = Uuid::from_slice(&bytes[8..24]).map_err(|_| invalid())?;
+    let sub = u32::from_be_bytes(bytes[24..].try_into().map_err(|_| invalid())?);
     Ok(Some((at, id, sub)))
 }
 
 /// A page token that no listing returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("is not a page token returned by this method")]
-pub struct InvalidPageToken;
+fn invalid() -> FieldViolations {
+    let mut violations = FieldViolations::new();
+    violations.add("page_token", "is not a page token returned by this method");
+    violations
+}
 
 #[cfg(test)]
 mod tests {

@@ -118,6 +118,17 @@ pub enum MemberRole {
 }
 
 impl MemberRole {
+    /// The wire role, in API answers and in the domain events other
+    /// services keep their membership views from.
+    pub fn to_proto(self) -> munity_proto::users::v1::MemberRole {
+        use munity_proto::users::v1::MemberRole as Wire;
+        match self {
+            MemberRole::Member => Wire::Member,
+            MemberRole::Moderator => Wire::Moderator,
+            MemberRole::Owner => Wire::Owner,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             MemberRole::Member => "member",

@@ -10,10 +10,7 @@ use munity_proto::users::v1 as pb;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::{
-    api::convert::member_role_to_proto,
-    domain::{CommunityRecord, MembershipRecord},
-};
+use crate::domain::{CommunityRecord, MembershipRecord};
 
 /// The publishing service, as events name it.
 const SOURCE: &str = "users-svc";
@@ -43,7 +40,7 @@ pub fn member_joined(membership: &MembershipRecord) -> DomainEvent {
         &pb::MemberJoined {
             community_id: membership.community_id.to_string(),
             user_id: membership.user_id.to_string(),
-            role: member_role_to_proto(membership.role) as i32,
+            role: membership.role.to_proto() as i32,
             joined_at_ms: membership.joined_at,
         },
     )
@@ -69,7 +66,7 @@ pub fn member_role_changed(membership: &MembershipRecord) -> DomainEvent {
         &pb::MemberRoleChanged {
             community_id: membership.community_id.to_string(),
             user_id: membership.user_id.to_string(),
-            role: member_role_to_proto(membership.role) as i32,
+            role: membership.role.to_proto() as i32,
         },
     )
 }

@@ -55,6 +55,7 @@ impl Service for UsersService {
     const SECTION: &'static str = "users";
     const DESCRIPTOR_SET: &'static [u8] = munity_proto::FILE_DESCRIPTOR_SET;
     type Config = UsersConfig;
+    const ISSUES_TOKENS: bool = true;
 
     async fn run(
         config: ServiceConfig<UsersConfig>,

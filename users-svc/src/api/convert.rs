@@ -1,25 +1,18 @@
 //! Between stored records and protobuf messages, and the request fields
 //! every handler parses the same way (ids, page sizes, page tokens).
 
-use munity_platform::error::FieldViolations;
 use munity_proto::users::v1 as pb;
 use munity_store::page_token;
 use uuid::Uuid;
 
 use crate::{
-    domain::{
-        self, CommunityRecord, MemberRole, MembershipRecord, Role, ServiceAccountRecord,
-        UserRecord, limits,
-    },
+    domain::{CommunityRecord, MembershipRecord, Role, ServiceAccountRecord, UserRecord, limits},
     error::UsersError,
 };
 
 /// One id field, or INVALID_ARGUMENT naming it.
 pub(super) fn parse_one_id(raw: &str, field: &str) -> Result<Uuid, UsersError> {
-    let mut violations = FieldViolations::new();
-    let id = domain::parse_id(raw, field, &mut violations);
-    violations.into_result()?;
-    Ok(id)
+    Ok(munity_platform::wire::one_id(raw, field)?)
 }
 
 pub(super) fn page_size(requested: u32) -> usize {
@@ -28,7 +21,7 @@ pub(super) fn page_size(requested: u32) -> usize {
 
 /// Where a listing continues, from the client's `page_token`.
 pub(super) fn page_after(token: &str) -> Result<Option<Uuid>, UsersError> {
-    page_token::decode(token).map_err(|e| UsersError::invalid("page_token", &e.to_string()))
+    Ok(page_token::decode(token)?)
 }
 
 pub(super) use munity_platform::wire::timestamp;
@@ -64,19 +57,11 @@ pub(super) fn community_to_proto(community: &CommunityRecord) -> pb::Community {
     }
 }
 
-pub(crate) fn member_role_to_proto(role: MemberRole) -> pb::MemberRole {
-    match role {
-        MemberRole::Member => pb::MemberRole::Member,
-        MemberRole::Moderator => pb::MemberRole::Moderator,
-        MemberRole::Owner => pb::MemberRole::Owner,
-    }
-}
-
 pub(super) fn membership_to_proto(membership: &MembershipRecord) -> pb::Membership {
     pb::Membership {
         community_id: membership.community_id.to_string(),
         user_id: membership.user_id.to_string(),
-        role: member_role_to_proto(membership.role) as i32,
+        role: membership.role.to_proto() as i32,
         joined_at: Some(timestamp(membership.joined_at)),
     }
 }

@@ -15,7 +15,7 @@ mod sessions;
 
 use std::{sync::Arc, time::Duration};
 
-use munity_platform::auth::{AuthConfig, caller};
+use munity_platform::{auth::AuthConfig, authed};
 use munity_proto::users::v1::{self as pb, users_server::Users};
 use tonic::{Request, Response, Status};
 
@@ -63,16 +63,6 @@ impl UsersApi {
     }
 }
 
-/// Runs a handler that needs the verified caller.
-macro_rules! authed {
-    ($request:ident, |$claims:ident, $message:ident| $body:expr) => {{
-        let $claims = caller(&$request)?.clone();
-        let $message = $request.into_inner();
-        let result: Result<_, UsersError> = $body.await;
-        result.map(Response::new).map_err(Status::from)
-    }};
-}
-
 #[tonic::async_trait]
 impl Users for UsersApi {
     async fn register(
@@ -107,7 +97,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::GetMeRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        authed!(request, |claims, _message| async {
+        authed!(request, UsersError, |claims, _message| async {
             Ok(convert::user_to_proto(
                 &self.current_user(&claims).await?,
                 true,
@@ -119,14 +109,15 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        authed!(request, |claims, message| self.get_user(&claims, message))
+        authed!(request, UsersError, |claims, message| self
+            .get_user(&claims, message))
     }
 
     async fn update_profile(
         &self,
         request: Request<pb::UpdateProfileRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .update_profile(&claims, message))
     }
 
@@ -134,14 +125,16 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        authed!(request, |claims, message| self.list_users(&claims, message))
+        authed!(request, UsersError, |claims, message| self
+            .list_users(&claims, message))
     }
 
     async fn set_role(
         &self,
         request: Request<pb::SetRoleRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        authed!(request, |claims, message| self.set_role(&claims, message))
+        authed!(request, UsersError, |claims, message| self
+            .set_role(&claims, message))
     }
 
     async fn get_jwks(
@@ -157,7 +150,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        authed!(request, |claims, _message| async {
+        authed!(request, UsersError, |claims, _message| async {
             let admin = self.require_admin(&claims).await?;
             let kid = self.keys.rotate().await?;
             tracing::info!(admin_id = %admin.id, %kid, "signing key rotated");
@@ -169,7 +162,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::CreateCommunityRequest>,
     ) -> Result<Response<pb::Community>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .create_community(&claims, message))
     }
 
@@ -177,7 +170,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::GetCommunityRequest>,
     ) -> Result<Response<pb::Community>, Status> {
-        authed!(request, |_claims, message| async {
+        authed!(request, UsersError, |_claims, message| async {
             let id = convert::parse_one_id(&message.community_id, "community_id")?;
             Ok(convert::community_to_proto(&self.community(id).await?))
         })
@@ -187,14 +180,15 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::ListCommunitiesRequest>,
     ) -> Result<Response<pb::ListCommunitiesResponse>, Status> {
-        authed!(request, |_claims, message| self.list_communities(message))
+        authed!(request, UsersError, |_claims, message| self
+            .list_communities(message))
     }
 
     async fn join_community(
         &self,
         request: Request<pb::JoinCommunityRequest>,
     ) -> Result<Response<pb::Membership>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .join(&claims, &message.community_id))
     }
 
@@ -202,7 +196,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::LeaveCommunityRequest>,
     ) -> Result<Response<pb::LeaveCommunityResponse>, Status> {
-        authed!(request, |claims, message| async {
+        authed!(request, UsersError, |claims, message| async {
             self.leave(&claims, &message.community_id).await?;
             Ok(pb::LeaveCommunityResponse {})
         })
@@ -212,14 +206,15 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        authed!(request, |_claims, message| self.list_members(message))
+        authed!(request, UsersError, |_claims, message| self
+            .list_members(message))
     }
 
     async fn set_member_role(
         &self,
         request: Request<pb::SetMemberRoleRequest>,
     ) -> Result<Response<pb::Membership>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .set_member_role(&claims, message))
     }
 
@@ -227,7 +222,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        authed!(request, |claims, message| async {
+        authed!(request, UsersError, |claims, message| async {
             self.remove_member(&claims, message).await?;
             Ok(pb::RemoveMemberResponse {})
         })
@@ -237,7 +232,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::CreateServiceAccountRequest>,
     ) -> Result<Response<pb::ServiceAccountSecret>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .create_service_account(&claims, message))
     }
 
@@ -245,7 +240,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::ListServiceAccountsRequest>,
     ) -> Result<Response<pb::ListServiceAccountsResponse>, Status> {
-        authed!(request, |claims, _message| self
+        authed!(request, UsersError, |claims, _message| self
             .list_service_accounts(&claims))
     }
 
@@ -253,7 +248,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::RotateServiceSecretRequest>,
     ) -> Result<Response<pb::ServiceAccountSecret>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .rotate_service_secret(&claims, message))
     }
 
@@ -261,7 +256,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::SetServiceAccountDisabledRequest>,
     ) -> Result<Response<pb::ServiceAccount>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .set_service_account_disabled(&claims, message))
     }
 

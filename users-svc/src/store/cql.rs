@@ -33,10 +33,7 @@ use crate::domain::{
     CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role,
     ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord,
 };
-use crate::{
-    api::convert::member_role_to_proto,
-    events::{self, Claim},
-};
+use crate::events::{self, Claim};
 
 /// Tables, in the order they are created. Each statement is idempotent.
 pub const SCHEMA: &[&str] = &[
@@ -192,7 +189,7 @@ impl Verify for CqlStore {
                 .get_membership(community, user)
                 .await
                 .map_err(unavailable)?
-                .is_some_and(|m| member_role_to_proto(m.role) as i32 == role),
+                .is_some_and(|m| m.role.to_proto() as i32 == role),
         })
     }
 }

@@ -4,6 +4,8 @@
 //! - `munity_bus_outbox_backlog{service}`: events staged, not yet relayed;
 //! - `munity_bus_relay_lag_seconds{service}`: age of the oldest of them;
 //! - `munity_bus_relayed_total{service}`: events moved to the log;
+//! - `munity_bus_relay_leading{service}`: 1 when this replica's relay holds
+//!   the outbox's lease (the one that publishes), else 0;
 //! - `munity_bus_consumer_lag{group}`: events a consumer group has not
 //!   acknowledged (see [`report_lag`]).
 
@@ -24,6 +26,19 @@ pub static OUTBOX_BACKLOG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
             Opts::new(
                 "munity_bus_outbox_backlog",
                 "Domain events staged in the service's outbox and not yet relayed to the event log.",
+            ),
+            &["service"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+pub static RELAY_LEADING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    registered(
+        IntGaugeVec::new(
+            Opts::new(
+                "munity_bus_relay_leading",
+                "1 when this replica's relay holds the outbox's lease and publishes its events, else 0.",
             ),
             &["service"],
         )

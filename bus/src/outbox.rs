@@ -107,6 +107,12 @@ pub trait Outbox: Send + Sync {
     async fn relayed(&self, keys: &[StagedKey]) -> BusResult<()>;
     /// How many events wait.
     async fn backlog(&self) -> BusResult<u64>;
+    /// Takes or keeps the right to relay this outbox for `ttl`, for
+    /// `holder`; false while another holder has it. An outbox that only
+    /// one process can open (embedded) is always its own relay's.
+    async fn lease(&self, _holder: &str, _ttl: Duration) -> BusResult<bool> {
+        Ok(true)
+    }
 }
 
 /// The outbox table of a service's embedded store.
@@ -302,6 +308,12 @@ pub struct Relay {
     /// How long a tentative event may stay unconfirmed before its change is
     /// verified (its writer is taken to have died).
     pub settle: Duration,
+    /// This relay, as the outbox's lease names it.
+    pub holder: String,
+    /// How long a lease lasts unrenewed: when one replica relaying a shared
+    /// (CQL) outbox dies, another takes over within it. Renewed every
+    /// third of it.
+    pub lease: Duration,
 }
 
 impl Relay {
@@ -322,6 +334,8 @@ impl Relay {
             batch: 100,
             verify: None,
             settle: Duration::from_secs(5),
+            holder: format!("{service}-{}", uuid::Uuid::now_v7().simple()),
+            lease: Duration::from_secs(6),
         }
     }
 
@@ -329,8 +343,36 @@ impl Relay {
         let backlog = metrics::OUTBOX_BACKLOG.with_label_values(&[&self.service]);
         let lag = metrics::RELAY_LAG.with_label_values(&[&self.service]);
         let relayed = metrics::RELAYED.with_label_values(&[&self.service]);
+        let leading = metrics::RELAY_LEADING.with_label_values(&[&self.service]);
         let mut failures = 0u32;
+        // Until when this relay may publish without asking again.
+        let mut held_until: Option<tokio::time::Instant> = None;
         loop {
+            // Several replicas share a CQL outbox: one publishes, the others
+            // wait for its lease to lapse (each would otherwise publish every
+            // event once more).
+            let now = tokio::time::Instant::now();
+            if held_until.is_none_or(|until| now >= until) {
+                let held = match self.outbox.lease(&self.holder, self.lease).await {
+                    Ok(held) => held,
+                    Err(error) => {
+                        tracing::warn!(service = %self.service, %error, "cannot renew the relay's lease; pausing");
+                        false
+                    }
+                };
+                if held && held_until.is_none() {
+                    tracing::info!(service = %self.service, holder = %self.holder, "this replica relays the outbox");
+                }
+                held_until = held.then(|| now + self.lease / 3);
+                leading.set(i64::from(held));
+                if !held {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(self.lease / 3) => {}
+                    }
+                    continue;
+                }
+            }
             let step = self.step().await;
             match &step {
                 Ok(_) => {
@@ -450,6 +492,8 @@ pub mod cql {
             PRIMARY KEY ((minute), id)
         ) WITH CLUSTERING ORDER BY (id ASC)",
         "CREATE TABLE IF NOT EXISTS outbox_cursor (name text PRIMARY KEY, minute bigint)",
+        // Which replica relays; the row lapses (TTL) when its holder dies.
+        "CREATE TABLE IF NOT EXISTS outbox_lease (name text PRIMARY KEY, holder text)",
     ];
 
     const MINUTE_MS: i64 = 60_000;
@@ -466,6 +510,8 @@ pub mod cql {
         delete: PreparedStatement,
         cursor: PreparedStatement,
         set_cursor: PreparedStatement,
+        take_lease: PreparedStatement,
+        renew_lease: PreparedStatement,
     }
 
     /// One outbox row, ready for the service's batch.
@@ -510,6 +556,12 @@ pub mod cql {
                     .await?,
                 set_cursor: store
                     .prepare("UPDATE outbox_cursor SET minute = ? WHERE name = 'relay'")
+                    .await?,
+                take_lease: store
+                    .prepare("INSERT INTO outbox_lease (name, holder) VALUES ('relay', ?) IF NOT EXISTS USING TTL ?")
+                    .await?,
+                renew_lease: store
+                    .prepare("UPDATE outbox_lease USING TTL ? SET holder = ? WHERE name = 'relay' IF holder = ?")
                     .await?,
                 store,
                 staged: Arc::new(tokio::sync::Notify::new()),
@@ -692,6 +744,24 @@ pub mod cql {
                 count += row.map_or(0, |(n,)| n.max(0) as u64);
             }
             Ok(count)
+        }
+
+        /// A lightweight transaction: renew the lease this holder has, or
+        /// take it when nobody has (the row lapsed with its holder).
+        async fn lease(&self, holder: &str, ttl: std::time::Duration) -> BusResult<bool> {
+            let ttl = i32::try_from(ttl.as_secs().max(1)).unwrap_or(i32::MAX);
+            let renewed = self
+                .store
+                .execute_lwt(&self.renew_lease, (ttl, holder, holder))
+                .await
+                .map_err(unavailable)?;
+            if renewed {
+                return Ok(true);
+            }
+            self.store
+                .execute_lwt(&self.take_lease, (holder, ttl))
+                .await
+                .map_err(unavailable)
         }
     }
 }

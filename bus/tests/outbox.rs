@@ -399,3 +399,117 @@ async fn cql_tentative_events_are_confirmed_or_verified_in_order() {
     shutdown.cancel();
     relay.await.unwrap();
 }
+
+/// Several replicas relay one CQL outbox (they share the keyspace): the
+/// lease lets one publish, so each event reaches the log once; when that
+/// replica dies, another takes over within the lease and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_replicas_relay_one_outbox_through_a_lease() {
+    use munity_bus::outbox::cql::{self, CqlOutbox};
+    use munity_store::cql::CqlStore;
+
+    let Some(config) = munity_testkit::cql_config("bus_outbox_lease") else {
+        return;
+    };
+    let store = {
+        let _lock = munity_testkit::schema_lock().await;
+        Arc::new(CqlStore::connect(&config, cql::SCHEMA).await.unwrap())
+    };
+    let data = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(data.path(), 100_000).unwrap());
+    // Two replicas, each with its own handle on the shared outbox.
+    let lease = Duration::from_secs(3);
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let outbox = Arc::new(CqlOutbox::new(store.clone()).await.unwrap());
+        let shutdown = ShutdownToken::new();
+        let relay = Relay {
+            poll: Duration::from_millis(50),
+            lease,
+            ..Relay::new("svc", outbox.clone(), log.clone(), outbox.staged())
+        };
+        let holder = relay.holder.clone();
+        replicas.push((
+            outbox,
+            shutdown.clone(),
+            holder,
+            tokio::spawn(relay.run(shutdown)),
+        ));
+    }
+    let writer = replicas[0].0.clone();
+    let stage = |n: i64| {
+        let writer = writer.clone();
+        async move {
+            let event = numbered("lease", n);
+            let key = writer.stage_tentative(&event).await.unwrap();
+            writer.confirm(key).await.unwrap();
+        }
+    };
+    for n in 0..40 {
+        stage(n).await;
+    }
+    let started = Instant::now();
+    while writer.backlog().await.unwrap() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never relayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The holder of the lease dies; events staged meanwhile wait for the
+    // other replica.
+    let leader: Option<(String,)> = store
+        .maybe_row(
+            &store
+                .prepare("SELECT holder FROM outbox_lease WHERE name = 'relay'")
+                .await
+                .unwrap(),
+            (),
+        )
+        .await
+        .unwrap();
+    let leader = leader.expect("a replica holds the lease").0;
+    let dying = replicas
+        .iter()
+        .position(|(_, _, holder, _)| *holder == leader)
+        .expect("the holder is one of the replicas");
+    let (_, shutdown, _, task) = replicas.remove(dying);
+    shutdown.cancel();
+    task.await.unwrap();
+    let died = Instant::now();
+    for n in 40..60 {
+        stage(n).await;
+    }
+    while writer.backlog().await.unwrap() > 0 {
+        assert!(
+            died.elapsed() < Duration::from_secs(20),
+            "the other replica never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "outbox lease: the surviving replica relayed within {:?} of the holder's death (lease {lease:?})",
+        died.elapsed()
+    );
+    // Every delivery, duplicates included.
+    let mut consumer = log.join("count", "reader").await.unwrap();
+    let mut times: std::collections::HashMap<String, u32> = Default::default();
+    loop {
+        let batch = consumer
+            .next(100, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+        for delivery in batch {
+            *times.entry(delivery.event.id).or_default() += 1;
+        }
+        consumer.ack(&ids).await.unwrap();
+    }
+    assert_eq!(times.len(), 60, "every staged event reached the log");
+    let doubled = times.values().filter(|&&n| n > 1).count();
+    assert_eq!(doubled, 0, "no event published twice");
+    for (_, shutdown, _, task) in replicas {
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}

@@ -80,6 +80,10 @@ pub const SCHEMA: &[&str] = &[
         day bigint, hour bigint, name text, n counter, PRIMARY KEY ((day), hour, name))",
     "CREATE TABLE IF NOT EXISTS event_joins (
         day bigint, hour bigint, id uuid, n counter, PRIMARY KEY ((day), hour, id))",
+    // Domain events counted already, so a redelivery counts once (kept two
+    // days, as redeliveries come within minutes).
+    "CREATE TABLE IF NOT EXISTS stats_counted (
+        day bigint, hour bigint, id uuid, PRIMARY KEY ((day, hour), id))",
     "CREATE TABLE IF NOT EXISTS active_users (
         day bigint, hour bigint, user_id uuid, PRIMARY KEY ((day), hour, user_id))",
 ];
@@ -105,6 +109,7 @@ struct Statements {
     reminders_in: PreparedStatement,
     mark_sent: PreparedStatement,
     get_sent: PreparedStatement,
+    mark_counted: PreparedStatement,
     bump_counter: PreparedStatement,
     bump_joins: PreparedStatement,
     mark_active: PreparedStatement,
@@ -200,6 +205,7 @@ impl CqlStore {
             reminders_in: p("SELECT due, id, before_secs FROM reminders_due WHERE minute = ?").await?,
             mark_sent: p("INSERT INTO reminders_sent (id, before_secs) VALUES (?, ?) IF NOT EXISTS").await?,
             get_sent: p("SELECT before_secs FROM reminders_sent WHERE id = ? AND before_secs = ?").await?,
+            mark_counted: p("INSERT INTO stats_counted (day, hour, id) VALUES (?, ?, ?) IF NOT EXISTS USING TTL 172800").await?,
             bump_counter: p("UPDATE stats_counters SET n = n + 1 WHERE day = ? AND hour = ? AND name = ?").await?,
             bump_joins: p("UPDATE event_joins SET n = n + ? WHERE day = ? AND hour = ? AND id = ?").await?,
             mark_active: p("INSERT INTO active_users (day, hour, user_id) VALUES (?, ?, ?)").await?,
@@ -934,9 +940,19 @@ impl EventsRepository for CqlStore {
     }
 
     async fn record_activity(&self, activity: &Activity) -> StoreResult<()> {
-        // Counters cannot be compare-and-set: a redelivery the consumer's
-        // own memory does not catch (after a crash) counts twice.
+        // Counters cannot be compare-and-set, so the event is marked counted
+        // first (a lightweight transaction): a redelivery (after a crash, or
+        // from another replica) finds the mark and counts nothing. A crash
+        // between the mark and the counters loses that one event's count:
+        // at most once, never twice.
         let (day, hour) = (activity.hour.div_euclid(24), activity.hour);
+        if !self
+            .cql
+            .execute_lwt(&self.s.mark_counted, (day, hour, activity.id))
+            .await?
+        {
+            return Ok(());
+        }
         if let Some(name) = activity.kind.counter() {
             self.cql
                 .execute(&self.s.bump_counter, (day, hour, name))

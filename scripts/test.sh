@@ -5,7 +5,8 @@
 #   bash scripts/test.sh            everything
 #   bash scripts/test.sh -p users-svc   extra arguments go to `cargo test`
 #
-# Installs what is missing: grpcurl (Go module proxy), Redis and Chromium (apt),
+# Installs what is missing: grpcurl (Go module proxy), Redis, Chromium and
+# dnsmasq (a DNS server for the discovery test) (apt),
 # Apache Cassandra 5.0 jars (Maven Central, cached). Servers listen on
 # loopback only and are stopped at the end if this script started them.
 set -euo pipefail
@@ -29,7 +30,7 @@ trap cleanup EXIT
 # --- tools -----------------------------------------------------------------
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   missing=()
-  for pkg in redis-server:redis-server mvn:maven java:openjdk-17-jre-headless python3:python3 cmake:cmake; do
+  for pkg in redis-server:redis-server mvn:maven java:openjdk-17-jre-headless python3:python3 cmake:cmake dnsmasq:dnsmasq-base; do
     command -v "${pkg%%:*}" >/dev/null || missing+=("${pkg#*:}")
   done
   if ((${#missing[@]})); then

@@ -56,6 +56,12 @@ pub struct GatewayConfig {
     pub token_cache_capacity: usize,
     /// Active gRPC health checks of every upstream, in milliseconds.
     pub health_check_interval_ms: u64,
+    /// How often upstream names (`host:port` with a DNS name, e.g. a
+    /// Kubernetes headless Service) are resolved again, in milliseconds.
+    pub dns_refresh_ms: u64,
+    /// DNS servers for upstream names (`ip` or `ip:port`); empty: the
+    /// system's (`/etc/resolv.conf`).
+    pub dns_servers: Vec<String>,
     /// Upstream name (e.g. `users`) → its replicas and the gRPC services
     /// they serve.
     pub routes: BTreeMap<String, RouteConfig>,
@@ -104,6 +110,8 @@ impl Default for GatewayConfig {
             jwks_endpoint: String::new(),
             token_cache_capacity: 100_000,
             health_check_interval_ms: 1_000,
+            dns_refresh_ms: 5_000,
+            dns_servers: Vec::new(),
             routes: default_routes(),
             reflection_upstream: "users".to_owned(),
             rate_limits: RateLimitConfig::default(),
@@ -173,7 +181,9 @@ fn claim(address: &str, key: &str) -> anyhow::Result<String> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Replica addresses, `host:port`.
+    /// Replicas, `ip:port`, or `name:port` for a DNS name whose addresses
+    /// are the replicas (resolved again every `gateway.dns_refresh_ms`;
+    /// newcomers are health-checked before they get calls).
     pub upstreams: Vec<String>,
     /// Full gRPC service names routed here (e.g. `munity.users.v1.Users`).
     /// Empty: the services the protos say this upstream serves.

@@ -7,6 +7,8 @@
 //! - `limits/`: rate limits, per replica (governor) or one budget for all
 //!   replicas in Redis (fred), with leased tokens and a local fallback.
 //! - `health.rs`: active `grpc.health.v1` checks for the load balancers.
+//! - `discovery.rs`: replicas of upstreams named by DNS (headless
+//!   Services), resolved again and admitted once healthy.
 //! - `edge_health.rs`: `grpc.health.v1` for clients, answered here from
 //!   the balancers' view.
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
@@ -28,6 +30,7 @@ mod admin;
 pub mod config;
 mod connections;
 mod cors;
+mod discovery;
 mod edge_health;
 mod grpc;
 mod grpc_web;
@@ -92,6 +95,8 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     let policy = config::policy();
     let upstreams = policy.upstreams();
     let mut routes = HashMap::new();
+    // One resolver for every route with DNS names, made when one has.
+    let mut resolver = None;
     for (name, route) in &config.routes {
         let key = format!("gateway.routes.{name}");
         let mut services = if route.services.is_empty() {
@@ -114,17 +119,35 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         if *name == config.reflection_upstream {
             services.extend(REFLECTION_SERVICES.iter().map(|s| (*s).to_owned()));
         }
-        let mut balancer =
-            LoadBalancer::<RoundRobin>::try_from_iter(route.upstreams.iter().map(String::as_str))
-                .map_err(|e| anyhow::anyhow!("{key}.upstreams: bad address: {e}"))?;
         let outliers = outlier::Outliers::default();
-        balancer.set_health_check(Box::new(health::GrpcHealthCheck::new(
-            name,
-            &route.upstreams,
-            &health_service,
-            Duration::from_millis(500),
-            outliers.clone(),
-        )));
+        let check: Arc<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> =
+            Arc::new(health::GrpcHealthCheck::new(
+                name,
+                &route.upstreams,
+                &health_service,
+                Duration::from_millis(500),
+                outliers.clone(),
+            ));
+        let mut balancer = if discovery::any_named(&route.upstreams) {
+            let resolver = match &resolver {
+                Some(resolver) => Arc::clone(resolver),
+                None => resolver
+                    .insert(Arc::new(discovery::resolver(&config.dns_servers)?))
+                    .clone(),
+            };
+            let found =
+                discovery::DnsDiscovery::new(name, &route.upstreams, resolver, check.clone())
+                    .map_err(|e| anyhow::anyhow!("{key}.upstreams: {e}"))?;
+            let mut balancer = LoadBalancer::<RoundRobin>::from_backends(
+                pingora_load_balancing::Backends::new(Box::new(found)),
+            );
+            balancer.update_frequency = Some(Duration::from_millis(config.dns_refresh_ms.max(100)));
+            balancer
+        } else {
+            LoadBalancer::<RoundRobin>::try_from_iter(route.upstreams.iter().map(String::as_str))
+                .map_err(|e| anyhow::anyhow!("{key}.upstreams: bad address: {e}"))?
+        };
+        balancer.set_health_check(Box::new(discovery::SharedCheck(check)));
         balancer.health_check_frequency = Some(check_interval);
         balancer.parallel_health_check = true;
         let checker = background_service(&format!("health {name}"), balancer);

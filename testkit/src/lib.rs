@@ -71,6 +71,62 @@ pub fn redis_server(port: u16, extra: &[&std::ffi::OsStr]) -> std::io::Result<Pr
     Ok(process)
 }
 
+/// A real DNS server for tests (dnsmasq, Debian's `dnsmasq-base`) on
+/// 127.0.0.1:`port`, answering only from `hosts` (a hosts file the test
+/// rewrites, then calls [`Process::reload`]): names resolve to what the
+/// test says, with a TTL of 0. `None` (or a panic under CI) without
+/// dnsmasq.
+pub fn dns_server(port: u16, hosts: &Path) -> Option<Process> {
+    // Started as root, dnsmasq reads its files as `nobody`: the hosts
+    // file's directory (a test's temporary one) must let it in.
+    if let Some(dir) = hosts.parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    }
+    let spawned = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--local-ttl=0",
+        ])
+        .arg(format!("--pid-file={}.pid", hosts.display()))
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", hosts.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(_) => return missing("dnsmasq", "apt-get install dnsmasq-base"),
+    };
+    let process = Process::new(child);
+    // Ready once it answers on UDP (any answer will do).
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("a timeout");
+    let query = [
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 0, 0, 1, 0, 1,
+    ];
+    let started = Instant::now();
+    loop {
+        socket
+            .send_to(&query, ("127.0.0.1", port))
+            .expect("send a DNS query");
+        if socket.recv(&mut [0u8; 512]).is_ok() {
+            return Some(process);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "dnsmasq did not answer on port {port}"
+        );
+    }
+}
+
 /// A child process killed (and reaped) when dropped.
 pub struct Process {
     child: Child,
@@ -83,6 +139,15 @@ impl Process {
 
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
+    }
+
+    /// Sends SIGHUP: reload (dnsmasq rereads its hosts files).
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {} failed", self.child.id());
     }
 
     /// Sends SIGTERM, as an orchestrator stopping a pod would.

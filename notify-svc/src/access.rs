@@ -18,12 +18,14 @@ pub struct Access {
 }
 
 impl Access {
-    /// Calls events-svc at `url` (connecting lazily, on first use).
+    /// Calls events-svc at `url`, over every replica its host resolves to
+    /// (connecting lazily, on first use).
     pub fn new(url: &str) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(url.to_owned())?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
+        let channel = munity_platform::peers::balanced_channel(url, |endpoint| {
+            endpoint
+                .connect_timeout(std::time::Duration::from_secs(2))
+                .timeout(std::time::Duration::from_secs(5))
+        })?;
         Ok(Access {
             events: EventsClient::new(channel),
         })

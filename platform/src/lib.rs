@@ -22,6 +22,8 @@
 //!   auth on a listener the caller bound.
 //! - [`metrics`]: every service's RED metrics, served at `GET /metrics`.
 //! - [`wire`]: ids and timestamps as every gRPC layer converts them.
+//! - [`peers`]: channels to other services, balanced over every replica
+//!   their DNS name lists.
 //! - [`shutdown`]: one cancellation token per process, tripped by SIGTERM or
 //!   SIGINT.
 //!
@@ -36,6 +38,7 @@ pub mod deadline;
 pub mod error;
 pub mod framing;
 pub mod metrics;
+pub mod peers;
 pub mod policy;
 pub mod server;
 pub mod service;

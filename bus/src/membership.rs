@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use crate::{ConsumerLoop, DomainEvent, EventLog};
 
-/// A user's role in a community, as the view knows it.
+/// A user's role in a community: users-svc's record of it, and every
+/// view's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
@@ -42,7 +43,8 @@ impl MemberRole {
         self >= MemberRole::Moderator
     }
 
-    fn name(self) -> &'static str {
+    /// As stored (CQL text, config).
+    pub fn as_str(self) -> &'static str {
         match self {
             MemberRole::Member => "member",
             MemberRole::Moderator => "moderator",
@@ -50,12 +52,22 @@ impl MemberRole {
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
+    pub fn parse(name: &str) -> Option<Self> {
         match name {
             "member" => Some(MemberRole::Member),
             "moderator" => Some(MemberRole::Moderator),
             "owner" => Some(MemberRole::Owner),
             _ => None,
+        }
+    }
+
+    /// The wire role, in users-svc's answers and in the domain events the
+    /// views are kept from.
+    pub fn to_proto(self) -> users::MemberRole {
+        match self {
+            MemberRole::Member => users::MemberRole::Member,
+            MemberRole::Moderator => users::MemberRole::Moderator,
+            MemberRole::Owner => users::MemberRole::Owner,
         }
     }
 
@@ -251,10 +263,10 @@ impl MembershipView for CqlMemberships {
         match role {
             Some(role) => {
                 self.cql
-                    .execute(&self.set, (community, user, role.name()))
+                    .execute(&self.set, (community, user, role.as_str()))
                     .await?;
                 self.cql
-                    .execute(&self.set_by_user, (user, community, role.name()))
+                    .execute(&self.set_by_user, (user, community, role.as_str()))
                     .await?;
             }
             None => {
@@ -269,14 +281,14 @@ impl MembershipView for CqlMemberships {
 
     async fn role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
         let row: Option<(String,)> = self.cql.maybe_row(&self.get, (community, user)).await?;
-        Ok(row.and_then(|(role,)| MemberRole::from_name(&role)))
+        Ok(row.and_then(|(role,)| MemberRole::parse(&role)))
     }
 
     async fn communities_of(&self, user: Uuid) -> StoreResult<Vec<(Uuid, MemberRole)>> {
         let rows: Vec<(Uuid, String)> = self.cql.rows(&self.of_user, (user,)).await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(community, role)| Some((community, MemberRole::from_name(&role)?)))
+            .filter_map(|(community, role)| Some((community, MemberRole::parse(&role)?)))
             .collect())
     }
 }

@@ -9,8 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use munity_proto::users::v1 as pb;
-
 mod common;
 
 use common::{Gateway, free_port};
@@ -63,29 +61,7 @@ async fn replicas_added_and_removed_in_dns_fail_no_call() {
     .await;
 
     let stop = munity_platform::shutdown::ShutdownToken::new();
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let mut client = gateway.client().await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            // Each replica signs with a key of its own: the key sets seen
-            // say which replicas answered.
-            let mut key_sets = std::collections::HashSet::new();
-            while !stop.is_cancelled() {
-                match client.get_jwks(pb::GetJwksRequest {}).await {
-                    Ok(response) => {
-                        ok += 1;
-                        key_sets.insert(response.into_inner().jwks_json);
-                    }
-                    Err(status) => {
-                        failed.push(format!("{:?}: {}", status.code(), status.message()))
-                    }
-                }
-            }
-            (ok, failed, key_sets)
-        }));
-    }
+    let load = common::jwks_load(&gateway, 4, stop.clone()).await;
     let wait = |what: &'static str| {
         let started = Instant::now();
         move || {
@@ -133,13 +109,11 @@ async fn replicas_added_and_removed_in_dns_fail_no_call() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
 
-    let (mut ok, mut failed, mut key_sets) = (0, Vec::new(), std::collections::HashSet::new());
-    for task in load {
-        let (o, f, k) = task.await.unwrap();
-        ok += o;
-        failed.extend(f);
-        key_sets.extend(k);
-    }
+    let common::Tally {
+        ok,
+        failed,
+        key_sets,
+    } = load.await;
     println!("DNS discovery: {ok} calls OK, {} failed", failed.len());
     assert!(
         failed.is_empty(),

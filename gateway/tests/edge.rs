@@ -595,23 +595,7 @@ async fn a_rolling_restart_of_the_replicas_fails_no_call() {
         .await;
 
     let stop = munity_platform::shutdown::ShutdownToken::new();
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let mut client = gateway.client().await;
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.is_cancelled() {
-                match client.get_jwks(pb::GetJwksRequest {}).await {
-                    Ok(_) => ok += 1,
-                    Err(status) => {
-                        failed.push(format!("{:?}: {}", status.code(), status.message()))
-                    }
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = common::jwks_load(&gateway, 4, stop.clone()).await;
 
     // As an orchestrator does it: the next replica goes only once the
     // restarted one is ready again (here: the gateway has seen it healthy).
@@ -645,12 +629,7 @@ async fn a_rolling_restart_of_the_replicas_fails_no_call() {
     }
     stop.cancel();
 
-    let (mut ok, mut failed) = (0, Vec::new());
-    for task in load {
-        let (o, f) = task.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let common::Tally { ok, failed, .. } = load.await;
     println!("{ok} calls OK, {} failed", failed.len());
     assert!(
         failed.is_empty(),

@@ -198,9 +198,9 @@ pub async fn dev(
     }
 }
 
-/// Waits until the gateway says each of `services` is SERVING (its health
-/// checks of the in-process replicas have passed).
-async fn wait_until_serving(
+/// Waits until the gateway at `address` says each of `services` is
+/// SERVING (its health checks of their replicas have passed).
+pub async fn wait_until_serving(
     address: &str,
     services: &[String],
     limit: Duration,

@@ -182,6 +182,7 @@ async fn subscriber(
     topic: String,
     stop: ShutdownToken,
     seen: Arc<Mutex<Seen>>,
+    received: Arc<Mutex<usize>>,
 ) -> Vec<String> {
     let mut client = NotifyClient::new(channel);
     let mut got = Vec::new();
@@ -222,6 +223,7 @@ async fn subscriber(
                     }
                     Some(Message::Notification(n)) => {
                         got.push(n.event_id.clone());
+                        *received.lock().unwrap() = got.len();
                         position = Some((n.epoch, n.offset));
                     }
                     Some(Message::Resync(_)) => panic!("history lost: a resync was asked for"),
@@ -237,39 +239,6 @@ async fn subscriber(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     got
-}
-
-/// Until the gateway says every route is SERVING (its checks have found
-/// the replicas).
-async fn wait_serving(channel: &Channel) {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-    let mut health = HealthClient::new(channel.clone());
-    let started = Instant::now();
-    for service in [
-        "munity.users.v1.Users",
-        "munity.events.v1.Events",
-        "munity.notify.v1.Notify",
-    ] {
-        loop {
-            let request = HealthCheckRequest {
-                service: service.to_owned(),
-            };
-            let serving = health
-                .check(request)
-                .await
-                .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32);
-            if serving {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{service} never served through the gateway"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -361,7 +330,19 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    wait_serving(&channel).await;
+    let routed = [
+        "munity.users.v1.Users",
+        "munity.events.v1.Events",
+        "munity.notify.v1.Notify",
+    ]
+    .map(str::to_owned);
+    munity::wait_until_serving(
+        &format!("127.0.0.1:{port}"),
+        &routed,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("every route serving through the gateway");
 
     let (admin_token, _) =
         munity_testkit::register_as(&channel, "ops", munity_testkit::ADMIN_EMAIL).await;
@@ -381,13 +362,17 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
     // The streams stop after the load, once they have caught up.
     let streams_stop = ShutdownToken::new();
     let mut subscribers = Vec::new();
+    let mut progress = Vec::new();
     for _ in 0..5 {
+        let received = Arc::new(Mutex::new(0));
+        progress.push(received.clone());
         subscribers.push(tokio::spawn(subscriber(
             channel.clone(),
             reader.clone(),
             topic.clone(),
             streams_stop.clone(),
             seen.clone(),
+            received,
         )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -528,7 +513,18 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
     }
     // The streams catch up with everything acknowledged, then stop.
     let published = seen.lock().unwrap().published.clone();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let caught_up = Instant::now();
+    while progress
+        .iter()
+        .any(|received| *received.lock().unwrap() < published.len())
+        && caught_up.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "streams caught up {:.1} s after the load stopped",
+        caught_up.elapsed().as_secs_f64()
+    );
     streams_stop.cancel();
     let mut streams = Vec::new();
     for task in subscribers {
@@ -576,10 +572,22 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
         for id in got {
             *times.entry(id.as_str()).or_default() += 1;
         }
-        let missing = published
+        let lost: Vec<&String> = published
             .iter()
             .filter(|id| !times.contains_key(id.as_str()))
-            .count();
+            .collect();
+        if !lost.is_empty() {
+            let at: Vec<usize> = lost
+                .iter()
+                .take(5)
+                .filter_map(|id| published.iter().position(|p| p == *id))
+                .collect();
+            println!(
+                "stream {i} misses {} (published as number {at:?}, ...)",
+                lost.len()
+            );
+        }
+        let missing = lost.len();
         let doubled = times.values().filter(|&&n| n > 1).count();
         missing_total += missing;
         doubled_total += doubled;

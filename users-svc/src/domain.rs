@@ -108,44 +108,8 @@ pub struct CommunityRecord {
     pub created_at: Millis,
 }
 
-/// A community-level role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberRole {
-    Member,
-    Moderator,
-    Owner,
-}
-
-impl MemberRole {
-    /// The wire role, in API answers and in the domain events other
-    /// services keep their membership views from.
-    pub fn to_proto(self) -> munity_proto::users::v1::MemberRole {
-        use munity_proto::users::v1::MemberRole as Wire;
-        match self {
-            MemberRole::Member => Wire::Member,
-            MemberRole::Moderator => Wire::Moderator,
-            MemberRole::Owner => Wire::Owner,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberRole::Member => "member",
-            MemberRole::Moderator => "moderator",
-            MemberRole::Owner => "owner",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<MemberRole> {
-        match name {
-            "member" => Some(MemberRole::Member),
-            "moderator" => Some(MemberRole::Moderator),
-            "owner" => Some(MemberRole::Owner),
-            _ => None,
-        }
-    }
-}
+/// A community-level role (shared with every service's membership view).
+pub use munity_bus::membership::MemberRole;
 
 /// One user's membership of one community.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

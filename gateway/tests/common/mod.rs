@@ -115,6 +115,58 @@ pub fn users_routes(upstreams: &[SocketAddr], route_keys: &str) -> String {
     )
 }
 
+/// What a steady load of GetJwks calls saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u32,
+    /// "code: message" of each failed call.
+    pub failed: Vec<String>,
+    /// The distinct key sets answered: each users-svc replica signs with a
+    /// key of its own, so this says which replicas answered.
+    pub key_sets: std::collections::HashSet<String>,
+}
+
+/// `clients` loops calling GetJwks through `gateway` until `stop`; the
+/// tally once they are done.
+pub async fn jwks_load(
+    gateway: &Gateway,
+    clients: usize,
+    stop: ShutdownToken,
+) -> impl std::future::Future<Output = Tally> + use<> {
+    let mut load = Vec::new();
+    for _ in 0..clients {
+        let mut client = gateway.client().await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while !stop.is_cancelled() {
+                match client.get_jwks(pb::GetJwksRequest {}).await {
+                    Ok(response) => {
+                        tally.ok += 1;
+                        tally.key_sets.insert(response.into_inner().jwks_json);
+                    }
+                    Err(status) => {
+                        tally
+                            .failed
+                            .push(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    async move {
+        let mut all = Tally::default();
+        for task in load {
+            let tally = task.await.expect("a load client");
+            all.ok += tally.ok;
+            all.failed.extend(tally.failed);
+            all.key_sets.extend(tally.key_sets);
+        }
+        all
+    }
+}
+
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
     pub process: munity_testkit::Process,

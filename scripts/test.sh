@@ -128,5 +128,7 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo deny check licenses bans sources"
 "$tools/bin/cargo-deny" --locked check licenses bans sources
+log "deploy checks (k8s manifests, Prometheus rules, Grafana dashboards)"
+bash scripts/check-deploy.sh
 log "cargo test"
 cargo test --workspace --locked "$@"

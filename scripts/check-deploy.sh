@@ -11,6 +11,8 @@
 #   - promtool check config / check rules / test rules on observability/;
 #   - every Grafana dashboard parsed strictly (scripts/dashcheck, Grafana
 #     Foundation SDK);
+#   - the OpenTelemetry collector and Jaeger configs (`jaeger validate`,
+#     when scripts/jaeger.sh has built Jaeger);
 #   - the Dockerfile's stages name binaries that exist.
 #
 # Tools are installed once into ~/.cache/munity-tools (Go module proxy,
@@ -159,6 +161,18 @@ log "promtool check config, check rules, test rules"
 )
 log "Grafana dashboards, strictly"
 dashcheck observability/grafana/dashboards/*.json
+# The collector config uses only components Jaeger v2's distribution has:
+# validated by the Jaeger binary when scripts/jaeger.sh has built it.
+jaeger=$bin/jaeger-v1.76.0
+if [[ -x $jaeger ]]; then
+  log "jaeger validate: the OpenTelemetry collector and Jaeger configs"
+  TRACES_ENDPOINT=127.0.0.1:4317 "$jaeger" validate --config observability/otel/collector.yml >/dev/null 2>&1 ||
+    { TRACES_ENDPOINT=127.0.0.1:4317 "$jaeger" validate --config observability/otel/collector.yml; exit 1; }
+  "$jaeger" validate --config observability/jaeger/jaeger.yml >/dev/null 2>&1 ||
+    { "$jaeger" validate --config observability/jaeger/jaeger.yml; exit 1; }
+else
+  log "Jaeger not built (bash scripts/jaeger.sh build): collector config only parsed as YAML"
+fi
 python3 - <<'PY'
 import glob, yaml
 for path in glob.glob("observability/**/*.yml", recursive=True):

@@ -66,6 +66,12 @@ if [[ $("$tools/bin/cargo-deny" --version 2>/dev/null) != "cargo-deny $CARGO_DEN
   rm -rf "$HOME/.cache/munity-tools-build"
 fi
 
+# Jaeger v2 for munity/tests/observability_live.rs (the test starts it):
+# built once from its Go module into ~/.cache/munity-tools (about 4.5
+# minutes on 2 cores, at nice 19), then cached.
+MUNITY_TEST_JAEGER=$(bash scripts/jaeger.sh build)
+export MUNITY_TEST_JAEGER
+
 # --- servers -----------------------------------------------------------------
 if ! bash scripts/redis.sh status; then started+=(redis); fi
 eval "$(bash scripts/redis.sh start)"

@@ -87,7 +87,12 @@ fn service<S: Service>(file: &Path, source: &ConfigSource) -> ServiceConfig<S::C
     );
     match &config.storage {
         StorageConfig::Cql(cql) => {
-            assert_eq!(cql.nodes, ["munity-scylla-client:9042"], "{}", file.display());
+            assert_eq!(
+                cql.nodes,
+                ["munity-scylla-client:9042"],
+                "{}",
+                file.display()
+            );
             assert_eq!(cql.keyspace, format!("munity_{}", S::SECTION));
             assert_eq!(cql.password.as_deref(), Some("secret"), "from the Secret");
         }
@@ -156,7 +161,12 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
         let sections = text
             .lines()
             .filter_map(|line| line.trim().strip_prefix('['))
-            .map(|rest| rest.trim_start_matches('[').split(['.', ']']).next().unwrap());
+            .map(|rest| {
+                rest.trim_start_matches('[')
+                    .split(['.', ']'])
+                    .next()
+                    .unwrap()
+            });
         for section in sections {
             assert!(
                 [

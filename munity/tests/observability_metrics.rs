@@ -113,7 +113,10 @@ fn dashboard_exprs() -> Vec<(String, String)> {
 
 /// A scrape: metric name -> the label sets of its series.
 fn parse_exposition(text: &str, into: &mut BTreeMap<String, Vec<BTreeMap<String, String>>>) {
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (series, _value) = line.rsplit_once(' ').unwrap();
         let (name, labels) = match series.split_once('{') {
             Some((name, rest)) => (name, rest.trim_end_matches('}')),
@@ -159,7 +162,10 @@ async fn every_metric_the_rules_and_dashboards_query_is_exported() {
     assert!(recorded.len() >= 8, "{recorded:?}");
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for name in metric_names(&rules_text) {
-        wanted.entry(name).or_default().insert("munity.rules.yml".into());
+        wanted
+            .entry(name)
+            .or_default()
+            .insert("munity.rules.yml".into());
     }
     let mut pinned = pinned_values(&rules_text, &["service", "group"]);
     for (file, expr) in dashboard_exprs() {

@@ -226,6 +226,34 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) 
     let _ = span.set_parent(parent);
 }
 
+/// The W3C `traceparent` of the current span, to store with work that
+/// outlives the call (a domain event in the outbox); empty when tracing is
+/// off.
+pub fn current_traceparent() -> String {
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The W3C `traceparent` of `span`; empty when it has no valid context.
+pub fn traceparent_of(span: &tracing::Span) -> String {
+    let context = span.context();
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes the context of a stored `traceparent` (see
+/// [`current_traceparent`]) the parent of `span`; nothing when it is empty.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+    // Fails only when the span is disabled or already started.
+    let _ = span.set_parent(parent);
+}
+
 /// Writes the current span's trace context into outgoing request headers, so
 /// the callee's spans join this trace. Use it in client interceptors.
 pub fn inject_trace_context(headers: &mut http::HeaderMap) {

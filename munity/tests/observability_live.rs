@@ -46,7 +46,11 @@ fn binary(env: &str, candidates: &[PathBuf], hint: &str) -> Option<PathBuf> {
 
 fn on_path(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect())
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -67,7 +71,10 @@ async fn wait_http(url: &str, what: &str) {
         if answered {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "{what} did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -112,6 +119,7 @@ async fn prometheus_scrapes_munity_dev_with_the_project_config() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let (munity, channel) = start_dev(env!("CARGO_BIN_EXE_munity"), &dir.path().join("data")).await;
 
     // The project's config and rules; targets from munity dev's ready file.
@@ -137,8 +145,14 @@ async fn prometheus_scrapes_munity_dev_with_the_project_config() {
     let port = free_port();
     let _prometheus = Process::new(
         Command::new(&prometheus)
-            .arg(format!("--config.file={}", config.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--config.file={}",
+                config.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -173,7 +187,10 @@ async fn prometheus_scrapes_munity_dev_with_the_project_config() {
                     .collect::<String>()
             );
             let answer = get_json(&url).await;
-            let results = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+            let results = answer["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let values: Vec<&str> = results
                 .iter()
                 .map(|r| r["value"][1].as_str().unwrap())
@@ -225,7 +242,9 @@ fn spans(trace: &Value) -> Vec<Span> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_vote_is_one_trace_in_jaeger() {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let Some(jaeger) = binary(
         "MUNITY_TEST_JAEGER",
         &[home.join(".cache/munity-tools/bin/jaeger-v1.76.0")],
@@ -256,7 +275,10 @@ async fn a_vote_is_one_trace_in_jaeger() {
         .args(["dev", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("MUNITY_DEV__ANY_PORT", "true")
-        .env("MUNITY_TELEMETRY__OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp}"))
+        .env(
+            "MUNITY_TELEMETRY__OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp}"),
+        )
         .env("MUNITY_TELEMETRY__LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&log).unwrap())
@@ -294,9 +316,9 @@ async fn a_vote_is_one_trace_in_jaeger() {
                 let storage = service
                     .as_deref()
                     .and_then(|s| child_of(s, &|n: &str| n == "store.write"));
-                let relay = storage.as_deref().and_then(|s| {
-                    child_of(s, &|n: &str| n == "relay munity.events.v1.VoteCast")
-                });
+                let relay = storage
+                    .as_deref()
+                    .and_then(|s| child_of(s, &|n: &str| n == "relay munity.events.v1.VoteCast"));
                 let consumer = relay.as_deref().and_then(|r| {
                     child_of(r, &|n: &str| {
                         n == "consume notify-svc.sources munity.events.v1.VoteCast"
@@ -332,7 +354,10 @@ async fn a_vote_is_one_trace_in_jaeger() {
         .filter_map(|line| serde_json::from_str(line).ok())
         .filter(|line: &Value| line["trace_id"] == trace_id.as_str())
         .collect();
-    assert!(!lines.is_empty(), "no log line with trace_id {trace_id}:\n{text}");
+    assert!(
+        !lines.is_empty(),
+        "no log line with trace_id {trace_id}:\n{text}"
+    );
     assert!(
         lines
             .iter()

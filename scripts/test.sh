@@ -67,6 +67,12 @@ if [[ $("$tools/bin/cargo-deny" --version 2>/dev/null) != "cargo-deny $CARGO_DEN
   rm -rf "$HOME/.cache/munity-tools-build"
 fi
 
+# Jaeger v2 for munity/tests/observability_live.rs (the test starts it):
+# built once from its Go module into ~/.cache/munity-tools (about 4.5
+# minutes on 2 cores, at nice 19), then cached.
+MUNITY_TEST_JAEGER=$(bash scripts/jaeger.sh build)
+export MUNITY_TEST_JAEGER
+
 # --- servers -----------------------------------------------------------------
 if ! bash scripts/redis.sh status; then started+=(redis); fi
 eval "$(bash scripts/redis.sh start)"
@@ -129,5 +135,7 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo deny check licenses bans sources"
 "$tools/bin/cargo-deny" --locked check licenses bans sources
+log "deploy checks (k8s manifests, Prometheus rules, Grafana dashboards)"
+bash scripts/check-deploy.sh
 log "cargo test"
 cargo test --workspace --locked "$@"

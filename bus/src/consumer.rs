@@ -9,6 +9,7 @@
 //! covers redeliveries within one process only).
 
 use std::{collections::VecDeque, future::Future, sync::Arc, time::Duration};
+use tracing::Instrument;
 
 use std::collections::HashSet;
 
@@ -138,7 +139,21 @@ impl ConsumerLoop {
                         continue;
                     }
                     let id = delivery.event.id.clone();
-                    match handle(delivery.event).await {
+                    // The handling joins the trace the event carries (the
+                    // relay's span, child of the change that made it).
+                    let span = tracing::info_span!(
+                        "bus.consume",
+                        otel.name = %format!("consume {} {}", self.group, delivery.event.r#type),
+                        otel.kind = "consumer",
+                        group = %self.group,
+                        event.id = %id,
+                        "event.type" = %delivery.event.r#type,
+                    );
+                    munity_platform::telemetry::set_parent_from_traceparent(
+                        &span,
+                        &delivery.event.traceparent,
+                    );
+                    match handle(delivery.event).instrument(span).await {
                         Ok(()) => {
                             seen.insert(&id);
                             done.push(delivery.id);

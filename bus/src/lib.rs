@@ -120,7 +120,9 @@ pub fn event<M: prost::Name>(
         occurred_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
-        traceparent: String::new(),
+        // The call (or storage write) it comes from: the relay's and the
+        // consumers' spans join that trace.
+        traceparent: munity_platform::telemetry::current_traceparent(),
         payload: payload.encode_to_vec(),
         source: source.to_owned(),
     }

@@ -455,9 +455,32 @@ impl Relay {
             keys.push(key);
             events.push(event);
         }
+        // A span per traced event, child of the change that staged it; the
+        // event goes on to its consumers carrying the relay span's context.
+        let spans: Vec<tracing::Span> = events
+            .iter_mut()
+            .filter(|event| !event.traceparent.is_empty())
+            .map(|event| {
+                let span = tracing::info_span!(
+                    "outbox.relay",
+                    otel.name = %format!("relay {}", event.r#type),
+                    otel.kind = "producer",
+                    service = %self.service,
+                    event.id = %event.id,
+                    "event.type" = %event.r#type,
+                );
+                munity_platform::telemetry::set_parent_from_traceparent(&span, &event.traceparent);
+                let relayed = munity_platform::telemetry::traceparent_of(&span);
+                if !relayed.is_empty() {
+                    event.traceparent = relayed;
+                }
+                span
+            })
+            .collect();
         if !events.is_empty() {
             self.log.append(&events).await?;
         }
+        drop(spans);
         keys.extend(discarded);
         self.outbox.relayed(&keys).await?;
         Ok(events.len())

@@ -29,6 +29,10 @@ pub struct TelemetryConfig {
     /// OTLP/gRPC collector endpoint, e.g. `http://tempo:4317`. Tracing export
     /// is off when empty.
     pub otlp_endpoint: Option<String>,
+    /// `json` lines written inside a span carry its OpenTelemetry
+    /// `trace_id` and `span_id` (hex), so a log store (Loki) links a line
+    /// to its trace. Spans get ids even with no `otlp_endpoint`.
+    pub log_trace_ids: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -37,6 +41,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Pretty,
             log_filter: "info".to_owned(),
             otlp_endpoint: None,
+            log_trace_ids: true,
         }
     }
 }
@@ -100,12 +105,22 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
 
     let fmt_layer = match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
+        LogFormat::Json if config.log_trace_ids => tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(JsonWithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ))
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .boxed(),
     };
+    let ids_in_logs = config.log_format == LogFormat::Json && config.log_trace_ids;
 
     let provider = match config.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         Some(endpoint) => {
@@ -125,6 +140,16 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
             global::set_tracer_provider(provider.clone());
             Some(provider)
         }
+        // Nothing exported, but spans get trace and span ids for the logs.
+        None if ids_in_logs => Some(
+            SdkTracerProvider::builder()
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name(service_name.to_owned())
+                        .build(),
+                )
+                .build(),
+        ),
         None => None,
     };
     let otel_layer = provider.as_ref().map(|provider| {
@@ -142,11 +167,90 @@ pub fn init(service_name: &str, config: &TelemetryConfig) -> anyhow::Result<Tele
     })
 }
 
+/// The JSON event format with the current span's OpenTelemetry ids added
+/// (`trace_id`, `span_id`) when there is a valid one.
+struct JsonWithTraceIds(
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match current_trace_ids() {
+            Some((trace_id, span_id)) if line.ends_with("}\n") => writeln!(
+                writer,
+                "{},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}",
+                &line[..line.len() - 2]
+            ),
+            _ => writer.write_str(&line),
+        }
+    }
+}
+
+/// The current span's (trace id, span id) in hex, if it has valid ones:
+/// the OpenTelemetry context tracing-opentelemetry activates on entering a
+/// span (a thread-local of OpenTelemetry's; `tracing::Span::current()` is
+/// not available while the subscriber is formatting an event).
+fn current_trace_ids() -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        (
+            span_context.trace_id().to_string(),
+            span_context.span_id().to_string(),
+        )
+    })
+}
+
 /// Reads W3C trace context from request headers (gRPC metadata) and makes it
 /// the parent of `span`.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
     let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     // Fails only when the span is disabled; nothing to link then.
+    let _ = span.set_parent(parent);
+}
+
+/// The W3C `traceparent` of the current span, to store with work that
+/// outlives the call (a domain event in the outbox); empty when tracing is
+/// off.
+pub fn current_traceparent() -> String {
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The W3C `traceparent` of `span`; empty when it has no valid context.
+pub fn traceparent_of(span: &tracing::Span) -> String {
+    let context = span.context();
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes the context of a stored `traceparent` (see
+/// [`current_traceparent`]) the parent of `span`; nothing when it is empty.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+    // Fails only when the span is disabled or already started.
     let _ = span.set_parent(parent);
 }
 
@@ -220,5 +324,72 @@ mod tests {
                 "a new span id for the hop"
             );
         });
+    }
+
+    /// `telemetry.log_format = "json"` lines inside a span carry its trace
+    /// and span ids (the ones propagated in `traceparent`); lines outside
+    /// any span carry none.
+    #[test]
+    fn json_lines_carry_the_span_trace_and_span_ids() {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .event_format(JsonWithTraceIds(
+                        tracing_subscriber::fmt::format()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(true),
+                    ))
+                    .with_writer(move || writer.clone()),
+            );
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("grpc.server", method = "Vote");
+            span.in_scope(|| tracing::info!(answer = 42, "inside"));
+            let ids = {
+                use opentelemetry::trace::TraceContextExt;
+                let context = span.context();
+                let span_context = context.span().span_context().clone();
+                (
+                    span_context.trace_id().to_string(),
+                    span_context.span_id().to_string(),
+                )
+            };
+            tracing::info!("outside");
+            ids
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+            .collect();
+        assert_eq!(parsed.len(), 2, "{text}");
+        assert_eq!(parsed[0]["message"], "inside");
+        assert_eq!(parsed[0]["answer"], 42);
+        assert_eq!(parsed[0]["span"]["method"], "Vote");
+        assert_eq!(parsed[0]["trace_id"], trace_id.as_str());
+        assert_eq!(parsed[0]["span_id"], span_id.as_str());
+        assert_eq!(trace_id.len(), 32);
+        assert_eq!(span_id.len(), 16);
+        assert_eq!(parsed[1]["message"], "outside");
+        assert!(parsed[1].get("trace_id").is_none(), "{text}");
     }
 }

@@ -37,6 +37,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use tracing::Instrument;
 
 use redb::{
     BackendError, Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
@@ -302,16 +303,27 @@ impl EmbeddedDb {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
+        // A span for the write, entered on the blocking thread too, so what
+        // the operation records (a domain event's traceparent) is its child.
+        let span = tracing::info_span!(
+            "store.write",
+            otel.kind = "client",
+            db.system = "redb",
+            db.name = %self.shared.path.file_stem().unwrap_or_default().to_string_lossy(),
+        );
+        let inside = span.clone();
         let value = self
             .blocking(move |db| {
+                let _entered = inside.enter();
                 let mut txn = db.begin_write().map_err(internal)?;
                 txn.set_durability(Durability::None).map_err(internal)?;
                 let value = operation(&txn)?;
                 txn.commit().map_err(internal)?;
                 Ok(value)
             })
+            .instrument(span.clone())
             .await?;
-        self.durable().await?;
+        self.durable().instrument(span).await?;
         Ok(value)
     }
 

@@ -35,6 +35,7 @@ pub mod embedded;
 pub mod metrics;
 pub mod outbox;
 pub mod redis;
+pub mod revocations;
 
 use std::time::Duration;
 
@@ -82,6 +83,22 @@ pub trait EventLog: Send + Sync {
     /// Events the group has not acknowledged: retained and not yet
     /// delivered, plus delivered and pending.
     async fn lag(&self, group: &str) -> BusResult<u64>;
+
+    /// A reader of the whole log outside any group, from about `since_ms`
+    /// (ms since the Unix epoch) on: every reader sees every event, which
+    /// is what state every replica keeps whole needs (revocations). A
+    /// backend may start earlier (the embedded one starts at the oldest
+    /// event retained); nothing is acknowledged, and nothing is remembered
+    /// across restarts.
+    async fn read_from(&self, since_ms: i64) -> BusResult<Box<dyn LogReader>>;
+}
+
+/// A reader of the whole log ([`EventLog::read_from`]).
+#[async_trait]
+pub trait LogReader: Send {
+    /// Up to `max` events after the last one read, waiting up to `wait`
+    /// for the first (not at all when `wait` is zero).
+    async fn next(&mut self, max: usize, wait: Duration) -> BusResult<Vec<Delivery>>;
 }
 
 /// One member of a consumer group.

@@ -5,7 +5,9 @@
 //! - `munity_bus_relay_lag_seconds{service}`: age of the oldest of them;
 //! - `munity_bus_relayed_total{service}`: events moved to the log;
 //! - `munity_bus_consumer_lag{group}`: events a consumer group has not
-//!   acknowledged (see [`report_lag`]).
+//!   acknowledged (see [`report_lag`]);
+//! - `munity_revocations{process}`: revocations a process keeps (sessions
+//!   and subjects whose tokens it refuses).
 
 use std::sync::LazyLock;
 
@@ -77,3 +79,16 @@ pub async fn report_lag(log: &dyn EventLog, group: &str) {
         CONSUMER_LAG.with_label_values(&[group]).set(lag as i64);
     }
 }
+
+pub static REVOCATIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    registered(
+        IntGaugeVec::new(
+            Opts::new(
+                "munity_revocations",
+                "Revoked sessions and subjects the process refuses tokens of (each kept until its tokens expire).",
+            ),
+            &["process"],
+        )
+        .expect("valid metric"),
+    )
+});

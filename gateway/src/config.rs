@@ -89,6 +89,14 @@ pub struct GatewayConfig {
     pub max_json_body_bytes: usize,
     /// `[gateway.web]`: the web app at `/`.
     pub web: crate::web::WebConfig,
+    /// The event log whose revocations the gateway follows (tokens of
+    /// ended sessions refused within a second): the top-level `[bus]` when
+    /// it is Redis, or `munity dev`'s embedded log. A gateway process of
+    /// its own cannot read an embedded log (one process holds it), so
+    /// with one it follows none and revoked tokens pass the edge until
+    /// they expire (the services behind it still refuse them).
+    #[serde(skip)]
+    pub bus: Option<munity_platform::config::BusConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -118,6 +126,7 @@ impl Default for GatewayConfig {
             request_header_timeout_ms: 10_000,
             max_json_body_bytes: 1 << 20,
             web: crate::web::WebConfig::default(),
+            bus: None,
         }
     }
 }
@@ -153,7 +162,13 @@ impl GatewayConfig {
     /// `[gateway]` from `source`, with the defaults (routes included) laid
     /// under it key by key.
     pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
-        source.section_over_defaults("gateway", &GatewayConfig::default())
+        let mut config: GatewayConfig =
+            source.section_over_defaults("gateway", &GatewayConfig::default())?;
+        let bus = munity_platform::config::BusConfig::load(source)?;
+        if bus.backend == munity_platform::config::BusBackend::Redis {
+            config.bus = Some(bus);
+        }
+        Ok(config)
     }
 
     /// Sends upstream `name`'s services to the single replica `address`, as

@@ -8,6 +8,7 @@
 //! trailers, as the gRPC protocol says a deadline covers the whole call.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -83,15 +84,29 @@ pub fn token_expired_trailers() -> http::HeaderMap {
     trailers
 }
 
+/// The trailers that end a server stream whose caller's access token was
+/// revoked (its session ended): UNAUTHENTICATED; a fresh token from the same
+/// session will not come, so the client signs in again.
+pub fn token_revoked_trailers() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("access token has been revoked; sign in again"),
+    );
+    trailers
+}
+
 /// A response body that ends with DEADLINE_EXCEEDED trailers when its
 /// deadline passes first, with UNAVAILABLE when its server starts draining
 /// streams, or with UNAUTHENTICATED when the token it was opened with
-/// expires (and passes through untouched otherwise).
+/// expires or is revoked (and passes through untouched otherwise).
 pub struct Deadline<B> {
     inner: B,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    revoked: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Trailers were sent (the inner body's or ours): nothing follows.
     finished: bool,
 }
@@ -103,6 +118,7 @@ impl<B> Deadline<B> {
             timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
             drain: None,
             expiry: None,
+            revoked: None,
             finished: false,
         }
     }
@@ -111,6 +127,16 @@ impl<B> Deadline<B> {
     /// time its caller's access token has left, leeway included.
     pub fn expiring_after(mut self, left: Duration) -> Self {
         self.expiry = Some(Box::pin(tokio::time::sleep(left)));
+        self
+    }
+
+    /// Also ends the body (UNAUTHENTICATED) once `revoked` resolves: when
+    /// its caller's access token is revoked.
+    pub fn ending_when_revoked(
+        mut self,
+        revoked: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.revoked = Some(Box::pin(revoked));
         self
     }
 
@@ -153,6 +179,12 @@ where
         {
             this.finished = true;
             return Poll::Ready(Some(Ok(Frame::trailers(token_expired_trailers()))));
+        }
+        if let Some(revoked) = &mut this.revoked
+            && revoked.as_mut().poll(cx).is_ready()
+        {
+            this.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(token_revoked_trailers()))));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

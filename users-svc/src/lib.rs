@@ -117,6 +117,9 @@ pub async fn run_with_hashing(
             min_refetch_interval: Duration::from_millis(200),
             cache_capacity: auth.token_cache_capacity,
         },
+    )
+    .with_revocations(
+        munity_bus::revocations::follow(&config.bus, &auth, UsersService::NAME, &shutdown).await,
     ));
 
     let api = api::UsersApi::new(repo, keys.clone(), hashing, &config.own, &auth);

@@ -126,7 +126,17 @@ impl UsersApi {
             .get_user(id)
             .await?
             .ok_or(UsersError::NotFound("user"))?;
+        let changed = user.roles.contains(&role) != request.granted;
         user.set_role(role, request.granted);
+        if changed {
+            // Tokens carry roles: the ones issued so far say the old ones.
+            self.revoke_subject_tokens(
+                user.id,
+                pb::RevocationReason::RoleChanged,
+                self.access_ttl,
+            )
+            .await?;
+        }
         self.repo.update_user(&user).await?;
         tracing::info!(admin_id = %admin.id, user_id = %user.id, role = role.as_str(), granted = request.granted, "role changed");
         Ok(convert::user_to_proto(&user, true))

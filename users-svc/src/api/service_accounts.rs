@@ -114,6 +114,15 @@ impl UsersApi {
     ) -> Result<pb::ServiceAccount, UsersError> {
         let admin = self.require_admin(claims).await?;
         let id = convert::parse_one_id(&request.id, "id")?;
+        if request.disabled {
+            // Its tokens stop working now, not when they expire.
+            self.revoke_subject_tokens(
+                id,
+                pb::RevocationReason::ServiceAccountDisabled,
+                self.service_token_ttl,
+            )
+            .await?;
+        }
         let account = self
             .repo
             .set_service_account_disabled(id, request.disabled)

@@ -503,6 +503,16 @@ impl UsersRepository for CqlStore {
         }))
     }
 
+    async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()> {
+        for event in events {
+            self.cql
+                .execute(self.outbox.insert_statement(), CqlOutbox::row(event))
+                .await?;
+        }
+        self.outbox.notify_staged();
+        Ok(())
+    }
+
     async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {
         // Not applied means there was no such session: nothing to revoke.
         self.cql

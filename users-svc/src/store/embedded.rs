@@ -199,6 +199,11 @@ impl UsersRepository for EmbeddedStore {
             .await
     }
 
+    async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()> {
+        let events = events.to_vec();
+        self.outbox.write(move |_txn| Ok(((), events))).await
+    }
+
     async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {
         self.db
             .write(move |txn| {

@@ -41,6 +41,12 @@ pub trait UsersRepository: Send + Sync + 'static {
     /// Accounts after `after` (exclusive), at most `limit`.
     async fn list_users(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Page<UserRecord>>;
 
+    /// Stages `events` in the outbox on their own (no change with them),
+    /// for the relay to publish: revocations, which are staged before the
+    /// change they announce, so that a crash in between can refuse a token
+    /// early but never leave a revoked one working.
+    async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()>;
+
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
     async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;
     /// Marks the session revoked; revoking twice, or an unknown session, is

@@ -444,3 +444,179 @@ async fn every_revocation_reason_refuses_and_open_streams_end_unauthenticated() 
     }
     println!("disabled service account: its token refused");
 }
+
+/// Scale-out: users-svc, two events-svc replicas and the gateway, each
+/// following revocations on one Redis stream (each reads the whole log:
+/// no replica takes a revocation from another). A replica started after
+/// the Logouts refuses the revoked tokens from its first call on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_redis_bus_every_replica_and_the_gateway_refuse_revoked_tokens() {
+    use munity_platform::{
+        auth::AuthConfig,
+        config::{BusBackend, BusConfig},
+    };
+    use munity_testkit::serve_in_process;
+
+    const SCALE_OUT_SESSIONS: usize = 20;
+    let Some(redis) = std::env::var("MUNITY_TEST_REDIS")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        assert!(
+            !munity_testkit::in_ci(),
+            "MUNITY_TEST_REDIS is required under CI=true"
+        );
+        eprintln!("skipping: MUNITY_TEST_REDIS is not set");
+        return;
+    };
+    let bus = BusConfig {
+        backend: BusBackend::Redis,
+        redis_url: redis,
+        redis_key: format!("munity:test:revocation:{}", uuid::Uuid::now_v7().simple()),
+        ..BusConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let auth = AuthConfig::default();
+    let (users_url, _users) = serve_in_process::<users_svc::UsersService>(
+        Default::default(),
+        &dir.path().join("users"),
+        bus.clone(),
+        auth.clone(),
+    )
+    .await;
+    let auth = AuthConfig {
+        jwks_url: users_url.clone(),
+        ..auth
+    };
+    let events_replica = |name: &str| {
+        let (path, bus, auth) = (dir.path().join(name), bus.clone(), auth.clone());
+        async move {
+            serve_in_process::<events_svc::EventsService>(Default::default(), &path, bus, auth)
+                .await
+        }
+    };
+    let (events_a, _stop_a) = events_replica("events-a").await;
+    let (events_b, _stop_b) = events_replica("events-b").await;
+
+    // The gateway, in this process, in front of them.
+    let address = |url: &str| url.trim_start_matches("http://").to_owned();
+    let mut gateway = munity_gateway::GatewayConfig {
+        listen: "127.0.0.1:0".to_owned(),
+        admin_listen: "127.0.0.1:0".to_owned(),
+        shutdown_grace_secs: 0,
+        bus: Some(bus.clone()),
+        ..Default::default()
+    };
+    gateway.rate_limits.enabled = false;
+    gateway.claim_listen_addresses().unwrap();
+    gateway.point_upstream("users", address(&users_url).parse().unwrap());
+    gateway.routes.get_mut("events").unwrap().upstreams = vec![address(&events_a), address(&events_b)];
+    let gateway_address = gateway.listen.clone();
+    let stop_gateway = munity_platform::shutdown::ShutdownToken::new();
+    let gateway_thread = {
+        let (auth, stop) = (auth.clone(), stop_gateway.clone());
+        std::thread::spawn(move || munity_gateway::run(gateway, auth, stop))
+    };
+
+    let users = connect(&address(&users_url)).await;
+    let email = format!("scale-{}@example.com", uuid::Uuid::now_v7().simple());
+    register(&users, &email).await;
+    let mut sessions = Vec::new();
+    for _ in 0..SCALE_OUT_SESSIONS {
+        sessions.push(login(&users, &email).await);
+    }
+    let doors = vec![
+        Door {
+            name: "gateway",
+            channel: connect(&gateway_address).await,
+            path: "/munity.users.v1.Users/GetMe",
+        },
+        Door {
+            name: "users-svc",
+            channel: users.clone(),
+            path: "/munity.users.v1.Users/GetMe",
+        },
+        Door {
+            name: "events-svc a",
+            channel: connect(&address(&events_a)).await,
+            path: "/munity.events.v1.Events/ListEvents",
+        },
+        Door {
+            name: "events-svc b",
+            channel: connect(&address(&events_b)).await,
+            path: "/munity.events.v1.Events/ListEvents",
+        },
+    ];
+    // Every door takes the tokens first (the gateway once its health
+    // checks have found users-svc).
+    let started = Instant::now();
+    for session in &sessions {
+        for door in &doors {
+            loop {
+                match knock(door, &session.access_token).await {
+                    Code::Unavailable if started.elapsed() < Duration::from_secs(20) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    code => {
+                        assert_ne!(code, Code::Unauthenticated, "{} refused a live token", door.name);
+                        assert_ne!(code, Code::Unavailable, "{} is unavailable", door.name);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    for (i, session) in sessions.iter().enumerate() {
+        let logged_out = Instant::now();
+        UsersClient::new(users.clone())
+            .logout(users::LogoutRequest {
+                refresh_token: session.refresh_token.clone(),
+            })
+            .await
+            .unwrap();
+        let waits = doors
+            .iter()
+            .map(|door| until_refused(door, &session.access_token, logged_out));
+        for (door, waited) in doors.iter().zip(futures_join(waits).await) {
+            let waited = waited
+                .unwrap_or_else(|| panic!("session {i} still accepted at {} after {BOUND:?}", door.name));
+            times.entry(door.name).or_default().push(waited);
+        }
+    }
+    println!("Redis bus: time from Logout to UNAUTHENTICATED, n = {SCALE_OUT_SESSIONS} sessions:");
+    for (door, mut waited) in times {
+        waited.sort();
+        println!(
+            "  {door:<14} p50 {:7.1} ms   p99 {:7.1} ms",
+            millis(percentile(&waited, 50.0)),
+            millis(percentile(&waited, 99.0)),
+        );
+    }
+
+    // A replica started now reads the revocations back before serving.
+    let (events_c, _stop_c) = events_replica("events-c").await;
+    let late = Door {
+        name: "events-svc c (started after the Logouts)",
+        channel: connect(&address(&events_c)).await,
+        path: "/munity.events.v1.Events/ListEvents",
+    };
+    for session in &sessions {
+        assert_eq!(
+            knock(&late, &session.access_token).await,
+            Code::Unauthenticated,
+            "{}",
+            late.name
+        );
+    }
+    let live = login(&users, &email).await;
+    assert_ne!(knock(&late, &live.access_token).await, Code::Unauthenticated);
+
+    stop_gateway.cancel();
+    tokio::task::spawn_blocking(move || gateway_thread.join())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

@@ -127,6 +127,16 @@ impl UsersApi {
             .repo
             .set_service_account_disabled(id, request.disabled)
             .await?;
+        if request.disabled {
+            // Again, after: a token issued while the flag was being written
+            // (its issuer read the account still enabled) is covered too.
+            self.revoke_subject_tokens(
+                id,
+                pb::RevocationReason::ServiceAccountDisabled,
+                self.service_token_ttl,
+            )
+            .await?;
+        }
         tracing::info!(admin_id = %admin.id, service_account_id = %id, disabled = request.disabled, "service account disabled flag set");
         Ok(convert::service_account_to_proto(&account))
     }

@@ -23,7 +23,9 @@ use std::{
 
 use munity_platform::{
     auth::{AuthConfig, TokenVerifier},
-    config::BusConfig, revocation::Revocations, shutdown::ShutdownToken,
+    config::BusConfig,
+    revocation::Revocations,
+    shutdown::ShutdownToken,
 };
 use munity_proto::users::v1 as pb;
 use prost::Message;
@@ -216,7 +218,9 @@ pub fn apply(revocations: &Revocations, event: &DomainEvent) {
                         revoked.not_after_ms,
                     );
                 }
-                Err(error) => tracing::warn!(event = %event.id, %error, "unreadable SubjectRevoked"),
+                Err(error) => {
+                    tracing::warn!(event = %event.id, %error, "unreadable SubjectRevoked")
+                }
             }
         }
         _ => {}

@@ -87,7 +87,10 @@ mod cases {
         let mut got_second = Vec::new();
         while got_second.len() < 7 {
             let got = second.next(10, WAIT).await.unwrap();
-            assert!(!got.is_empty(), "the second reader stopped at {got_second:?}");
+            assert!(
+                !got.is_empty(),
+                "the second reader stopped at {got_second:?}"
+            );
             got_second.extend(numbers(&got));
         }
         assert_eq!(got_second, (0..7).collect::<Vec<i64>>());

@@ -214,7 +214,11 @@ async fn register_login_me_refresh_logout_and_restart_with_grpcurl() {
         "a token from before the restart still verifies"
     );
     let revoked = munity
-        .call("munity.users.v1.Users/GetMe", json!({}), Some(&revoked_access))
+        .call(
+            "munity.users.v1.Users/GetMe",
+            json!({}),
+            Some(&revoked_access),
+        )
         .unwrap_err();
     assert!(
         revoked.contains("Unauthenticated") && revoked.contains("revoked"),

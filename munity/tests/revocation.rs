@@ -184,7 +184,12 @@ async fn logged_out_sessions_are_refused_everywhere_within_a_second_and_after_a_
     for session in &sessions {
         for door in &doors {
             let code = knock(door, &session.access_token).await;
-            assert_ne!(code, Code::Unauthenticated, "{} refused a live token", door.name);
+            assert_ne!(
+                code,
+                Code::Unauthenticated,
+                "{} refused a live token",
+                door.name
+            );
         }
     }
 
@@ -233,7 +238,10 @@ async fn logged_out_sessions_are_refused_everywhere_within_a_second_and_after_a_
     // the same data: revoked tokens stay refused from the first call on.
     ready.process.terminate();
     let mut process = ready.process;
-    process.wait_exit(Duration::from_secs(20)).await.expect("munity dev stops");
+    process
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("munity dev stops");
     let ready = start(munity, data.path()).await;
     let doors = self::doors(&ready).await;
     let mut accepted = Vec::new();
@@ -245,7 +253,10 @@ async fn logged_out_sessions_are_refused_everywhere_within_a_second_and_after_a_
             }
         }
     }
-    assert!(accepted.is_empty(), "revoked tokens accepted after a restart: {accepted:?}");
+    assert!(
+        accepted.is_empty(),
+        "revoked tokens accepted after a restart: {accepted:?}"
+    );
     for door in &doors {
         assert_ne!(
             knock(door, &kept.access_token).await,
@@ -371,7 +382,11 @@ async fn every_revocation_reason_refuses_and_open_streams_end_unauthenticated() 
     let since = Instant::now();
     for door in &doors {
         let waited = until_refused(door, &before.access_token, since).await;
-        assert!(waited.is_some(), "role change: still accepted at {}", door.name);
+        assert!(
+            waited.is_some(),
+            "role change: still accepted at {}",
+            door.name
+        );
     }
     let after = client
         .refresh(users::RefreshRequest {
@@ -381,7 +396,11 @@ async fn every_revocation_reason_refuses_and_open_streams_end_unauthenticated() 
         .unwrap()
         .into_inner();
     assert!(
-        after.user.unwrap().roles.contains(&(users::Role::Admin as i32)),
+        after
+            .user
+            .unwrap()
+            .roles
+            .contains(&(users::Role::Admin as i32)),
         "the refreshed token carries the new role"
     );
     for door in &doors {
@@ -440,7 +459,11 @@ async fn every_revocation_reason_refuses_and_open_streams_end_unauthenticated() 
     let since = Instant::now();
     for door in [&publish, &via_gateway] {
         let waited = until_refused(door, &robot, since).await;
-        assert!(waited.is_some(), "disabled service account: still accepted at {}", door.name);
+        assert!(
+            waited.is_some(),
+            "disabled service account: still accepted at {}",
+            door.name
+        );
     }
     println!("disabled service account: its token refused");
 }
@@ -510,7 +533,8 @@ async fn on_a_redis_bus_every_replica_and_the_gateway_refuse_revoked_tokens() {
     gateway.rate_limits.enabled = false;
     gateway.claim_listen_addresses().unwrap();
     gateway.point_upstream("users", address(&users_url).parse().unwrap());
-    gateway.routes.get_mut("events").unwrap().upstreams = vec![address(&events_a), address(&events_b)];
+    gateway.routes.get_mut("events").unwrap().upstreams =
+        vec![address(&events_a), address(&events_b)];
     let gateway_address = gateway.listen.clone();
     let stop_gateway = munity_platform::shutdown::ShutdownToken::new();
     let gateway_thread = {
@@ -558,7 +582,12 @@ async fn on_a_redis_bus_every_replica_and_the_gateway_refuse_revoked_tokens() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     code => {
-                        assert_ne!(code, Code::Unauthenticated, "{} refused a live token", door.name);
+                        assert_ne!(
+                            code,
+                            Code::Unauthenticated,
+                            "{} refused a live token",
+                            door.name
+                        );
                         assert_ne!(code, Code::Unavailable, "{} is unavailable", door.name);
                         break;
                     }
@@ -580,8 +609,12 @@ async fn on_a_redis_bus_every_replica_and_the_gateway_refuse_revoked_tokens() {
             .iter()
             .map(|door| until_refused(door, &session.access_token, logged_out));
         for (door, waited) in doors.iter().zip(futures_join(waits).await) {
-            let waited = waited
-                .unwrap_or_else(|| panic!("session {i} still accepted at {} after {BOUND:?}", door.name));
+            let waited = waited.unwrap_or_else(|| {
+                panic!(
+                    "session {i} still accepted at {} after {BOUND:?}",
+                    door.name
+                )
+            });
             times.entry(door.name).or_default().push(waited);
         }
     }
@@ -611,7 +644,10 @@ async fn on_a_redis_bus_every_replica_and_the_gateway_refuse_revoked_tokens() {
         );
     }
     let live = login(&users, &email).await;
-    assert_ne!(knock(&late, &live.access_token).await, Code::Unauthenticated);
+    assert_ne!(
+        knock(&late, &live.access_token).await,
+        Code::Unauthenticated
+    );
 
     stop_gateway.cancel();
     tokio::task::spawn_blocking(move || gateway_thread.join())

@@ -132,8 +132,13 @@ pub async fn run(
         )
         .with_shutdown_grace(config.shutdown_grace())
         .with_auth(
-            munity_bus::revocations::remote_verifier(&config.bus, &auth, NotifyService::NAME, &shutdown)
-                .await?,
+            munity_bus::revocations::remote_verifier(
+                &config.bus,
+                &auth,
+                NotifyService::NAME,
+                &shutdown,
+            )
+            .await?,
         )
         .serve(listener, shutdown.cancelled_owned())
         .await

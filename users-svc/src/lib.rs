@@ -108,19 +108,22 @@ pub async fn run_with_hashing(
         shutdown.clone(),
     );
 
-    let verifier = Arc::new(TokenVerifier::new(
-        keys.clone(),
-        VerifierSettings {
-            issuer: auth.issuer.clone(),
-            audience: auth.audience.clone(),
-            leeway: Duration::from_secs(auth.leeway_secs),
-            min_refetch_interval: Duration::from_millis(200),
-            cache_capacity: auth.token_cache_capacity,
-        },
-    )
-    .with_revocations(
-        munity_bus::revocations::follow(&config.bus, &auth, UsersService::NAME, &shutdown).await,
-    ));
+    let verifier = Arc::new(
+        TokenVerifier::new(
+            keys.clone(),
+            VerifierSettings {
+                issuer: auth.issuer.clone(),
+                audience: auth.audience.clone(),
+                leeway: Duration::from_secs(auth.leeway_secs),
+                min_refetch_interval: Duration::from_millis(200),
+                cache_capacity: auth.token_cache_capacity,
+            },
+        )
+        .with_revocations(
+            munity_bus::revocations::follow(&config.bus, &auth, UsersService::NAME, &shutdown)
+                .await,
+        ),
+    );
 
     let api = api::UsersApi::new(repo, keys.clone(), hashing, &config.own, &auth);
     let jwks_keys = keys.clone();

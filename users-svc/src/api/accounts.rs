@@ -130,24 +130,16 @@ impl UsersApi {
         user.set_role(role, request.granted);
         if changed {
             // Tokens carry roles: the ones issued so far say the old ones.
-            self.revoke_subject_tokens(
-                user.id,
-                pb::RevocationReason::RoleChanged,
-                self.access_ttl,
-            )
-            .await?;
+            self.revoke_subject_tokens(user.id, pb::RevocationReason::RoleChanged, self.access_ttl)
+                .await?;
         }
         self.repo.update_user(&user).await?;
         if changed {
             // Again, after: a refresh that read the old roles while the
             // change was being written issued its token after the first
             // cutoff; this one covers it.
-            self.revoke_subject_tokens(
-                user.id,
-                pb::RevocationReason::RoleChanged,
-                self.access_ttl,
-            )
-            .await?;
+            self.revoke_subject_tokens(user.id, pb::RevocationReason::RoleChanged, self.access_ttl)
+                .await?;
         }
         tracing::info!(admin_id = %admin.id, user_id = %user.id, role = role.as_str(), granted = request.granted, "role changed");
         Ok(convert::user_to_proto(&user, true))

@@ -413,6 +413,69 @@ async fn every_revocation_reason_refuses_and_open_streams_end_unauthenticated() 
     }
     println!("role change: older tokens refused, a refreshed one accepted");
 
+    // An account disabled by an admin: its tokens stop at once, it can
+    // neither refresh nor sign in; enabled again, it signs in.
+    let email = format!("disabled-{}@example.com", uuid::Uuid::now_v7().simple());
+    let victim = register(&users, &email).await;
+    client
+        .set_user_disabled(with_bearer(
+            users::SetUserDisabledRequest {
+                user_id: victim.user.clone().unwrap().id,
+                disabled: true,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let since = Instant::now();
+    for door in &doors {
+        let waited = until_refused(door, &victim.access_token, since).await;
+        assert!(
+            waited.is_some(),
+            "disabled account: still accepted at {}",
+            door.name
+        );
+    }
+    let refresh = client
+        .refresh(users::RefreshRequest {
+            refresh_token: victim.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refresh.code(), Code::Unauthenticated, "{refresh:?}");
+    let login_refused = client
+        .login(users::LoginRequest {
+            email: email.clone(),
+            password: PASSWORD.to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        login_refused.code(),
+        Code::PermissionDenied,
+        "{login_refused:?}"
+    );
+    client
+        .set_user_disabled(with_bearer(
+            users::SetUserDisabledRequest {
+                user_id: victim.user.clone().unwrap().id,
+                disabled: false,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let back = login(&users, &email).await;
+    for door in &doors {
+        assert_ne!(
+            knock(door, &back.access_token).await,
+            Code::Unauthenticated,
+            "{} refused the enabled account's new token",
+            door.name
+        );
+    }
+    println!("disabled account: tokens refused, no refresh or login; enabled again, it signs in");
+
     // A disabled service account: its tokens stop at once.
     let made = client
         .create_service_account(with_bearer(

@@ -136,6 +136,9 @@ impl UsersApi {
             return Err(UsersError::BadCredentials);
         }
         let user = user.ok_or(UsersError::BadCredentials)?;
+        if self.repo.is_user_disabled(user.id).await? {
+            return Err(UsersError::AccountDisabled);
+        }
         self.start_session(&user).await
     }
 
@@ -181,6 +184,9 @@ impl UsersApi {
             .get_user(token.user_id)
             .await?
             .ok_or(UsersError::InvalidRefreshToken)?;
+        if self.repo.is_user_disabled(user.id).await? {
+            return Err(UsersError::InvalidRefreshToken);
+        }
         self.issue_tokens(&user, session.id).await
     }
 

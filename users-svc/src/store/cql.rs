@@ -47,6 +47,10 @@ pub const SCHEMA: &[&str] = &[
         password_hash text,
         roles set<text>,
         created_at timestamp)",
+    // Disabled accounts: a table of its own, so `users` needs no migration.
+    "CREATE TABLE IF NOT EXISTS disabled_users (
+        user_id uuid PRIMARY KEY,
+        disabled_at timestamp)",
     "CREATE TABLE IF NOT EXISTS users_by_email (
         email text PRIMARY KEY,
         user_id uuid)",
@@ -111,6 +115,9 @@ struct Statements {
     list_users_after: PreparedStatement,
     insert_session: PreparedStatement,
     get_session: PreparedStatement,
+    disable_user: PreparedStatement,
+    enable_user: PreparedStatement,
+    get_disabled_user: PreparedStatement,
     revoke_session: PreparedStatement,
     insert_token: PreparedStatement,
     get_token: PreparedStatement,
@@ -211,6 +218,9 @@ impl Statements {
             list_users_after: p(format!("SELECT {USER_COLUMNS} FROM users WHERE token(id) > token(?) LIMIT ?")).await?,
             insert_session: p("INSERT INTO sessions (id, user_id, created_at, revoked) VALUES (?, ?, ?, ?)".into()).await?,
             get_session: p("SELECT id, user_id, created_at, revoked FROM sessions WHERE id = ?".into()).await?,
+            disable_user: p("INSERT INTO disabled_users (user_id, disabled_at) VALUES (?, ?)".into()).await?,
+            enable_user: p("DELETE FROM disabled_users WHERE user_id = ?".into()).await?,
+            get_disabled_user: p("SELECT user_id FROM disabled_users WHERE user_id = ?".into()).await?,
             revoke_session: p("UPDATE sessions SET revoked = true WHERE id = ? IF EXISTS".into()).await?,
             insert_token: p(format!("INSERT INTO refresh_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?) USING TTL ?")).await?,
             get_token: p(format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = ?")).await?,
@@ -488,6 +498,30 @@ impl UsersRepository for CqlStore {
             .execute(&self.statements.insert_session, values)
             .await?;
         Ok(())
+    }
+
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> StoreResult<()> {
+        if disabled {
+            self.cql
+                .execute(
+                    &self.statements.disable_user,
+                    (id, ts(crate::domain::now_millis())),
+                )
+                .await?;
+        } else {
+            self.cql
+                .execute(&self.statements.enable_user, (id,))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn is_user_disabled(&self, id: Uuid) -> StoreResult<bool> {
+        let row: Option<(Uuid,)> = self
+            .cql
+            .maybe_row(&self.statements.get_disabled_user, (id,))
+            .await?;
+        Ok(row.is_some())
     }
 
     async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {

@@ -38,6 +38,11 @@ pub trait UsersRepository: Send + Sync + 'static {
     /// account; `NotFound("user")` when there is none. The email and password
     /// hash are not changed here.
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Marks the account disabled (or enabled again); whether it exists is
+    /// the caller's to check.
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> StoreResult<()>;
+    /// Whether the account is disabled.
+    async fn is_user_disabled(&self, id: Uuid) -> StoreResult<bool>;
     /// Accounts after `after` (exclusive), at most `limit`.
     async fn list_users(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Page<UserRecord>>;
 

@@ -256,3 +256,22 @@ impl Default for RouteConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_follows_revocations_only_on_a_redis_bus() {
+        let embedded = GatewayConfig::load(&ConfigSource::from_toml_str("")).unwrap();
+        assert_eq!(embedded.bus, None, "an embedded log is another process's");
+        let redis = GatewayConfig::load(&ConfigSource::from_toml_str(
+            "[bus]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.1:6379\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            redis.bus.map(|bus| bus.redis_url),
+            Some("redis://10.0.0.1:6379".to_owned())
+        );
+    }
+}

@@ -216,6 +216,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_whose_token_is_revoked_ends_with_unauthenticated() {
+        use http_body_util::{BodyExt, StreamBody};
+        let never = StreamBody::new(futures::stream::pending::<
+            Result<Frame<bytes::Bytes>, std::convert::Infallible>,
+        >());
+        let (revoke, revoked) = tokio::sync::oneshot::channel::<()>();
+        let mut body = Deadline::new(never, None).ending_when_revoked(async move {
+            let _ = revoked.await;
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = revoke.send(());
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        let trailers = frame.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "16");
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
     async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
         use http_body_util::{BodyExt, StreamBody};
         // A body that never ends on its own.

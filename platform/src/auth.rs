@@ -85,7 +85,8 @@ pub struct Claims {
     pub exp: i64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: i64,
-    /// Unique token id.
+    /// Unique token id; users-svc makes it a UUIDv7, whose time
+    /// [`crate::revocation::issued_at_ms`] reads (finer than `iat`).
     pub jti: String,
     /// The login session (refresh-token family) the token was issued for.
     pub sid: String,

@@ -60,6 +60,8 @@ impl UsersApi {
             aud: self.auth.audience.clone(),
             exp: access_expires / 1000,
             iat: now / 1000,
+            // A UUIDv7: its time says when the token was issued, to the
+            // ms, which subject revocations compare (`iat` has seconds).
             jti: Uuid::now_v7().to_string(),
             sid: session_id.to_string(),
             roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),

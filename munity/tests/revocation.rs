@@ -21,6 +21,7 @@ use munity_platform::auth::with_bearer;
 use munity_proto::{
     notify::v1::{self as notify, notify_client::NotifyClient, subscribe_response::Message},
     users::v1::{self as users, users_client::UsersClient},
+    warehouse::v1::{self as warehouse, warehouse_client::WarehouseClient},
 };
 use munity_testkit::{ADMIN_EMAIL, Ready, raw_grpc, spawn_ready};
 use tonic::{Code, transport::Channel};
@@ -335,6 +336,63 @@ async fn every_revocation_reason_refuses_and_open_streams_end_unauthenticated() 
             millis(logged_out.elapsed())
         );
     }
+
+    // A client stream (IngestStream at warehouse-svc) still sending when
+    // its session is logged out is answered UNAUTHENTICATED.
+    // (Users may write records if they are admins.)
+    let email = format!("ingest-{}@example.com", uuid::Uuid::now_v7().simple());
+    let producer_id = register(&users, &email).await.user.unwrap().id;
+    UsersClient::new(users.clone())
+        .set_role(with_bearer(
+            users::SetRoleRequest {
+                user_id: producer_id,
+                role: users::Role::Admin as i32,
+                granted: true,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let producer = login(&users, &email).await;
+    let (batches, batches_out) = tokio::sync::mpsc::channel(4);
+    let batch = || warehouse::IngestRequest {
+        records: vec![warehouse::Record {
+            source: "revocation.test".to_owned(),
+            ..Default::default()
+        }],
+    };
+    batches.send(batch()).await.unwrap();
+    let mut ingest = WarehouseClient::new(doors[4].channel.clone());
+    let call = tokio::spawn({
+        let token = producer.access_token.clone();
+        async move {
+            ingest
+                .ingest_stream(with_bearer(
+                    tokio_stream::wrappers::ReceiverStream::new(batches_out),
+                    &token,
+                ))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged_out = Instant::now();
+    UsersClient::new(users.clone())
+        .logout(users::LogoutRequest {
+            refresh_token: producer.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(BOUND, call)
+        .await
+        .expect("IngestStream still open after its session was logged out")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(answered.code(), Code::Unauthenticated, "{answered:?}");
+    println!(
+        "IngestStream (client stream): answered UNAUTHENTICATED {:.1} ms after Logout",
+        millis(logged_out.elapsed())
+    );
+    drop(batches);
 
     // Refresh-token reuse: the session (every access token of it) goes.
     let email = format!("reuse-{}@example.com", uuid::Uuid::now_v7().simple());

@@ -637,25 +637,37 @@ where
                         return Ok(Status::permission_denied(message).into_http());
                     }
                     // A server stream lives no longer than its token, nor
-                    // past the token's revocation.
-                    let streaming = policy.is_server_streaming(path);
-                    let expiry = streaming.then(|| {
+                    // past the token's revocation (its body ends then); a
+                    // client stream neither (the call is answered
+                    // UNAUTHENTICATED then, whatever the handler was doing).
+                    let server_streaming = policy.is_server_streaming(path);
+                    let client_streaming = !policy.takes_one_request(path);
+                    let expiry = server_streaming.then(|| {
                         let exp = Duration::from_secs(u64::try_from(claims.exp).unwrap_or(0));
                         TokenExpiry(SystemTime::UNIX_EPOCH + exp + verifier.leeway())
                     });
                     let watch = verifier
                         .revocations()
-                        .filter(|_| streaming)
+                        .filter(|_| server_streaming || client_streaming)
                         .map(|revocations| RevocationWatch {
                             revocations: revocations.clone(),
                             claims: claims.clone(),
                         });
                     request.extensions_mut().insert(claims);
-                    let mut response = inner.call(request).await?;
+                    let call = inner.call(request);
+                    let mut response = match watch.clone().filter(|_| client_streaming) {
+                        Some(watch) => tokio::select! {
+                            response = call => response?,
+                            () = watch.revoked() => {
+                                return Ok(Status::from(AuthError::Revoked).into_http());
+                            }
+                        },
+                        None => call.await?,
+                    };
                     if let Some(expiry) = expiry {
                         response.extensions_mut().insert(expiry);
                     }
-                    if let Some(watch) = watch {
+                    if let Some(watch) = watch.filter(|_| server_streaming) {
                         response.extensions_mut().insert(watch);
                     }
                     Ok(response)

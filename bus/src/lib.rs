@@ -10,6 +10,8 @@
 //!   the group. Consumers de-duplicate by [`DomainEvent::id`], so a
 //!   redelivery is harmless.
 //! - A group created later starts at the oldest event still retained.
+//! - Outside groups, a reader ([`EventLog::read_from`]) sees every event:
+//!   for state every replica keeps whole (`revocations.rs`).
 //!
 //! Two backends behind [`EventLog`], one contract suite
 //! (`tests/log_contract.rs`) run on both:

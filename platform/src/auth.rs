@@ -11,6 +11,8 @@
 //! trust by network position. An Ed25519 check costs tens of microseconds,
 //! more than the rest of a small call, so a verified token's claims are
 //! remembered (bounded) until it expires: the check is paid once per token.
+//! Revoked tokens ([`crate::revocation`]) are refused on every call, cache
+//! hits included.
 
 use std::{
     collections::HashMap,
@@ -257,7 +259,7 @@ pub enum AuthError {
     #[error("access token has expired")]
     Expired,
     /// Its session ended (logout, ...) or its subject's tokens were revoked.
-    #[error("access token has been revoked; sign in again")]
+    #[error("access token has been revoked; refresh it or sign in again")]
     Revoked,
     #[error("access token is invalid: {0}")]
     Invalid(String),

@@ -85,14 +85,16 @@ pub fn token_expired_trailers() -> http::HeaderMap {
 }
 
 /// The trailers that end a server stream whose caller's access token was
-/// revoked (its session ended): UNAUTHENTICATED; a fresh token from the same
-/// session will not come, so the client signs in again.
+/// revoked: UNAUTHENTICATED; the client refreshes its token (after a role
+/// change) or, its session ended, signs in again.
 pub fn token_revoked_trailers() -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
     trailers.insert(
         "grpc-message",
-        http::HeaderValue::from_static("access token has been revoked; sign in again"),
+        http::HeaderValue::from_static(
+            "access token has been revoked; refresh it or sign in again",
+        ),
     );
     trailers
 }

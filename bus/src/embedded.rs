@@ -20,7 +20,7 @@ use prost::Message;
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::Notify;
 
-use crate::{BusError, BusResult, Delivery, DomainEvent, EventLog, GroupConsumer};
+use crate::{BusError, BusResult, Delivery, DomainEvent, EventLog, GroupConsumer, LogReader};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("bus_log");
 const GROUPS: TableDefinition<&str, u64> = TableDefinition::new("bus_groups");
@@ -130,6 +130,15 @@ impl EventLog for EmbeddedLog {
         }))
     }
 
+    /// From the oldest event retained: sequence numbers say nothing of
+    /// time, and a `munity dev` log is small enough to read whole.
+    async fn read_from(&self, _since_ms: i64) -> BusResult<Box<dyn LogReader>> {
+        Ok(Box::new(EmbeddedReader {
+            log: self.clone(),
+            after: 0,
+        }))
+    }
+
     async fn lag(&self, group: &str) -> BusResult<u64> {
         let group = group.to_owned();
         self.db
@@ -146,6 +155,63 @@ impl EventLog for EmbeddedLog {
             })
             .await
             .map_err(unavailable)
+    }
+}
+
+/// A reader of the whole log: its position is the last sequence number it
+/// read, in memory only.
+struct EmbeddedReader {
+    log: EmbeddedLog,
+    after: u64,
+}
+
+impl EmbeddedReader {
+    async fn read(&self, max: usize) -> BusResult<Vec<Delivery>> {
+        let after = self.after;
+        let raw: Vec<(u64, Vec<u8>)> = self
+            .log
+            .db
+            .blocking(move |db| {
+                let txn = redb::ReadableDatabase::begin_read(db).map_err(store)?;
+                let log = txn.open_table(LOG).map_err(store)?;
+                let mut raw = Vec::new();
+                for entry in log.range(after + 1..).map_err(store)?.take(max) {
+                    let (seq, bytes) = entry.map_err(store)?;
+                    raw.push((seq.value(), bytes.value().to_vec()));
+                }
+                Ok(raw)
+            })
+            .await
+            .map_err(unavailable)?;
+        raw.into_iter()
+            .map(|(seq, bytes)| {
+                Ok(Delivery {
+                    id: seq.to_string(),
+                    event: decode(seq, &bytes)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl LogReader for EmbeddedReader {
+    async fn next(&mut self, max: usize, wait: Duration) -> BusResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so an append in between still wakes us.
+            let appended = self.log.appended.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            let read = self.read(max.max(1)).await?;
+            if let Some(last) = read.last() {
+                self.after = last.id.parse().unwrap_or(self.after);
+                return Ok(read);
+            }
+            if wait.is_zero() || tokio::time::timeout_at(deadline, appended).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
     }
 }
 

@@ -10,6 +10,8 @@
 //!   the group. Consumers de-duplicate by [`DomainEvent::id`], so a
 //!   redelivery is harmless.
 //! - A group created later starts at the oldest event still retained.
+//! - Outside groups, a reader ([`EventLog::read_from`]) sees every event:
+//!   for state every replica keeps whole (`revocations.rs`).
 //!
 //! Two backends behind [`EventLog`], one contract suite
 //! (`tests/log_contract.rs`) run on both:
@@ -39,6 +41,7 @@ pub mod membership;
 pub mod metrics;
 pub mod outbox;
 pub mod redis;
+pub mod revocations;
 
 use std::time::Duration;
 
@@ -86,6 +89,22 @@ pub trait EventLog: Send + Sync {
     /// Events the group has not acknowledged: retained and not yet
     /// delivered, plus delivered and pending.
     async fn lag(&self, group: &str) -> BusResult<u64>;
+
+    /// A reader of the whole log outside any group, from about `since_ms`
+    /// (ms since the Unix epoch) on: every reader sees every event, which
+    /// is what state every replica keeps whole needs (revocations). A
+    /// backend may start earlier (the embedded one starts at the oldest
+    /// event retained); nothing is acknowledged, and nothing is remembered
+    /// across restarts.
+    async fn read_from(&self, since_ms: i64) -> BusResult<Box<dyn LogReader>>;
+}
+
+/// A reader of the whole log ([`EventLog::read_from`]).
+#[async_trait]
+pub trait LogReader: Send {
+    /// Up to `max` events after the last one read, waiting up to `wait`
+    /// for the first (not at all when `wait` is zero).
+    async fn next(&mut self, max: usize, wait: Duration) -> BusResult<Vec<Delivery>>;
 }
 
 /// One member of a consumer group.

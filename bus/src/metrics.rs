@@ -7,7 +7,9 @@
 //! - `munity_bus_relay_leading{service}`: 1 when this replica's relay holds
 //!   the outbox's lease (the one that publishes), else 0;
 //! - `munity_bus_consumer_lag{group}`: events a consumer group has not
-//!   acknowledged (see [`report_lag`]).
+//!   acknowledged (see [`report_lag`]);
+//! - `munity_revocations{process}`: revocations a process keeps (sessions
+//!   and subjects whose tokens it refuses).
 
 use std::sync::LazyLock;
 
@@ -92,3 +94,16 @@ pub async fn report_lag(log: &dyn EventLog, group: &str) {
         CONSUMER_LAG.with_label_values(&[group]).set(lag as i64);
     }
 }
+
+pub static REVOCATIONS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    registered(
+        IntGaugeVec::new(
+            Opts::new(
+                "munity_revocations",
+                "Revoked sessions and subjects the process refuses tokens of (each kept until its tokens expire).",
+            ),
+            &["process"],
+        )
+        .expect("valid metric"),
+    )
+});

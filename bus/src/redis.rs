@@ -7,6 +7,9 @@
 //!   entry retained); `XREADGROUP ... BLOCK` to wait, `XACK`, and
 //!   `XAUTOCLAIM` for deliveries pending longer than a timeout.
 //! - lag: `XINFO GROUPS` (Redis 7: `lag` plus `pending`).
+//! - a reader outside groups: `XREAD ... BLOCK` from an entry id, which
+//!   Redis makes from the append time in ms, so `read_from(t)` starts at
+//!   `t-0`.
 //!
 //! A blocking read holds its connection, so every consumer has a client of
 //! its own; appends and the rest share one.
@@ -24,7 +27,7 @@ use fred::{
 };
 use prost::Message;
 
-use crate::{BusError, BusResult, Delivery, DomainEvent, EventLog, GroupConsumer};
+use crate::{BusError, BusResult, Delivery, DomainEvent, EventLog, GroupConsumer, LogReader};
 
 /// The field each stream entry holds its encoded event in.
 const FIELD: &str = "e";
@@ -198,6 +201,15 @@ impl EventLog for RedisLog {
         }))
     }
 
+    async fn read_from(&self, since_ms: i64) -> BusResult<Box<dyn LogReader>> {
+        let reader = connect(&self.shared.config, self.shared.timeout).await?;
+        Ok(Box::new(RedisReader {
+            log: self.clone(),
+            reader,
+            after: format!("{}-0", since_ms.max(0)),
+        }))
+    }
+
     async fn lag(&self, group: &str) -> BusResult<u64> {
         self.create_group(group).await?;
         let groups = self
@@ -222,6 +234,61 @@ impl EventLog for RedisLog {
             return Ok(count("lag") + count("pending"));
         }
         Ok(0)
+    }
+}
+
+/// `XREAD` replies: `[[key, entries]]` (RESP2), or `{key: entries}` (RESP3).
+fn stream_entries(reply: Value) -> BusResult<Vec<Delivery>> {
+    if reply.is_null() {
+        return Ok(Vec::new());
+    }
+    let streams = match reply {
+        Value::Map(map) => map.inner().into_values().collect(),
+        other => other
+            .into_array()
+            .into_iter()
+            .filter_map(|s| s.into_array().into_iter().nth(1))
+            .collect::<Vec<_>>(),
+    };
+    let mut deliveries = Vec::new();
+    for stream in streams {
+        deliveries.extend(entries(stream)?);
+    }
+    Ok(deliveries)
+}
+
+/// A reader of the whole stream, on a connection of its own (a blocking
+/// read holds it); its position is the last entry id read.
+struct RedisReader {
+    log: RedisLog,
+    reader: Client,
+    after: String,
+}
+
+#[async_trait]
+impl LogReader for RedisReader {
+    async fn next(&mut self, max: usize, wait: Duration) -> BusResult<Vec<Delivery>> {
+        let mut args: Vec<Value> = vec!["COUNT".into(), Value::Integer(max.max(1) as i64)];
+        if !wait.is_zero() {
+            args.push("BLOCK".into());
+            args.push(Value::Integer(wait.as_millis().max(1) as i64));
+        }
+        args.push("STREAMS".into());
+        args.push(self.log.shared.key.as_str().into());
+        args.push(self.after.as_str().into());
+        let limit = wait + self.log.shared.timeout;
+        let reply: Value = tokio::time::timeout(
+            limit,
+            self.reader.custom(command("XREAD", !wait.is_zero()), args),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("Redis XREAD timed out".to_owned()))?
+        .map_err(unavailable)?;
+        let deliveries = stream_entries(reply)?;
+        if let Some(last) = deliveries.last() {
+            self.after = last.id.clone();
+        }
+        Ok(deliveries)
     }
 }
 

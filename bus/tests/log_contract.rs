@@ -56,6 +56,46 @@ mod cases {
 
     const WAIT: Duration = Duration::from_millis(200);
 
+    /// Readers outside groups each see every event, in order, whatever the
+    /// groups took; a reader waits for what comes next, and one started
+    /// from now on does not see the past (Redis; the embedded log may start
+    /// earlier, at its oldest event).
+    pub async fn every_reader_sees_every_event(log: Log) {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            - 60_000;
+        let sent: Vec<DomainEvent> = (0..7).map(|n| numbered("r", n)).collect();
+        log.append(&sent[..4]).await.unwrap();
+        let mut group = log.join("takes-some", "a").await.unwrap();
+        group.next(10, WAIT).await.unwrap();
+        let mut first = log.read_from(since).await.unwrap();
+        let mut second = log.read_from(since).await.unwrap();
+        let mut got_first = first.next(3, Duration::ZERO).await.unwrap();
+        got_first.extend(first.next(10, Duration::ZERO).await.unwrap());
+        assert_eq!(numbers(&got_first), vec![0, 1, 2, 3]);
+        assert!(first.next(10, Duration::ZERO).await.unwrap().is_empty());
+        let waiting = tokio::spawn(async move {
+            let got = first.next(10, Duration::from_secs(5)).await.unwrap();
+            (first, got)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log.append(&sent[4..]).await.unwrap();
+        let (_, woke) = waiting.await.unwrap();
+        assert!(!woke.is_empty(), "a waiting reader wakes on append");
+        let mut got_second = Vec::new();
+        while got_second.len() < 7 {
+            let got = second.next(10, WAIT).await.unwrap();
+            assert!(
+                !got.is_empty(),
+                "the second reader stopped at {got_second:?}"
+            );
+            got_second.extend(numbers(&got));
+        }
+        assert_eq!(got_second, (0..7).collect::<Vec<i64>>());
+    }
+
     /// Events come out in the order they went in, whole.
     pub async fn appended_events_are_delivered_in_order(log: Log) {
         let sent: Vec<DomainEvent> = (0..25).map(|n| numbered("a", n)).collect();
@@ -217,6 +257,7 @@ munity_testkit::contract_suite! {
         pending_deliveries_of_a_dead_consumer_are_claimed,
         lag_counts_what_a_group_has_not_acknowledged,
         concurrent_appends_lose_nothing_and_keep_each_callers_order,
+        every_reader_sees_every_event,
     ],
 }
 

@@ -30,7 +30,7 @@ pub mod store;
 use std::time::Duration;
 
 use munity_platform::{
-    auth::{AuthConfig, TokenVerifier},
+    auth::AuthConfig,
     server::GrpcHost,
     service::{Service, ServiceConfig},
     shutdown::ShutdownToken,
@@ -100,7 +100,13 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let verifier = TokenVerifier::remote(&auth)?;
+    let verifier = munity_bus::revocations::remote_verifier(
+        &config.bus,
+        &auth,
+        EventsService::NAME,
+        &shutdown,
+    )
+    .await?;
     GrpcHost::new(EventsService::DESCRIPTOR_SET)?
         .add_service(
             EventsServer::new(api::EventsApi::new(repo, memberships))

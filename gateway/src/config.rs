@@ -95,6 +95,14 @@ pub struct GatewayConfig {
     pub max_json_body_bytes: usize,
     /// `[gateway.web]`: the web app at `/`.
     pub web: crate::web::WebConfig,
+    /// The event log whose revocations the gateway follows (tokens of
+    /// ended sessions refused within a second): the top-level `[bus]` when
+    /// it is Redis, or `munity dev`'s embedded log. A gateway process of
+    /// its own cannot read an embedded log (one process holds it), so
+    /// with one it follows none and revoked tokens pass the edge until
+    /// they expire (the services behind it still refuse them).
+    #[serde(skip)]
+    pub bus: Option<munity_platform::config::BusConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -126,6 +134,7 @@ impl Default for GatewayConfig {
             request_header_timeout_ms: 10_000,
             max_json_body_bytes: 1 << 20,
             web: crate::web::WebConfig::default(),
+            bus: None,
         }
     }
 }
@@ -161,7 +170,13 @@ impl GatewayConfig {
     /// `[gateway]` from `source`, with the defaults (routes included) laid
     /// under it key by key.
     pub fn load(source: &ConfigSource) -> Result<Self, ConfigError> {
-        source.section_over_defaults("gateway", &GatewayConfig::default())
+        let mut config: GatewayConfig =
+            source.section_over_defaults("gateway", &GatewayConfig::default())?;
+        let bus = munity_platform::config::BusConfig::load(source)?;
+        if bus.backend == munity_platform::config::BusBackend::Redis {
+            config.bus = Some(bus);
+        }
+        Ok(config)
     }
 
     /// Sends upstream `name`'s services to the single replica `address`, as
@@ -249,5 +264,24 @@ impl Default for RouteConfig {
             health_service: None,
             http_json: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gateway_follows_revocations_only_on_a_redis_bus() {
+        let embedded = GatewayConfig::load(&ConfigSource::from_toml_str("")).unwrap();
+        assert_eq!(embedded.bus, None, "an embedded log is another process's");
+        let redis = GatewayConfig::load(&ConfigSource::from_toml_str(
+            "[bus]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.1:6379\"\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            redis.bus.map(|bus| bus.redis_url),
+            Some("redis://10.0.0.1:6379".to_owned())
+        );
     }
 }

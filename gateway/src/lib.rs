@@ -179,7 +179,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     } else {
         vec![config.jwks_endpoint.clone()]
     };
-    let verifier = Arc::new(TokenVerifier::new(
+    let verifier = TokenVerifier::new(
         Arc::new(RemoteJwks::new(&jwks_endpoints).map_err(|e| {
             anyhow::anyhow!("gateway.jwks_endpoint (or gateway.routes.users): {e}")
         })?),
@@ -191,7 +191,16 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             // The edge sees every user's tokens: its own, larger bound.
             cache_capacity: config.token_cache_capacity,
         },
-    ));
+    );
+    let verifier = Arc::new(match &config.bus {
+        Some(bus) => verifier.with_revocations(follow_revocations(bus, &auth, &shutdown)?),
+        None => {
+            tracing::warn!(
+                "no [bus] to follow revocations on: revoked tokens pass the edge until they expire (services still refuse them)"
+            );
+            verifier
+        }
+    });
     let limits = limits::Limiter::new(&config.rate_limits.with_declared(policy.quotas()))?;
     // Half way through the grace period, streams still open end with
     // UNAVAILABLE (their clients reconnect elsewhere) rather than be cut
@@ -325,6 +334,36 @@ pub fn openapi_document() -> anyhow::Result<String> {
     let transcoder = http_json::Transcoder::new(&config::policy())
         .map_err(|e| anyhow::anyhow!("an HTTP binding in the protos cannot be served: {e}"))?;
     Ok(http_json::openapi::document_text(&transcoder))
+}
+
+/// Follows the revocations on `bus` on a thread of its own (Pingora builds
+/// its runtimes later, and owns them), until `shutdown`; returns once the
+/// log's revocations have been read, so a restarted gateway never serves
+/// a token revoked before it started.
+fn follow_revocations(
+    bus: &munity_platform::config::BusConfig,
+    auth: &AuthConfig,
+    shutdown: &ShutdownToken,
+) -> anyhow::Result<Arc<munity_platform::revocation::Revocations>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (bus, auth, shutdown) = (bus.clone(), auth.clone(), shutdown.clone());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("revocations".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let revocations =
+                    munity_bus::revocations::follow(&bus, &auth, "gateway", &shutdown).await;
+                // The gateway stops waiting only if start-up failed later.
+                let _ = sender.send(revocations);
+                shutdown.cancelled().await;
+            });
+        })?;
+    receiver
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the revocation follower stopped before starting"))
 }
 
 /// Binds a listener now, so that a taken address fails start-up by name.

@@ -126,6 +126,12 @@ pub async fn dev(
     // points at the service of that name.
     let mut gateway = munity_gateway::GatewayConfig::load(&source)?;
     gateway.claim_listen_addresses()?;
+    // The gateway follows revocations on the services' own log.
+    gateway.bus = Some(munity_platform::config::BusConfig {
+        backend: munity_platform::config::BusBackend::Embedded,
+        path: data_dir.join("bus"),
+        ..munity_platform::config::BusConfig::load(&source)?
+    });
     for service in &bound {
         gateway.point_upstream(service.section, service.address);
     }

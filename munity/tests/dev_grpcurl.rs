@@ -190,7 +190,13 @@ async fn register_login_me_refresh_logout_and_restart_with_grpcurl() {
         "{bad}"
     );
 
-    let old_access = access.to_owned();
+    // `access` was the reused refresh token's session's: revoked with it.
+    // A session still open keeps working across the restart.
+    let revoked_access = access.to_owned();
+    let open = munity
+        .call("munity.users.v1.Users/Login", credentials.clone(), None)
+        .unwrap();
+    let old_access = open["accessToken"].as_str().unwrap().to_owned();
     munity.stop().await;
 
     // Same data directory: the account and the signing key are still there.
@@ -206,6 +212,17 @@ async fn register_login_me_refresh_logout_and_restart_with_grpcurl() {
         me["id"],
         user_id.as_str(),
         "a token from before the restart still verifies"
+    );
+    let revoked = munity
+        .call(
+            "munity.users.v1.Users/GetMe",
+            json!({}),
+            Some(&revoked_access),
+        )
+        .unwrap_err();
+    assert!(
+        revoked.contains("Unauthenticated") && revoked.contains("revoked"),
+        "a revoked session's token stays refused after the restart: {revoked}"
     );
     munity.stop().await;
 }

@@ -210,8 +210,8 @@ async fn a_service_publishes_to_a_user_live_into_the_inbox_and_across_a_restart(
         .unread;
     assert_eq!(left, 0);
 
-    // Bob drops off; two more; the account is disabled (its token lives on
-    // until it expires, but no new one is issued).
+    // Bob drops off; two more; the account is disabled (its token is
+    // revoked at once, and no new one is issued).
     drop(stream);
     publish("p2", "two").await;
     publish("p3", "three").await;

@@ -32,7 +32,7 @@ pub mod sources;
 use std::{sync::Arc, time::Duration};
 
 use munity_platform::{
-    auth::{AuthConfig, TokenVerifier},
+    auth::AuthConfig,
     config::StorageConfig,
     server::GrpcHost,
     service::{Peer, Service, ServiceConfig},
@@ -138,7 +138,15 @@ pub async fn run(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .with_shutdown_grace(config.shutdown_grace())
-        .with_auth(TokenVerifier::remote(&auth)?)
+        .with_auth(
+            munity_bus::revocations::remote_verifier(
+                &config.bus,
+                &auth,
+                NotifyService::NAME,
+                &shutdown,
+            )
+            .await?,
+        )
         .serve(listener, shutdown.cancelled_owned())
         .await
 }

@@ -11,6 +11,8 @@
 //! trust by network position. An Ed25519 check costs tens of microseconds,
 //! more than the rest of a small call, so a verified token's claims are
 //! remembered (bounded) until it expires: the check is paid once per token.
+//! Revoked tokens ([`crate::revocation`]) are refused on every call, cache
+//! hits included.
 
 use std::{
     collections::HashMap,
@@ -28,7 +30,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use uuid::Uuid;
 
-use crate::policy::MethodPolicy;
+use crate::{policy::MethodPolicy, revocation::Revocations};
 
 /// `[auth]`: what every service accepts as an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +48,13 @@ pub struct AuthConfig {
     /// users-svc's `/.well-known/jwks.json` (`munity dev` points it at its
     /// own users-svc).
     pub jwks_url: String,
+    /// How far back in the event log a process reads revocations when it
+    /// starts, in seconds: at least the longest access-token lifetime
+    /// (users' and service accounts') plus the leeway, so a restart forgets
+    /// no revocation whose token could still be used.
+    pub revocation_replay_secs: u64,
+    /// Revocations kept at most (each only until its tokens expire).
+    pub revocation_capacity: usize,
 }
 
 impl Default for AuthConfig {
@@ -56,6 +65,8 @@ impl Default for AuthConfig {
             leeway_secs: 30,
             token_cache_capacity: 10_000,
             jwks_url: "http://127.0.0.1:50051".to_owned(),
+            revocation_replay_secs: 60 * 60,
+            revocation_capacity: 1_000_000,
         }
     }
 }
@@ -76,7 +87,8 @@ pub struct Claims {
     pub exp: i64,
     /// Issue time, seconds since the Unix epoch.
     pub iat: i64,
-    /// Unique token id.
+    /// Unique token id; users-svc makes it a UUIDv7, whose time
+    /// [`crate::revocation::issued_at_ms`] reads (finer than `iat`).
     pub jti: String,
     /// The login session (refresh-token family) the token was issued for.
     pub sid: String,
@@ -266,6 +278,9 @@ pub enum AuthError {
     UnknownKey(String),
     #[error("access token has expired")]
     Expired,
+    /// Its session ended (logout, ...) or its subject's tokens were revoked.
+    #[error("access token has been revoked; refresh it or sign in again")]
+    Revoked,
     #[error("access token is invalid: {0}")]
     Invalid(String),
     #[error("verification keys are unavailable: {0}")]
@@ -313,6 +328,9 @@ pub struct TokenVerifier {
     verified: DashMap<String, Arc<Claims>>,
     cache_capacity: usize,
     leeway_secs: i64,
+    /// Tokens refused before they expire, checked on every call (cache
+    /// hits included), when the process follows revocations.
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl TokenVerifier {
@@ -320,9 +338,15 @@ impl TokenVerifier {
     /// users-svc's keys from `auth.jwks_url` (on first use, and again when
     /// a token names a key it has not seen, at most once a second).
     pub fn remote(auth: &AuthConfig) -> anyhow::Result<Arc<Self>> {
+        Self::from_config(auth).map(Arc::new)
+    }
+
+    /// [`remote`](Self::remote), not yet shared: to add
+    /// [`with_revocations`](Self::with_revocations).
+    pub fn from_config(auth: &AuthConfig) -> anyhow::Result<Self> {
         let keys = RemoteJwks::new(std::slice::from_ref(&auth.jwks_url))
             .map_err(|e| anyhow::anyhow!("auth.jwks_url {:?}: {e}", auth.jwks_url))?;
-        Ok(Arc::new(TokenVerifier::new(
+        Ok(TokenVerifier::new(
             Arc::new(keys),
             VerifierSettings {
                 issuer: auth.issuer.clone(),
@@ -331,7 +355,7 @@ impl TokenVerifier {
                 min_refetch_interval: std::time::Duration::from_secs(1),
                 cache_capacity: auth.token_cache_capacity,
             },
-        )))
+        ))
     }
 
     pub fn new(source: Arc<dyn JwksSource>, settings: VerifierSettings) -> Self {
@@ -349,7 +373,21 @@ impl TokenVerifier {
             verified: DashMap::new(),
             cache_capacity: settings.cache_capacity,
             leeway_secs: i64::try_from(settings.leeway.as_secs()).unwrap_or(i64::MAX),
+            revocations: None,
         }
+    }
+
+    /// Also refuses tokens in `revocations` (kept current by the process's
+    /// follower of the event log), and ends server streams opened with a
+    /// token once it is revoked.
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// The revocations this verifier refuses, if it follows them.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
     }
 
     /// The clock skew tolerated on `exp` (`auth.leeway_secs`).
@@ -357,9 +395,22 @@ impl TokenVerifier {
         Duration::from_secs(self.validation.leeway)
     }
 
-    /// Checks signature, algorithm, issuer, audience and expiry; a token
-    /// already verified is only checked for expiry.
+    /// Checks signature, algorithm, issuer, audience, expiry and
+    /// revocation; a token already verified is only checked for expiry and
+    /// revocation (so the cache never outlives a revocation).
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
+        let claims = self.verify_unrevoked(token).await?;
+        if self
+            .revocations
+            .as_ref()
+            .is_some_and(|revoked| revoked.is_revoked(&claims))
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(claims)
+    }
+
+    async fn verify_unrevoked(&self, token: &str) -> Result<Arc<Claims>, AuthError> {
         if self.cache_capacity == 0 {
             return self.verify_signed(token).await.map(Arc::new);
         }
@@ -480,6 +531,23 @@ impl TokenExpiry {
     }
 }
 
+/// What ends a server stream when the token it was opened with is revoked:
+/// put in the response's extensions by [`AuthService`] for server streams
+/// when the verifier follows revocations, for `GrpcHost` to end the stream
+/// then (UNAUTHENTICATED).
+#[derive(Clone)]
+pub struct RevocationWatch {
+    pub revocations: Arc<Revocations>,
+    pub claims: Arc<Claims>,
+}
+
+impl RevocationWatch {
+    /// Resolves once the stream's token is revoked.
+    pub fn revoked(self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.revocations.until_revoked(self.claims)
+    }
+}
+
 /// `Service/Method` of a gRPC path, for messages.
 pub fn method_name(path: &str) -> &str {
     path.strip_prefix('/')
@@ -590,15 +658,39 @@ where
                         tracing::debug!(%path, %message, "refused a caller the method does not accept");
                         return Ok(Status::permission_denied(message).into_http());
                     }
-                    // A server stream lives no longer than its token.
-                    let expiry = policy.is_server_streaming(path).then(|| {
+                    // A server stream lives no longer than its token, nor
+                    // past the token's revocation (its body ends then); a
+                    // client stream neither (the call is answered
+                    // UNAUTHENTICATED then, whatever the handler was doing).
+                    let server_streaming = policy.is_server_streaming(path);
+                    let client_streaming = !policy.takes_one_request(path);
+                    let expiry = server_streaming.then(|| {
                         let exp = Duration::from_secs(u64::try_from(claims.exp).unwrap_or(0));
                         TokenExpiry(SystemTime::UNIX_EPOCH + exp + verifier.leeway())
                     });
+                    let watch = verifier
+                        .revocations()
+                        .filter(|_| server_streaming || client_streaming)
+                        .map(|revocations| RevocationWatch {
+                            revocations: revocations.clone(),
+                            claims: claims.clone(),
+                        });
                     request.extensions_mut().insert(claims);
-                    let mut response = inner.call(request).await?;
+                    let call = inner.call(request);
+                    let mut response = match watch.clone().filter(|_| client_streaming) {
+                        Some(watch) => tokio::select! {
+                            response = call => response?,
+                            () = watch.revoked() => {
+                                return Ok(Status::from(AuthError::Revoked).into_http());
+                            }
+                        },
+                        None => call.await?,
+                    };
                     if let Some(expiry) = expiry {
                         response.extensions_mut().insert(expiry);
+                    }
+                    if let Some(watch) = watch.filter(|_| server_streaming) {
+                        response.extensions_mut().insert(watch);
                     }
                     Ok(response)
                 }

@@ -8,6 +8,7 @@
 //! trailers, as the gRPC protocol says a deadline covers the whole call.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -83,15 +84,31 @@ pub fn token_expired_trailers() -> http::HeaderMap {
     trailers
 }
 
+/// The trailers that end a server stream whose caller's access token was
+/// revoked: UNAUTHENTICATED; the client refreshes its token (after a role
+/// change) or, its session ended, signs in again.
+pub fn token_revoked_trailers() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static(
+            "access token has been revoked; refresh it or sign in again",
+        ),
+    );
+    trailers
+}
+
 /// A response body that ends with DEADLINE_EXCEEDED trailers when its
 /// deadline passes first, with UNAVAILABLE when its server starts draining
 /// streams, or with UNAUTHENTICATED when the token it was opened with
-/// expires (and passes through untouched otherwise).
+/// expires or is revoked (and passes through untouched otherwise).
 pub struct Deadline<B> {
     inner: B,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    revoked: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Trailers were sent (the inner body's or ours): nothing follows.
     finished: bool,
 }
@@ -103,6 +120,7 @@ impl<B> Deadline<B> {
             timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
             drain: None,
             expiry: None,
+            revoked: None,
             finished: false,
         }
     }
@@ -111,6 +129,16 @@ impl<B> Deadline<B> {
     /// time its caller's access token has left, leeway included.
     pub fn expiring_after(mut self, left: Duration) -> Self {
         self.expiry = Some(Box::pin(tokio::time::sleep(left)));
+        self
+    }
+
+    /// Also ends the body (UNAUTHENTICATED) once `revoked` resolves: when
+    /// its caller's access token is revoked.
+    pub fn ending_when_revoked(
+        mut self,
+        revoked: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.revoked = Some(Box::pin(revoked));
         self
     }
 
@@ -154,6 +182,12 @@ where
             this.finished = true;
             return Poll::Ready(Some(Ok(Frame::trailers(token_expired_trailers()))));
         }
+        if let Some(revoked) = &mut this.revoked
+            && revoked.as_mut().poll(cx).is_ready()
+        {
+            this.finished = true;
+            return Poll::Ready(Some(Ok(Frame::trailers(token_revoked_trailers()))));
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => this.finished = true,
@@ -181,6 +215,26 @@ mod tests {
         assert_eq!(parse_timeout("123456789m"), None);
         assert_eq!(parse_timeout("10x"), None);
         assert_eq!(format_timeout(Duration::from_secs(3)), "3000m");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_token_is_revoked_ends_with_unauthenticated() {
+        use http_body_util::{BodyExt, StreamBody};
+        let never = StreamBody::new(futures::stream::pending::<
+            Result<Frame<bytes::Bytes>, std::convert::Infallible>,
+        >());
+        let (revoke, revoked) = tokio::sync::oneshot::channel::<()>();
+        let mut body = Deadline::new(never, None).ending_when_revoked(async move {
+            let _ = revoked.await;
+        });
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = revoke.send(());
+        });
+        let frame = body.frame().await.unwrap().unwrap();
+        let trailers = frame.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "16");
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test]

@@ -18,6 +18,8 @@
 //!   details for bad input.
 //! - [`auth`]: access-token (JWT, EdDSA) verification against users-svc's
 //!   JWKS, as a tower layer.
+//! - [`revocation`]: access tokens revoked before they expire (sessions
+//!   ended, subjects' tokens voided), as every verifier refuses them.
 //! - [`server`]: serving gRPC with health, reflection, tracing, metrics and
 //!   auth on a listener the caller bound.
 //! - [`metrics`]: every service's RED metrics, served at `GET /metrics`.
@@ -40,6 +42,7 @@ pub mod framing;
 pub mod metrics;
 pub mod peers;
 pub mod policy;
+pub mod revocation;
 pub mod server;
 pub mod service;
 pub mod shutdown;

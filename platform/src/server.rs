@@ -14,7 +14,9 @@
 //! A server stream lives at most as long as the access token it was opened
 //! with (its `exp`, plus the verifier's leeway): then it ends with
 //! UNAUTHENTICATED, and the client reconnects with a fresh token and
-//! resumes. Streams of public methods (no token) are not bounded so.
+//! resumes. It also ends (UNAUTHENTICATED) as soon as that token is
+//! revoked, when the verifier follows revocations. Streams of public
+//! methods (no token) are not bounded so.
 
 use std::{
     convert::Infallible,
@@ -330,6 +332,10 @@ where
                             .extensions()
                             .get::<crate::auth::TokenExpiry>()
                             .copied();
+                        let revocation = response
+                            .extensions()
+                            .get::<crate::auth::RevocationWatch>()
+                            .cloned();
                         Ok(response.map(|body| {
                             let mut body = Deadline::new(body, deadline);
                             if let Some(drain) = &drain {
@@ -337,6 +343,9 @@ where
                             }
                             if let Some(expiry) = expiry {
                                 body = body.expiring_after(expiry.left());
+                            }
+                            if let Some(revocation) = revocation {
+                                body = body.ending_when_revoked(revocation.revoked());
                             }
                             MeteredBody::new(body, record)
                         }))

@@ -24,6 +24,10 @@ pub enum UsersError {
     /// guesses learns nothing about which ids exist or are disabled.
     #[error("unknown client or wrong secret")]
     BadClientCredentials,
+    /// Only said after the right password: the account exists and is
+    /// disabled by an admin.
+    #[error("this account is disabled")]
+    AccountDisabled,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -62,6 +66,7 @@ impl From<UsersError> for Status {
             | UsersError::BadClientCredentials => Status::unauthenticated(error.to_string()),
             UsersError::NotFound(_) => Status::not_found(error.to_string()),
             UsersError::PermissionDenied(message) => Status::permission_denied(message),
+            UsersError::AccountDisabled => Status::permission_denied(error.to_string()),
             UsersError::FailedPrecondition(message) => Status::failed_precondition(message),
             // RESOURCE_EXHAUSTED, not UNAVAILABLE: the replica is healthy,
             // only busy, and the client should come back shortly. The gateway

@@ -1,6 +1,8 @@
 //! The domain events users-svc publishes (`munity.users.v1.CommunityCreated`,
 //! `MemberJoined`, `MemberLeft`, `MemberRoleChanged`), built here from the
-//! records the repository writes. Both backends stage them with the change:
+//! records the repository writes; and the revocations (`SessionRevoked`,
+//! `SubjectRevoked`) every gateway and service follows, staged on their own
+//! just before the change they announce. Both backends stage them with the change:
 //! the embedded one in the same write transaction, the CQL one tentatively
 //! around its lightweight transaction, with [`verify`] answering the relay
 //! about events whose writer died before confirming them.
@@ -67,6 +69,48 @@ pub fn member_role_changed(membership: &MembershipRecord) -> DomainEvent {
             community_id: membership.community_id.to_string(),
             user_id: membership.user_id.to_string(),
             role: membership.role.to_proto() as i32,
+        },
+    )
+}
+
+/// Session `session_id` of `user_id` ended early: its access tokens, the
+/// last of which expires by `not_after_ms`, are refused everywhere.
+pub fn session_revoked(
+    session_id: Uuid,
+    user_id: Uuid,
+    reason: pb::RevocationReason,
+    not_after_ms: i64,
+) -> DomainEvent {
+    munity_bus::event(
+        SOURCE,
+        session_id.to_string(),
+        vec![user_id.to_string()],
+        &pb::SessionRevoked {
+            session_id: session_id.to_string(),
+            user_id: user_id.to_string(),
+            reason: reason as i32,
+            not_after_ms,
+        },
+    )
+}
+
+/// Every token of `subject` (a user or a service account) issued until
+/// now is refused everywhere; the last of them expires by `not_after_ms`.
+pub fn subject_revoked(
+    subject: Uuid,
+    reason: pb::RevocationReason,
+    revoked_at_ms: i64,
+    not_after_ms: i64,
+) -> DomainEvent {
+    munity_bus::event(
+        SOURCE,
+        subject.to_string(),
+        vec![subject.to_string()],
+        &pb::SubjectRevoked {
+            subject_id: subject.to_string(),
+            reason: reason as i32,
+            revoked_at_ms,
+            not_after_ms,
         },
     )
 }

@@ -101,6 +101,20 @@ pub async fn run_with_hashing(
             .access_ttl_secs
             .max(config.own.service_token_ttl_secs),
     );
+    // A restarting process reads revocations back this far: a token living
+    // longer could outlive a revocation forgotten across a restart.
+    if token_ttl + Duration::from_secs(auth.leeway_secs)
+        > Duration::from_secs(auth.revocation_replay_secs)
+    {
+        anyhow::bail!(
+            "auth.revocation_replay_secs ({}) must cover the longest token lifetime \
+             (users.tokens.access_ttl_secs or users.service_token_ttl_secs: {} s) \
+             plus auth.leeway_secs ({})",
+            auth.revocation_replay_secs,
+            token_ttl.as_secs(),
+            auth.leeway_secs
+        );
+    }
     // Keep retired keys published for as long as tokens they signed live.
     let publish_grace = token_ttl + Duration::from_secs(auth.leeway_secs) + Duration::from_secs(60);
     let keys = keys::KeyManager::load(repo.clone(), publish_grace).await?;
@@ -109,16 +123,22 @@ pub async fn run_with_hashing(
         shutdown.clone(),
     );
 
-    let verifier = Arc::new(TokenVerifier::new(
-        keys.clone(),
-        VerifierSettings {
-            issuer: auth.issuer.clone(),
-            audience: auth.audience.clone(),
-            leeway: Duration::from_secs(auth.leeway_secs),
-            min_refetch_interval: Duration::from_millis(200),
-            cache_capacity: auth.token_cache_capacity,
-        },
-    ));
+    let verifier = Arc::new(
+        TokenVerifier::new(
+            keys.clone(),
+            VerifierSettings {
+                issuer: auth.issuer.clone(),
+                audience: auth.audience.clone(),
+                leeway: Duration::from_secs(auth.leeway_secs),
+                min_refetch_interval: Duration::from_millis(200),
+                cache_capacity: auth.token_cache_capacity,
+            },
+        )
+        .with_revocations(
+            munity_bus::revocations::follow(&config.bus, &auth, UsersService::NAME, &shutdown)
+                .await,
+        ),
+    );
 
     let api = api::UsersApi::new(repo, keys.clone(), hashing, &config.own, &auth);
     let jwks_keys = keys.clone();

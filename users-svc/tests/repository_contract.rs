@@ -186,6 +186,19 @@ mod cases {
         assert_eq!(repo.get_session(Uuid::now_v7()).await.unwrap(), None);
     }
 
+    pub async fn accounts_disable_and_enable_idempotently(repo: Repo) {
+        let user = user("disabled");
+        repo.create_user(&user).await.unwrap();
+        assert!(!repo.is_user_disabled(user.id).await.unwrap());
+        repo.set_user_disabled(user.id, true).await.unwrap();
+        repo.set_user_disabled(user.id, true).await.unwrap();
+        assert!(repo.is_user_disabled(user.id).await.unwrap());
+        repo.set_user_disabled(user.id, false).await.unwrap();
+        repo.set_user_disabled(user.id, false).await.unwrap();
+        assert!(!repo.is_user_disabled(user.id).await.unwrap());
+        assert!(!repo.is_user_disabled(Uuid::now_v7()).await.unwrap());
+    }
+
     pub async fn refresh_tokens_are_consumed_exactly_once(repo: Repo) {
         let token = RefreshTokenRecord {
             token_hash: format!("{:064x}", Uuid::now_v7().as_u128()),
@@ -494,6 +507,7 @@ munity_testkit::contract_suite! {
         update_user_changes_name_and_roles_only,
         list_users_pages_cover_everything_once,
         sessions_revoke_idempotently,
+        accounts_disable_and_enable_idempotently,
         refresh_tokens_are_consumed_exactly_once,
         signing_keys_insert_once_and_retire,
         communities_round_trip_and_page,

@@ -25,7 +25,7 @@ pub mod ingest;
 pub mod store;
 
 use munity_platform::{
-    auth::{AuthConfig, TokenVerifier},
+    auth::AuthConfig,
     server::GrpcHost,
     service::{Service, ServiceConfig},
     shutdown::ShutdownToken,
@@ -86,7 +86,15 @@ pub async fn run(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .with_shutdown_grace(config.shutdown_grace())
-        .with_auth(TokenVerifier::remote(&auth)?)
+        .with_auth(
+            munity_bus::revocations::remote_verifier(
+                &config.bus,
+                &auth,
+                WarehouseService::NAME,
+                &shutdown,
+            )
+            .await?,
+        )
         .serve(listener, shutdown.cancelled_owned())
         .await
 }

@@ -43,17 +43,28 @@ const SESSION_METHODS = new Set(["Register", "Login", "Refresh", "Logout"]);
 
 const withToken: Interceptor = (next) => async (request) => {
   const current = session.get();
-  if (
-    current &&
-    !SESSION_METHODS.has(request.method.name) &&
-    current.accessExpiresAt - Date.now() < 5_000
-  ) {
+  const sessionCall = SESSION_METHODS.has(request.method.name);
+  if (current && !sessionCall && current.accessExpiresAt - Date.now() < 5_000) {
     // Woken from sleep, or the timer was late: refresh first.
     await refreshNow();
   }
   const token = session.get()?.accessToken;
   if (token) request.header.set("authorization", `Bearer ${token}`);
-  return next(request);
+  try {
+    return await next(request);
+  } catch (error) {
+    // A token revoked before it expired (a role change, or the session
+    // ended elsewhere): refresh once and try again; a refused refresh ends
+    // the session here, saying why. Streams resume by themselves (live.ts).
+    if (sessionCall || request.stream || !token || ConnectError.from(error).code !== Code.Unauthenticated) {
+      throw error;
+    }
+    await refreshNow();
+    const fresh = session.get()?.accessToken;
+    if (!fresh || fresh === token) throw error;
+    request.header.set("authorization", `Bearer ${fresh}`);
+    return await next(request);
+  }
 };
 
 const transport = createGrpcWebTransport({

@@ -95,6 +95,44 @@ impl UsersApi {
         })
     }
 
+    /// Disables or enables an account. Disabling revokes every token it
+    /// holds (before and after the flag is written, as a role change does)
+    /// and Login and Refresh then refuse it.
+    pub(super) async fn set_user_disabled(
+        &self,
+        claims: &Claims,
+        request: pb::SetUserDisabledRequest,
+    ) -> Result<pb::SetUserDisabledResponse, UsersError> {
+        let admin = self.require_admin(claims).await?;
+        let mut violations = FieldViolations::new();
+        let id = domain::parse_id(&request.user_id, "user_id", &mut violations);
+        violations.into_result()?;
+        if id == admin.id && request.disabled {
+            return Err(UsersError::FailedPrecondition(
+                "you cannot disable your own account; ask another admin".to_owned(),
+            ));
+        }
+        self.repo
+            .get_user(id)
+            .await?
+            .ok_or(UsersError::NotFound("user"))?;
+        let revoke = || {
+            self.revoke_subject_tokens(id, pb::RevocationReason::AccountDisabled, self.access_ttl)
+        };
+        if request.disabled {
+            revoke().await?;
+        }
+        self.repo.set_user_disabled(id, request.disabled).await?;
+        if request.disabled {
+            revoke().await?;
+        }
+        tracing::info!(admin_id = %admin.id, user_id = %id, disabled = request.disabled, "account disabled flag set");
+        Ok(pb::SetUserDisabledResponse {
+            user_id: id.to_string(),
+            disabled: request.disabled,
+        })
+    }
+
     pub(super) async fn set_role(
         &self,
         claims: &Claims,
@@ -126,8 +164,21 @@ impl UsersApi {
             .get_user(id)
             .await?
             .ok_or(UsersError::NotFound("user"))?;
+        let changed = user.roles.contains(&role) != request.granted;
         user.set_role(role, request.granted);
+        if changed {
+            // Tokens carry roles: the ones issued so far say the old ones.
+            self.revoke_subject_tokens(user.id, pb::RevocationReason::RoleChanged, self.access_ttl)
+                .await?;
+        }
         self.repo.update_user(&user).await?;
+        if changed {
+            // Again, after: a refresh that read the old roles while the
+            // change was being written issued its token after the first
+            // cutoff; this one covers it.
+            self.revoke_subject_tokens(user.id, pb::RevocationReason::RoleChanged, self.access_ttl)
+                .await?;
+        }
         tracing::info!(admin_id = %admin.id, user_id = %user.id, role = role.as_str(), granted = request.granted, "role changed");
         Ok(convert::user_to_proto(&user, true))
     }

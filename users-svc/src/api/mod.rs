@@ -252,6 +252,14 @@ impl Users for UsersApi {
             .rotate_service_secret(&claims, message))
     }
 
+    async fn set_user_disabled(
+        &self,
+        request: Request<pb::SetUserDisabledRequest>,
+    ) -> Result<Response<pb::SetUserDisabledResponse>, Status> {
+        authed!(request, |claims, message| self
+            .set_user_disabled(&claims, message))
+    }
+
     async fn set_service_account_disabled(
         &self,
         request: Request<pb::SetServiceAccountDisabledRequest>,

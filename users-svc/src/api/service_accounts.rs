@@ -114,10 +114,29 @@ impl UsersApi {
     ) -> Result<pb::ServiceAccount, UsersError> {
         let admin = self.require_admin(claims).await?;
         let id = convert::parse_one_id(&request.id, "id")?;
+        if request.disabled {
+            // Its tokens stop working now, not when they expire.
+            self.revoke_subject_tokens(
+                id,
+                pb::RevocationReason::ServiceAccountDisabled,
+                self.service_token_ttl,
+            )
+            .await?;
+        }
         let account = self
             .repo
             .set_service_account_disabled(id, request.disabled)
             .await?;
+        if request.disabled {
+            // Again, after: a token issued while the flag was being written
+            // (its issuer read the account still enabled) is covered too.
+            self.revoke_subject_tokens(
+                id,
+                pb::RevocationReason::ServiceAccountDisabled,
+                self.service_token_ttl,
+            )
+            .await?;
+        }
         tracing::info!(admin_id = %admin.id, service_account_id = %id, disabled = request.disabled, "service account disabled flag set");
         Ok(convert::service_account_to_proto(&account))
     }

@@ -13,6 +13,7 @@ use crate::{
         self, Millis, RefreshTokenRecord, Role, SessionRecord, UserRecord, limits, now_millis,
     },
     error::UsersError,
+    events,
     store::StoreError,
 };
 
@@ -59,6 +60,8 @@ impl UsersApi {
             aud: self.auth.audience.clone(),
             exp: access_expires / 1000,
             iat: now / 1000,
+            // A UUIDv7: its time says when the token was issued, to the
+            // ms, which subject revocations compare (`iat` has seconds).
             jti: Uuid::now_v7().to_string(),
             sid: session_id.to_string(),
             roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
@@ -135,6 +138,9 @@ impl UsersApi {
             return Err(UsersError::BadCredentials);
         }
         let user = user.ok_or(UsersError::BadCredentials)?;
+        if self.repo.is_user_disabled(user.id).await? {
+            return Err(UsersError::AccountDisabled);
+        }
         self.start_session(&user).await
     }
 
@@ -161,6 +167,12 @@ impl UsersApi {
         // token was copied: end the whole session, for the thief and the
         // owner alike, and make the owner log in again.
         if token.used || !self.repo.consume_refresh_token(&hash).await? {
+            self.revoke_session_tokens(
+                session.id,
+                token.user_id,
+                pb::RevocationReason::RefreshTokenReused,
+            )
+            .await?;
             self.repo.revoke_session(session.id).await?;
             tracing::warn!(
                 user_id = %token.user_id,
@@ -174,6 +186,9 @@ impl UsersApi {
             .get_user(token.user_id)
             .await?
             .ok_or(UsersError::InvalidRefreshToken)?;
+        if self.repo.is_user_disabled(user.id).await? {
+            return Err(UsersError::InvalidRefreshToken);
+        }
         self.issue_tokens(&user, session.id).await
     }
 
@@ -183,9 +198,51 @@ impl UsersApi {
     ) -> Result<pb::LogoutResponse, UsersError> {
         let presented = required_token(&request.refresh_token)?;
         if let Some(token) = self.repo.get_refresh_token(&token_hash(presented)).await? {
+            self.revoke_session_tokens(
+                token.session_id,
+                token.user_id,
+                pb::RevocationReason::Logout,
+            )
+            .await?;
             self.repo.revoke_session(token.session_id).await?;
         }
         Ok(pb::LogoutResponse {})
+    }
+
+    /// Announces that the access tokens of session `session_id` are void
+    /// (every gateway and service refuses them within about a second).
+    /// Staged before the session is marked revoked: a crash in between
+    /// leaves the session's tokens refused, never a revoked session's
+    /// tokens working.
+    pub(super) async fn revoke_session_tokens(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        reason: pb::RevocationReason,
+    ) -> Result<(), UsersError> {
+        // The session's last access token was issued by now at the latest.
+        let not_after = now_millis() + self.access_ttl.as_millis() as Millis;
+        let event = events::session_revoked(session_id, user_id, reason, not_after);
+        self.repo.stage_events(&[event]).await?;
+        tracing::info!(%user_id, %session_id, ?reason, "session's access tokens revoked");
+        Ok(())
+    }
+
+    /// Announces that every token of `subject` issued until now is void
+    /// (tokens issued afterwards are not: a refresh after a role change
+    /// carries the new roles). `token_ttl` is how long such tokens live.
+    pub(super) async fn revoke_subject_tokens(
+        &self,
+        subject: Uuid,
+        reason: pb::RevocationReason,
+        token_ttl: std::time::Duration,
+    ) -> Result<(), UsersError> {
+        let now = now_millis();
+        let not_after = now + token_ttl.as_millis() as Millis;
+        let event = events::subject_revoked(subject, reason, now, not_after);
+        self.repo.stage_events(&[event]).await?;
+        tracing::info!(%subject, ?reason, "subject's tokens revoked");
+        Ok(())
     }
 }
 

@@ -44,6 +44,10 @@ pub const SCHEMA: &[&str] = &[
         password_hash text,
         roles set<text>,
         created_at timestamp)",
+    // Disabled accounts: a table of its own, so `users` needs no migration.
+    "CREATE TABLE IF NOT EXISTS disabled_users (
+        user_id uuid PRIMARY KEY,
+        disabled_at timestamp)",
     "CREATE TABLE IF NOT EXISTS users_by_email (
         email text PRIMARY KEY,
         user_id uuid)",
@@ -108,6 +112,9 @@ struct Statements {
     list_users_after: PreparedStatement,
     insert_session: PreparedStatement,
     get_session: PreparedStatement,
+    disable_user: PreparedStatement,
+    enable_user: PreparedStatement,
+    get_disabled_user: PreparedStatement,
     revoke_session: PreparedStatement,
     insert_token: PreparedStatement,
     get_token: PreparedStatement,
@@ -208,6 +215,9 @@ impl Statements {
             list_users_after: p(format!("SELECT {USER_COLUMNS} FROM users WHERE token(id) > token(?) LIMIT ?")).await?,
             insert_session: p("INSERT INTO sessions (id, user_id, created_at, revoked) VALUES (?, ?, ?, ?)".into()).await?,
             get_session: p("SELECT id, user_id, created_at, revoked FROM sessions WHERE id = ?".into()).await?,
+            disable_user: p("INSERT INTO disabled_users (user_id, disabled_at) VALUES (?, ?)".into()).await?,
+            enable_user: p("DELETE FROM disabled_users WHERE user_id = ?".into()).await?,
+            get_disabled_user: p("SELECT user_id FROM disabled_users WHERE user_id = ?".into()).await?,
             revoke_session: p("UPDATE sessions SET revoked = true WHERE id = ? IF EXISTS".into()).await?,
             insert_token: p(format!("INSERT INTO refresh_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?) USING TTL ?")).await?,
             get_token: p(format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_hash = ?")).await?,
@@ -487,6 +497,30 @@ impl UsersRepository for CqlStore {
         Ok(())
     }
 
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> StoreResult<()> {
+        if disabled {
+            self.cql
+                .execute(
+                    &self.statements.disable_user,
+                    (id, ts(crate::domain::now_millis())),
+                )
+                .await?;
+        } else {
+            self.cql
+                .execute(&self.statements.enable_user, (id,))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn is_user_disabled(&self, id: Uuid) -> StoreResult<bool> {
+        let row: Option<(Uuid,)> = self
+            .cql
+            .maybe_row(&self.statements.get_disabled_user, (id,))
+            .await?;
+        Ok(row.is_some())
+    }
+
     async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>> {
         let row: Option<SessionRow> = self
             .cql
@@ -498,6 +532,16 @@ impl UsersRepository for CqlStore {
             created_at: row.created_at.0,
             revoked: row.revoked.unwrap_or(false),
         }))
+    }
+
+    async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()> {
+        for event in events {
+            self.cql
+                .execute(self.outbox.insert_statement(), CqlOutbox::row(event))
+                .await?;
+        }
+        self.outbox.notify_staged();
+        Ok(())
     }
 
     async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {

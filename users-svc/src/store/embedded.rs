@@ -27,6 +27,9 @@ use crate::events;
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 const USERS_BY_EMAIL: TableDefinition<&str, &[u8]> = TableDefinition::new("users_by_email");
 const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+/// Disabled accounts: user id → when. A table of its own, so records
+/// written before it existed need no migration.
+const DISABLED_USERS: TableDefinition<&[u8], i64> = TableDefinition::new("disabled_users");
 const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
 const SIGNING_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("signing_keys");
 const COMMUNITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("communities");
@@ -54,6 +57,7 @@ impl EmbeddedStore {
             txn.open_table(USERS)?;
             txn.open_table(USERS_BY_EMAIL)?;
             txn.open_table(SESSIONS)?;
+            txn.open_table(DISABLED_USERS)?;
             txn.open_table(REFRESH_TOKENS)?;
             txn.open_table(SIGNING_KEYS)?;
             txn.open_table(COMMUNITIES)?;
@@ -123,6 +127,32 @@ impl UsersRepository for EmbeddedStore {
                     .insert(id_key(&user.id), encode(&user)?.as_slice())
                     .map_err(internal)?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> StoreResult<()> {
+        self.db
+            .write(move |txn| {
+                let mut table = txn.open_table(DISABLED_USERS).map_err(internal)?;
+                if disabled {
+                    table
+                        .insert(id_key(&id), crate::domain::now_millis())
+                        .map_err(internal)?;
+                } else {
+                    table.remove(id_key(&id)).map_err(internal)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn is_user_disabled(&self, id: Uuid) -> StoreResult<bool> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(DISABLED_USERS).map_err(internal)?;
+                Ok(table.get(id_key(&id)).map_err(internal)?.is_some())
             })
             .await
     }
@@ -197,6 +227,11 @@ impl UsersRepository for EmbeddedStore {
         self.db
             .blocking(move |db| read_one(db, SESSIONS, id_key(&id)))
             .await
+    }
+
+    async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()> {
+        let events = events.to_vec();
+        self.outbox.write(move |_txn| Ok(((), events))).await
     }
 
     async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {

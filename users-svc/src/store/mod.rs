@@ -38,8 +38,19 @@ pub trait UsersRepository: Send + Sync + 'static {
     /// account; `NotFound("user")` when there is none. The email and password
     /// hash are not changed here.
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Marks the account disabled (or enabled again); whether it exists is
+    /// the caller's to check.
+    async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> StoreResult<()>;
+    /// Whether the account is disabled.
+    async fn is_user_disabled(&self, id: Uuid) -> StoreResult<bool>;
     /// Accounts after `after` (exclusive), at most `limit`.
     async fn list_users(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Page<UserRecord>>;
+
+    /// Stages `events` in the outbox on their own (no change with them),
+    /// for the relay to publish: revocations, which are staged before the
+    /// change they announce, so that a crash in between can refuse a token
+    /// early but never leave a revoked one working.
+    async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()>;
 
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
     async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;

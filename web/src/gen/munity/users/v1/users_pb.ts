@@ -23,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file munity/users/v1/users.proto.
  */
 export const file_munity_users_v1_users: GenFile = /*@__PURE__*/
-  fileDesc("ChttdW5pdHkvdXNlcnMvdjEvdXNlcnMucHJvdG8SD211bml0eS51c2Vycy52MSKNAQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSJAoFcm9sZXMYBCADKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAgoPUmVnaXN0ZXJSZXF1ZXN0EhoKBWVtYWlsGAEgASgJQguyuxgHCAEo/gFAAhIdCghwYXNzd29yZBgCIAEoCUILsrsYBwgBIAgogAESyAEKDGRpc3BsYXlfbmFtZRgDIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJBCgxMb2dpblJlcXVlc3QSFgoFZW1haWwYASABKAlCB7K7GAMo/gESGQoIcGFzc3dvcmQYAiABKAlCB7K7GAMogAEiMgoOUmVmcmVzaFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACItsBCgxBdXRoUmVzcG9uc2USIwoEdXNlchgBIAEoCzIVLm11bml0eS51c2Vycy52MS5Vc2VyEhQKDGFjY2Vzc190b2tlbhgCIAEoCRI7ChdhY2Nlc3NfdG9rZW5fZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgEIAEoCRI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKDUxvZ291dFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACIhAKDkxvZ291dFJlc3BvbnNlIg4KDEdldE1lUmVxdWVzdCIrCg5HZXRVc2VyUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgiyuxgECAFAASLhAQoUVXBkYXRlUHJvZmlsZVJlcXVlc3QSyAEKDGRpc3BsYXlfbmFtZRgBIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJLChBMaXN0VXNlcnNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoDUIHsrsYAxj0AxIbCgpwYWdlX3Rva2VuGAIgASgJQgeyuxgDKIAIIlIKEUxpc3RVc2Vyc1Jlc3BvbnNlEiQKBXVzZXJzGAEgAygLMhUubXVuaXR5LnVzZXJzLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImkKDlNldFJvbGVSZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLK7GAQIAUABEisKBHJvbGUYAiABKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZUIGsrsYAggBEg8KB2dyYW50ZWQYAyABKAgiEAoOR2V0Sndrc1JlcXVlc3QiJAoPR2V0Sndrc1Jlc3BvbnNlEhEKCWp3a3NfanNvbhgBIAEoCSIZChdSb3RhdGVTaWduaW5nS2V5UmVxdWVzdCIuChhSb3RhdGVTaWduaW5nS2V5UmVzcG9uc2USEgoKYWN0aXZlX2tpZBgBIAEoCSJ8CglDb21tdW5pdHkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghvd25lcl9pZBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLTAgoWQ3JlYXRlQ29tbXVuaXR5UmVxdWVzdBLAAQoEbmFtZRgBIAEoCUKxAbK7GKwBCAEoZEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcxJ2CgtkZXNjcmlwdGlvbhgCIAEoCUJhsrsYXSjQD0ohXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUjV0ZXh0IHdpdGhvdXQgY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyI1ChNHZXRDb21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiUQoWTGlzdENvbW11bml0aWVzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKA1CB7K7GAMY9AMSGwoKcGFnZV90b2tlbhgCIAEoCUIHsrsYAyiACCJjChdMaXN0Q29tbXVuaXRpZXNSZXNwb25zZRIvCgtjb21tdW5pdGllcxgBIAMoCzIaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo0BCgpNZW1iZXJzaGlwEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZRItCglqb2luZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKFEpvaW5Db21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiNwoVTGVhdmVDb21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiGAoWTGVhdmVDb21tdW5pdHlSZXNwb25zZSJtChJMaXN0TWVtYmVyc1JlcXVlc3QSHgoMY29tbXVuaXR5X2lkGAEgASgJQgiyuxgECAFAARIaCglwYWdlX3NpemUYAiABKA1CB7K7GAMY9AMSGwoKcGFnZV90b2tlbhgDIAEoCUIHsrsYAyiACCJcChNMaXN0TWVtYmVyc1Jlc3BvbnNlEiwKB21lbWJlcnMYASADKAsyGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihgEKFFNldE1lbWJlclJvbGVSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGQoHdXNlcl9pZBgCIAEoCUIIsrsYBAgBQAESMwoEcm9sZRgDIAEoDjIbLm11bml0eS51c2Vycy52MS5NZW1iZXJSb2xlQgiyuxgECAEYAiJQChNSZW1vdmVNZW1iZXJSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGQoHdXNlcl9pZBgCIAEoCUIIsrsYBAgBQAEiFgoUUmVtb3ZlTWVtYmVyUmVzcG9uc2UiSAoQQ29tbXVuaXR5Q3JlYXRlZBIUCgxjb21tdW5pdHlfaWQYASABKAkSEAoIb3duZXJfaWQYAiABKAkSDAoEbmFtZRgDIAEoCSJ2CgxNZW1iZXJKb2luZWQSFAoMY29tbXVuaXR5X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEcm9sZRgDIAEoDjIbLm11bml0eS51c2Vycy52MS5NZW1iZXJSb2xlEhQKDGpvaW5lZF9hdF9tcxgEIAEoAyIzCgpNZW1iZXJMZWZ0EhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJImUKEU1lbWJlclJvbGVDaGFuZ2VkEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZSKzAQoOU2VydmljZUFjY291bnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEAoIZGlzYWJsZWQYBCABKAgSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRc2VjcmV0X3JvdGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIogBChtDcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QSTwoEbmFtZRgBIAEoCUJBsrsYPQgBKEBKEV5bQS1aYS16MC05Ll8tXSskUiRBU0NJSSBsZXR0ZXJzLCBkaWdpdHMsICctJywgJ18nLCAnLicSGAoGc2NvcGVzGAIgAygJQgiyuxgEIAEoECJfChRTZXJ2aWNlQWNjb3VudFNlY3JldBIwCgdhY2NvdW50GAEgASgLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50EhUKDWNsaWVudF9zZWNyZXQYAiABKAkiHAoaTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QiUAobTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlEjEKCGFjY291bnRzGAEgAygLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjIKGlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0EhQKAmlkGAEgASgJQgiyuxgECAFAASJKCiBTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkUmVxdWVzdBIUCgJpZBgBIAEoCUIIsrsYBAgBQAESEAoIZGlzYWJsZWQYAiABKAgiRAoYSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0EhEKCWNsaWVudF9pZBgBIAEoCRIVCg1jbGllbnRfc2VjcmV0GAIgASgJImQKDFNlcnZpY2VUb2tlbhIUCgxhY2Nlc3NfdG9rZW4YASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAMgAygJKjsKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEg4KClJPTEVfQURNSU4QAipzCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESGQoVTUVNQkVSX1JPTEVfTU9ERVJBVE9SEAISFQoRTUVNQkVSX1JPTEVfT1dORVIQAzK8GAoFVXNlcnMSdwoIUmVnaXN0ZXISIC5tdW5pdHkudXNlcnMudjEuUmVnaXN0ZXJSZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSIqorsYCggBEgYIBRA8GAWC0+STAhY6ASoiES92MS9hdXRoL3JlZ2lzdGVyEm4KBUxvZ2luEh0ubXVuaXR5LnVzZXJzLnYxLkxvZ2luUmVxdWVzdBodLm11bml0eS51c2Vycy52MS5BdXRoUmVzcG9uc2UiJ6K7GAoIARIGCAUQPBgFgtPkkwITOgEqIg4vdjEvYXV0aC9sb2dpbhJsCgdSZWZyZXNoEh8ubXVuaXR5LnVzZXJzLnYxLlJlZnJlc2hSZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSIhorsYAggBgtPkkwIVOgEqIhAvdjEvYXV0aC9yZWZyZXNoEmsKBkxvZ291dBIeLm11bml0eS51c2Vycy52MS5Mb2dvdXRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLkxvZ291dFJlc3BvbnNlIiCiuxgCCAGC0+STAhQ6ASoiDy92MS9hdXRoL2xvZ291dBJTCgVHZXRNZRIdLm11bml0eS51c2Vycy52MS5HZXRNZVJlcXVlc3QaFS5tdW5pdHkudXNlcnMudjEuVXNlciIUorsYAiABgtPkkwIIEgYvdjEvbWUSZAoHR2V0VXNlchIfLm11bml0eS51c2Vycy52MS5HZXRVc2VyUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIiGiuxgCIAGC0+STAhUSEy92MS91c2Vycy97dXNlcl9pZH0SZgoNVXBkYXRlUHJvZmlsZRIlLm11bml0eS51c2Vycy52MS5VcGRhdGVQcm9maWxlUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIheiuxgCIAGC0+STAgs6ASoyBi92MS9tZRJrCglMaXN0VXNlcnMSIS5tdW5pdHkudXNlcnMudjEuTGlzdFVzZXJzUmVxdWVzdBoiLm11bml0eS51c2Vycy52MS5MaXN0VXNlcnNSZXNwb25zZSIXorsYAiABgtPkkwILEgkvdjEvdXNlcnMSbQoHU2V0Um9sZRIfLm11bml0eS51c2Vycy52MS5TZXRSb2xlUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIiqiuxgCIAGC0+STAh46ASoiGS92MS91c2Vycy97dXNlcl9pZH0vcm9sZXMSZAoHR2V0SndrcxIfLm11bml0eS51c2Vycy52MS5HZXRKd2tzUmVxdWVzdBogLm11bml0eS51c2Vycy52MS5HZXRKd2tzUmVzcG9uc2UiFqK7GAIIAYLT5JMCChIIL3YxL2p3a3MSjgEKEFJvdGF0ZVNpZ25pbmdLZXkSKC5tdW5pdHkudXNlcnMudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaKS5tdW5pdHkudXNlcnMudjEuUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlIiWiuxgCIAGC0+STAhkiFy92MS9zaWduaW5nLWtleXMvcm90YXRlEpIBChRDcmVhdGVTZXJ2aWNlQWNjb3VudBIsLm11bml0eS51c2Vycy52MS5DcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QaJS5tdW5pdHkudXNlcnMudjEuU2VydmljZUFjY291bnRTZWNyZXQiJaK7GAIgAYLT5JMCGToBKiIUL3YxL3NlcnZpY2UtYWNjb3VudHMSlAEKE0xpc3RTZXJ2aWNlQWNjb3VudHMSKy5tdW5pdHkudXNlcnMudjEuTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QaLC5tdW5pdHkudXNlcnMudjEuTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlIiKiuxgCIAGC0+STAhYSFC92MS9zZXJ2aWNlLWFjY291bnRzEpkBChNSb3RhdGVTZXJ2aWNlU2VjcmV0EisubXVuaXR5LnVzZXJzLnYxLlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0GiUubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50U2VjcmV0Ii6iuxgCIAGC0+STAiIiIC92MS9zZXJ2aWNlLWFjY291bnRzL3tpZH0vc2VjcmV0EqQBChlTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkEjEubXVuaXR5LnVzZXJzLnYxLlNldFNlcnZpY2VBY2NvdW50RGlzYWJsZWRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjOiuxgCIAGC0+STAic6ASoaIi92MS9zZXJ2aWNlLWFjY291bnRzL3tpZH0vZGlzYWJsZWQSigEKEUlzc3VlU2VydmljZVRva2VuEikubXVuaXR5LnVzZXJzLnYxLklzc3VlU2VydmljZVRva2VuUmVxdWVzdBodLm11bml0eS51c2Vycy52MS5TZXJ2aWNlVG9rZW4iK6K7GAoIARIGCB4QPBgKgtPkkwIXOgEqIhIvdjEvc2VydmljZS10b2tlbnMSeAoPQ3JlYXRlQ29tbXVuaXR5EicubXVuaXR5LnVzZXJzLnYxLkNyZWF0ZUNvbW11bml0eVJlcXVlc3QaGi5tdW5pdHkudXNlcnMudjEuQ29tbXVuaXR5IiCiuxgCIAGC0+STAhQ6ASoiDy92MS9jb21tdW5pdGllcxJ+CgxHZXRDb21tdW5pdHkSJC5tdW5pdHkudXNlcnMudjEuR2V0Q29tbXVuaXR5UmVxdWVzdBoaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkiLKK7GAIgAYLT5JMCIBIeL3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9EoMBCg9MaXN0Q29tbXVuaXRpZXMSJy5tdW5pdHkudXNlcnMudjEuTGlzdENvbW11bml0aWVzUmVxdWVzdBooLm11bml0eS51c2Vycy52MS5MaXN0Q29tbXVuaXRpZXNSZXNwb25zZSIdorsYAiABgtPkkwIREg8vdjEvY29tbXVuaXRpZXMShgEKDUpvaW5Db21tdW5pdHkSJS5tdW5pdHkudXNlcnMudjEuSm9pbkNvbW11bml0eVJlcXVlc3QaGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyc2hpcCIxorsYAiABgtPkkwIlIiMvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vam9pbhKVAQoOTGVhdmVDb21tdW5pdHkSJi5tdW5pdHkudXNlcnMudjEuTGVhdmVDb21tdW5pdHlSZXF1ZXN0GicubXVuaXR5LnVzZXJzLnYxLkxlYXZlQ29tbXVuaXR5UmVzcG9uc2UiMqK7GAIgAYLT5JMCJiIkL3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9L2xlYXZlEo4BCgtMaXN0TWVtYmVycxIjLm11bml0eS51c2Vycy52MS5MaXN0TWVtYmVyc1JlcXVlc3QaJC5tdW5pdHkudXNlcnMudjEuTGlzdE1lbWJlcnNSZXNwb25zZSI0orsYAiABgtPkkwIoEiYvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbWVtYmVycxKbAQoNU2V0TWVtYmVyUm9sZRIlLm11bml0eS51c2Vycy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBobLm11bml0eS51c2Vycy52MS5NZW1iZXJzaGlwIkaiuxgCIAGC0+STAjo6ASoaNS92MS9jb21tdW5pdGllcy97Y29tbXVuaXR5X2lkfS9tZW1iZXJzL3t1c2VyX2lkfS9yb2xlEpsBCgxSZW1vdmVNZW1iZXISJC5tdW5pdHkudXNlcnMudjEuUmVtb3ZlTWVtYmVyUmVxdWVzdBolLm11bml0eS51c2Vycy52MS5SZW1vdmVNZW1iZXJSZXNwb25zZSI+orsYAiABgtPkkwIyKjAvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbWVtYmVycy97dXNlcl9pZH0aD6q7GAsKBXVzZXJzEIOHA2IGcHJvdG8z", [file_google_protobuf_timestamp, file_google_api_annotations, file_munity_options_v1_options]);
+  fileDesc("ChttdW5pdHkvdXNlcnMvdjEvdXNlcnMucHJvdG8SD211bml0eS51c2Vycy52MSKNAQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSJAoFcm9sZXMYBCADKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAgoPUmVnaXN0ZXJSZXF1ZXN0EhoKBWVtYWlsGAEgASgJQguyuxgHCAEo/gFAAhIdCghwYXNzd29yZBgCIAEoCUILsrsYBwgBIAgogAESyAEKDGRpc3BsYXlfbmFtZRgDIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJBCgxMb2dpblJlcXVlc3QSFgoFZW1haWwYASABKAlCB7K7GAMo/gESGQoIcGFzc3dvcmQYAiABKAlCB7K7GAMogAEiMgoOUmVmcmVzaFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACItsBCgxBdXRoUmVzcG9uc2USIwoEdXNlchgBIAEoCzIVLm11bml0eS51c2Vycy52MS5Vc2VyEhQKDGFjY2Vzc190b2tlbhgCIAEoCRI7ChdhY2Nlc3NfdG9rZW5fZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgEIAEoCRI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKDUxvZ291dFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACIhAKDkxvZ291dFJlc3BvbnNlIg4KDEdldE1lUmVxdWVzdCIrCg5HZXRVc2VyUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgiyuxgECAFAASLhAQoUVXBkYXRlUHJvZmlsZVJlcXVlc3QSyAEKDGRpc3BsYXlfbmFtZRgBIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJLChBMaXN0VXNlcnNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoDUIHsrsYAxj0AxIbCgpwYWdlX3Rva2VuGAIgASgJQgeyuxgDKIAIIlIKEUxpc3RVc2Vyc1Jlc3BvbnNlEiQKBXVzZXJzGAEgAygLMhUubXVuaXR5LnVzZXJzLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImkKDlNldFJvbGVSZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLK7GAQIAUABEisKBHJvbGUYAiABKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZUIGsrsYAggBEg8KB2dyYW50ZWQYAyABKAgiRQoWU2V0VXNlckRpc2FibGVkUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgiyuxgECAFAARIQCghkaXNhYmxlZBgCIAEoCCI8ChdTZXRVc2VyRGlzYWJsZWRSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhAKCGRpc2FibGVkGAIgASgIIhAKDkdldEp3a3NSZXF1ZXN0IiQKD0dldEp3a3NSZXNwb25zZRIRCglqd2tzX2pzb24YASABKAkiGQoXUm90YXRlU2lnbmluZ0tleVJlcXVlc3QiLgoYUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlEhIKCmFjdGl2ZV9raWQYASABKAkifAoJQ29tbXVuaXR5EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSEAoIb3duZXJfaWQYBCABKAkSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi0wIKFkNyZWF0ZUNvbW11bml0eVJlcXVlc3QSwAEKBG5hbWUYASABKAlCsQGyuxisAQgBKGRKV15bXlx4MDAtXHgwOFx4MGItXHgxZlx4N2YtXHg5Zl0qW15cc1x4MDAtXHgxZlx4N2YtXHg5Zl1bXlx4MDAtXHgwOFx4MGItXHgxZlx4N2YtXHg5Zl0qJFJNdGV4dCB3aXRoIGEgdmlzaWJsZSBjaGFyYWN0ZXIgYW5kIG5vIGNvbnRyb2wgY2hhcmFjdGVycyBidXQgdGFicyBhbmQgbmV3bGluZXMSdgoLZGVzY3JpcHRpb24YAiABKAlCYbK7GF0o0A9KIV5bXlx4MDAtXHgwOFx4MGItXHgxZlx4N2YtXHg5Zl0qJFI1dGV4dCB3aXRob3V0IGNvbnRyb2wgY2hhcmFjdGVycyBidXQgdGFicyBhbmQgbmV3bGluZXMiNQoTR2V0Q29tbXVuaXR5UmVxdWVzdBIeCgxjb21tdW5pdHlfaWQYASABKAlCCLK7GAQIAUABIlEKFkxpc3RDb21tdW5pdGllc1JlcXVlc3QSGgoJcGFnZV9zaXplGAEgASgNQgeyuxgDGPQDEhsKCnBhZ2VfdG9rZW4YAiABKAlCB7K7GAMogAgiYwoXTGlzdENvbW11bml0aWVzUmVzcG9uc2USLwoLY29tbXVuaXRpZXMYASADKAsyGi5tdW5pdHkudXNlcnMudjEuQ29tbXVuaXR5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKNAQoKTWVtYmVyc2hpcBIUCgxjb21tdW5pdHlfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRyb2xlGAMgASgOMhsubXVuaXR5LnVzZXJzLnYxLk1lbWJlclJvbGUSLQoJam9pbmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI2ChRKb2luQ29tbXVuaXR5UmVxdWVzdBIeCgxjb21tdW5pdHlfaWQYASABKAlCCLK7GAQIAUABIjcKFUxlYXZlQ29tbXVuaXR5UmVxdWVzdBIeCgxjb21tdW5pdHlfaWQYASABKAlCCLK7GAQIAUABIhgKFkxlYXZlQ29tbXVuaXR5UmVzcG9uc2UibQoSTGlzdE1lbWJlcnNSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGgoJcGFnZV9zaXplGAIgASgNQgeyuxgDGPQDEhsKCnBhZ2VfdG9rZW4YAyABKAlCB7K7GAMogAgiXAoTTGlzdE1lbWJlcnNSZXNwb25zZRIsCgdtZW1iZXJzGAEgAygLMhsubXVuaXR5LnVzZXJzLnYxLk1lbWJlcnNoaXASFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIoYBChRTZXRNZW1iZXJSb2xlUmVxdWVzdBIeCgxjb21tdW5pdHlfaWQYASABKAlCCLK7GAQIAUABEhkKB3VzZXJfaWQYAiABKAlCCLK7GAQIAUABEjMKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZUIIsrsYBAgBGAIiUAoTUmVtb3ZlTWVtYmVyUmVxdWVzdBIeCgxjb21tdW5pdHlfaWQYASABKAlCCLK7GAQIAUABEhkKB3VzZXJfaWQYAiABKAlCCLK7GAQIAUABIhYKFFJlbW92ZU1lbWJlclJlc3BvbnNlIkgKEENvbW11bml0eUNyZWF0ZWQSFAoMY29tbXVuaXR5X2lkGAEgASgJEhAKCG93bmVyX2lkGAIgASgJEgwKBG5hbWUYAyABKAkidgoMTWVtYmVySm9pbmVkEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZRIUCgxqb2luZWRfYXRfbXMYBCABKAMiMwoKTWVtYmVyTGVmdBIUCgxjb21tdW5pdHlfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSJlChFNZW1iZXJSb2xlQ2hhbmdlZBIUCgxjb21tdW5pdHlfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRyb2xlGAMgASgOMhsubXVuaXR5LnVzZXJzLnYxLk1lbWJlclJvbGUifgoOU2Vzc2lvblJldm9rZWQSEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEjEKBnJlYXNvbhgDIAEoDjIhLm11bml0eS51c2Vycy52MS5SZXZvY2F0aW9uUmVhc29uEhQKDG5vdF9hZnRlcl9tcxgEIAEoAyKEAQoOU3ViamVjdFJldm9rZWQSEgoKc3ViamVjdF9pZBgBIAEoCRIxCgZyZWFzb24YAiABKA4yIS5tdW5pdHkudXNlcnMudjEuUmV2b2NhdGlvblJlYXNvbhIVCg1yZXZva2VkX2F0X21zGAMgASgDEhQKDG5vdF9hZnRlcl9tcxgEIAEoAyKzAQoOU2VydmljZUFjY291bnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEAoIZGlzYWJsZWQYBCABKAgSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRc2VjcmV0X3JvdGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIogBChtDcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QSTwoEbmFtZRgBIAEoCUJBsrsYPQgBKEBKEV5bQS1aYS16MC05Ll8tXSskUiRBU0NJSSBsZXR0ZXJzLCBkaWdpdHMsICctJywgJ18nLCAnLicSGAoGc2NvcGVzGAIgAygJQgiyuxgEIAEoECJfChRTZXJ2aWNlQWNjb3VudFNlY3JldBIwCgdhY2NvdW50GAEgASgLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50EhUKDWNsaWVudF9zZWNyZXQYAiABKAkiHAoaTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QiUAobTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlEjEKCGFjY291bnRzGAEgAygLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjIKGlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0EhQKAmlkGAEgASgJQgiyuxgECAFAASJKCiBTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkUmVxdWVzdBIUCgJpZBgBIAEoCUIIsrsYBAgBQAESEAoIZGlzYWJsZWQYAiABKAgiRAoYSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0EhEKCWNsaWVudF9pZBgBIAEoCRIVCg1jbGllbnRfc2VjcmV0GAIgASgJImQKDFNlcnZpY2VUb2tlbhIUCgxhY2Nlc3NfdG9rZW4YASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAMgAygJKjsKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEg4KClJPTEVfQURNSU4QAipzCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESGQoVTUVNQkVSX1JPTEVfTU9ERVJBVE9SEAISFQoRTUVNQkVSX1JPTEVfT1dORVIQAyr7AQoQUmV2b2NhdGlvblJlYXNvbhIhCh1SRVZPQ0FUSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEhwKGFJFVk9DQVRJT05fUkVBU09OX0xPR09VVBABEioKJlJFVk9DQVRJT05fUkVBU09OX1JFRlJFU0hfVE9LRU5fUkVVU0VEEAISIgoeUkVWT0NBVElPTl9SRUFTT05fUk9MRV9DSEFOR0VEEAMSLgoqUkVWT0NBVElPTl9SRUFTT05fU0VSVklDRV9BQ0NPVU5UX0RJU0FCTEVEEAQSJgoiUkVWT0NBVElPTl9SRUFTT05fQUNDT1VOVF9ESVNBQkxFRBAFMtIZCgVVc2VycxJ3CghSZWdpc3RlchIgLm11bml0eS51c2Vycy52MS5SZWdpc3RlclJlcXVlc3QaHS5tdW5pdHkudXNlcnMudjEuQXV0aFJlc3BvbnNlIiqiuxgKCAESBggFEDwYBYLT5JMCFjoBKiIRL3YxL2F1dGgvcmVnaXN0ZXISbgoFTG9naW4SHS5tdW5pdHkudXNlcnMudjEuTG9naW5SZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSInorsYCggBEgYIBRA8GAWC0+STAhM6ASoiDi92MS9hdXRoL2xvZ2luEmwKB1JlZnJlc2gSHy5tdW5pdHkudXNlcnMudjEuUmVmcmVzaFJlcXVlc3QaHS5tdW5pdHkudXNlcnMudjEuQXV0aFJlc3BvbnNlIiGiuxgCCAGC0+STAhU6ASoiEC92MS9hdXRoL3JlZnJlc2gSawoGTG9nb3V0Eh4ubXVuaXR5LnVzZXJzLnYxLkxvZ291dFJlcXVlc3QaHy5tdW5pdHkudXNlcnMudjEuTG9nb3V0UmVzcG9uc2UiIKK7GAIIAYLT5JMCFDoBKiIPL3YxL2F1dGgvbG9nb3V0ElMKBUdldE1lEh0ubXVuaXR5LnVzZXJzLnYxLkdldE1lUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIhSiuxgCIAGC0+STAggSBi92MS9tZRJkCgdHZXRVc2VyEh8ubXVuaXR5LnVzZXJzLnYxLkdldFVzZXJSZXF1ZXN0GhUubXVuaXR5LnVzZXJzLnYxLlVzZXIiIaK7GAIgAYLT5JMCFRITL3YxL3VzZXJzL3t1c2VyX2lkfRJmCg1VcGRhdGVQcm9maWxlEiUubXVuaXR5LnVzZXJzLnYxLlVwZGF0ZVByb2ZpbGVSZXF1ZXN0GhUubXVuaXR5LnVzZXJzLnYxLlVzZXIiF6K7GAIgAYLT5JMCCzoBKjIGL3YxL21lEmsKCUxpc3RVc2VycxIhLm11bml0eS51c2Vycy52MS5MaXN0VXNlcnNSZXF1ZXN0GiIubXVuaXR5LnVzZXJzLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlIheiuxgCIAGC0+STAgsSCS92MS91c2VycxJtCgdTZXRSb2xlEh8ubXVuaXR5LnVzZXJzLnYxLlNldFJvbGVSZXF1ZXN0GhUubXVuaXR5LnVzZXJzLnYxLlVzZXIiKqK7GAIgAYLT5JMCHjoBKiIZL3YxL3VzZXJzL3t1c2VyX2lkfS9yb2xlcxKTAQoPU2V0VXNlckRpc2FibGVkEicubXVuaXR5LnVzZXJzLnYxLlNldFVzZXJEaXNhYmxlZFJlcXVlc3QaKC5tdW5pdHkudXNlcnMudjEuU2V0VXNlckRpc2FibGVkUmVzcG9uc2UiLaK7GAIgAYLT5JMCIToBKhocL3YxL3VzZXJzL3t1c2VyX2lkfS9kaXNhYmxlZBJkCgdHZXRKd2tzEh8ubXVuaXR5LnVzZXJzLnYxLkdldEp3a3NSZXF1ZXN0GiAubXVuaXR5LnVzZXJzLnYxLkdldEp3a3NSZXNwb25zZSIWorsYAggBgtPkkwIKEggvdjEvandrcxKOAQoQUm90YXRlU2lnbmluZ0tleRIoLm11bml0eS51c2Vycy52MS5Sb3RhdGVTaWduaW5nS2V5UmVxdWVzdBopLm11bml0eS51c2Vycy52MS5Sb3RhdGVTaWduaW5nS2V5UmVzcG9uc2UiJaK7GAIgAYLT5JMCGSIXL3YxL3NpZ25pbmcta2V5cy9yb3RhdGUSkgEKFENyZWF0ZVNlcnZpY2VBY2NvdW50EiwubXVuaXR5LnVzZXJzLnYxLkNyZWF0ZVNlcnZpY2VBY2NvdW50UmVxdWVzdBolLm11bml0eS51c2Vycy52MS5TZXJ2aWNlQWNjb3VudFNlY3JldCIlorsYAiABgtPkkwIZOgEqIhQvdjEvc2VydmljZS1hY2NvdW50cxKUAQoTTGlzdFNlcnZpY2VBY2NvdW50cxIrLm11bml0eS51c2Vycy52MS5MaXN0U2VydmljZUFjY291bnRzUmVxdWVzdBosLm11bml0eS51c2Vycy52MS5MaXN0U2VydmljZUFjY291bnRzUmVzcG9uc2UiIqK7GAIgAYLT5JMCFhIUL3YxL3NlcnZpY2UtYWNjb3VudHMSmQEKE1JvdGF0ZVNlcnZpY2VTZWNyZXQSKy5tdW5pdHkudXNlcnMudjEuUm90YXRlU2VydmljZVNlY3JldFJlcXVlc3QaJS5tdW5pdHkudXNlcnMudjEuU2VydmljZUFjY291bnRTZWNyZXQiLqK7GAIgAYLT5JMCIiIgL3YxL3NlcnZpY2UtYWNjb3VudHMve2lkfS9zZWNyZXQSpAEKGVNldFNlcnZpY2VBY2NvdW50RGlzYWJsZWQSMS5tdW5pdHkudXNlcnMudjEuU2V0U2VydmljZUFjY291bnREaXNhYmxlZFJlcXVlc3QaHy5tdW5pdHkudXNlcnMudjEuU2VydmljZUFjY291bnQiM6K7GAIgAYLT5JMCJzoBKhoiL3YxL3NlcnZpY2UtYWNjb3VudHMve2lkfS9kaXNhYmxlZBKKAQoRSXNzdWVTZXJ2aWNlVG9rZW4SKS5tdW5pdHkudXNlcnMudjEuSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VUb2tlbiIrorsYCggBEgYIHhA8GAqC0+STAhc6ASoiEi92MS9zZXJ2aWNlLXRva2VucxJ4Cg9DcmVhdGVDb21tdW5pdHkSJy5tdW5pdHkudXNlcnMudjEuQ3JlYXRlQ29tbXVuaXR5UmVxdWVzdBoaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkiIKK7GAIgAYLT5JMCFDoBKiIPL3YxL2NvbW11bml0aWVzEn4KDEdldENvbW11bml0eRIkLm11bml0eS51c2Vycy52MS5HZXRDb21tdW5pdHlSZXF1ZXN0GhoubXVuaXR5LnVzZXJzLnYxLkNvbW11bml0eSIsorsYAiABgtPkkwIgEh4vdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0SgwEKD0xpc3RDb21tdW5pdGllcxInLm11bml0eS51c2Vycy52MS5MaXN0Q29tbXVuaXRpZXNSZXF1ZXN0GigubXVuaXR5LnVzZXJzLnYxLkxpc3RDb21tdW5pdGllc1Jlc3BvbnNlIh2iuxgCIAGC0+STAhESDy92MS9jb21tdW5pdGllcxKGAQoNSm9pbkNvbW11bml0eRIlLm11bml0eS51c2Vycy52MS5Kb2luQ29tbXVuaXR5UmVxdWVzdBobLm11bml0eS51c2Vycy52MS5NZW1iZXJzaGlwIjGiuxgCIAGC0+STAiUiIy92MS9jb21tdW5pdGllcy97Y29tbXVuaXR5X2lkfS9qb2luEpUBCg5MZWF2ZUNvbW11bml0eRImLm11bml0eS51c2Vycy52MS5MZWF2ZUNvbW11bml0eVJlcXVlc3QaJy5tdW5pdHkudXNlcnMudjEuTGVhdmVDb21tdW5pdHlSZXNwb25zZSIyorsYAiABgtPkkwImIiQvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbGVhdmUSjgEKC0xpc3RNZW1iZXJzEiMubXVuaXR5LnVzZXJzLnYxLkxpc3RNZW1iZXJzUmVxdWVzdBokLm11bml0eS51c2Vycy52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlIjSiuxgCIAGC0+STAigSJi92MS9jb21tdW5pdGllcy97Y29tbXVuaXR5X2lkfS9tZW1iZXJzEpsBCg1TZXRNZW1iZXJSb2xlEiUubXVuaXR5LnVzZXJzLnYxLlNldE1lbWJlclJvbGVSZXF1ZXN0GhsubXVuaXR5LnVzZXJzLnYxLk1lbWJlcnNoaXAiRqK7GAIgAYLT5JMCOjoBKho1L3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9L21lbWJlcnMve3VzZXJfaWR9L3JvbGUSmwEKDFJlbW92ZU1lbWJlchIkLm11bml0eS51c2Vycy52MS5SZW1vdmVNZW1iZXJSZXF1ZXN0GiUubXVuaXR5LnVzZXJzLnYxLlJlbW92ZU1lbWJlclJlc3BvbnNlIj6iuxgCIAGC0+STAjIqMC92MS9jb21tdW5pdGllcy97Y29tbXVuaXR5X2lkfS9tZW1iZXJzL3t1c2VyX2lkfRoPqrsYCwoFdXNlcnMQg4cDYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_api_annotations, file_munity_options_v1_options]);
 
 /**
  * An account as others see it. The email is shown only to the account itself
@@ -393,6 +393,58 @@ export const SetRoleRequestSchema: GenMessage<SetRoleRequest> = /*@__PURE__*/
   messageDesc(file_munity_users_v1_users, 12);
 
 /**
+ * SetUserDisabled's input.
+ *
+ * @generated from message munity.users.v1.SetUserDisabledRequest
+ */
+export type SetUserDisabledRequest = Message<"munity.users.v1.SetUserDisabledRequest"> & {
+  /**
+   * The account to disable or enable.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * True to disable, false to enable.
+   *
+   * @generated from field: bool disabled = 2;
+   */
+  disabled: boolean;
+};
+
+/**
+ * Describes the message munity.users.v1.SetUserDisabledRequest.
+ * Use `create(SetUserDisabledRequestSchema)` to create a new message.
+ */
+export const SetUserDisabledRequestSchema: GenMessage<SetUserDisabledRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 13);
+
+/**
+ * SetUserDisabled's result: the account's state now.
+ *
+ * @generated from message munity.users.v1.SetUserDisabledResponse
+ */
+export type SetUserDisabledResponse = Message<"munity.users.v1.SetUserDisabledResponse"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: bool disabled = 2;
+   */
+  disabled: boolean;
+};
+
+/**
+ * Describes the message munity.users.v1.SetUserDisabledResponse.
+ * Use `create(SetUserDisabledResponseSchema)` to create a new message.
+ */
+export const SetUserDisabledResponseSchema: GenMessage<SetUserDisabledResponse> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 14);
+
+/**
  * GetJwks' input (empty).
  *
  * @generated from message munity.users.v1.GetJwksRequest
@@ -405,7 +457,7 @@ export type GetJwksRequest = Message<"munity.users.v1.GetJwksRequest"> & {
  * Use `create(GetJwksRequestSchema)` to create a new message.
  */
 export const GetJwksRequestSchema: GenMessage<GetJwksRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 13);
+  messageDesc(file_munity_users_v1_users, 15);
 
 /**
  * The public verification keys.
@@ -427,7 +479,7 @@ export type GetJwksResponse = Message<"munity.users.v1.GetJwksResponse"> & {
  * Use `create(GetJwksResponseSchema)` to create a new message.
  */
 export const GetJwksResponseSchema: GenMessage<GetJwksResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 14);
+  messageDesc(file_munity_users_v1_users, 16);
 
 /**
  * RotateSigningKey's input (empty).
@@ -442,7 +494,7 @@ export type RotateSigningKeyRequest = Message<"munity.users.v1.RotateSigningKeyR
  * Use `create(RotateSigningKeyRequestSchema)` to create a new message.
  */
 export const RotateSigningKeyRequestSchema: GenMessage<RotateSigningKeyRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 15);
+  messageDesc(file_munity_users_v1_users, 17);
 
 /**
  * RotateSigningKey's result.
@@ -463,7 +515,7 @@ export type RotateSigningKeyResponse = Message<"munity.users.v1.RotateSigningKey
  * Use `create(RotateSigningKeyResponseSchema)` to create a new message.
  */
 export const RotateSigningKeyResponseSchema: GenMessage<RotateSigningKeyResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 16);
+  messageDesc(file_munity_users_v1_users, 18);
 
 /**
  * A group of people who meet.
@@ -512,7 +564,7 @@ export type Community = Message<"munity.users.v1.Community"> & {
  * Use `create(CommunitySchema)` to create a new message.
  */
 export const CommunitySchema: GenMessage<Community> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 17);
+  messageDesc(file_munity_users_v1_users, 19);
 
 /**
  * CreateCommunity's input.
@@ -540,7 +592,7 @@ export type CreateCommunityRequest = Message<"munity.users.v1.CreateCommunityReq
  * Use `create(CreateCommunityRequestSchema)` to create a new message.
  */
 export const CreateCommunityRequestSchema: GenMessage<CreateCommunityRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 18);
+  messageDesc(file_munity_users_v1_users, 20);
 
 /**
  * GetCommunity's input.
@@ -561,7 +613,7 @@ export type GetCommunityRequest = Message<"munity.users.v1.GetCommunityRequest">
  * Use `create(GetCommunityRequestSchema)` to create a new message.
  */
 export const GetCommunityRequestSchema: GenMessage<GetCommunityRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 19);
+  messageDesc(file_munity_users_v1_users, 21);
 
 /**
  * ListCommunities' input.
@@ -589,7 +641,7 @@ export type ListCommunitiesRequest = Message<"munity.users.v1.ListCommunitiesReq
  * Use `create(ListCommunitiesRequestSchema)` to create a new message.
  */
 export const ListCommunitiesRequestSchema: GenMessage<ListCommunitiesRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 20);
+  messageDesc(file_munity_users_v1_users, 22);
 
 /**
  * One page of communities.
@@ -617,7 +669,7 @@ export type ListCommunitiesResponse = Message<"munity.users.v1.ListCommunitiesRe
  * Use `create(ListCommunitiesResponseSchema)` to create a new message.
  */
 export const ListCommunitiesResponseSchema: GenMessage<ListCommunitiesResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 21);
+  messageDesc(file_munity_users_v1_users, 23);
 
 /**
  * One user's place in one community.
@@ -659,7 +711,7 @@ export type Membership = Message<"munity.users.v1.Membership"> & {
  * Use `create(MembershipSchema)` to create a new message.
  */
 export const MembershipSchema: GenMessage<Membership> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 22);
+  messageDesc(file_munity_users_v1_users, 24);
 
 /**
  * JoinCommunity's input.
@@ -680,7 +732,7 @@ export type JoinCommunityRequest = Message<"munity.users.v1.JoinCommunityRequest
  * Use `create(JoinCommunityRequestSchema)` to create a new message.
  */
 export const JoinCommunityRequestSchema: GenMessage<JoinCommunityRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 23);
+  messageDesc(file_munity_users_v1_users, 25);
 
 /**
  * LeaveCommunity's input.
@@ -701,7 +753,7 @@ export type LeaveCommunityRequest = Message<"munity.users.v1.LeaveCommunityReque
  * Use `create(LeaveCommunityRequestSchema)` to create a new message.
  */
 export const LeaveCommunityRequestSchema: GenMessage<LeaveCommunityRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 24);
+  messageDesc(file_munity_users_v1_users, 26);
 
 /**
  * LeaveCommunity's result (empty: the caller is no longer a member).
@@ -716,7 +768,7 @@ export type LeaveCommunityResponse = Message<"munity.users.v1.LeaveCommunityResp
  * Use `create(LeaveCommunityResponseSchema)` to create a new message.
  */
 export const LeaveCommunityResponseSchema: GenMessage<LeaveCommunityResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 25);
+  messageDesc(file_munity_users_v1_users, 27);
 
 /**
  * ListMembers' input.
@@ -751,7 +803,7 @@ export type ListMembersRequest = Message<"munity.users.v1.ListMembersRequest"> &
  * Use `create(ListMembersRequestSchema)` to create a new message.
  */
 export const ListMembersRequestSchema: GenMessage<ListMembersRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 26);
+  messageDesc(file_munity_users_v1_users, 28);
 
 /**
  * One page of members.
@@ -779,7 +831,7 @@ export type ListMembersResponse = Message<"munity.users.v1.ListMembersResponse">
  * Use `create(ListMembersResponseSchema)` to create a new message.
  */
 export const ListMembersResponseSchema: GenMessage<ListMembersResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 27);
+  messageDesc(file_munity_users_v1_users, 29);
 
 /**
  * SetMemberRole's input.
@@ -814,7 +866,7 @@ export type SetMemberRoleRequest = Message<"munity.users.v1.SetMemberRoleRequest
  * Use `create(SetMemberRoleRequestSchema)` to create a new message.
  */
 export const SetMemberRoleRequestSchema: GenMessage<SetMemberRoleRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 28);
+  messageDesc(file_munity_users_v1_users, 30);
 
 /**
  * RemoveMember's input.
@@ -842,7 +894,7 @@ export type RemoveMemberRequest = Message<"munity.users.v1.RemoveMemberRequest">
  * Use `create(RemoveMemberRequestSchema)` to create a new message.
  */
 export const RemoveMemberRequestSchema: GenMessage<RemoveMemberRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 29);
+  messageDesc(file_munity_users_v1_users, 31);
 
 /**
  * RemoveMember's result (empty: the user is no longer a member).
@@ -857,7 +909,7 @@ export type RemoveMemberResponse = Message<"munity.users.v1.RemoveMemberResponse
  * Use `create(RemoveMemberResponseSchema)` to create a new message.
  */
 export const RemoveMemberResponseSchema: GenMessage<RemoveMemberResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 30);
+  messageDesc(file_munity_users_v1_users, 32);
 
 /**
  * A community was created (its owner's MemberJoined follows).
@@ -886,7 +938,7 @@ export type CommunityCreated = Message<"munity.users.v1.CommunityCreated"> & {
  * Use `create(CommunityCreatedSchema)` to create a new message.
  */
 export const CommunityCreatedSchema: GenMessage<CommunityCreated> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 31);
+  messageDesc(file_munity_users_v1_users, 33);
 
 /**
  * A user became a member of a community.
@@ -922,7 +974,7 @@ export type MemberJoined = Message<"munity.users.v1.MemberJoined"> & {
  * Use `create(MemberJoinedSchema)` to create a new message.
  */
 export const MemberJoinedSchema: GenMessage<MemberJoined> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 32);
+  messageDesc(file_munity_users_v1_users, 34);
 
 /**
  * A user is no longer a member (left, or was removed).
@@ -946,7 +998,7 @@ export type MemberLeft = Message<"munity.users.v1.MemberLeft"> & {
  * Use `create(MemberLeftSchema)` to create a new message.
  */
 export const MemberLeftSchema: GenMessage<MemberLeft> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 33);
+  messageDesc(file_munity_users_v1_users, 35);
 
 /**
  * A member's role changed.
@@ -975,7 +1027,90 @@ export type MemberRoleChanged = Message<"munity.users.v1.MemberRoleChanged"> & {
  * Use `create(MemberRoleChangedSchema)` to create a new message.
  */
 export const MemberRoleChangedSchema: GenMessage<MemberRoleChanged> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 34);
+  messageDesc(file_munity_users_v1_users, 36);
+
+/**
+ * Domain event (aggregate = the session): a login session ended before its
+ * access tokens expired. Every gateway and service refuses the session's
+ * access tokens (their `sid`) from then on.
+ *
+ * @generated from message munity.users.v1.SessionRevoked
+ */
+export type SessionRevoked = Message<"munity.users.v1.SessionRevoked"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: munity.users.v1.RevocationReason reason = 3;
+   */
+  reason: RevocationReason;
+
+  /**
+   * When the session's last access token expires at the latest (ms since
+   * the Unix epoch): the revocation may be forgotten after it (plus the
+   * verifiers' leeway).
+   *
+   * @generated from field: int64 not_after_ms = 4;
+   */
+  notAfterMs: bigint;
+};
+
+/**
+ * Describes the message munity.users.v1.SessionRevoked.
+ * Use `create(SessionRevokedSchema)` to create a new message.
+ */
+export const SessionRevokedSchema: GenMessage<SessionRevoked> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 37);
+
+/**
+ * Domain event (aggregate = the subject): every access token of a subject
+ * (a user, or a service account) issued before `revoked_at_ms` is refused;
+ * tokens issued afterwards (a refresh after a role change) are not.
+ *
+ * @generated from message munity.users.v1.SubjectRevoked
+ */
+export type SubjectRevoked = Message<"munity.users.v1.SubjectRevoked"> & {
+  /**
+   * The tokens' `sub`: a user id or a service account's client id.
+   *
+   * @generated from field: string subject_id = 1;
+   */
+  subjectId: string;
+
+  /**
+   * @generated from field: munity.users.v1.RevocationReason reason = 2;
+   */
+  reason: RevocationReason;
+
+  /**
+   * Tokens issued before this time (ms since the Unix epoch) are void.
+   *
+   * @generated from field: int64 revoked_at_ms = 3;
+   */
+  revokedAtMs: bigint;
+
+  /**
+   * When the last token issued before it expires at the latest (ms since
+   * the Unix epoch): the revocation may be forgotten after it.
+   *
+   * @generated from field: int64 not_after_ms = 4;
+   */
+  notAfterMs: bigint;
+};
+
+/**
+ * Describes the message munity.users.v1.SubjectRevoked.
+ * Use `create(SubjectRevokedSchema)` to create a new message.
+ */
+export const SubjectRevokedSchema: GenMessage<SubjectRevoked> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 38);
 
 /**
  * A service account: an identity for an internal caller.
@@ -1027,7 +1162,7 @@ export type ServiceAccount = Message<"munity.users.v1.ServiceAccount"> & {
  * Use `create(ServiceAccountSchema)` to create a new message.
  */
 export const ServiceAccountSchema: GenMessage<ServiceAccount> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 35);
+  messageDesc(file_munity_users_v1_users, 39);
 
 /**
  * @generated from message munity.users.v1.CreateServiceAccountRequest
@@ -1052,7 +1187,7 @@ export type CreateServiceAccountRequest = Message<"munity.users.v1.CreateService
  * Use `create(CreateServiceAccountRequestSchema)` to create a new message.
  */
 export const CreateServiceAccountRequestSchema: GenMessage<CreateServiceAccountRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 36);
+  messageDesc(file_munity_users_v1_users, 40);
 
 /**
  * A service account with its client secret, shown only in this answer.
@@ -1076,7 +1211,7 @@ export type ServiceAccountSecret = Message<"munity.users.v1.ServiceAccountSecret
  * Use `create(ServiceAccountSecretSchema)` to create a new message.
  */
 export const ServiceAccountSecretSchema: GenMessage<ServiceAccountSecret> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 37);
+  messageDesc(file_munity_users_v1_users, 41);
 
 /**
  * @generated from message munity.users.v1.ListServiceAccountsRequest
@@ -1089,7 +1224,7 @@ export type ListServiceAccountsRequest = Message<"munity.users.v1.ListServiceAcc
  * Use `create(ListServiceAccountsRequestSchema)` to create a new message.
  */
 export const ListServiceAccountsRequestSchema: GenMessage<ListServiceAccountsRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 38);
+  messageDesc(file_munity_users_v1_users, 42);
 
 /**
  * @generated from message munity.users.v1.ListServiceAccountsResponse
@@ -1106,7 +1241,7 @@ export type ListServiceAccountsResponse = Message<"munity.users.v1.ListServiceAc
  * Use `create(ListServiceAccountsResponseSchema)` to create a new message.
  */
 export const ListServiceAccountsResponseSchema: GenMessage<ListServiceAccountsResponse> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 39);
+  messageDesc(file_munity_users_v1_users, 43);
 
 /**
  * @generated from message munity.users.v1.RotateServiceSecretRequest
@@ -1123,7 +1258,7 @@ export type RotateServiceSecretRequest = Message<"munity.users.v1.RotateServiceS
  * Use `create(RotateServiceSecretRequestSchema)` to create a new message.
  */
 export const RotateServiceSecretRequestSchema: GenMessage<RotateServiceSecretRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 40);
+  messageDesc(file_munity_users_v1_users, 44);
 
 /**
  * @generated from message munity.users.v1.SetServiceAccountDisabledRequest
@@ -1145,7 +1280,7 @@ export type SetServiceAccountDisabledRequest = Message<"munity.users.v1.SetServi
  * Use `create(SetServiceAccountDisabledRequestSchema)` to create a new message.
  */
 export const SetServiceAccountDisabledRequestSchema: GenMessage<SetServiceAccountDisabledRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 41);
+  messageDesc(file_munity_users_v1_users, 45);
 
 /**
  * @generated from message munity.users.v1.IssueServiceTokenRequest
@@ -1167,7 +1302,7 @@ export type IssueServiceTokenRequest = Message<"munity.users.v1.IssueServiceToke
  * Use `create(IssueServiceTokenRequestSchema)` to create a new message.
  */
 export const IssueServiceTokenRequestSchema: GenMessage<IssueServiceTokenRequest> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 42);
+  messageDesc(file_munity_users_v1_users, 46);
 
 /**
  * @generated from message munity.users.v1.ServiceToken
@@ -1198,7 +1333,7 @@ export type ServiceToken = Message<"munity.users.v1.ServiceToken"> & {
  * Use `create(ServiceTokenSchema)` to create a new message.
  */
 export const ServiceTokenSchema: GenMessage<ServiceToken> = /*@__PURE__*/
-  messageDesc(file_munity_users_v1_users, 43);
+  messageDesc(file_munity_users_v1_users, 47);
 
 /**
  * A platform-wide role.
@@ -1274,6 +1409,59 @@ export enum MemberRole {
  */
 export const MemberRoleSchema: GenEnum<MemberRole> = /*@__PURE__*/
   enumDesc(file_munity_users_v1_users, 1);
+
+/**
+ * Why access tokens were revoked before they expired.
+ *
+ * @generated from enum munity.users.v1.RevocationReason
+ */
+export enum RevocationReason {
+  /**
+   * @generated from enum value: REVOCATION_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The session's owner logged out.
+   *
+   * @generated from enum value: REVOCATION_REASON_LOGOUT = 1;
+   */
+  LOGOUT = 1,
+
+  /**
+   * A used refresh token was presented again: the session was copied.
+   *
+   * @generated from enum value: REVOCATION_REASON_REFRESH_TOKEN_REUSED = 2;
+   */
+  REFRESH_TOKEN_REUSED = 2,
+
+  /**
+   * A platform role was granted or taken away: tokens carry roles.
+   *
+   * @generated from enum value: REVOCATION_REASON_ROLE_CHANGED = 3;
+   */
+  ROLE_CHANGED = 3,
+
+  /**
+   * An admin disabled the service account.
+   *
+   * @generated from enum value: REVOCATION_REASON_SERVICE_ACCOUNT_DISABLED = 4;
+   */
+  SERVICE_ACCOUNT_DISABLED = 4,
+
+  /**
+   * An admin disabled the account.
+   *
+   * @generated from enum value: REVOCATION_REASON_ACCOUNT_DISABLED = 5;
+   */
+  ACCOUNT_DISABLED = 5,
+}
+
+/**
+ * Describes the enum munity.users.v1.RevocationReason.
+ */
+export const RevocationReasonSchema: GenEnum<RevocationReason> = /*@__PURE__*/
+  enumDesc(file_munity_users_v1_users, 2);
 
 /**
  * The account and community service.
@@ -1375,6 +1563,18 @@ export const Users: GenService<{
     methodKind: "unary";
     input: typeof SetRoleRequestSchema;
     output: typeof UserSchema;
+  },
+  /**
+   * Admin only: a disabled account cannot sign in or refresh, and every
+   * access token it holds is refused at once, everywhere; enabled again, it
+   * can sign in. Admins cannot disable themselves.
+   *
+   * @generated from rpc munity.users.v1.Users.SetUserDisabled
+   */
+  setUserDisabled: {
+    methodKind: "unary";
+    input: typeof SetUserDisabledRequestSchema;
+    output: typeof SetUserDisabledResponseSchema;
   },
   /**
    * The public keys that verify access tokens, as a JSON Web Key Set.

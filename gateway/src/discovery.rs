@@ -152,13 +152,9 @@ impl DnsDiscovery {
     }
 
     async fn resolve(&self, host: &str, port: u16) -> Option<BTreeSet<SocketAddr>> {
-        // A trailing dot: the name as written, never a search domain.
-        let fqdn = if host.ends_with('.') {
-            host.to_owned()
-        } else {
-            format!("{host}.")
-        };
-        match self.resolver.lookup_ip(fqdn.as_str()).await {
+        // As written: a short name (`users-headless`) goes through the
+        // resolver's search domains, as Kubernetes pods rely on.
+        match self.resolver.lookup_ip(host).await {
             Ok(found) => Some(found.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
             // No replica ready (or the name is gone): an empty route.
             Err(error) if error.is_no_records_found() || error.is_nx_domain() => {

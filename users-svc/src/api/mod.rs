@@ -256,7 +256,7 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::SetUserDisabledRequest>,
     ) -> Result<Response<pb::SetUserDisabledResponse>, Status> {
-        authed!(request, |claims, message| self
+        authed!(request, UsersError, |claims, message| self
             .set_user_disabled(&claims, message))
     }
 

@@ -117,7 +117,8 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
         assert_eq!(users.listen.port(), 50051);
         service::<events_svc::EventsService>(file, &source);
         let notify = service::<notify_svc::NotifyService>(file, &source);
-        assert_eq!(notify.own.events_url, "http://events:50052");
+        // The headless Service: every replica, balanced by the caller.
+        assert_eq!(notify.own.events_url, "http://events-headless:50052");
         assert_eq!(notify.own.redis_url, "redis://:secret@redis:6379");
         service::<warehouse_svc::WarehouseService>(file, &source);
 
@@ -137,6 +138,7 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
             .unwrap_or_else(|e| panic!("{}: [gateway]: {e}", file.display()));
         assert_eq!(gateway.listen, "0.0.0.0:8080");
         assert_eq!(gateway.admin_listen, "0.0.0.0:9090");
+        // The headless Services, which the gateway resolves to every pod.
         for (route, port) in [
             ("users", 50051),
             ("events", 50052),
@@ -145,7 +147,7 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
         ] {
             assert_eq!(
                 gateway.routes[route].upstreams,
-                [format!("{route}:{port}")],
+                [format!("{route}-headless:{port}")],
                 "{}",
                 file.display()
             );

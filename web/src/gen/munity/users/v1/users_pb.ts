@@ -23,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file munity/users/v1/users.proto.
  */
 export const file_munity_users_v1_users: GenFile = /*@__PURE__*/
-  fileDesc("ChttdW5pdHkvdXNlcnMvdjEvdXNlcnMucHJvdG8SD211bml0eS51c2Vycy52MSKNAQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSJAoFcm9sZXMYBCADKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAgoPUmVnaXN0ZXJSZXF1ZXN0EhoKBWVtYWlsGAEgASgJQguyuxgHCAEo/gFAAhIdCghwYXNzd29yZBgCIAEoCUILsrsYBwgBIAgogAESyAEKDGRpc3BsYXlfbmFtZRgDIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJBCgxMb2dpblJlcXVlc3QSFgoFZW1haWwYASABKAlCB7K7GAMo/gESGQoIcGFzc3dvcmQYAiABKAlCB7K7GAMogAEiMgoOUmVmcmVzaFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACItsBCgxBdXRoUmVzcG9uc2USIwoEdXNlchgBIAEoCzIVLm11bml0eS51c2Vycy52MS5Vc2VyEhQKDGFjY2Vzc190b2tlbhgCIAEoCRI7ChdhY2Nlc3NfdG9rZW5fZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgEIAEoCRI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKDUxvZ291dFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACIhAKDkxvZ291dFJlc3BvbnNlIg4KDEdldE1lUmVxdWVzdCIrCg5HZXRVc2VyUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgiyuxgECAFAASLhAQoUVXBkYXRlUHJvZmlsZVJlcXVlc3QSyAEKDGRpc3BsYXlfbmFtZRgBIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJLChBMaXN0VXNlcnNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoDUIHsrsYAxj0AxIbCgpwYWdlX3Rva2VuGAIgASgJQgeyuxgDKIAIIlIKEUxpc3RVc2Vyc1Jlc3BvbnNlEiQKBXVzZXJzGAEgAygLMhUubXVuaXR5LnVzZXJzLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImkKDlNldFJvbGVSZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLK7GAQIAUABEisKBHJvbGUYAiABKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZUIGsrsYAggBEg8KB2dyYW50ZWQYAyABKAgiEAoOR2V0Sndrc1JlcXVlc3QiJAoPR2V0Sndrc1Jlc3BvbnNlEhEKCWp3a3NfanNvbhgBIAEoCSIZChdSb3RhdGVTaWduaW5nS2V5UmVxdWVzdCIuChhSb3RhdGVTaWduaW5nS2V5UmVzcG9uc2USEgoKYWN0aXZlX2tpZBgBIAEoCSJ8CglDb21tdW5pdHkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghvd25lcl9pZBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLTAgoWQ3JlYXRlQ29tbXVuaXR5UmVxdWVzdBLAAQoEbmFtZRgBIAEoCUKxAbK7GKwBCAEoZEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcxJ2CgtkZXNjcmlwdGlvbhgCIAEoCUJhsrsYXSjQD0ohXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUjV0ZXh0IHdpdGhvdXQgY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyI1ChNHZXRDb21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiUQoWTGlzdENvbW11bml0aWVzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKA1CB7K7GAMY9AMSGwoKcGFnZV90b2tlbhgCIAEoCUIHsrsYAyiACCJjChdMaXN0Q29tbXVuaXRpZXNSZXNwb25zZRIvCgtjb21tdW5pdGllcxgBIAMoCzIaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo0BCgpNZW1iZXJzaGlwEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZRItCglqb2luZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKFEpvaW5Db21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiNwoVTGVhdmVDb21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiGAoWTGVhdmVDb21tdW5pdHlSZXNwb25zZSJtChJMaXN0TWVtYmVyc1JlcXVlc3QSHgoMY29tbXVuaXR5X2lkGAEgASgJQgiyuxgECAFAARIaCglwYWdlX3NpemUYAiABKA1CB7K7GAMY9AMSGwoKcGFnZV90b2tlbhgDIAEoCUIHsrsYAyiACCJcChNMaXN0TWVtYmVyc1Jlc3BvbnNlEiwKB21lbWJlcnMYASADKAsyGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihgEKFFNldE1lbWJlclJvbGVSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGQoHdXNlcl9pZBgCIAEoCUIIsrsYBAgBQAESMwoEcm9sZRgDIAEoDjIbLm11bml0eS51c2Vycy52MS5NZW1iZXJSb2xlQgiyuxgECAEYAiJQChNSZW1vdmVNZW1iZXJSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGQoHdXNlcl9pZBgCIAEoCUIIsrsYBAgBQAEiFgoUUmVtb3ZlTWVtYmVyUmVzcG9uc2UiSAoQQ29tbXVuaXR5Q3JlYXRlZBIUCgxjb21tdW5pdHlfaWQYASABKAkSEAoIb3duZXJfaWQYAiABKAkSDAoEbmFtZRgDIAEoCSJ2CgxNZW1iZXJKb2luZWQSFAoMY29tbXVuaXR5X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEcm9sZRgDIAEoDjIbLm11bml0eS51c2Vycy52MS5NZW1iZXJSb2xlEhQKDGpvaW5lZF9hdF9tcxgEIAEoAyIzCgpNZW1iZXJMZWZ0EhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJImUKEU1lbWJlclJvbGVDaGFuZ2VkEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZSKzAQoOU2VydmljZUFjY291bnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEAoIZGlzYWJsZWQYBCABKAgSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRc2VjcmV0X3JvdGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIogBChtDcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QSTwoEbmFtZRgBIAEoCUJBsrsYPQgBKEBKEV5bQS1aYS16MC05Ll8tXSskUiRBU0NJSSBsZXR0ZXJzLCBkaWdpdHMsICctJywgJ18nLCAnLicSGAoGc2NvcGVzGAIgAygJQgiyuxgEIAEoECJfChRTZXJ2aWNlQWNjb3VudFNlY3JldBIwCgdhY2NvdW50GAEgASgLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50EhUKDWNsaWVudF9zZWNyZXQYAiABKAkiHAoaTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QiUAobTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlEjEKCGFjY291bnRzGAEgAygLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjIKGlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0EhQKAmlkGAEgASgJQgiyuxgECAFAASJKCiBTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkUmVxdWVzdBIUCgJpZBgBIAEoCUIIsrsYBAgBQAESEAoIZGlzYWJsZWQYAiABKAgiRAoYSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0EhEKCWNsaWVudF9pZBgBIAEoCRIVCg1jbGllbnRfc2VjcmV0GAIgASgJImQKDFNlcnZpY2VUb2tlbhIUCgxhY2Nlc3NfdG9rZW4YASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAMgAygJKjsKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEg4KClJPTEVfQURNSU4QAipzCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESGQoVTUVNQkVSX1JPTEVfTU9ERVJBVE9SEAISFQoRTUVNQkVSX1JPTEVfT1dORVIQAzK8GAoFVXNlcnMSdwoIUmVnaXN0ZXISIC5tdW5pdHkudXNlcnMudjEuUmVnaXN0ZXJSZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSIqorsYCggBEgYIBRA8GAWC0+STAhY6ASoiES92MS9hdXRoL3JlZ2lzdGVyEm4KBUxvZ2luEh0ubXVuaXR5LnVzZXJzLnYxLkxvZ2luUmVxdWVzdBodLm11bml0eS51c2Vycy52MS5BdXRoUmVzcG9uc2UiJ6K7GAoIARIGCAUQPBgFgtPkkwITOgEqIg4vdjEvYXV0aC9sb2dpbhJsCgdSZWZyZXNoEh8ubXVuaXR5LnVzZXJzLnYxLlJlZnJlc2hSZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSIhorsYAggBgtPkkwIVOgEqIhAvdjEvYXV0aC9yZWZyZXNoEmsKBkxvZ291dBIeLm11bml0eS51c2Vycy52MS5Mb2dvdXRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLkxvZ291dFJlc3BvbnNlIiCiuxgCCAGC0+STAhQ6ASoiDy92MS9hdXRoL2xvZ291dBJTCgVHZXRNZRIdLm11bml0eS51c2Vycy52MS5HZXRNZVJlcXVlc3QaFS5tdW5pdHkudXNlcnMudjEuVXNlciIUorsYAiABgtPkkwIIEgYvdjEvbWUSZAoHR2V0VXNlchIfLm11bml0eS51c2Vycy52MS5HZXRVc2VyUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIiGiuxgCIAGC0+STAhUSEy92MS91c2Vycy97dXNlcl9pZH0SZgoNVXBkYXRlUHJvZmlsZRIlLm11bml0eS51c2Vycy52MS5VcGRhdGVQcm9maWxlUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIheiuxgCIAGC0+STAgs6ASoyBi92MS9tZRJrCglMaXN0VXNlcnMSIS5tdW5pdHkudXNlcnMudjEuTGlzdFVzZXJzUmVxdWVzdBoiLm11bml0eS51c2Vycy52MS5MaXN0VXNlcnNSZXNwb25zZSIXorsYAiABgtPkkwILEgkvdjEvdXNlcnMSbQoHU2V0Um9sZRIfLm11bml0eS51c2Vycy52MS5TZXRSb2xlUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIiqiuxgCIAGC0+STAh46ASoiGS92MS91c2Vycy97dXNlcl9pZH0vcm9sZXMSZAoHR2V0SndrcxIfLm11bml0eS51c2Vycy52MS5HZXRKd2tzUmVxdWVzdBogLm11bml0eS51c2Vycy52MS5HZXRKd2tzUmVzcG9uc2UiFqK7GAIIAYLT5JMCChIIL3YxL2p3a3MSjgEKEFJvdGF0ZVNpZ25pbmdLZXkSKC5tdW5pdHkudXNlcnMudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaKS5tdW5pdHkudXNlcnMudjEuUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlIiWiuxgCIAGC0+STAhkiFy92MS9zaWduaW5nLWtleXMvcm90YXRlEpIBChRDcmVhdGVTZXJ2aWNlQWNjb3VudBIsLm11bml0eS51c2Vycy52MS5DcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QaJS5tdW5pdHkudXNlcnMudjEuU2VydmljZUFjY291bnRTZWNyZXQiJaK7GAIgAYLT5JMCGToBKiIUL3YxL3NlcnZpY2UtYWNjb3VudHMSlAEKE0xpc3RTZXJ2aWNlQWNjb3VudHMSKy5tdW5pdHkudXNlcnMudjEuTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QaLC5tdW5pdHkudXNlcnMudjEuTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlIiKiuxgCIAGC0+STAhYSFC92MS9zZXJ2aWNlLWFjY291bnRzEpkBChNSb3RhdGVTZXJ2aWNlU2VjcmV0EisubXVuaXR5LnVzZXJzLnYxLlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0GiUubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50U2VjcmV0Ii6iuxgCIAGC0+STAiIiIC92MS9zZXJ2aWNlLWFjY291bnRzL3tpZH0vc2VjcmV0EqQBChlTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkEjEubXVuaXR5LnVzZXJzLnYxLlNldFNlcnZpY2VBY2NvdW50RGlzYWJsZWRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjOiuxgCIAGC0+STAic6ASoaIi92MS9zZXJ2aWNlLWFjY291bnRzL3tpZH0vZGlzYWJsZWQSigEKEUlzc3VlU2VydmljZVRva2VuEikubXVuaXR5LnVzZXJzLnYxLklzc3VlU2VydmljZVRva2VuUmVxdWVzdBodLm11bml0eS51c2Vycy52MS5TZXJ2aWNlVG9rZW4iK6K7GAoIARIGCB4QPBgKgtPkkwIXOgEqIhIvdjEvc2VydmljZS10b2tlbnMSeAoPQ3JlYXRlQ29tbXVuaXR5EicubXVuaXR5LnVzZXJzLnYxLkNyZWF0ZUNvbW11bml0eVJlcXVlc3QaGi5tdW5pdHkudXNlcnMudjEuQ29tbXVuaXR5IiCiuxgCIAGC0+STAhQ6ASoiDy92MS9jb21tdW5pdGllcxJ+CgxHZXRDb21tdW5pdHkSJC5tdW5pdHkudXNlcnMudjEuR2V0Q29tbXVuaXR5UmVxdWVzdBoaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkiLKK7GAIgAYLT5JMCIBIeL3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9EoMBCg9MaXN0Q29tbXVuaXRpZXMSJy5tdW5pdHkudXNlcnMudjEuTGlzdENvbW11bml0aWVzUmVxdWVzdBooLm11bml0eS51c2Vycy52MS5MaXN0Q29tbXVuaXRpZXNSZXNwb25zZSIdorsYAiABgtPkkwIREg8vdjEvY29tbXVuaXRpZXMShgEKDUpvaW5Db21tdW5pdHkSJS5tdW5pdHkudXNlcnMudjEuSm9pbkNvbW11bml0eVJlcXVlc3QaGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyc2hpcCIxorsYAiABgtPkkwIlIiMvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vam9pbhKVAQoOTGVhdmVDb21tdW5pdHkSJi5tdW5pdHkudXNlcnMudjEuTGVhdmVDb21tdW5pdHlSZXF1ZXN0GicubXVuaXR5LnVzZXJzLnYxLkxlYXZlQ29tbXVuaXR5UmVzcG9uc2UiMqK7GAIgAYLT5JMCJiIkL3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9L2xlYXZlEo4BCgtMaXN0TWVtYmVycxIjLm11bml0eS51c2Vycy52MS5MaXN0TWVtYmVyc1JlcXVlc3QaJC5tdW5pdHkudXNlcnMudjEuTGlzdE1lbWJlcnNSZXNwb25zZSI0orsYAiABgtPkkwIoEiYvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbWVtYmVycxKbAQoNU2V0TWVtYmVyUm9sZRIlLm11bml0eS51c2Vycy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBobLm11bml0eS51c2Vycy52MS5NZW1iZXJzaGlwIkaiuxgCIAGC0+STAjo6ASoaNS92MS9jb21tdW5pdGllcy97Y29tbXVuaXR5X2lkfS9tZW1iZXJzL3t1c2VyX2lkfS9yb2xlEpsBCgxSZW1vdmVNZW1iZXISJC5tdW5pdHkudXNlcnMudjEuUmVtb3ZlTWVtYmVyUmVxdWVzdBolLm11bml0eS51c2Vycy52MS5SZW1vdmVNZW1iZXJSZXNwb25zZSI+orsYAiABgtPkkwIyKjAvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbWVtYmVycy97dXNlcl9pZH0aD6q7GAsKBXVzZXJzEIOHA2IGcHJvdG8z", [file_google_protobuf_timestamp, file_google_api_annotations, file_munity_options_v1_options]);
+  fileDesc("ChttdW5pdHkvdXNlcnMvdjEvdXNlcnMucHJvdG8SD211bml0eS51c2Vycy52MSKNAQoEVXNlchIKCgJpZBgBIAEoCRINCgVlbWFpbBgCIAEoCRIUCgxkaXNwbGF5X25hbWUYAyABKAkSJAoFcm9sZXMYBCADKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKXAgoPUmVnaXN0ZXJSZXF1ZXN0EhoKBWVtYWlsGAEgASgJQguyuxgHCAEo/gFAAhIdCghwYXNzd29yZBgCIAEoCUILsrsYBwgBIAgogAESyAEKDGRpc3BsYXlfbmFtZRgDIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJBCgxMb2dpblJlcXVlc3QSFgoFZW1haWwYASABKAlCB7K7GAMo/gESGQoIcGFzc3dvcmQYAiABKAlCB7K7GAMogAEiMgoOUmVmcmVzaFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACItsBCgxBdXRoUmVzcG9uc2USIwoEdXNlchgBIAEoCzIVLm11bml0eS51c2Vycy52MS5Vc2VyEhQKDGFjY2Vzc190b2tlbhgCIAEoCRI7ChdhY2Nlc3NfdG9rZW5fZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNcmVmcmVzaF90b2tlbhgEIAEoCRI8ChhyZWZyZXNoX3Rva2VuX2V4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjEKDUxvZ291dFJlcXVlc3QSIAoNcmVmcmVzaF90b2tlbhgBIAEoCUIJsrsYBQgBKIACIhAKDkxvZ291dFJlc3BvbnNlIg4KDEdldE1lUmVxdWVzdCIrCg5HZXRVc2VyUmVxdWVzdBIZCgd1c2VyX2lkGAEgASgJQgiyuxgECAFAASLhAQoUVXBkYXRlUHJvZmlsZVJlcXVlc3QSyAEKDGRpc3BsYXlfbmFtZRgBIAEoCUKxAbK7GKwBCAEoQEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyJLChBMaXN0VXNlcnNSZXF1ZXN0EhoKCXBhZ2Vfc2l6ZRgBIAEoDUIHsrsYAxj0AxIbCgpwYWdlX3Rva2VuGAIgASgJQgeyuxgDKIAIIlIKEUxpc3RVc2Vyc1Jlc3BvbnNlEiQKBXVzZXJzGAEgAygLMhUubXVuaXR5LnVzZXJzLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImkKDlNldFJvbGVSZXF1ZXN0EhkKB3VzZXJfaWQYASABKAlCCLK7GAQIAUABEisKBHJvbGUYAiABKA4yFS5tdW5pdHkudXNlcnMudjEuUm9sZUIGsrsYAggBEg8KB2dyYW50ZWQYAyABKAgiEAoOR2V0Sndrc1JlcXVlc3QiJAoPR2V0Sndrc1Jlc3BvbnNlEhEKCWp3a3NfanNvbhgBIAEoCSIZChdSb3RhdGVTaWduaW5nS2V5UmVxdWVzdCIuChhSb3RhdGVTaWduaW5nS2V5UmVzcG9uc2USEgoKYWN0aXZlX2tpZBgBIAEoCSJ8CglDb21tdW5pdHkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIQCghvd25lcl9pZBgEIAEoCRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLTAgoWQ3JlYXRlQ29tbXVuaXR5UmVxdWVzdBLAAQoEbmFtZRgBIAEoCUKxAbK7GKwBCAEoZEpXXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSpbXlxzXHgwMC1ceDFmXHg3Zi1ceDlmXVteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUk10ZXh0IHdpdGggYSB2aXNpYmxlIGNoYXJhY3RlciBhbmQgbm8gY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcxJ2CgtkZXNjcmlwdGlvbhgCIAEoCUJhsrsYXSjQD0ohXlteXHgwMC1ceDA4XHgwYi1ceDFmXHg3Zi1ceDlmXSokUjV0ZXh0IHdpdGhvdXQgY29udHJvbCBjaGFyYWN0ZXJzIGJ1dCB0YWJzIGFuZCBuZXdsaW5lcyI1ChNHZXRDb21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiUQoWTGlzdENvbW11bml0aWVzUmVxdWVzdBIaCglwYWdlX3NpemUYASABKA1CB7K7GAMY9AMSGwoKcGFnZV90b2tlbhgCIAEoCUIHsrsYAyiACCJjChdMaXN0Q29tbXVuaXRpZXNSZXNwb25zZRIvCgtjb21tdW5pdGllcxgBIAMoCzIaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo0BCgpNZW1iZXJzaGlwEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZRItCglqb2luZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjYKFEpvaW5Db21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiNwoVTGVhdmVDb21tdW5pdHlSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAEiGAoWTGVhdmVDb21tdW5pdHlSZXNwb25zZSJtChJMaXN0TWVtYmVyc1JlcXVlc3QSHgoMY29tbXVuaXR5X2lkGAEgASgJQgiyuxgECAFAARIaCglwYWdlX3NpemUYAiABKA1CB7K7GAMY9AMSGwoKcGFnZV90b2tlbhgDIAEoCUIHsrsYAyiACCJcChNMaXN0TWVtYmVyc1Jlc3BvbnNlEiwKB21lbWJlcnMYASADKAsyGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyc2hpcBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkihgEKFFNldE1lbWJlclJvbGVSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGQoHdXNlcl9pZBgCIAEoCUIIsrsYBAgBQAESMwoEcm9sZRgDIAEoDjIbLm11bml0eS51c2Vycy52MS5NZW1iZXJSb2xlQgiyuxgECAEYAiJQChNSZW1vdmVNZW1iZXJSZXF1ZXN0Eh4KDGNvbW11bml0eV9pZBgBIAEoCUIIsrsYBAgBQAESGQoHdXNlcl9pZBgCIAEoCUIIsrsYBAgBQAEiFgoUUmVtb3ZlTWVtYmVyUmVzcG9uc2UiSAoQQ29tbXVuaXR5Q3JlYXRlZBIUCgxjb21tdW5pdHlfaWQYASABKAkSEAoIb3duZXJfaWQYAiABKAkSDAoEbmFtZRgDIAEoCSJ2CgxNZW1iZXJKb2luZWQSFAoMY29tbXVuaXR5X2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEcm9sZRgDIAEoDjIbLm11bml0eS51c2Vycy52MS5NZW1iZXJSb2xlEhQKDGpvaW5lZF9hdF9tcxgEIAEoAyIzCgpNZW1iZXJMZWZ0EhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJImUKEU1lbWJlclJvbGVDaGFuZ2VkEhQKDGNvbW11bml0eV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKBHJvbGUYAyABKA4yGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyUm9sZSKzAQoOU2VydmljZUFjY291bnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZzY29wZXMYAyADKAkSEAoIZGlzYWJsZWQYBCABKAgSLgoKY3JlYXRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRc2VjcmV0X3JvdGF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIogBChtDcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QSTwoEbmFtZRgBIAEoCUJBsrsYPQgBKEBKEV5bQS1aYS16MC05Ll8tXSskUiRBU0NJSSBsZXR0ZXJzLCBkaWdpdHMsICctJywgJ18nLCAnLicSGAoGc2NvcGVzGAIgAygJQgiyuxgEIAEoECJfChRTZXJ2aWNlQWNjb3VudFNlY3JldBIwCgdhY2NvdW50GAEgASgLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50EhUKDWNsaWVudF9zZWNyZXQYAiABKAkiHAoaTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QiUAobTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlEjEKCGFjY291bnRzGAEgAygLMh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjIKGlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0EhQKAmlkGAEgASgJQgiyuxgECAFAASJKCiBTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkUmVxdWVzdBIUCgJpZBgBIAEoCUIIsrsYBAgBQAESEAoIZGlzYWJsZWQYAiABKAgiRAoYSXNzdWVTZXJ2aWNlVG9rZW5SZXF1ZXN0EhEKCWNsaWVudF9pZBgBIAEoCRIVCg1jbGllbnRfc2VjcmV0GAIgASgJImQKDFNlcnZpY2VUb2tlbhIUCgxhY2Nlc3NfdG9rZW4YASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc2NvcGVzGAMgAygJIhcKFUNyZWF0ZUxpbmtDb2RlUmVxdWVzdCJICghMaW5rQ29kZRIMCgRjb2RlGAEgASgJEi4KCmV4cGlyZXNfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkgKFVJlZGVlbUxpbmtDb2RlUmVxdWVzdBIWCgRjb2RlGAEgASgJQgiyuxgECAEoIBIXCgdjaGF0X2lkGAIgASgDQgayuxgCCAEiWwoIQ2hhdExpbmsSDwoHY2hhdF9pZBgBIAEoAxIPCgd1c2VyX2lkGAIgASgJEi0KCWxpbmtlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoUTGlzdENoYXRMaW5rc1JlcXVlc3QiQQoVTGlzdENoYXRMaW5rc1Jlc3BvbnNlEigKBWxpbmtzGAEgAygLMhkubXVuaXR5LnVzZXJzLnYxLkNoYXRMaW5rIiAKDVVubGlua1JlcXVlc3QSDwoHY2hhdF9pZBgBIAEoAyIsChFVbmxpbmtDaGF0UmVxdWVzdBIXCgdjaGF0X2lkGAEgASgDQgayuxgCCAEiIgoOVW5saW5rUmVzcG9uc2USEAoIdW5saW5rZWQYASABKA0iLwoURXhjaGFuZ2VUb2tlblJlcXVlc3QSFwoHY2hhdF9pZBgBIAEoA0IGsrsYAggBImcKDkV4Y2hhbmdlZFRva2VuEhQKDGFjY2Vzc190b2tlbhgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd1c2VyX2lkGAMgASgJKjsKBFJvbGUSFAoQUk9MRV9VTlNQRUNJRklFRBAAEg0KCVJPTEVfVVNFUhABEg4KClJPTEVfQURNSU4QAipzCgpNZW1iZXJSb2xlEhsKF01FTUJFUl9ST0xFX1VOU1BFQ0lGSUVEEAASFgoSTUVNQkVSX1JPTEVfTUVNQkVSEAESGQoVTUVNQkVSX1JPTEVfTU9ERVJBVE9SEAISFQoRTUVNQkVSX1JPTEVfT1dORVIQAzLnHQoFVXNlcnMSdwoIUmVnaXN0ZXISIC5tdW5pdHkudXNlcnMudjEuUmVnaXN0ZXJSZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSIqorsYCggBEgYIBRA8GAWC0+STAhY6ASoiES92MS9hdXRoL3JlZ2lzdGVyEm4KBUxvZ2luEh0ubXVuaXR5LnVzZXJzLnYxLkxvZ2luUmVxdWVzdBodLm11bml0eS51c2Vycy52MS5BdXRoUmVzcG9uc2UiJ6K7GAoIARIGCAUQPBgFgtPkkwITOgEqIg4vdjEvYXV0aC9sb2dpbhJsCgdSZWZyZXNoEh8ubXVuaXR5LnVzZXJzLnYxLlJlZnJlc2hSZXF1ZXN0Gh0ubXVuaXR5LnVzZXJzLnYxLkF1dGhSZXNwb25zZSIhorsYAggBgtPkkwIVOgEqIhAvdjEvYXV0aC9yZWZyZXNoEmsKBkxvZ291dBIeLm11bml0eS51c2Vycy52MS5Mb2dvdXRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLkxvZ291dFJlc3BvbnNlIiCiuxgCCAGC0+STAhQ6ASoiDy92MS9hdXRoL2xvZ291dBJTCgVHZXRNZRIdLm11bml0eS51c2Vycy52MS5HZXRNZVJlcXVlc3QaFS5tdW5pdHkudXNlcnMudjEuVXNlciIUorsYAiABgtPkkwIIEgYvdjEvbWUSZAoHR2V0VXNlchIfLm11bml0eS51c2Vycy52MS5HZXRVc2VyUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIiGiuxgCIAGC0+STAhUSEy92MS91c2Vycy97dXNlcl9pZH0SZgoNVXBkYXRlUHJvZmlsZRIlLm11bml0eS51c2Vycy52MS5VcGRhdGVQcm9maWxlUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIheiuxgCIAGC0+STAgs6ASoyBi92MS9tZRJrCglMaXN0VXNlcnMSIS5tdW5pdHkudXNlcnMudjEuTGlzdFVzZXJzUmVxdWVzdBoiLm11bml0eS51c2Vycy52MS5MaXN0VXNlcnNSZXNwb25zZSIXorsYAiABgtPkkwILEgkvdjEvdXNlcnMSbQoHU2V0Um9sZRIfLm11bml0eS51c2Vycy52MS5TZXRSb2xlUmVxdWVzdBoVLm11bml0eS51c2Vycy52MS5Vc2VyIiqiuxgCIAGC0+STAh46ASoiGS92MS91c2Vycy97dXNlcl9pZH0vcm9sZXMSZAoHR2V0SndrcxIfLm11bml0eS51c2Vycy52MS5HZXRKd2tzUmVxdWVzdBogLm11bml0eS51c2Vycy52MS5HZXRKd2tzUmVzcG9uc2UiFqK7GAIIAYLT5JMCChIIL3YxL2p3a3MSjgEKEFJvdGF0ZVNpZ25pbmdLZXkSKC5tdW5pdHkudXNlcnMudjEuUm90YXRlU2lnbmluZ0tleVJlcXVlc3QaKS5tdW5pdHkudXNlcnMudjEuUm90YXRlU2lnbmluZ0tleVJlc3BvbnNlIiWiuxgCIAGC0+STAhkiFy92MS9zaWduaW5nLWtleXMvcm90YXRlEpIBChRDcmVhdGVTZXJ2aWNlQWNjb3VudBIsLm11bml0eS51c2Vycy52MS5DcmVhdGVTZXJ2aWNlQWNjb3VudFJlcXVlc3QaJS5tdW5pdHkudXNlcnMudjEuU2VydmljZUFjY291bnRTZWNyZXQiJaK7GAIgAYLT5JMCGToBKiIUL3YxL3NlcnZpY2UtYWNjb3VudHMSlAEKE0xpc3RTZXJ2aWNlQWNjb3VudHMSKy5tdW5pdHkudXNlcnMudjEuTGlzdFNlcnZpY2VBY2NvdW50c1JlcXVlc3QaLC5tdW5pdHkudXNlcnMudjEuTGlzdFNlcnZpY2VBY2NvdW50c1Jlc3BvbnNlIiKiuxgCIAGC0+STAhYSFC92MS9zZXJ2aWNlLWFjY291bnRzEpkBChNSb3RhdGVTZXJ2aWNlU2VjcmV0EisubXVuaXR5LnVzZXJzLnYxLlJvdGF0ZVNlcnZpY2VTZWNyZXRSZXF1ZXN0GiUubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50U2VjcmV0Ii6iuxgCIAGC0+STAiIiIC92MS9zZXJ2aWNlLWFjY291bnRzL3tpZH0vc2VjcmV0EqQBChlTZXRTZXJ2aWNlQWNjb3VudERpc2FibGVkEjEubXVuaXR5LnVzZXJzLnYxLlNldFNlcnZpY2VBY2NvdW50RGlzYWJsZWRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLlNlcnZpY2VBY2NvdW50IjOiuxgCIAGC0+STAic6ASoaIi92MS9zZXJ2aWNlLWFjY291bnRzL3tpZH0vZGlzYWJsZWQSigEKEUlzc3VlU2VydmljZVRva2VuEikubXVuaXR5LnVzZXJzLnYxLklzc3VlU2VydmljZVRva2VuUmVxdWVzdBodLm11bml0eS51c2Vycy52MS5TZXJ2aWNlVG9rZW4iK6K7GAoIARIGCB4QPBgKgtPkkwIXOgEqIhIvdjEvc2VydmljZS10b2tlbnMSeAoPQ3JlYXRlQ29tbXVuaXR5EicubXVuaXR5LnVzZXJzLnYxLkNyZWF0ZUNvbW11bml0eVJlcXVlc3QaGi5tdW5pdHkudXNlcnMudjEuQ29tbXVuaXR5IiCiuxgCIAGC0+STAhQ6ASoiDy92MS9jb21tdW5pdGllcxJ+CgxHZXRDb21tdW5pdHkSJC5tdW5pdHkudXNlcnMudjEuR2V0Q29tbXVuaXR5UmVxdWVzdBoaLm11bml0eS51c2Vycy52MS5Db21tdW5pdHkiLKK7GAIgAYLT5JMCIBIeL3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9EoMBCg9MaXN0Q29tbXVuaXRpZXMSJy5tdW5pdHkudXNlcnMudjEuTGlzdENvbW11bml0aWVzUmVxdWVzdBooLm11bml0eS51c2Vycy52MS5MaXN0Q29tbXVuaXRpZXNSZXNwb25zZSIdorsYAiABgtPkkwIREg8vdjEvY29tbXVuaXRpZXMShgEKDUpvaW5Db21tdW5pdHkSJS5tdW5pdHkudXNlcnMudjEuSm9pbkNvbW11bml0eVJlcXVlc3QaGy5tdW5pdHkudXNlcnMudjEuTWVtYmVyc2hpcCIxorsYAiABgtPkkwIlIiMvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vam9pbhKVAQoOTGVhdmVDb21tdW5pdHkSJi5tdW5pdHkudXNlcnMudjEuTGVhdmVDb21tdW5pdHlSZXF1ZXN0GicubXVuaXR5LnVzZXJzLnYxLkxlYXZlQ29tbXVuaXR5UmVzcG9uc2UiMqK7GAIgAYLT5JMCJiIkL3YxL2NvbW11bml0aWVzL3tjb21tdW5pdHlfaWR9L2xlYXZlEo4BCgtMaXN0TWVtYmVycxIjLm11bml0eS51c2Vycy52MS5MaXN0TWVtYmVyc1JlcXVlc3QaJC5tdW5pdHkudXNlcnMudjEuTGlzdE1lbWJlcnNSZXNwb25zZSI0orsYAiABgtPkkwIoEiYvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbWVtYmVycxKbAQoNU2V0TWVtYmVyUm9sZRIlLm11bml0eS51c2Vycy52MS5TZXRNZW1iZXJSb2xlUmVxdWVzdBobLm11bml0eS51c2Vycy52MS5NZW1iZXJzaGlwIkaiuxgCIAGC0+STAjo6ASoaNS92MS9jb21tdW5pdGllcy97Y29tbXVuaXR5X2lkfS9tZW1iZXJzL3t1c2VyX2lkfS9yb2xlEpsBCgxSZW1vdmVNZW1iZXISJC5tdW5pdHkudXNlcnMudjEuUmVtb3ZlTWVtYmVyUmVxdWVzdBolLm11bml0eS51c2Vycy52MS5SZW1vdmVNZW1iZXJSZXNwb25zZSI+orsYAiABgtPkkwIyKjAvdjEvY29tbXVuaXRpZXMve2NvbW11bml0eV9pZH0vbWVtYmVycy97dXNlcl9pZH0SfAoOQ3JlYXRlTGlua0NvZGUSJi5tdW5pdHkudXNlcnMudjEuQ3JlYXRlTGlua0NvZGVSZXF1ZXN0GhkubXVuaXR5LnVzZXJzLnYxLkxpbmtDb2RlIieiuxgKEgYIChA8GAUgAYLT5JMCEyIRL3YxL21lL2xpbmstY29kZXMSZQoOUmVkZWVtTGlua0NvZGUSJi5tdW5pdHkudXNlcnMudjEuUmVkZWVtTGlua0NvZGVSZXF1ZXN0GhkubXVuaXR5LnVzZXJzLnYxLkNoYXRMaW5rIhCiuxgMIAIqCGJvdC5saW5rEn8KDUxpc3RDaGF0TGlua3MSJS5tdW5pdHkudXNlcnMudjEuTGlzdENoYXRMaW5rc1JlcXVlc3QaJi5tdW5pdHkudXNlcnMudjEuTGlzdENoYXRMaW5rc1Jlc3BvbnNlIh+iuxgCIAGC0+STAhMSES92MS9tZS9jaGF0LWxpbmtzEnQKBlVubGluaxIeLm11bml0eS51c2Vycy52MS5VbmxpbmtSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLlVubGlua1Jlc3BvbnNlIimiuxgCIAGC0+STAh06ASoiGC92MS9tZS9jaGF0LWxpbmtzL3VubGluaxJjCgpVbmxpbmtDaGF0EiIubXVuaXR5LnVzZXJzLnYxLlVubGlua0NoYXRSZXF1ZXN0Gh8ubXVuaXR5LnVzZXJzLnYxLlVubGlua1Jlc3BvbnNlIhCiuxgMIAIqCGJvdC5saW5rEmgKDUV4Y2hhbmdlVG9rZW4SJS5tdW5pdHkudXNlcnMudjEuRXhjaGFuZ2VUb2tlblJlcXVlc3QaHy5tdW5pdHkudXNlcnMudjEuRXhjaGFuZ2VkVG9rZW4iD6K7GAsgAioHYm90LmFjdBoPqrsYCwoFdXNlcnMQg4cDYgZwcm90bzM", [file_google_protobuf_timestamp, file_google_api_annotations, file_munity_options_v1_options]);
 
 /**
  * An account as others see it. The email is shown only to the account itself
@@ -1201,6 +1201,264 @@ export const ServiceTokenSchema: GenMessage<ServiceToken> = /*@__PURE__*/
   messageDesc(file_munity_users_v1_users, 43);
 
 /**
+ * CreateLinkCode's input (empty: the code is for the caller).
+ *
+ * @generated from message munity.users.v1.CreateLinkCodeRequest
+ */
+export type CreateLinkCodeRequest = Message<"munity.users.v1.CreateLinkCodeRequest"> & {
+};
+
+/**
+ * Describes the message munity.users.v1.CreateLinkCodeRequest.
+ * Use `create(CreateLinkCodeRequestSchema)` to create a new message.
+ */
+export const CreateLinkCodeRequestSchema: GenMessage<CreateLinkCodeRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 44);
+
+/**
+ * A one-time link code.
+ *
+ * @generated from message munity.users.v1.LinkCode
+ */
+export type LinkCode = Message<"munity.users.v1.LinkCode"> & {
+  /**
+   * 8 characters of `ABCDEFGHJKLMNPQRSTUVWXYZ23456789` (40 random bits); the
+   * user sends `/link <code>` to the bot.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * When it stops working (5 minutes after it was made).
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message munity.users.v1.LinkCode.
+ * Use `create(LinkCodeSchema)` to create a new message.
+ */
+export const LinkCodeSchema: GenMessage<LinkCode> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 45);
+
+/**
+ * RedeemLinkCode's input.
+ *
+ * @generated from message munity.users.v1.RedeemLinkCodeRequest
+ */
+export type RedeemLinkCodeRequest = Message<"munity.users.v1.RedeemLinkCodeRequest"> & {
+  /**
+   * The code the user sent; case and spaces are ignored.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * The Telegram chat to link (a nonzero chat id).
+   *
+   * @generated from field: int64 chat_id = 2;
+   */
+  chatId: bigint;
+};
+
+/**
+ * Describes the message munity.users.v1.RedeemLinkCodeRequest.
+ * Use `create(RedeemLinkCodeRequestSchema)` to create a new message.
+ */
+export const RedeemLinkCodeRequestSchema: GenMessage<RedeemLinkCodeRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 46);
+
+/**
+ * A chat bound to an account.
+ *
+ * @generated from message munity.users.v1.ChatLink
+ */
+export type ChatLink = Message<"munity.users.v1.ChatLink"> & {
+  /**
+   * The Telegram chat id.
+   *
+   * @generated from field: int64 chat_id = 1;
+   */
+  chatId: bigint;
+
+  /**
+   * The account it acts for.
+   *
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * When it was linked.
+   *
+   * @generated from field: google.protobuf.Timestamp linked_at = 3;
+   */
+  linkedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message munity.users.v1.ChatLink.
+ * Use `create(ChatLinkSchema)` to create a new message.
+ */
+export const ChatLinkSchema: GenMessage<ChatLink> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 47);
+
+/**
+ * ListChatLinks' input (empty: the caller's).
+ *
+ * @generated from message munity.users.v1.ListChatLinksRequest
+ */
+export type ListChatLinksRequest = Message<"munity.users.v1.ListChatLinksRequest"> & {
+};
+
+/**
+ * Describes the message munity.users.v1.ListChatLinksRequest.
+ * Use `create(ListChatLinksRequestSchema)` to create a new message.
+ */
+export const ListChatLinksRequestSchema: GenMessage<ListChatLinksRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 48);
+
+/**
+ * The caller's linked chats, oldest first.
+ *
+ * @generated from message munity.users.v1.ListChatLinksResponse
+ */
+export type ListChatLinksResponse = Message<"munity.users.v1.ListChatLinksResponse"> & {
+  /**
+   * @generated from field: repeated munity.users.v1.ChatLink links = 1;
+   */
+  links: ChatLink[];
+};
+
+/**
+ * Describes the message munity.users.v1.ListChatLinksResponse.
+ * Use `create(ListChatLinksResponseSchema)` to create a new message.
+ */
+export const ListChatLinksResponseSchema: GenMessage<ListChatLinksResponse> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 49);
+
+/**
+ * Unlink's input.
+ *
+ * @generated from message munity.users.v1.UnlinkRequest
+ */
+export type UnlinkRequest = Message<"munity.users.v1.UnlinkRequest"> & {
+  /**
+   * The chat to unlink; 0 for every chat of the caller.
+   *
+   * @generated from field: int64 chat_id = 1;
+   */
+  chatId: bigint;
+};
+
+/**
+ * Describes the message munity.users.v1.UnlinkRequest.
+ * Use `create(UnlinkRequestSchema)` to create a new message.
+ */
+export const UnlinkRequestSchema: GenMessage<UnlinkRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 50);
+
+/**
+ * UnlinkChat's input.
+ *
+ * @generated from message munity.users.v1.UnlinkChatRequest
+ */
+export type UnlinkChatRequest = Message<"munity.users.v1.UnlinkChatRequest"> & {
+  /**
+   * The chat to unlink.
+   *
+   * @generated from field: int64 chat_id = 1;
+   */
+  chatId: bigint;
+};
+
+/**
+ * Describes the message munity.users.v1.UnlinkChatRequest.
+ * Use `create(UnlinkChatRequestSchema)` to create a new message.
+ */
+export const UnlinkChatRequestSchema: GenMessage<UnlinkChatRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 51);
+
+/**
+ * What was unlinked.
+ *
+ * @generated from message munity.users.v1.UnlinkResponse
+ */
+export type UnlinkResponse = Message<"munity.users.v1.UnlinkResponse"> & {
+  /**
+   * How many links were removed (0: there was none).
+   *
+   * @generated from field: uint32 unlinked = 1;
+   */
+  unlinked: number;
+};
+
+/**
+ * Describes the message munity.users.v1.UnlinkResponse.
+ * Use `create(UnlinkResponseSchema)` to create a new message.
+ */
+export const UnlinkResponseSchema: GenMessage<UnlinkResponse> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 52);
+
+/**
+ * ExchangeToken's input.
+ *
+ * @generated from message munity.users.v1.ExchangeTokenRequest
+ */
+export type ExchangeTokenRequest = Message<"munity.users.v1.ExchangeTokenRequest"> & {
+  /**
+   * The linked chat whose user the token is for.
+   *
+   * @generated from field: int64 chat_id = 1;
+   */
+  chatId: bigint;
+};
+
+/**
+ * Describes the message munity.users.v1.ExchangeTokenRequest.
+ * Use `create(ExchangeTokenRequestSchema)` to create a new message.
+ */
+export const ExchangeTokenRequestSchema: GenMessage<ExchangeTokenRequest> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 53);
+
+/**
+ * A delegated access token.
+ *
+ * @generated from message munity.users.v1.ExchangedToken
+ */
+export type ExchangedToken = Message<"munity.users.v1.ExchangedToken"> & {
+  /**
+   * A signed JWT: `sub` the user, `act.sub` the caller's client id.
+   *
+   * @generated from field: string access_token = 1;
+   */
+  accessToken: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * The user it acts for.
+   *
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message munity.users.v1.ExchangedToken.
+ * Use `create(ExchangedTokenSchema)` to create a new message.
+ */
+export const ExchangedTokenSchema: GenMessage<ExchangedToken> = /*@__PURE__*/
+  messageDesc(file_munity_users_v1_users, 54);
+
+/**
  * A platform-wide role.
  *
  * @generated from enum munity.users.v1.Role
@@ -1534,6 +1792,77 @@ export const Users: GenService<{
     methodKind: "unary";
     input: typeof RemoveMemberRequestSchema;
     output: typeof RemoveMemberResponseSchema;
+  },
+  /**
+   * Chat links (the Telegram bot, bot-svc): a signed-in user asks for a
+   * one-time code and sends `/link CODE` to the bot, so no password is ever
+   * typed into a chat. The code is single-use, expires after 5 minutes and
+   * is kept only as a hash. Delegated tokens (ExchangeToken's) cannot ask.
+   *
+   * @generated from rpc munity.users.v1.Users.CreateLinkCode
+   */
+  createLinkCode: {
+    methodKind: "unary";
+    input: typeof CreateLinkCodeRequestSchema;
+    output: typeof LinkCodeSchema;
+  },
+  /**
+   * The bot: binds the chat to the code's user (replacing the chat's earlier
+   * link) and uses the code up. A wrong, used or expired code is
+   * NOT_FOUND, whichever it was; after 5 wrong codes from one chat within
+   * 10 minutes the chat is refused with RESOURCE_EXHAUSTED (guessing).
+   *
+   * @generated from rpc munity.users.v1.Users.RedeemLinkCode
+   */
+  redeemLinkCode: {
+    methodKind: "unary";
+    input: typeof RedeemLinkCodeRequestSchema;
+    output: typeof ChatLinkSchema;
+  },
+  /**
+   * The caller's linked chats.
+   *
+   * @generated from rpc munity.users.v1.Users.ListChatLinks
+   */
+  listChatLinks: {
+    methodKind: "unary";
+    input: typeof ListChatLinksRequestSchema;
+    output: typeof ListChatLinksResponseSchema;
+  },
+  /**
+   * Unlinks one of the caller's chats, or all of them when `chat_id` is 0.
+   * The bot finds out at its next ExchangeToken (NOT_FOUND).
+   *
+   * @generated from rpc munity.users.v1.Users.Unlink
+   */
+  unlink: {
+    methodKind: "unary";
+    input: typeof UnlinkRequestSchema;
+    output: typeof UnlinkResponseSchema;
+  },
+  /**
+   * The bot: unlinks a chat (`/unlink` in the chat). Idempotent.
+   *
+   * @generated from rpc munity.users.v1.Users.UnlinkChat
+   */
+  unlinkChat: {
+    methodKind: "unary";
+    input: typeof UnlinkChatRequestSchema;
+    output: typeof UnlinkResponseSchema;
+  },
+  /**
+   * Token exchange (RFC 8693): the bot's service token and a linked chat
+   * give a short-lived access token for the chat's user: `sub` the user,
+   * `act.sub` the bot's client id, role `user` only (never admin). Every
+   * call the bot makes with it is authorized by the services' own rules for
+   * that user. NOT_FOUND when the chat is not linked.
+   *
+   * @generated from rpc munity.users.v1.Users.ExchangeToken
+   */
+  exchangeToken: {
+    methodKind: "unary";
+    input: typeof ExchangeTokenRequestSchema;
+    output: typeof ExchangedTokenSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_munity_users_v1_users, 0);

@@ -1694,6 +1694,33 @@ async fn chats_link_by_one_time_codes_and_the_bot_acts_as_the_user() {
             .code(),
         Code::PermissionDenied
     );
+    // Acting for an admin gives the admin's ordinary rights only.
+    let code = client
+        .create_link_code(with_bearer(
+            pb::CreateLinkCodeRequest {},
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    redeem(&code.code, 31337, &bot_token).await.unwrap();
+    let for_admin = exchange(31337).await.unwrap();
+    let refused = client
+        .list_users(with_bearer(
+            pb::ListUsersRequest::default(),
+            &for_admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    client
+        .list_users(with_bearer(
+            pb::ListUsersRequest::default(),
+            &admin.access_token,
+        ))
+        .await
+        .unwrap();
+
     let listed = client
         .list_chat_links(with_bearer(pb::ListChatLinksRequest {}, &ada.access_token))
         .await

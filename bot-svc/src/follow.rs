@@ -1,6 +1,8 @@
-//! Pushes: the bot follows each linked user's `user:<id>` topic on
-//! notify-svc with a token exchanged for that user, and queues each
-//! notification for the user's chats.
+//! Pushes: the bot follows each linked user's `user:<id>` topic and the
+//! `event:<id>` topics of the meetings they made or joined on notify-svc,
+//! with a token exchanged for that user (so notify-svc and events-svc decide
+//! what the user may follow), and queues each notification for the user's
+//! chats.
 //!
 //! At most once per chat: the queue entry is written with a sent-log entry
 //! keyed by the notification's domain-event id (`BotStore::enqueue`), so a
@@ -25,7 +27,25 @@ use crate::{
 /// How often the set of followed users is compared with the links.
 const RESCAN: Duration = Duration::from_secs(2);
 
-/// A notification as a line in a chat.
+/// A notification as a line in `user`'s chat; `None` for what a chat is
+/// not told (votes, updates, its own joins: they would drown the
+/// reminders).
+pub fn push_text(n: &notify_pb::Notification, user: &str) -> Option<String> {
+    let bytes = n.payload.as_ref()?.value.as_slice();
+    match n.kind.as_str() {
+        "munity.events.v1.ParticipantJoined" => {
+            let j = events_pb::ParticipantJoined::decode(bytes).ok()?;
+            (j.owner_id == user && j.user_id != user).then(|| describe(n))
+        }
+        "munity.events.v1.ReminderDue"
+        | "munity.events.v1.VotingClosed"
+        | "munity.events.v1.EventCancelled"
+        | "munity.events.v1.EventCreated" => Some(describe(n)),
+        _ => None,
+    }
+}
+
+/// A notification as a line (the inbox lists every kind).
 pub fn describe(n: &notify_pb::Notification) -> String {
     let Some(payload) = &n.payload else {
         return n.kind.clone();
@@ -126,13 +146,12 @@ async fn follow(
     queue_capacity: u64,
     shutdown: ShutdownToken,
 ) {
-    let topic = format!("user:{user}");
     loop {
         let chats = chats_of(store.as_ref(), user).await;
         let Some(&chat) = chats.first() else {
             return;
         };
-        let result = follow_once(&munity, store.as_ref(), user, chat, &topic, queue_capacity).await;
+        let result = follow_once(&munity, store.as_ref(), user, chat, queue_capacity).await;
         match result {
             Ok(false) => {
                 // Unlinked from the account side.
@@ -148,64 +167,119 @@ async fn follow(
     }
 }
 
-/// One Subscribe stream; `Ok(false)` when the chat is no longer linked.
+/// What a user's chats hear: the user's own topic, and the topics of the
+/// meetings they made or joined (reminders, voting closed, cancellations
+/// are published there), at most [`MAX_TOPICS`] in all.
+async fn topics_of(munity: &Munity, user: Uuid, token: &str) -> anyhow::Result<Vec<String>> {
+    let mut topics = vec![format!("user:{user}")];
+    for filter in [events_pb::EventFilter::Joined, events_pb::EventFilter::Mine] {
+        let page = munity
+            .events
+            .clone()
+            .list_events(with_bearer(
+                events_pb::ListEventsRequest {
+                    filter: filter as i32,
+                    page_size: MAX_TOPICS as u32,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await?
+            .into_inner();
+        for event in page.events {
+            let topic = format!("event:{}", event.id);
+            if !topics.contains(&topic) && topics.len() < MAX_TOPICS {
+                topics.push(topic);
+            }
+        }
+    }
+    topics.sort();
+    Ok(topics)
+}
+
+/// Topics one Subscribe stream may follow (notify-svc's default bound).
+const MAX_TOPICS: usize = 32;
+/// How often the followed meetings are looked up again.
+const TOPICS_REFRESH: Duration = Duration::from_secs(2);
+
+/// One Subscribe stream; `Ok(false)` when the chat is no longer linked,
+/// `Ok(true)` when the stream ended or the topics changed.
 async fn follow_once(
     munity: &Munity,
     store: &dyn BotStore,
     user: Uuid,
     chat: i64,
-    topic: &str,
     queue_capacity: u64,
 ) -> anyhow::Result<bool> {
     let Some(token) = munity.user_token(chat).await? else {
         return Ok(false);
     };
-    let position = store.position(user).await?;
-    let request = match &position {
-        Some(p) => notify_pb::SubscribeRequest {
-            topics: Vec::new(),
-            resume: vec![notify_pb::TopicPosition {
-                topic: topic.to_owned(),
-                epoch: p.epoch.clone(),
+    let topics = topics_of(munity, user, &token.token).await?;
+    let mut request = notify_pb::SubscribeRequest::default();
+    let mut unplaced = Vec::new();
+    for topic in &topics {
+        match store.position(user, topic).await? {
+            Some(p) => request.resume.push(notify_pb::TopicPosition {
+                topic: topic.clone(),
+                epoch: p.epoch,
                 offset: p.offset,
-            }],
-        },
-        None => notify_pb::SubscribeRequest {
-            topics: vec![topic.to_owned()],
-            resume: Vec::new(),
-        },
-    };
+            }),
+            None => {
+                request.topics.push(topic.clone());
+                unplaced.push(topic.clone());
+            }
+        }
+    }
     let mut stream = munity
         .notify
         .clone()
         .subscribe(with_bearer(request, &token.token))
         .await?
         .into_inner();
-    let mut started = position.is_some();
-    while let Some(answer) = stream.message().await? {
+    let mut refresh = tokio::time::interval(TOPICS_REFRESH);
+    refresh.tick().await;
+    loop {
+        let answer = tokio::select! {
+            answer = stream.message() => answer?,
+            _ = refresh.tick() => {
+                // Joined or made a meeting since: follow it too.
+                if topics_of(munity, user, &token.token).await? != topics {
+                    return Ok(true);
+                }
+                continue;
+            }
+        };
+        let Some(answer) = answer else {
+            return Ok(true);
+        };
         use notify_pb::subscribe_response::Message as M;
         match answer.message {
-            Some(M::Subscribed(subscribed)) if !started => {
-                // First follow: from now on (what came before linking is in
-                // the inbox).
-                if let Some(p) = subscribed.positions.iter().find(|p| p.topic == topic) {
-                    store
-                        .set_position(
-                            user,
-                            &Position {
-                                epoch: p.epoch.clone(),
-                                offset: p.offset,
-                            },
-                        )
-                        .await?;
+            Some(M::Subscribed(subscribed)) => {
+                // A topic followed for the first time: from now on (what
+                // came before is in the inbox).
+                for p in subscribed.positions {
+                    if unplaced.contains(&p.topic) {
+                        store
+                            .set_position(
+                                user,
+                                &p.topic,
+                                &Position {
+                                    epoch: p.epoch.clone(),
+                                    offset: p.offset,
+                                },
+                            )
+                            .await?;
+                    }
                 }
-                started = true;
+                unplaced.clear();
             }
             Some(M::Notification(n)) => {
-                let text = describe(&n);
+                let text = push_text(&n, &user.to_string());
                 let dedup = if n.event_id.is_empty() {
                     format!("{}:{}:{}", n.topic, n.epoch, n.offset)
                 } else {
+                    // One domain event on several topics (the meeting's and
+                    // the user's) is one message.
                     n.event_id.clone()
                 };
                 // Bounded queue: a slow Telegram makes following wait, not
@@ -213,7 +287,12 @@ async fn follow_once(
                 while store.queue_len().await? >= queue_capacity {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                for chat in chats_of(store, user).await {
+                let chats = match text {
+                    Some(_) => chats_of(store, user).await,
+                    None => Vec::new(),
+                };
+                let text = text.unwrap_or_default();
+                for chat in chats {
                     store
                         .enqueue(
                             &Outgoing {
@@ -228,6 +307,7 @@ async fn follow_once(
                 store
                     .set_position(
                         user,
+                        &n.topic,
                         &Position {
                             epoch: n.epoch.clone(),
                             offset: n.offset,
@@ -240,6 +320,7 @@ async fn follow_once(
                     store
                         .set_position(
                             user,
+                            &p.topic,
                             &Position {
                                 epoch: p.epoch,
                                 offset: p.offset,
@@ -251,5 +332,4 @@ async fn follow_once(
             _ => {}
         }
     }
-    Ok(true)
 }

@@ -54,13 +54,25 @@ mod cases {
         store.set_update_offset(42).await.unwrap();
         assert_eq!(store.update_offset().await.unwrap(), 42);
         let user = Uuid::now_v7();
-        assert_eq!(store.position(user).await.unwrap(), None);
+        let topic = format!("user:{user}");
+        assert_eq!(store.position(user, &topic).await.unwrap(), None);
         let position = Position {
             epoch: "e1".to_owned(),
             offset: 17,
         };
-        store.set_position(user, &position).await.unwrap();
-        assert_eq!(store.position(user).await.unwrap(), Some(position));
+        store.set_position(user, &topic, &position).await.unwrap();
+        assert_eq!(
+            store.position(user, &topic).await.unwrap(),
+            Some(position.clone())
+        );
+        assert_eq!(store.position(user, "event:x").await.unwrap(), None);
+        let other = Position {
+            epoch: "e2".to_owned(),
+            offset: 3,
+        };
+        store.set_position(user, "event:x", &other).await.unwrap();
+        assert_eq!(store.position(user, "event:x").await.unwrap(), Some(other));
+        assert_eq!(store.position(user, &topic).await.unwrap(), Some(position));
     }
 
     pub async fn the_queue_keeps_order_and_dedups_notifications(store: Store) {

@@ -216,6 +216,23 @@ impl TgUser {
         }
     }
 
+    /// Waits for a message from the bot starting with `prefix`.
+    async fn waits_for(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let received = self.received().await;
+            if let Some((_, text, _)) = received.iter().find(|(_, t, _)| t.starts_with(prefix)) {
+                return text.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chat {} never got {prefix:?}: {received:?}",
+                self.chat_id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the bot's message `message_id` reads `wanted`.
     async fn edited(&self, message_id: i64, wanted: &str) -> String {
         self.edited_until(message_id, wanted, |text| text.contains(wanted))
@@ -280,7 +297,7 @@ async fn start_munity(data: &Path, extra: &str) -> (Ready, Channel) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_linked_chat_lists_votes_and_is_refused_what_is_not_its_users() {
+async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_its_users() {
     let Some(stand_in) = start_stand_in().await else {
         return;
     };
@@ -317,7 +334,7 @@ async fn a_linked_chat_lists_votes_and_is_refused_what_is_not_its_users() {
 
     // Second start: the bot on, pointed at the stand-in.
     let bot_section = format!(
-        "[bot]\ntelegram_token = \"{BOT_TOKEN}\"\ntelegram_api_url = \"http://127.0.0.1:{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
+        "[events]\nreminders_before_secs = [150]\n[bot]\ntelegram_token = \"{BOT_TOKEN}\"\ntelegram_api_url = \"http://127.0.0.1:{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
         stand_in.port,
         account.account.as_ref().unwrap().id,
         account.client_secret
@@ -339,11 +356,24 @@ async fn a_linked_chat_lists_votes_and_is_refused_what_is_not_its_users() {
         .await
         .unwrap()
         .into_inner();
+    // Its first time starts in 3 minutes: with `events.reminders_before_secs
+    // = [150]` its reminder falls due 30 s from now, after voting closes.
+    let mut request = munity_testkit::meeting_request("Tuesday hack night");
+    let now = unix_now();
+    request.options[0].start = Some(prost_types::Timestamp {
+        seconds: now + 180,
+        nanos: 0,
+    });
+    request.options[0].end = Some(prost_types::Timestamp {
+        seconds: now + 3600,
+        nanos: 0,
+    });
+    request.voting_deadline = Some(prost_types::Timestamp {
+        seconds: now + 120,
+        nanos: 0,
+    });
     let meeting = events
-        .create_event(with_bearer(
-            munity_testkit::meeting_request("Tuesday hack night"),
-            &ada,
-        ))
+        .create_event(with_bearer(request, &ada))
         .await
         .unwrap()
         .into_inner();
@@ -478,12 +508,38 @@ async fn a_linked_chat_lists_votes_and_is_refused_what_is_not_its_users() {
     let (_, text, _) = chat.nth_reply(5).await;
     assert_eq!(text, "You are in.");
 
+    // Pushes: Ada closes the voting; the chat hears that, and then the
+    // reminder (150 s before the start).
+    events
+        .close_voting(with_bearer(
+            events_pb::CloseVotingRequest {
+                event_id: meeting.id.clone(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap();
+    let closed = chat.waits_for("Voting closed").await;
+    assert!(closed.contains(&meeting.id), "{closed}");
+    let reminder = chat.waits_for("Reminder:").await;
+    assert!(reminder.contains(&meeting.id), "{reminder}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = chat.received().await;
+    assert_eq!(
+        received
+            .iter()
+            .filter(|(_, text, _)| text.starts_with("Reminder:"))
+            .count(),
+        1,
+        "{received:?}"
+    );
+
     // Unlinked from the account side: the chat sees no Munity data.
     users
         .unlink(with_bearer(users_pb::UnlinkRequest { chat_id: 0 }, &ada))
         .await
         .unwrap();
     chat.says("/communities").await;
-    let (_, text, _) = chat.nth_reply(6).await;
+    let (_, text, _) = chat.nth_reply(received.len() + 1).await;
     assert!(text.contains("not linked"), "{text}");
 }

@@ -28,7 +28,12 @@ use super::{BotStore, Outgoing, Position, Queued};
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS links (chat_id bigint PRIMARY KEY, user_id uuid)",
     "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint)",
-    "CREATE TABLE IF NOT EXISTS positions (user_id uuid PRIMARY KEY, epoch text, offset bigint)",
+    "CREATE TABLE IF NOT EXISTS positions (
+        user_id uuid,
+        topic text,
+        epoch text,
+        offset bigint,
+        PRIMARY KEY ((user_id), topic))",
     "CREATE TABLE IF NOT EXISTS sent_log (
         chat_id bigint,
         key text,
@@ -77,9 +82,12 @@ impl CqlStore {
             list_links: p("SELECT chat_id, user_id FROM links").await?,
             get_meta: p("SELECT value FROM meta WHERE name = ?").await?,
             set_meta: p("INSERT INTO meta (name, value) VALUES (?, ?)").await?,
-            get_position: p("SELECT epoch, offset FROM positions WHERE user_id = ?").await?,
-            set_position: p("INSERT INTO positions (user_id, epoch, offset) VALUES (?, ?, ?)")
+            get_position: p("SELECT epoch, offset FROM positions WHERE user_id = ? AND topic = ?")
                 .await?,
+            set_position: p(
+                "INSERT INTO positions (user_id, topic, epoch, offset) VALUES (?, ?, ?, ?)",
+            )
+            .await?,
             claim_sent: p(
                 "INSERT INTO sent_log (chat_id, key, seq, queued) VALUES (?, ?, ?, false) IF NOT EXISTS",
             )
@@ -166,10 +174,10 @@ impl BotStore for CqlStore {
         Ok(())
     }
 
-    async fn position(&self, user_id: Uuid) -> StoreResult<Option<Position>> {
+    async fn position(&self, user_id: Uuid, topic: &str) -> StoreResult<Option<Position>> {
         Ok(self
             .cql
-            .maybe_row::<(Option<String>, Option<i64>)>(&self.s.get_position, (user_id,))
+            .maybe_row::<(Option<String>, Option<i64>)>(&self.s.get_position, (user_id, topic))
             .await?
             .map(|(epoch, offset)| Position {
                 epoch: epoch.unwrap_or_default(),
@@ -177,11 +185,16 @@ impl BotStore for CqlStore {
             }))
     }
 
-    async fn set_position(&self, user_id: Uuid, position: &Position) -> StoreResult<()> {
+    async fn set_position(
+        &self,
+        user_id: Uuid,
+        topic: &str,
+        position: &Position,
+    ) -> StoreResult<()> {
         self.cql
             .execute(
                 &self.s.set_position,
-                (user_id, &position.epoch, position.offset as i64),
+                (user_id, topic, &position.epoch, position.offset as i64),
             )
             .await?;
         Ok(())

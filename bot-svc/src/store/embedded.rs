@@ -47,6 +47,13 @@ impl EmbeddedStore {
     }
 }
 
+/// The user's id, then the topic.
+fn position_key(user_id: Uuid, topic: &str) -> Vec<u8> {
+    let mut bytes = user_id.as_bytes().to_vec();
+    bytes.extend_from_slice(topic.as_bytes());
+    bytes
+}
+
 fn sent_key(chat_id: i64, key: &str) -> Vec<u8> {
     let mut bytes = chat_id.to_be_bytes().to_vec();
     bytes.extend_from_slice(key.as_bytes());
@@ -137,19 +144,26 @@ impl BotStore for EmbeddedStore {
             .await
     }
 
-    async fn position(&self, user_id: Uuid) -> StoreResult<Option<Position>> {
+    async fn position(&self, user_id: Uuid, topic: &str) -> StoreResult<Option<Position>> {
+        let key = position_key(user_id, topic);
         self.db
-            .blocking(move |db| read_one(db, POSITIONS, user_id.as_bytes().as_slice()))
+            .blocking(move |db| read_one(db, POSITIONS, key.as_slice()))
             .await
     }
 
-    async fn set_position(&self, user_id: Uuid, position: &Position) -> StoreResult<()> {
+    async fn set_position(
+        &self,
+        user_id: Uuid,
+        topic: &str,
+        position: &Position,
+    ) -> StoreResult<()> {
         let bytes = encode(position)?;
+        let key = position_key(user_id, topic);
         self.db
             .write(move |txn| {
                 txn.open_table(POSITIONS)
                     .map_err(internal)?
-                    .insert(user_id.as_bytes().as_slice(), bytes.as_slice())
+                    .insert(key.as_slice(), bytes.as_slice())
                     .map_err(internal)?;
                 Ok(())
             })

@@ -5,7 +5,7 @@
 //!   stays the authority: every call exchanges a token there);
 //! - the Telegram update offset, so a restart does not handle an update
 //!   twice;
-//! - notification positions per user (epoch, offset on `user:<id>`), so
+//! - notification positions per user and topic (epoch, offset), so
 //!   following resumes where it stopped;
 //! - the sent-log (chat, notification id): a notification is queued for a
 //!   chat at most once, in the same write as the queue entry;
@@ -59,8 +59,14 @@ pub trait BotStore: Send + Sync + 'static {
     async fn update_offset(&self) -> StoreResult<i64>;
     async fn set_update_offset(&self, offset: i64) -> StoreResult<()>;
 
-    async fn position(&self, user_id: Uuid) -> StoreResult<Option<Position>>;
-    async fn set_position(&self, user_id: Uuid, position: &Position) -> StoreResult<()>;
+    /// Where `user_id`'s follower is in `topic`.
+    async fn position(&self, user_id: Uuid, topic: &str) -> StoreResult<Option<Position>>;
+    async fn set_position(
+        &self,
+        user_id: Uuid,
+        topic: &str,
+        position: &Position,
+    ) -> StoreResult<()>;
 
     /// Queues `message`; with a `dedup` key (a notification id), only when
     /// that key was never queued for the chat before: the sent-log entry

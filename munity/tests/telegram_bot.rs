@@ -33,6 +33,8 @@ fn stand_in_dir() -> PathBuf {
 struct StandIn {
     child: Child,
     port: u16,
+    /// The proxy in front of it, where the bot is pointed (429s on demand).
+    proxy_port: u16,
 }
 
 impl Drop for StandIn {
@@ -60,17 +62,22 @@ async fn start_stand_in() -> Option<StandIn> {
         eprintln!("skipping: npm ci in bot-svc/tests/telegram first");
         return None;
     }
-    let port = free_port();
+    let (port, proxy_port) = (free_port(), free_port());
     let child = Command::new("node")
         .arg("server.js")
         .arg(port.to_string())
+        .arg(proxy_port.to_string())
         .current_dir(&dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("node runs");
-    let stand_in = StandIn { child, port };
+    let stand_in = StandIn {
+        child,
+        port,
+        proxy_port,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+    while tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
         .await
         .is_err()
     {
@@ -335,7 +342,7 @@ async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_it
     // Second start: the bot on, pointed at the stand-in.
     let bot_section = format!(
         "[events]\nreminders_before_secs = [150]\n[bot]\ntelegram_token = \"{BOT_TOKEN}\"\ntelegram_api_url = \"http://127.0.0.1:{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n",
-        stand_in.port,
+        stand_in.proxy_port,
         account.account.as_ref().unwrap().id,
         account.client_secret
     );
@@ -503,10 +510,25 @@ async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_it
         "{received:?}"
     );
 
-    // Join by command.
+    // Join by command; Telegram answers the reply with a 429 first (the
+    // proxy): it goes out after `retry_after`, once.
+    post(
+        stand_in.proxy_port,
+        "/inject429?count=1&retry_after=2",
+        &json!({}),
+    )
+    .await;
+    let asked = Instant::now();
     chat.says(&format!("/join {}", meeting.id)).await;
     let (_, text, _) = chat.nth_reply(5).await;
     assert_eq!(text, "You are in.");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let rejected = post(stand_in.proxy_port, "/rejected", &json!({})).await;
+    assert_eq!(rejected["result"], 1);
 
     // Pushes: Ada closes the voting; the chat hears that, and then the
     // reminder (150 s before the start).
@@ -520,6 +542,14 @@ async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_it
         .await
         .unwrap();
     let closed = chat.waits_for("Voting closed").await;
+    assert_eq!(
+        chat.received()
+            .await
+            .iter()
+            .filter(|(_, text, _)| text == "You are in.")
+            .count(),
+        1
+    );
     assert!(closed.contains(&meeting.id), "{closed}");
     let reminder = chat.waits_for("Reminder:").await;
     assert!(reminder.contains(&meeting.id), "{reminder}");

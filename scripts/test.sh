@@ -110,6 +110,14 @@ if [[ ! -d web/node_modules || web/package-lock.json -nt web/node_modules ]]; th
   npm ci --prefix web --no-audit --no-fund
   touch web/node_modules
 fi
+# munity/tests/telegram_bot.rs starts telegram-test-api (a Bot API stand-in)
+# from bot-svc/tests/telegram.
+telegram_stand_in=bot-svc/tests/telegram
+if [[ ! -d $telegram_stand_in/node_modules || $telegram_stand_in/package-lock.json -nt $telegram_stand_in/node_modules ]]; then
+  log "npm ci in $telegram_stand_in"
+  npm ci --prefix "$telegram_stand_in" --no-audit --no-fund
+  touch "$telegram_stand_in/node_modules"
+fi
 # --- end npm clients ---
 
 # --- Python clients (HTTP/JSON tests) ---

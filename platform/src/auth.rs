@@ -99,6 +99,19 @@ pub struct Claims {
     /// space-separated, e.g. `notify.publish`); empty on users' tokens.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// Who acts for the subject (RFC 8693's `act`): set on the tokens
+    /// users-svc's ExchangeToken gives a service (the Telegram bot) for a
+    /// linked user. Such a token is the user's for every service's own rules,
+    /// and never an administrator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// The `act` claim: the acting party (RFC 8693 section 4.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    /// The acting service account's client id.
+    pub sub: String,
 }
 
 impl Claims {
@@ -130,6 +143,11 @@ impl Claims {
     /// as no user, ever.
     pub fn is_service(&self) -> bool {
         self.has_role(SERVICE_ROLE)
+    }
+
+    /// Whether someone else acts for the subject (an exchanged token).
+    pub fn is_delegated(&self) -> bool {
+        self.act.is_some()
     }
 }
 

@@ -317,6 +317,27 @@ pub fn normalize_scopes(
 
 pub use munity_platform::wire::parse_id;
 
+/// A one-time code a signed-in user asks for to link a chat (the Telegram
+/// bot): only its SHA-256 is stored, so a leaked database holds no working
+/// code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCodeRecord {
+    /// Hex SHA-256 of the normalized code.
+    pub code_hash: String,
+    pub user_id: Uuid,
+    /// After this it is refused (and the stores forget it).
+    pub expires_at: Millis,
+}
+
+/// A chat bound to an account: the bot acts for `user_id` in `chat_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatLinkRecord {
+    /// The Telegram chat id (never 0).
+    pub chat_id: i64,
+    pub user_id: Uuid,
+    pub linked_at: Millis,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,9 @@ pub enum UsersError {
     /// this call waited too long for one (`passwords.rs`).
     #[error("too many password checks in progress; retry shortly")]
     HashingBusy,
+    /// Too many wrong link codes from one chat (guessing).
+    #[error("too many wrong link codes; try again in {retry_after_secs} s")]
+    TooManyAttempts { retry_after_secs: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -74,7 +77,9 @@ impl From<UsersError> for Status {
             // (`gateway/src/outlier.rs`), which would push a login storm onto
             // the other replicas; RESOURCE_EXHAUSTED is also what the
             // gateway's own Login quota answers.
-            UsersError::HashingBusy => Status::resource_exhausted(error.to_string()),
+            UsersError::HashingBusy | UsersError::TooManyAttempts { .. } => {
+                Status::resource_exhausted(error.to_string())
+            }
             UsersError::Store(error) => error.into(),
             UsersError::Internal(cause) => internal("internal error", &cause),
         }

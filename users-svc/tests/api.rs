@@ -1603,3 +1603,259 @@ async fn service_account_input_is_checked() {
     assert_eq!(listed.accounts, [created.account.unwrap()]);
     app.stop().await;
 }
+
+/// Linking a chat (the Telegram bot): a user's one-time code, redeemed by
+/// the bot's service token; reuse, guessing and unlinking from both sides
+/// refused as the proto says; the exchanged token is the user's, names the
+/// bot as actor and is never an admin's.
+#[tokio::test]
+async fn chats_link_by_one_time_codes_and_the_bot_acts_as_the_user() {
+    let app = TestApp::spawn().await;
+    let (admin, bot) =
+        admin_and_service_account(&app, "telegram-bot", &["bot.link", "bot.act"]).await;
+    let bot_id = bot.account.as_ref().unwrap().id.clone();
+    let bot_token = issue(&app, &bot_id, &bot.client_secret)
+        .await
+        .unwrap()
+        .access_token;
+    let ada = app
+        .register(&unique_email("ada"), "correct horse")
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let chat = 4242_i64;
+
+    // Only users make codes; a service token is refused at the door.
+    let refused = client
+        .create_link_code(with_bearer(pb::CreateLinkCodeRequest {}, &bot_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let code = client
+        .create_link_code(with_bearer(pb::CreateLinkCodeRequest {}, &ada.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code.code.len(), 8);
+
+    // Not linked yet: no token for the chat.
+    let exchange = |chat_id| {
+        let mut client = app.client.clone();
+        let bot_token = bot_token.clone();
+        async move {
+            client
+                .exchange_token(with_bearer(
+                    pb::ExchangeTokenRequest { chat_id },
+                    &bot_token,
+                ))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    assert_eq!(exchange(chat).await.unwrap_err().code(), Code::NotFound);
+
+    // Users cannot redeem (the bot's door only).
+    let redeem = |code: &str, chat_id, token: &str| {
+        let mut client = app.client.clone();
+        let request = with_bearer(
+            pb::RedeemLinkCodeRequest {
+                code: code.to_owned(),
+                chat_id,
+            },
+            token,
+        );
+        async move {
+            client
+                .redeem_link_code(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    assert_eq!(
+        redeem(&code.code, chat, &ada.access_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    // Typed in lower case with a space: still the code.
+    let typed = format!("{} {}", &code.code[..4].to_lowercase(), &code.code[4..]);
+    let link = redeem(&typed, chat, &bot_token).await.unwrap();
+    assert_eq!(link.user_id, ada.user.as_ref().unwrap().id);
+    assert_eq!(link.chat_id, chat);
+    // Single use: another chat cannot take it again.
+    assert_eq!(
+        redeem(&code.code, 777, &bot_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // The exchanged token: the user as subject, the bot as actor.
+    let exchanged = exchange(chat).await.unwrap();
+    assert_eq!(exchanged.user_id, link.user_id);
+    let claims = verify_remotely(&app, &exchanged.access_token)
+        .await
+        .unwrap();
+    assert_eq!(claims.sub.to_string(), link.user_id);
+    assert_eq!(claims.act.as_ref().unwrap().sub, bot_id);
+    assert_eq!(claims.roles, vec!["user".to_owned()]);
+    let me = client
+        .get_me(with_bearer(pb::GetMeRequest {}, &exchanged.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.id, link.user_id);
+    // A delegated token makes no link codes.
+    assert_eq!(
+        client
+            .create_link_code(with_bearer(
+                pb::CreateLinkCodeRequest {},
+                &exchanged.access_token
+            ))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    // Acting for an admin gives the admin's ordinary rights only.
+    let code = client
+        .create_link_code(with_bearer(
+            pb::CreateLinkCodeRequest {},
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    redeem(&code.code, 31337, &bot_token).await.unwrap();
+    let for_admin = exchange(31337).await.unwrap();
+    let refused = client
+        .list_users(with_bearer(
+            pb::ListUsersRequest::default(),
+            &for_admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    client
+        .list_users(with_bearer(
+            pb::ListUsersRequest::default(),
+            &admin.access_token,
+        ))
+        .await
+        .unwrap();
+
+    let listed = client
+        .list_chat_links(with_bearer(pb::ListChatLinksRequest {}, &ada.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.links, vec![link.clone()]);
+
+    // The bot needs bot.act to exchange and bot.link to redeem.
+    let (_, linker) = {
+        let created = client
+            .create_service_account(with_bearer(
+                pb::CreateServiceAccountRequest {
+                    name: "linker-only".to_owned(),
+                    scopes: vec!["bot.link".to_owned()],
+                },
+                &admin.access_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        ((), created)
+    };
+    let linker_token = issue(
+        &app,
+        &linker.account.as_ref().unwrap().id,
+        &linker.client_secret,
+    )
+    .await
+    .unwrap()
+    .access_token;
+    assert_eq!(
+        client
+            .exchange_token(with_bearer(
+                pb::ExchangeTokenRequest { chat_id: chat },
+                &linker_token
+            ))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+
+    // Unlinked from the account side: the bot gets nothing more.
+    let unlinked = client
+        .unlink(with_bearer(
+            pb::UnlinkRequest { chat_id: 0 },
+            &ada.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unlinked.unlinked, 1);
+    assert_eq!(exchange(chat).await.unwrap_err().code(), Code::NotFound);
+
+    // Linked again, then unlinked by the bot (`/unlink`).
+    let code = client
+        .create_link_code(with_bearer(pb::CreateLinkCodeRequest {}, &ada.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    redeem(&code.code, chat, &bot_token).await.unwrap();
+    let unlinked = client
+        .unlink_chat(with_bearer(
+            pb::UnlinkChatRequest { chat_id: chat },
+            &bot_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unlinked.unlinked, 1);
+    assert_eq!(exchange(chat).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn guessing_link_codes_is_cut_off_per_chat() {
+    let app = TestApp::spawn().await;
+    let (_, bot) = admin_and_service_account(&app, "guess-bot", &["bot.link"]).await;
+    let bot_token = issue(&app, &bot.account.as_ref().unwrap().id, &bot.client_secret)
+        .await
+        .unwrap()
+        .access_token;
+    let ada = app
+        .register(&unique_email("ada"), "correct horse")
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let real = client
+        .create_link_code(with_bearer(pb::CreateLinkCodeRequest {}, &ada.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    let guesser = -100_123_i64;
+    let redeem = |code: String, chat_id| {
+        let mut client = app.client.clone();
+        let request = with_bearer(pb::RedeemLinkCodeRequest { code, chat_id }, &bot_token);
+        async move { client.redeem_link_code(request).await }
+    };
+    for guess in ["AAAAAAAA", "BBBBBBBB", "CCCCCCCC", "DDDDDDDD", "short"] {
+        let refused = redeem(guess.to_owned(), guesser).await.unwrap_err();
+        assert_eq!(refused.code(), Code::NotFound, "{guess}");
+    }
+    // The sixth try is refused before any code is looked at, even the right
+    // one, which stays usable from another chat.
+    let refused = redeem(real.clone(), guesser).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("try again in"), "{refused:?}");
+    redeem(real, 555).await.unwrap();
+    // Missing fields are the codec's INVALID_ARGUMENT.
+    let refused = redeem(String::new(), 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(fields(&refused), ["code", "chat_id"]);
+}

@@ -8,8 +8,9 @@ use std::{collections::HashSet, sync::Arc};
 
 use users_svc::{
     domain::{
-        CommunityRecord, MemberRole, MembershipRecord, RefreshTokenRecord, Role,
-        ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord, now_millis,
+        ChatLinkRecord, CommunityRecord, LinkCodeRecord, MemberRole, MembershipRecord,
+        RefreshTokenRecord, Role, ServiceAccountRecord, SessionRecord, SigningKeyRecord,
+        UserRecord, now_millis,
     },
     store::{StoreError, UsersRepository, cql::CqlStore, embedded::EmbeddedStore},
 };
@@ -496,6 +497,124 @@ mod cases {
         assert_eq!(stored.name, account.name);
         assert_eq!(stored.scopes, account.scopes);
     }
+
+    fn chat_id() -> i64 {
+        // Distinct per case and run on a shared CQL keyspace; negative ones
+        // (group chats) too.
+        let n = (Uuid::now_v7().as_u128() & 0xffff_ffff_ffff) as i64;
+        if n % 2 == 0 { -n - 1 } else { n }
+    }
+
+    pub async fn link_codes_are_taken_once_and_expire(repo: Repo) {
+        let user = Uuid::now_v7();
+        let now = now_millis();
+        let code = LinkCodeRecord {
+            code_hash: format!("{:064x}", Uuid::now_v7().as_u128()),
+            user_id: user,
+            expires_at: now + 60_000,
+        };
+        repo.insert_link_code(&code).await.unwrap();
+        assert!(matches!(
+            repo.insert_link_code(&code).await,
+            Err(StoreError::Conflict("link code"))
+        ));
+        // Two redemptions racing: one gets it.
+        let (a, b) = tokio::join!(
+            repo.take_link_code(&code.code_hash, now),
+            repo.take_link_code(&code.code_hash, now)
+        );
+        let winners: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+        assert_eq!(winners, vec![code.clone()]);
+        assert_eq!(
+            repo.take_link_code(&code.code_hash, now).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            repo.take_link_code("0000", now).await.unwrap(),
+            None,
+            "unknown"
+        );
+
+        // Expired (by the caller's clock): refused, and used up all the same.
+        let late = LinkCodeRecord {
+            code_hash: format!("{:064x}", Uuid::now_v7().as_u128()),
+            user_id: user,
+            expires_at: now + 60_000,
+        };
+        repo.insert_link_code(&late).await.unwrap();
+        assert_eq!(
+            repo.take_link_code(&late.code_hash, now + 60_000)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            repo.take_link_code(&late.code_hash, now).await.unwrap(),
+            None
+        );
+    }
+
+    pub async fn link_failures_count_within_their_window(repo: Repo) {
+        let chat = chat_id();
+        let now = now_millis();
+        let window = 60_000;
+        assert_eq!(repo.link_failures(chat, now, window).await.unwrap(), 0);
+        for i in 0..3 {
+            repo.record_link_failure(chat, now - 40_000 + i, window)
+                .await
+                .unwrap();
+        }
+        repo.record_link_failure(chat, now, window).await.unwrap();
+        assert_eq!(repo.link_failures(chat, now, window).await.unwrap(), 4);
+        // 30 s later the first three are out of the window.
+        assert_eq!(
+            repo.link_failures(chat, now + 30_000, window)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(repo.link_failures(chat_id(), now, window).await.unwrap(), 0);
+    }
+
+    pub async fn chat_links_bind_relink_list_and_unlink(repo: Repo) {
+        let ada = Uuid::now_v7();
+        let bob = Uuid::now_v7();
+        let (one, two) = (chat_id(), chat_id());
+        let now = now_millis();
+        let link = |chat_id, user_id| ChatLinkRecord {
+            chat_id,
+            user_id,
+            linked_at: now,
+        };
+        assert_eq!(repo.get_chat_link(one).await.unwrap(), None);
+        repo.put_chat_link(&link(one, ada)).await.unwrap();
+        repo.put_chat_link(&link(two, ada)).await.unwrap();
+        assert_eq!(repo.get_chat_link(one).await.unwrap(), Some(link(one, ada)));
+        let mut expected = vec![link(one, ada), link(two, ada)];
+        expected.sort_by_key(|l| l.chat_id);
+        assert_eq!(repo.list_chat_links(ada).await.unwrap(), expected);
+
+        // Relinking a chat to someone else moves it.
+        repo.put_chat_link(&link(two, bob)).await.unwrap();
+        assert_eq!(
+            repo.list_chat_links(ada).await.unwrap(),
+            vec![link(one, ada)]
+        );
+        assert_eq!(
+            repo.list_chat_links(bob).await.unwrap(),
+            vec![link(two, bob)]
+        );
+
+        // A user unlinks only their own chats; the bot any.
+        assert!(!repo.delete_chat_link(two, Some(ada)).await.unwrap());
+        assert!(repo.delete_chat_link(one, Some(ada)).await.unwrap());
+        assert!(!repo.delete_chat_link(one, Some(ada)).await.unwrap());
+        assert!(repo.delete_chat_link(two, None).await.unwrap());
+        assert!(!repo.delete_chat_link(two, None).await.unwrap());
+        assert_eq!(repo.get_chat_link(one).await.unwrap(), None);
+        assert!(repo.list_chat_links(ada).await.unwrap().is_empty());
+        assert!(repo.list_chat_links(bob).await.unwrap().is_empty());
+    }
 }
 
 munity_testkit::contract_suite! {
@@ -515,5 +634,8 @@ munity_testkit::contract_suite! {
         service_accounts_round_trip_and_list_oldest_first,
         service_account_names_are_unique_even_under_races,
         service_account_changes_touch_only_their_fields,
+        link_codes_are_taken_once_and_expire,
+        link_failures_count_within_their_window,
+        chat_links_bind_relink_list_and_unlink,
     ],
 }

@@ -30,6 +30,12 @@ impl UsersApi {
     /// Admin rights are checked against storage, not the token, so revoking
     /// them takes effect at once rather than when the token expires.
     pub(super) async fn require_admin(&self, claims: &Claims) -> Result<UserRecord, UsersError> {
+        // A bot acting for an admin gets the admin's ordinary rights only.
+        if claims.is_delegated() {
+            return Err(UsersError::PermissionDenied(
+                "a token exchanged by a bot cannot act as an administrator".to_owned(),
+            ));
+        }
         let user = self.current_user(claims).await?;
         if user.has_role(Role::Admin) {
             Ok(user)

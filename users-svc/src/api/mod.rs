@@ -10,6 +10,7 @@
 mod accounts;
 mod communities;
 pub(crate) mod convert;
+pub mod links;
 mod service_accounts;
 mod sessions;
 
@@ -275,5 +276,53 @@ impl Users for UsersApi {
         Ok(Response::new(
             self.issue_service_token(request.into_inner()).await?,
         ))
+    }
+
+    async fn create_link_code(
+        &self,
+        request: Request<pb::CreateLinkCodeRequest>,
+    ) -> Result<Response<pb::LinkCode>, Status> {
+        authed!(request, UsersError, |claims, _message| self
+            .create_link_code(&claims))
+    }
+
+    async fn redeem_link_code(
+        &self,
+        request: Request<pb::RedeemLinkCodeRequest>,
+    ) -> Result<Response<pb::ChatLink>, Status> {
+        authed!(request, UsersError, |claims, message| self
+            .redeem_link_code(&claims, message))
+    }
+
+    async fn list_chat_links(
+        &self,
+        request: Request<pb::ListChatLinksRequest>,
+    ) -> Result<Response<pb::ListChatLinksResponse>, Status> {
+        authed!(request, UsersError, |claims, _message| self
+            .list_chat_links(&claims))
+    }
+
+    async fn unlink(
+        &self,
+        request: Request<pb::UnlinkRequest>,
+    ) -> Result<Response<pb::UnlinkResponse>, Status> {
+        authed!(request, UsersError, |claims, message| self
+            .unlink(&claims, message))
+    }
+
+    async fn unlink_chat(
+        &self,
+        request: Request<pb::UnlinkChatRequest>,
+    ) -> Result<Response<pb::UnlinkResponse>, Status> {
+        authed!(request, UsersError, |_claims, message| self
+            .unlink_chat(message))
+    }
+
+    async fn exchange_token(
+        &self,
+        request: Request<pb::ExchangeTokenRequest>,
+    ) -> Result<Response<pb::ExchangedToken>, Status> {
+        authed!(request, UsersError, |claims, message| self
+            .exchange_token(&claims, message))
     }
 }

@@ -182,6 +182,7 @@ impl UsersApi {
             sid: format!("service:{}", account.id),
             roles: vec![SERVICE_ROLE.to_owned()],
             scope: account.scopes.join(" "),
+            act: None,
         };
         Ok(pb::ServiceToken {
             access_token: self.keys.sign(&claims)?,

@@ -66,6 +66,7 @@ impl UsersApi {
             sid: session_id.to_string(),
             roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect(),
             scope: String::new(),
+            act: None,
         };
         Ok(pb::AuthResponse {
             user: Some(convert::user_to_proto(user, true)),

@@ -28,10 +28,11 @@ use munity_store::{
 use scylla::{DeserializeRow, statement::prepared::PreparedStatement, value::CqlTimestamp};
 use uuid::Uuid;
 
+use super::cql_links::{self, LinkStatements};
 use super::{Page, StoreError, StoreResult, UsersRepository};
 use crate::domain::{
-    CommunityRecord, MemberRole, MembershipRecord, Millis, RefreshTokenRecord, Role,
-    ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord,
+    ChatLinkRecord, CommunityRecord, LinkCodeRecord, MemberRole, MembershipRecord, Millis,
+    RefreshTokenRecord, Role, ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord,
 };
 use crate::events::{self, Claim};
 
@@ -145,6 +146,8 @@ struct Statements {
 pub struct CqlStore {
     cql: Arc<Cql>,
     statements: Statements,
+    /// Chat links and link codes (`cql_links.rs`).
+    links: LinkStatements,
     outbox: Arc<CqlOutbox>,
 }
 
@@ -152,13 +155,20 @@ impl CqlStore {
     /// Connects, creates the keyspace and tables (the outbox's too) when
     /// missing, and prepares every statement.
     pub async fn connect(config: &CqlConfig) -> anyhow::Result<Self> {
-        let schema: Vec<&str> = SCHEMA.iter().chain(outbox::SCHEMA).copied().collect();
+        let schema: Vec<&str> = SCHEMA
+            .iter()
+            .chain(cql_links::SCHEMA)
+            .chain(outbox::SCHEMA)
+            .copied()
+            .collect();
         let cql = Arc::new(Cql::connect(config, &schema).await?);
         let statements = Statements::prepare(&cql).await?;
+        let links = LinkStatements::prepare(&cql).await?;
         let outbox = Arc::new(CqlOutbox::new(cql.clone()).await?);
         Ok(CqlStore {
             cql,
             statements,
+            links,
             outbox,
         })
     }
@@ -875,5 +885,48 @@ impl UsersRepository for CqlStore {
             .map(MembershipRecord::try_from)
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(page_from(members, limit, |m: &MembershipRecord| m.user_id))
+    }
+
+    async fn insert_link_code(&self, code: &LinkCodeRecord) -> StoreResult<()> {
+        self.links.insert_code(&self.cql, code).await
+    }
+
+    async fn take_link_code(
+        &self,
+        code_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<LinkCodeRecord>> {
+        self.links.take_code(&self.cql, code_hash, now).await
+    }
+
+    async fn link_failures(&self, chat_id: i64, now: Millis, window: Millis) -> StoreResult<u32> {
+        self.links.failures(&self.cql, chat_id, now, window).await
+    }
+
+    async fn record_link_failure(
+        &self,
+        chat_id: i64,
+        now: Millis,
+        window: Millis,
+    ) -> StoreResult<()> {
+        self.links
+            .record_failure(&self.cql, chat_id, now, window)
+            .await
+    }
+
+    async fn put_chat_link(&self, link: &ChatLinkRecord) -> StoreResult<()> {
+        self.links.put_link(&self.cql, link).await
+    }
+
+    async fn get_chat_link(&self, chat_id: i64) -> StoreResult<Option<ChatLinkRecord>> {
+        self.links.get_link(&self.cql, chat_id).await
+    }
+
+    async fn list_chat_links(&self, user_id: Uuid) -> StoreResult<Vec<ChatLinkRecord>> {
+        self.links.list_links(&self.cql, user_id).await
+    }
+
+    async fn delete_chat_link(&self, chat_id: i64, user_id: Option<Uuid>) -> StoreResult<bool> {
+        self.links.delete_link(&self.cql, chat_id, user_id).await
     }
 }

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::{Page, UsersRepository};
 use crate::domain::{
-    CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, ServiceAccountRecord,
-    SessionRecord, SigningKeyRecord, UserRecord,
+    ChatLinkRecord, CommunityRecord, LinkCodeRecord, MembershipRecord, Millis, RefreshTokenRecord,
+    ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord,
 };
 use crate::events;
 
@@ -41,6 +41,13 @@ const SERVICE_ACCOUNTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("se
 /// `ServiceAccountRecord::name_key` to id: what makes names unique.
 const SERVICE_ACCOUNTS_BY_NAME: TableDefinition<&str, &[u8]> =
     TableDefinition::new("service_accounts_by_name");
+/// Link codes by hash; expired ones are swept when a new one is stored.
+const LINK_CODES: TableDefinition<&str, &[u8]> = TableDefinition::new("link_codes");
+/// A chat's recent wrong codes: the times, oldest first, within the window.
+const LINK_FAILURES: TableDefinition<i64, &[u8]> = TableDefinition::new("link_failures");
+const CHAT_LINKS: TableDefinition<i64, &[u8]> = TableDefinition::new("chat_links");
+/// `user_chat_key(user, chat)` to nothing: one user's chats are one range.
+const CHAT_LINKS_BY_USER: TableDefinition<&[u8], ()> = TableDefinition::new("chat_links_by_user");
 
 /// The redb-backed repository.
 #[derive(Clone)]
@@ -64,6 +71,10 @@ impl EmbeddedStore {
             txn.open_table(MEMBERS)?;
             txn.open_table(SERVICE_ACCOUNTS)?;
             txn.open_table(SERVICE_ACCOUNTS_BY_NAME)?;
+            txn.open_table(LINK_CODES)?;
+            txn.open_table(LINK_FAILURES)?;
+            txn.open_table(CHAT_LINKS)?;
+            txn.open_table(CHAT_LINKS_BY_USER)?;
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
@@ -81,6 +92,18 @@ impl EmbeddedStore {
 fn id_key(id: &Uuid) -> &[u8] {
     id.as_bytes().as_slice()
 }
+
+/// The user's id, then the chat id with its sign bit flipped (so
+/// big-endian bytes sort as the numbers do).
+fn user_chat_key(user: Uuid, chat: i64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(user.as_bytes());
+    key[16..].copy_from_slice(&((chat as u64) ^ (1 << 63)).to_be_bytes());
+    key
+}
+
+/// Wrong codes kept per chat at most: the limit refuses long before.
+const MAX_FAILURES_KEPT: usize = 64;
 
 impl EmbeddedStore {
     /// Changes one service account in one write transaction, so changes to
@@ -546,6 +569,164 @@ impl UsersRepository for EmbeddedStore {
                     limit,
                     |m: &MembershipRecord| m.user_id,
                 )
+            })
+            .await
+    }
+
+    async fn insert_link_code(&self, code: &LinkCodeRecord) -> StoreResult<()> {
+        let code = code.clone();
+        self.db
+            .write(move |txn| {
+                let mut codes = txn.open_table(LINK_CODES).map_err(internal)?;
+                // Expired codes go here, so the table holds only the codes
+                // of the last few minutes.
+                let now = munity_store::now_millis();
+                codes
+                    .retain(|_, value| {
+                        decode::<LinkCodeRecord>(value).is_ok_and(|c| c.expires_at > now)
+                    })
+                    .map_err(internal)?;
+                if codes
+                    .get(code.code_hash.as_str())
+                    .map_err(internal)?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict("link code"));
+                }
+                codes
+                    .insert(code.code_hash.as_str(), encode(&code)?.as_slice())
+                    .map_err(internal)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn take_link_code(
+        &self,
+        code_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<LinkCodeRecord>> {
+        let code_hash = code_hash.to_owned();
+        self.db
+            .write(move |txn| {
+                let mut codes = txn.open_table(LINK_CODES).map_err(internal)?;
+                let taken = codes
+                    .remove(code_hash.as_str())
+                    .map_err(internal)?
+                    .map(|value| decode::<LinkCodeRecord>(value.value()))
+                    .transpose()?;
+                Ok(taken.filter(|code| code.expires_at > now))
+            })
+            .await
+    }
+
+    async fn link_failures(&self, chat_id: i64, now: Millis, window: Millis) -> StoreResult<u32> {
+        let times: Option<Vec<Millis>> = self
+            .db
+            .blocking(move |db| read_one(db, LINK_FAILURES, chat_id))
+            .await?;
+        Ok(times
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&at| at > now - window)
+            .count() as u32)
+    }
+
+    async fn record_link_failure(
+        &self,
+        chat_id: i64,
+        now: Millis,
+        window: Millis,
+    ) -> StoreResult<()> {
+        self.db
+            .write(move |txn| {
+                let mut failures = txn.open_table(LINK_FAILURES).map_err(internal)?;
+                let mut times: Vec<Millis> =
+                    read_for_update(&failures, chat_id)?.unwrap_or_default();
+                times.retain(|&at| at > now - window);
+                times.push(now);
+                if times.len() > MAX_FAILURES_KEPT {
+                    times.drain(..times.len() - MAX_FAILURES_KEPT);
+                }
+                failures
+                    .insert(chat_id, encode(&times)?.as_slice())
+                    .map_err(internal)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn put_chat_link(&self, link: &ChatLinkRecord) -> StoreResult<()> {
+        let link = link.clone();
+        self.db
+            .write(move |txn| {
+                let mut links = txn.open_table(CHAT_LINKS).map_err(internal)?;
+                let mut by_user = txn.open_table(CHAT_LINKS_BY_USER).map_err(internal)?;
+                if let Some(old) = read_for_update::<_, ChatLinkRecord>(&links, link.chat_id)? {
+                    by_user
+                        .remove(user_chat_key(old.user_id, old.chat_id).as_slice())
+                        .map_err(internal)?;
+                }
+                links
+                    .insert(link.chat_id, encode(&link)?.as_slice())
+                    .map_err(internal)?;
+                by_user
+                    .insert(user_chat_key(link.user_id, link.chat_id).as_slice(), ())
+                    .map_err(internal)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_chat_link(&self, chat_id: i64) -> StoreResult<Option<ChatLinkRecord>> {
+        self.db
+            .blocking(move |db| read_one(db, CHAT_LINKS, chat_id))
+            .await
+    }
+
+    async fn list_chat_links(&self, user_id: Uuid) -> StoreResult<Vec<ChatLinkRecord>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let by_user = txn.open_table(CHAT_LINKS_BY_USER).map_err(internal)?;
+                let links = txn.open_table(CHAT_LINKS).map_err(internal)?;
+                let start = user_chat_key(user_id, i64::MIN);
+                let end = user_chat_key(user_id, i64::MAX);
+                let mut found = Vec::new();
+                for entry in by_user
+                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
+                    .map_err(internal)?
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    let key = key.value();
+                    let mut chat = [0u8; 8];
+                    chat.copy_from_slice(&key[16..24]);
+                    let chat_id = (u64::from_be_bytes(chat) ^ (1 << 63)) as i64;
+                    if let Some(value) = links.get(chat_id).map_err(internal)? {
+                        found.push(decode(value.value())?);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn delete_chat_link(&self, chat_id: i64, user_id: Option<Uuid>) -> StoreResult<bool> {
+        self.db
+            .write(move |txn| {
+                let mut links = txn.open_table(CHAT_LINKS).map_err(internal)?;
+                let Some(link) = read_for_update::<_, ChatLinkRecord>(&links, chat_id)? else {
+                    return Ok(false);
+                };
+                if user_id.is_some_and(|user| user != link.user_id) {
+                    return Ok(false);
+                }
+                links.remove(chat_id).map_err(internal)?;
+                txn.open_table(CHAT_LINKS_BY_USER)
+                    .map_err(internal)?
+                    .remove(user_chat_key(link.user_id, chat_id).as_slice())
+                    .map_err(internal)?;
+                Ok(true)
             })
             .await
     }

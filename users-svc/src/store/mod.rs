@@ -11,6 +11,7 @@
 //! logic above never races.
 
 pub mod cql;
+mod cql_links;
 pub mod embedded;
 
 use std::sync::Arc;
@@ -22,8 +23,8 @@ pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
 use crate::domain::{
-    CommunityRecord, MembershipRecord, Millis, RefreshTokenRecord, ServiceAccountRecord,
-    SessionRecord, SigningKeyRecord, UserRecord,
+    ChatLinkRecord, CommunityRecord, LinkCodeRecord, MembershipRecord, Millis, RefreshTokenRecord,
+    ServiceAccountRecord, SessionRecord, SigningKeyRecord, UserRecord,
 };
 
 /// Everything users-svc stores.
@@ -131,6 +132,35 @@ pub trait UsersRepository: Send + Sync + 'static {
         after: Option<Uuid>,
         limit: usize,
     ) -> StoreResult<Page<MembershipRecord>>;
+
+    /// Stores a new link code; `Conflict("link code")` when its hash exists.
+    async fn insert_link_code(&self, code: &LinkCodeRecord) -> StoreResult<()>;
+    /// Uses the code up: the record when this call took it and it had not
+    /// expired at `now`; `None` when it is unknown, used or expired. Of two
+    /// concurrent calls at most one gets it.
+    async fn take_link_code(
+        &self,
+        code_hash: &str,
+        now: Millis,
+    ) -> StoreResult<Option<LinkCodeRecord>>;
+    /// Wrong codes `chat_id` sent in `(now - window, now]`.
+    async fn link_failures(&self, chat_id: i64, now: Millis, window: Millis) -> StoreResult<u32>;
+    /// Counts one wrong code from `chat_id` at `now`, forgotten after
+    /// `window`.
+    async fn record_link_failure(
+        &self,
+        chat_id: i64,
+        now: Millis,
+        window: Millis,
+    ) -> StoreResult<()>;
+    /// Binds the chat to its user, replacing the chat's earlier link.
+    async fn put_chat_link(&self, link: &ChatLinkRecord) -> StoreResult<()>;
+    async fn get_chat_link(&self, chat_id: i64) -> StoreResult<Option<ChatLinkRecord>>;
+    /// The user's linked chats, ordered by chat id.
+    async fn list_chat_links(&self, user_id: Uuid) -> StoreResult<Vec<ChatLinkRecord>>;
+    /// Removes the chat's link when it is `user_id`'s (anyone's when
+    /// `None`); returns whether one was removed.
+    async fn delete_chat_link(&self, chat_id: i64, user_id: Option<Uuid>) -> StoreResult<bool>;
 }
 
 /// An open backend: the repository, and what its relay needs

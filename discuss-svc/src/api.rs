@@ -7,12 +7,14 @@
 //! the community's moderators. Moderating (pins, the queue, approval,
 //! settings) is for the community's moderators and owner.
 
-use std::{future::Future, sync::Arc};
+use std::sync::Arc;
 
+use munity_bus::membership::{MemberRole, MembershipView};
 use munity_platform::{
-    auth::{Claims, caller},
+    auth::Claims,
+    authed,
     error::FieldViolations,
-    wire::parse_id,
+    wire::{one_id, parse_id},
 };
 use munity_proto::discuss::v1::{self as pb, discuss_server::Discuss};
 use munity_store::page_token;
@@ -26,7 +28,6 @@ use crate::{
         ReactionTarget, SettingsRecord, limits, now_millis,
     },
     error::DiscussError,
-    membership::{MemberRole, MembershipView},
     store::{CommentOutcome, DiscussRepository},
 };
 
@@ -39,28 +40,9 @@ pub struct DiscussApi {
     reports_to_hide: u32,
 }
 
-/// Runs a handler with the verified caller and the request's message.
-async fn serve<M, T, F, Fut>(
-    request: Request<M>,
-    handler: F,
-) -> std::result::Result<Response<T>, Status>
-where
-    F: FnOnce(Claims, M) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let claims = caller(&request)?.clone();
-    handler(claims, request.into_inner())
-        .await
-        .map(Response::new)
-        .map_err(Status::from)
-}
-
 /// A required id field.
 fn id_field(raw: &str, field: &str) -> Result<Uuid> {
-    let mut violations = FieldViolations::new();
-    let id = parse_id(raw, field, &mut violations);
-    violations.into_result()?;
-    Ok(id)
+    Ok(one_id(raw, field)?)
 }
 
 fn kind_field(raw: i32) -> Result<ReactionKind> {
@@ -69,7 +51,7 @@ fn kind_field(raw: i32) -> Result<ReactionKind> {
 }
 
 fn cursor(token: &str) -> Result<Option<Uuid>> {
-    page_token::decode(token).map_err(|e| DiscussError::invalid("page_token", &e.to_string()))
+    Ok(page_token::decode(token)?)
 }
 
 impl DiscussApi {
@@ -510,111 +492,106 @@ type Answer<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl Discuss for DiscussApi {
     async fn create_post(&self, request: Request<pb::CreatePostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| self.create_post(c, m)).await
+        authed!(request, DiscussError, |c, m| self.create_post(c, m))
     }
 
     async fn get_post(&self, request: Request<pb::GetPostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| async move {
+        authed!(request, DiscussError, |c, m| async move {
             let (post, _) = self.visible(c.sub, &m.post_id).await?;
             self.view(&post, c.sub).await
         })
-        .await
     }
 
     async fn edit_post(&self, request: Request<pb::EditPostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| self.edit_post(c, m)).await
+        authed!(request, DiscussError, |c, m| self.edit_post(c, m))
     }
 
     async fn delete_post(&self, request: Request<pb::DeletePostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| self.delete_post(c, m)).await
+        authed!(request, DiscussError, |c, m| self.delete_post(c, m))
     }
 
     async fn pin_post(&self, request: Request<pb::PinPostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| async move {
+        authed!(request, DiscussError, |c, m| async move {
             self.pin(c, &m.post_id, true).await
         })
-        .await
     }
 
     async fn unpin_post(&self, request: Request<pb::PinPostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| async move {
+        authed!(request, DiscussError, |c, m| async move {
             self.pin(c, &m.post_id, false).await
         })
-        .await
     }
 
     async fn list_posts(
         &self,
         request: Request<pb::ListPostsRequest>,
     ) -> Answer<pb::ListPostsResponse> {
-        serve(request, |c, m| self.list_posts(c, m)).await
+        authed!(request, DiscussError, |c, m| self.list_posts(c, m))
     }
 
     async fn my_feed(&self, request: Request<pb::MyFeedRequest>) -> Answer<pb::ListPostsResponse> {
-        serve(request, |c, m| self.my_feed(c, m)).await
+        authed!(request, DiscussError, |c, m| self.my_feed(c, m))
     }
 
     async fn create_comment(
         &self,
         request: Request<pb::CreateCommentRequest>,
     ) -> Answer<pb::Comment> {
-        serve(request, |c, m| self.create_comment(c, m)).await
+        authed!(request, DiscussError, |c, m| self.create_comment(c, m))
     }
 
     async fn list_comments(
         &self,
         request: Request<pb::ListCommentsRequest>,
     ) -> Answer<pb::ListCommentsResponse> {
-        serve(request, |c, m| self.list_comments(c, m)).await
+        authed!(request, DiscussError, |c, m| self.list_comments(c, m))
     }
 
     async fn react(&self, request: Request<pb::ReactRequest>) -> Answer<pb::Reactions> {
-        serve(request, |c, m| self.react(c, m, true)).await
+        authed!(request, DiscussError, |c, m| self.react(c, m, true))
     }
 
     async fn unreact(&self, request: Request<pb::ReactRequest>) -> Answer<pb::Reactions> {
-        serve(request, |c, m| self.react(c, m, false)).await
+        authed!(request, DiscussError, |c, m| self.react(c, m, false))
     }
 
     async fn report_post(
         &self,
         request: Request<pb::ReportPostRequest>,
     ) -> Answer<pb::ReportPostResponse> {
-        serve(request, |c, m| self.report(c, m)).await
+        authed!(request, DiscussError, |c, m| self.report(c, m))
     }
 
     async fn list_moderation_queue(
         &self,
         request: Request<pb::ListModerationQueueRequest>,
     ) -> Answer<pb::ListModerationQueueResponse> {
-        serve(request, |c, m| self.queue(c, m)).await
+        authed!(request, DiscussError, |c, m| self.queue(c, m))
     }
 
     async fn approve_post(&self, request: Request<pb::ApprovePostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| async move {
+        authed!(request, DiscussError, |c, m| async move {
             self.moderate(c, &m.post_id, None).await
         })
-        .await
     }
 
     async fn reject_post(&self, request: Request<pb::RejectPostRequest>) -> Answer<pb::Post> {
-        serve(request, |c, m| async move {
+        authed!(request, DiscussError, |c, m| async move {
             self.moderate(c, &m.post_id, Some(&m.reason)).await
         })
-        .await
     }
 
     async fn set_community_settings(
         &self,
         request: Request<pb::SetCommunitySettingsRequest>,
     ) -> Answer<pb::CommunitySettings> {
-        serve(request, |c, m| self.set_settings(c, m)).await
+        authed!(request, DiscussError, |c, m| self.set_settings(c, m))
     }
 
     async fn get_community_settings(
         &self,
         request: Request<pb::GetCommunitySettingsRequest>,
     ) -> Answer<pb::CommunitySettings> {
-        serve(request, |c, m| self.get_settings(c, m)).await
+        authed!(request, DiscussError, |c, m| self.get_settings(c, m))
     }
 }

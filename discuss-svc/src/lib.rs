@@ -8,9 +8,8 @@
 //!   rules for valid input and the markdown renderer.
 //! - `store/`: the repository trait and its two backends (embedded redb,
 //!   CQL), held to one contract by `tests/repository_contract.rs`.
-//! - `membership.rs`: TEMPORARY stand-in for the kit's membership view
-//!   (who may read a community's posts, who moderates), kept from
-//!   users-svc's domain events.
+//! - who may read a community's posts, and who moderates, is the shared
+//!   membership view (`munity_bus::membership`), kept in its own store.
 //! - `events.rs`: the domain events it publishes; `convert.rs`: records to
 //!   protobuf.
 //! - `api.rs`: the gRPC service; `error.rs`: errors to gRPC statuses.
@@ -23,7 +22,6 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod events;
-pub mod membership;
 pub mod store;
 
 use munity_platform::{
@@ -78,7 +76,7 @@ pub async fn run(
         .start(&config.bus, DiscussService::NAME, &shutdown)
         .await
     {
-        tokio::spawn(membership::follow(
+        tokio::spawn(munity_bus::membership::follow(
             log,
             members.clone(),
             config.own.members_group.clone(),

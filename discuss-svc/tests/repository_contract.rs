@@ -8,9 +8,9 @@ use discuss_svc::{
         Applied, CommentRecord, PostChange, PostRecord, PostState, ReactionKind, ReactionTarget,
         SettingsRecord, now_millis,
     },
-    membership::{MemberRole, MembershipView},
     store::{CommentOutcome, DiscussRepository, cql::CqlStore, embedded::EmbeddedStore},
 };
+use munity_bus::membership::{CqlMemberships, EmbeddedMemberships, MemberRole, MembershipView};
 use uuid::Uuid;
 
 /// The repository and the membership view kept in the same store.
@@ -23,7 +23,7 @@ struct Backend {
 async fn embedded() -> Option<(Backend, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let members = Arc::new(store.membership());
+    let members = EmbeddedMemberships::open(store.db());
     Some((
         Backend {
             repo: Arc::new(store),
@@ -40,7 +40,7 @@ async fn cql() -> Option<(Backend, ())> {
     let store = CqlStore::connect(&config)
         .await
         .expect("connect to the CQL test server");
-    let members = Arc::new(store.membership().await.unwrap());
+    let members = CqlMemberships::prepare(store.cql()).await.unwrap();
     Some((
         Backend {
             repo: Arc::new(store),

@@ -49,7 +49,6 @@ use crate::{
         ReactionTarget, SettingsRecord,
     },
     events,
-    membership::{self, CqlMembership},
 };
 
 pub const SCHEMA: &[&str] = &[
@@ -133,7 +132,7 @@ impl CqlStore {
         let schema: Vec<&str> = SCHEMA
             .iter()
             .chain(outbox::SCHEMA)
-            .chain(membership::CQL_SCHEMA)
+            .chain(munity_bus::membership::CQL_SCHEMA)
             .copied()
             .collect();
         let cql = Arc::new(Cql::connect(config, &schema).await?);
@@ -195,9 +194,9 @@ impl CqlStore {
         self.outbox.clone()
     }
 
-    /// The membership view, in the same keyspace.
-    pub async fn membership(&self) -> anyhow::Result<CqlMembership> {
-        CqlMembership::new(self.cql.clone()).await
+    /// Its session, for the membership view kept in the same keyspace.
+    pub fn cql(&self) -> Arc<Cql> {
+        self.cql.clone()
     }
 
     fn index(&self, index: Index) -> &IndexStatements {

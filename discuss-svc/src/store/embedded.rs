@@ -26,7 +26,6 @@ use crate::{
         ReactionTarget, SettingsRecord,
     },
     events,
-    membership::{self, EmbeddedMembership},
 };
 
 /// id → post.
@@ -70,7 +69,6 @@ impl EmbeddedStore {
             txn.open_table(REACTION_COUNTS)?;
             txn.open_table(REPORTS)?;
             txn.open_table(SETTINGS)?;
-            membership::create_tables(txn)?;
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
@@ -84,9 +82,9 @@ impl EmbeddedStore {
         Publishing::embedded(&self.outbox)
     }
 
-    /// The membership view, in the same file.
-    pub fn membership(&self) -> EmbeddedMembership {
-        EmbeddedMembership::new(self.db.clone())
+    /// Its database, for the membership view kept in the same file.
+    pub fn db(&self) -> EmbeddedDb {
+        self.db.clone()
     }
 
     /// One page of a pair-keyed index of `community`, newest first before

@@ -18,13 +18,11 @@ use std::sync::Arc;
 pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
-use crate::{
-    domain::{
-        Applied, CommentRecord, PostChange, PostRecord, ReactionKind, ReactionSummary,
-        ReactionTarget, SettingsRecord,
-    },
-    membership::MembershipView,
+use crate::domain::{
+    Applied, CommentRecord, PostChange, PostRecord, ReactionKind, ReactionSummary, ReactionTarget,
+    SettingsRecord,
 };
+use munity_bus::membership::{CqlMemberships, EmbeddedMemberships, MembershipView};
 
 /// What creating a comment did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +124,7 @@ pub async fn open(storage: &munity_platform::config::StorageConfig) -> anyhow::R
             let store = embedded::EmbeddedStore::open(path)?;
             Opened {
                 publishing: store.publishing(),
-                members: Arc::new(store.membership()),
+                members: EmbeddedMemberships::open(store.db()),
                 repo: Arc::new(store),
             }
         }
@@ -134,7 +132,7 @@ pub async fn open(storage: &munity_platform::config::StorageConfig) -> anyhow::R
             let store = Arc::new(cql::CqlStore::connect(config).await?);
             Opened {
                 publishing: munity_bus::outbox::Publishing::cql(store.outbox(), store.clone()),
-                members: Arc::new(store.membership().await?),
+                members: CqlMemberships::prepare(store.cql()).await?,
                 repo: store,
             }
         }

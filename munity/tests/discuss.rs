@@ -404,11 +404,11 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
     let feed = bob.feed(&community).await.unwrap();
     assert_eq!(
         feed.pinned.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
-        [post.id.clone()]
+        std::slice::from_ref(&post.id)
     );
     assert_eq!(
         feed.posts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
-        [second.id.clone()]
+        std::slice::from_ref(&second.id)
     );
 
     // A moderated community: Bob's post waits for approval, reaches the
@@ -423,7 +423,10 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
     assert!(!dave.feed_ids(&community).await.contains(&held.id));
     assert_eq!(code(dave.get(&held.id).await), Code::NotFound);
     assert_eq!(code(bob.queue(&community).await), Code::PermissionDenied);
-    assert_eq!(alice.queue(&community).await.unwrap(), [held.id.clone()]);
+    assert_eq!(
+        alice.queue(&community).await.unwrap(),
+        std::slice::from_ref(&held.id)
+    );
     let approved = alice
         .client
         .clone()
@@ -462,7 +465,10 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
     assert_eq!((third.reports, third.hidden), (3, true));
     assert!(!bob.feed_ids(&community).await.contains(&second.id));
     assert_eq!(code(bob.get(&second.id).await), Code::NotFound);
-    assert_eq!(alice.queue(&community).await.unwrap(), [second.id.clone()]);
+    assert_eq!(
+        alice.queue(&community).await.unwrap(),
+        std::slice::from_ref(&second.id)
+    );
 
     // The author removes a post: who and when are kept, the text is not.
     let removed = bd
@@ -488,6 +494,6 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
         .into_inner();
     assert_eq!(
         mine.posts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
-        [post.id.clone()]
+        std::slice::from_ref(&post.id)
     );
 }

@@ -9,9 +9,11 @@ use std::{path::Path, time::Duration};
 use munity_platform::auth::with_bearer;
 use munity_proto::{
     discuss::v1::{self as pb, discuss_client::DiscussClient},
+    notify::v1::{self as notify, notify_client::NotifyClient, subscribe_response::Message},
     users::v1::{self as users, users_client::UsersClient},
 };
 use munity_testkit::{Ready, register};
+use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
 async fn start(data_dir: &Path) -> (Ready, Channel) {
@@ -496,4 +498,153 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
         mine.posts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
         std::slice::from_ref(&post.id)
     );
+}
+
+/// A community made by the first token's user (its owner), joined by the
+/// others, once discuss-svc's membership view knows them all.
+async fn community_of(channel: &Channel, owner: &As, joining: &[&As]) -> String {
+    let mut users_client = UsersClient::new(channel.clone());
+    let community = users_client
+        .create_community(owner.r(users::CreateCommunityRequest {
+            name: "Beekeepers".to_owned(),
+            description: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    for member in joining {
+        users_client
+            .join_community(member.r(users::JoinCommunityRequest {
+                community_id: community.clone(),
+            }))
+            .await
+            .unwrap();
+    }
+    owner.wait_member(&community).await;
+    for member in joining {
+        member.wait_member(&community).await;
+    }
+    community
+}
+
+/// The next notification on `stream` (heartbeats passed over).
+async fn next_notification(
+    stream: &mut tonic::Streaming<notify::SubscribeResponse>,
+) -> notify::Notification {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a notification within 10 s")
+            .unwrap()
+            .expect("the stream goes on");
+        match message.message {
+            Some(Message::Notification(n)) => return n,
+            Some(Message::Heartbeat(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// `who`'s inbox once it holds a notification of `kind` (the relay and
+/// notify-svc's consumer take moments).
+async fn inbox_with(channel: &Channel, who: &As, kind: &str) -> notify::Notification {
+    let started = std::time::Instant::now();
+    loop {
+        let items = NotifyClient::new(channel.clone())
+            .list_inbox(who.r(notify::ListInboxRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        if let Some(item) = items
+            .into_iter()
+            .filter_map(|i| i.notification)
+            .find(|n| n.kind == kind)
+        {
+            return item;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no {kind} in the inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox() {
+    let data = tempfile::tempdir().unwrap();
+    let (_ready, channel) = start(data.path()).await;
+    let (alice, bob, carol) = (
+        As::new(&channel, &register(&channel, "alice").await.0),
+        As::new(&channel, &register(&channel, "bob").await.0),
+        As::new(&channel, &register(&channel, "carol").await.0),
+    );
+    let community = community_of(&channel, &alice, &[&bob]).await;
+    let post = alice.post(&community, "First *harvest*").await.unwrap();
+    let topic = format!("post:{}", post.id);
+
+    // Carol, outside the community, may not follow the post.
+    let refused = NotifyClient::new(channel.clone())
+        .subscribe(carol.r(notify::SubscribeRequest {
+            topics: vec![topic.clone()],
+            resume: Vec::new(),
+        }))
+        .await;
+    let code = match refused {
+        Err(status) => status.code(),
+        Ok(stream) => match stream.into_inner().message().await {
+            Err(status) => status.code(),
+            Ok(message) => panic!("carol follows a post: {message:?}"),
+        },
+    };
+    assert_eq!(code, Code::PermissionDenied);
+
+    // Bob follows it live: his comment and Alice's reaction arrive.
+    let mut stream = NotifyClient::new(channel.clone())
+        .subscribe(bob.r(notify::SubscribeRequest {
+            topics: vec![topic.clone()],
+            resume: Vec::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap().message;
+    assert!(matches!(first, Some(Message::Subscribed(_))), "{first:?}");
+    bob.comment(&post.id, "", "Lovely").await.unwrap();
+    alice.react(&post.id, pb::ReactionKind::Love).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let n = next_notification(&mut stream).await;
+        assert_eq!(n.topic, topic);
+        kinds.push(n.kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "munity.discuss.v1.CommentCreated",
+            "munity.discuss.v1.ReactionChanged"
+        ]
+    );
+
+    // The post's author hears of the comment in her inbox.
+    inbox_with(&channel, &alice, "munity.discuss.v1.CommentCreated").await;
+
+    // A rejected post's author is told why.
+    alice.settings(&community, true).await.unwrap();
+    let held = bob.post(&community, "Cheap honey here").await.unwrap();
+    alice
+        .client
+        .clone()
+        .reject_post(alice.r(pb::RejectPostRequest {
+            post_id: held.id.clone(),
+            reason: "no selling".to_owned(),
+        }))
+        .await
+        .unwrap();
+    let told = inbox_with(&channel, &bob, "munity.discuss.v1.PostRejected").await;
+    let rejected = pb::PostRejected::decode(told.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(rejected.reason, "no selling");
+    assert_eq!(rejected.post_id, held.id);
 }

@@ -108,8 +108,25 @@ impl DiscussApi {
         Ok((post, role))
     }
 
-    /// The post as `user` sees it: reactions (theirs too) and comments.
+    /// The post as `user` sees it: reactions (theirs too) and comments;
+    /// a share with the post it shares (whose text shows while it is
+    /// published).
     async fn view(&self, post: &PostRecord, user: Uuid) -> Result<pb::Post> {
+        let mut out = self.view_one(post, user).await?;
+        if let Some(original) = post.shared_post_id
+            && let Some(original) = self.repo.get_post(original).await?
+        {
+            let mut shown = self.view_one(&original, user).await?;
+            if original.state != PostState::Published {
+                shown.body.clear();
+                shown.body_html.clear();
+            }
+            out.shared = Some(Box::new(shown));
+        }
+        Ok(out)
+    }
+
+    async fn view_one(&self, post: &PostRecord, user: Uuid) -> Result<pb::Post> {
         let reactions = self.repo.reactions(post.id, user).await?;
         let comments = self.repo.comment_count(post.id).await?;
         Ok(post_to_proto(post, &reactions, comments))
@@ -164,9 +181,88 @@ impl DiscussApi {
                 PostState::Published
             },
             pinned: false,
+            shared_post_id: None,
         };
         self.repo.create_post(&post).await?;
         self.view(&post, claims.sub).await
+    }
+
+    async fn share(
+        &self,
+        claims: Claims,
+        request: pb::SharePostRequest,
+    ) -> Result<pb::SharePostResponse> {
+        let (post, _) = self.visible(claims.sub, &request.post_id).await?;
+        let mut violations = FieldViolations::new();
+        let body = if request.body.trim().is_empty() {
+            String::new()
+        } else {
+            domain::check_markdown(&request.body, "body", limits::COMMENT_MAX, &mut violations)
+        };
+        let (to_community, to_user) = (
+            !request.community_id.trim().is_empty(),
+            !request.user_id.trim().is_empty(),
+        );
+        if to_community == to_user {
+            violations.add("community_id", "set community_id or user_id (one of them)");
+        }
+        let target = if to_community {
+            parse_id(&request.community_id, "community_id", &mut violations)
+        } else {
+            parse_id(&request.user_id, "user_id", &mut violations)
+        };
+        violations.into_result()?;
+        if post.state != PostState::Published {
+            return Err(DiscussError::FailedPrecondition(
+                "only published posts are shared".to_owned(),
+            ));
+        }
+        // A share of a share shares what it shows.
+        let original = match post.shared_post_id {
+            Some(id) => self
+                .repo
+                .get_post(id)
+                .await?
+                .ok_or(DiscussError::NotFound("post"))?,
+            None => post,
+        };
+        if to_user {
+            if self
+                .members
+                .role(original.community_id, target)
+                .await?
+                .is_none()
+            {
+                return Err(DiscussError::FailedPrecondition(
+                    "a post is shared with members of its community only".to_owned(),
+                ));
+            }
+            self.repo
+                .share_with_user(&original, claims.sub, target, &body)
+                .await?;
+            return Ok(pb::SharePostResponse { post: None });
+        }
+        let role = self.member(target, claims.sub).await?;
+        let held = self.repo.settings(target).await?.requires_approval && !role.moderates();
+        let share = PostRecord {
+            id: Uuid::now_v7(),
+            community_id: target,
+            author_id: claims.sub,
+            body,
+            created_at: now_millis(),
+            edited_at: None,
+            state: if held {
+                PostState::Pending
+            } else {
+                PostState::Published
+            },
+            pinned: false,
+            shared_post_id: Some(original.id),
+        };
+        self.repo.create_post(&share).await?;
+        Ok(pb::SharePostResponse {
+            post: Some(self.view(&share, claims.sub).await?),
+        })
     }
 
     async fn edit_post(&self, claims: Claims, request: pb::EditPostRequest) -> Result<pb::Post> {
@@ -579,6 +675,13 @@ impl Discuss for DiscussApi {
         authed!(request, DiscussError, |c, m| async move {
             self.moderate(c, &m.post_id, Some(&m.reason)).await
         })
+    }
+
+    async fn share_post(
+        &self,
+        request: Request<pb::SharePostRequest>,
+    ) -> Answer<pb::SharePostResponse> {
+        authed!(request, DiscussError, |c, m| self.share(c, m))
     }
 
     async fn set_community_settings(

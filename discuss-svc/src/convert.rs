@@ -54,6 +54,10 @@ pub fn post_to_proto(
         pinned: post.pinned,
         reactions: Some(reactions_to_proto(reactions)),
         comment_count,
+        shared_post_id: post
+            .shared_post_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     out.status = match &post.state {

@@ -66,6 +66,9 @@ pub struct PostRecord {
     pub edited_at: Option<Millis>,
     pub state: PostState,
     pub pinned: bool,
+    /// A share: the post it shows (never itself a share).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_post_id: Option<Uuid>,
 }
 
 /// A comment, as stored.
@@ -487,6 +490,7 @@ mod tests {
             edited_at: None,
             state: PostState::Pending,
             pinned: false,
+            shared_post_id: None,
         };
         let pin = PostChange::Pin {
             pinned: true,

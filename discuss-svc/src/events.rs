@@ -126,6 +126,22 @@ pub fn changed(change: &PostChange, post: &PostRecord) -> DomainEvent {
     }
 }
 
+/// `post` shared with one user, `to`.
+pub fn shared_with(post: &PostRecord, by: Uuid, to: Uuid, body: &str) -> DomainEvent {
+    publish(
+        post.id,
+        post.community_id,
+        by,
+        &pb::PostShared {
+            post_id: post.id.to_string(),
+            community_id: post.community_id.to_string(),
+            by: by.to_string(),
+            to_user_id: to.to_string(),
+            body: body.to_owned(),
+        },
+    )
+}
+
 pub fn comment_created(comment: &CommentRecord, post: &PostRecord) -> DomainEvent {
     publish(
         post.id,

@@ -60,6 +60,7 @@ fn post(community: Uuid, author: Uuid, state: PostState) -> PostRecord {
         edited_at: None,
         state,
         pinned: false,
+        shared_post_id: None,
     }
 }
 
@@ -440,6 +441,24 @@ mod cases {
         assert_eq!(queue.items.iter().map(|p| p.id).collect::<Vec<_>>(), [p.id]);
     }
 
+    pub async fn shares_keep_what_they_share(b: Backend) {
+        let repo = b.repo.as_ref();
+        let (source, target, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let original = post(source, user, PostState::Published);
+        repo.create_post(&original).await.unwrap();
+        let share = PostRecord {
+            shared_post_id: Some(original.id),
+            body: String::new(),
+            ..post(target, user, PostState::Published)
+        };
+        repo.create_post(&share).await.unwrap();
+        assert_eq!(repo.get_post(share.id).await.unwrap().unwrap(), share);
+        assert_eq!(feed_ids(repo, target, 10).await, [share.id]);
+        repo.share_with_user(&original, user, Uuid::now_v7(), "look")
+            .await
+            .unwrap();
+    }
+
     pub async fn settings_default_to_open_and_are_kept(b: Backend) {
         let repo = b.repo.as_ref();
         let community = Uuid::now_v7();
@@ -490,6 +509,7 @@ munity_testkit::contract_suite! {
         a_feed_paged_while_200_posts_are_created_returns_each_post_once,
         reports_count_distinct_reporters_once,
         settings_default_to_open_and_are_kept,
+        shares_keep_what_they_share,
         the_membership_view_follows_what_it_is_told,
     ],
 }

@@ -360,6 +360,18 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
                 .await,
             ),
         ),
+        (
+            "SharePost",
+            code(
+                d.share_post(c.r(pb::SharePostRequest {
+                    post_id: id(),
+                    community_id: cid(),
+                    user_id: String::new(),
+                    body: String::new(),
+                }))
+                .await,
+            ),
+        ),
         ("SetCommunitySettings", code(c.settings(&cid(), true).await)),
         (
             "GetCommunitySettings",
@@ -576,10 +588,12 @@ async fn inbox_with(channel: &Channel, who: &As, kind: &str) -> notify::Notifica
 async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox() {
     let data = tempfile::tempdir().unwrap();
     let (_ready, channel) = start(data.path()).await;
+    let (alice_token, alice_id) = register(&channel, "alice").await;
+    let (carol_token, carol_id) = register(&channel, "carol").await;
     let (alice, bob, carol) = (
-        As::new(&channel, &register(&channel, "alice").await.0),
+        As::new(&channel, &alice_token),
         As::new(&channel, &register(&channel, "bob").await.0),
-        As::new(&channel, &register(&channel, "carol").await.0),
+        As::new(&channel, &carol_token),
     );
     let community = community_of(&channel, &alice, &[&bob]).await;
     let post = alice.post(&community, "First *harvest*").await.unwrap();
@@ -592,14 +606,14 @@ async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox()
             resume: Vec::new(),
         }))
         .await;
-    let code = match refused {
+    let refused = match refused {
         Err(status) => status.code(),
         Ok(stream) => match stream.into_inner().message().await {
             Err(status) => status.code(),
             Ok(message) => panic!("carol follows a post: {message:?}"),
         },
     };
-    assert_eq!(code, Code::PermissionDenied);
+    assert_eq!(refused, Code::PermissionDenied);
 
     // Bob follows it live: his comment and Alice's reaction arrive.
     let mut stream = NotifyClient::new(channel.clone())
@@ -647,4 +661,38 @@ async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox()
     let rejected = pb::PostRejected::decode(told.payload.unwrap().value.as_slice()).unwrap();
     assert_eq!(rejected.reason, "no selling");
     assert_eq!(rejected.post_id, held.id);
+
+    // Bob shares Alice's post into his own community, where Carol reads
+    // it through the share only; and with Alice herself (her inbox).
+    let elsewhere = community_of(&channel, &bob, &[&carol]).await;
+    let share = |who: &As, community: &str, user: &str| {
+        let request = who.r(pb::SharePostRequest {
+            post_id: post.id.clone(),
+            community_id: community.to_owned(),
+            user_id: user.to_owned(),
+            body: "Look at this".to_owned(),
+        });
+        let mut client = who.client.clone();
+        async move { client.share_post(request).await.map(|r| r.into_inner()) }
+    };
+    let shared = share(&bob, &elsewhere, "").await.unwrap().post.unwrap();
+    assert_eq!(shared.shared_post_id, post.id);
+    let seen = carol.get(&shared.id).await.unwrap();
+    assert_eq!(seen.body, "Look at this");
+    assert_eq!(seen.shared.unwrap().body, "First *harvest*");
+    assert_eq!(code(carol.get(&post.id).await), Code::NotFound);
+    assert_eq!(
+        carol.feed_ids(&elsewhere).await,
+        std::slice::from_ref(&shared.id)
+    );
+    // Carol cannot pass it on from the original, nor into Alice's community.
+    assert_eq!(code(share(&carol, &elsewhere, "").await), Code::NotFound);
+    let both = share(&bob, &elsewhere, &carol_id).await;
+    assert_eq!(code(both), Code::InvalidArgument);
+    let outside = share(&bob, "", &carol_id).await;
+    assert_eq!(code(outside), Code::FailedPrecondition);
+    share(&bob, "", &alice_id).await.unwrap();
+    let told = inbox_with(&channel, &alice, "munity.discuss.v1.PostShared").await;
+    let shared_with = pb::PostShared::decode(told.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(shared_with.post_id, post.id);
 }

@@ -9,7 +9,8 @@
 //! - and discuss-svc's: every event of a post on `post:<id>`; a post
 //!   published, edited, pinned or removed also on `community:<id>`; a
 //!   comment, a rejection (with its reason) or hiding by reports also on
-//!   the post's author's `user:<id>` (unless the author did it).
+//!   the post's author's `user:<id>` (unless the author did it); a post
+//!   shared with one user on theirs.
 //!
 //! Publishing is idempotent by the domain event's id, so a redelivery from
 //! the log changes nothing.
@@ -67,9 +68,13 @@ const DISCUSS_COMMUNITY_WIDE: &[&str] = &[
     "munity.discuss.v1.PostRemoved",
 ];
 
-/// The author of a post someone else commented on, rejected or hid.
+/// The author of a post someone else commented on, rejected or hid; or
+/// whom a post was shared with.
 fn author_to_tell(event: &DomainEvent) -> Option<String> {
     let payload = event.payload.as_slice();
+    if event.r#type == "munity.discuss.v1.PostShared" {
+        return Some(discuss::PostShared::decode(payload).ok()?.to_user_id);
+    }
     let acting = event.subject_ids.get(1).cloned().unwrap_or_default();
     let author = match event.r#type.as_str() {
         "munity.discuss.v1.CommentCreated" => {

@@ -501,6 +501,21 @@ impl DiscussRepository for CqlStore {
         })
     }
 
+    async fn share_with_user(
+        &self,
+        post: &PostRecord,
+        by: Uuid,
+        to: Uuid,
+        body: &str,
+    ) -> StoreResult<()> {
+        let row = CqlOutbox::row(&events::shared_with(post, by, to, body));
+        self.cql
+            .execute(self.outbox.insert_statement(), row)
+            .await?;
+        self.outbox.notify_staged();
+        Ok(())
+    }
+
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {
         let row: Option<(Option<bool>,)> = self
             .cql

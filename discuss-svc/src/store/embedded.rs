@@ -433,6 +433,17 @@ impl DiscussRepository for EmbeddedStore {
             .await
     }
 
+    async fn share_with_user(
+        &self,
+        post: &PostRecord,
+        by: Uuid,
+        to: Uuid,
+        body: &str,
+    ) -> StoreResult<()> {
+        let event = events::shared_with(post, by, to, body);
+        self.outbox.write(move |_| Ok(((), vec![event]))).await
+    }
+
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {
         self.db
             .blocking(move |db| {

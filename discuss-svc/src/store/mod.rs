@@ -104,6 +104,15 @@ pub trait DiscussRepository: Send + Sync + 'static {
     /// Records `reporter`'s report once.
     async fn report(&self, post: Uuid, reporter: Uuid, reason: &str) -> StoreResult<Reported>;
 
+    /// Tells `to` that `by` shared `post` with them (a domain event only).
+    async fn share_with_user(
+        &self,
+        post: &PostRecord,
+        by: Uuid,
+        to: Uuid,
+        body: &str,
+    ) -> StoreResult<()>;
+
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord>;
     async fn set_settings(&self, community: Uuid, settings: &SettingsRecord) -> StoreResult<()>;
 }

@@ -176,7 +176,7 @@ fn count(reactions: &Option<pb::Reactions>, kind: pb::ReactionKind) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_the_gateway() {
     let data = tempfile::tempdir().unwrap();
-    let (_ready, channel) = start(data.path()).await;
+    let (ready, channel) = start(data.path()).await;
     let (alice_token, _) = register(&channel, "alice").await;
     let (bob_token, bob_id) = register(&channel, "bob").await;
     let (dave_token, _) = register(&channel, "dave").await;
@@ -510,6 +510,31 @@ async fn members_discuss_outsiders_see_nothing_and_moderators_moderate_through_t
         mine.posts.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
         std::slice::from_ref(&post.id)
     );
+
+    // The same calls over HTTP/JSON (the proto's google.api.http bindings).
+    let base = format!("http://{}", ready.address("gateway"));
+    let bearer = |token: &str| format!("authorization: Bearer {token}");
+    let (status, body) = munity_testkit::curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/v1/communities/{community}/posts"),
+        "-H",
+        &bearer(&dave_token),
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"body": "Via *JSON*"}"#,
+    ])
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["status"], "POST_STATUS_PUBLISHED");
+    assert_eq!(created["bodyHtml"], "Via <em>JSON</em>");
+    let url = format!("{base}/v1/posts/{}", created["id"].as_str().unwrap());
+    let (status, _) = munity_testkit::curl(&[&url, "-H", &bearer(&bob_token)]).await;
+    assert_eq!(status, 200);
+    let (status, _) = munity_testkit::curl(&[&url, "-H", &bearer(&carol_token)]).await;
+    assert_eq!(status, 404, "an outsider over HTTP too");
 }
 
 /// A community made by the first token's user (its owner), joined by the

@@ -182,6 +182,7 @@ impl DiscussApi {
             },
             pinned: false,
             shared_post_id: None,
+            reviewed: false,
         };
         self.repo.create_post(&post).await?;
         self.view(&post, claims.sub).await
@@ -258,6 +259,7 @@ impl DiscussApi {
             },
             pinned: false,
             shared_post_id: Some(original.id),
+            reviewed: false,
         };
         self.repo.create_post(&share).await?;
         Ok(pb::SharePostResponse {

@@ -16,7 +16,7 @@ pub mod limits {
     pub const REASON_MAX: usize = 500;
     /// Pinned posts shown above a feed.
     pub const PINNED_MAX: usize = 20;
-    /// Communities "my feed" merges (the newest memberships beyond it are
+    /// Communities "my feed" merges (those beyond it, by community id, are
     /// left out rather than making every page unbounded work).
     pub const FEED_COMMUNITIES_MAX: usize = 200;
     /// The longest link target the renderer looks for.
@@ -69,6 +69,10 @@ pub struct PostRecord {
     /// A share: the post it shows (never itself a share).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_post_id: Option<Uuid>,
+    /// A moderator approved it after reports hid it: reports no longer
+    /// hide it (they were reviewed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reviewed: bool,
 }
 
 /// A comment, as stored.
@@ -221,6 +225,7 @@ impl PostChange {
             }
             PostChange::Approve { .. } => match post.state {
                 Pending | Hidden => {
+                    post.reviewed |= post.state == Hidden;
                     post.state = Published;
                     Applied::Changed
                 }
@@ -241,7 +246,7 @@ impl PostChange {
                 _ => Applied::Refused,
             },
             PostChange::Hide { .. } => match post.state {
-                Published => {
+                Published if !post.reviewed => {
                     post.state = Hidden;
                     post.pinned = false;
                     Applied::Changed
@@ -491,6 +496,7 @@ mod tests {
             state: PostState::Pending,
             pinned: false,
             shared_post_id: None,
+            reviewed: false,
         };
         let pin = PostChange::Pin {
             pinned: true,
@@ -508,6 +514,14 @@ mod tests {
             Applied::Changed
         );
         assert!(!post.pinned && post.state.queued());
+        // Approved after review: reports no longer hide it.
+        let approve = PostChange::Approve { by: user };
+        assert_eq!(approve.apply(&mut post), Applied::Changed);
+        assert_eq!(
+            PostChange::Hide { reports: 4 }.apply(&mut post),
+            Applied::Unchanged
+        );
+        assert_eq!(post.state, PostState::Published);
         let remove = PostChange::Remove { by: user, at: 5 };
         assert_eq!(remove.apply(&mut post), Applied::Changed);
         assert_eq!(remove.apply(&mut post), Applied::Unchanged);

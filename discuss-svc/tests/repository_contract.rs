@@ -61,6 +61,7 @@ fn post(community: Uuid, author: Uuid, state: PostState) -> PostRecord {
         state,
         pinned: false,
         shared_post_id: None,
+        reviewed: false,
     }
 }
 
@@ -439,6 +440,17 @@ mod cases {
         assert!(feed_ids(repo.as_ref(), community, 10).await.is_empty());
         let queue = repo.list_queue(community, None, 10).await.unwrap();
         assert_eq!(queue.items.iter().map(|p| p.id).collect::<Vec<_>>(), [p.id]);
+        // Approved after review: back in the feed, and reports no longer hide it.
+        let approve = PostChange::Approve { by: Uuid::now_v7() };
+        let (_, approved) = repo.change_post(p.id, &approve).await.unwrap().unwrap();
+        assert!(approved.reviewed);
+        let (applied, _) = repo
+            .change_post(p.id, &PostChange::Hide { reports: 4 })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(applied, Applied::Unchanged);
+        assert_eq!(feed_ids(repo.as_ref(), community, 10).await, [p.id]);
     }
 
     pub async fn shares_keep_what_they_share(b: Backend) {

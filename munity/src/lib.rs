@@ -53,6 +53,7 @@ pub fn services() -> Vec<DevEntry> {
         dev_entry::<events_svc::EventsService>(),
         dev_entry::<notify_svc::NotifyService>(),
         dev_entry::<warehouse_svc::WarehouseService>(),
+        dev_entry::<discuss_svc::DiscussService>(),
         dev_entry::<bot_svc::BotService>(),
     ]
 }

@@ -3,31 +3,43 @@
 //! - `event:<id>`: an event the caller can see, as events-svc decides
 //!   (GetEvent with the caller's own token);
 //! - `community:<id>`: a community the caller is a member of, as
-//!   events-svc knows it (its community listing, with the caller's token).
+//!   events-svc knows it (its community listing, with the caller's token);
+//! - `post:<id>`: a post the caller can see, as discuss-svc decides
+//!   (GetPost with the caller's own token).
 //!
-//! Asking events-svc with the caller's token keeps one rule in one place;
+//! Asking the owning service with the caller's token keeps one rule in one place;
 //! it costs one call per topic per Subscribe.
 
 use munity_platform::auth::{Claims, with_bearer};
-use munity_proto::events::v1::{self as events, events_client::EventsClient};
+use munity_proto::{
+    discuss::v1::{self as discuss, discuss_client::DiscussClient},
+    events::v1::{self as events, events_client::EventsClient},
+};
 use tonic::{Code, Status, transport::Channel};
 
 #[derive(Clone)]
 pub struct Access {
     events: EventsClient<Channel>,
+    discuss: DiscussClient<Channel>,
+}
+
+/// A channel to `url`, over every replica its host resolves to
+/// (connecting lazily, on first use).
+fn lazy(url: &str) -> anyhow::Result<Channel> {
+    munity_platform::peers::balanced_channel(url, |endpoint| {
+        endpoint
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(5))
+    })
 }
 
 impl Access {
-    /// Calls events-svc at `url`, over every replica its host resolves to
+    /// Calls events-svc at `events_url` and discuss-svc at `discuss_url`
     /// (connecting lazily, on first use).
-    pub fn new(url: &str) -> anyhow::Result<Self> {
-        let channel = munity_platform::peers::balanced_channel(url, |endpoint| {
-            endpoint
-                .connect_timeout(std::time::Duration::from_secs(2))
-                .timeout(std::time::Duration::from_secs(5))
-        })?;
+    pub fn new(events_url: &str, discuss_url: &str) -> anyhow::Result<Self> {
         Ok(Access {
-            events: EventsClient::new(channel),
+            events: EventsClient::new(lazy(events_url)?),
+            discuss: DiscussClient::new(lazy(discuss_url)?),
         })
     }
 
@@ -63,6 +75,17 @@ impl Access {
                         community_id: id.to_owned(),
                         page_size: 1,
                         ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(drop),
+            "post" => self
+                .discuss
+                .clone()
+                .get_post(with_bearer(
+                    discuss::GetPostRequest {
+                        post_id: id.to_owned(),
                     },
                     token,
                 ))

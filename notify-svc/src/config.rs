@@ -34,6 +34,9 @@ pub struct NotifyConfig {
     /// Where events-svc answers (who may follow `event:` and `community:`
     /// topics is its decision).
     pub events_url: String,
+    /// Where discuss-svc answers (who may follow a `post:` topic is its
+    /// decision).
+    pub discuss_url: String,
     /// The consumer group that turns domain events into notifications.
     pub sources_group: String,
     /// Topics one stream may follow.
@@ -63,6 +66,7 @@ impl Default for NotifyConfig {
             history_ttl_secs: 7 * 24 * 3600,
             heartbeat_secs: 15,
             events_url: "http://127.0.0.1:50052".to_owned(),
+            discuss_url: "http://127.0.0.1:50055".to_owned(),
             sources_group: "notify-svc.sources".to_owned(),
             max_topics_per_stream: 32,
             max_streams_per_user: 16,

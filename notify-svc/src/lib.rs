@@ -57,11 +57,18 @@ impl Service for NotifyService {
     const SECTION: &'static str = "notify";
     const DESCRIPTOR_SET: &'static [u8] = munity_proto::FILE_DESCRIPTOR_SET;
     type Config = NotifyConfig;
-    /// It asks events-svc who may follow an event's topics.
-    const PEERS: &'static [Peer] = &[Peer {
-        key: "events_url",
-        upstream: "events",
-    }];
+    /// It asks events-svc who may follow an event's topics, and
+    /// discuss-svc who may follow a post's.
+    const PEERS: &'static [Peer] = &[
+        Peer {
+            key: "events_url",
+            upstream: "events",
+        },
+        Peer {
+            key: "discuss_url",
+            upstream: "discuss",
+        },
+    ];
 
     async fn run(
         config: ServiceConfig<NotifyConfig>,
@@ -130,8 +137,8 @@ pub async fn run(
             tracing::error!(%error, "the event log cannot be opened; no notifications from domain events")
         }
     }
-    let access = access::Access::new(&config.own.events_url)
-        .map_err(|e| anyhow::anyhow!("notify.events_url {:?}: {e}", config.own.events_url))?;
+    let access = access::Access::new(&config.own.events_url, &config.own.discuss_url)
+        .map_err(|e| anyhow::anyhow!("notify.events_url or notify.discuss_url: {e}"))?;
     GrpcHost::new(NotifyService::DESCRIPTOR_SET)?
         .add_service(
             NotifyServer::new(api::NotifyApi::new(publisher, access, config.own.clone()))

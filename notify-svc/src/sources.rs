@@ -5,7 +5,12 @@
 //! - a meeting created, updated, cancelled, closed (scheduled) or due soon
 //!   also on `community:<id>` of its community;
 //! - someone joining or leaving a meeting also on its owner's `user:<id>`
-//!   (and so in the owner's inbox).
+//!   (and so in the owner's inbox);
+//! - and discuss-svc's: every event of a post on `post:<id>`; a post
+//!   published, edited, pinned or removed also on `community:<id>`; a
+//!   comment, a rejection (with its reason) or hiding by reports also on
+//!   the post's author's `user:<id>` (unless the author did it); a post
+//!   shared with one user on theirs.
 //!
 //! Publishing is idempotent by the domain event's id, so a redelivery from
 //! the log changes nothing.
@@ -14,7 +19,7 @@ use std::sync::Arc;
 
 use munity_bus::{ConsumerLoop, DomainEvent, EventLog};
 use munity_platform::shutdown::ShutdownToken;
-use munity_proto::events::v1 as events;
+use munity_proto::{discuss::v1 as discuss, events::v1 as events};
 use prost::Message;
 
 use crate::{hub::valid_topic, publish::Publisher};
@@ -31,6 +36,16 @@ const COMMUNITY_WIDE: &[&str] = &[
 /// The topics `event` is published on.
 pub fn topics(event: &DomainEvent) -> Vec<String> {
     let mut topics = Vec::new();
+    if event.source == "discuss-svc" {
+        topics.push(format!("post:{}", event.aggregate_id));
+        // subject_ids: the community, then the acting user.
+        if event.subject_ids.len() >= 2 && DISCUSS_COMMUNITY_WIDE.contains(&event.r#type.as_str()) {
+            topics.push(format!("community:{}", event.subject_ids[0]));
+        }
+        if let Some(author) = author_to_tell(event) {
+            topics.push(format!("user:{author}"));
+        }
+    }
     if event.source == "events-svc" {
         topics.push(format!("event:{}", event.aggregate_id));
         // subject_ids: the community (if any), then the acting user.
@@ -43,6 +58,38 @@ pub fn topics(event: &DomainEvent) -> Vec<String> {
     }
     topics.retain(|t| valid_topic(t));
     topics
+}
+
+/// discuss-svc's events that matter to a whole community.
+const DISCUSS_COMMUNITY_WIDE: &[&str] = &[
+    "munity.discuss.v1.PostPublished",
+    "munity.discuss.v1.PostEdited",
+    "munity.discuss.v1.PostPinned",
+    "munity.discuss.v1.PostRemoved",
+];
+
+/// The author of a post someone else commented on, rejected or hid; or
+/// whom a post was shared with.
+fn author_to_tell(event: &DomainEvent) -> Option<String> {
+    let payload = event.payload.as_slice();
+    if event.r#type == "munity.discuss.v1.PostShared" {
+        return Some(discuss::PostShared::decode(payload).ok()?.to_user_id);
+    }
+    let acting = event.subject_ids.get(1).cloned().unwrap_or_default();
+    let author = match event.r#type.as_str() {
+        "munity.discuss.v1.CommentCreated" => {
+            discuss::CommentCreated::decode(payload)
+                .ok()?
+                .post_author_id
+        }
+        "munity.discuss.v1.PostRejected" => discuss::PostRejected::decode(payload).ok()?.author_id,
+        // Hiding is done by the reports, not by anyone in particular.
+        "munity.discuss.v1.PostHidden" => {
+            return Some(discuss::PostHidden::decode(payload).ok()?.author_id);
+        }
+        _ => return None,
+    };
+    (!author.is_empty() && author != acting).then_some(author)
 }
 
 /// The owner of a meeting someone else joined or left.

@@ -250,6 +250,7 @@ mod tests {
             sid: sid.into(),
             roles: vec!["user".into()],
             scope: String::new(),
+            act: None,
         }
     }
 

@@ -247,9 +247,79 @@ impl HttpRoute {
         for (field_path, value) in variables {
             set_field(&input, &mut fields, field_path, value, false)?;
         }
-        DynamicMessage::deserialize(input.clone(), Json::Object(fields))
+        let fields = Json::Object(fields);
+        check_wide_integers(&input, &fields, "")?;
+        DynamicMessage::deserialize(input.clone(), fields)
             .map_err(|e| BadRequest(format!("invalid {}: {e}", input.full_name())))
     }
+}
+
+/// The largest integer a JSON number (a double) holds exactly.
+const EXACT_IN_A_DOUBLE: f64 = 9_007_199_254_740_992.0;
+
+/// A 64-bit integer sent as a JSON number must arrive exactly: serde reads
+/// one past the 64-bit range (or past 2^53 with a fraction or exponent) as
+/// a double, which the protobuf mapping would round into range, silently
+/// storing another number. Such a value is refused; the decimal string
+/// form carries any 64-bit value.
+fn check_wide_integers(
+    message: &MessageDescriptor,
+    value: &Json,
+    path: &str,
+) -> Result<(), BadRequest> {
+    let Json::Object(object) = value else {
+        return Ok(());
+    };
+    for (key, value) in object {
+        let Some(field) = message
+            .get_field_by_json_name(key)
+            .or_else(|| message.get_field_by_name(key))
+        else {
+            continue;
+        };
+        let name = if path.is_empty() {
+            field.json_name().to_owned()
+        } else {
+            format!("{path}.{}", field.json_name())
+        };
+        let kind = if field.is_map() {
+            match field.kind() {
+                Kind::Message(entry) => entry.map_entry_value_field().kind(),
+                other => other,
+            }
+        } else {
+            field.kind()
+        };
+        let values: Vec<&Json> = match value {
+            Json::Array(items) if field.is_list() => items.iter().collect(),
+            Json::Object(entries) if field.is_map() => entries.values().collect(),
+            single => vec![single],
+        };
+        for value in values {
+            match (&kind, value) {
+                (Kind::Message(nested), Json::Object(_)) => {
+                    check_wide_integers(nested, value, &name)?;
+                }
+                (
+                    Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64,
+                    Json::Number(number),
+                ) => {
+                    let exact = number.is_i64()
+                        || number.is_u64()
+                        || number
+                            .as_f64()
+                            .is_some_and(|f| f.fract() == 0.0 && f.abs() < EXACT_IN_A_DOUBLE);
+                    if !exact {
+                        return Err(BadRequest(format!(
+                            "{name}: {number} is not a 64-bit integer a JSON number holds exactly; send it as a decimal string"
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_json(body: &[u8]) -> Result<Json, BadRequest> {

@@ -333,12 +333,16 @@ fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Json>) -
         Kind::Uint32 | Kind::Fixed32 => {
             json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})
         }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"})
-        }
-        Kind::Uint64 | Kind::Fixed64 => {
-            json!({"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"})
-        }
+        // Written as a decimal string; read as a string or a number, as the
+        // proto3 JSON mapping says parsers must.
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({
+            "type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]{1,19}$",
+            "minimum": i64::MIN, "maximum": i64::MAX,
+        }),
+        Kind::Uint64 | Kind::Fixed64 => json!({
+            "type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]{1,20}$",
+            "minimum": 0, "maximum": u64::MAX,
+        }),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -557,7 +561,10 @@ fn value_rules(field: &FieldDescriptor, schema: Json, rules: &FieldRules, item: 
                 schema["description"] = json!(format!("When not 0: {bounds}."));
             }
             if required {
-                schema["not"] = json!({"pattern": "^-?0+$"});
+                schema["not"] = json!({"anyOf": [
+                    {"type": "string", "pattern": "^-?0+$"},
+                    {"const": 0},
+                ]});
             }
         }
         Kind::Bool if required => {

@@ -28,7 +28,7 @@ use std::{sync::Arc, time::Duration};
 
 pub use config::BotConfig;
 use munity_platform::{
-    auth::{AuthConfig, TokenVerifier},
+    auth::AuthConfig,
     server::{GrpcHost, announce},
     service::{Peer, Service, ServiceConfig},
     shutdown::ShutdownToken,
@@ -154,7 +154,15 @@ pub async fn run(
     GrpcHost::new(BotService::DESCRIPTOR_SET)?
         .add_service(BotServer::new(StatusApi { store }))
         .with_shutdown_grace(config.shutdown_grace())
-        .with_auth(TokenVerifier::remote(&auth)?)
+        .with_auth(
+            munity_bus::revocations::remote_verifier(
+                &config.bus,
+                &auth,
+                BotService::NAME,
+                &shutdown,
+            )
+            .await?,
+        )
         .serve(listener, shutdown.cancelled_owned())
         .await
 }

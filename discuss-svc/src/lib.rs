@@ -25,7 +25,7 @@ pub mod events;
 pub mod store;
 
 use munity_platform::{
-    auth::{AuthConfig, TokenVerifier},
+    auth::AuthConfig,
     server::GrpcHost,
     service::{Service, ServiceConfig},
     shutdown::ShutdownToken,
@@ -85,7 +85,14 @@ pub async fn run(
         ));
     }
 
-    let verifier = TokenVerifier::remote(&auth)?;
+    // Tokens refused the moment their session is revoked, as everywhere.
+    let verifier = munity_bus::revocations::remote_verifier(
+        &config.bus,
+        &auth,
+        DiscussService::NAME,
+        &shutdown,
+    )
+    .await?;
     GrpcHost::new(DiscussService::DESCRIPTOR_SET)?
         .add_service(
             DiscussServer::new(api::DiscussApi::new(

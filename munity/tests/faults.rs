@@ -99,13 +99,27 @@ fn replica_command(section: &str, address: SocketAddr, shared: &Shared) -> Comma
     command
 }
 
+/// Starts a replica and waits until it serves: a replica is ready (bound)
+/// before it has opened its store, and this test starts replicas one at a
+/// time so that each creates its keyspace's schema alone.
 async fn start_replica(section: &str, address: SocketAddr, shared: &Shared) -> Process {
-    munity_testkit::spawn_ready(
-        replica_command(section, address, shared),
-        Duration::from_secs(90),
-    )
-    .await
-    .process
+    let limit = Duration::from_secs(90);
+    let process = munity_testkit::spawn_ready(replica_command(section, address, shared), limit)
+        .await
+        .process;
+    let service = format!("munity.{section}.v1.{}", capitalized(section));
+    munity::wait_until_serving(&address.to_string(), &[service], limit)
+        .await
+        .unwrap_or_else(|e| panic!("{section}-svc at {address} never served: {e}"));
+    process
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 fn redis(port: u16, dir: &Path) -> Process {
@@ -241,13 +255,6 @@ async fn subscriber(
     got
 }
 
-// Off in the test command for now: it passed three runs before session
-// revocation and bot-svc were merged (0 lost, 0 missing, 0 doubled), and in
-// the first CI run after the merge, Subscribe and Publish calls were refused
-// with UNAUTHENTICATED "access token signed with unknown key" from the
-// start, so streams missed notifications. Under investigation; run it with
-// `cargo test -p munity --test faults -- --ignored`.
-#[ignore = "after the revocation merge: UNAUTHENTICATED 'signed with unknown key' under CI load; see the comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
     let Some(cql) = munity_testkit::cql_config("faults") else {

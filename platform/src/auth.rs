@@ -467,16 +467,32 @@ impl TokenVerifier {
             .kid
             .ok_or_else(|| AuthError::Malformed("the header has no kid".to_owned()))?;
 
-        let key = match self.cached_key(&kid) {
-            Some(key) => key,
+        let (key, fetched) = match self.cached_key(&kid) {
+            Some(key) => (key, false),
             None => {
                 self.refetch().await?;
-                self.cached_key(&kid)
-                    .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?
+                let key = self
+                    .cached_key(&kid)
+                    .ok_or_else(|| AuthError::UnknownKey(kid.clone()))?;
+                (key, true)
             }
         };
 
-        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+        let mut decoded = jsonwebtoken::decode::<Claims>(token, &key, &self.validation);
+        if !fetched
+            && decoded
+                .as_ref()
+                .is_err_and(|e| matches!(e.kind(), ErrorKind::InvalidSignature))
+        {
+            // The issuer may hold another key under a kid cached here (its
+            // store was made anew, e.g. its first key's fixed kid): check
+            // against the current key set once (fetches stay rate-limited).
+            self.refetch().await?;
+            if let Some(current) = self.cached_key(&kid) {
+                decoded = jsonwebtoken::decode::<Claims>(token, &current, &self.validation);
+            }
+        }
+        decoded
             .map(|data| data.claims)
             .map_err(|error| match error.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,

@@ -3,13 +3,19 @@
 //! The newest key that is not retired signs new access tokens. Every key that
 //! is active, or was retired less than one access-token lifetime ago (plus
 //! leeway), is published in the JWKS, so tokens signed before a rotation keep
-//! verifying until they expire. Each replica reloads keys periodically and
-//! whenever the JWKS is requested, so a rotation made through one replica
-//! reaches the others.
+//! verifying until they expire. Each replica reloads keys periodically, and
+//! before serving the JWKS when its copy is more than a second old: a
+//! verifier fetches the JWKS when a token names a key it has not seen, so the
+//! answer must include keys another replica made a moment ago.
+//!
+//! Replicas starting together on an empty store must not each make a key of
+//! their own (each would sign with its own and publish only its own until the
+//! next reload): the first key has a fixed kid, inserted only if absent, so one
+//! replica's insert wins and the others load the winner's key.
 
 use std::{
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -29,6 +35,12 @@ struct ActiveKey {
     encoding: EncodingKey,
 }
 
+/// The kid of a store's first key (see the module comment).
+pub const FIRST_KID: &str = "first";
+
+/// How old the loaded keys may be when the JWKS is served.
+const JWKS_FRESHNESS: Duration = Duration::from_secs(1);
+
 struct KeyRing {
     active: ActiveKey,
     /// `(kid, raw public key)` of every published key.
@@ -41,6 +53,9 @@ pub struct KeyManager {
     /// How long a retired key stays published.
     publish_grace: Duration,
     ring: RwLock<Option<KeyRing>>,
+    /// When the keys were last read from storage; held while reading so
+    /// that concurrent JWKS requests share one read.
+    loaded_at: tokio::sync::Mutex<Instant>,
 }
 
 impl KeyManager {
@@ -53,24 +68,58 @@ impl KeyManager {
             repo,
             publish_grace,
             ring: RwLock::new(None),
+            loaded_at: tokio::sync::Mutex::new(Instant::now()),
         });
         manager.reload().await?;
         Ok(manager)
     }
 
     /// Re-reads keys from storage. Creates a key when none is active, which
-    /// happens once on a fresh store (two replicas starting together may
-    /// both create one; both are then published and either may sign).
+    /// happens once on a fresh store: every replica starting then inserts
+    /// [`FIRST_KID`] if absent and uses whichever insert won.
     pub async fn reload(&self) -> Result<(), UsersError> {
+        let mut loaded_at = self.loaded_at.lock().await;
+        self.reload_locked().await?;
+        *loaded_at = Instant::now();
+        Ok(())
+    }
+
+    async fn reload_locked(&self) -> Result<(), UsersError> {
         let mut records = self.repo.list_signing_keys().await?;
         if !records.iter().any(|k| k.retired_at.is_none()) {
-            let record = new_key_record();
-            self.repo.insert_signing_key(&record).await?;
-            records.push(record);
+            let mut record = new_key_record();
+            if !records.iter().any(|k| k.kid == FIRST_KID) {
+                record.kid = FIRST_KID.to_owned();
+            }
+            match self.repo.insert_signing_key(&record).await {
+                Ok(()) => tracing::info!(kid = %record.kid, "created a signing key"),
+                // Another replica's first key won: use it.
+                Err(StoreError::Conflict(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+            records = self.repo.list_signing_keys().await?;
         }
         let ring = build_ring(&records, now_millis(), self.publish_grace)?;
         *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Some(ring);
         Ok(())
+    }
+
+    /// The JWKS to serve: the keys are read again first when the loaded
+    /// ones are older than [`JWKS_FRESHNESS`] (a failed read serves the
+    /// loaded ones). At most one read a second, however many ask.
+    pub async fn current_jwks(&self) -> serde_json::Value {
+        {
+            let mut loaded_at = self.loaded_at.lock().await;
+            if loaded_at.elapsed() >= JWKS_FRESHNESS {
+                if let Err(error) = self.reload_locked().await {
+                    tracing::warn!(%error, "reloading signing keys for the JWKS failed; serving the loaded ones");
+                }
+                // Also after a failure: a storage outage must not turn every
+                // JWKS request into a read.
+                *loaded_at = Instant::now();
+            }
+        }
+        self.jwks_json()
     }
 
     /// Makes a fresh key the active one and retires the others.

@@ -148,7 +148,7 @@ pub async fn run_with_hashing(
             "/.well-known/jwks.json",
             get(move || {
                 let keys = jwks_keys.clone();
-                async move { Json(keys.jwks_json()) }
+                async move { Json(keys.current_jwks().await) }
             }),
         )
         .with_shutdown_grace(config.shutdown_grace())

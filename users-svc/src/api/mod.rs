@@ -143,7 +143,7 @@ impl Users for UsersApi {
         _request: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: self.keys.jwks_json().to_string(),
+            jwks_json: self.keys.current_jwks().await.to_string(),
         }))
     }
 

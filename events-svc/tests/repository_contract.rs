@@ -108,9 +108,18 @@ mod cases {
             .map(|(i, voter)| {
                 let (repo, voter) = (repo.clone(), *voter);
                 tokio::spawn(async move {
-                    // Everyone votes for option 1 twice; odd ones for 2 too.
-                    repo.cast_vote(event.id, 1, voter).await.unwrap();
-                    repo.cast_vote(event.id, 1, voter).await.unwrap();
+                    // Everyone votes for option 1 twice at once, then once
+                    // more; odd ones for 2 too.
+                    let (first, second) = tokio::join!(
+                        repo.cast_vote(event.id, 1, voter),
+                        repo.cast_vote(event.id, 1, voter)
+                    );
+                    first.unwrap();
+                    second.unwrap();
+                    assert_eq!(
+                        repo.cast_vote(event.id, 1, voter).await.unwrap(),
+                        VoteOutcome::Unchanged
+                    );
                     if i % 2 == 1 {
                         repo.cast_vote(event.id, 2, voter).await.unwrap();
                     }

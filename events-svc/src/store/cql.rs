@@ -6,8 +6,11 @@
 //!   lightweight transactions; the rest is the record as JSON.
 //! - `events_by_owner`, `events_by_community`, `joined_by_user`: listings
 //!   clustered by event id (UUIDv7: creation order).
-//! - `votes ((event_id), option, user_id)`: `IF NOT EXISTS`; counts are
-//!   `COUNT(*)` of one option's rows in the event's partition (exact).
+//! - `votes ((event_id), option, user_id)`: a vote is its row, so casting
+//!   it twice is the same write and needs no lightweight transaction: the
+//!   row is read, and written (with its domain event, in one logged batch)
+//!   only when it changes. Counts are `COUNT(*)` of one option's rows in the
+//!   event's partition (exact whatever the races).
 //! - `participants ((event_id), user_id)`, `members ((community_id),
 //!   user_id)`.
 //! - The scheduler's due indexes, `voting_deadlines` and `reminders_due`,
@@ -187,8 +190,8 @@ impl CqlStore {
             index_owner: p("INSERT INTO events_by_owner (owner_id, id) VALUES (?, ?)").await?,
             index_community: p("INSERT INTO events_by_community (community_id, id) VALUES (?, ?)").await?,
             get_event: p("SELECT record, status, chosen, participant_count, capacity FROM events WHERE id = ?").await?,
-            insert_vote: p("INSERT INTO votes (event_id, option, user_id) VALUES (?, ?, ?) IF NOT EXISTS").await?,
-            delete_vote: p("DELETE FROM votes WHERE event_id = ? AND option = ? AND user_id = ? IF EXISTS").await?,
+            insert_vote: p("INSERT INTO votes (event_id, option, user_id) VALUES (?, ?, ?)").await?,
+            delete_vote: p("DELETE FROM votes WHERE event_id = ? AND option = ? AND user_id = ?").await?,
             count_votes: p("SELECT COUNT(*) FROM votes WHERE event_id = ? AND option = ?").await?,
             get_vote: p("SELECT user_id FROM votes WHERE event_id = ? AND option = ? AND user_id = ?").await?,
             close: p("UPDATE events SET status = 'scheduled', chosen = ? WHERE id = ? IF status = 'voting'").await?,
@@ -307,8 +310,12 @@ impl CqlStore {
         ))
     }
 
-    /// Casts (`cast`) or takes back one vote: `IF NOT EXISTS` / `IF
-    /// EXISTS` on the vote row, its event staged around it.
+    /// Casts (`cast`) or takes back one vote. No lightweight transaction:
+    /// the row is the vote, so racing writes of it agree, and the counts
+    /// (`COUNT(*)`) stay exact. The row is read first so that a vote already
+    /// cast (or not there) is `Unchanged` with no event; only a user racing
+    /// themselves on one option can publish the same change twice (each
+    /// event is then a separate one to its consumers).
     async fn change_vote(
         &self,
         id: Uuid,
@@ -325,6 +332,13 @@ impl CqlStore {
         if option as usize >= event.options.len() {
             return Ok(VoteOutcome::NoOption);
         }
+        let existing: Vec<(Uuid,)> = self
+            .cql
+            .rows(&self.s.get_vote, (id, option as i32, user))
+            .await?;
+        if existing.is_empty() != cast {
+            return Ok(VoteOutcome::Unchanged);
+        }
         let (statement, published) = if cast {
             (&self.s.insert_vote, events::vote_cast(&event, option, user))
         } else {
@@ -333,20 +347,17 @@ impl CqlStore {
                 events::vote_withdrawn(&event, option, user),
             )
         };
-        self.outbox
-            .with_events(&[published], async {
-                let applied = self
-                    .cql
-                    .execute_lwt(statement, (id, option as i32, user))
-                    .await?;
-                let outcome = if applied {
-                    VoteOutcome::Changed
-                } else {
-                    VoteOutcome::Unchanged
-                };
-                Ok((applied, outcome))
-            })
-            .await
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.append_statement(statement.clone());
+        batch.append_statement(self.outbox.insert_statement().clone());
+        self.cql
+            .batch(
+                &batch,
+                ((id, option as i32, user), CqlOutbox::row(&published)),
+            )
+            .await?;
+        self.outbox.notify_staged();
+        Ok(VoteOutcome::Changed)
     }
 
     async fn listing(

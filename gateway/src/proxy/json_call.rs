@@ -140,6 +140,7 @@ impl Gateway {
             }
         };
         let answer = outcome.map_err(|status| {
+            let status = connection_failed(status);
             ctx.upstream_status = Some((status.code() as i32).to_string());
             JsonError::from_status(&status)
         })?;
@@ -203,6 +204,7 @@ impl Gateway {
                     (bytes::Bytes::new(), true)
                 }
                 Err(status) => {
+                    let status = connection_failed(status);
                     ctx.upstream_status = Some((status.code() as i32).to_string());
                     let error = JsonError::from_status(&status);
                     (http_json::call::stream_end(format, &error), true)
@@ -243,6 +245,26 @@ enum Answer {
     Stream(tonic::Streaming<DynamicMessage>),
 }
 
+/// A status tonic made of the connection failing mid-call (the replica
+/// died, the connection broke: such a status has the error as its source;
+/// one a service sent has none). The service never answered, so to the
+/// client that is UNAVAILABLE (retry), as the proxied gRPC path says it,
+/// not UNKNOWN or INTERNAL.
+fn connection_failed(status: Status) -> Status {
+    let from_transport = std::error::Error::source(&status).is_some();
+    if from_transport && matches!(status.code(), Code::Unknown | Code::Internal) {
+        let mut message = format!("upstream failed: {}", status.message());
+        let mut source = std::error::Error::source(&status);
+        while let Some(error) = source {
+            message.push_str(&format!(": {error}"));
+            source = error.source();
+        }
+        Status::unavailable(message)
+    } else {
+        status
+    }
+}
+
 /// Whether the call failed before reaching the replica (no connection),
 /// so that trying another one cannot run it twice.
 fn never_reached(status: &Status) -> bool {
@@ -261,4 +283,28 @@ fn never_reached(status: &Status) -> bool {
         source = error.source();
     }
     status.message().starts_with("upstream unreachable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_lost_mid_call_is_unavailable_and_a_service_status_is_kept() {
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let lost = connection_failed(Status::from_error(Box::new(broken)));
+        assert_eq!(lost.code(), Code::Unavailable);
+        assert!(
+            lost.message().contains("reset by peer"),
+            "{}",
+            lost.message()
+        );
+        for sent in [
+            Status::unknown("the service's own"),
+            Status::internal("the service's own"),
+        ] {
+            let code = sent.code();
+            assert_eq!(connection_failed(sent).code(), code);
+        }
+    }
 }

@@ -727,12 +727,16 @@ impl ProxyHttp for Gateway {
         _reused: bool,
         _peer: &HttpPeer,
         fd: std::os::fd::RawFd,
-        _digest: Option<&pingora_core::protocols::Digest>,
+        digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut CallCtx,
     ) -> pingora_core::Result<()> {
         // Replaces the registration of an earlier attempt, if any.
         ctx.upstream_connection = None;
-        match self.upstream_connections.register(fd) {
+        // Kept once per connection by Pingora: no system call per call.
+        let known = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| Some((*s.local_addr()?.as_inet()?, *s.peer_addr()?.as_inet()?)));
+        match self.upstream_connections.register(fd, known) {
             Ok(registration) => {
                 ctx.upstream_connection = registration;
                 Ok(())

@@ -103,12 +103,18 @@ impl UpstreamConnections {
     /// Registers the upstream connection `fd` of a call until the returned
     /// registration is dropped; `Err` if the gateway has drained already
     /// (the call should end with UNAVAILABLE). `Ok(None)` for a socket that
-    /// is not a connected TCP socket (nothing to end).
-    pub fn register(self: &Arc<Self>, fd: RawFd) -> Result<Option<Registration>, Draining> {
+    /// is not a connected TCP socket (nothing to end). `known`: its (local,
+    /// peer) addresses if the caller has them (Pingora's connection digest
+    /// keeps them), else they are asked of the socket.
+    pub fn register(
+        self: &Arc<Self>,
+        fd: RawFd,
+        known: Option<(SocketAddr, SocketAddr)>,
+    ) -> Result<Option<Registration>, Draining> {
         if self.drain.is_cancelled() {
             return Err(Draining);
         }
-        let Some(addresses) = addresses(fd) else {
+        let Some(addresses) = known.or_else(|| addresses(fd)) else {
             return Ok(None);
         };
         let id = self.next.fetch_add(1, Ordering::Relaxed);

@@ -131,6 +131,9 @@ pub struct CallCtx {
     /// The upstream connection the call rides on, registered to be closed
     /// if the call is still open when the gateway drains.
     upstream_connection: Option<crate::upstream_drain::Registration>,
+    /// The call failed while the gateway drains: ended with UNAVAILABLE
+    /// "reconnect" by the gateway itself.
+    drained: bool,
     /// The call's span: a child of the client's trace when it sent
     /// `traceparent`, and the parent of the upstream call.
     span: tracing::Span,
@@ -621,6 +624,7 @@ impl ProxyHttp for Gateway {
             request_messages: None,
             in_flight: None,
             upstream_connection: None,
+            drained: false,
             span: tracing::Span::none(),
         }
     }
@@ -912,6 +916,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut CallCtx,
     ) -> FailToProxy {
         let draining = self.drain.is_cancelled();
+        ctx.drained = draining;
         if !draining && client_left(error) {
             // Nobody is left to answer; counted CANCELLED, and
             // `suppress_error_log` keeps it out of the error log.
@@ -985,8 +990,11 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &CallCtx, _error: &Error) -> bool {
-        // A client's cancel (`fail_to_proxy` has seen it) is no error.
-        ctx.local_status == Some(Code::Cancelled)
+        // A client's cancel (`fail_to_proxy` has seen it) is no error, nor
+        // is the gateway's own drain ending a call (each call still open
+        // at shutdown was logged "Fail to proxy" at ERROR); the access log
+        // still has the call, its status 14 and the error.
+        ctx.local_status == Some(Code::Cancelled) || ctx.drained
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut CallCtx) {

@@ -1041,13 +1041,16 @@ async fn open_h2_web_stream(
 async fn sigterm_ends_proxied_http2_streams_with_unavailable() {
     let users = replica().await;
     let endless = endless_upstream().await;
-    let gateway = Gateway::start(
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("gateway.log");
+    let gateway = Gateway::start_logging(
         users.address,
         "shutdown_grace_secs = 4",
         &users_routes(
             &[endless],
             "default_timeout_ms = 60000\nmax_timeout_ms = 60000",
         ),
+        Some(&log),
     );
     // Once the gateway sees the upstream healthy.
     let channel = loop {
@@ -1127,5 +1130,30 @@ async fn sigterm_ends_proxied_http2_streams_with_unavailable() {
         reset.is_none() && text.contains("grpc-status:14") && text.contains("shutting down"),
         "the gRPC-web stream did not end with UNAVAILABLE: reset {reset:?}, trailers {trailers:?}"
     );
+    // The gateway's own drain ending calls is no error (each was logged
+    // "Fail to proxy" at ERROR); the access log has both calls at 14.
+    let mut gateway = gateway;
+    gateway
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway was still running 10 s after SIGTERM");
+    // Without the terminal's colour codes around field names.
+    let mut text = String::new();
+    let mut in_escape = false;
+    for c in std::fs::read_to_string(&log).unwrap().chars() {
+        match c {
+            '\u{1b}' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            _ if in_escape => {}
+            c => text.push(c),
+        }
+    }
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "errors logged: {errors:#?}");
+    let drained = text
+        .lines()
+        .filter(|l| l.contains("method=\"GetJwks\"") && l.contains("grpc_status=14"))
+        .count();
+    assert_eq!(drained, 2, "GetJwks calls logged with status 14");
     users.shutdown.cancel();
 }

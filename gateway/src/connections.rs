@@ -497,11 +497,15 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
 
 /// Cancels `drain` once the process has been shutting down for `after`
 /// (half its grace period), so that streams still open end with a status
-/// before the grace period ends and Pingora drops them.
+/// before the grace period ends and Pingora drops them; then closes the
+/// upstream connections of proxied calls still open, which ends them too
+/// (`upstream_drain.rs`: HTTP/2 client connections cannot be failed per
+/// call as HTTP/1.1 ones are here).
 pub struct StreamDrain {
     pub shutdown: ShutdownToken,
     pub drain: ShutdownToken,
     pub after: Duration,
+    pub upstream_connections: Arc<crate::upstream_drain::UpstreamConnections>,
 }
 
 #[async_trait]
@@ -510,5 +514,6 @@ impl BackgroundService for StreamDrain {
         self.shutdown.cancelled().await;
         tokio::time::sleep(self.after).await;
         self.drain.cancel();
+        self.upstream_connections.end_all();
     }
 }

@@ -40,6 +40,7 @@ mod limits;
 mod metrics;
 mod outlier;
 mod proxy;
+mod upstream_drain;
 pub mod web;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -206,12 +207,14 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     // UNAVAILABLE (their clients reconnect elsewhere) rather than be cut
     // without a status when it ends.
     let drain_streams = ShutdownToken::new();
+    let upstream_connections = upstream_drain::UpstreamConnections::new(drain_streams.clone());
     server.add_service(background_service(
         "stream drain",
         connections::StreamDrain {
             shutdown: shutdown.clone(),
             drain: drain_streams.clone(),
             after: Duration::from_secs(config.shutdown_grace_secs) / 2,
+            upstream_connections: upstream_connections.clone(),
         },
     ));
     let health = edge_health::EdgeHealth::new(
@@ -251,6 +254,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         cors: cors::Cors::new(&config.cors_allowed_origins),
         health,
         max_header_bytes: config.max_request_header_bytes,
+        upstream_connections,
         drain: drain_streams,
     };
 

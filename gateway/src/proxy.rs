@@ -74,6 +74,9 @@ pub struct Gateway {
     /// Cancelled half way through the shutdown grace period, when calls
     /// still open are ended with UNAVAILABLE.
     pub drain: munity_platform::shutdown::ShutdownToken,
+    /// The upstream connections of proxied calls in flight, closed at the
+    /// drain so those calls end with UNAVAILABLE (`upstream_drain.rs`).
+    pub upstream_connections: Arc<crate::upstream_drain::UpstreamConnections>,
     /// HTTP/JSON bindings of every method (`google.api.http`).
     pub http: Arc<Transcoder>,
     /// Channels the gateway makes HTTP/JSON calls on.
@@ -125,6 +128,12 @@ pub struct CallCtx {
     request_messages: Option<munity_platform::framing::MessageCounter>,
     /// Counts the call in `munity_gateway_calls_in_flight` once routed.
     in_flight: Option<metrics::InFlight>,
+    /// The upstream connection the call rides on, registered to be closed
+    /// if the call is still open when the gateway drains.
+    upstream_connection: Option<crate::upstream_drain::Registration>,
+    /// The call failed while the gateway drains: ended with UNAVAILABLE
+    /// "reconnect" by the gateway itself.
+    drained: bool,
     /// The call's span: a child of the client's trace when it sent
     /// `traceparent`, and the parent of the upstream call.
     span: tracing::Span,
@@ -614,6 +623,8 @@ impl ProxyHttp for Gateway {
             bad_request_body: None,
             request_messages: None,
             in_flight: None,
+            upstream_connection: None,
+            drained: false,
             span: tracing::Span::none(),
         }
     }
@@ -712,6 +723,35 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.h2_ping_interval = Some(Duration::from_secs(30));
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::fd::RawFd,
+        digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut CallCtx,
+    ) -> pingora_core::Result<()> {
+        // Replaces the registration of an earlier attempt, if any.
+        ctx.upstream_connection = None;
+        // Kept once per connection by Pingora: no system call per call.
+        let known = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| Some((*s.local_addr()?.as_inet()?, *s.peer_addr()?.as_inet()?)));
+        match self.upstream_connections.register(fd, known) {
+            Ok(registration) => {
+                ctx.upstream_connection = registration;
+                Ok(())
+            }
+            // Not retried (an error's default): `fail_to_proxy` answers
+            // UNAVAILABLE "shutting down; reconnect".
+            Err(crate::upstream_drain::Draining) => Err(Error::explain(
+                ErrorType::InternalError,
+                "the gateway drained before the call reached its upstream",
+            )),
+        }
     }
 
     async fn upstream_request_filter(
@@ -876,6 +916,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut CallCtx,
     ) -> FailToProxy {
         let draining = self.drain.is_cancelled();
+        ctx.drained = draining;
         if !draining && client_left(error) {
             // Nobody is left to answer; counted CANCELLED, and
             // `suppress_error_log` keeps it out of the error log.
@@ -949,8 +990,11 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &CallCtx, _error: &Error) -> bool {
-        // A client's cancel (`fail_to_proxy` has seen it) is no error.
-        ctx.local_status == Some(Code::Cancelled)
+        // A client's cancel (`fail_to_proxy` has seen it) is no error, nor
+        // is the gateway's own drain ending a call (each call still open
+        // at shutdown was logged "Fail to proxy" at ERROR); the access log
+        // still has the call, its status 14 and the error.
+        ctx.local_status == Some(Code::Cancelled) || ctx.drained
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut CallCtx) {

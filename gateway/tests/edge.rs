@@ -966,3 +966,194 @@ async fn a_client_cancelling_a_stream_is_cancelled_not_an_error() {
     );
     users.shutdown.cancel();
 }
+
+/// An upstream whose every call is an endless stream, an empty message
+/// every 100 ms (health checks of munity.users.v1.Users still answer
+/// SERVING).
+async fn endless_upstream() -> SocketAddr {
+    common::scripted_upstream(|| async {
+        let ticks = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])),
+                (),
+            ))
+        });
+        axum::response::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::from_stream(ticks))
+            .unwrap()
+    })
+    .await
+}
+
+/// A gRPC-web call over HTTP/2 (h2c, as a browser's gRPC-web over TLS is
+/// HTTP/2), whose first response bytes have arrived; the task reads the
+/// rest of the body to its end (or to the stream's reset: the error), and
+/// when it ended.
+async fn open_h2_web_stream(
+    address: &str,
+    path: &str,
+) -> tokio::task::JoinHandle<(Vec<u8>, Option<String>, Instant)> {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{address}{path}"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(())
+        .unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    // One empty message, and the end of the request.
+    send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.data().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    tokio::spawn(async move {
+        // Held so the connection stays open while the body is read.
+        let _client = client;
+        let mut received = first.to_vec();
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(chunk) => {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    received.extend_from_slice(&chunk);
+                }
+                Err(error) => return (received, Some(error.to_string()), Instant::now()),
+            }
+        }
+        (received, None, Instant::now())
+    })
+}
+
+/// At SIGTERM, HTTP/2 clients get GOAWAY, but a proxied server stream has
+/// no end of its own: a plain gRPC stream and a gRPC-web stream over
+/// HTTP/2 were cut when the grace period ran out, with no status (the gRPC
+/// client saw Unknown "h2 protocol error: ... broken pipe"). Half way
+/// through the grace period they now end with UNAVAILABLE ("reconnect"),
+/// as gRPC-web streams over HTTP/1.1 do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_proxied_http2_streams_with_unavailable() {
+    let users = replica().await;
+    let endless = endless_upstream().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("gateway.log");
+    let gateway = Gateway::start_logging(
+        users.address,
+        "shutdown_grace_secs = 4",
+        &users_routes(
+            &[endless],
+            "default_timeout_ms = 60000\nmax_timeout_ms = 60000",
+        ),
+        Some(&log),
+    );
+    // Once the gateway sees the upstream healthy.
+    let channel = loop {
+        if let Ok(channel) =
+            tonic::transport::Channel::from_shared(format!("http://{}", gateway.address))
+                .unwrap()
+                .connect()
+                .await
+        {
+            let serving = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: "munity.users.v1.Users".to_owned(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1);
+            if serving {
+                break channel;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut grpc_stream = grpc
+        .server_streaming(
+            Request::new(bytes::Bytes::new()),
+            "/munity.users.v1.Users/GetJwks".parse().unwrap(),
+            munity_testkit::raw_grpc::RawCodec,
+        )
+        .await
+        .expect("the proxied gRPC stream opens")
+        .into_inner();
+    assert!(grpc_stream.message().await.unwrap().is_some());
+    let grpc_ended = tokio::spawn(async move {
+        let mut messages = 1u32;
+        loop {
+            match grpc_stream.message().await {
+                Ok(Some(_)) => messages += 1,
+                Ok(None) => break (messages, None, Instant::now()),
+                Err(status) => break (messages, Some(status), Instant::now()),
+            }
+        }
+    });
+    let web = open_h2_web_stream(&gateway.address, "/munity.users.v1.Users/GetJwks").await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated = Instant::now();
+    gateway.terminate();
+
+    // 10 s: a hang detector, well past the 4 s grace period.
+    let (messages, status, grpc_end) = tokio::time::timeout(Duration::from_secs(10), grpc_ended)
+        .await
+        .expect("the proxied gRPC stream was still open 10 s after SIGTERM")
+        .unwrap();
+    println!(
+        "gRPC stream: {messages} messages, ended {:?} after SIGTERM with {status:?}",
+        grpc_end - terminated
+    );
+    let (body, reset, web_end) = tokio::time::timeout(Duration::from_secs(10), web)
+        .await
+        .expect("the gRPC-web stream was still open 10 s after SIGTERM")
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    // The last frame of a gRPC-web body is its trailers (flag 0x80).
+    let trailers = text.rfind("grpc-status").map(|at| &text[at..]);
+    println!(
+        "gRPC-web stream over HTTP/2: {} body bytes, ended {:?} after SIGTERM, reset: {reset:?}, trailers: {trailers:?}",
+        body.len(),
+        web_end - terminated
+    );
+    let status = status.expect("the proxied gRPC stream ended with a status, not OK");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+
+    assert!(
+        reset.is_none() && text.contains("grpc-status:14") && text.contains("shutting down"),
+        "the gRPC-web stream did not end with UNAVAILABLE: reset {reset:?}, trailers {trailers:?}"
+    );
+    // The gateway's own drain ending calls is no error (each was logged
+    // "Fail to proxy" at ERROR); the access log has both calls at 14.
+    let mut gateway = gateway;
+    gateway
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway was still running 10 s after SIGTERM");
+    // Without the terminal's colour codes around field names.
+    let mut text = String::new();
+    let mut in_escape = false;
+    for c in std::fs::read_to_string(&log).unwrap().chars() {
+        match c {
+            '\u{1b}' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            _ if in_escape => {}
+            c => text.push(c),
+        }
+    }
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "errors logged: {errors:#?}");
+    let drained = text
+        .lines()
+        .filter(|l| l.contains("method=\"GetJwks\"") && l.contains("grpc_status=14"))
+        .count();
+    assert_eq!(drained, 2, "GetJwks calls logged with status 14");
+    users.shutdown.cancel();
+}

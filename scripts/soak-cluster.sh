@@ -17,11 +17,12 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 seconds=${SOAK_SECONDS:-1800}
 out=${SOAK_OUT:-bench/soak}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 
 eval "$(bash scripts/cassandra.sh start)"
 cargo build -q --bins
 MUNITY_TEST_CQL="$CASSANDRA_CQL" MUNITY_FAULTS_SOAK_SECS="$seconds" \
-  MUNITY_FAULTS_SOAK_CSV="$PWD/$out/soak.csv" \
+  MUNITY_FAULTS_SOAK_CSV="$out/soak.csv" \
   cargo test -q -p munity --test faults -- --nocapture 2>&1 | tee "$out/soak.log"
 python3 scripts/soak-plot.py "$out/soak.csv" "$out/soak.svg"
 echo "soak-cluster.sh: $out/soak.csv, $out/soak.svg" >&2

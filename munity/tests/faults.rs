@@ -17,8 +17,9 @@
 //! same cluster and load run N seconds with no faults instead, and every
 //! process's RSS, open descriptors and threads are sampled every 10 s (a
 //! CSV to `MUNITY_FAULTS_SOAK_CSV`); the same checks follow.
-//! (Stopping the CQL server is left to the by-hand suite: it is shared by
-//! the whole test run and takes half a minute to start.) Afterwards: every acknowledged write is
+//! With `MUNITY_FAULTS_CQL_OUTAGE=1` (by hand, or alone at the end of the
+//! test command: it stops the CQL server every other test shares) also a
+//! 20 s outage of the CQL server. Afterwards: every acknowledged write is
 //! stored, every acknowledged notification reached every stream exactly
 //! once, and clients saw only UNAVAILABLE or DEADLINE_EXCEEDED meanwhile.
 
@@ -213,6 +214,23 @@ fn expected(code: &str, phase: &str) -> bool {
         "connection lost" => phase.is_empty() || phase == "gateway killed",
         _ => false,
     }
+}
+
+/// Runs `scripts/cassandra.sh <command>` (stop, or start: it returns once
+/// the server answers CQL again, with its data).
+async fn cassandra(command: &'static str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cassandra.sh");
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .stdout(std::process::Stdio::null())
+            .status()
+    })
+    .await
+    .unwrap()
+    .expect("run scripts/cassandra.sh");
+    assert!(status.success(), "scripts/cassandra.sh {command}: {status}");
 }
 
 /// Subscribe streams held open by the reader through the whole run.
@@ -423,6 +441,10 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
     // The soak runs at a steady rate, the fault run as fast as it goes.
     let pace = Duration::from_millis(if soak.is_some() { 50 } else { 0 });
     let publish_pace = Duration::from_millis(if soak.is_some() { 100 } else { 20 });
+    // By hand (it stops the CQL server every other test shares):
+    // MUNITY_FAULTS_CQL_OUTAGE=1 adds a 20 s outage of it, through
+    // scripts/cassandra.sh.
+    let cql_outage = std::env::var("MUNITY_FAULTS_CQL_OUTAGE").is_ok_and(|v| v == "1");
     let dir = tempfile::tempdir().unwrap();
     let redis_port = free_port();
     let mut redis_server = Some(redis(redis_port, dir.path()));
@@ -825,6 +847,21 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
                 started.elapsed().as_secs_f64()
             ));
             tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        if cql_outage {
+            phase("Cassandra stopped");
+            cassandra("stop").await;
+            timeline.push(format!(
+                "{:>5.1} s  Cassandra stopped",
+                started.elapsed().as_secs_f64()
+            ));
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            cassandra("start").await;
+            timeline.push(format!(
+                "{:>5.1} s  Cassandra answering again",
+                started.elapsed().as_secs_f64()
+            ));
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
         phase("Redis stopped");
         drop(redis_server.take());

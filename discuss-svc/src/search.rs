@@ -151,6 +151,11 @@ impl PostIndex {
         *self.caught_up.borrow()
     }
 
+    /// Posts in the index (as of its last commit).
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
     /// Published posts of `communities` containing every word of `query`
     /// (its first [`TERMS_MAX`]), best first, `size` from `offset`.
     pub async fn search(

@@ -151,3 +151,30 @@ pub async fn follow(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mention_goes_to_each_mentioned_members_user_topic_only() {
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let event = munity_bus::event(
+            "discuss-svc",
+            "post-1",
+            vec!["community-1".to_owned(), "author-1".to_owned()],
+            &discuss::MembersMentioned {
+                post_id: "post-1".to_owned(),
+                user_ids: vec![a.to_string(), b.to_string()],
+                ..Default::default()
+            },
+        );
+        assert_eq!(topics(&event), vec![format!("user:{a}"), format!("user:{b}")]);
+        // A mention event from anyone else is nobody's business here.
+        let other = DomainEvent {
+            source: "events-svc".to_owned(),
+            ..event.clone()
+        };
+        assert!(!topics(&other).iter().any(|t| t.starts_with("user:")));
+    }
+}

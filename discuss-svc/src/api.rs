@@ -318,7 +318,8 @@ impl DiscussApi {
         };
         self.repo.create_post(&share).await?;
         if share.state == PostState::Published {
-            self.mention(&share, None, share.author_id, &share.body).await;
+            self.mention(&share, None, share.author_id, &share.body)
+                .await;
         }
         Ok(pb::SharePostResponse {
             post: Some(self.view(&share, claims.sub).await?),
@@ -624,19 +625,17 @@ impl DiscussApi {
         request: pb::SearchPostsRequest,
     ) -> Result<pb::SearchPostsResponse> {
         let mut violations = FieldViolations::new();
-        let query = domain::check_text(
-            &request.query,
-            "query",
-            search::QUERY_MAX,
-            &mut violations,
-        );
+        let query = domain::check_text(&request.query, "query", search::QUERY_MAX, &mut violations);
         violations.into_result()?;
         let offset = search::decode_offset(&request.page_token)?;
         let size = munity_store::page_size(request.page_size, 20, search::PAGE_MAX as u32);
         let mut communities = self.members.communities_of(claims.sub).await?;
         communities.truncate(limits::FEED_COMMUNITIES_MAX);
         let communities: Vec<Uuid> = communities.into_iter().map(|(c, _)| c).collect();
-        let hits = self.index.search(&query, &communities, offset, size).await?;
+        let hits = self
+            .index
+            .search(&query, &communities, offset, size)
+            .await?;
         let mut posts = Vec::with_capacity(hits.ids.len());
         for id in &hits.ids {
             if let Some(post) = self.repo.get_post(*id).await?

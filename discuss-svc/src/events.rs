@@ -178,7 +178,12 @@ pub fn reaction_changed(
 
 /// `by` mentioned `users` (members of the post's community, not `by`) in
 /// `post` or in its comment `comment`.
-pub fn mentioned(post: &PostRecord, comment: Option<Uuid>, by: Uuid, users: &[Uuid]) -> DomainEvent {
+pub fn mentioned(
+    post: &PostRecord,
+    comment: Option<Uuid>,
+    by: Uuid,
+    users: &[Uuid],
+) -> DomainEvent {
     publish(
         post.id,
         post.community_id,

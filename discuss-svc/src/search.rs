@@ -38,9 +38,7 @@ use tantivy::{
     schema::{
         Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
     },
-    tokenizer::{
-        AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer,
-    },
+    tokenizer::{AsciiFoldingFilter, LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer},
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -250,9 +248,9 @@ impl IndexFeed {
         }
         let payload = event.payload.as_slice();
         let post = match event.r#type.as_str() {
-            "munity.discuss.v1.PostPublished" => pb::PostPublished::decode(payload)
-                .ok()
-                .and_then(|e| e.post),
+            "munity.discuss.v1.PostPublished" => {
+                pb::PostPublished::decode(payload).ok().and_then(|e| e.post)
+            }
             "munity.discuss.v1.PostEdited" => {
                 pb::PostEdited::decode(payload).ok().and_then(|e| e.post)
             }
@@ -384,8 +382,7 @@ async fn backoff(failures: u32, error: &munity_bus::BusError, shutdown: &Shutdow
         tracing::warn!(%error, "cannot read the event log for the search index; retrying");
     }
     let failures = failures.saturating_add(1);
-    let pause =
-        Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
+    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
     tokio::select! {
         () = shutdown.cancelled() => {}
         () = tokio::time::sleep(pause) => {}

@@ -129,9 +129,8 @@ async fn a_post_made_on_one_replica_is_read_and_searched_on_the_other() {
             replicas.push(munity_testkit::spawn_ready(command, Duration::from_secs(60)).await);
         }
     }
-    let client = |i: usize| {
-        DiscussClient::connect(format!("http://{}", replicas[i].address("discuss")))
-    };
+    let client =
+        |i: usize| DiscussClient::connect(format!("http://{}", replicas[i].address("discuss")));
     let (mut a, mut b) = (client(0).await.unwrap(), client(1).await.unwrap());
 
     let users_channel = Channel::from_shared(users.clone())
@@ -228,9 +227,15 @@ async fn a_post_made_on_one_replica_is_read_and_searched_on_the_other() {
         .await;
         assert_eq!(found, vec![post.id.clone()]);
     }
-    assert_eq!(search(&mut b, &bob, "tomatoes potatoes").await, Vec::<String>::new());
+    assert_eq!(
+        search(&mut b, &bob, "tomatoes potatoes").await,
+        Vec::<String>::new()
+    );
     // The outsider: nothing found, nothing read.
-    assert_eq!(search(&mut b, &carol, "greenhouse").await, Vec::<String>::new());
+    assert_eq!(
+        search(&mut b, &carol, "greenhouse").await,
+        Vec::<String>::new()
+    );
     let refused = b
         .get_post(with_bearer(
             pb::GetPostRequest {
@@ -275,7 +280,10 @@ async fn a_post_made_on_one_replica_is_read_and_searched_on_the_other() {
     ))
     .await
     .unwrap();
-    assert_eq!(search(&mut a, &bob, "greenhouse").await, Vec::<String>::new());
+    assert_eq!(
+        search(&mut a, &bob, "greenhouse").await,
+        Vec::<String>::new()
+    );
 
     // Bad input: a clear INVALID_ARGUMENT.
     let too_long = a

@@ -33,11 +33,7 @@ fn post(community: Uuid, body: &str, state: PostState) -> PostRecord {
 }
 
 async fn ids(index: &PostIndex, query: &str, communities: &[Uuid]) -> Vec<Uuid> {
-    index
-        .search(query, communities, 0, 50)
-        .await
-        .unwrap()
-        .ids
+    index.search(query, communities, 0, 50).await.unwrap().ids
 }
 
 /// Polls until `query` gives `expected` (the follower commits shortly
@@ -65,7 +61,11 @@ async fn the_index_follows_the_log_and_answers_within_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path(), 100_000).unwrap());
     let (c1, c2) = (Uuid::now_v7(), Uuid::now_v7());
-    let apple = post(c1, "An **apple** a day, says the Café owner", PostState::Published);
+    let apple = post(
+        c1,
+        "An **apple** a day, says the Café owner",
+        PostState::Published,
+    );
     let pear = post(c1, "Pears and apples", PostState::Published);
     let elsewhere = post(c2, "apple pie elsewhere", PostState::Published);
     let held = post(c1, "apple waiting for approval", PostState::Pending);
@@ -153,11 +153,20 @@ async fn the_index_follows_the_log_and_answers_within_bounds() {
         seen.extend(page.ids);
         offset = page.next_offset;
     }
-    assert_eq!(seen.len(), DEPTH_MAX, "{} results of {}", seen.len(), many.len());
+    assert_eq!(
+        seen.len(),
+        DEPTH_MAX,
+        "{} results of {}",
+        seen.len(),
+        many.len()
+    );
     let distinct: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(distinct.len(), seen.len(), "no result twice");
     // Page tokens: round trip, and anything else refused.
-    assert_eq!(search::decode_offset(&search::encode_offset(Some(50))).unwrap(), 50);
+    assert_eq!(
+        search::decode_offset(&search::encode_offset(Some(50))).unwrap(),
+        50
+    );
     assert_eq!(search::decode_offset("").unwrap(), 0);
     assert!(search::decode_offset("garbage").is_err());
     assert!(search::decode_offset(&search::encode_offset(Some(DEPTH_MAX))).is_err());

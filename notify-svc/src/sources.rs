@@ -169,7 +169,10 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!(topics(&event), vec![format!("user:{a}"), format!("user:{b}")]);
+        assert_eq!(
+            topics(&event),
+            vec![format!("user:{a}"), format!("user:{b}")]
+        );
         // A mention event from anyone else is nobody's business here.
         let other = DomainEvent {
             source: "events-svc".to_owned(),

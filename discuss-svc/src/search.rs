@@ -150,7 +150,7 @@ impl PostIndex {
     }
 
     /// Posts in the index (as of its last commit).
-    pub fn len(&self) -> u64 {
+    pub fn documents(&self) -> u64 {
         self.reader.searcher().num_docs()
     }
 

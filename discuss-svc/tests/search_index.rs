@@ -95,7 +95,7 @@ async fn the_index_follows_the_log_and_answers_within_bounds() {
         assert!(started.elapsed() < Duration::from_secs(30), "not caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(index.len(), 3, "the published posts");
+    assert_eq!(index.documents(), 3, "the published posts");
     // "apple" is a word of its own: "apples" is another (no stemming).
     assert_eq!(ids(&index, "apple", &[c1]).await, vec![apple.id]);
     let mut both = ids(&index, "apple", &[c1, c2]).await;

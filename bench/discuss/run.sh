@@ -139,6 +139,7 @@ PROTOSET="$TMP/munity.protoset"
 cat >"$TMP/munity.toml" <<'TOML'
 [gateway]
 token_cache_capacity = 100000
+health_check_interval_ms = 1000
 
 [gateway.rate_limits]
 enabled = true
@@ -152,7 +153,9 @@ per_secs = 1
 burst = 1000000
 TOML
 log "profile $PROFILE; concurrency $CONCURRENCY; $ROUNDS round(s) of $DURATION per call, warm-up $WARMUP; $POSTS posts at set-up; gateway threads $THREADS; work dir $TMP"
-(cd "$TMP" && exec env MUNITY_USERS__TOKENS__ACCESS_TTL_SECS=86400 \
+# Access tokens outlive the run (an hour); users-svc refuses to start unless
+# the revocation replay covers the longest token lifetime plus the leeway.
+(cd "$TMP" && exec env MUNITY_USERS__TOKENS__ACCESS_TTL_SECS=3600 MUNITY_AUTH__REVOCATION_REPLAY_SECS=7200 \
     MUNITY_GATEWAY__THREADS="$THREADS" MUNITY_GATEWAY__SHUTDOWN_GRACE_SECS=0 RUST_LOG=warn \
     MUNITY_DEV__ANY_PORT=true MUNITY_READY_FILE="$TMP/ready.json" \
     "$MUNITY_BIN" --config "$TMP/munity.toml" dev --data-dir "$TMP/data") \

@@ -28,6 +28,8 @@ use crate::{
         ReactionTarget, SettingsRecord, limits, now_millis,
     },
     error::DiscussError,
+    events,
+    search::{self, PostIndex},
     store::{CommentOutcome, DiscussRepository},
 };
 
@@ -38,6 +40,8 @@ pub struct DiscussApi {
     members: Arc<dyn MembershipView>,
     /// Distinct reporters that hide a post (at least 1).
     reports_to_hide: u32,
+    /// This replica's full-text index of published posts.
+    index: PostIndex,
 }
 
 /// A required id field.
@@ -59,11 +63,13 @@ impl DiscussApi {
         repo: Arc<dyn DiscussRepository>,
         members: Arc<dyn MembershipView>,
         reports_to_hide: u32,
+        index: PostIndex,
     ) -> Self {
         DiscussApi {
             repo,
             members,
             reports_to_hide: reports_to_hide.max(1),
+            index,
         }
     }
 
@@ -106,6 +112,51 @@ impl DiscussApi {
             return Err(DiscussError::NotFound("post"));
         }
         Ok((post, role))
+    }
+
+    /// The post, if the caller may see it and moderates its community:
+    /// NOT_FOUND for those who may not see it, PERMISSION_DENIED for
+    /// members who do not moderate (`what` they may not do).
+    async fn moderated(&self, user: Uuid, raw_id: &str, what: &str) -> Result<PostRecord> {
+        let (post, role) = self.visible(user, raw_id).await?;
+        if !role.moderates() {
+            return Err(DiscussError::PermissionDenied(format!(
+                "only the community's moderators {what}"
+            )));
+        }
+        Ok(post)
+    }
+
+    /// Tells the members `text` mentions (see [`domain::mentions`]), but
+    /// not its author nor anyone outside the post's community. The post or
+    /// comment is stored already: a failure here is logged, not answered
+    /// (the caller retrying would post twice).
+    async fn mention(&self, post: &PostRecord, comment: Option<Uuid>, author: Uuid, text: &str) {
+        let candidates = domain::mentions(text);
+        if candidates.is_empty() {
+            return;
+        }
+        let mut told = Vec::with_capacity(candidates.len());
+        for user in candidates {
+            if user == author {
+                continue;
+            }
+            match self.members.role(post.community_id, user).await {
+                Ok(Some(_)) => told.push(user),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(post = %post.id, %error, "mentions not told: membership unreadable");
+                    return;
+                }
+            }
+        }
+        if told.is_empty() {
+            return;
+        }
+        let event = events::mentioned(post, comment, author, &told);
+        if let Err(error) = self.repo.announce(event).await {
+            tracing::warn!(post = %post.id, %error, "mentions not told: outbox unwritable");
+        }
     }
 
     /// The post as `user` sees it: reactions (theirs too) and comments;
@@ -185,6 +236,10 @@ impl DiscussApi {
             reviewed: false,
         };
         self.repo.create_post(&post).await?;
+        // A held post's mentions are told once it is approved.
+        if post.state == PostState::Published {
+            self.mention(&post, None, post.author_id, &post.body).await;
+        }
         self.view(&post, claims.sub).await
     }
 
@@ -262,6 +317,10 @@ impl DiscussApi {
             reviewed: false,
         };
         self.repo.create_post(&share).await?;
+        if share.state == PostState::Published {
+            self.mention(&share, None, share.author_id, &share.body)
+                .await;
+        }
         Ok(pb::SharePostResponse {
             post: Some(self.view(&share, claims.sub).await?),
         })
@@ -309,12 +368,7 @@ impl DiscussApi {
     }
 
     async fn pin(&self, claims: Claims, raw_id: &str, pinned: bool) -> Result<pb::Post> {
-        let (post, role) = self.visible(claims.sub, raw_id).await?;
-        if !role.moderates() {
-            return Err(DiscussError::PermissionDenied(
-                "only the community's moderators pin posts".to_owned(),
-            ));
-        }
+        let post = self.moderated(claims.sub, raw_id, "pin posts").await?;
         let change = PostChange::Pin {
             pinned,
             by: claims.sub,
@@ -401,7 +455,11 @@ impl DiscussApi {
             created_at: now_millis(),
         };
         match self.repo.create_comment(&comment).await? {
-            CommentOutcome::Created => Ok(comment_to_proto(&comment, &Default::default())),
+            CommentOutcome::Created => {
+                self.mention(&post, Some(comment.id), comment.author_id, &comment.body)
+                    .await;
+                Ok(comment_to_proto(&comment, &Default::default()))
+            }
             CommentOutcome::NotPublished => Err(DiscussError::FailedPrecondition(
                 "only published posts take comments".to_owned(),
             )),
@@ -524,12 +582,9 @@ impl DiscussApi {
         raw_id: &str,
         reason: Option<&str>,
     ) -> Result<pb::Post> {
-        let (post, role) = self.visible(claims.sub, raw_id).await?;
-        if !role.moderates() {
-            return Err(DiscussError::PermissionDenied(
-                "only the community's moderators approve or reject posts".to_owned(),
-            ));
-        }
+        let post = self
+            .moderated(claims.sub, raw_id, "approve or reject posts")
+            .await?;
         let change = match reason {
             None => PostChange::Approve { by: claims.sub },
             Some(raw) => {
@@ -543,13 +598,57 @@ impl DiscussApi {
                 }
             }
         };
-        self.change(
-            &post,
-            change,
-            claims.sub,
-            "only pending or hidden posts are moderated",
-        )
-        .await
+        let approving = matches!(change, PostChange::Approve { .. });
+        let answer = self
+            .change(
+                &post,
+                change,
+                claims.sub,
+                "only pending or hidden posts are moderated",
+            )
+            .await?;
+        // A held post's mentions are told when it first reaches the feed
+        // (not again when a post hidden by reports is restored).
+        if approving && post.state == PostState::Pending {
+            self.mention(&post, None, post.author_id, &post.body).await;
+        }
+        Ok(answer)
+    }
+
+    /// Published posts of the caller's communities matching every word of
+    /// the query, best first, from this replica's index; each hit is read
+    /// back from the store, so a post removed since it was indexed is left
+    /// out.
+    async fn search(
+        &self,
+        claims: Claims,
+        request: pb::SearchPostsRequest,
+    ) -> Result<pb::SearchPostsResponse> {
+        let mut violations = FieldViolations::new();
+        let query = domain::check_text(&request.query, "query", search::QUERY_MAX, &mut violations);
+        violations.into_result()?;
+        let offset = search::decode_offset(&request.page_token)?;
+        let size = munity_store::page_size(request.page_size, 20, search::PAGE_MAX as u32);
+        let mut communities = self.members.communities_of(claims.sub).await?;
+        communities.truncate(limits::FEED_COMMUNITIES_MAX);
+        let communities: Vec<Uuid> = communities.into_iter().map(|(c, _)| c).collect();
+        let hits = self
+            .index
+            .search(&query, &communities, offset, size)
+            .await?;
+        let mut posts = Vec::with_capacity(hits.ids.len());
+        for id in &hits.ids {
+            if let Some(post) = self.repo.get_post(*id).await?
+                && post.state == PostState::Published
+                && communities.contains(&post.community_id)
+            {
+                posts.push(post);
+            }
+        }
+        Ok(pb::SearchPostsResponse {
+            posts: self.views(&posts, claims.sub).await?,
+            next_page_token: search::encode_offset(hits.next_offset),
+        })
     }
 
     async fn set_settings(
@@ -691,6 +790,13 @@ impl Discuss for DiscussApi {
         request: Request<pb::SetCommunitySettingsRequest>,
     ) -> Answer<pb::CommunitySettings> {
         authed!(request, DiscussError, |c, m| self.set_settings(c, m))
+    }
+
+    async fn search_posts(
+        &self,
+        request: Request<pb::SearchPostsRequest>,
+    ) -> Answer<pb::SearchPostsResponse> {
+        authed!(request, DiscussError, |c, m| self.search(c, m))
     }
 
     async fn get_community_settings(

@@ -175,3 +175,25 @@ pub fn reaction_changed(
         },
     )
 }
+
+/// `by` mentioned `users` (members of the post's community, not `by`) in
+/// `post` or in its comment `comment`.
+pub fn mentioned(
+    post: &PostRecord,
+    comment: Option<Uuid>,
+    by: Uuid,
+    users: &[Uuid],
+) -> DomainEvent {
+    publish(
+        post.id,
+        post.community_id,
+        by,
+        &pb::MembersMentioned {
+            post_id: post.id.to_string(),
+            community_id: post.community_id.to_string(),
+            comment_id: comment.map(|c| c.to_string()).unwrap_or_default(),
+            by: by.to_string(),
+            user_ids: users.iter().map(Uuid::to_string).collect(),
+        },
+    )
+}

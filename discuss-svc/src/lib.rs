@@ -10,8 +10,10 @@
 //!   CQL), held to one contract by `tests/repository_contract.rs`.
 //! - who may read a community's posts, and who moderates, is the shared
 //!   membership view (`munity_bus::membership`), kept in its own store.
-//! - `events.rs`: the domain events it publishes; `convert.rs`: records to
-//!   protobuf.
+//! - `events.rs`: the domain events it publishes (mentions among them);
+//!   `convert.rs`: records to protobuf.
+//! - `search.rs`: the replica's full-text index of published posts, kept
+//!   from the event log (rebuilt at start, never stored).
 //! - `api.rs`: the gRPC service; `error.rs`: errors to gRPC statuses.
 
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod search;
 pub mod store;
 
 use munity_platform::{
@@ -70,12 +73,15 @@ pub async fn run(
         members,
         publishing,
     } = store::open(&config.storage).await?;
+    let (index, index_feed) = search::open()?;
     // Its changes go out on the event log, and users-svc's membership
-    // changes come in (the membership view).
+    // changes come in (the membership view); every replica reads the whole
+    // log into its search index.
     if let Some(log) = publishing
         .start(&config.bus, DiscussService::NAME, &shutdown)
         .await
     {
+        tokio::spawn(search::follow(log.clone(), index_feed, shutdown.clone()));
         tokio::spawn(munity_bus::membership::follow(
             log,
             members.clone(),
@@ -99,6 +105,7 @@ pub async fn run(
                 repo,
                 members,
                 config.own.reports_to_hide,
+                index,
             ))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         )

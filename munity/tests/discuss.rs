@@ -2,7 +2,8 @@
 //! process): members post, comment, reply and react; an outsider gets
 //! NOT_FOUND on every read and write of the community's posts; a post in a
 //! moderated community waits for approval and reaches the feed once
-//! approved (or is rejected with a reason); three reports hide a post.
+//! approved (or is rejected with a reason); three reports hide a post; a
+//! member mentioned in a comment is told in their inbox.
 
 use std::{path::Path, time::Duration};
 
@@ -615,9 +616,10 @@ async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox()
     let (_ready, channel) = start(data.path()).await;
     let (alice_token, alice_id) = register(&channel, "alice").await;
     let (carol_token, carol_id) = register(&channel, "carol").await;
+    let (bob_token, bob_id) = register(&channel, "bob").await;
     let (alice, bob, carol) = (
         As::new(&channel, &alice_token),
-        As::new(&channel, &register(&channel, "bob").await.0),
+        As::new(&channel, &bob_token),
         As::new(&channel, &carol_token),
     );
     let community = community_of(&channel, &alice, &[&bob]).await;
@@ -720,4 +722,35 @@ async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox()
     let told = inbox_with(&channel, &alice, "munity.discuss.v1.PostShared").await;
     let shared_with = pb::PostShared::decode(told.payload.unwrap().value.as_slice()).unwrap();
     assert_eq!(shared_with.post_id, post.id);
+
+    // Bob mentions Alice (a member: told in her inbox), Carol (not of this
+    // community: not told) and himself (not told) in a comment.
+    let mention = bob
+        .comment(
+            &post.id,
+            "",
+            &format!("@{alice_id} see this, @{carol_id} too, says @{bob_id}"),
+        )
+        .await
+        .unwrap();
+    let told = inbox_with(&channel, &alice, "munity.discuss.v1.MembersMentioned").await;
+    let mentioned = pb::MembersMentioned::decode(told.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(mentioned.user_ids, vec![alice_id.clone()]);
+    assert_eq!(mentioned.comment_id, mention.id);
+    assert_eq!(mentioned.by, bob_id);
+    // One event named Alice only: nobody else's inbox has a mention.
+    for who in [&bob, &carol] {
+        let items = NotifyClient::new(channel.clone())
+            .list_inbox(who.r(notify::ListInboxRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(
+            !items
+                .iter()
+                .filter_map(|i| i.notification.as_ref())
+                .any(|n| n.kind == "munity.discuss.v1.MembersMentioned")
+        );
+    }
 }

@@ -10,7 +10,9 @@
 //!   published, edited, pinned or removed also on `community:<id>`; a
 //!   comment, a rejection (with its reason) or hiding by reports also on
 //!   the post's author's `user:<id>` (unless the author did it); a post
-//!   shared with one user on theirs.
+//!   shared with one user on theirs; members mentioned in a post or
+//!   comment on each of theirs (only there: a mention is news to them,
+//!   not to the post's followers).
 //!
 //! Publishing is idempotent by the domain event's id, so a redelivery from
 //! the log changes nothing.
@@ -36,7 +38,14 @@ const COMMUNITY_WIDE: &[&str] = &[
 /// The topics `event` is published on.
 pub fn topics(event: &DomainEvent) -> Vec<String> {
     let mut topics = Vec::new();
-    if event.source == "discuss-svc" {
+    if event.source == "discuss-svc" && event.r#type == MENTIONED {
+        // discuss-svc chose them (members, not the author, capped).
+        if let Ok(mentioned) = discuss::MembersMentioned::decode(event.payload.as_slice()) {
+            for user in mentioned.user_ids.iter().take(MENTIONED_MAX) {
+                topics.push(format!("user:{user}"));
+            }
+        }
+    } else if event.source == "discuss-svc" {
         topics.push(format!("post:{}", event.aggregate_id));
         // subject_ids: the community, then the acting user.
         if event.subject_ids.len() >= 2 && DISCUSS_COMMUNITY_WIDE.contains(&event.r#type.as_str()) {
@@ -59,6 +68,12 @@ pub fn topics(event: &DomainEvent) -> Vec<String> {
     topics.retain(|t| valid_topic(t));
     topics
 }
+
+/// Members mentioned in a post or comment.
+const MENTIONED: &str = "munity.discuss.v1.MembersMentioned";
+/// discuss-svc sends at most 10 mentions an event; a bound here too, as
+/// every topic is a write.
+const MENTIONED_MAX: usize = 10;
 
 /// discuss-svc's events that matter to a whole community.
 const DISCUSS_COMMUNITY_WIDE: &[&str] = &[
@@ -135,4 +150,34 @@ pub async fn follow(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mention_goes_to_each_mentioned_members_user_topic_only() {
+        let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let event = munity_bus::event(
+            "discuss-svc",
+            "post-1",
+            vec!["community-1".to_owned(), "author-1".to_owned()],
+            &discuss::MembersMentioned {
+                post_id: "post-1".to_owned(),
+                user_ids: vec![a.to_string(), b.to_string()],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            topics(&event),
+            vec![format!("user:{a}"), format!("user:{b}")]
+        );
+        // A mention event from anyone else is nobody's business here.
+        let other = DomainEvent {
+            source: "events-svc".to_owned(),
+            ..event.clone()
+        };
+        assert!(!topics(&other).iter().any(|t| t.starts_with("user:")));
+    }
 }

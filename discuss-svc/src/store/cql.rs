@@ -516,6 +516,14 @@ impl DiscussRepository for CqlStore {
         Ok(())
     }
 
+    async fn announce(&self, event: munity_bus::DomainEvent) -> StoreResult<()> {
+        self.cql
+            .execute(self.outbox.insert_statement(), CqlOutbox::row(&event))
+            .await?;
+        self.outbox.notify_staged();
+        Ok(())
+    }
+
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {
         let row: Option<(Option<bool>,)> = self
             .cql

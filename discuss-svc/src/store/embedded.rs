@@ -444,6 +444,10 @@ impl DiscussRepository for EmbeddedStore {
         self.outbox.write(move |_| Ok(((), vec![event]))).await
     }
 
+    async fn announce(&self, event: munity_bus::DomainEvent) -> StoreResult<()> {
+        self.outbox.write(move |_| Ok(((), vec![event]))).await
+    }
+
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {
         self.db
             .blocking(move |db| {

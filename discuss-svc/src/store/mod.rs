@@ -113,6 +113,10 @@ pub trait DiscussRepository: Send + Sync + 'static {
         body: &str,
     ) -> StoreResult<()>;
 
+    /// Publishes `event`, which records no change of its own (mentions:
+    /// decided from a post or comment already stored).
+    async fn announce(&self, event: munity_bus::DomainEvent) -> StoreResult<()>;
+
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord>;
     async fn set_settings(&self, community: Uuid, settings: &SettingsRecord) -> StoreResult<()>;
 }

@@ -92,6 +92,17 @@ fn replica_command(section: &str, address: SocketAddr, shared: &Shared) -> Comma
         .env("MUNITY_AUTH__JWKS_URL", &shared.users_url)
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null());
+    // A soak outlasts the tokens' usual lifetimes: its clients hold theirs.
+    if let Some(seconds) = std::env::var("MUNITY_FAULTS_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let ttl = (seconds + 600).to_string();
+        command
+            .env("MUNITY_USERS__TOKENS__ACCESS_TTL_SECS", &ttl)
+            .env("MUNITY_USERS__SERVICE_TOKEN_TTL_SECS", &ttl)
+            .env("MUNITY_AUTH__REVOCATION_REPLAY_SECS", (seconds + 1200).to_string());
+    }
     match section {
         "users" => {
             command.env(

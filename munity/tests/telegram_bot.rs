@@ -854,3 +854,47 @@ async fn reminders_arrive_once_across_a_sigkill_of_bot_svc() {
     assert!(missing.len() <= dropped, "lost: {missing:?}");
     assert!(counts.keys().all(|id| ids.iter().any(|m| m == id)));
 }
+
+/// `munity dev` with `bot.telegram_token` set and no service account
+/// configured makes the bot's account on its first start, keeps it (the
+/// secret in a file only its owner reads), and uses it again after a
+/// restart: linking a chat (which takes the bot's own token) works both
+/// times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn munity_dev_provisions_the_bots_service_account() {
+    let Some(stand_in) = start_stand_in().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let bot_section = format!(
+        "[bot]\ntelegram_token = \"{BOT_TOKEN}\"\ntelegram_api_url = \"http://127.0.0.1:{}\"\n",
+        stand_in.port
+    );
+    for (round, chat_id) in [(1, 6161), (2, 6262)] {
+        let (ready, gateway) = start_munity(data.path(), &bot_section).await;
+        let file = data.path().join(munity::BOT_ACCOUNT_FILE);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        let mut users = users_pb::users_client::UsersClient::new(gateway.clone());
+        let (ada, _) = register(&gateway, &format!("Ada{round}")).await;
+        let chat = TgUser {
+            port: stand_in.port,
+            chat_id,
+        };
+        let code = users
+            .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
+            .await
+            .unwrap()
+            .into_inner()
+            .code;
+        chat.says(&format!("/link {code}")).await;
+        let (_, text, _) = chat.nth_reply(1).await;
+        assert!(
+            text.starts_with(&format!("Linked to Ada{round}")),
+            "round {round}: {text}"
+        );
+        drop(ready);
+    }
+}

@@ -1,8 +1,11 @@
-//! Pushes: the bot follows each linked user's `user:<id>` topic and the
-//! `event:<id>` topics of the meetings they made or joined on notify-svc,
-//! with a token exchanged for that user (so notify-svc and events-svc decide
+//! Pushes: the bot follows each linked user's `user:<id>` topic on
+//! notify-svc, with a token exchanged for that user (so notify-svc decides
 //! what the user may follow), and queues each notification for the user's
-//! chats.
+//! chats. notify-svc publishes there everything a person is told: the
+//! reminders, closes and cancellations of meetings they made, joined or
+//! voted in, new meetings in their communities, and joins to their
+//! meetings. (Before it did, the bot also followed the `event:` topics of
+//! the meetings a user made or joined; that is gone: one stream a user.)
 //!
 //! At most once per chat: the queue entry is written with a sent-log entry
 //! keyed by the notification's domain-event id (`BotStore::enqueue`), so a
@@ -167,43 +170,8 @@ async fn follow(
     }
 }
 
-/// What a user's chats hear: the user's own topic, and the topics of the
-/// meetings they made or joined (reminders, voting closed, cancellations
-/// are published there), at most [`MAX_TOPICS`] in all.
-async fn topics_of(munity: &Munity, user: Uuid, token: &str) -> anyhow::Result<Vec<String>> {
-    let mut topics = vec![format!("user:{user}")];
-    for filter in [events_pb::EventFilter::Joined, events_pb::EventFilter::Mine] {
-        let page = munity
-            .events
-            .clone()
-            .list_events(with_bearer(
-                events_pb::ListEventsRequest {
-                    filter: filter as i32,
-                    page_size: MAX_TOPICS as u32,
-                    ..Default::default()
-                },
-                token,
-            ))
-            .await?
-            .into_inner();
-        for event in page.events {
-            let topic = format!("event:{}", event.id);
-            if !topics.contains(&topic) && topics.len() < MAX_TOPICS {
-                topics.push(topic);
-            }
-        }
-    }
-    topics.sort();
-    Ok(topics)
-}
-
-/// Topics one Subscribe stream may follow (notify-svc's default bound).
-const MAX_TOPICS: usize = 32;
-/// How often the followed meetings are looked up again.
-const TOPICS_REFRESH: Duration = Duration::from_secs(2);
-
 /// One Subscribe stream; `Ok(false)` when the chat is no longer linked,
-/// `Ok(true)` when the stream ended or the topics changed.
+/// `Ok(true)` when the stream ended.
 async fn follow_once(
     munity: &Munity,
     store: &dyn BotStore,
@@ -214,7 +182,7 @@ async fn follow_once(
     let Some(token) = munity.user_token(chat).await? else {
         return Ok(false);
     };
-    let topics = topics_of(munity, user, &token.token).await?;
+    let topics = [format!("user:{user}")];
     let mut request = notify_pb::SubscribeRequest::default();
     let mut unplaced = Vec::new();
     for topic in &topics {
@@ -236,20 +204,8 @@ async fn follow_once(
         .subscribe(with_bearer(request, &token.token))
         .await?
         .into_inner();
-    let mut refresh = tokio::time::interval(TOPICS_REFRESH);
-    refresh.tick().await;
     loop {
-        let answer = tokio::select! {
-            answer = stream.message() => answer?,
-            _ = refresh.tick() => {
-                // Joined or made a meeting since: follow it too.
-                if topics_of(munity, user, &token.token).await? != topics {
-                    return Ok(true);
-                }
-                continue;
-            }
-        };
-        let Some(answer) = answer else {
+        let Some(answer) = stream.message().await? else {
             return Ok(true);
         };
         use notify_pb::subscribe_response::Message as M;
@@ -278,8 +234,9 @@ async fn follow_once(
                 let dedup = if n.event_id.is_empty() {
                     format!("{}:{}:{}", n.topic, n.epoch, n.offset)
                 } else {
-                    // One domain event on several topics (the meeting's and
-                    // the user's) is one message.
+                    // The domain event's id: one event is one message, also
+                    // for positions kept from when the bot followed
+                    // `event:` topics too.
                     n.event_id.clone()
                 };
                 // Bounded queue: a slow Telegram makes following wait, not

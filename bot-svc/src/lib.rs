@@ -45,7 +45,8 @@ use crate::{chat::Chat, error::BotError, store::BotStore};
 
 /// What to set to turn the bot on.
 pub const OFF_HINT: &str = "set bot.telegram_token (and bot.client_id, bot.client_secret: a \
-service account with scopes bot.link and bot.act) to run the Telegram bot";
+service account with scopes bot.link and bot.act; munity dev makes one on first start) to run \
+the Telegram bot";
 
 /// bot-svc as a platform service: `[bot]`, `munity.bot.v1`.
 pub struct BotService;

@@ -94,6 +94,21 @@ mod cases {
         assert_eq!(texts, vec![(1, "a"), (2, "b"), (3, "b"), (1, "c")]);
         assert_eq!(pending[3].message, keyed);
         assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert!(pending.iter().all(|q| !q.attempted));
+        // A send begun is reported as attempted (what a restart finds after
+        // a crash mid-send); abandoned, it is not; acknowledged, it is gone.
+        store.begin_send(pending[2].seq).await.unwrap();
+        store.begin_send(pending[3].seq).await.unwrap();
+        store.abandon_send(pending[3].seq).await.unwrap();
+        let marked: Vec<bool> = store
+            .pending(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|q| q.attempted)
+            .collect();
+        assert_eq!(marked, [false, false, true, false]);
+        store.begin_send(pending[0].seq).await.unwrap();
         store.ack(pending[0].seq).await.unwrap();
         store.ack(pending[0].seq).await.unwrap();
         let rest = store.pending(2).await.unwrap();

@@ -97,6 +97,10 @@ pub trait MembershipView: Send + Sync + 'static {
 
     /// Every community `user` belongs to, by community id.
     async fn communities_of(&self, user: Uuid) -> StoreResult<Vec<(Uuid, MemberRole)>>;
+
+    /// The first `limit` members of `community`, by user id (bounded: a
+    /// community may have any number).
+    async fn members_of(&self, community: Uuid, limit: usize) -> StoreResult<Vec<Uuid>>;
 }
 
 /// pair_key(community, user) → role (JSON). The name and encoding are
@@ -200,6 +204,31 @@ impl MembershipView for EmbeddedMemberships {
             })
             .await
     }
+
+    async fn members_of(&self, community: Uuid, limit: usize) -> StoreResult<Vec<Uuid>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = match txn.open_table(MEMBERS) {
+                    Ok(table) => table,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(error) => return Err(internal(error)),
+                };
+                let start = pair_key(community, Uuid::nil());
+                let end = pair_key(community, Uuid::max());
+                let mut members = Vec::new();
+                for entry in table
+                    .range::<&[u8]>(start.as_slice()..=end.as_slice())
+                    .map_err(internal)?
+                    .take(limit)
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    members.push(Uuid::from_slice(&key.value()[16..]).map_err(internal)?);
+                }
+                Ok(members)
+            })
+            .await
+    }
 }
 
 /// The view's tables, for the owning service's schema list. The first is
@@ -220,6 +249,7 @@ pub struct CqlMemberships {
     delete_by_user: PreparedStatement,
     get: PreparedStatement,
     of_user: PreparedStatement,
+    members: PreparedStatement,
 }
 
 impl CqlMemberships {
@@ -244,6 +274,9 @@ impl CqlMemberships {
                 .await?,
             of_user: cql
                 .prepare("SELECT community_id, role FROM member_communities WHERE user_id = ?")
+                .await?,
+            members: cql
+                .prepare("SELECT user_id FROM members WHERE community_id = ? LIMIT ?")
                 .await?,
             cql,
         }))
@@ -290,6 +323,12 @@ impl MembershipView for CqlMemberships {
             .into_iter()
             .filter_map(|(community, role)| Some((community, MemberRole::parse(&role)?)))
             .collect())
+    }
+
+    async fn members_of(&self, community: Uuid, limit: usize) -> StoreResult<Vec<Uuid>> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<(Uuid,)> = self.cql.rows(&self.members, (community, limit)).await?;
+        Ok(rows.into_iter().map(|(user,)| user).collect())
     }
 }
 

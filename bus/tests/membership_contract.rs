@@ -108,6 +108,37 @@ mod cases {
         );
     }
 
+    /// A community's members by user id, as many as asked for.
+    pub async fn a_communitys_members_are_listed_up_to_a_limit(view: View) {
+        let community = Uuid::now_v7();
+        let mut members: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
+        for user in &members {
+            view.set_member(community, *user, Some(MemberRole::Member))
+                .await
+                .unwrap();
+        }
+        // Someone else's community is not listed.
+        view.set_member(Uuid::now_v7(), members[0], Some(MemberRole::Owner))
+            .await
+            .unwrap();
+        members.sort();
+        assert_eq!(view.members_of(community, 10).await.unwrap(), members);
+        assert_eq!(view.members_of(community, 3).await.unwrap(), members[..3]);
+        view.set_member(community, members[1], None).await.unwrap();
+        let left: Vec<Uuid> = members
+            .iter()
+            .copied()
+            .filter(|u| *u != members[1])
+            .collect();
+        assert_eq!(view.members_of(community, 10).await.unwrap(), left);
+        assert!(
+            view.members_of(Uuid::now_v7(), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     pub async fn users_events_are_applied_and_redeliveries_are_harmless(view: View) {
         let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
         let (c, u) = (community.to_string(), user.to_string());
@@ -163,6 +194,7 @@ munity_testkit::contract_suite! {
     tests: [
         roles_are_set_changed_and_removed,
         a_users_communities_are_theirs_alone,
+        a_communitys_members_are_listed_up_to_a_limit,
         users_events_are_applied_and_redeliveries_are_harmless,
     ],
 }

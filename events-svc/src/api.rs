@@ -157,7 +157,17 @@ impl EventsApi {
             participant_count: 0,
             created_at: now,
         };
-        self.repo.create_event(&event).await?;
+        // A new meeting in my community: its members are told personally
+        // (at most AUDIENCE_MAX; the rest see it on the community's topic).
+        let members = match community_id {
+            Some(community) => {
+                self.memberships
+                    .members_of(community, domain::AUDIENCE_MAX + 1)
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        self.repo.create_event_telling(&event, &members).await?;
         Ok(event_to_proto(&event, &vec![0; event.options.len()], &[]))
     }
 

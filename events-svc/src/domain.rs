@@ -8,6 +8,14 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Limits on input, in characters where text is concerned.
+/// The most people one domain event names to be told personally
+/// (`notify_user_ids`): notify-svc writes one notification and one inbox
+/// entry per person, all in handling that one event, so a meeting with
+/// thousands of voters or a community with thousands of members must not
+/// make it unbounded. Past it, people hear the event on the meeting's or
+/// the community's topic only (what everyone got before personal pushes).
+pub const AUDIENCE_MAX: usize = 1000;
+
 pub mod limits {
     pub const TITLE_MAX: usize = 200;
     pub const DESCRIPTION_MAX: usize = 4000;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     convert::{event_to_proto, timestamp},
-    domain::EventRecord,
+    domain::{AUDIENCE_MAX, EventRecord},
 };
 
 const SOURCE: &str = "events-svc";
@@ -23,21 +23,36 @@ fn publish<M: prost::Name>(event: &EventRecord, user: Uuid, payload: &M) -> Doma
     munity_bus::event(SOURCE, event.id.to_string(), subjects(event, user), payload)
 }
 
-pub fn created(event: &EventRecord) -> DomainEvent {
+/// The people to tell personally (`notify_user_ids`): `audience` without
+/// `but` (who did it), as strings, at most [`AUDIENCE_MAX`].
+fn tell(audience: &[Uuid], but: Option<Uuid>) -> Vec<String> {
+    audience
+        .iter()
+        .filter(|u| Some(**u) != but)
+        .take(AUDIENCE_MAX)
+        .map(Uuid::to_string)
+        .collect()
+}
+
+/// `members`: the community's (a new meeting in my community).
+pub fn created(event: &EventRecord, members: &[Uuid]) -> DomainEvent {
     publish(
         event,
         event.owner_id,
         &pb::EventCreated {
             event: Some(event_to_proto(event, &[], &[])),
+            notify_user_ids: tell(members, Some(event.owner_id)),
         },
     )
 }
 
-pub fn cancelled(event: &EventRecord, by: Uuid) -> DomainEvent {
+/// `audience`: [`crate::store::EventsRepository::audience`].
+pub fn cancelled(event: &EventRecord, by: Uuid, audience: &[Uuid]) -> DomainEvent {
     publish(
         event,
         by,
         &pb::EventCancelled {
+            notify_user_ids: tell(audience, Some(by)),
             event_id: event.id.to_string(),
             community_id: event
                 .community_id
@@ -71,11 +86,12 @@ pub fn vote_withdrawn(event: &EventRecord, option: u32, user: Uuid) -> DomainEve
     )
 }
 
-pub fn voting_closed(event: &EventRecord, option: u32) -> DomainEvent {
+pub fn voting_closed(event: &EventRecord, option: u32, audience: &[Uuid]) -> DomainEvent {
     publish(
         event,
         event.owner_id,
         &pb::VotingClosed {
+            notify_user_ids: tell(audience, None),
             event_id: event.id.to_string(),
             chosen_option_id: option,
             start: event
@@ -121,11 +137,16 @@ pub fn updated(event: &EventRecord, by: Uuid) -> DomainEvent {
 }
 
 /// A reminder: the acting "user" is the owner (the scheduler acts for them).
-pub fn reminder_due(event: &EventRecord, job: &crate::domain::ReminderJob) -> DomainEvent {
+pub fn reminder_due(
+    event: &EventRecord,
+    job: &crate::domain::ReminderJob,
+    audience: &[Uuid],
+) -> DomainEvent {
     publish(
         event,
         event.owner_id,
         &pb::ReminderDue {
+            notify_user_ids: tell(audience, None),
             event_id: event.id.to_string(),
             start: Some(timestamp(job.due + i64::from(job.before_secs) * 1000)),
             seconds_before: job.before_secs,
@@ -135,4 +156,51 @@ pub fn reminder_due(event: &EventRecord, job: &crate::domain::ReminderJob) -> Do
                 .unwrap_or_default(),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::domain::{Status, TimeOption};
+
+    fn meeting(owner: Uuid) -> EventRecord {
+        EventRecord {
+            id: Uuid::now_v7(),
+            owner_id: owner,
+            community_id: Some(Uuid::now_v7()),
+            title: "t".to_owned(),
+            description: String::new(),
+            location: String::new(),
+            options: vec![TimeOption { start: 1, end: 2 }],
+            voting_deadline: 0,
+            capacity: None,
+            status: Status::Voting,
+            participant_count: 0,
+            created_at: 0,
+        }
+    }
+
+    /// A community of 1,500: the event names 1,000 of them, never the owner
+    /// (bounded fan-out: notify-svc's work per event is capped here).
+    #[test]
+    fn who_is_told_is_capped_and_leaves_out_who_did_it() {
+        let owner = Uuid::now_v7();
+        let mut members: Vec<Uuid> = (0..1500).map(|_| Uuid::now_v7()).collect();
+        members.insert(3, owner);
+        let made = created(&meeting(owner), &members);
+        let told = pb::EventCreated::decode(made.payload.as_slice())
+            .unwrap()
+            .notify_user_ids;
+        assert_eq!(told.len(), AUDIENCE_MAX);
+        assert!(!told.contains(&owner.to_string()));
+
+        let event = meeting(owner);
+        let cancelled = cancelled(&event, owner, &[owner, members[0]]);
+        let told = pb::EventCancelled::decode(cancelled.payload.as_slice())
+            .unwrap()
+            .notify_user_ids;
+        assert_eq!(told, [members[0].to_string()]);
+    }
 }

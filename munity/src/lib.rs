@@ -68,7 +68,7 @@ pub async fn dev(
     let dev: DevConfig = source.section("dev")?;
     let data_dir = args.data_dir.unwrap_or(dev.data_dir);
     let auth: AuthConfig = source.section("auth")?;
-    let mut source = source;
+    let mut source = provision_bot_account(source, &data_dir)?;
     if dev.any_port {
         let any = "127.0.0.1:0";
         for entry in services() {
@@ -204,6 +204,83 @@ pub async fn dev(
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Where `munity dev` keeps the bot's service account (client id and
+/// secret), made on the first start with `bot.telegram_token` set.
+pub const BOT_ACCOUNT_FILE: &str = "bot-service-account.json";
+
+#[derive(Serialize, Deserialize)]
+struct BotAccount {
+    client_id: String,
+    client_secret: String,
+}
+
+/// With `bot.telegram_token` set and no `bot.client_id`, the bot's service
+/// account (scopes `bot.link`, `bot.act`) is provisioned: on the first
+/// start an id and a secret are made and kept in `<data>/`[`BOT_ACCOUNT_FILE`]
+/// (readable by its owner only), and on every start users-svc is told to
+/// make the account if it has none under that id
+/// (`users.provisioned_service_accounts`) and bot-svc is given the
+/// credentials. An account configured by hand wins.
+fn provision_bot_account(
+    source: ConfigSource,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<ConfigSource> {
+    let bot: bot_svc::BotConfig = source.section("bot")?;
+    if bot.telegram_token.is_empty() || !bot.client_id.is_empty() {
+        return Ok(source);
+    }
+    let file = data_dir.join(BOT_ACCOUNT_FILE);
+    let account = match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice::<BotAccount>(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let (secret, _) = users_svc::api::service_secret();
+            let account = BotAccount {
+                client_id: uuid::Uuid::now_v7().to_string(),
+                client_secret: secret,
+            };
+            std::fs::create_dir_all(data_dir)?;
+            write_private(&file, &serde_json::to_vec_pretty(&account)?)?;
+            announce(&format!(
+                "munity: the Telegram bot's service account is provisioned ({})",
+                file.display()
+            ));
+            account
+        }
+        Err(error) => return Err(anyhow::anyhow!("{}: {error}", file.display())),
+    };
+    let provisioned = users_svc::config::ProvisionedServiceAccount {
+        id: account.client_id.clone(),
+        name: "telegram-bot".to_owned(),
+        scopes: vec!["bot.act".to_owned(), "bot.link".to_owned()],
+        secret_hash: users_svc::api::service_secret_hash(&account.client_secret),
+    };
+    let mut users: users_svc::UsersConfig = source.section("users")?;
+    users.provisioned_service_accounts.push(provisioned);
+    Ok(source
+        .with_override(
+            "users.provisioned_service_accounts",
+            &users.provisioned_service_accounts,
+        )
+        .with_override("bot.client_id", &account.client_id)
+        .with_override("bot.client_secret", &account.client_secret))
+}
+
+/// Writes `bytes` to a new file only its owner may read (a secret).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
 }
 
 /// Waits until the gateway at `address` says each of `services` is

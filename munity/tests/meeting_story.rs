@@ -302,7 +302,13 @@ async fn a_meeting_is_proposed_voted_closed_and_joined_through_the_gateway() {
                 .unwrap()
                 .into_inner()
                 .items;
-            if let Some(item) = items.first() {
+            // She also hears that voting closed (she owns it): look for
+            // the join among what she has.
+            if let Some(item) = items.iter().find(|item| {
+                item.notification
+                    .as_ref()
+                    .is_some_and(|n| n.kind == "munity.events.v1.ParticipantJoined")
+            }) {
                 break item.notification.clone().unwrap();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -809,4 +815,227 @@ async fn a_grpc_web_client_follows_a_meeting() {
         &[],
     )
     .await;
+}
+
+/// The kinds in `token`'s inbox (newest first), without the package.
+async fn inbox_kinds(channel: &Channel, token: &str) -> Vec<String> {
+    use munity_proto::notify::v1 as notify;
+    notify::notify_client::NotifyClient::new(channel.clone())
+        .list_inbox(with_bearer(
+            notify::ListInboxRequest {
+                page_size: 100,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .filter_map(|item| item.notification)
+        .map(|n| n.kind.trim_start_matches("munity.events.v1.").to_owned())
+        .collect()
+}
+
+/// Waits (60 s at most, then fails) until `token`'s inbox holds `kind`.
+async fn wait_for_kind(channel: &Channel, token: &str, who: &str, kind: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let kinds = inbox_kinds(channel, token).await;
+        if kinds.iter().any(|k| k == kind) {
+            return kinds;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} never got {kind}: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| *k == kind).count()
+}
+
+/// notify-svc tells people personally (their `user:` topic, so their
+/// inbox): a new meeting to its community's members, voting closed (with
+/// the chosen time) and the reminder to the owner, voters and
+/// participants, a cancellation to the voters and participants; each
+/// once. Someone outside hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_voters_and_participants_hear_of_their_meetings_in_their_inboxes() {
+    let data = tempfile::tempdir().unwrap();
+    // A reminder 60 s before the start: the meeting below starts 75 s after
+    // it is made, and voting is closed at once, so it falls due in ~15 s.
+    let (_ready, channel) = munity_testkit::start_dev_configured(
+        env!("CARGO_BIN_EXE_munity"),
+        data.path(),
+        None,
+        "[events]\nreminders_before_secs = [60]\n",
+    )
+    .await;
+    let mut events = EventsClient::new(channel.clone());
+    let mut users_client = UsersClient::new(channel.clone());
+    let (alice, _) = register(&channel, "alice").await;
+    let (bob, _) = register(&channel, "bob").await;
+    let (carol, _) = register(&channel, "carol").await;
+    let (dave, _) = register(&channel, "dave").await;
+    let community = users_client
+        .create_community(with_bearer(
+            users::CreateCommunityRequest {
+                name: "Climbers".to_owned(),
+                description: String::new(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for token in [&bob, &carol] {
+        users_client
+            .join_community(with_bearer(
+                users::JoinCommunityRequest {
+                    community_id: community.id.clone(),
+                },
+                token,
+            ))
+            .await
+            .unwrap();
+    }
+    // events-svc learns the memberships from the log; the meeting is made
+    // once it knows all three (a member it does not know yet would not be
+    // told).
+    let started = std::time::Instant::now();
+    let meeting = loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let ts = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+        let request = events::CreateEventRequest {
+            title: "Bouldering".to_owned(),
+            community_id: community.id.clone(),
+            options: vec![events::TimeOptionInput {
+                start: Some(ts(now + 75)),
+                end: Some(ts(now + 3600)),
+            }],
+            voting_deadline: Some(ts(now + 70)),
+            ..Default::default()
+        };
+        let carol_known = events
+            .list_events(with_bearer(
+                events::ListEventsRequest {
+                    filter: events::EventFilter::Community as i32,
+                    community_id: community.id.clone(),
+                    ..Default::default()
+                },
+                &carol,
+            ))
+            .await
+            .is_ok();
+        if carol_known {
+            match events.create_event(with_bearer(request, &alice)).await {
+                Ok(created) => break created.into_inner(),
+                Err(status) if status.code() == Code::PermissionDenied => {}
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "memberships");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // A new meeting in my community: the members but its owner.
+    wait_for_kind(&channel, &bob, "bob", "EventCreated").await;
+    wait_for_kind(&channel, &carol, "carol", "EventCreated").await;
+
+    // Bob votes, Carol joins; Alice closes the voting.
+    events
+        .vote(with_bearer(
+            events::VoteRequest {
+                event_id: meeting.id.clone(),
+                option_id: 0,
+            },
+            &bob,
+        ))
+        .await
+        .unwrap();
+    events
+        .join(with_bearer(
+            events::JoinRequest {
+                event_id: meeting.id.clone(),
+            },
+            &carol,
+        ))
+        .await
+        .unwrap();
+    events
+        .close_voting(with_bearer(
+            events::CloseVotingRequest {
+                event_id: meeting.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    for (token, who) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        wait_for_kind(&channel, token, who, "VotingClosed").await;
+    }
+    // The chosen time is in it.
+    let closed = munity_proto::notify::v1::notify_client::NotifyClient::new(channel.clone())
+        .list_inbox(with_bearer(
+            munity_proto::notify::v1::ListInboxRequest {
+                page_size: 100,
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .into_iter()
+        .filter_map(|item| item.notification)
+        .find(|n| n.kind == "munity.events.v1.VotingClosed")
+        .unwrap();
+    let closed = events::VotingClosed::decode(closed.payload.unwrap().value.as_slice()).unwrap();
+    assert_eq!(closed.start, meeting.options[0].start);
+
+    // The reminder, to the owner, the voter and the participant.
+    for (token, who) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        wait_for_kind(&channel, token, who, "ReminderDue").await;
+    }
+    // Alice cancels: the voter and the participant hear it.
+    events
+        .cancel_event(with_bearer(
+            events::CancelEventRequest {
+                event_id: meeting.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let bobs = wait_for_kind(&channel, &bob, "bob", "EventCancelled").await;
+    let carols = wait_for_kind(&channel, &carol, "carol", "EventCancelled").await;
+    let alices = inbox_kinds(&channel, &alice).await;
+    let daves = inbox_kinds(&channel, &dave).await;
+    println!("alice {alices:?}\nbob {bobs:?}\ncarol {carols:?}\ndave {daves:?}");
+    for (kinds, who) in [(&bobs, "bob"), (&carols, "carol")] {
+        for kind in [
+            "EventCreated",
+            "VotingClosed",
+            "ReminderDue",
+            "EventCancelled",
+        ] {
+            assert_eq!(count(kinds, kind), 1, "{who}: {kind} in {kinds:?}");
+        }
+    }
+    // Alice made and cancelled it; she hears of the close, the reminder and
+    // Carol joining, once each.
+    assert_eq!(count(&alices, "EventCreated"), 0, "{alices:?}");
+    assert_eq!(count(&alices, "EventCancelled"), 0, "{alices:?}");
+    for kind in ["VotingClosed", "ReminderDue", "ParticipantJoined"] {
+        assert_eq!(count(&alices, kind), 1, "alice: {kind} in {alices:?}");
+    }
+    assert!(daves.is_empty(), "{daves:?}");
 }

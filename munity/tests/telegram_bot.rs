@@ -573,3 +573,328 @@ async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_it
     let (_, text, _) = chat.nth_reply(received.len() + 1).await;
     assert!(text.contains("not linked"), "{text}");
 }
+
+/// `bot-svc` as its own process beside `munity dev` (whose bot is off),
+/// with its store in `dir`, warnings appended to `log`.
+fn bot_command(
+    dir: &Path,
+    log: &Path,
+    munity: &Ready,
+    listen: u16,
+    api_port: u16,
+    account: (&str, &str),
+) -> Command {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let url = |section: &str| format!("http://{}", munity.address(section));
+    let mut command = Command::new(munity_testkit::workspace_bin("bot-svc"));
+    command
+        .env("MUNITY_BOT__LISTEN", format!("127.0.0.1:{listen}"))
+        .env("MUNITY_BOT__STORAGE__PATH", dir.join("store"))
+        // Its own (empty) event log: `munity dev`'s embedded one has one
+        // opener; revocations are not what this test is about.
+        .env("MUNITY_BUS__PATH", dir.join("bus"))
+        .env("MUNITY_AUTH__JWKS_URL", url("users"))
+        .env("MUNITY_BOT__USERS_URL", url("users"))
+        .env("MUNITY_BOT__EVENTS_URL", url("events"))
+        .env("MUNITY_BOT__NOTIFY_URL", url("notify"))
+        .env("MUNITY_BOT__TELEGRAM_TOKEN", BOT_TOKEN)
+        .env(
+            "MUNITY_BOT__TELEGRAM_API_URL",
+            format!("http://127.0.0.1:{api_port}"),
+        )
+        .env("MUNITY_BOT__CLIENT_ID", account.0)
+        .env("MUNITY_BOT__CLIENT_SECRET", account.1)
+        // Slow enough that the kill lands mid-batch, and one chat may take
+        // them all (the stand-in has no per-chat limit).
+        .env("MUNITY_BOT__MESSAGES_PER_SEC", "10")
+        .env("MUNITY_BOT__CHAT_INTERVAL_MS", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    command
+}
+
+/// The meeting ids of the reminders among `received`, in arrival order.
+fn reminders(received: &[(i64, String, Value)]) -> Vec<String> {
+    received
+        .iter()
+        .filter(|(_, text, _)| text.starts_with("Reminder:"))
+        .filter_map(|(_, text, _)| {
+            let (_, tail) = text.rsplit_once("/event ")?;
+            Some(tail.trim_end_matches(')').to_owned())
+        })
+        .collect()
+}
+
+/// Warnings of sends begun before a crash and not repeated.
+fn dropped_in_flight(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("is not sent again (at most once)"))
+        .count()
+}
+
+/// 50 reminders for a linked user are being sent when the real bot-svc
+/// process is SIGKILLed; restarted, it sends the rest. Counted at the
+/// stand-in: none twice, and every one there but at most the one whose
+/// send had begun at the kill (which the bot drops and says so: Telegram
+/// cannot be asked whether it got it, so the bot keeps to at most once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reminders_arrive_once_across_a_sigkill_of_bot_svc() {
+    const MEETINGS: usize = 50;
+    let Some(stand_in) = start_stand_in().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let bot_dir = tempfile::tempdir().unwrap();
+    let log = bot_dir.path().join("bot-svc.log");
+    // Reminders 80 s before the start; the meetings start 100 s after they
+    // are made and voting is closed at once: all 50 fall due together
+    // about 20 s in.
+    let (ready, gateway) =
+        start_munity(data.path(), "[events]\nreminders_before_secs = [80]\n").await;
+    let mut users = users_pb::users_client::UsersClient::new(gateway.clone());
+    let (admin, _) = register_as(&gateway, "Admin", ADMIN_EMAIL).await;
+    let account = users
+        .create_service_account(with_bearer(
+            users_pb::CreateServiceAccountRequest {
+                name: "telegram".to_owned(),
+                scopes: vec!["bot.link".to_owned(), "bot.act".to_owned()],
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let account_id = account.account.as_ref().unwrap().id.clone();
+    let bot_port = munity_testkit::free_port();
+    let start_bot = || {
+        spawn_ready(
+            bot_command(
+                bot_dir.path(),
+                &log,
+                &ready,
+                bot_port,
+                stand_in.port,
+                (&account_id, &account.client_secret),
+            ),
+            Duration::from_secs(60),
+        )
+    };
+    let mut bot = start_bot().await;
+
+    let (ada, _) = register(&gateway, "Ada").await;
+    let chat = TgUser {
+        port: stand_in.port,
+        chat_id: 5151,
+    };
+    let code = users
+        .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    chat.says(&format!("/link {code}")).await;
+    let (_, text, _) = chat.nth_reply(1).await;
+    assert!(text.starts_with("Linked to Ada"), "{text}");
+
+    // Straight to events-svc: the gateway's CreateEvent quota is not what
+    // this test is about.
+    let events_channel = Channel::from_shared(format!("http://{}", ready.address("events")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut events = events_pb::events_client::EventsClient::new(events_channel);
+    // The bot follows Ada's topic from when it first subscribes (it rescans
+    // the links every 2 s); until then her notifications are not its to
+    // send. Probe meetings (starting in hours: no reminder within this
+    // test) are closed until the chat hears of one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'probe: loop {
+        let probe = events
+            .create_event(with_bearer(munity_testkit::meeting_request("probe"), &ada))
+            .await
+            .unwrap()
+            .into_inner();
+        events
+            .close_voting(with_bearer(
+                events_pb::CloseVotingRequest {
+                    event_id: probe.id.clone(),
+                },
+                &ada,
+            ))
+            .await
+            .unwrap();
+        let asked = Instant::now();
+        while asked.elapsed() < Duration::from_secs(3) {
+            let heard =
+                chat.received().await.iter().any(|(_, text, _)| {
+                    text.starts_with("Voting closed") && text.contains(&probe.id)
+                });
+            if heard {
+                break 'probe;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(Instant::now() < deadline, "the bot never followed Ada");
+    }
+    let now = unix_now();
+    let mut ids = Vec::new();
+    for i in 0..MEETINGS {
+        let mut request = munity_testkit::meeting_request(&format!("Meeting {i}"));
+        request.options.truncate(1);
+        request.options[0].start = Some(prost_types::Timestamp {
+            seconds: now + 100,
+            nanos: 0,
+        });
+        request.options[0].end = Some(prost_types::Timestamp {
+            seconds: now + 3600,
+            nanos: 0,
+        });
+        request.voting_deadline = Some(prost_types::Timestamp {
+            seconds: now + 95,
+            nanos: 0,
+        });
+        let meeting = events
+            .create_event(with_bearer(request, &ada))
+            .await
+            .unwrap()
+            .into_inner();
+        events
+            .close_voting(with_bearer(
+                events_pb::CloseVotingRequest {
+                    event_id: meeting.id.clone(),
+                },
+                &ada,
+            ))
+            .await
+            .unwrap();
+        ids.push(meeting.id);
+    }
+    println!(
+        "{MEETINGS} meetings made and closed in {} s",
+        unix_now() - now
+    );
+
+    // Mid-batch: some reminders are at the stand-in, not all. SIGKILL.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let before_kill = loop {
+        let got = reminders(&chat.received().await).len();
+        if got >= 10 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "reminders never came: {got}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    bot.process.child_mut().kill().unwrap();
+    bot.process.child_mut().wait().unwrap();
+    let at_kill = reminders(&chat.received().await).len();
+    println!("SIGKILLed with {before_kill} reminders seen ({at_kill} once it was dead)");
+    assert!(at_kill < MEETINGS, "the kill came after the whole batch");
+
+    // Restarted on the same store: the rest go out, until its queue is
+    // empty.
+    let _bot = start_bot().await;
+    let mut status = munity_proto::bot::v1::bot_client::BotClient::connect(format!(
+        "http://127.0.0.1:{bot_port}"
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (got, dropped) = loop {
+        let got = reminders(&chat.received().await);
+        let mut distinct = got.clone();
+        distinct.sort();
+        distinct.dedup();
+        let dropped = dropped_in_flight(&log);
+        let queued = status
+            .get_status(with_bearer(
+                munity_proto::bot::v1::GetStatusRequest {},
+                &ada,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .queued_messages;
+        if distinct.len() + dropped >= MEETINGS && queued == 0 {
+            // Read again: the last one sent before the queue was seen
+            // empty is there now.
+            break (reminders(&chat.received().await), dropped);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {MEETINGS} reminders, {dropped} dropped in flight, {queued} queued",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for id in &got {
+        *counts.entry(id.as_str()).or_default() += 1;
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let missing: Vec<_> = ids
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .collect();
+    println!(
+        "{} reminders received for {MEETINGS} meetings: {} doubled, {} missing, {dropped} dropped in flight at the kill",
+        got.len(),
+        doubled.len(),
+        missing.len(),
+    );
+    assert!(doubled.is_empty(), "sent twice: {doubled:?}");
+    assert!(dropped <= 1, "one send at a time: {dropped}");
+    assert!(missing.len() <= dropped, "lost: {missing:?}");
+    assert!(counts.keys().all(|id| ids.iter().any(|m| m == id)));
+}
+
+/// `munity dev` with `bot.telegram_token` set and no service account
+/// configured makes the bot's account on its first start, keeps it (the
+/// secret in a file only its owner reads), and uses it again after a
+/// restart: linking a chat (which takes the bot's own token) works both
+/// times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn munity_dev_provisions_the_bots_service_account() {
+    let Some(stand_in) = start_stand_in().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let bot_section = format!(
+        "[bot]\ntelegram_token = \"{BOT_TOKEN}\"\ntelegram_api_url = \"http://127.0.0.1:{}\"\n",
+        stand_in.port
+    );
+    for (round, chat_id) in [(1, 6161), (2, 6262)] {
+        let (ready, gateway) = start_munity(data.path(), &bot_section).await;
+        let file = data.path().join(munity::BOT_ACCOUNT_FILE);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        let mut users = users_pb::users_client::UsersClient::new(gateway.clone());
+        let (ada, _) = register(&gateway, &format!("Ada{round}")).await;
+        let chat = TgUser {
+            port: stand_in.port,
+            chat_id,
+        };
+        let code = users
+            .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
+            .await
+            .unwrap()
+            .into_inner()
+            .code;
+        chat.says(&format!("/link {code}")).await;
+        let (_, text, _) = chat.nth_reply(1).await;
+        assert!(
+            text.starts_with(&format!("Linked to Ada{round}")),
+            "round {round}: {text}"
+        );
+        drop(ready);
+    }
+}

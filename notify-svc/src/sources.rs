@@ -6,6 +6,12 @@
 //!   also on `community:<id>` of its community;
 //! - someone joining or leaving a meeting also on its owner's `user:<id>`
 //!   (and so in the owner's inbox);
+//! - a reminder, voting closed (with the chosen time) and a cancellation
+//!   also on the `user:<id>` of each of the meeting's owner, participants
+//!   and voters, and a new meeting on each of its community's members':
+//!   the people the domain event names (`notify_user_ids`, taken by
+//!   events-svc when it happened and capped there at 1,000 a meeting, so
+//!   handling one event is bounded);
 //! - and discuss-svc's: every event of a post on `post:<id>`; a post
 //!   published, edited, pinned or removed also on `community:<id>`; a
 //!   comment, a rejection (with its reason) or hiding by reports also on
@@ -14,8 +20,11 @@
 //!   comment on each of theirs (only there: a mention is news to them,
 //!   not to the post's followers).
 //!
-//! Publishing is idempotent by the domain event's id, so a redelivery from
-//! the log changes nothing.
+//! Publishing is idempotent by the domain event's id within each topic (and
+//! each user's inbox), so a redelivery from the log changes nothing: the
+//! per-recipient key is (`user:<id>`, event id), the same on every
+//! delivery. The id itself stays the domain event's on every topic, so a
+//! follower of several topics (bot-svc) sees one event as one thing.
 
 use std::sync::Arc;
 
@@ -63,6 +72,12 @@ pub fn topics(event: &DomainEvent) -> Vec<String> {
         }
         if let Some(owner) = owner_to_tell(event) {
             topics.push(format!("user:{owner}"));
+        }
+        for user in people_to_tell(event) {
+            let topic = format!("user:{user}");
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
         }
     }
     topics.retain(|t| valid_topic(t));
@@ -122,6 +137,32 @@ fn owner_to_tell(event: &DomainEvent) -> Option<String> {
     };
     (!owner.is_empty() && owner != user).then_some(owner)
 }
+
+/// The people an events-svc event names to be told personally (at most
+/// [`MAX_PEOPLE`] even if a producer sent more).
+fn people_to_tell(event: &DomainEvent) -> Vec<String> {
+    let payload = event.payload.as_slice();
+    let people = match event.r#type.as_str() {
+        "munity.events.v1.ReminderDue" => events::ReminderDue::decode(payload)
+            .map(|e| e.notify_user_ids)
+            .unwrap_or_default(),
+        "munity.events.v1.VotingClosed" => events::VotingClosed::decode(payload)
+            .map(|e| e.notify_user_ids)
+            .unwrap_or_default(),
+        "munity.events.v1.EventCancelled" => events::EventCancelled::decode(payload)
+            .map(|e| e.notify_user_ids)
+            .unwrap_or_default(),
+        "munity.events.v1.EventCreated" => events::EventCreated::decode(payload)
+            .map(|e| e.notify_user_ids)
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    people.into_iter().take(MAX_PEOPLE).collect()
+}
+
+/// events-svc caps its lists at 1,000; this bounds what one event costs
+/// here whatever the producer does.
+const MAX_PEOPLE: usize = 1000;
 
 /// Publishes what the log brings until `shutdown`.
 pub async fn follow(

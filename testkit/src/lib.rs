@@ -127,6 +127,23 @@ pub fn dns_server(port: u16, hosts: &Path) -> Option<Process> {
     }
 }
 
+/// A binary of another workspace package, built beside the running test
+/// (`cargo build --bins` first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace's binaries first (cargo build --bins)",
+        bin.display()
+    );
+    bin
+}
+
 /// A child process killed (and reaped) when dropped.
 pub struct Process {
     child: Child,
@@ -512,10 +529,21 @@ pub async fn start_dev_logging(
     data_dir: &Path,
     log: Option<(&Path, &str)>,
 ) -> (Ready, tonic::transport::Channel) {
+    start_dev_configured(munity, data_dir, log, "").await
+}
+
+/// [`start_dev_logging`] with `extra` TOML appended to the config (after
+/// `[users]`, so it starts with its own section header).
+pub async fn start_dev_configured(
+    munity: &str,
+    data_dir: &Path,
+    log: Option<(&Path, &str)>,
+    extra: &str,
+) -> (Ready, tonic::transport::Channel) {
     let config = data_dir.join("munity.toml");
     std::fs::write(
         &config,
-        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n"),
+        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n{extra}"),
     )
     .unwrap();
     let mut command = Command::new(munity);

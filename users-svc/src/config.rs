@@ -23,6 +23,23 @@ pub struct UsersConfig {
     /// seconds. Short: a service asks again with its secret, and a disabled
     /// account or a rotated secret shuts it out within this time.
     pub service_token_ttl_secs: u64,
+    /// Service accounts made at start-up when no account has their id yet
+    /// (`munity dev` sets this for the Telegram bot's, so no admin has to
+    /// make it). An account already there is left as it is: an admin may
+    /// have disabled it or rotated its secret since.
+    pub provisioned_service_accounts: Vec<ProvisionedServiceAccount>,
+}
+
+/// A service account to make at start-up (only the secret's hash is given).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisionedServiceAccount {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Hex SHA-256 of the client secret, as users-svc stores it
+    /// ([`crate::api::service_secret`]).
+    pub secret_hash: String,
 }
 
 impl Default for UsersConfig {
@@ -32,6 +49,7 @@ impl Default for UsersConfig {
             admin_emails: Vec::new(),
             passwords: PasswordsConfig::default(),
             service_token_ttl_secs: 10 * 60,
+            provisioned_service_accounts: Vec::new(),
         }
     }
 }

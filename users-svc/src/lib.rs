@@ -90,6 +90,8 @@ pub async fn run_with_hashing(
     hashing: passwords::Hashing,
 ) -> anyhow::Result<()> {
     let store::Opened { repo, publishing } = store::open(&config.storage).await?;
+    api::provision_service_accounts(repo.as_ref(), &config.own.provisioned_service_accounts)
+        .await?;
     // Community and membership changes go out on the event log.
     publishing
         .start(&config.bus, UsersService::NAME, &shutdown)

@@ -45,6 +45,12 @@ pub const SCHEMA: &[&str] = &[
         seq bigint,
         message blob,
         PRIMARY KEY ((shard), seq))",
+    // Queue entries whose send was begun (a table of its own, so that
+    // keyspaces made before it get it from `IF NOT EXISTS`).
+    "CREATE TABLE IF NOT EXISTS outgoing_attempts (
+        shard int,
+        seq bigint,
+        PRIMARY KEY ((shard), seq))",
 ];
 
 struct Statements {
@@ -63,6 +69,9 @@ struct Statements {
     pending: PreparedStatement,
     ack: PreparedStatement,
     count: PreparedStatement,
+    begin_send: PreparedStatement,
+    abandon_send: PreparedStatement,
+    attempts_in: PreparedStatement,
 }
 
 pub struct CqlStore {
@@ -99,6 +108,12 @@ impl CqlStore {
             pending: p("SELECT seq, message FROM outgoing WHERE shard = 0 LIMIT ?").await?,
             ack: p("DELETE FROM outgoing WHERE shard = 0 AND seq = ?").await?,
             count: p("SELECT COUNT(*) FROM outgoing WHERE shard = 0").await?,
+            begin_send: p("INSERT INTO outgoing_attempts (shard, seq) VALUES (0, ?)").await?,
+            abandon_send: p("DELETE FROM outgoing_attempts WHERE shard = 0 AND seq = ?").await?,
+            attempts_in: p(
+                "SELECT seq FROM outgoing_attempts WHERE shard = 0 AND seq >= ? AND seq <= ?",
+            )
+            .await?,
         };
         Ok(CqlStore {
             cql,
@@ -237,18 +252,44 @@ impl BotStore for CqlStore {
     async fn pending(&self, limit: usize) -> StoreResult<Vec<Queued>> {
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let rows: Vec<(i64, Vec<u8>)> = self.cql.rows(&self.s.pending, (limit,)).await?;
+        let attempted: std::collections::HashSet<i64> = match (rows.first(), rows.last()) {
+            (Some((first, _)), Some((last, _))) => {
+                let marks: Vec<(i64,)> =
+                    self.cql.rows(&self.s.attempts_in, (*first, *last)).await?;
+                marks.into_iter().map(|(seq,)| seq).collect()
+            }
+            _ => Default::default(),
+        };
         rows.into_iter()
             .map(|(seq, bytes)| {
                 Ok(Queued {
                     seq: seq as u64,
                     message: decode(&bytes)?,
+                    attempted: attempted.contains(&seq),
                 })
             })
             .collect()
     }
 
+    async fn begin_send(&self, seq: u64) -> StoreResult<()> {
+        self.cql.execute(&self.s.begin_send, (seq as i64,)).await?;
+        Ok(())
+    }
+
+    async fn abandon_send(&self, seq: u64) -> StoreResult<()> {
+        self.cql
+            .execute(&self.s.abandon_send, (seq as i64,))
+            .await?;
+        Ok(())
+    }
+
     async fn ack(&self, seq: u64) -> StoreResult<()> {
+        // The queue entry first: a crash between the two leaves a mark
+        // with no entry, which nothing reads.
         self.cql.execute(&self.s.ack, (seq as i64,)).await?;
+        self.cql
+            .execute(&self.s.abandon_send, (seq as i64,))
+            .await?;
         Ok(())
     }
 

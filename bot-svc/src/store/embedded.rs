@@ -19,6 +19,8 @@ const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const POSITIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("positions");
 /// `chat id (8 bytes, big-endian) ‖ notification id` to nothing.
 const SENT: TableDefinition<&[u8], ()> = TableDefinition::new("sent_log");
+/// Queue entries whose send was begun (seq).
+const ATTEMPTS: TableDefinition<u64, ()> = TableDefinition::new("queue_attempts");
 /// Sequence number to message.
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("outgoing");
 
@@ -202,15 +204,50 @@ impl BotStore for EmbeddedStore {
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let queue = txn.open_table(QUEUE).map_err(internal)?;
+                let attempts = match txn.open_table(ATTEMPTS) {
+                    Ok(table) => Some(table),
+                    Err(redb::TableError::TableDoesNotExist(_)) => None,
+                    Err(error) => return Err(internal(error)),
+                };
                 let mut found = Vec::new();
                 for entry in queue.iter().map_err(internal)?.take(limit) {
                     let (seq, value) = entry.map_err(internal)?;
+                    let seq = seq.value();
+                    let attempted = match &attempts {
+                        Some(table) => table.get(seq).map_err(internal)?.is_some(),
+                        None => false,
+                    };
                     found.push(Queued {
-                        seq: seq.value(),
+                        seq,
                         message: decode(value.value())?,
+                        attempted,
                     });
                 }
                 Ok(found)
+            })
+            .await
+    }
+
+    async fn begin_send(&self, seq: u64) -> StoreResult<()> {
+        self.db
+            .write(move |txn| {
+                txn.open_table(ATTEMPTS)
+                    .map_err(internal)?
+                    .insert(seq, ())
+                    .map_err(internal)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn abandon_send(&self, seq: u64) -> StoreResult<()> {
+        self.db
+            .write(move |txn| {
+                txn.open_table(ATTEMPTS)
+                    .map_err(internal)?
+                    .remove(seq)
+                    .map_err(internal)?;
+                Ok(())
             })
             .await
     }
@@ -219,6 +256,10 @@ impl BotStore for EmbeddedStore {
         self.db
             .write(move |txn| {
                 txn.open_table(QUEUE)
+                    .map_err(internal)?
+                    .remove(seq)
+                    .map_err(internal)?;
+                txn.open_table(ATTEMPTS)
                     .map_err(internal)?
                     .remove(seq)
                     .map_err(internal)?;

@@ -9,7 +9,9 @@
 //!   following resumes where it stopped;
 //! - the sent-log (chat, notification id): a notification is queued for a
 //!   chat at most once, in the same write as the queue entry;
-//! - the durable outgoing queue, sent in order per chat.
+//! - the durable outgoing queue, sent in order per chat, with a mark on an
+//!   entry while it is being sent (see `sender.rs`: what a crash mid-send
+//!   does to it).
 
 pub mod cql;
 pub mod embedded;
@@ -36,6 +38,9 @@ pub struct Outgoing {
 pub struct Queued {
     pub seq: u64,
     pub message: Outgoing,
+    /// A send was begun ([`BotStore::begin_send`]) and never acknowledged:
+    /// the process died while Telegram may or may not have got it.
+    pub attempted: bool,
 }
 
 /// Where a user's notifications were followed to.
@@ -75,7 +80,13 @@ pub trait BotStore: Send + Sync + 'static {
     async fn enqueue(&self, message: &Outgoing, dedup: Option<&str>) -> StoreResult<bool>;
     /// The oldest `limit` queued messages, in queue order.
     async fn pending(&self, limit: usize) -> StoreResult<Vec<Queued>>;
-    /// Removes a sent message from the queue.
+    /// Marks a queued message as being sent, durably, before it is handed
+    /// to Telegram (the intent; `pending` reports it as `attempted`).
+    async fn begin_send(&self, seq: u64) -> StoreResult<()>;
+    /// Takes the mark off again: the send surely did not reach Telegram
+    /// (refused with a 429, or no connection was made).
+    async fn abandon_send(&self, seq: u64) -> StoreResult<()>;
+    /// Removes a sent message (and its mark) from the queue.
     async fn ack(&self, seq: u64) -> StoreResult<()>;
     /// Messages in the queue.
     async fn queue_len(&self) -> StoreResult<u64>;

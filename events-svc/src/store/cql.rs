@@ -51,8 +51,9 @@ use super::{
 };
 use crate::{
     domain::{
-        Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob, StartPage,
-        StartPosition, StatsRecord, Status, add_counter, reminders_for, top_events, winner,
+        AUDIENCE_MAX, Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob,
+        StartPage, StartPosition, StatsRecord, Status, add_counter, limits, reminders_for,
+        top_events, winner,
     },
     events,
 };
@@ -126,6 +127,8 @@ struct Statements {
     unindex_joined: PreparedStatement,
     participants_first: PreparedStatement,
     participants_after: PreparedStatement,
+    participant_ids: PreparedStatement,
+    voter_ids: PreparedStatement,
     by_owner_first: PreparedStatement,
     by_owner_after: PreparedStatement,
     by_community_first: PreparedStatement,
@@ -222,6 +225,8 @@ impl CqlStore {
             unindex_joined: p("DELETE FROM joined_by_user WHERE user_id = ? AND id = ?").await?,
             participants_first: p("SELECT event_id, user_id, joined_at FROM participants WHERE event_id = ? LIMIT ?").await?,
             participants_after: p("SELECT event_id, user_id, joined_at FROM participants WHERE event_id = ? AND user_id > ? LIMIT ?").await?,
+            participant_ids: p("SELECT user_id FROM participants WHERE event_id = ? LIMIT ?").await?,
+            voter_ids: p("SELECT user_id FROM votes WHERE event_id = ? LIMIT ?").await?,
             by_owner_first: p("SELECT id FROM events_by_owner WHERE owner_id = ? LIMIT ?").await?,
             by_owner_after: p("SELECT id FROM events_by_owner WHERE owner_id = ? AND id > ? LIMIT ?").await?,
             by_community_first: p("SELECT id FROM events_by_community WHERE community_id = ? LIMIT ?").await?,
@@ -258,6 +263,37 @@ impl CqlStore {
 
     pub fn outbox(&self) -> Arc<CqlOutbox> {
         self.outbox.clone()
+    }
+
+    /// Whom a close, a cancellation or a reminder of `event` is told to
+    /// personally: its owner, participants and voters, each once, at most
+    /// [`AUDIENCE_MAX`]. Read just before the change (CQL has no
+    /// transaction to read it in): someone joining or voting in that
+    /// instant may hear of it on the meeting's topic only.
+    async fn audience(&self, event: &EventRecord) -> StoreResult<Vec<Uuid>> {
+        let mut people = vec![event.owner_id];
+        let mut seen: std::collections::HashSet<Uuid> = people.iter().copied().collect();
+        let participants: Vec<(Uuid,)> = self
+            .cql
+            .rows(&self.s.participant_ids, (event.id, AUDIENCE_MAX as i32))
+            .await?;
+        // A voter has a row per option voted for.
+        let voters: Vec<(Uuid,)> = self
+            .cql
+            .rows(
+                &self.s.voter_ids,
+                (event.id, (AUDIENCE_MAX * limits::OPTIONS_MAX) as i32),
+            )
+            .await?;
+        for (user,) in participants.into_iter().chain(voters) {
+            if people.len() >= AUDIENCE_MAX {
+                break;
+            }
+            if seen.insert(user) {
+                people.push(user);
+            }
+        }
+        Ok(people)
     }
 
     async fn load(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
@@ -512,7 +548,7 @@ impl CqlStore {
 
 #[async_trait::async_trait]
 impl EventsRepository for CqlStore {
-    async fn create_event(&self, event: &EventRecord) -> StoreResult<()> {
+    async fn create_event_telling(&self, event: &EventRecord, members: &[Uuid]) -> StoreResult<()> {
         // The listing by start first: an entry whose event was never
         // written is passed over.
         for (option, time) in event.options.iter().enumerate() {
@@ -533,7 +569,7 @@ impl EventsRepository for CqlStore {
         batch.append_statement(self.s.insert_event.clone());
         batch.append_statement(self.s.index_owner.clone());
         batch.append_statement(self.outbox.insert_statement().clone());
-        let created = CqlOutbox::row(&events::created(event));
+        let created = CqlOutbox::row(&events::created(event, members));
         let capacity = event.capacity.unwrap_or(0) as i32;
         match event.community_id {
             None => {
@@ -646,8 +682,9 @@ impl EventsRepository for CqlStore {
         if let Some(first) = reminders.iter().map(|job| job.due).min() {
             self.keep_cursor_before(Sweep::Remind, first).await?;
         }
+        let audience = self.audience(&event).await?;
         self.outbox
-            .with_events(&[events::voting_closed(&event, chosen)], async {
+            .with_events(&[events::voting_closed(&event, chosen, &audience)], async {
                 let applied = self
                     .cql
                     .execute_lwt(&self.s.close, (chosen as i32, id))
@@ -711,11 +748,15 @@ impl EventsRepository for CqlStore {
         if event.status == Status::Cancelled {
             return Ok(false);
         }
+        let audience = self.audience(&event).await?;
         self.outbox
-            .with_events(&[events::cancelled(&event, event.owner_id)], async {
-                let applied = self.cql.execute_lwt(&self.s.cancel, (id,)).await?;
-                Ok((applied, applied))
-            })
+            .with_events(
+                &[events::cancelled(&event, event.owner_id, &audience)],
+                async {
+                    let applied = self.cql.execute_lwt(&self.s.cancel, (id,)).await?;
+                    Ok((applied, applied))
+                },
+            )
             .await
     }
 
@@ -939,8 +980,9 @@ impl EventsRepository for CqlStore {
         if !job.stands(&event, now) {
             return Ok(false);
         }
+        let audience = self.audience(&event).await?;
         self.outbox
-            .with_events(&[events::reminder_due(&event, job)], async {
+            .with_events(&[events::reminder_due(&event, job, &audience)], async {
                 let applied = self
                     .cql
                     .execute_lwt(&self.s.mark_sent, (job.event_id, job.before_secs as i32))

@@ -27,9 +27,9 @@ use super::{
 };
 use crate::{
     domain::{
-        Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob, StartPage,
-        StartPosition, StatsRecord, Status, add_counter, now_millis, reminders_for, top_events,
-        winner,
+        AUDIENCE_MAX, Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob,
+        StartPage, StartPosition, StatsRecord, Status, add_counter, now_millis, reminders_for,
+        top_events, winner,
     },
     events,
 };
@@ -264,6 +264,52 @@ fn counter_key(hour: i64, name: &str) -> Vec<u8> {
     key
 }
 
+/// Whom a close, a cancellation or a reminder of `event` is told to
+/// personally: its owner, participants and voters, each once, at most
+/// [`AUDIENCE_MAX`] (read in the change's own transaction, so exactly who
+/// was in when it happened).
+fn audience(txn: &WriteTransaction, event: &EventRecord) -> StoreResult<Vec<Uuid>> {
+    let mut people = vec![event.owner_id];
+    let mut seen: std::collections::HashSet<Uuid> = people.iter().copied().collect();
+    let participants = txn.open_table(PARTICIPANTS).map_err(internal)?;
+    let (start, end) = (
+        pair_key(event.id, Uuid::nil()),
+        pair_key(event.id, Uuid::max()),
+    );
+    for entry in participants
+        .range::<&[u8]>(start.as_slice()..=end.as_slice())
+        .map_err(internal)?
+    {
+        if people.len() >= AUDIENCE_MAX {
+            return Ok(people);
+        }
+        let (key, _) = entry.map_err(internal)?;
+        let user = Uuid::from_slice(&key.value()[16..]).map_err(internal)?;
+        if seen.insert(user) {
+            people.push(user);
+        }
+    }
+    let votes = txn.open_table(VOTES).map_err(internal)?;
+    let (start, end) = (
+        vote_key(event.id, 0, Uuid::nil()),
+        vote_key(event.id, u32::MAX, Uuid::max()),
+    );
+    for entry in votes
+        .range::<&[u8]>(start.as_slice()..=end.as_slice())
+        .map_err(internal)?
+    {
+        if people.len() >= AUDIENCE_MAX {
+            break;
+        }
+        let (key, _) = entry.map_err(internal)?;
+        let user = Uuid::from_slice(&key.value()[20..]).map_err(internal)?;
+        if seen.insert(user) {
+            people.push(user);
+        }
+    }
+    Ok(people)
+}
+
 fn load(txn: &WriteTransaction, id: Uuid) -> StoreResult<Option<EventRecord>> {
     let table = txn.open_table(EVENTS).map_err(internal)?;
     let value = table.get(id.as_bytes().as_slice()).map_err(internal)?;
@@ -293,8 +339,9 @@ fn counts(db: &redb::Database, id: Uuid, options: usize) -> StoreResult<Vec<u32>
 
 #[async_trait::async_trait]
 impl EventsRepository for EmbeddedStore {
-    async fn create_event(&self, event: &EventRecord) -> StoreResult<()> {
+    async fn create_event_telling(&self, event: &EventRecord, members: &[Uuid]) -> StoreResult<()> {
         let event = event.clone();
+        let members = members.to_vec();
         self.change(move |txn| {
             if load(txn, event.id)?.is_some() {
                 return Err(StoreError::Conflict("event"));
@@ -323,7 +370,7 @@ impl EventsRepository for EmbeddedStore {
                     .insert(pair_key(community, event.id).as_slice(), ())
                     .map_err(internal)?;
             }
-            Ok(((), vec![events::created(&event)]))
+            Ok(((), vec![events::created(&event, &members)]))
         })
         .await
     }
@@ -439,9 +486,10 @@ impl EventsRepository for EmbeddedStore {
                     .insert(reminder_key(&job).as_slice(), ())
                     .map_err(internal)?;
             }
+            let audience = audience(txn, &event)?;
             Ok((
                 CloseOutcome::Closed(chosen),
-                vec![events::voting_closed(&event, chosen)],
+                vec![events::voting_closed(&event, chosen, &audience)],
             ))
         })
         .await
@@ -489,7 +537,8 @@ impl EventsRepository for EmbeddedStore {
             save(txn, &event)?;
             unschedule(txn, &event)?;
             let owner = event.owner_id;
-            Ok((true, vec![events::cancelled(&event, owner)]))
+            let audience = audience(txn, &event)?;
+            Ok((true, vec![events::cancelled(&event, owner, &audience)]))
         })
         .await
     }
@@ -725,7 +774,8 @@ impl EventsRepository for EmbeddedStore {
             }
             match load(txn, job.event_id)? {
                 Some(event) if job.stands(&event, now) => {
-                    Ok((true, vec![events::reminder_due(&event, &job)]))
+                    let audience = audience(txn, &event)?;
+                    Ok((true, vec![events::reminder_due(&event, &job, &audience)]))
                 }
                 _ => Ok((false, vec![])),
             }

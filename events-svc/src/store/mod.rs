@@ -81,7 +81,13 @@ pub enum UpdateOutcome {
 #[async_trait::async_trait]
 pub trait EventsRepository: Send + Sync + 'static {
     /// Stores a new event (status VOTING).
-    async fn create_event(&self, event: &EventRecord) -> StoreResult<()>;
+    async fn create_event(&self, event: &EventRecord) -> StoreResult<()> {
+        self.create_event_telling(event, &[]).await
+    }
+    /// Stores a new event (status VOTING); its EventCreated names `members`
+    /// (its community's, at most [`crate::domain::AUDIENCE_MAX`]) to be
+    /// told personally.
+    async fn create_event_telling(&self, event: &EventRecord, members: &[Uuid]) -> StoreResult<()>;
     async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>>;
     /// Votes per option, exact, indexed by option id.
     async fn vote_counts(&self, id: Uuid) -> StoreResult<Vec<u32>>;

@@ -12,6 +12,9 @@ mod communities;
 pub(crate) mod convert;
 pub mod links;
 mod service_accounts;
+pub use service_accounts::{
+    provision as provision_service_accounts, service_secret, service_secret_hash,
+};
 mod sessions;
 
 use std::{sync::Arc, time::Duration};

@@ -29,6 +29,66 @@ const SECRET_PREFIX: &str = "mss_";
 /// without being hashed.
 const SECRET_MAX: usize = 256;
 
+/// A new client secret and the hash users-svc stores of it: for whoever
+/// provisions an account outside the API (`munity dev`'s bot account).
+pub fn service_secret() -> (String, String) {
+    let secret = new_secret(SECRET_PREFIX);
+    let hash = token_hash(&secret);
+    (secret, hash)
+}
+
+/// The hash users-svc stores of a client secret.
+pub fn service_secret_hash(secret: &str) -> String {
+    token_hash(secret)
+}
+
+/// Makes each of `accounts` that has no account under its id yet (see
+/// [`crate::config::UsersConfig::provisioned_service_accounts`]).
+pub async fn provision(
+    repo: &dyn crate::store::UsersRepository,
+    accounts: &[crate::config::ProvisionedServiceAccount],
+) -> anyhow::Result<()> {
+    for wanted in accounts {
+        let id = Uuid::parse_str(&wanted.id).map_err(|e| {
+            anyhow::anyhow!("users.provisioned_service_accounts id {:?}: {e}", wanted.id)
+        })?;
+        if repo.get_service_account(id).await?.is_some() {
+            continue;
+        }
+        let mut violations = FieldViolations::new();
+        domain::check_service_account_name(&wanted.name, "name", &mut violations);
+        let scopes = domain::normalize_scopes(&wanted.scopes, "scopes", &mut violations);
+        if let Err(error) = violations.into_result() {
+            anyhow::bail!(
+                "users.provisioned_service_accounts {:?}: {error}",
+                wanted.name
+            );
+        }
+        let now = now_millis();
+        let account = ServiceAccountRecord {
+            id,
+            name: wanted.name.clone(),
+            scopes,
+            secret_hash: wanted.secret_hash.clone(),
+            disabled: false,
+            created_at: now,
+            secret_rotated_at: now,
+        };
+        match repo.create_service_account(&account).await {
+            Ok(()) => {
+                tracing::info!(service_account_id = %id, name = %account.name, "service account provisioned");
+            }
+            // Someone made one of that name by hand: theirs stays.
+            Err(StoreError::Conflict(_)) => tracing::warn!(
+                name = %account.name,
+                "a service account of that name exists under another id; not provisioned"
+            ),
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
 impl UsersApi {
     pub(super) async fn create_service_account(
         &self,

@@ -16,6 +16,7 @@
 #   CASSANDRA_HEAP          -Xms/-Xmx value                    (default 1g)
 #   CASSANDRA_START_TIMEOUT seconds to wait for CQL            (default 180)
 #   CASSANDRA_JVM_OPTS      extra JVM options, appended        (default none)
+#   CASSANDRA_KEEP_DATA     1: start with the data of the last run (default: a fresh node)
 #   MUNITY_CACHE            jar cache root                     (default ~/.cache/munity)
 #   MUNITY_RUN_DIR          runtime state root                 (default ~/.cache/munity/run)
 # See docs/cassandra.md.
@@ -459,8 +460,11 @@ cmd_start() {
 
   install
 
-  # fresh node each time a new process starts
-  rm -rf "$DATA_DIR" "$LOG_DIR"
+  # fresh node each time a new process starts, unless CASSANDRA_KEEP_DATA=1
+  # (the fault suite's outage: the same node, stopped and started again)
+  if [[ ${CASSANDRA_KEEP_DATA:-0} != 1 ]]; then
+    rm -rf "$DATA_DIR" "$LOG_DIR"
+  fi
   mkdir -p "$DATA_DIR"/{data,commitlog,saved_caches,hints,cdc_raw} "$LOG_DIR"
   write_config
 

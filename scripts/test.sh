@@ -147,3 +147,10 @@ log "deploy checks (k8s manifests, Prometheus rules, Grafana dashboards)"
 bash scripts/check-deploy.sh
 log "cargo test"
 cargo test --workspace --locked "$@"
+# The fault suite once more, with a 20 s outage of the CQL server (stopped
+# and started again with its data): last and alone, since every other test
+# shares that server. Only on a full run against a server started here.
+if [[ $# -eq 0 && " ${started[*]} " == *" cassandra "* ]]; then
+  log "fault suite with a CQL server outage"
+  MUNITY_FAULTS_CQL_OUTAGE=1 cargo test --locked -p munity --test faults
+fi

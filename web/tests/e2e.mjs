@@ -221,8 +221,9 @@ try {
   await text(c.page, "[role=alert]", "Try again in", "the sixth Login in a minute says when to try again");
   await shot(c.page, "13-sign-in-throttled");
 
-  // A, the owner, hears about B joining: unread badge, inbox, mark read.
-  await text(a.page, "[data-testid=unread]", "1", "A's unread badge counts B's join");
+  // A, the owner, hears personally that voting closed and that B joined:
+  // unread badge, inbox, mark read.
+  await text(a.page, "[data-testid=unread]", "2", "A's unread badge counts the close and B's join");
   await a.page.getByRole("link", { name: /Inbox/ }).click();
   await text(a.page, ".feed li", "Someone joined a meeting", "A's inbox lists the join");
   await shot(a.page, "11-inbox");

@@ -13,7 +13,7 @@
 //! Faults, in turn: SIGKILL one replica of each service (then start it
 //! again), stop Redis for 10 s, SIGKILL the gateway and start it again.
 //!
-//! With `MUNITY_FAULTS_SOAK_SECS=N` (by hand, `scripts/soak-mixed.sh`) the
+//! With `MUNITY_FAULTS_SOAK_SECS=N` (by hand, `scripts/soak-cluster.sh`) the
 //! same cluster and load run N seconds with no faults instead, and every
 //! process's RSS, open descriptors and threads are sampled every 10 s (a
 //! CSV to `MUNITY_FAULTS_SOAK_CSV`); the same checks follow.
@@ -978,14 +978,16 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
     let records = seen.lock().unwrap().records.clone();
     let mut stored: HashMap<String, u32> = HashMap::new();
     let mut client = WarehouseClient::new(channel.clone());
+    // A page token is bound to its query's range, so the range is fixed once, not per page.
+    let (from, to) = (munity_testkit::in_hours(-2), munity_testkit::in_hours(2));
     let mut page_token = String::new();
     loop {
         let page = client
             .query(deadline(
                 warehouse::QueryRequest {
                     source: "faults".to_owned(),
-                    from: Some(munity_testkit::in_hours(-2)),
-                    to: Some(munity_testkit::in_hours(2)),
+                    from: Some(from.clone()),
+                    to: Some(to.clone()),
                     page_size: 1000,
                     page_token: page_token.clone(),
                     ..Default::default()

@@ -255,9 +255,12 @@ TOML
 }
 
 # Settings both backends share: long-lived access tokens (a long run must
-# not outlive the bench user's token), gateway threads, quiet logs.
+# not outlive the bench user's token; revocations are replayed for as long
+# as the longest token lives, which users-svc checks at start), gateway
+# threads, quiet logs.
 COMMON_ENV=(
   MUNITY_USERS__TOKENS__ACCESS_TTL_SECS=86400
+  MUNITY_AUTH__REVOCATION_REPLAY_SECS=90000
   MUNITY_GATEWAY__THREADS="$THREADS"
   MUNITY_GATEWAY__SHUTDOWN_GRACE_SECS=0
   RUST_LOG=warn

@@ -144,6 +144,11 @@ admin_emails = ["$ADMIN_EMAIL"]
 [users.tokens]
 # The subscriber's token must outlive the run.
 access_ttl_secs = 86400
+
+[auth]
+# users-svc refuses to start unless revocations are replayed for as long as
+# the longest token lives (plus leeway).
+revocation_replay_secs = 90000
 TOML
   env "${COMMON_ENV[@]}" \
     MUNITY_USERS__LISTEN="$USERS_ADDR" \

@@ -8,7 +8,12 @@
 //! handler must be idempotent for the same event (the de-duplication here
 //! covers redeliveries within one process only).
 
-use std::{collections::VecDeque, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tracing::Instrument;
 
 use std::collections::HashSet;
@@ -16,6 +21,15 @@ use std::collections::HashSet;
 use munity_platform::shutdown::ShutdownToken;
 
 use crate::{DomainEvent, EventLog, metrics};
+
+/// Bounds of how often a consumer looks for stale deliveries (a quarter of
+/// its `retry_after` within them).
+const CLAIM_EVERY_MIN: Duration = Duration::from_millis(10);
+const CLAIM_EVERY_MAX: Duration = Duration::from_secs(1);
+
+/// How often a consumer reports its group's lag at most (an idle consumer's
+/// reads wait `wait`, so its last report is at most that much older).
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
 /// How a group member reads the log.
 #[derive(Clone)]
@@ -84,6 +98,14 @@ impl ConsumerLoop {
             capacity: 100_000,
         };
         let mut failures = 0u32;
+        // Looking for stale deliveries and reporting the lag each cost the
+        // log a transaction (or a round trip): under load a consumer loops
+        // once per batch, so both are paced instead of done every time. A
+        // dead member's deliveries are still taken over within
+        // `retry_after` plus `claim_every`.
+        let claim_every = (self.retry_after / 4).clamp(CLAIM_EVERY_MIN, CLAIM_EVERY_MAX);
+        let mut last_claim: Option<Instant> = None;
+        let mut last_lag: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -107,19 +129,30 @@ impl ConsumerLoop {
             };
             failures = 0;
             loop {
+                let claim = last_claim.is_none_or(|at| at.elapsed() >= claim_every);
                 let read = async {
-                    let mut deliveries = member.claim_stale(self.retry_after, self.batch).await?;
-                    if deliveries.is_empty() {
-                        deliveries = member.next(self.batch, self.wait).await?;
+                    if claim {
+                        let stale = member.claim_stale(self.retry_after, self.batch).await?;
+                        if !stale.is_empty() {
+                            return Ok::<_, crate::BusError>((stale, true));
+                        }
                     }
-                    Ok::<_, crate::BusError>(deliveries)
+                    Ok((member.next(self.batch, self.wait).await?, false))
                 };
                 let deliveries = tokio::select! {
                     () = shutdown.cancelled() => return,
                     read = read => read,
                 };
                 let deliveries = match deliveries {
-                    Ok(deliveries) => deliveries,
+                    Ok((deliveries, claimed)) => {
+                        if claim {
+                            // A full batch of stale deliveries: more may
+                            // wait, so look again at once.
+                            let more = claimed && deliveries.len() >= self.batch;
+                            last_claim = (!more).then(Instant::now);
+                        }
+                        deliveries
+                    }
                     Err(error) => {
                         tracing::warn!(group = %self.group, %error, "cannot read the event log; retrying");
                         failures += 1;
@@ -168,7 +201,10 @@ impl ConsumerLoop {
                 {
                     tracing::warn!(group = %self.group, %error, "cannot acknowledge; the events will be redelivered");
                 }
-                metrics::report_lag(self.log.as_ref(), &self.group).await;
+                if last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                    metrics::report_lag(self.log.as_ref(), &self.group).await;
+                    last_lag = Some(Instant::now());
+                }
             }
         }
     }

@@ -139,13 +139,23 @@ impl EventLog for EmbeddedLog {
         }))
     }
 
+    /// In a read transaction: reporting lag must not cost a commit. A group
+    /// not created yet would start before the oldest event: all are lag.
     async fn lag(&self, group: &str) -> BusResult<u64> {
         let group = group.to_owned();
         self.db
-            .write(move |txn| {
-                let last = position(txn, &group)?;
+            .blocking(move |db| {
+                let txn = redb::ReadableDatabase::begin_read(db).map_err(store)?;
+                let groups = txn.open_table(GROUPS).map_err(store)?;
+                let last = groups
+                    .get(group.as_str())
+                    .map_err(store)?
+                    .map(|v| v.value());
                 let log = txn.open_table(LOG).map_err(store)?;
-                let undelivered = log.range(last + 1..).map_err(store)?.count() as u64;
+                let undelivered = match last {
+                    Some(last) => log.range(last + 1..).map_err(store)?.count() as u64,
+                    None => log.len().map_err(store)?,
+                };
                 let pending = txn.open_table(PENDING).map_err(store)?;
                 let waiting = pending
                     .range((group.as_str(), 0)..=(group.as_str(), u64::MAX))

@@ -17,13 +17,15 @@
 //! second copy per process would add a place to disagree, not safety.
 
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::{Duration, Instant},
 };
 
 use munity_platform::{
     auth::{AuthConfig, TokenVerifier},
-    config::BusConfig,
+    config::{BusBackend, BusConfig},
     revocation::Revocations,
     shutdown::ShutdownToken,
 };
@@ -54,6 +56,21 @@ pub async fn follow(
     process: &str,
     shutdown: &ShutdownToken,
 ) -> Arc<Revocations> {
+    // Every service of `munity dev` follows the same embedded log: one
+    // follower (and one set) serves them all, rather than each waking to
+    // read and decode every event of the log.
+    let shared_key = (bus.backend == BusBackend::Embedded).then(|| SharedKey {
+        path: bus.path.clone(),
+        capacity: auth.revocation_capacity,
+        leeway_secs: auth.leeway_secs,
+        replay_secs: auth.revocation_replay_secs,
+    });
+    let existing = shared_key
+        .as_ref()
+        .and_then(|key| shared().get(key).and_then(Weak::upgrade));
+    if let Some(revocations) = existing {
+        return caught_up(revocations, process).await;
+    }
     let revocations = Arc::new(Revocations::new(
         auth.revocation_capacity,
         Duration::from_secs(auth.leeway_secs),
@@ -70,13 +87,39 @@ pub async fn follow(
         }
     };
     let replay = Duration::from_secs(auth.revocation_replay_secs);
+    let follower = match shared_key {
+        // A shared follower outlives any one service's shutdown: it runs
+        // while someone holds the set.
+        Some(key) => {
+            // Another service may have started one meanwhile.
+            let existing = {
+                let mut followers = shared();
+                let existing = followers.get(&key).and_then(Weak::upgrade);
+                if existing.is_none() {
+                    followers.insert(key, Arc::downgrade(&revocations));
+                }
+                existing
+            };
+            if let Some(existing) = existing {
+                return caught_up(existing, process).await;
+            }
+            ShutdownToken::new()
+        }
+        None => shutdown.clone(),
+    };
     tokio::spawn(run(
         log,
-        revocations.clone(),
+        Arc::downgrade(&revocations),
         replay,
         process.to_owned(),
-        shutdown.clone(),
+        follower,
     ));
+    caught_up(revocations, process).await
+}
+
+/// `revocations` once what was revoked before now is in it (or after
+/// [`CATCH_UP_LIMIT`]).
+async fn caught_up(revocations: Arc<Revocations>, process: &str) -> Arc<Revocations> {
     if !revocations.wait_caught_up(CATCH_UP_LIMIT).await {
         tracing::error!(
             process,
@@ -84,6 +127,24 @@ pub async fn follow(
         );
     }
     revocations
+}
+
+/// What makes two followers of an embedded log interchangeable.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SharedKey {
+    path: PathBuf,
+    capacity: usize,
+    leeway_secs: u64,
+    replay_secs: u64,
+}
+
+/// The process's followers of embedded logs, by what they follow.
+fn shared() -> std::sync::MutexGuard<'static, HashMap<SharedKey, Weak<Revocations>>> {
+    static SHARED: OnceLock<Mutex<HashMap<SharedKey, Weak<Revocations>>>> = OnceLock::new();
+    SHARED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// The token verifier of a service that does not issue tokens
@@ -100,10 +161,11 @@ pub async fn remote_verifier(
     Ok(Arc::new(verifier.with_revocations(revocations)))
 }
 
-/// Reads the log into `revocations` until `shutdown`.
+/// Reads the log into `revocations` until `shutdown`, or until nobody
+/// holds the set any more.
 pub async fn run(
     log: Arc<dyn EventLog>,
-    revocations: Arc<Revocations>,
+    revocations: Weak<Revocations>,
     replay: Duration,
     process: String,
     shutdown: ShutdownToken,
@@ -117,6 +179,9 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return;
         }
+        let Some(revocations) = revocations.upgrade() else {
+            return;
+        };
         let current = match reader.as_mut() {
             Some(reader) => reader,
             None => {

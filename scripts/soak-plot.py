@@ -1,15 +1,19 @@
 """Plots soak-cluster.sh's CSV as one SVG: RSS, open descriptors and
 threads of every process over time, one panel each (no plotting library
-needed). Usage: soak-plot.py soak.csv soak.svg"""
+needed). Redis's RSS has a panel of its own: it holds the data the load
+writes (topic histories), so it grows by design and would flatten the
+Munity processes' lines. Usage: soak-plot.py soak.csv soak.svg"""
 import csv
 import sys
 from collections import defaultdict
 
 rows = list(csv.DictReader(open(sys.argv[1])))
 series = defaultdict(lambda: defaultdict(list))  # metric -> process -> [(t, v)]
+series["RSS (MiB)"]  # first
 for row in rows:
     t = int(row["seconds"])
-    series["RSS (MiB)"][row["process"]].append((t, int(row["rss_kib"]) / 1024))
+    rss = "Redis RSS (MiB, stored data)" if row["process"] == "redis" else "RSS (MiB)"
+    series[rss][row["process"]].append((t, int(row["rss_kib"]) / 1024))
     series["open descriptors"][row["process"]].append((t, int(row["fds"])))
     series["threads"][row["process"]].append((t, int(row["threads"])))
     series["open streams"]["client"].append((t, int(row["open_streams"])))
@@ -23,13 +27,18 @@ t_max = max((int(r["seconds"]) for r in rows), default=1) or 1
 for i, (metric, processes) in enumerate(series.items()):
     top = 20 + i * (panel + margin)
     v_max = max((v for points in processes.values() for _, v in points), default=1) or 1
-    svg.append(f'<text x="{margin}" y="{top - 5}" font-size="13">{metric} (max {v_max:.0f})</text>')
+    # RSS from zero hides nothing but a slope: scale from just below the least value.
+    v_min = 0
+    if metric == "RSS (MiB)":
+        v_min = int(min(v for points in processes.values() for _, v in points) * 0.9)
+    span = (v_max - v_min) or 1
+    svg.append(f'<text x="{margin}" y="{top - 5}" font-size="13">{metric} ({v_min:.0f} to {v_max:.0f})</text>')
     svg.append(f'<rect x="{margin}" y="{top}" width="{width - 2 * margin - 120}" height="{panel}" '
                'fill="none" stroke="#999"/>')
     plot_w = width - 2 * margin - 120
     for j, (process, points) in enumerate(sorted(processes.items())):
         color = colors[j % len(colors)]
-        path = " ".join(f"{margin + plot_w * t / t_max:.1f},{top + panel - panel * v / v_max:.1f}"
+        path = " ".join(f"{margin + plot_w * t / t_max:.1f},{top + panel - panel * (v - v_min) / span:.1f}"
                         for t, v in sorted(set(points)))
         svg.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{path}"/>')
         svg.append(f'<text x="{width - margin - 110}" y="{top + 12 + 13 * j}" fill="{color}">{process}</text>')

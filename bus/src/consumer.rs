@@ -47,21 +47,35 @@ pub struct ConsumerLoop {
     pub retry_after: Duration,
 }
 
-/// Event ids handled recently, to skip redeliveries (bounded).
+/// Event ids handled recently, to skip redeliveries (bounded). Ids are
+/// kept as 128-bit UUIDs (every event id is one), not strings: a set of
+/// strings cost about 150 bytes an id, and a soak showed consumers'
+/// memory growing with it until the bound.
 struct Seen {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
+    ids: HashSet<u128>,
+    order: VecDeque<u128>,
     capacity: usize,
 }
 
 impl Seen {
+    /// Enough to cover redeliveries within `retry_after` at thousands of
+    /// events a second; handlers are idempotent beyond it.
+    const CAPACITY: usize = 32_768;
+
+    fn key(id: &str) -> Option<u128> {
+        uuid::Uuid::try_parse(id).ok().map(|id| id.as_u128())
+    }
+
     fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        Self::key(id).is_some_and(|key| self.ids.contains(&key))
     }
 
     fn insert(&mut self, id: &str) {
-        if self.ids.insert(id.to_owned()) {
-            self.order.push_back(id.to_owned());
+        let Some(key) = Self::key(id) else {
+            return;
+        };
+        if self.ids.insert(key) {
+            self.order.push_back(key);
             if self.order.len() > self.capacity
                 && let Some(oldest) = self.order.pop_front()
             {
@@ -93,9 +107,9 @@ impl ConsumerLoop {
         F: Future<Output = anyhow::Result<()>> + Send,
     {
         let mut seen = Seen {
-            ids: HashSet::new(),
-            order: VecDeque::new(),
-            capacity: 100_000,
+            ids: HashSet::with_capacity(Seen::CAPACITY + 1),
+            order: VecDeque::with_capacity(Seen::CAPACITY + 1),
+            capacity: Seen::CAPACITY,
         };
         let mut failures = 0u32;
         // Looking for stale deliveries and reporting the lag each cost the

@@ -11,7 +11,7 @@
 //! id, retried until acknowledged), and 200 Subscribe streams that resume
 //! by (epoch, offset).
 //! Faults, in turn: SIGKILL one replica of each service (then start it
-//! again), stop Redis for 10 s, SIGKILL the gateway and start it again.
+//! again), stop Redis for 30 s, SIGKILL the gateway and start it again.
 //!
 //! With `MUNITY_FAULTS_SOAK_SECS=N` (by hand, `scripts/soak-cluster.sh`) the
 //! same cluster and load run N seconds with no faults instead, and every
@@ -892,7 +892,9 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
             "{:>5.1} s  Redis stopped",
             started.elapsed().as_secs_f64()
         ));
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        // As long as the issue asks: long enough for the outbox backlog to
+        // grow well past a relay batch and for limits to run locally.
+        tokio::time::sleep(Duration::from_secs(30)).await;
         redis_server = Some(redis(redis_port, dir.path()));
         timeline.push(format!(
             "{:>5.1} s  Redis started again",

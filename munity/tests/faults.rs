@@ -45,22 +45,6 @@ use munity_testkit::{Process, free_port};
 use prost::Message as _;
 use tonic::{Code, transport::Channel};
 
-/// A binary of another workspace package, built beside this test.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace's binaries first (cargo build --bins)",
-        bin.display()
-    );
-    bin
-}
-
 /// Where the servers the replicas share are.
 struct Shared {
     cql_nodes: String,
@@ -74,7 +58,7 @@ struct Shared {
 /// `address`.
 fn replica_command(section: &str, address: SocketAddr, shared: &Shared) -> Command {
     let upper = section.to_uppercase();
-    let mut command = Command::new(workspace_bin(&format!("{section}-svc")));
+    let mut command = Command::new(munity_testkit::workspace_bin(&format!("{section}-svc")));
     let key = |k: &str| format!("MUNITY_{upper}__{k}");
     command
         .env(key("LISTEN"), address.to_string())
@@ -533,7 +517,7 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
     .unwrap();
     let start_gateway = || {
         Process::new(
-            Command::new(workspace_bin("munity-gateway"))
+            Command::new(munity_testkit::workspace_bin("munity-gateway"))
                 .arg("--config")
                 .arg(&config)
                 .env("RUST_LOG", "error")

@@ -26,7 +26,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         Arc, Mutex,
@@ -972,8 +972,8 @@ async fn writes_and_notifications_survive_killed_replicas_and_a_redis_outage() {
             .query(deadline(
                 warehouse::QueryRequest {
                     source: "faults".to_owned(),
-                    from: Some(from.clone()),
-                    to: Some(to.clone()),
+                    from: Some(from),
+                    to: Some(to),
                     page_size: 1000,
                     page_token: page_token.clone(),
                     ..Default::default()

@@ -81,13 +81,15 @@ fn replica_command(section: &str, address: SocketAddr, shared: &Shared) -> Comma
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        let ttl = (seconds + 600).to_string();
+        // Checking every acknowledged write afterwards takes minutes too
+        // (one read each; a 30-minute soak writes ~180,000): an hour more.
+        let ttl = (seconds + 3600).to_string();
         command
             .env("MUNITY_USERS__TOKENS__ACCESS_TTL_SECS", &ttl)
             .env("MUNITY_USERS__SERVICE_TOKEN_TTL_SECS", &ttl)
             .env(
                 "MUNITY_AUTH__REVOCATION_REPLAY_SECS",
-                (seconds + 1200).to_string(),
+                (seconds + 4200).to_string(),
             );
     }
     match section {

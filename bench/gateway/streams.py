@@ -343,7 +343,7 @@ def write_summary(path, clk_tck, runs, failed):
     pg, pn = per_cpu_s(g), per_cpu_s(n)
     ratio = pg / pn if pg and pn else None
     summary.ratio_row(path, "streams: messages per proxy CPU-second, gateway vs nginx", ">= 2.5x",
-                      ratio, f"{pg or 0:,.0f} vs {pn or 0:,.0f} messages per CPU-second{note}",
+                      ratio, f"{pg or 0:,.0f} vs {pn or 0:,.0f} messages/CPU-s{note}",
                       valid=not failed)
     mg, mn = rss_per_stream_kib(g), rss_per_stream_kib(n)
     summary.ratio_row(path, "memory per open stream, gateway vs nginx", "<= 1.0x",

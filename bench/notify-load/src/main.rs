@@ -1086,9 +1086,7 @@ fn write_summary(
                     &format!("notify p99 at {} streams, direct", thousands(r.streams)),
                     &format!("<= {} ms", args.p99_target_ms),
                     &measured,
-                    problems.is_empty()
-                        && r.latency_samples > 0
-                        && r.p99_ms <= args.p99_target_ms,
+                    problems.is_empty() && r.latency_samples > 0 && r.p99_ms <= args.p99_target_ms,
                 )?;
             }
             "c" => {

@@ -17,16 +17,18 @@
 #   discuss    bench/discuss/run.sh: CreatePost and React vs GetMe, feed
 #              page p99
 #
-# Usage: bench/all.sh [--quick] [--profile release] [--keep]
+# Usage: bench/all.sh [--quick] [--profile release] [--keep] [--no-build]
 #          [--only gateway,streams,notify,events,warehouse,discuss]
 #   --quick: short settings (one round, short durations; notify keeps its
-#   10,000-stream case but skips case d), about 15 minutes on 2 cores after
+#   10,000-stream case but skips case d), about 5 minutes on 2 cores after
 #   the build. Without it each bench runs in its own full default mode
 #   (the gateway at -c 4 and 32, which its targets need).
 #   --profile: the cargo profile every bench builds and runs (default
 #   release; dev builds fast, for trying the plumbing, not for figures).
 #   --only: the benches to run (comma-separated; default all of them).
 #   --keep: keep this run's work dir and every bench's.
+#   --no-build: use the binaries already built (when someone else's build
+#   holds the target dir's lock, say).
 # Builds once, before any bench: `cargo build --locked --profile P` of every
 # package, bin and example the chosen benches need, into $CARGO_TARGET_DIR
 # (default ~/.cache/munity-target, every bench script's default too); then
@@ -42,6 +44,7 @@ PROFILE=release
 ALL_BENCHES=(gateway streams notify events warehouse discuss)
 ONLY=$(IFS=,; echo "${ALL_BENCHES[*]}")
 KEEP=0
+BUILD=1
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -51,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --profile) PROFILE="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --no-build) BUILD=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "all.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -195,7 +199,7 @@ started=$SECONDS
 log "$( ((QUICK)) && echo quick || echo full) run of ${CHOSEN[*]}; profile $PROFILE; work dir $TMP"
 
 if chosen gateway || chosen streams; then ensure_nginx; fi
-build
+if [[ $BUILD -eq 1 ]]; then build; else log "--no-build: the binaries already in $CARGO_TARGET_DIR"; fi
 if chosen events || chosen warehouse; then ensure_cassandra; fi
 
 FAILED=()
@@ -219,7 +223,7 @@ for bench in "${ALL_BENCHES[@]}"; do
 done
 
 echo
-echo "Munity benchmarks: bench/all.sh$( ((QUICK)) && echo " --quick"), $PROFILE profile, $(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - started)) s"
+echo "Munity benchmarks: bench/all.sh$( ((QUICK)) && echo " --quick")$( ((BUILD)) || echo " --no-build"), $PROFILE profile, $(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - started)) s"
 if ((${#FAILED[@]})); then
   echo "FAILED: ${FAILED[*]} (logs in $TMP)"
 fi

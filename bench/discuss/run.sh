@@ -21,7 +21,10 @@
 #
 # Usage: bench/discuss/run.sh [--profile release] [--no-build] [--rounds 2]
 #          [--duration 5s] [--warmup 2s] [--concurrency 4,32] [--posts 1000]
-#          [--threads 1] [--keep]
+#          [--threads 1] [--keep] [--summary FILE]
+#   --summary FILE: append a line per target of issue 24 this run measured
+#   (at -c 32) to FILE, in bench/summary.py's format (bench/all.sh reads it).
+#   Binaries come from $CARGO_TARGET_DIR (default ~/.cache/munity-target).
 set -euo pipefail
 
 PROFILE=release
@@ -33,6 +36,7 @@ CONCURRENCY=4,32
 POSTS=1000
 THREADS=1
 KEEP=0
+SUMMARY=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -47,6 +51,7 @@ while [[ $# -gt 0 ]]; do
     --posts) POSTS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --summary) SUMMARY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -60,6 +65,8 @@ done
 for n in "$ROUNDS" "$THREADS" "$POSTS"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
+[[ -z "$SUMMARY" || "$SUMMARY" == /* ]] || SUMMARY="$PWD/$SUMMARY"
+SUMMARY_ARGS=(); [[ -z "$SUMMARY" ]] || SUMMARY_ARGS=(--summary "$SUMMARY")
 IFS=, read -r -a CONCURRENCIES <<<"$CONCURRENCY"
 CALLS=(GetMe CreatePost React ListPosts)
 
@@ -259,7 +266,7 @@ kill -0 "$PID" 2>/dev/null || log "WARNING: munity dev died during the run"
 echo
 echo "Munity discuss-svc benchmark through munity-gateway (munity dev, embedded storage): ghz -c $CONCURRENCY --connections 1 -z $DURATION x $ROUNDS round(s); $PROFILE binaries; gateway threads $THREADS; $(nproc) CPUs"
 report_status=0
-python3 "$HERE/report.py" "$rounds_tsv" || report_status=$?
+python3 "$HERE/report.py" "$rounds_tsv" "${SUMMARY_ARGS[@]}" || report_status=$?
 if [[ $report_status -ne 0 ]]; then
   KEEP=1
   log "some calls failed; ghz JSON kept in $TMP/results"

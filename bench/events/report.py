@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarises bench/events/run.sh results.
 
-Usage: report.py ROUNDS_TSV CLK_TCK [VOTES_TSV]
+Usage: report.py ROUNDS_TSV CLK_TCK [VOTES_TSV] [--summary FILE]
        report.py --brief GHZ_JSON      (one line about one ghz run)
        report.py --vote-events OUT.json|- LIST_EVENTS_PAGE.json...
 
@@ -15,7 +15,9 @@ and its store is in-process).
 
 Prints one line per run, every non-OK status / error ghz saw, then the
 table: medians over rounds per (backend, call, concurrency). Exits 1 when
-any call failed.
+any call failed. --summary appends issue 24's targets this run measured
+(calls/s against GetMe's on the same backend and concurrency, TARGETS
+below) to FILE, in bench/summary.py's format.
 
 VOTES_TSV has one line per Vote ghz run:
     backend  warmup|measured  pairs  ghz_json
@@ -35,13 +37,26 @@ events), and prints "EVENTS PAIRS VOTES" (VOTES: the vote counts summed).
 """
 
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
+import summary  # noqa: E402  (bench/summary.py)
+
 BACKENDS = ["embedded", "cql"]
 CALLS = ["GetMe", "CreateEvent", "Vote"]
 CPU_KEYS = ["gw", "svc", "users", "events", "store"]
+# Issue 24's targets: (backend, call, concurrency, goal of calls/s against
+# GetMe's, figure).
+TARGETS = [
+    ("embedded", "Vote", 4, ">= 0.5x", "events Vote vs GetMe, embedded, -c 4"),
+    ("embedded", "Vote", 32, ">= 0.5x", "events Vote vs GetMe, embedded, -c 32"),
+    ("embedded", "CreateEvent", 32, ">= 0.5x", "events CreateEvent vs GetMe, embedded, -c 32"),
+    ("cql", "Vote", 32, ">= 0.3x", "events Vote vs GetMe on Cassandra, -c 32"),
+]
 
 
 def percentile_ms(ghz, pct):
@@ -67,8 +82,8 @@ def load(path):
         return json.load(f)
 
 
-def main():
-    tsv, clk_tck = sys.argv[1], int(sys.argv[2])
+def main(args, summary_path):
+    tsv, clk_tck = args[0], int(args[1])
     runs = defaultdict(list)  # (backend, call, c) -> [row]
     problems = []
     with open(tsv) as f:
@@ -141,19 +156,36 @@ def main():
           "Cassandra + Redis)")
     print(f"{'backend':<8} {'call':<11} {'-c':>3} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'errors':>6} {'gw CPU':>7} {'svc CPU':>7} {'users':>7} {'events':>7} {'store':>7}")
+    medians = {}
     for key in keys:
         rows = runs[key]
         m = {k: median([r[k] for r in rows]) for k in ["rps", "p50", "p99", *CPU_KEYS]}
         errors = sum(r["errors"] for r in rows)
+        medians[key] = (m["rps"], errors)
         print(f"{key[0]:<8} {key[1]:<11} {key[2]:>3} {fmt(m['rps']):>7} "
               f"{fmt(m['p50'], '{:.2f}'):>7} {fmt(m['p99'], '{:.2f}'):>7} {errors:>6} "
               f"{fmt(m['gw'], '{:.3f}'):>7} {fmt(m['svc'], '{:.3f}'):>7} "
               f"{fmt(m['users'], '{:.3f}'):>7} {fmt(m['events'], '{:.3f}'):>7} "
               f"{fmt(m['store'], '{:.3f}'):>7}")
     failed = bool(problems)
-    if len(sys.argv) > 3:
-        failed |= votes(sys.argv[3])
+    if len(args) > 2:
+        failed |= votes(args[2])
+    if summary_path:
+        write_summary(summary_path, medians)
     return 1 if failed else 0
+
+
+def write_summary(path, medians):
+    """The targets this run measured: calls/s of the call against GetMe's."""
+    for backend, call, c, goal, figure in TARGETS:
+        if (backend, call, c) not in medians or (backend, "GetMe", c) not in medians:
+            continue
+        (rps, errors), (base, base_errors) = medians[(backend, call, c)], medians[(backend, "GetMe", c)]
+        ratio = rps / base if rps and base else None
+        note = f"; {errors + base_errors} calls failed" if errors + base_errors else ""
+        summary.ratio_row(path, figure, goal, ratio,
+                          f"{fmt(rps, '{:,.0f}')} vs {fmt(base, '{:,.0f}')} calls/s{note}",
+                          valid=not note)
 
 
 def votes(path):
@@ -242,4 +274,10 @@ if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--vote-events":
         vote_events(sys.argv[2], sys.argv[3:])
         sys.exit(0)
-    sys.exit(main())
+    args = sys.argv[1:]
+    summary_path = None
+    if "--summary" in args:
+        i = args.index("--summary")
+        summary_path = args[i + 1]
+        del args[i:i + 2]
+    sys.exit(main(args, summary_path))

@@ -22,11 +22,15 @@
 #
 # Usage: bench/events/run.sh [--profile release] [--no-build] [--rounds 2]
 #          [--duration 5s] [--warmup 2s] [--concurrency 4,32]
-#          [--backends embedded,cql] [--threads 1] [--keep]
+#          [--backends embedded,cql] [--threads 1] [--keep] [--summary FILE]
 #   --profile: cargo profile to build and run (dev: fast to build, for
-#   trying the script out; not for figures).
+#   trying the script out; not for figures). Binaries come from
+#   $CARGO_TARGET_DIR (default ~/.cache/munity-target).
 #   --threads: gateway worker threads (both backends).
 #   --keep: keep the work dir (logs, configs, ghz JSON).
+#   --summary FILE: append a line per target of issue 24 this run measured
+#   (Vote and CreateEvent calls/s against GetMe's) to FILE, in
+#   bench/summary.py's format (bench/all.sh reads it).
 set -euo pipefail
 
 PROFILE=release
@@ -38,6 +42,7 @@ CONCURRENCY=4,32
 BACKENDS=embedded,cql
 THREADS=1
 KEEP=0
+SUMMARY=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -52,6 +57,7 @@ while [[ $# -gt 0 ]]; do
     --backends) BACKENDS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --summary) SUMMARY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -67,6 +73,8 @@ done
 for n in "$ROUNDS" "$THREADS"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
+[[ -z "$SUMMARY" || "$SUMMARY" == /* ]] || SUMMARY="$PWD/$SUMMARY"
+SUMMARY_ARGS=(); [[ -z "$SUMMARY" ]] || SUMMARY_ARGS=(--summary "$SUMMARY")
 IFS=, read -r -a CONCURRENCIES <<<"$CONCURRENCY"
 IFS=, read -r -a BACKEND_LIST <<<"$BACKENDS"
 CALLS=(GetMe CreateEvent Vote)
@@ -663,7 +671,7 @@ echo "$(nproc) CPUs; ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '
 has_backend embedded && echo "embedded: munity dev (one process; gateway = its Pingora threads, services = the rest; redb stores)"
 has_backend cql && echo "cql: users-svc + events-svc on Cassandra $CQL_NODE, Redis event log; store CPU = Cassandra + Redis processes (shared: anything else using them counts too)"
 report_status=0
-python3 "$HERE/report.py" "$rounds_tsv" "$CLK_TCK" "$votes_tsv" || report_status=$?
+python3 "$HERE/report.py" "$rounds_tsv" "$CLK_TCK" "$votes_tsv" "${SUMMARY_ARGS[@]}" || report_status=$?
 if [[ $report_status -ne 0 ]]; then
   KEEP=1
   log "some calls failed, or the stored votes disagree with the Vote calls; ghz JSON kept in $TMP/results"

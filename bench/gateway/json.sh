@@ -40,11 +40,10 @@ done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
-TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-target}"
 case "$PROFILE" in dev|test) PROFILE_DIR=debug ;; bench) PROFILE_DIR=release ;; *) PROFILE_DIR="$PROFILE" ;; esac
 USERS_BIN="$TARGET_DIR/$PROFILE_DIR/users-svc"
 GATEWAY_BIN="$TARGET_DIR/$PROFILE_DIR/munity-gateway"
-PROTO_ARGS=(--import-paths "$REPO/proto" --proto "$REPO/proto/munity/users/v1/users.proto")
 
 # log, die, free_ports, wait_for_line
 source "$HERE/../lib.sh"
@@ -54,7 +53,7 @@ command -v hey >/dev/null || { log "installing hey"; GOBIN="$HOME/go/bin" go ins
 
 if [[ $BUILD -eq 1 ]]; then
   log "building $PROFILE binaries into $TARGET_DIR"
-  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p users-svc -p munity-gateway --bins)
+  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --locked --profile "$PROFILE" -p users-svc -p munity-gateway --bins)
 fi
 [[ -x "$USERS_BIN" && -x "$GATEWAY_BIN" ]] || die "missing binaries in $TARGET_DIR/$PROFILE_DIR (run without --no-build)"
 
@@ -72,6 +71,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ghz's own proto parser refuses proto3 files that use the options proto,
+# so it reads a descriptor set that grpcurl compiles (as in run.sh).
+(cd "$REPO/proto" && grpcurl -import-path . -proto munity/users/v1/users.proto \
+    -protoset-out "$TMP/users.protoset" describe >/dev/null) \
+  || die "grpcurl could not compile the protos into $TMP/users.protoset"
+PROTO_ARGS=(--protoset "$TMP/users.protoset")
 
 ticks() {  # ticks PID: utime + stime in clock ticks
   local stat; stat=$(cat "/proc/$1/stat"); stat=${stat##*) }

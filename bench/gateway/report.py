@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarises bench/gateway/run.sh results.
 
-Usage: report.py RESULTS_DIR CLK_TCK
+Usage: report.py RESULTS_DIR CLK_TCK [--summary FILE]
        report.py --brief GHZ_JSON      (one line about one ghz run)
        report.py --sweep DIR [DIR...]  (one line per concurrency, from each DIR's summary.json)
 
@@ -9,13 +9,28 @@ RESULTS_DIR/rounds.tsv has one line per measured ghz run:
     round  target  ghz_json  proxy_cpu_ticks  users_cpu_ticks
 (target is direct, gateway or nginx; proxy ticks are "-" for direct).
 Prints one line per run, every non-OK status / error ghz saw, then a summary
-table of medians over rounds and the gateway-vs-nginx ratios.
+table of medians over rounds and the gateway-vs-nginx ratios. With
+--summary, appends the issue's targets measured at this concurrency (-c 4:
+CPU per call; -c 32: CPU per call and throughput, gateway vs nginx) to FILE
+(bench/summary.py's format).
 """
 
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
+import summary  # noqa: E402  (bench/summary.py)
+
+# Targets per concurrency (issue 24, item 1): (what, goal), what being the
+# proxy CPU per call or the throughput, gateway / nginx.
+TARGETS_AT = {
+    4: [("cpu", "<= 1.2x")],
+    32: [("cpu", "<= 1.0x"), ("rps", ">= 1.0x")],
+}
 
 TARGETS = ["direct", "gateway", "nginx"]
 LABELS = {
@@ -49,8 +64,7 @@ def ratio(a, b):
     return a / b
 
 
-def main():
-    results_dir, clk_tck = sys.argv[1], int(sys.argv[2])
+def main(results_dir, clk_tck, summary_path=None):
     runs = defaultdict(list)  # target -> [row]
     problems = []
     with open(f"{results_dir}/rounds.tsv") as f:
@@ -144,6 +158,7 @@ def main():
     print(f"  added p99 over direct, nginx:    {fmt(add(n['p99'], d['p99']), '{:+.0f}')} us")
     with open(f"{results_dir}/summary.json", "w") as f:
         json.dump({"concurrency": concurrency_of(results_dir), "median": med}, f)
+    write_summary(summary_path, concurrency_of(results_dir), g, n, valid=not problems)
     if d["p50"] is not None and all(
         m["p50"] is not None and d["p50"] > m["p50"] for m in (g, n)
     ):
@@ -154,6 +169,26 @@ def main():
         print("  (tonic ignores Server::tcp_nodelay with serve_with_incoming*; GrpcHost sets it on")
         print("  its TcpIncoming in platform/src/server.rs).")
     return 1 if problems else 0
+
+
+def write_summary(path, concurrency, g, n, valid):
+    """The targets measured at this concurrency, one summary line each
+    (valid=False: some calls failed, so no target counts as met)."""
+    if not path:
+        return
+    note = "" if valid else "; some calls failed"
+    # proxy CPU is in seconds per 100k calls: x 10 = us per call
+    us = lambda m: fmt(m["proxy_cpu"] and m["proxy_cpu"] * 10, "{:.1f}")  # noqa: E731
+    for what, goal in TARGETS_AT.get(concurrency, []):
+        if what == "cpu":
+            summary.ratio_row(path, f"gateway CPU per call vs nginx, -c {concurrency}", goal,
+                              ratio(g["proxy_cpu"], n["proxy_cpu"]),
+                              f"{us(g)} vs {us(n)} us/call{note}", valid)
+        else:
+            summary.ratio_row(path, f"gateway throughput vs nginx, -c {concurrency}", goal,
+                              ratio(g["rps"], n["rps"]),
+                              f"{fmt(g['rps'], '{:,.0f}')} vs {fmt(n['rps'], '{:,.0f}')} req/s{note}",
+                              valid)
 
 
 def concurrency_of(results_dir):
@@ -196,4 +231,10 @@ if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--sweep":
         sweep(sys.argv[2:])
         sys.exit(0)
-    sys.exit(main())
+    args = sys.argv[1:]
+    summary_path = None
+    if "--summary" in args:
+        i = args.index("--summary")
+        summary_path = args[i + 1]
+        del args[i:i + 2]
+    sys.exit(main(args[0], int(args[1]), summary_path))

@@ -9,10 +9,11 @@
 #
 # Usage: bench/gateway/run.sh [--threads N] [--concurrency C] [--rounds R]
 #          [--duration 5s] [--warmup 2s] [--connections K] [--no-build]
-#          [--profile release-lto] [--keep] [--perf]
+#          [--profile release-lto] [--keep] [--perf] [--summary FILE]
 #        bench/gateway/run.sh --streams [--streams-count 1000]
 #          [--streams-hold 10] [--streams-rate 10] [--connections 10]
 #          [--threads N] [--no-build] [--profile release-lto] [--keep]
+#          [--summary FILE]
 #   --concurrency may be a list (4,32): each value is measured in turn with
 #   the same processes, then a one-line-per-value table is printed.
 #   --profile: the cargo profile to build and run (dev, release, ...);
@@ -22,6 +23,11 @@
 #   the gateway, then nginx; the ticker sends --streams-rate messages/s on
 #   each. Prints open streams, messages/s, proxy CPU per message, RSS/HWM
 #   before, during and after, and RSS per stream.
+#   --summary FILE: append a line per target of issue 24 this run measured
+#   (gateway vs nginx: CPU per call at -c 4 and -c 32, throughput at -c 32;
+#   with --streams, messages per proxy CPU-second and memory per stream)
+#   to FILE, in bench/summary.py's format (bench/all.sh reads it).
+#   Binaries come from $CARGO_TARGET_DIR (default ~/.cache/munity-target).
 set -euo pipefail
 
 THREADS=1         # nginx worker_processes == gateway threads
@@ -38,12 +44,13 @@ STREAMS_OPEN_TIMEOUT=20  # seconds to wait for every stream's first message
 STREAMS_RATE=10   # status flips per second at the ticker = messages/s per stream
 KEEP=0
 PERF=0            # --perf: perf-record the proxies during round 1
+SUMMARY=""        # --summary FILE
 # The release-lto profile (Cargo.toml): what a deployment image would ship,
 # and what the figures in README.md were measured with. dev or release build
 # much faster, for trying the script out.
 PROFILE=release-lto
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -62,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --streams-hold) STREAMS_HOLD="$2"; shift 2 ;;
     --streams-open-timeout) STREAMS_OPEN_TIMEOUT="$2"; shift 2 ;;
     --streams-rate) STREAMS_RATE="$2"; shift 2 ;;
+    --summary) SUMMARY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -81,7 +89,9 @@ done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 export PATH="$HOME/go/bin:/usr/local/go/bin:$PATH"
-TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-target}"
+[[ -z "$SUMMARY" || "$SUMMARY" == /* ]] || SUMMARY="$PWD/$SUMMARY"
+SUMMARY_ARGS=(); [[ -z "$SUMMARY" ]] || SUMMARY_ARGS=(--summary "$SUMMARY")
 # cargo puts the dev and test profiles under target/debug, bench under
 # target/release, every other profile under its own name.
 case "$PROFILE" in
@@ -92,7 +102,7 @@ esac
 USERS_BIN="${USERS_BIN:-$TARGET_DIR/$PROFILE_DIR/users-svc}"
 GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/$PROFILE_DIR/munity-gateway}"
 TICKER_BIN="${TICKER_BIN:-$TARGET_DIR/$PROFILE_DIR/examples/health_ticker}"
-PROTO_ARGS=(--import-paths "$REPO/proto" --proto "$REPO/proto/munity/users/v1/users.proto")
+PROTO_ARGS=()     # ghz's: a descriptor set, made once the work dir exists
 GRPCURL_PROTO=(-import-path "$REPO/proto" -proto munity/users/v1/users.proto)
 
 # log, die, free_ports, wait_for_file, wait_for_line
@@ -221,7 +231,7 @@ ensure_tools
 
 if [[ $BUILD -eq 1 ]]; then
   log "building $PROFILE binaries into $TARGET_DIR"
-  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p users-svc -p munity-gateway --bins --example health_ticker)
+  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --locked --profile "$PROFILE" -p users-svc -p munity-gateway --bins --example health_ticker)
 fi
 [[ -x "$USERS_BIN" ]] || die "missing $USERS_BIN (run without --no-build)"
 [[ -x "$GATEWAY_BIN" ]] || die "missing $GATEWAY_BIN (run without --no-build)"
@@ -230,6 +240,12 @@ fi
 TMP="$(mktemp -d /tmp/munity-bench-gateway.XXXXXX)"
 chmod 755 "$TMP"
 mkdir -p "$TMP/users-data" "$TMP/nginx/tmp" "$TMP/results"
+# ghz's own proto parser refuses proto3 files that use the options proto
+# (munity/options/v1/options.proto), so it reads a descriptor set that
+# grpcurl compiles from the protos (as bench/events and bench/discuss do).
+(cd "$REPO/proto" && grpcurl "${GRPCURL_PROTO[@]}" -protoset-out "$TMP/users.protoset" describe >/dev/null) \
+  || die "grpcurl could not compile the protos into $TMP/users.protoset"
+PROTO_ARGS=(--protoset "$TMP/users.protoset")
 if [[ $MODE == streams ]]; then
   # The streams client needs grpcio: a venv in the work dir (pip's own cache
   # makes later runs quick); nothing is installed into the repo or system.
@@ -356,7 +372,8 @@ if [[ $MODE == streams ]]; then
   echo "memory: VmRSS/VmHWM of the gateway process, or nginx master + workers summed; 'all open' = max over samples every 0.5 s while held; RSS per stream = (all open max - before) / open streams"
   report_status=0
   python3 "$HERE/streams.py" report "$CLK_TCK" \
-    "$TMP/results/streams_gateway.json" "$TMP/results/streams_nginx.json" || report_status=$?
+    "$TMP/results/streams_gateway.json" "$TMP/results/streams_nginx.json" "${SUMMARY_ARGS[@]}" \
+    || report_status=$?
   if [[ $report_status -ne 0 ]]; then
     KEEP=1
     log "some streams failed or did not open; results kept in $TMP/results"
@@ -408,7 +425,7 @@ for CONCURRENCY in "${CONCURRENCIES[@]}"; do
   echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds; $PROFILE binaries"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
   echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
-  python3 "$HERE/report.py" "$results" "$CLK_TCK" || report_status=$?
+  python3 "$HERE/report.py" "$results" "$CLK_TCK" "${SUMMARY_ARGS[@]}" || report_status=$?
 done
 if ((${#sweep_dirs[@]} > 1)); then
   python3 "$HERE/report.py" --sweep "${sweep_dirs[@]}"

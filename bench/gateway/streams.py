@@ -21,10 +21,12 @@
       messages received while all streams are held. Needs
       grpcio (installed by run.sh into a venv in its work dir).
 
-  streams.py report CLK_TCK FILE.json [FILE.json ...]
+  streams.py report CLK_TCK FILE.json [FILE.json ...] [--summary FILE]
       Prints the figures of one or more runs side by side (standard library
       only). Exit status 1 if any stream failed to open or ended with an
-      error.
+      error. --summary appends the issue's two stream targets, gateway vs
+      nginx (runs labelled so): messages per proxy CPU-second (>= 2.5x) and
+      memory per open stream (<= 1.0x), in bench/summary.py's format.
 """
 
 import argparse
@@ -34,6 +36,10 @@ import json
 import os
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.dont_write_bytecode = True  # no __pycache__ in the repo
+import summary  # noqa: E402  (bench/summary.py)
 
 # grpc.health.v1.Health/Watch under the name the health_ticker also serves
 # it as (the gateway answers grpc.health.v1.Health itself, unproxied).
@@ -314,7 +320,38 @@ def mib(kib):
     return f"{kib / 1024:.1f}"
 
 
-def report(clk_tck, files):
+def hold_cpu_s(r, clk_tck):
+    return (r["hold_end"]["ticks"] - r["hold_start"]["ticks"]) / clk_tck
+
+
+def rss_per_stream_kib(r):
+    return (r["during_rss_max_kib"] - r["before"]["rss_kib"]) / max(1, r["open_at_hold_start"])
+
+
+def write_summary(path, clk_tck, runs, failed):
+    """Gateway vs nginx: messages per proxy CPU-second and memory per stream."""
+    by = {r["label"]: r for r in runs}
+    g, n = by.get("gateway"), by.get("nginx")
+    if g is None or n is None:
+        return
+    note = "; some streams failed" if failed else ""
+
+    def per_cpu_s(r):
+        cpu = hold_cpu_s(r, clk_tck)
+        return r["hold_messages"] / cpu if cpu > 0 and r["hold_messages"] else None
+
+    pg, pn = per_cpu_s(g), per_cpu_s(n)
+    ratio = pg / pn if pg and pn else None
+    summary.ratio_row(path, "streams: messages per proxy CPU-second, gateway vs nginx", ">= 2.5x",
+                      ratio, f"{pg or 0:,.0f} vs {pn or 0:,.0f} messages/CPU-s{note}",
+                      valid=not failed)
+    mg, mn = rss_per_stream_kib(g), rss_per_stream_kib(n)
+    summary.ratio_row(path, "memory per open stream, gateway vs nginx", "<= 1.0x",
+                      mg / mn if mn > 0 else None, f"{mg:.1f} vs {mn:.1f} KiB{note}",
+                      valid=not failed)
+
+
+def report(clk_tck, files, summary_path=None):
     runs = [json.load(open(p)) for p in files]
     labels = [r["label"] for r in runs]
     rows = []
@@ -330,14 +367,14 @@ def report(clk_tck, files):
     row("messages/s over the run", lambda r: f"{r['messages'] / r['run_s']:.1f} ({r['run_s']:.1f} s)")
     row("messages/s offered while held", lambda r: f"{r['offered_per_stream'] * r['open_at_hold_start']:.0f}" if r.get("offered_per_stream") else "-")
     row("messages/s received while held", lambda r: f"{r['hold_messages'] / r['hold_measured_s']:.0f}")
-    row("proxy CPU s per 100k messages", lambda r: f"{(r['hold_end']['ticks'] - r['hold_start']['ticks']) / clk_tck / max(1, r['hold_messages']) * 1e5:.2f}" if r["hold_messages"] else "-")
+    row("proxy CPU s per 100k messages", lambda r: f"{hold_cpu_s(r, clk_tck) / max(1, r['hold_messages']) * 1e5:.2f}" if r["hold_messages"] else "-")
     row("RSS before (MiB)", lambda r: mib(r["before"]["rss_kib"]))
     row("RSS all open, max (MiB)", lambda r: mib(r["during_rss_max_kib"]))
     row("RSS after close (MiB)", lambda r: mib(r["after"]["rss_kib"]))
     row("HWM before (MiB)", lambda r: mib(r["before"]["hwm_kib"]))
     row("HWM all open, max (MiB)", lambda r: mib(r["during_hwm_max_kib"]))
     row("HWM after close (MiB)", lambda r: mib(r["after"]["hwm_kib"]))
-    row("RSS per open stream (KiB)", lambda r: f"{(r['during_rss_max_kib'] - r['before']['rss_kib']) / max(1, r['open_at_hold_start']):.1f}")
+    row("RSS per open stream (KiB)", lambda r: f"{rss_per_stream_kib(r):.1f}")
     row("CPU s during hold", lambda r: f"{(r['hold_end']['ticks'] - r['hold_start']['ticks']) / clk_tck:.2f} ({r['hold_measured_s']:.1f} s)")
     row("CPU s opening streams", lambda r: f"{(r['hold_start']['ticks'] - r['before']['ticks']) / clk_tck:.2f}")
     row("CPU s closing streams", lambda r: f"{(r['after']['ticks'] - r['hold_end']['ticks']) / clk_tck:.2f}")
@@ -366,6 +403,8 @@ def report(clk_tck, files):
         # The ticker upstream flips between SERVING and NOT_SERVING on purpose.
         if other and not r.get("offered_per_stream"):
             print(f"\n{r['label']}: non-SERVING statuses received: {other}")
+    if summary_path:
+        write_summary(summary_path, clk_tck, runs, failed)
     return 1 if failed else 0
 
 
@@ -394,11 +433,12 @@ def main():
     rep = sub.add_parser("report")
     rep.add_argument("clk_tck", type=int)
     rep.add_argument("files", nargs="+")
+    rep.add_argument("--summary", default="", help="append the two stream targets here (bench/summary.py)")
     args = p.parse_args()
     if args.cmd == "run":
         asyncio.run(run(args))
         return 0
-    return report(args.clk_tck, args.files)
+    return report(args.clk_tck, args.files, args.summary)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@
 #          [--rate 10] [--payload 100] [--duration 10]
 #          [--publishes-in-flight 0] [--server-threads 2] [--gateway-threads 1]
 #          [--client-threads N]
-#          [--perf] [--keep]
+#          [--perf] [--keep] [--summary FILE]
 #   --profile: cargo profile to build and run (dev: to try the script out,
-#   not for figures).
+#   not for figures). Binaries come from $CARGO_TARGET_DIR (default
+#   ~/.cache/munity-target).
 #   --publishes-in-flight: 0 (default): a Publish every 1/rate s whatever
 #   the earlier ones are doing (concurrent publishers); 1: one after the
 #   other.
@@ -45,6 +46,9 @@
 #   --perf: perf record notify-svc (call graphs) for the whole of case a
 #   (opening the streams, then publishing).
 #   --keep: keep the work dir (logs, configs, JSON results).
+#   --summary FILE: append a line per target of issue 24 this run measured
+#   (p99 of cases a and b with Publish's p99 beside, CPU per delivery of
+#   case c) to FILE, in bench/summary.py's format (bench/all.sh reads it).
 set -euo pipefail
 
 PROFILE=release
@@ -62,6 +66,7 @@ CLIENT_THREADS=""
 IN_FLIGHT=0
 PERF=0
 KEEP=0
+SUMMARY=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -82,6 +87,7 @@ while [[ $# -gt 0 ]]; do
     --publishes-in-flight) IN_FLIGHT="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --summary) SUMMARY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -94,6 +100,8 @@ for n in "$STREAMS_BIG" "$STREAMS_SMALL" "$CONNECTIONS" "$RATE" "$PAYLOAD" "$DUR
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
 IFS=, read -r -a CASE_LIST <<<"$CASES"
+[[ -z "$SUMMARY" || "$SUMMARY" == /* ]] || SUMMARY="$PWD/$SUMMARY"
+SUMMARY_ARGS=(); [[ -z "$SUMMARY" ]] || SUMMARY_ARGS=(--summary "$SUMMARY")
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -329,4 +337,4 @@ echo
 echo "Munity notify-svc streaming benchmark: one topic (user:<id>), $RATE notifications/s x $PAYLOAD B for $DURATION s, streams over $CONNECTIONS HTTP/2 connections; Publish straight to notify-svc, $( ((IN_FLIGHT == 0)) && echo "one call every 1/$RATE s however many are in flight" || echo "at most $IN_FLIGHT in flight")"
 echo "$PROFILE binaries; $(nproc) CPUs; notify-svc $SERVER_THREADS worker threads (embedded hub and inbox); gateway threads $GATEWAY_THREADS; client notify-load ${CLIENT_THREADS:-$(nproc)} threads in the same machine"
 echo "RSS/stream: notify-svc VmRSS (all streams subscribed - connections only) / streams; after load: (after publishing - connections only) / streams; 'ga': the gateway's RSS, not notify-svc's"
-"$LOAD_BIN" report "${RESULTS[@]}"
+"$LOAD_BIN" report "${SUMMARY_ARGS[@]}" "${RESULTS[@]}"

@@ -39,10 +39,10 @@
 #          [--streams 8] [--batch 1000] [--duration 10] [--record-bytes 200]
 #          [--cql-concurrency 64] [--queries 1000] [--settle 5]
 #          [--cql 127.0.0.1:9042] [--server-threads N] [--client-threads N]
-#          [--plain-first] [--perf] [--keep]
+#          [--plain-first] [--perf] [--keep] [--summary FILE]
 #   --profile: cargo profile to build and run (dev: to try the script out,
 #   not for figures). Binaries go to $CARGO_TARGET_DIR (default
-#   ~/.cache/munity-bench-target).
+#   ~/.cache/munity-target).
 #   --server-threads: warehouse-svc's tokio workers (default: one per core).
 #   --plain-first: in b, run the plain writers before warehouse-svc's
 #   ingest instead of after (to see whether the order matters).
@@ -50,6 +50,9 @@
 #   ingest (a, b); summaries in results/perf_<case>.data.txt (figures with
 #   --perf are lower: not for the table).
 #   --keep: keep the work dir (logs, configs, JSON results).
+#   --summary FILE: append a line per target of issue 24 this run measured
+#   (the two above) to FILE, in bench/summary.py's format (bench/all.sh
+#   reads it).
 set -euo pipefail
 
 PROFILE=release
@@ -68,6 +71,7 @@ CLIENT_THREADS=""
 PERF=0
 KEEP=0
 PLAIN_FIRST=0
+SUMMARY=""
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -89,6 +93,7 @@ while [[ $# -gt 0 ]]; do
     --perf) PERF=1; shift ;;
     --plain-first) PLAIN_FIRST=1; shift ;;
     --keep) KEEP=1; shift ;;
+    --summary) SUMMARY="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -102,10 +107,12 @@ for n in "$STREAMS" "$BATCH" "$DURATION" "$RECORD_BYTES" "$CQL_CONCURRENCY" "$QU
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: expected a positive integer, got '$n'" >&2; exit 2; }
 done
 has_case() { [[ ",$CASES," == *",$1,"* ]]; }
+[[ -z "$SUMMARY" || "$SUMMARY" == /* ]] || SUMMARY="$PWD/$SUMMARY"
+SUMMARY_ARGS=(); [[ -z "$SUMMARY" ]] || SUMMARY_ARGS=(--summary "$SUMMARY")
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-bench-target}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/munity-target}"
 case "$PROFILE" in
   dev|test) PROFILE_DIR=debug ;;
   bench) PROFILE_DIR=release ;;
@@ -339,4 +346,4 @@ if has_case b; then run_query cql "$B_ADDR"; fi
 echo
 echo "Munity warehouse-svc benchmark: IngestStream, $STREAMS streams x batches of $BATCH records of $RECORD_BYTES B (data + attributes) for $DURATION s, straight to warehouse-svc; Query pages of 1,000, one call at a time"
 echo "$PROFILE binaries; $(nproc) CPUs (client, services and Cassandra share them); warehouse-svc ${SERVER_THREADS:-$(nproc)} worker threads; CQL: $CQL, cql_write_concurrency $CQL_CONCURRENCY"
-"$LOAD_BIN" report "${RESULTS[@]}"
+"$LOAD_BIN" report "${SUMMARY_ARGS[@]}" "${RESULTS[@]}"

@@ -1,7 +1,8 @@
 //! What Munity's load clients (`bench/notify-load`, `bench/warehouse-load`)
 //! share: connecting, bearer tokens, the set-up at users-svc (an admin, a
 //! service account's token), waiting for a replica to be SERVING, a
-//! process's CPU time from /proc, latency histograms.
+//! process's CPU time from /proc, latency histograms, and the line a bench
+//! appends per target to `--summary FILE` (`bench/summary.py`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +50,33 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
 /// Latencies in microseconds: 1 µs .. 10 min, 3 significant figures.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Appends one target's line to the summary file `bench/all.sh` reads:
+/// `figure <TAB> goal <TAB> measured <TAB> met`, met being `yes` or `no`
+/// (the format `bench/summary.py` owns; the Python reports write it there).
+pub fn summary_row(
+    path: &std::path::Path,
+    figure: &str,
+    goal: &str,
+    measured: &str,
+    met: bool,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let cell = |s: &str| s.replace(['\t', '\n'], " ");
+    let line = format!(
+        "{}\t{}\t{}\t{}\n",
+        cell(figure),
+        cell(goal),
+        cell(measured),
+        if met { "yes" } else { "no" }
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .with_context(|| format!("cannot append to {}", path.display()))
 }
 
 /// A name part no earlier run used.

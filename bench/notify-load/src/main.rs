@@ -81,6 +81,14 @@ struct ReportArgs {
     /// Target: notify-svc's resident memory per stream at most this (KiB).
     #[arg(long, default_value_t = 16.0)]
     rss_target_kib: f64,
+    /// Target: CPU per delivery through the gateway (case c, the gateway
+    /// process's CPU while publishing / deliveries) at most this (µs).
+    #[arg(long, default_value_t = 5.0)]
+    cpu_target_us: f64,
+    /// Append a line per target of issue 24 to this file (bench/summary.py's
+    /// format): p99 of the direct cases a and b, CPU per delivery of case c.
+    #[arg(long)]
+    summary: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -935,6 +943,7 @@ fn print_run(r: &RunReport) {
 fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let files = &args.files;
     let mut verdicts = Vec::new();
+    let mut runs = Vec::new();
     println!(
         "{:<22} {:>7} {:>5} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>5} {:>12} {:>12}  Publish p50/p99 ms, CPU % server/client",
         "case",
@@ -1034,12 +1043,86 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
             ));
         }
         verdicts.push(format!("{:<22} {}", r.label, verdict.join("; ")));
+        runs.push((r, missed));
     }
     println!();
     for verdict in verdicts {
         println!("{verdict}");
     }
+    if let Some(path) = &args.summary {
+        write_summary(path, args, &runs)?;
+    }
     Ok(())
+}
+
+/// Issue 24's notify targets, one summary line each: publish-to-receive p99
+/// of the direct cases a (10,000 streams) and b (1,000), with Publish's own
+/// p99 beside, and CPU per delivery through the gateway (case c). A run
+/// that missed anything meets no target.
+fn write_summary(
+    path: &std::path::Path,
+    args: &ReportArgs,
+    runs: &[(RunReport, Vec<String>)],
+) -> anyhow::Result<()> {
+    for (r, problems) in runs {
+        let problems = if problems.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", problems.join(", "))
+        };
+        let case = r.label.split('_').next().unwrap_or_default();
+        match case {
+            "a" | "b" => {
+                let measured = if r.latency_samples > 0 {
+                    format!(
+                        "{:.1} ms (Publish p99 {:.1} ms{problems})",
+                        r.p99_ms, r.publish_p99_ms
+                    )
+                } else {
+                    format!("- (no deliveries{problems})")
+                };
+                bench_kit::summary_row(
+                    path,
+                    &format!("notify p99 at {} streams, direct", thousands(r.streams)),
+                    &format!("<= {} ms", args.p99_target_ms),
+                    &measured,
+                    problems.is_empty() && r.latency_samples > 0 && r.p99_ms <= args.p99_target_ms,
+                )?;
+            }
+            "c" => {
+                let us = r
+                    .server_cpu_percent
+                    .filter(|_| r.delivered_per_sec > 0.0)
+                    .map(|p| p / 100.0 * 1e6 / r.delivered_per_sec);
+                bench_kit::summary_row(
+                    path,
+                    "notify CPU per delivery through the gateway",
+                    &format!("<= {} us", args.cpu_target_us),
+                    &format!(
+                        "{} (the gateway's, {} streams{problems})",
+                        us.map_or("-".to_owned(), |us| format!("{us:.1} us")),
+                        thousands(r.streams)
+                    ),
+                    problems.is_empty() && us.is_some_and(|us| us <= args.cpu_target_us),
+                )?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// 10000 -> "10,000".
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 // -------------------------------------------------------------- set-up

@@ -243,6 +243,10 @@ struct ReportArgs {
     /// the plain writer.
     #[arg(long, default_value_t = 0.8)]
     ratio_target: f64,
+    /// Append a line per target of issue 24 to this file (bench/summary.py's
+    /// format): the two targets above.
+    #[arg(long)]
+    summary: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -978,18 +982,41 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
     println!();
     let verdict = |met: bool| if met { "MET" } else { "MISSED" };
     if let Some(embedded) = ingests.iter().find(|r| r.label == "embedded") {
+        let met = embedded.records_per_sec >= args.embedded_target;
         println!(
             "target: embedded ingest >= {} records/s: {} ({} records/s)",
             thousands(args.embedded_target),
-            verdict(embedded.records_per_sec >= args.embedded_target),
+            verdict(met),
             thousands(embedded.records_per_sec)
         );
+        if let Some(path) = &args.summary {
+            bench_kit::summary_row(
+                path,
+                "warehouse embedded ingest",
+                &format!(">= {} records/s", thousands(args.embedded_target)),
+                &format!("{} records/s", thousands(embedded.records_per_sec)),
+                met,
+            )?;
+        }
     }
     if let (Some(cql), Some(plain)) = (
         ingests.iter().find(|r| r.label == "cql"),
         plains.iter().find(|p| p.label == "plain"),
     ) {
         let ratio = cql.records_per_sec / plain.records_per_sec;
+        if let Some(path) = &args.summary {
+            bench_kit::summary_row(
+                path,
+                "warehouse on Cassandra vs a plain scylla-crate writer",
+                &format!(">= {:.1}x", args.ratio_target),
+                &format!(
+                    "{ratio:.2}x ({} vs {} records/s)",
+                    thousands(cql.records_per_sec),
+                    thousands(plain.records_per_sec)
+                ),
+                ratio >= args.ratio_target,
+            )?;
+        }
         println!(
             "target: CQL ingest through warehouse-svc >= {:.1}x the plain writer: {} ({} / {} records/s = {:.2}x)",
             args.ratio_target,

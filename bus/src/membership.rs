@@ -419,8 +419,8 @@ impl MembershipView for EmbeddedMemberships {
                         .map_err(internal)?
                     {
                         let (entry, _) = entry.map_err(internal)?;
-                        let user = Uuid::from_slice(&entry.value()[prefix.len()..])
-                            .map_err(internal)?;
+                        let user =
+                            Uuid::from_slice(&entry.value()[prefix.len()..]).map_err(internal)?;
                         let named = stored_name(&names, user)?
                             .is_some_and(|known| name_key(&known.name) == key);
                         let member = members
@@ -593,7 +593,10 @@ impl MembershipView for CqlMemberships {
     async fn set_display_name(&self, user: Uuid, name: &str, at_ms: i64) -> StoreResult<()> {
         let at_micros = at_ms.saturating_mul(1000);
         let old = self.stored_name(user).await?;
-        if old.as_ref().is_some_and(|(_, written)| *written > at_micros) {
+        if old
+            .as_ref()
+            .is_some_and(|(_, written)| *written > at_micros)
+        {
             return Ok(());
         }
         self.cql

@@ -143,7 +143,8 @@ impl DiscussApi {
         author: Uuid,
         text: &str,
     ) -> Result<Option<DomainEvent>> {
-        let told = mentions::resolve(self.members.as_ref(), post.community_id, author, text).await?;
+        let told =
+            mentions::resolve(self.members.as_ref(), post.community_id, author, text).await?;
         Ok((!told.is_empty()).then(|| events::mentioned(post, comment, author, &told)))
     }
 
@@ -227,7 +228,10 @@ impl DiscussApi {
         };
         // A held post's mentions are told once it is approved.
         let mentions = match post.state {
-            PostState::Published => self.mentions(&post, None, post.author_id, &post.body).await?,
+            PostState::Published => {
+                self.mentions(&post, None, post.author_id, &post.body)
+                    .await?
+            }
             _ => None,
         };
         self.repo.create_post(&post, mentions.as_ref()).await?;
@@ -458,7 +462,11 @@ impl DiscussApi {
         let mentions = self
             .mentions(&post, Some(comment.id), comment.author_id, &comment.body)
             .await?;
-        match self.repo.create_comment(&comment, mentions.as_ref()).await? {
+        match self
+            .repo
+            .create_comment(&comment, mentions.as_ref())
+            .await?
+        {
             CommentOutcome::Created => Ok(comment_to_proto(&comment, &Default::default())),
             CommentOutcome::NotPublished => Err(DiscussError::FailedPrecondition(
                 "only published posts take comments".to_owned(),

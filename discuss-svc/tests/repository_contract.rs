@@ -3,6 +3,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
+use discuss_svc::{domain::limits, events, mentions};
 use discuss_svc::{
     domain::{
         Applied, CommentRecord, PostChange, PostRecord, PostState, ReactionKind, ReactionTarget,
@@ -10,7 +11,6 @@ use discuss_svc::{
     },
     store::{CommentOutcome, DiscussRepository, cql::CqlStore, embedded::EmbeddedStore},
 };
-use discuss_svc::{domain::limits, events, mentions};
 use munity_bus::{
     membership::{CqlMemberships, EmbeddedMemberships, MemberRole, MembershipView},
     outbox::Outbox,
@@ -157,7 +157,11 @@ mod cases {
             at: now_millis(),
             reason: "off topic".to_owned(),
         };
-        let (_, rejected) = repo.change_post(second.id, &reject, None).await.unwrap().unwrap();
+        let (_, rejected) = repo
+            .change_post(second.id, &reject, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
             matches!(rejected.state, PostState::Rejected { ref reason, .. } if reason == "off topic")
         );
@@ -189,7 +193,11 @@ mod cases {
             body: "Hello *everyone*".to_owned(),
             at: now_millis(),
         };
-        let (_, edited) = repo.change_post(first.id, &edit, None).await.unwrap().unwrap();
+        let (_, edited) = repo
+            .change_post(first.id, &edit, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(edited.body, "Hello *everyone*");
         assert!(edited.edited_at.is_some());
         assert_eq!(repo.get_post(first.id).await.unwrap().unwrap(), edited);
@@ -198,7 +206,10 @@ mod cases {
             pinned: true,
             by: moderator,
         };
-        repo.change_post(first.id, &pin, None).await.unwrap().unwrap();
+        repo.change_post(first.id, &pin, None)
+            .await
+            .unwrap()
+            .unwrap();
         let pinned = repo.list_pinned(community, 10).await.unwrap();
         assert_eq!(pinned.iter().map(|p| p.id).collect::<Vec<_>>(), [first.id]);
         assert!(pinned[0].pinned);
@@ -208,7 +219,11 @@ mod cases {
             by: moderator,
             at: 42,
         };
-        let (_, removed) = repo.change_post(first.id, &remove, None).await.unwrap().unwrap();
+        let (_, removed) = repo
+            .change_post(first.id, &remove, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             removed.state,
             PostState::Removed {
@@ -218,7 +233,11 @@ mod cases {
         );
         assert!(repo.list_pinned(community, 10).await.unwrap().is_empty());
         assert_eq!(feed_ids(repo, community, 10).await, [second.id]);
-        let (applied, _) = repo.change_post(first.id, &edit, None).await.unwrap().unwrap();
+        let (applied, _) = repo
+            .change_post(first.id, &edit, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(applied, Applied::Refused);
     }
 
@@ -452,7 +471,11 @@ mod cases {
         assert_eq!(queue.items.iter().map(|p| p.id).collect::<Vec<_>>(), [p.id]);
         // Approved after review: back in the feed, and reports no longer hide it.
         let approve = PostChange::Approve { by: Uuid::now_v7() };
-        let (_, approved) = repo.change_post(p.id, &approve, None).await.unwrap().unwrap();
+        let (_, approved) = repo
+            .change_post(p.id, &approve, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(approved.reviewed);
         let (applied, _) = repo
             .change_post(p.id, &PostChange::Hide { reports: 4 }, None)
@@ -567,7 +590,10 @@ mod cases {
         // A name that is a prefix of another: the longest that fits.
         assert_eq!(told("hi @Ann Lee!".into()).await, [ann_lee]);
         assert_eq!(told("@ann lee's and @ANN's".into()).await, [ann_lee, ann]);
-        assert_eq!(told("@Ann and @Ann Lee and @Ann".into()).await, [ann, ann_lee]);
+        assert_eq!(
+            told("@Ann and @Ann Lee and @Ann".into()).await,
+            [ann, ann_lee]
+        );
         // Nobody: a non-member, a longer word, an email address, the author.
         let nobody = "@Zed, @Annabel, ann@example.org, @Author";
         assert!(told(nobody.into()).await.is_empty());
@@ -578,7 +604,9 @@ mod cases {
         // Ids work as before, members only.
         assert_eq!(told(format!("@{zed} @{ann}")).await, [ann]);
         // At most MENTIONS_MAX members.
-        let bees: Vec<Uuid> = (0..limits::MENTIONS_MAX + 2).map(|_| Uuid::now_v7()).collect();
+        let bees: Vec<Uuid> = (0..limits::MENTIONS_MAX + 2)
+            .map(|_| Uuid::now_v7())
+            .collect();
         for bee in &bees {
             view.set_display_name(*bee, "Bee", 1).await.unwrap();
             view.set_member(community, *bee, Some(MemberRole::Member))
@@ -596,9 +624,8 @@ mod cases {
     ) {
         let repo = b.repo.as_ref();
         let (community, author, named) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let told = |p: &PostRecord, comment: Option<Uuid>| {
-            events::mentioned(p, comment, author, &[named])
-        };
+        let told =
+            |p: &PostRecord, comment: Option<Uuid>| events::mentioned(p, comment, author, &[named]);
         let published = post(community, author, PostState::Published);
         repo.create_post(&published, Some(&told(&published, None)))
             .await

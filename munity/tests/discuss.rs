@@ -820,7 +820,8 @@ async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
     // Display names as users-svc keeps them: "Ann" is a prefix of "Ann Lee".
     let (mo_token, mo_id) = register(&channel, "Mo").await;
     let (ann_token, ann_id) = register(&channel, "Ann").await;
-    let (lee_token, lee_id) = register(&channel, "Ann Lee").await;
+    let email = format!("ann-lee-{}@example.com", uuid::Uuid::now_v7().simple());
+    let (lee_token, lee_id) = munity_testkit::register_as(&channel, "Ann Lee", &email).await;
     let (zed_token, _) = register(&channel, "Zed").await;
     let (mo, ann, lee, zed) = (
         As::new(&channel, &mo_token),
@@ -848,12 +849,18 @@ async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
         .await
         .unwrap();
     let told = next_mention(&mut ann_live).await;
-    assert_eq!((told.post_id, told.comment_id), (welcome.id.clone(), thanks.id.clone()));
+    assert_eq!(
+        (told.post_id, told.comment_id),
+        (welcome.id.clone(), thanks.id.clone())
+    );
     assert_eq!(told.user_ids, [ann_id.clone()]);
 
     // A held post's mentions: told once it is approved, once.
     mo.settings(&community, true).await.unwrap();
-    let held = ann.post(&community, "Bees on Sunday, @Ann Lee?").await.unwrap();
+    let held = ann
+        .post(&community, "Bees on Sunday, @Ann Lee?")
+        .await
+        .unwrap();
     assert_eq!(held.status, pb::PostStatus::Pending as i32);
     let approve = |who: &As| {
         let request = who.r(pb::ApprovePostRequest {
@@ -865,7 +872,10 @@ async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
     approve(&mo).await.unwrap();
     approve(&mo).await.unwrap();
     let told = next_mention(&mut lee_live).await;
-    assert_eq!((told.post_id, told.user_ids), (held.id.clone(), vec![lee_id.clone()]));
+    assert_eq!(
+        (told.post_id, told.user_ids),
+        (held.id.clone(), vec![lee_id.clone()])
+    );
     assert_eq!(told.by, ann_id);
 
     // Once a last mention of Ann's has arrived, everything before it has
@@ -873,10 +883,16 @@ async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
     mo.settings(&community, false).await.unwrap();
     let last = mo.post(&community, "@Ann: that is all").await.unwrap();
     assert_eq!(next_mention(&mut ann_live).await.post_id, last.id);
-    let mut lee_expected = vec![(welcome.id.clone(), String::new()), (held.id.clone(), String::new())];
+    let mut lee_expected = vec![
+        (welcome.id.clone(), String::new()),
+        (held.id.clone(), String::new()),
+    ];
     lee_expected.sort();
     assert_eq!(mentions_of(&channel, &lee).await, lee_expected);
-    let mut ann_expected = vec![(welcome.id.clone(), thanks.id.clone()), (last.id.clone(), String::new())];
+    let mut ann_expected = vec![
+        (welcome.id.clone(), thanks.id.clone()),
+        (last.id.clone(), String::new()),
+    ];
     ann_expected.sort();
     assert_eq!(mentions_of(&channel, &ann).await, ann_expected);
     assert!(mentions_of(&channel, &mo).await.is_empty());

@@ -143,11 +143,16 @@ mod cases {
     async fn staged_names(outbox: &dyn Outbox, user: Uuid) -> Vec<String> {
         let mut names = Vec::new();
         for (key, event) in outbox.oldest(1000).await.unwrap() {
-            if event.aggregate_id != user.to_string() || !event.r#type.ends_with("ProfileChanged")
-            {
+            if event.aggregate_id != user.to_string() || !event.r#type.ends_with("ProfileChanged") {
                 continue;
             }
-            assert!(!matches!(key, StagedKey::Cql { tentative: true, .. }));
+            assert!(!matches!(
+                key,
+                StagedKey::Cql {
+                    tentative: true,
+                    ..
+                }
+            ));
             let e = pb::ProfileChanged::decode(event.payload.as_slice()).unwrap();
             assert_eq!(e.user_id, user.to_string());
             assert!(e.changed_at_ms > 0);

@@ -10,7 +10,7 @@
 
 use std::{process::Command, time::Duration};
 
-use munity_bus::membership::{CqlMemberships, MembershipView};
+use munity_bus::membership::CqlMemberships;
 use munity_platform::{
     auth::{AuthConfig, with_bearer},
     config::{BusBackend, BusConfig},

@@ -841,7 +841,7 @@ async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
         .unwrap();
     let told = next_mention(&mut lee_live).await;
     assert_eq!(told.post_id, welcome.id);
-    assert_eq!(told.user_ids, [lee_id.clone()]);
+    assert_eq!(told.user_ids, std::slice::from_ref(&lee_id));
     assert_eq!(told.by, mo_id);
     // "@Ann," ends where a word ends before " Lee" could: Ann.
     let thanks = mo
@@ -853,7 +853,7 @@ async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
         (told.post_id, told.comment_id),
         (welcome.id.clone(), thanks.id.clone())
     );
-    assert_eq!(told.user_ids, [ann_id.clone()]);
+    assert_eq!(told.user_ids, std::slice::from_ref(&ann_id));
 
     // A held post's mentions: told once it is approved, once.
     mo.settings(&community, true).await.unwrap();

@@ -186,6 +186,108 @@ mod cases {
         };
         assert!(membership::apply(view.as_ref(), &broken).await.is_err());
     }
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| membership::name_key(n)).collect()
+    }
+
+    fn profile(user: Uuid, name: &str, at_ms: i64) -> DomainEvent {
+        event(
+            "ProfileChanged",
+            users::ProfileChanged {
+                user_id: user.to_string(),
+                display_name: name.to_owned(),
+                changed_at_ms: at_ms,
+            },
+        )
+    }
+
+    /// Members by display name: the longest key that names a member wins,
+    /// namesakes come together, and only members of that community count;
+    /// whether the name or the membership arrived first.
+    pub async fn members_are_found_by_their_display_names(view: View) {
+        let community = Uuid::now_v7();
+        let (ann, ann_lee, other_ann, outsider) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        // Names before memberships, and memberships before names.
+        membership::apply(view.as_ref(), &profile(ann, "Ann", 1))
+            .await
+            .unwrap();
+        view.set_member(community, ann, Some(MemberRole::Member))
+            .await
+            .unwrap();
+        view.set_member(community, ann_lee, Some(MemberRole::Owner))
+            .await
+            .unwrap();
+        membership::apply(view.as_ref(), &profile(ann_lee, "Ann  LEE", 1))
+            .await
+            .unwrap();
+        view.set_member(community, other_ann, Some(MemberRole::Member))
+            .await
+            .unwrap();
+        view.set_display_name(other_ann, "ann", 1).await.unwrap();
+        // Someone of the same name elsewhere is none of this community's.
+        view.set_display_name(outsider, "Ann Lee", 1).await.unwrap();
+        view.set_member(Uuid::now_v7(), outsider, Some(MemberRole::Member))
+            .await
+            .unwrap();
+        assert_eq!(
+            view.display_name(ann_lee).await.unwrap().as_deref(),
+            Some("Ann  LEE")
+        );
+
+        let named = |k: &[&str], limit| {
+            let (view, k) = (view.clone(), keys(k));
+            async move { view.members_named(community, &k, limit).await.unwrap() }
+        };
+        assert_eq!(
+            named(&["Ann Lee, hi", "Ann Lee,", "Ann Lee", "Ann"], 10).await,
+            Some(("ann lee".to_owned(), vec![ann_lee]))
+        );
+        let mut namesakes = vec![ann, other_ann];
+        namesakes.sort();
+        assert_eq!(
+            named(&["Ann is", "Ann"], 10).await,
+            Some(("ann".to_owned(), namesakes.clone()))
+        );
+        assert_eq!(
+            named(&["Ann"], 1).await,
+            Some(("ann".to_owned(), namesakes[..1].to_vec()))
+        );
+        assert_eq!(named(&["Annabel"], 10).await, None);
+        assert_eq!(named(&[], 10).await, None);
+
+        // A rename moves the member; an older name arriving late is ignored.
+        membership::apply(view.as_ref(), &profile(ann_lee, "Lee", 3))
+            .await
+            .unwrap();
+        membership::apply(view.as_ref(), &profile(ann_lee, "Ann Lee", 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            view.display_name(ann_lee).await.unwrap().as_deref(),
+            Some("Lee")
+        );
+        assert_eq!(
+            named(&["Ann Lee", "Ann"], 10).await,
+            Some(("ann".to_owned(), namesakes.clone()))
+        );
+        assert_eq!(
+            named(&["Lee"], 10).await,
+            Some(("lee".to_owned(), vec![ann_lee]))
+        );
+        // Leaving ends it; the same name again changes nothing.
+        view.set_member(community, other_ann, None).await.unwrap();
+        view.set_display_name(ann, "Ann", 1).await.unwrap();
+        assert_eq!(
+            named(&["Ann"], 10).await,
+            Some(("ann".to_owned(), vec![ann]))
+        );
+    }
 }
 
 munity_testkit::contract_suite! {
@@ -196,5 +298,6 @@ munity_testkit::contract_suite! {
         a_users_communities_are_theirs_alone,
         a_communitys_members_are_listed_up_to_a_limit,
         users_events_are_applied_and_redeliveries_are_harmless,
+        members_are_found_by_their_display_names,
     ],
 }

@@ -9,7 +9,10 @@
 
 use std::sync::Arc;
 
-use munity_bus::membership::{MemberRole, MembershipView};
+use munity_bus::{
+    DomainEvent,
+    membership::{MemberRole, MembershipView},
+};
 use munity_platform::{
     auth::Claims,
     authed,
@@ -28,7 +31,7 @@ use crate::{
         ReactionTarget, SettingsRecord, limits, now_millis,
     },
     error::DiscussError,
-    events,
+    events, mentions,
     search::{self, PostIndex},
     store::{CommentOutcome, DiscussRepository},
 };
@@ -127,36 +130,22 @@ impl DiscussApi {
         Ok(post)
     }
 
-    /// Tells the members `text` mentions (see [`domain::mentions`]), but
-    /// not its author nor anyone outside the post's community. The post or
-    /// comment is stored already: a failure here is logged, not answered
-    /// (the caller retrying would post twice).
-    async fn mention(&self, post: &PostRecord, comment: Option<Uuid>, author: Uuid, text: &str) {
-        let candidates = domain::mentions(text);
-        if candidates.is_empty() {
-            return;
-        }
-        let mut told = Vec::with_capacity(candidates.len());
-        for user in candidates {
-            if user == author {
-                continue;
-            }
-            match self.members.role(post.community_id, user).await {
-                Ok(Some(_)) => told.push(user),
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(post = %post.id, %error, "mentions not told: membership unreadable");
-                    return;
-                }
-            }
-        }
-        if told.is_empty() {
-            return;
-        }
-        let event = events::mentioned(post, comment, author, &told);
-        if let Err(error) = self.repo.announce(event).await {
-            tracing::warn!(post = %post.id, %error, "mentions not told: outbox unwritable");
-        }
+    /// The `MembersMentioned` of `text` (by `author`, in `post` or in its
+    /// comment `comment`), if it names any member (the rule:
+    /// [`mentions`]); the caller stages it with the post or comment, so it
+    /// is told exactly when that is stored. A membership view that cannot
+    /// be read fails the call before anything is stored (the client's
+    /// retry posts once).
+    async fn mentions(
+        &self,
+        post: &PostRecord,
+        comment: Option<Uuid>,
+        author: Uuid,
+        text: &str,
+    ) -> Result<Option<DomainEvent>> {
+        let told =
+            mentions::resolve(self.members.as_ref(), post.community_id, author, text).await?;
+        Ok((!told.is_empty()).then(|| events::mentioned(post, comment, author, &told)))
     }
 
     /// The post as `user` sees it: reactions (theirs too) and comments;
@@ -191,15 +180,17 @@ impl DiscussApi {
         Ok(out)
     }
 
-    /// Applies `change`, answering the post as it is after it.
+    /// Applies `change`, answering the post as it is after it; `mentions`
+    /// are told if it is the change that first publishes the post.
     async fn change(
         &self,
         post: &PostRecord,
         change: PostChange,
         user: Uuid,
         refused: &str,
+        mentions: Option<&DomainEvent>,
     ) -> Result<pb::Post> {
-        match self.repo.change_post(post.id, &change).await? {
+        match self.repo.change_post(post.id, &change, mentions).await? {
             None => Err(DiscussError::NotFound("post")),
             Some((Applied::Refused, _)) => {
                 Err(DiscussError::FailedPrecondition(refused.to_owned()))
@@ -235,11 +226,15 @@ impl DiscussApi {
             shared_post_id: None,
             reviewed: false,
         };
-        self.repo.create_post(&post).await?;
         // A held post's mentions are told once it is approved.
-        if post.state == PostState::Published {
-            self.mention(&post, None, post.author_id, &post.body).await;
-        }
+        let mentions = match post.state {
+            PostState::Published => {
+                self.mentions(&post, None, post.author_id, &post.body)
+                    .await?
+            }
+            _ => None,
+        };
+        self.repo.create_post(&post, mentions.as_ref()).await?;
         self.view(&post, claims.sub).await
     }
 
@@ -316,11 +311,14 @@ impl DiscussApi {
             shared_post_id: Some(original.id),
             reviewed: false,
         };
-        self.repo.create_post(&share).await?;
-        if share.state == PostState::Published {
-            self.mention(&share, None, share.author_id, &share.body)
-                .await;
-        }
+        let mentions = match share.state {
+            PostState::Published => {
+                self.mentions(&share, None, share.author_id, &share.body)
+                    .await?
+            }
+            _ => None,
+        };
+        self.repo.create_post(&share, mentions.as_ref()).await?;
         Ok(pb::SharePostResponse {
             post: Some(self.view(&share, claims.sub).await?),
         })
@@ -345,6 +343,7 @@ impl DiscussApi {
             change,
             claims.sub,
             "a removed or rejected post cannot be edited",
+            None,
         )
         .await
     }
@@ -364,7 +363,7 @@ impl DiscussApi {
             by: claims.sub,
             at: now_millis(),
         };
-        self.change(&post, change, claims.sub, "").await
+        self.change(&post, change, claims.sub, "", None).await
     }
 
     async fn pin(&self, claims: Claims, raw_id: &str, pinned: bool) -> Result<pb::Post> {
@@ -373,8 +372,14 @@ impl DiscussApi {
             pinned,
             by: claims.sub,
         };
-        self.change(&post, change, claims.sub, "only published posts are pinned")
-            .await
+        self.change(
+            &post,
+            change,
+            claims.sub,
+            "only published posts are pinned",
+            None,
+        )
+        .await
     }
 
     async fn list_posts(
@@ -454,12 +459,15 @@ impl DiscussApi {
             body,
             created_at: now_millis(),
         };
-        match self.repo.create_comment(&comment).await? {
-            CommentOutcome::Created => {
-                self.mention(&post, Some(comment.id), comment.author_id, &comment.body)
-                    .await;
-                Ok(comment_to_proto(&comment, &Default::default()))
-            }
+        let mentions = self
+            .mentions(&post, Some(comment.id), comment.author_id, &comment.body)
+            .await?;
+        match self
+            .repo
+            .create_comment(&comment, mentions.as_ref())
+            .await?
+        {
+            CommentOutcome::Created => Ok(comment_to_proto(&comment, &Default::default())),
             CommentOutcome::NotPublished => Err(DiscussError::FailedPrecondition(
                 "only published posts take comments".to_owned(),
             )),
@@ -549,7 +557,7 @@ impl DiscussApi {
             let change = PostChange::Hide {
                 reports: reported.reports,
             };
-            if let Some((_, post)) = self.repo.change_post(post.id, &change).await? {
+            if let Some((_, post)) = self.repo.change_post(post.id, &change, None).await? {
                 hidden = post.state == PostState::Hidden;
             }
         }
@@ -598,21 +606,25 @@ impl DiscussApi {
                 }
             }
         };
-        let approving = matches!(change, PostChange::Approve { .. });
-        let answer = self
-            .change(
-                &post,
-                change,
-                claims.sub,
-                "only pending or hidden posts are moderated",
-            )
-            .await?;
-        // A held post's mentions are told when it first reaches the feed
-        // (not again when a post hidden by reports is restored).
-        if approving && post.state == PostState::Pending {
-            self.mention(&post, None, post.author_id, &post.body).await;
-        }
-        Ok(answer)
+        // A held post's mentions (of the text the moderator approves) are
+        // told when it first reaches the feed: staged with the approval,
+        // which the repository decides (not again when a post hidden by
+        // reports is restored, nor by a second approval that raced it).
+        let mentions = match (&change, &post.state) {
+            (PostChange::Approve { .. }, PostState::Pending) => {
+                self.mentions(&post, None, post.author_id, &post.body)
+                    .await?
+            }
+            _ => None,
+        };
+        self.change(
+            &post,
+            change,
+            claims.sub,
+            "only pending or hidden posts are moderated",
+            mentions.as_ref(),
+        )
+        .await
     }
 
     /// Published posts of the caller's communities matching every word of

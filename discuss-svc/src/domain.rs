@@ -26,6 +26,9 @@ pub mod limits {
     /// Distinct members one post or comment notifies by mentioning them
     /// (those past it are not told: a post must not become a mass mailer).
     pub const MENTIONS_MAX: usize = 10;
+    /// `@`s of one text that are looked up (each costs the membership view
+    /// a read; those past it name nobody).
+    pub const MENTION_SIGNS_MAX: usize = 30;
 }
 
 /// Where a post stands.
@@ -192,6 +195,13 @@ pub enum Applied {
     Unchanged,
     /// The post's state does not allow it.
     Refused,
+}
+
+/// Whether a change took the post from held to published: a held post's
+/// mentions are told then, with it (not when a post hidden by reports is
+/// restored: they were told when it was first published).
+pub fn first_published(before: &PostRecord, after: &PostRecord) -> bool {
+    before.state == PostState::Pending && after.state == PostState::Published
 }
 
 impl PostChange {
@@ -439,60 +449,9 @@ fn link_at(chars: &[char], start: usize) -> Option<(&[char], String, usize)> {
     is_web_url(&url).then(|| (&chars[start + 1..close], url, end + 1))
 }
 
-/// The users a text mentions: `@` followed by a user id (hyphenated, as
-/// every id in the API), distinct, in order of first mention, at most
-/// [`limits::MENTIONS_MAX`].
-///
-/// By id rather than by display name: discuss-svc knows members only by
-/// id (the membership view is kept from users-svc's member events, which
-/// carry no names, and display names are neither unique nor stable), so a
-/// client that offers `@Name` completion writes the member's id, as chat
-/// apps do with `<@id>`. Who may be notified is decided by the caller
-/// (members only, never the author).
-pub fn mentions(text: &str) -> Vec<Uuid> {
-    const ID_LEN: usize = 36;
-    let mut found = Vec::new();
-    for (at, _) in text.match_indices('@') {
-        let Some(candidate) = text.get(at + 1..at + 1 + ID_LEN) else {
-            continue;
-        };
-        // Exactly an id: not the start of something longer.
-        let longer = text[at + 1 + ID_LEN..]
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-');
-        if longer || candidate.len() != ID_LEN || candidate.as_bytes()[8] != b'-' {
-            continue;
-        }
-        if let Ok(id) = Uuid::parse_str(candidate)
-            && !found.contains(&id)
-        {
-            found.push(id);
-            if found.len() == limits::MENTIONS_MAX {
-                break;
-            }
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mentions_are_ids_after_an_at_sign_distinct_and_capped() {
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let text = format!("hi @{a}, and @{b}! again @{a} and email x@{b}x @{a}0 @nobody");
-        assert_eq!(mentions(&text), vec![a, b]);
-        // An id not after `@`, a malformed one, and a text ending in `@`.
-        assert!(mentions(&format!("{a} @{}", &b.to_string()[..30])).is_empty());
-        assert!(mentions("trailing @").is_empty());
-        // Multi-byte text around an `@` is no problem.
-        assert_eq!(mentions(&format!("é@{a}é")), vec![a]);
-        let many: String = (0..25).map(|_| format!("@{} ", Uuid::now_v7())).collect();
-        assert_eq!(mentions(&many).len(), limits::MENTIONS_MAX);
-    }
 
     #[test]
     fn markdown_subset_renders_and_everything_else_is_escaped() {

@@ -10,8 +10,9 @@
 //!   CQL), held to one contract by `tests/repository_contract.rs`.
 //! - who may read a community's posts, and who moderates, is the shared
 //!   membership view (`munity_bus::membership`), kept in its own store.
-//! - `events.rs`: the domain events it publishes (mentions among them);
-//!   `convert.rs`: records to protobuf.
+//! - `events.rs`: the domain events it publishes; `mentions.rs`: whom a
+//!   text's `@display-name` or `@<user id>` names (told by an event staged
+//!   with the post or comment); `convert.rs`: records to protobuf.
 //! - `search.rs`: the replica's full-text index of published posts, kept
 //!   from the event log (rebuilt at start, never stored).
 //! - `api.rs`: the gRPC service; `error.rs`: errors to gRPC statuses.
@@ -24,6 +25,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod mentions;
 pub mod search;
 pub mod store;
 

@@ -3,6 +3,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
+use discuss_svc::{domain::limits, events, mentions};
 use discuss_svc::{
     domain::{
         Applied, CommentRecord, PostChange, PostRecord, PostState, ReactionKind, ReactionTarget,
@@ -10,14 +11,21 @@ use discuss_svc::{
     },
     store::{CommentOutcome, DiscussRepository, cql::CqlStore, embedded::EmbeddedStore},
 };
-use munity_bus::membership::{CqlMemberships, EmbeddedMemberships, MemberRole, MembershipView};
+use munity_bus::{
+    membership::{CqlMemberships, EmbeddedMemberships, MemberRole, MembershipView},
+    outbox::Outbox,
+};
+use munity_proto::discuss::v1 as pb;
+use prost::Message;
 use uuid::Uuid;
 
-/// The repository and the membership view kept in the same store.
+/// The repository, the membership view kept in the same store, and the
+/// outbox its changes stage their events in.
 #[derive(Clone)]
 struct Backend {
     repo: Arc<dyn DiscussRepository>,
     members: Arc<dyn MembershipView>,
+    outbox: Arc<dyn Outbox>,
 }
 
 async fn embedded() -> Option<(Backend, tempfile::TempDir)> {
@@ -26,6 +34,7 @@ async fn embedded() -> Option<(Backend, tempfile::TempDir)> {
     let members = EmbeddedMemberships::open(store.db());
     Some((
         Backend {
+            outbox: store.publishing().outbox,
             repo: Arc::new(store),
             members,
         },
@@ -43,6 +52,7 @@ async fn cql() -> Option<(Backend, ())> {
     let members = CqlMemberships::prepare(store.cql()).await.unwrap();
     Some((
         Backend {
+            outbox: store.outbox(),
             repo: Arc::new(store),
             members,
         },
@@ -99,10 +109,10 @@ mod cases {
             .map(|_| post(community, author, PostState::Published))
             .collect();
         for p in &published {
-            repo.create_post(p).await.unwrap();
+            repo.create_post(p, None).await.unwrap();
         }
         let pending = post(community, author, PostState::Pending);
-        repo.create_post(&pending).await.unwrap();
+        repo.create_post(&pending, None).await.unwrap();
         assert_eq!(repo.get_post(pending.id).await.unwrap().unwrap(), pending);
         assert!(repo.get_post(Uuid::now_v7()).await.unwrap().is_none());
 
@@ -118,14 +128,14 @@ mod cases {
         // Approved: into the feed, out of the queue; approving again is a no-op.
         let approve = PostChange::Approve { by: moderator };
         let (applied, approved) = repo
-            .change_post(pending.id, &approve)
+            .change_post(pending.id, &approve, None)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(applied, Applied::Changed);
         assert_eq!(approved.state, PostState::Published);
         let (applied, _) = repo
-            .change_post(pending.id, &approve)
+            .change_post(pending.id, &approve, None)
             .await
             .unwrap()
             .unwrap();
@@ -141,13 +151,17 @@ mod cases {
 
         // Rejected: never in the feed, the reason kept.
         let second = post(community, author, PostState::Pending);
-        repo.create_post(&second).await.unwrap();
+        repo.create_post(&second, None).await.unwrap();
         let reject = PostChange::Reject {
             by: moderator,
             at: now_millis(),
             reason: "off topic".to_owned(),
         };
-        let (_, rejected) = repo.change_post(second.id, &reject).await.unwrap().unwrap();
+        let (_, rejected) = repo
+            .change_post(second.id, &reject, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
             matches!(rejected.state, PostState::Rejected { ref reason, .. } if reason == "off topic")
         );
@@ -160,7 +174,7 @@ mod cases {
         );
         assert!(!feed_ids(repo, community, 10).await.contains(&second.id));
         assert!(
-            repo.change_post(Uuid::now_v7(), &approve)
+            repo.change_post(Uuid::now_v7(), &approve, None)
                 .await
                 .unwrap()
                 .is_none()
@@ -172,14 +186,18 @@ mod cases {
         let (community, author, moderator) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let first = post(community, author, PostState::Published);
         let second = post(community, author, PostState::Published);
-        repo.create_post(&first).await.unwrap();
-        repo.create_post(&second).await.unwrap();
+        repo.create_post(&first, None).await.unwrap();
+        repo.create_post(&second, None).await.unwrap();
 
         let edit = PostChange::Edit {
             body: "Hello *everyone*".to_owned(),
             at: now_millis(),
         };
-        let (_, edited) = repo.change_post(first.id, &edit).await.unwrap().unwrap();
+        let (_, edited) = repo
+            .change_post(first.id, &edit, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(edited.body, "Hello *everyone*");
         assert!(edited.edited_at.is_some());
         assert_eq!(repo.get_post(first.id).await.unwrap().unwrap(), edited);
@@ -188,7 +206,10 @@ mod cases {
             pinned: true,
             by: moderator,
         };
-        repo.change_post(first.id, &pin).await.unwrap().unwrap();
+        repo.change_post(first.id, &pin, None)
+            .await
+            .unwrap()
+            .unwrap();
         let pinned = repo.list_pinned(community, 10).await.unwrap();
         assert_eq!(pinned.iter().map(|p| p.id).collect::<Vec<_>>(), [first.id]);
         assert!(pinned[0].pinned);
@@ -198,7 +219,11 @@ mod cases {
             by: moderator,
             at: 42,
         };
-        let (_, removed) = repo.change_post(first.id, &remove).await.unwrap().unwrap();
+        let (_, removed) = repo
+            .change_post(first.id, &remove, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             removed.state,
             PostState::Removed {
@@ -208,7 +233,11 @@ mod cases {
         );
         assert!(repo.list_pinned(community, 10).await.unwrap().is_empty());
         assert_eq!(feed_ids(repo, community, 10).await, [second.id]);
-        let (applied, _) = repo.change_post(first.id, &edit).await.unwrap().unwrap();
+        let (applied, _) = repo
+            .change_post(first.id, &edit, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(applied, Applied::Refused);
     }
 
@@ -216,7 +245,7 @@ mod cases {
         let repo = b.repo.clone();
         let community = Uuid::now_v7();
         let p = post(community, Uuid::now_v7(), PostState::Published);
-        repo.create_post(&p).await.unwrap();
+        repo.create_post(&p, None).await.unwrap();
         let target = ReactionTarget {
             post_id: p.id,
             comment_id: None,
@@ -275,11 +304,11 @@ mod cases {
         let repo = b.repo.clone();
         let community = Uuid::now_v7();
         let p = post(community, Uuid::now_v7(), PostState::Published);
-        repo.create_post(&p).await.unwrap();
+        repo.create_post(&p, None).await.unwrap();
         let racing = (0..20).map(|_| {
             let repo = repo.clone();
             let c = comment(p.id, None, Uuid::now_v7());
-            tokio::spawn(async move { repo.create_comment(&c).await })
+            tokio::spawn(async move { repo.create_comment(&c, None).await })
         });
         for created in futures::future::join_all(racing).await {
             assert_eq!(created.unwrap().unwrap(), CommentOutcome::Created);
@@ -290,7 +319,7 @@ mod cases {
         let parent = first.items[0].clone();
         let reply = comment(p.id, Some(parent.id), Uuid::now_v7());
         assert_eq!(
-            repo.create_comment(&reply).await.unwrap(),
+            repo.create_comment(&reply, None).await.unwrap(),
             CommentOutcome::Created
         );
         assert_eq!(
@@ -300,12 +329,12 @@ mod cases {
         // A parent of another post, or none at all, is refused.
         let stray = comment(p.id, Some(Uuid::now_v7()), Uuid::now_v7());
         assert_eq!(
-            repo.create_comment(&stray).await.unwrap(),
+            repo.create_comment(&stray, None).await.unwrap(),
             CommentOutcome::NoParent
         );
         let nowhere = comment(Uuid::now_v7(), None, Uuid::now_v7());
         assert_eq!(
-            repo.create_comment(&nowhere).await.unwrap(),
+            repo.create_comment(&nowhere, None).await.unwrap(),
             CommentOutcome::NoPost
         );
         assert_eq!(repo.comment_count(p.id).await.unwrap(), 21);
@@ -351,10 +380,10 @@ mod cases {
             by: p.author_id,
             at: now_millis(),
         };
-        repo.change_post(p.id, &remove).await.unwrap();
+        repo.change_post(p.id, &remove, None).await.unwrap();
         let late = comment(p.id, None, Uuid::now_v7());
         assert_eq!(
-            repo.create_comment(&late).await.unwrap(),
+            repo.create_comment(&late, None).await.unwrap(),
             CommentOutcome::NotPublished
         );
     }
@@ -365,7 +394,7 @@ mod cases {
         let mut before_paging = HashSet::new();
         for _ in 0..30 {
             let p = post(community, author, PostState::Published);
-            repo.create_post(&p).await.unwrap();
+            repo.create_post(&p, None).await.unwrap();
             before_paging.insert(p.id);
         }
         let writer = {
@@ -374,7 +403,7 @@ mod cases {
                 let mut created = Vec::new();
                 for _ in 0..200 {
                     let p = post(community, author, PostState::Published);
-                    repo.create_post(&p).await.unwrap();
+                    repo.create_post(&p, None).await.unwrap();
                     created.push(p.id);
                     tokio::task::yield_now().await;
                 }
@@ -411,7 +440,7 @@ mod cases {
         let repo = b.repo.clone();
         let community = Uuid::now_v7();
         let p = post(community, Uuid::now_v7(), PostState::Published);
-        repo.create_post(&p).await.unwrap();
+        repo.create_post(&p, None).await.unwrap();
         let reporters: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
         let first = repo.report(p.id, reporters[0], "spam").await.unwrap();
         assert_eq!((first.reports, first.new), (1, true));
@@ -430,22 +459,26 @@ mod cases {
         );
         // Hidden once, out of the feed and into the queue.
         let hide = PostChange::Hide { reports: 3 };
-        let (applied, hidden) = repo.change_post(p.id, &hide).await.unwrap().unwrap();
+        let (applied, hidden) = repo.change_post(p.id, &hide, None).await.unwrap().unwrap();
         assert_eq!(
             (applied, hidden.state),
             (Applied::Changed, PostState::Hidden)
         );
-        let (applied, _) = repo.change_post(p.id, &hide).await.unwrap().unwrap();
+        let (applied, _) = repo.change_post(p.id, &hide, None).await.unwrap().unwrap();
         assert_eq!(applied, Applied::Unchanged);
         assert!(feed_ids(repo.as_ref(), community, 10).await.is_empty());
         let queue = repo.list_queue(community, None, 10).await.unwrap();
         assert_eq!(queue.items.iter().map(|p| p.id).collect::<Vec<_>>(), [p.id]);
         // Approved after review: back in the feed, and reports no longer hide it.
         let approve = PostChange::Approve { by: Uuid::now_v7() };
-        let (_, approved) = repo.change_post(p.id, &approve).await.unwrap().unwrap();
+        let (_, approved) = repo
+            .change_post(p.id, &approve, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(approved.reviewed);
         let (applied, _) = repo
-            .change_post(p.id, &PostChange::Hide { reports: 4 })
+            .change_post(p.id, &PostChange::Hide { reports: 4 }, None)
             .await
             .unwrap()
             .unwrap();
@@ -457,13 +490,13 @@ mod cases {
         let repo = b.repo.as_ref();
         let (source, target, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let original = post(source, user, PostState::Published);
-        repo.create_post(&original).await.unwrap();
+        repo.create_post(&original, None).await.unwrap();
         let share = PostRecord {
             shared_post_id: Some(original.id),
             body: String::new(),
             ..post(target, user, PostState::Published)
         };
-        repo.create_post(&share).await.unwrap();
+        repo.create_post(&share, None).await.unwrap();
         assert_eq!(repo.get_post(share.id).await.unwrap().unwrap(), share);
         assert_eq!(feed_ids(repo, target, 10).await, [share.id]);
         repo.share_with_user(&original, user, Uuid::now_v7(), "look")
@@ -508,6 +541,151 @@ mod cases {
         assert_eq!(members.role(first, user).await.unwrap(), None);
         assert_eq!(members.communities_of(user).await.unwrap().len(), 1);
     }
+
+    /// The mentions staged for `post` (post and comment ones), oldest first.
+    async fn staged_mentions(outbox: &dyn Outbox, post: Uuid) -> Vec<pb::MembersMentioned> {
+        outbox
+            .oldest(100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| {
+                e.aggregate_id == post.to_string()
+                    && e.r#type == "munity.discuss.v1.MembersMentioned"
+            })
+            .map(|(_, e)| pb::MembersMentioned::decode(e.payload.as_slice()).unwrap())
+            .collect()
+    }
+
+    /// Whom a text names, by display name or id, on the membership view of
+    /// this backend (the rule: `discuss_svc::mentions`).
+    pub async fn mentions_name_members_by_display_name_or_id(b: Backend) {
+        let view = b.members.as_ref();
+        let community = Uuid::now_v7();
+        let [author, ann, ann_lee, zed, kim, other_kim] = [(); 6].map(|_| Uuid::now_v7());
+        for (user, name) in [
+            (author, "Author"),
+            (ann, "Ann"),
+            (ann_lee, "Ann Lee"),
+            (zed, "Zed"),
+            (kim, "Kim"),
+            (other_kim, "kim"),
+        ] {
+            view.set_display_name(user, name, 1).await.unwrap();
+        }
+        for user in [author, ann, ann_lee, kim, other_kim] {
+            view.set_member(community, user, Some(MemberRole::Member))
+                .await
+                .unwrap();
+        }
+        // Zed belongs to another community only.
+        view.set_member(Uuid::now_v7(), zed, Some(MemberRole::Member))
+            .await
+            .unwrap();
+        let told = |text: String| async move {
+            mentions::resolve(view, community, author, &text)
+                .await
+                .unwrap()
+        };
+        // A name that is a prefix of another: the longest that fits.
+        assert_eq!(told("hi @Ann Lee!".into()).await, [ann_lee]);
+        assert_eq!(told("@ann lee's and @ANN's".into()).await, [ann_lee, ann]);
+        assert_eq!(
+            told("@Ann and @Ann Lee and @Ann".into()).await,
+            [ann, ann_lee]
+        );
+        // Nobody: a non-member, a longer word, an email address, the author.
+        let nobody = "@Zed, @Annabel, ann@example.org, @Author";
+        assert!(told(nobody.into()).await.is_empty());
+        // Namesakes are all told.
+        let mut kims = vec![kim, other_kim];
+        kims.sort();
+        assert_eq!(told("@KIM?".into()).await, kims);
+        // Ids work as before, members only.
+        assert_eq!(told(format!("@{zed} @{ann}")).await, [ann]);
+        // At most MENTIONS_MAX members.
+        let bees: Vec<Uuid> = (0..limits::MENTIONS_MAX + 2)
+            .map(|_| Uuid::now_v7())
+            .collect();
+        for bee in &bees {
+            view.set_display_name(*bee, "Bee", 1).await.unwrap();
+            view.set_member(community, *bee, Some(MemberRole::Member))
+                .await
+                .unwrap();
+        }
+        assert_eq!(told("@ann @Bee".into()).await.len(), limits::MENTIONS_MAX);
+    }
+
+    /// A mention is staged in the same transaction or batch as the post or
+    /// comment it is in (and not when that is refused); a held post's when
+    /// it is approved, once.
+    pub async fn mentions_are_staged_with_what_they_are_in_and_held_posts_once_approved(
+        b: Backend,
+    ) {
+        let repo = b.repo.as_ref();
+        let (community, author, named) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let told =
+            |p: &PostRecord, comment: Option<Uuid>| events::mentioned(p, comment, author, &[named]);
+        let published = post(community, author, PostState::Published);
+        repo.create_post(&published, Some(&told(&published, None)))
+            .await
+            .unwrap();
+        let said = comment(published.id, None, author);
+        let outcome = repo
+            .create_comment(&said, Some(&told(&published, Some(said.id))))
+            .await
+            .unwrap();
+        assert_eq!(outcome, CommentOutcome::Created);
+        let stray = comment(published.id, Some(Uuid::now_v7()), author);
+        let outcome = repo
+            .create_comment(&stray, Some(&told(&published, Some(stray.id))))
+            .await
+            .unwrap();
+        assert_eq!(outcome, CommentOutcome::NoParent);
+        let staged = staged_mentions(b.outbox.as_ref(), published.id).await;
+        let comments: Vec<&str> = staged.iter().map(|m| m.comment_id.as_str()).collect();
+        assert_eq!(comments, ["", said.id.to_string().as_str()]);
+        assert!(staged.iter().all(|m| m.user_ids == [named.to_string()]));
+
+        let held = post(community, author, PostState::Pending);
+        repo.create_post(&held, None).await.unwrap();
+        let mention = told(&held, None);
+        let approve = PostChange::Approve { by: author };
+        let edit = PostChange::Edit {
+            body: "changed".into(),
+            at: now_millis(),
+        };
+        // Changes that publish nothing stage no mention.
+        repo.change_post(held.id, &edit, Some(&mention))
+            .await
+            .unwrap();
+        assert!(staged_mentions(b.outbox.as_ref(), held.id).await.is_empty());
+        let (applied, _) = repo
+            .change_post(held.id, &approve, Some(&mention))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(applied, Applied::Changed);
+        // Approved again, or hidden by reports and restored: not again.
+        let (applied, _) = repo
+            .change_post(held.id, &approve, Some(&mention))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(applied, Applied::Unchanged);
+        repo.change_post(held.id, &PostChange::Hide { reports: 3 }, None)
+            .await
+            .unwrap();
+        let (applied, _) = repo
+            .change_post(held.id, &approve, Some(&mention))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(applied, Applied::Changed);
+        let staged = staged_mentions(b.outbox.as_ref(), held.id).await;
+        assert_eq!(staged.len(), 1);
+        assert_eq!(staged[0].user_ids, [named.to_string()]);
+    }
 }
 
 munity_testkit::contract_suite! {
@@ -523,5 +701,7 @@ munity_testkit::contract_suite! {
         settings_default_to_open_and_are_kept,
         shares_keep_what_they_share,
         the_membership_view_follows_what_it_is_told,
+        mentions_name_members_by_display_name_or_id,
+        mentions_are_staged_with_what_they_are_in_and_held_posts_once_approved,
     ],
 }

@@ -4,11 +4,13 @@
 //! other, and found by search on both (each replica indexes the whole log
 //! itself); an outsider finds nothing and reads nothing; the post's
 //! mentions reach the log as one event naming the mentioned member only
-//! (not the author, not the outsider). Removed on one replica, the post is
-//! no longer found on the other.
+//! (not the author, not the outsider), and a comment's mention by display
+//! name made on the other replica names that member. Removed on one
+//! replica, the post is no longer found on the other.
 
 use std::{process::Command, time::Duration};
 
+use munity_bus::membership::CqlMemberships;
 use munity_platform::{
     auth::{AuthConfig, with_bearer},
     config::{BusBackend, BusConfig},
@@ -269,6 +271,57 @@ async fn a_post_made_on_one_replica_is_read_and_searched_on_the_other() {
     assert_eq!(mentioned.post_id, post.id);
     assert_eq!(mentioned.user_ids, vec![bob_id.clone()]);
     assert_eq!(mentioned.by, alice_id);
+
+    // By display name, on the other replica: "@bob" names Bob, once the
+    // view in the shared keyspace holds his name (users-svc's
+    // ProfileChanged, applied by either replica); Carol's name is known,
+    // but she is no member.
+    let view = {
+        let _schema = munity_testkit::schema_lock().await;
+        let store = munity_store::cql::CqlStore::connect(&cql, &[])
+            .await
+            .unwrap();
+        CqlMemberships::prepare(std::sync::Arc::new(store))
+            .await
+            .unwrap()
+    };
+    let bob_uuid = Uuid::parse_str(&bob_id).unwrap();
+    eventually("Bob's display name in the view", || {
+        let view = view.clone();
+        async move { view.display_name(bob_uuid).await.unwrap() }
+    })
+    .await;
+    let thanks = b
+        .create_comment(with_bearer(
+            pb::CreateCommentRequest {
+                post_id: post.id.clone(),
+                parent_id: String::new(),
+                body: "Thanks @bob! And @Carol.".to_owned(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    let by_name = loop {
+        let found = reader
+            .next(500, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.event.r#type == "munity.discuss.v1.MembersMentioned")
+            .map(|d| pb::MembersMentioned::decode(d.event.payload.as_slice()).unwrap())
+            .find(|m| m.comment_id == thanks.id);
+        if let Some(mentioned) = found {
+            break mentioned;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no mention by name on the log within 30 s"
+        );
+    };
+    assert_eq!(by_name.user_ids, vec![bob_id.clone()]);
 
     // Removed on b: not found on a any more (at once, since hits are read
     // back from the store, and later from the index itself).

@@ -3,7 +3,9 @@
 //! NOT_FOUND on every read and write of the community's posts; a post in a
 //! moderated community waits for approval and reaches the feed once
 //! approved (or is rejected with a reason); three reports hide a post; a
-//! member mentioned in a comment is told in their inbox.
+//! member mentioned in a comment is told in their inbox; mentions by
+//! display name tell exactly the members they name (on their `user:` topic
+//! and in their inbox), a held post's once it is approved, once.
 
 use std::{path::Path, time::Duration};
 
@@ -753,4 +755,146 @@ async fn a_posts_topic_is_live_for_members_and_authors_are_told_in_their_inbox()
                 .any(|n| n.kind == "munity.discuss.v1.MembersMentioned")
         );
     }
+}
+
+/// The mentions in `who`'s inbox: (post, comment) of each, as many as there
+/// are notifications.
+async fn mentions_of(channel: &Channel, who: &As) -> Vec<(String, String)> {
+    let items = NotifyClient::new(channel.clone())
+        .list_inbox(who.r(notify::ListInboxRequest {
+            page_size: 100,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let mut found: Vec<(String, String)> = items
+        .into_iter()
+        .filter_map(|i| i.notification)
+        .filter(|n| n.kind == "munity.discuss.v1.MembersMentioned")
+        .map(|n| {
+            let m = pb::MembersMentioned::decode(n.payload.unwrap().value.as_slice()).unwrap();
+            (m.post_id, m.comment_id)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// `who`'s own `user:` topic, followed live.
+async fn own_topic(
+    channel: &Channel,
+    who: &As,
+    id: &str,
+) -> tonic::Streaming<notify::SubscribeResponse> {
+    let mut stream = NotifyClient::new(channel.clone())
+        .subscribe(who.r(notify::SubscribeRequest {
+            topics: vec![format!("user:{id}")],
+            resume: Vec::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap().message;
+    assert!(matches!(first, Some(Message::Subscribed(_))), "{first:?}");
+    stream
+}
+
+/// The next mention on a `user:` stream (other notifications passed over).
+async fn next_mention(
+    stream: &mut tonic::Streaming<notify::SubscribeResponse>,
+) -> pb::MembersMentioned {
+    loop {
+        let n = next_notification(stream).await;
+        if n.kind == "munity.discuss.v1.MembersMentioned" {
+            return pb::MembersMentioned::decode(n.payload.unwrap().value.as_slice()).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_by_display_name_tell_exactly_the_members_they_name() {
+    let data = tempfile::tempdir().unwrap();
+    let (_ready, channel) = start(data.path()).await;
+    // Display names as users-svc keeps them: "Ann" is a prefix of "Ann Lee".
+    let (mo_token, mo_id) = register(&channel, "Mo").await;
+    let (ann_token, ann_id) = register(&channel, "Ann").await;
+    let email = format!("ann-lee-{}@example.com", uuid::Uuid::now_v7().simple());
+    let (lee_token, lee_id) = munity_testkit::register_as(&channel, "Ann Lee", &email).await;
+    let (zed_token, _) = register(&channel, "Zed").await;
+    let (mo, ann, lee, zed) = (
+        As::new(&channel, &mo_token),
+        As::new(&channel, &ann_token),
+        As::new(&channel, &lee_token),
+        As::new(&channel, &zed_token),
+    );
+    // Mo owns the community, Ann and Ann Lee join, Zed stays outside.
+    let community = community_of(&channel, &mo, &[&ann, &lee]).await;
+    let mut ann_live = own_topic(&channel, &ann, &ann_id).await;
+    let mut lee_live = own_topic(&channel, &lee, &lee_id).await;
+
+    // The longest name that fits: Ann Lee, not Ann; Zed is no member.
+    let welcome = mo
+        .post(&community, "Welcome @ann lee! And @Zed, who is not here.")
+        .await
+        .unwrap();
+    let told = next_mention(&mut lee_live).await;
+    assert_eq!(told.post_id, welcome.id);
+    assert_eq!(told.user_ids, std::slice::from_ref(&lee_id));
+    assert_eq!(told.by, mo_id);
+    // "@Ann," ends where a word ends before " Lee" could: Ann.
+    let thanks = mo
+        .comment(&welcome.id, "", "Thanks @Ann, Lee can wait")
+        .await
+        .unwrap();
+    let told = next_mention(&mut ann_live).await;
+    assert_eq!(
+        (told.post_id, told.comment_id),
+        (welcome.id.clone(), thanks.id.clone())
+    );
+    assert_eq!(told.user_ids, std::slice::from_ref(&ann_id));
+
+    // A held post's mentions: told once it is approved, once.
+    mo.settings(&community, true).await.unwrap();
+    let held = ann
+        .post(&community, "Bees on Sunday, @Ann Lee?")
+        .await
+        .unwrap();
+    assert_eq!(held.status, pb::PostStatus::Pending as i32);
+    let approve = |who: &As| {
+        let request = who.r(pb::ApprovePostRequest {
+            post_id: held.id.clone(),
+        });
+        let mut client = who.client.clone();
+        async move { client.approve_post(request).await }
+    };
+    approve(&mo).await.unwrap();
+    approve(&mo).await.unwrap();
+    let told = next_mention(&mut lee_live).await;
+    assert_eq!(
+        (told.post_id, told.user_ids),
+        (held.id.clone(), vec![lee_id.clone()])
+    );
+    assert_eq!(told.by, ann_id);
+
+    // Once a last mention of Ann's has arrived, everything before it has
+    // (one outbox, one log, in order): each inbox holds exactly its own.
+    mo.settings(&community, false).await.unwrap();
+    let last = mo.post(&community, "@Ann: that is all").await.unwrap();
+    assert_eq!(next_mention(&mut ann_live).await.post_id, last.id);
+    let mut lee_expected = vec![
+        (welcome.id.clone(), String::new()),
+        (held.id.clone(), String::new()),
+    ];
+    lee_expected.sort();
+    assert_eq!(mentions_of(&channel, &lee).await, lee_expected);
+    let mut ann_expected = vec![
+        (welcome.id.clone(), thanks.id.clone()),
+        (last.id.clone(), String::new()),
+    ];
+    ann_expected.sort();
+    assert_eq!(mentions_of(&channel, &ann).await, ann_expected);
+    assert!(mentions_of(&channel, &mo).await.is_empty());
+    assert!(mentions_of(&channel, &zed).await.is_empty());
 }

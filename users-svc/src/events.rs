@@ -1,5 +1,5 @@
 //! The domain events users-svc publishes (`munity.users.v1.CommunityCreated`,
-//! `MemberJoined`, `MemberLeft`, `MemberRoleChanged`), built here from the
+//! `MemberJoined`, `MemberLeft`, `MemberRoleChanged`, `ProfileChanged`), built here from the
 //! records the repository writes; and the revocations (`SessionRevoked`,
 //! `SubjectRevoked`) every gateway and service follows, staged on their own
 //! just before the change they announce. Both backends stage them with the change:
@@ -12,7 +12,7 @@ use munity_proto::users::v1 as pb;
 use prost::Message;
 use uuid::Uuid;
 
-use crate::domain::{CommunityRecord, MembershipRecord};
+use crate::domain::{CommunityRecord, MembershipRecord, UserRecord};
 
 /// The publishing service, as events name it.
 const SOURCE: &str = "users-svc";
@@ -73,6 +73,21 @@ pub fn member_role_changed(membership: &MembershipRecord) -> DomainEvent {
     )
 }
 
+/// `user`'s profile as written at `at_ms` (registration, UpdateProfile, a
+/// role change): the display name others find them by.
+pub fn profile_changed(user: &UserRecord, at_ms: i64) -> DomainEvent {
+    munity_bus::event(
+        SOURCE,
+        user.id.to_string(),
+        vec![user.id.to_string()],
+        &pb::ProfileChanged {
+            user_id: user.id.to_string(),
+            display_name: user.display_name.clone(),
+            changed_at_ms: at_ms,
+        },
+    )
+}
+
 /// Session `session_id` of `user_id` ended early: its access tokens, the
 /// last of which expires by `not_after_ms`, are refused everywhere.
 pub fn session_revoked(
@@ -125,6 +140,8 @@ pub enum Claim {
     NotMemberAt(Uuid, Uuid, i64),
     /// The membership exists with this role.
     MemberWithRole(Uuid, Uuid, i32),
+    /// The account exists with this display name.
+    NamedAs(Uuid, String),
 }
 
 fn id(text: &str) -> Option<Uuid> {
@@ -155,6 +172,10 @@ pub fn claim(event: &DomainEvent) -> Option<Claim> {
                 id(&e.user_id)?,
                 event.occurred_at_ms,
             ))
+        }
+        "munity.users.v1.ProfileChanged" => {
+            let e = pb::ProfileChanged::decode(payload).ok()?;
+            Some(Claim::NamedAs(id(&e.user_id)?, e.display_name))
         }
         "munity.users.v1.MemberRoleChanged" => {
             let e = pb::MemberRoleChanged::decode(payload).ok()?;

@@ -10,7 +10,7 @@ use munity_platform::config::StorageConfig;
 use munity_proto::users::v1 as pb;
 use prost::Message;
 use users_svc::{
-    domain::{CommunityRecord, MemberRole, MembershipRecord, now_millis},
+    domain::{CommunityRecord, MemberRole, MembershipRecord, Role, UserRecord, now_millis},
     store::{self, Opened},
 };
 use uuid::Uuid;
@@ -126,12 +126,79 @@ mod cases {
         assert_eq!(payload.user_id, member.to_string());
         assert_eq!(payload.role, pb::MemberRole::Member as i32);
     }
+
+    fn account(name: &str) -> UserRecord {
+        let id = Uuid::now_v7();
+        UserRecord {
+            id,
+            email: format!("events-{}@example.com", id.simple()),
+            display_name: name.to_owned(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+            roles: vec![Role::User],
+            created_at: now_millis(),
+        }
+    }
+
+    /// The display names staged for `user`, oldest first (confirmed).
+    async fn staged_names(outbox: &dyn Outbox, user: Uuid) -> Vec<String> {
+        let mut names = Vec::new();
+        for (key, event) in outbox.oldest(1000).await.unwrap() {
+            if event.aggregate_id != user.to_string() || !event.r#type.ends_with("ProfileChanged") {
+                continue;
+            }
+            assert!(!matches!(
+                key,
+                StagedKey::Cql {
+                    tentative: true,
+                    ..
+                }
+            ));
+            let e = pb::ProfileChanged::decode(event.payload.as_slice()).unwrap();
+            assert_eq!(e.user_id, user.to_string());
+            assert!(e.changed_at_ms > 0);
+            names.push(e.display_name);
+        }
+        names
+    }
+
+    /// Registering and writing an account stage its display name (so
+    /// services find members by name); writes that fail stage nothing.
+    pub async fn accounts_stage_their_display_names(opened: Opened) {
+        let Opened { repo, publishing } = opened;
+        let outbox = publishing.outbox;
+        let ada = account("Ada");
+        repo.create_user(&ada).await.unwrap();
+        repo.update_user(&UserRecord {
+            display_name: "Ada Lovelace".to_owned(),
+            ..ada.clone()
+        })
+        .await
+        .unwrap();
+        // The same email again: refused, nothing staged.
+        let copy = UserRecord {
+            id: Uuid::now_v7(),
+            ..ada.clone()
+        };
+        assert!(repo.create_user(&copy).await.is_err());
+        // No such account.
+        let ghost = account("Ghost");
+        assert!(repo.update_user(&ghost).await.is_err());
+        assert_eq!(
+            staged_names(outbox.as_ref(), ada.id).await,
+            ["Ada", "Ada Lovelace"]
+        );
+        assert!(staged_names(outbox.as_ref(), copy.id).await.is_empty());
+        assert!(staged_names(outbox.as_ref(), ghost.id).await.is_empty());
+    }
 }
 
 munity_testkit::contract_suite! {
     cases: cases,
     backends: { embedded_store => embedded(), cql_store => cql() },
-    tests: [every_change_stages_its_event_and_no_other],
+    tests: [
+        every_change_stages_its_event_and_no_other,
+        accounts_stage_their_display_names,
+    ],
 }
 
 /// CQL: the relay's check of unconfirmed events against the store.
@@ -171,4 +238,20 @@ async fn cql_verify_tells_changes_that_happened_from_ones_that_did_not() {
     };
     assert!(!happened(users_svc::events::member_role_changed(&promoted)).await);
     assert!(happened(users_svc::events::member_role_changed(&member)).await);
+    // A name is as the account says, or it was never written.
+    let ada = UserRecord {
+        id: Uuid::now_v7(),
+        email: format!("verify-{}@example.com", Uuid::now_v7().simple()),
+        display_name: "Ada".to_owned(),
+        password_hash: "x".to_owned(),
+        roles: vec![Role::User],
+        created_at: now_millis(),
+    };
+    opened.repo.create_user(&ada).await.unwrap();
+    assert!(happened(users_svc::events::profile_changed(&ada, 1)).await);
+    let renamed = UserRecord {
+        display_name: "Ada L.".to_owned(),
+        ..ada.clone()
+    };
+    assert!(!happened(users_svc::events::profile_changed(&renamed, 2)).await);
 }

@@ -17,8 +17,9 @@
 //! - `settings`: one row per community.
 //!
 //! Domain events: in the logged batch of a plain write (creating a post
-//! or a comment), staged tentatively around a lightweight transaction
-//! otherwise, with [`Verify`] answering the relay about unconfirmed ones.
+//! or a comment, with its mentions), staged tentatively around a
+//! lightweight transaction otherwise (a held post's mentions with its
+//! approval), with [`Verify`] answering the relay about unconfirmed ones.
 
 use std::sync::Arc;
 
@@ -46,7 +47,7 @@ use super::{CommentOutcome, DiscussRepository, Page, Reported};
 use crate::{
     domain::{
         Applied, CommentRecord, PostChange, PostRecord, PostState, ReactionKind, ReactionSummary,
-        ReactionTarget, SettingsRecord,
+        ReactionTarget, SettingsRecord, first_published,
     },
     events,
 };
@@ -276,7 +277,11 @@ impl CqlStore {
 
 #[async_trait::async_trait]
 impl DiscussRepository for CqlStore {
-    async fn create_post(&self, post: &PostRecord) -> StoreResult<()> {
+    async fn create_post(
+        &self,
+        post: &PostRecord,
+        mentions: Option<&DomainEvent>,
+    ) -> StoreResult<()> {
         let record = serde_json::to_string(post).map_err(internal)?;
         let index = if post.state == PostState::Published {
             Index::Feed
@@ -287,16 +292,20 @@ impl DiscussRepository for CqlStore {
         batch.append_statement(self.s.insert_post.clone());
         batch.append_statement(self.index(index).insert.clone());
         batch.append_statement(self.outbox.insert_statement().clone());
-        self.cql
-            .batch(
-                &batch,
-                (
-                    (post.id, record),
-                    (post.community_id, post.id),
-                    CqlOutbox::row(&events::created(post)),
-                ),
-            )
-            .await?;
+        let rows = (
+            (post.id, record),
+            (post.community_id, post.id),
+            CqlOutbox::row(&events::created(post)),
+        );
+        match mentions {
+            None => self.cql.batch(&batch, rows).await?,
+            Some(mentions) => {
+                batch.append_statement(self.outbox.insert_statement().clone());
+                let (post_row, index_row, event_row) = rows;
+                let values = (post_row, index_row, event_row, CqlOutbox::row(mentions));
+                self.cql.batch(&batch, values).await?
+            }
+        };
         self.outbox.notify_staged();
         Ok(())
     }
@@ -309,6 +318,7 @@ impl DiscussRepository for CqlStore {
         &self,
         id: Uuid,
         change: &PostChange,
+        mentions: Option<&DomainEvent>,
     ) -> StoreResult<Option<(Applied, PostRecord)>> {
         for _ in 0..CAS_ATTEMPTS {
             let Some((before, version)) = self.load(id).await? else {
@@ -325,10 +335,13 @@ impl DiscussRepository for CqlStore {
                 }
             }
             let record = serde_json::to_string(&post).map_err(internal)?;
-            let event = events::changed(change, &post);
+            let mut staged = vec![events::changed(change, &post)];
+            if first_published(&before, &post) {
+                staged.extend(mentions.cloned());
+            }
             let applied = self
                 .outbox
-                .with_events(&[event], async {
+                .with_events(&staged, async {
                     let applied = self
                         .cql
                         .execute_lwt(
@@ -378,7 +391,11 @@ impl DiscussRepository for CqlStore {
         self.index_page(Index::Queue, community, after, limit).await
     }
 
-    async fn create_comment(&self, comment: &CommentRecord) -> StoreResult<CommentOutcome> {
+    async fn create_comment(
+        &self,
+        comment: &CommentRecord,
+        mentions: Option<&DomainEvent>,
+    ) -> StoreResult<CommentOutcome> {
         let Some((post, _)) = self.load(comment.post_id).await? else {
             return Ok(CommentOutcome::NoPost);
         };
@@ -394,15 +411,16 @@ impl DiscussRepository for CqlStore {
         let mut batch = Batch::new(BatchType::Logged);
         batch.append_statement(self.s.insert_comment.clone());
         batch.append_statement(self.outbox.insert_statement().clone());
-        self.cql
-            .batch(
-                &batch,
-                (
-                    (post.id, comment.id, record),
-                    CqlOutbox::row(&events::comment_created(comment, &post)),
-                ),
-            )
-            .await?;
+        let comment_row = (post.id, comment.id, record);
+        let event_row = CqlOutbox::row(&events::comment_created(comment, &post));
+        match mentions {
+            None => self.cql.batch(&batch, (comment_row, event_row)).await?,
+            Some(mentions) => {
+                batch.append_statement(self.outbox.insert_statement().clone());
+                let values = (comment_row, event_row, CqlOutbox::row(mentions));
+                self.cql.batch(&batch, values).await?
+            }
+        };
         self.outbox.notify_staged();
         Ok(CommentOutcome::Created)
     }
@@ -516,14 +534,6 @@ impl DiscussRepository for CqlStore {
         Ok(())
     }
 
-    async fn announce(&self, event: munity_bus::DomainEvent) -> StoreResult<()> {
-        self.cql
-            .execute(self.outbox.insert_statement(), CqlOutbox::row(&event))
-            .await?;
-        self.outbox.notify_staged();
-        Ok(())
-    }
-
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {
         let row: Option<(Option<bool>,)> = self
             .cql
@@ -579,7 +589,10 @@ impl Verify for CqlStore {
             return Ok(false);
         };
         Ok(match event.r#type.as_str() {
-            "munity.discuss.v1.PostPublished" => post.state == PostState::Published,
+            // A held post's mentions are staged with its approval.
+            "munity.discuss.v1.PostPublished" | "munity.discuss.v1.MembersMentioned" => {
+                post.state == PostState::Published
+            }
             "munity.discuss.v1.PostEdited" => pb::PostEdited::decode(payload)
                 .ok()
                 .and_then(|e| e.post)

@@ -10,7 +10,10 @@
 use std::ops::Bound;
 use std::path::Path;
 
-use munity_bus::outbox::{EmbeddedOutbox, Publishing};
+use munity_bus::{
+    DomainEvent,
+    outbox::{EmbeddedOutbox, Publishing},
+};
 use munity_store::{
     StoreResult,
     embedded::{EmbeddedDb, decode, encode, pair_key, read_one},
@@ -23,7 +26,7 @@ use super::{CommentOutcome, DiscussRepository, Page, Reported};
 use crate::{
     domain::{
         Applied, CommentRecord, PostChange, PostRecord, PostState, ReactionKind, ReactionSummary,
-        ReactionTarget, SettingsRecord,
+        ReactionTarget, SettingsRecord, first_published,
     },
     events,
 };
@@ -197,15 +200,20 @@ fn save(txn: &WriteTransaction, post: &PostRecord, before: Option<&PostRecord>) 
 
 #[async_trait::async_trait]
 impl DiscussRepository for EmbeddedStore {
-    async fn create_post(&self, post: &PostRecord) -> StoreResult<()> {
-        let post = post.clone();
+    async fn create_post(
+        &self,
+        post: &PostRecord,
+        mentions: Option<&DomainEvent>,
+    ) -> StoreResult<()> {
+        let (post, mentions) = (post.clone(), mentions.cloned());
         self.outbox
             .write(move |txn| {
                 if load(txn, post.id)?.is_some() {
                     return Err(munity_store::StoreError::Conflict("post"));
                 }
                 save(txn, &post, None)?;
-                Ok(((), vec![events::created(&post)]))
+                let staged = std::iter::once(events::created(&post)).chain(mentions);
+                Ok(((), staged.collect()))
             })
             .await
     }
@@ -220,8 +228,9 @@ impl DiscussRepository for EmbeddedStore {
         &self,
         id: Uuid,
         change: &PostChange,
+        mentions: Option<&DomainEvent>,
     ) -> StoreResult<Option<(Applied, PostRecord)>> {
-        let change = change.clone();
+        let (change, mentions) = (change.clone(), mentions.cloned());
         self.outbox
             .write(move |txn| {
                 let Some(before) = load(txn, id)? else {
@@ -233,8 +242,11 @@ impl DiscussRepository for EmbeddedStore {
                     return Ok((Some((applied, before)), vec![]));
                 }
                 save(txn, &post, Some(&before))?;
-                let event = events::changed(&change, &post);
-                Ok((Some((applied, post)), vec![event]))
+                let mut staged = vec![events::changed(&change, &post)];
+                if first_published(&before, &post) {
+                    staged.extend(mentions);
+                }
+                Ok((Some((applied, post)), staged))
             })
             .await
     }
@@ -264,8 +276,12 @@ impl DiscussRepository for EmbeddedStore {
         self.index_page(QUEUE, community, after, false, limit).await
     }
 
-    async fn create_comment(&self, comment: &CommentRecord) -> StoreResult<CommentOutcome> {
-        let comment = comment.clone();
+    async fn create_comment(
+        &self,
+        comment: &CommentRecord,
+        mentions: Option<&DomainEvent>,
+    ) -> StoreResult<CommentOutcome> {
+        let (comment, mentions) = (comment.clone(), mentions.cloned());
         self.outbox
             .write(move |txn| {
                 let Some(post) = load(txn, comment.post_id)? else {
@@ -293,8 +309,8 @@ impl DiscussRepository for EmbeddedStore {
                 let key = post.id.as_bytes().as_slice();
                 let n = counts.get(key).map_err(internal)?.map_or(0, |v| v.value());
                 counts.insert(key, n + 1).map_err(internal)?;
-                let event = events::comment_created(&comment, &post);
-                Ok((CommentOutcome::Created, vec![event]))
+                let staged = std::iter::once(events::comment_created(&comment, &post));
+                Ok((CommentOutcome::Created, staged.chain(mentions).collect()))
             })
             .await
     }
@@ -441,10 +457,6 @@ impl DiscussRepository for EmbeddedStore {
         body: &str,
     ) -> StoreResult<()> {
         let event = events::shared_with(post, by, to, body);
-        self.outbox.write(move |_| Ok(((), vec![event]))).await
-    }
-
-    async fn announce(&self, event: munity_bus::DomainEvent) -> StoreResult<()> {
         self.outbox.write(move |_| Ok(((), vec![event]))).await
     }
 

@@ -15,6 +15,7 @@ pub mod embedded;
 
 use std::sync::Arc;
 
+use munity_bus::DomainEvent;
 pub use munity_store::{Page, StoreError, StoreResult};
 use uuid::Uuid;
 
@@ -46,15 +47,26 @@ pub struct Reported {
 #[async_trait::async_trait]
 pub trait DiscussRepository: Send + Sync + 'static {
     /// Stores a new post (PUBLISHED into the feed, or PENDING into the
-    /// moderation queue).
-    async fn create_post(&self, post: &PostRecord) -> StoreResult<()>;
+    /// moderation queue), with its event and `mentions` (its
+    /// `MembersMentioned`, if it names anyone) staged in the same
+    /// transaction or logged batch: a crash cannot keep one and lose the
+    /// other.
+    async fn create_post(
+        &self,
+        post: &PostRecord,
+        mentions: Option<&DomainEvent>,
+    ) -> StoreResult<()>;
     async fn get_post(&self, id: Uuid) -> StoreResult<Option<PostRecord>>;
     /// Applies `change` to the post as it is now (compare-and-set), with
     /// its domain event when it changed anything; `None`: no such post.
+    /// `mentions` is staged with them only when the change is the one that
+    /// first publishes a held post ([`crate::domain::first_published`], as
+    /// decided inside the compare-and-set, so it is told once).
     async fn change_post(
         &self,
         id: Uuid,
         change: &PostChange,
+        mentions: Option<&DomainEvent>,
     ) -> StoreResult<Option<(Applied, PostRecord)>>;
 
     /// A community's published posts, newest first, strictly before
@@ -76,8 +88,13 @@ pub trait DiscussRepository: Send + Sync + 'static {
     ) -> StoreResult<Page<PostRecord>>;
 
     /// Stores a comment on a published post (a reply's parent must be a
-    /// comment of the same post).
-    async fn create_comment(&self, comment: &CommentRecord) -> StoreResult<CommentOutcome>;
+    /// comment of the same post), its event and `mentions` staged with it
+    /// as [`DiscussRepository::create_post`] does.
+    async fn create_comment(
+        &self,
+        comment: &CommentRecord,
+        mentions: Option<&DomainEvent>,
+    ) -> StoreResult<CommentOutcome>;
     async fn get_comment(&self, post: Uuid, id: Uuid) -> StoreResult<Option<CommentRecord>>;
     /// A post's comments, oldest first, after `after`.
     async fn list_comments(
@@ -112,10 +129,6 @@ pub trait DiscussRepository: Send + Sync + 'static {
         to: Uuid,
         body: &str,
     ) -> StoreResult<()>;
-
-    /// Publishes `event`, which records no change of its own (mentions:
-    /// decided from a post or comment already stored).
-    async fn announce(&self, event: munity_bus::DomainEvent) -> StoreResult<()>;
 
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord>;
     async fn set_settings(&self, community: Uuid, settings: &SettingsRecord) -> StoreResult<()>;

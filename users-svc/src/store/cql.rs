@@ -25,7 +25,14 @@ use munity_store::{
     cql::{CqlStore as Cql, limit_plus_one, ts, ttl_until},
     page_from,
 };
-use scylla::{DeserializeRow, statement::prepared::PreparedStatement, value::CqlTimestamp};
+use scylla::{
+    DeserializeRow,
+    statement::{
+        batch::{Batch, BatchType},
+        prepared::PreparedStatement,
+    },
+    value::CqlTimestamp,
+};
 use uuid::Uuid;
 
 use super::cql_links::{self, LinkStatements};
@@ -207,6 +214,11 @@ impl Verify for CqlStore {
                 .await
                 .map_err(unavailable)?
                 .is_some_and(|m| m.role.to_proto() as i32 == role),
+            Claim::NamedAs(user, name) => self
+                .get_user(user)
+                .await
+                .map_err(unavailable)?
+                .is_some_and(|u| u.display_name == name),
         })
     }
 }
@@ -433,7 +445,16 @@ impl UsersRepository for CqlStore {
             role_names(&user.roles),
             ts(user.created_at),
         );
-        if let Err(error) = self.cql.execute(&s.insert_user, row).await {
+        // The account and its ProfileChanged in one logged batch.
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.append_statement(s.insert_user.clone());
+        batch.append_statement(self.outbox.insert_statement().clone());
+        let event = CqlOutbox::row(&events::profile_changed(user, user.created_at));
+        let written = self.cql.batch(&batch, (row, event)).await;
+        if written.is_ok() {
+            self.outbox.notify_staged();
+        }
+        if let Err(error) = written {
             // Give the email back so the account can be registered again.
             let _ = self
                 .cql
@@ -465,11 +486,18 @@ impl UsersRepository for CqlStore {
 
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
         let values = (&user.display_name, role_names(&user.roles), user.id);
-        if self
-            .cql
-            .execute_lwt(&self.statements.update_user, values)
-            .await?
-        {
+        let event = events::profile_changed(user, munity_store::now_millis());
+        let updated = self
+            .outbox
+            .with_events(&[event], async {
+                let applied = self
+                    .cql
+                    .execute_lwt(&self.statements.update_user, values)
+                    .await?;
+                Ok((applied, applied))
+            })
+            .await?;
+        if updated {
             Ok(())
         } else {
             Err(StoreError::NotFound("user"))

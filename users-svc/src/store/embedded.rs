@@ -149,9 +149,10 @@ impl UsersRepository for EmbeddedStore {
                     .map_err(internal)?
                     .insert(id_key(&user.id), encode(&user)?.as_slice())
                     .map_err(internal)?;
-                Ok(())
+                stage(txn, &[events::profile_changed(&user, user.created_at)])
             })
             .await
+            .inspect(|_| self.outbox.notify_staged())
     }
 
     async fn set_user_disabled(&self, id: Uuid, disabled: bool) -> StoreResult<()> {
@@ -217,9 +218,11 @@ impl UsersRepository for EmbeddedStore {
                 users
                     .insert(key, encode(&stored)?.as_slice())
                     .map_err(internal)?;
-                Ok(())
+                let at = crate::domain::now_millis();
+                stage(txn, &[events::profile_changed(&stored, at)])
             })
             .await
+            .inspect(|_| self.outbox.notify_staged())
     }
 
     async fn list_users(&self, after: Option<Uuid>, limit: usize) -> StoreResult<Page<UserRecord>> {

@@ -467,7 +467,7 @@ async fn deliver(args: DeliverArgs) -> anyhow::Result<()> {
             last_count = count;
             last_change = Instant::now();
         }
-        if t0.elapsed().as_secs() % 15 == 0 {
+        if t0.elapsed().as_secs().is_multiple_of(15) {
             eprintln!(
                 "  deliver: {count} of {total} at the stand-in after {:.0} s",
                 t0.elapsed().as_secs_f64()

@@ -13,7 +13,14 @@
 //! the position (epoch, offset) is stored only after the notification is
 //! queued, and the stream resumes after it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use munity_platform::{auth::with_bearer, shutdown::ShutdownToken};
 use munity_proto::{events::v1 as events_pb, notify::v1 as notify_pb};
@@ -90,11 +97,39 @@ pub fn describe(n: &notify_pb::Notification) -> String {
     }
 }
 
+/// Users whose stream is open right now (GetStatus' `following_users`;
+/// a benchmark waits on it before it makes notifications).
+#[derive(Debug, Default)]
+pub struct Following(AtomicU64);
+
+impl Following {
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one open stream while it lives.
+struct Open<'a>(&'a Following);
+
+impl<'a> Open<'a> {
+    fn new(following: &'a Following) -> Self {
+        following.0.fetch_add(1, Ordering::Relaxed);
+        Open(following)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Keeps one follower per linked user until `shutdown`.
 pub async fn supervise(
     munity: Arc<Munity>,
     store: Arc<dyn BotStore>,
     queue_capacity: u64,
+    following: Arc<Following>,
     shutdown: ShutdownToken,
 ) {
     let mut followers: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
@@ -113,6 +148,7 @@ pub async fn supervise(
                             store.clone(),
                             user,
                             queue_capacity,
+                            following.clone(),
                             shutdown.clone(),
                         ))
                     });
@@ -147,6 +183,7 @@ async fn follow(
     store: Arc<dyn BotStore>,
     user: Uuid,
     queue_capacity: u64,
+    following: Arc<Following>,
     shutdown: ShutdownToken,
 ) {
     loop {
@@ -154,7 +191,15 @@ async fn follow(
         let Some(&chat) = chats.first() else {
             return;
         };
-        let result = follow_once(&munity, store.as_ref(), user, chat, queue_capacity).await;
+        let result = follow_once(
+            &munity,
+            store.as_ref(),
+            user,
+            chat,
+            queue_capacity,
+            &following,
+        )
+        .await;
         match result {
             Ok(false) => {
                 // Unlinked from the account side.
@@ -178,6 +223,7 @@ async fn follow_once(
     user: Uuid,
     chat: i64,
     queue_capacity: u64,
+    following: &Following,
 ) -> anyhow::Result<bool> {
     let Some(token) = munity.user_token(chat).await? else {
         return Ok(false);
@@ -204,6 +250,7 @@ async fn follow_once(
         .subscribe(with_bearer(request, &token.token))
         .await?
         .into_inner();
+    let mut open = None;
     loop {
         let Some(answer) = stream.message().await? else {
             return Ok(true);
@@ -211,6 +258,7 @@ async fn follow_once(
         use notify_pb::subscribe_response::Message as M;
         match answer.message {
             Some(M::Subscribed(subscribed)) => {
+                open.get_or_insert_with(|| Open::new(following));
                 // A topic followed for the first time: from now on (what
                 // came before is in the inbox).
                 for p in subscribed.positions {

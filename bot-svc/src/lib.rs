@@ -41,7 +41,7 @@ use teloxide::{prelude::*, types::UpdateKind};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::{chat::Chat, error::BotError, store::BotStore};
+use crate::{chat::Chat, error::BotError, follow::Following, store::BotStore};
 
 /// What to set to turn the bot on.
 pub const OFF_HINT: &str = "set bot.telegram_token (and bot.client_id, bot.client_secret: a \
@@ -83,7 +83,8 @@ impl Service for BotService {
 
 /// GetStatus.
 struct StatusApi {
-    store: Option<Arc<dyn BotStore>>,
+    /// With the bot running: its store and followers.
+    running: Option<(Arc<dyn BotStore>, Arc<Following>)>,
 }
 
 #[tonic::async_trait]
@@ -92,7 +93,7 @@ impl BotRpc for StatusApi {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::BotStatus>, Status> {
-        let Some(store) = &self.store else {
+        let Some((store, following)) = &self.running else {
             return Ok(Response::new(pb::BotStatus {
                 enabled: false,
                 hint: OFF_HINT.to_owned(),
@@ -105,6 +106,7 @@ impl BotRpc for StatusApi {
                 hint: String::new(),
                 linked_chats: store.list_links().await?.len() as u64,
                 queued_messages: store.queue_len().await?,
+                following_users: following.count(),
             })
         }
         .await?;
@@ -121,7 +123,7 @@ pub async fn run(
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
     let own = config.own.clone();
-    let store = if own.telegram_token.is_empty() {
+    let running = if own.telegram_token.is_empty() {
         announce(&format!("bot-svc: off ({OFF_HINT})"));
         None
     } else {
@@ -132,6 +134,7 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("bot.telegram_api_url {:?}: {e}", own.telegram_api_url))?;
         let bot = Bot::new(own.telegram_token.clone()).set_api_url(api_url);
         let munity = Arc::new(munity::Munity::new(&own)?);
+        let following = Arc::new(Following::default());
         tokio::spawn(sender::run(
             bot.clone(),
             store.clone(),
@@ -142,6 +145,7 @@ pub async fn run(
             munity.clone(),
             store.clone(),
             own.queue_capacity.max(1),
+            following.clone(),
             shutdown.clone(),
         ));
         let chat = Arc::new(Chat {
@@ -150,10 +154,10 @@ pub async fn run(
             store: store.clone(),
         });
         tokio::spawn(poll(bot, chat, own.poll_timeout_secs, shutdown.clone()));
-        Some(store)
+        Some((store, following))
     };
     GrpcHost::new(BotService::DESCRIPTOR_SET)?
-        .add_service(BotServer::new(StatusApi { store }))
+        .add_service(BotServer::new(StatusApi { running }))
         .with_shutdown_grace(config.shutdown_grace())
         .with_auth(
             munity_bus::revocations::remote_verifier(

@@ -62,6 +62,11 @@ pub async fn run(bot: Bot, store: Arc<dyn BotStore>, config: BotConfig, shutdown
             if next_send > now {
                 tokio::time::sleep(next_send - now).await;
             }
+            // The rate counts from when each send begins: counted from when
+            // it ended, every send's own time (two store writes and the
+            // request) came on top of the spacing, and fewer than
+            // `messages_per_sec` went out.
+            let began = Instant::now();
             if queued.attempted {
                 // Begun before a crash, fate unknown: at most once.
                 tracing::warn!(
@@ -82,7 +87,7 @@ pub async fn run(bot: Bot, store: Arc<dyn BotStore>, config: BotConfig, shutdown
                 request = request.reply_markup(keyboard(&queued.message.buttons));
             }
             let sent = request.await;
-            next_send = Instant::now() + spacing;
+            next_send = began + spacing;
             match sent {
                 Ok(_) => {
                     chat_free_at.insert(chat, Instant::now() + chat_interval);

@@ -4,6 +4,7 @@ import { loadCommunities, mine } from "./data";
 import { follow, live, onTopic, online } from "./live";
 import { Link, navigate, usePath } from "./router";
 import { useStore } from "./store";
+import { Account } from "./screens/Account";
 import { Admin } from "./screens/Admin";
 import { Warehouse } from "./screens/Warehouse";
 import { Register, SignIn } from "./screens/Auth";
@@ -61,7 +62,10 @@ function Nav() {
               <span class="visually-hidden">Live updates: </span>
               {state.state}
             </span>
-            <span>{me.displayName}</span>
+            <Link href="/account" current={path === "/account"}>
+              {me.displayName}
+              <span class="visually-hidden"> (account)</span>
+            </Link>
             <button type="button" class="small secondary" onClick={() => void signOut().then(() => navigate("/signin"))}>
               Sign out
             </button>
@@ -112,6 +116,8 @@ function Screen() {
       return <Inbox />;
     case "feed":
       return <Feed />;
+    case "account":
+      return <Account />;
     case "admin":
       return <Admin />;
     case "warehouse":

@@ -380,6 +380,19 @@ try {
   await text(b.page, "[role=status]", "Your session ended", "B's refresh is refused: signed out, saying why");
   await shot(b.page, "17-session-ended");
 
+  // The account screen: "Link Telegram" shows a one-time code (8 of
+  // users-svc's alphabet), when it expires, and what to send the bot.
+  await a.page.getByRole("link", { name: "Ann (account)" }).click();
+  await a.page.getByRole("heading", { name: "Account", level: 1 }).waitFor();
+  await text(a.page, ".empty", "No chat is linked", "A's account lists no linked chat yet");
+  await a.page.getByRole("button", { name: "Link Telegram" }).click();
+  await a.page.getByTestId("link-code-value").waitFor();
+  const linkCode = (await a.page.getByTestId("link-code-value").innerText()).trim();
+  check(/^[ABCDEFGHJKLMNPQRSTUVWXYZ23456789]{8}$/.test(linkCode), `the link code has the right shape (${linkCode})`);
+  await text(a.page, "[data-testid=link-code]", `/link ${linkCode}`, "the screen says to send /link CODE to the bot");
+  check(!/^\?$/.test((await a.page.getByTestId("link-code-expiry").innerText()).trim()), "the code's expiry is shown");
+  await shot(a.page, "21-account-link-telegram");
+
   // Signing out shows the sign-in screen.
   await a.page.getByRole("button", { name: "Sign out" }).click();
   await a.page.getByRole("heading", { name: "Sign in" }).waitFor();

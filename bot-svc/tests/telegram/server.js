@@ -2,13 +2,17 @@
 // in front of it, on <proxy port>, a proxy that passes everything through
 // except that it answers the next N sendMessage calls with Telegram's 429
 // (`retry_after` seconds) after `POST /inject429?count=N&retry_after=S`.
-// Used by munity/tests/telegram_bot.rs; runs until killed.
+// Optional third argument: how long the stand-in keeps messages, in seconds
+// (600 by default; bench/bot/run.sh needs longer).
+// `GET /stats` counts what the bot sent (all, and "Voting closed" ones).
+// Used by munity/tests/telegram_bot.rs and bench/bot; runs until killed.
 const http = require('http');
 const TelegramServer = require('telegram-test-api');
 
 const port = Number(process.argv[2]);
 const proxyPort = Number(process.argv[3]);
-const server = new TelegramServer({ port, host: '127.0.0.1', storeTimeout: 600 });
+const storeTimeout = Number(process.argv[4] || 600);
+const server = new TelegramServer({ port, host: '127.0.0.1', storeTimeout });
 
 let rejectNext = 0;
 let retryAfter = 1;
@@ -21,6 +25,13 @@ const proxy = http.createServer((req, res) => {
     retryAfter = Number(url.searchParams.get('retry_after') || 1);
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(JSON.stringify({ ok: true }));
+    return;
+  }
+  if (url.pathname === '/stats') {
+    const sent = server.storage.botMessages;
+    const closed = sent.filter((m) => String(m.message.text || '').startsWith('Voting closed')).length;
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ ok: true, sent: sent.length, closed }));
     return;
   }
   if (url.pathname === '/rejected') {

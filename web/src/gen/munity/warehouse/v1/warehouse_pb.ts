@@ -37,6 +37,9 @@ export type Record = Message<"munity.warehouse.v1.Record"> & {
   /**
    * 1 to 64 of letters, digits, `-`, `_`, `.`, `:`. Given by the producer
    * for idempotent retries; generated (a time-ordered UUID) when empty.
+   * A record is its (source, time, id): a retry is a no-op only when it
+   * carries the same `time` too (a record without one is given its
+   * arrival time, so retrying it stores it again).
    *
    * @generated from field: string id = 1;
    */

@@ -366,19 +366,9 @@ async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_it
     // Its first time starts in 3 minutes: with `events.reminders_before_secs
     // = [150]` its reminder falls due 30 s from now, after voting closes.
     let mut request = munity_testkit::meeting_request("Tuesday hack night");
-    let now = unix_now();
-    request.options[0].start = Some(prost_types::Timestamp {
-        seconds: now + 180,
-        nanos: 0,
-    });
-    request.options[0].end = Some(prost_types::Timestamp {
-        seconds: now + 3600,
-        nanos: 0,
-    });
-    request.voting_deadline = Some(prost_types::Timestamp {
-        seconds: now + 120,
-        nanos: 0,
-    });
+    request.options[0].start = Some(munity_testkit::in_secs(180));
+    request.options[0].end = Some(munity_testkit::in_secs(3600));
+    request.voting_deadline = Some(munity_testkit::in_secs(120));
     let meeting = events
         .create_event(with_bearer(request, &ada))
         .await
@@ -749,18 +739,9 @@ async fn reminders_arrive_once_across_a_sigkill_of_bot_svc() {
     for i in 0..MEETINGS {
         let mut request = munity_testkit::meeting_request(&format!("Meeting {i}"));
         request.options.truncate(1);
-        request.options[0].start = Some(prost_types::Timestamp {
-            seconds: now + 100,
-            nanos: 0,
-        });
-        request.options[0].end = Some(prost_types::Timestamp {
-            seconds: now + 3600,
-            nanos: 0,
-        });
-        request.voting_deadline = Some(prost_types::Timestamp {
-            seconds: now + 95,
-            nanos: 0,
-        });
+        request.options[0].start = Some(munity_testkit::in_secs(100));
+        request.options[0].end = Some(munity_testkit::in_secs(3600));
+        request.voting_deadline = Some(munity_testkit::in_secs(95));
         let meeting = events
             .create_event(with_bearer(request, &ada))
             .await

@@ -486,11 +486,16 @@ pub async fn node(script: &str, args: Vec<String>, env: &[(&str, &str)]) {
 
 /// `hours` from now, as a protobuf timestamp (whole seconds).
 pub fn in_hours(hours: i64) -> prost_types::Timestamp {
+    in_secs(hours * 3600)
+}
+
+/// `secs` from now, as a protobuf timestamp (whole seconds).
+pub fn in_secs(secs: i64) -> prost_types::Timestamp {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     prost_types::Timestamp {
-        seconds: now + hours * 3600,
+        seconds: now + secs,
         nanos: 0,
     }
 }

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use munity_platform::shutdown::ShutdownToken;
 
-use crate::{DomainEvent, EventLog, metrics};
+use crate::{Delivery, DomainEvent, EventLog, GroupConsumer, metrics};
 
 /// Bounds of how often a consumer looks for stale deliveries (a quarter of
 /// its `retry_after` within them).
@@ -106,120 +106,225 @@ impl ConsumerLoop {
         H: FnMut(DomainEvent) -> F + Send,
         F: Future<Output = anyhow::Result<()>> + Send,
     {
-        let mut seen = Seen {
-            ids: HashSet::with_capacity(Seen::CAPACITY + 1),
-            order: VecDeque::with_capacity(Seen::CAPACITY + 1),
-            capacity: Seen::CAPACITY,
-        };
-        let mut failures = 0u32;
-        // Looking for stale deliveries and reporting the lag each cost the
-        // log a transaction (or a round trip): under load a consumer loops
-        // once per batch, so both are paced instead of done every time. A
-        // dead member's deliveries are still taken over within
-        // `retry_after` plus `claim_every`.
-        let claim_every = (self.retry_after / 4).clamp(CLAIM_EVERY_MIN, CLAIM_EVERY_MAX);
-        let mut last_claim: Option<Instant> = None;
-        let mut last_lag: Option<Instant> = None;
+        let mut member = Member::new(self);
+        while let Some(deliveries) = member.next_batch(&shutdown).await {
+            let mut done = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                let span = member.span(&delivery.event);
+                let id = delivery.event.id.clone();
+                match handle(delivery.event).instrument(span).await {
+                    Ok(()) => done.push((delivery.id, id)),
+                    Err(error) => member.failed(&id, &error),
+                }
+            }
+            member.finish(done).await;
+        }
+    }
+
+    /// Runs until `shutdown`, handing each read's new events to `handle`
+    /// at once: for handlers that store a batch in one write instead of
+    /// one write per event. When a batch fails, its events are handed
+    /// over one at a time, so one bad event holds back only itself.
+    pub async fn run_batches<H, F>(self, shutdown: ShutdownToken, mut handle: H)
+    where
+        H: FnMut(Vec<DomainEvent>) -> F + Send,
+        F: Future<Output = anyhow::Result<()>> + Send,
+    {
+        let mut member = Member::new(self);
+        while let Some(deliveries) = member.next_batch(&shutdown).await {
+            if deliveries.is_empty() {
+                member.finish(Vec::new()).await;
+                continue;
+            }
+            // The batch joins the trace of its first event.
+            let span = member.span(&deliveries[0].event);
+            span.record("events", deliveries.len());
+            let events: Vec<DomainEvent> = deliveries.iter().map(|d| d.event.clone()).collect();
+            let done = match handle(events).instrument(span).await {
+                Ok(()) => deliveries.into_iter().map(|d| (d.id, d.event.id)).collect(),
+                Err(_) if deliveries.len() > 1 => {
+                    let mut done = Vec::with_capacity(deliveries.len());
+                    for delivery in deliveries {
+                        let span = member.span(&delivery.event);
+                        let id = delivery.event.id.clone();
+                        match handle(vec![delivery.event]).instrument(span).await {
+                            Ok(()) => done.push((delivery.id, id)),
+                            Err(error) => member.failed(&id, &error),
+                        }
+                    }
+                    done
+                }
+                Err(error) => {
+                    member.failed(&deliveries[0].event.id, &error);
+                    Vec::new()
+                }
+            };
+            member.finish(done).await;
+        }
+    }
+}
+
+/// A [`ConsumerLoop`] at work: its membership (joined again after a
+/// failed read), what it has handled recently, and when it last looked
+/// for stale deliveries and reported its lag.
+struct Member {
+    config: ConsumerLoop,
+    joined: Option<Box<dyn GroupConsumer>>,
+    seen: Seen,
+    failures: u32,
+    /// Looking for stale deliveries and reporting the lag each cost the
+    /// log a transaction (or a round trip): under load a consumer loops
+    /// once per batch, so both are paced instead of done every time. A
+    /// dead member's deliveries are still taken over within `retry_after`
+    /// plus `claim_every`.
+    claim_every: Duration,
+    last_claim: Option<Instant>,
+    last_lag: Option<Instant>,
+}
+
+impl Member {
+    fn new(config: ConsumerLoop) -> Self {
+        let claim_every = (config.retry_after / 4).clamp(CLAIM_EVERY_MIN, CLAIM_EVERY_MAX);
+        Member {
+            config,
+            joined: None,
+            seen: Seen {
+                ids: HashSet::with_capacity(Seen::CAPACITY + 1),
+                order: VecDeque::with_capacity(Seen::CAPACITY + 1),
+                capacity: Seen::CAPACITY,
+            },
+            failures: 0,
+            claim_every,
+            last_claim: None,
+            last_lag: None,
+        }
+    }
+
+    /// The next deliveries to handle (stale ones first), joining the group
+    /// first when needed; those handled before are acknowledged here and
+    /// left out. `None` once `shutdown` is cancelled.
+    async fn next_batch(&mut self, shutdown: &ShutdownToken) -> Option<Vec<Delivery>> {
         loop {
             if shutdown.is_cancelled() {
-                return;
+                return None;
             }
-            let joined = tokio::select! {
-                () = shutdown.cancelled() => return,
-                joined = self.log.join(&self.group, &self.consumer) => joined,
-            };
-            let mut member = match joined {
-                Ok(member) => member,
-                Err(error) => {
-                    if failures == 0 {
-                        tracing::warn!(group = %self.group, %error, "cannot join the consumer group; retrying");
-                    }
-                    failures += 1;
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff(failures)) => continue,
-                    }
-                }
-            };
-            failures = 0;
-            loop {
-                let claim = last_claim.is_none_or(|at| at.elapsed() >= claim_every);
-                let read = async {
-                    if claim {
-                        let stale = member.claim_stale(self.retry_after, self.batch).await?;
-                        if !stale.is_empty() {
-                            return Ok::<_, crate::BusError>((stale, true));
-                        }
-                    }
-                    Ok((member.next(self.batch, self.wait).await?, false))
+            let Some(member) = self.joined.as_mut() else {
+                let joined = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    joined = self.config.log.join(&self.config.group, &self.config.consumer) => joined,
                 };
-                let deliveries = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    read = read => read,
-                };
-                let deliveries = match deliveries {
-                    Ok((deliveries, claimed)) => {
-                        if claim {
-                            // A full batch of stale deliveries: more may
-                            // wait, so look again at once.
-                            let more = claimed && deliveries.len() >= self.batch;
-                            last_claim = (!more).then(Instant::now);
-                        }
-                        deliveries
+                match joined {
+                    Ok(member) => {
+                        self.joined = Some(member);
+                        self.failures = 0;
                     }
                     Err(error) => {
-                        tracing::warn!(group = %self.group, %error, "cannot read the event log; retrying");
-                        failures += 1;
+                        if self.failures == 0 {
+                            tracing::warn!(group = %self.config.group, %error, "cannot join the consumer group; retrying");
+                        }
+                        self.failures += 1;
                         tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(backoff(failures)) => {}
-                        }
-                        // Rejoin: a Redis consumer's connection may be gone.
-                        break;
-                    }
-                };
-                failures = 0;
-                let mut done = Vec::new();
-                for delivery in deliveries {
-                    if seen.contains(&delivery.event.id) {
-                        done.push(delivery.id);
-                        continue;
-                    }
-                    let id = delivery.event.id.clone();
-                    // The handling joins the trace the event carries (the
-                    // relay's span, child of the change that made it).
-                    let span = tracing::info_span!(
-                        "bus.consume",
-                        otel.name = %format!("consume {} {}", self.group, delivery.event.r#type),
-                        otel.kind = "consumer",
-                        group = %self.group,
-                        event.id = %id,
-                        "event.type" = %delivery.event.r#type,
-                    );
-                    munity_platform::telemetry::set_parent_from_traceparent(
-                        &span,
-                        &delivery.event.traceparent,
-                    );
-                    match handle(delivery.event).instrument(span).await {
-                        Ok(()) => {
-                            seen.insert(&id);
-                            done.push(delivery.id);
-                        }
-                        Err(error) => {
-                            tracing::warn!(group = %self.group, event = %id, %error, "handling failed; the event will be retried");
+                            () = shutdown.cancelled() => return None,
+                            () = tokio::time::sleep(backoff(self.failures)) => {}
                         }
                     }
                 }
-                if !done.is_empty()
-                    && let Err(error) = member.ack(&done).await
-                {
-                    tracing::warn!(group = %self.group, %error, "cannot acknowledge; the events will be redelivered");
+                continue;
+            };
+            let (batch, retry_after, wait) =
+                (self.config.batch, self.config.retry_after, self.config.wait);
+            let claim = self
+                .last_claim
+                .is_none_or(|at| at.elapsed() >= self.claim_every);
+            let read = async {
+                if claim {
+                    let stale = member.claim_stale(retry_after, batch).await?;
+                    if !stale.is_empty() {
+                        return Ok::<_, crate::BusError>((stale, true));
+                    }
                 }
-                if last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
-                    metrics::report_lag(self.log.as_ref(), &self.group).await;
-                    last_lag = Some(Instant::now());
+                Ok((member.next(batch, wait).await?, false))
+            };
+            let read = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                read = read => read,
+            };
+            let deliveries = match read {
+                Ok((deliveries, claimed)) => {
+                    if claim {
+                        // A full batch of stale deliveries: more may
+                        // wait, so look again at once.
+                        let more = claimed && deliveries.len() >= batch;
+                        self.last_claim = (!more).then(Instant::now);
+                    }
+                    deliveries
                 }
+                Err(error) => {
+                    tracing::warn!(group = %self.config.group, %error, "cannot read the event log; retrying");
+                    self.failures += 1;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(backoff(self.failures)) => {}
+                    }
+                    // Rejoin: a Redis consumer's connection may be gone.
+                    self.joined = None;
+                    continue;
+                }
+            };
+            self.failures = 0;
+            let (fresh, again): (Vec<Delivery>, Vec<Delivery>) = deliveries
+                .into_iter()
+                .partition(|d| !self.seen.contains(&d.event.id));
+            if !again.is_empty() {
+                let ids: Vec<String> = again.into_iter().map(|d| d.id).collect();
+                self.ack(&ids).await;
             }
+            return Some(fresh);
+        }
+    }
+
+    /// The span of handling `event`: it joins the trace the event carries
+    /// (the relay's span, child of the change that made it).
+    fn span(&self, event: &DomainEvent) -> tracing::Span {
+        let span = tracing::info_span!(
+            "bus.consume",
+            otel.name = %format!("consume {} {}", self.config.group, event.r#type),
+            otel.kind = "consumer",
+            group = %self.config.group,
+            event.id = %event.id,
+            "event.type" = %event.r#type,
+            events = tracing::field::Empty,
+        );
+        munity_platform::telemetry::set_parent_from_traceparent(&span, &event.traceparent);
+        span
+    }
+
+    fn failed(&self, event: &str, error: &anyhow::Error) {
+        tracing::warn!(group = %self.config.group, event, %error, "handling failed; the event will be retried");
+    }
+
+    /// Remembers and acknowledges what was handled (delivery id, event
+    /// id), and reports the lag when it is time to.
+    async fn finish(&mut self, done: Vec<(String, String)>) {
+        let mut ids = Vec::with_capacity(done.len());
+        for (delivery, event) in done {
+            self.seen.insert(&event);
+            ids.push(delivery);
+        }
+        if !ids.is_empty() {
+            self.ack(&ids).await;
+        }
+        if self.last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+            metrics::report_lag(self.config.log.as_ref(), &self.config.group).await;
+            self.last_lag = Some(Instant::now());
+        }
+    }
+
+    async fn ack(&mut self, ids: &[String]) {
+        if let Some(member) = self.joined.as_mut()
+            && let Err(error) = member.ack(ids).await
+        {
+            tracing::warn!(group = %self.config.group, %error, "cannot acknowledge; the events will be redelivered");
         }
     }
 }

@@ -239,11 +239,25 @@ impl PostIndex {
     }
 }
 
+/// Whether `event` may change the index: discuss-svc's events about a
+/// post's text or visibility. Every other event (a vote, a reaction) is
+/// passed over without waking the writer.
+fn indexes(event: &DomainEvent) -> bool {
+    event.source == "discuss-svc"
+        && matches!(
+            event.r#type.as_str(),
+            "munity.discuss.v1.PostPublished"
+                | "munity.discuss.v1.PostEdited"
+                | "munity.discuss.v1.PostRemoved"
+                | "munity.discuss.v1.PostHidden"
+                | "munity.discuss.v1.PostRejected"
+        )
+}
+
 impl IndexFeed {
-    /// Applies one event; other services' events and discuss-svc's that
-    /// change no post text are skipped.
+    /// Applies one event (one that [`indexes`]).
     fn apply(&mut self, event: &DomainEvent) {
-        if event.source != "discuss-svc" {
+        if !indexes(event) {
             return;
         }
         let payload = event.payload.as_slice();
@@ -335,12 +349,20 @@ pub async fn follow(log: Arc<dyn EventLog>, feed: IndexFeed, shutdown: ShutdownT
             }
         };
         let idle = deliveries.is_empty();
-        if idle && !dirty && caught_up {
+        let full = deliveries.len() >= BATCH;
+        indexed += deliveries.len() as u64;
+        // Only what changes the index goes to the writer: a commit (and
+        // tantivy starts new indexing threads after each) for a batch of
+        // votes would change nothing.
+        let deliveries: Vec<_> = deliveries
+            .into_iter()
+            .filter(|d| indexes(&d.event))
+            .collect();
+        dirty |= !deliveries.is_empty();
+        if !dirty && (caught_up || full) {
             continue;
         }
-        indexed += deliveries.len() as u64;
-        let commit = dirty && (idle || last_commit.elapsed() >= COMMIT_EVERY)
-            || !deliveries.is_empty() && deliveries.len() < BATCH;
+        let commit = dirty && (!full || last_commit.elapsed() >= COMMIT_EVERY);
         // tantivy's writer blocks (a commit waits for its indexing thread).
         let mut owned = feed.take().expect("the feed is put back after each batch");
         let (owned, result) = match tokio::task::spawn_blocking(move || {
@@ -363,7 +385,7 @@ pub async fn follow(log: Arc<dyn EventLog>, feed: IndexFeed, shutdown: ShutdownT
                 dirty = false;
                 last_commit = Instant::now();
             }
-            Ok(()) => dirty |= !idle,
+            Ok(()) => {}
             Err(error) => {
                 tracing::warn!(%error, "search index commit failed; retrying with the next batch");
                 dirty = true;

@@ -59,12 +59,17 @@ pub async fn follow(
     shutdown: ShutdownToken,
 ) {
     let consumer = ConsumerLoop::member(log, group, "events-svc");
+    // A read of the log is counted in one write.
     consumer
-        .run(shutdown, move |event| {
+        .run_batches(shutdown, move |events| {
             let repo = repo.clone();
             async move {
-                if let Some(activity) = activity(&event)? {
-                    repo.record_activity(&activity).await?;
+                let mut activities = Vec::with_capacity(events.len());
+                for event in &events {
+                    activities.extend(activity(event)?);
+                }
+                if !activities.is_empty() {
+                    repo.record_activities(&activities).await?;
                 }
                 Ok(())
             }

@@ -11,7 +11,10 @@
 //! fsync instead of queueing one each. A call returns only once its write
 //! is durable. Readers may see a write a moment before it is durable; what
 //! publishes data elsewhere (the outbox relay) waits for [`EmbeddedDb::durable`]
-//! first.
+//! first, which costs nothing when every commit so far is durable already.
+//! Bookkeeping whose loss a crash may cost (a consumer's position: the
+//! events are delivered again) uses [`EmbeddedDb::write_unsynced`]: the
+//! commit is made durable by the next group commit, and nobody waits for it.
 //!
 //! A failing disk (full, or I/O errors) never hangs a caller: redb's file
 //! backend is watched, and once a write, resize or fsync fails, waiting
@@ -52,6 +55,9 @@ use crate::{Page, StoreError, StoreResult, internal, page_from};
 /// How long a write waits for the durable commit that covers it before it
 /// answers UNAVAILABLE (a failing or stalled disk must not hang callers).
 pub const DURABLE_WAIT: Duration = Duration::from_secs(5);
+/// A commit made without waiting for an fsync ([`EmbeddedDb::write_unsynced`])
+/// is made durable at most this much later.
+pub const UNSYNCED_WITHIN: Duration = Duration::from_millis(500);
 /// After the disk failed, calls try to reopen the database at most this
 /// often (each try runs redb's repair).
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -181,6 +187,8 @@ struct GroupCommit {
     /// or may not have reached the disk; their callers were told
     /// UNAVAILABLE, so nothing they were told is lost either way).
     settled: watch::Sender<Settled>,
+    /// Whether a flush of unsynced commits is scheduled.
+    flush_scheduled: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -190,7 +198,8 @@ struct Settled {
 }
 
 struct CommitState {
-    /// Tickets handed out: one per write committed without an fsync.
+    /// Writes committed without an fsync so far: a durable commit that
+    /// starts after the n-th of them makes the first n durable.
     issued: u64,
     /// Whether a flusher task is running.
     flushing: bool,
@@ -229,6 +238,7 @@ impl EmbeddedDb {
                         flushing: false,
                     }),
                     settled: watch::channel(Settled::default()).0,
+                    flush_scheduled: AtomicBool::new(false),
                 },
                 reopened_at: tokio::sync::Mutex::new(None),
             }),
@@ -323,29 +333,125 @@ impl EmbeddedDb {
             })
             .instrument(span.clone())
             .await?;
+        self.committed();
         self.durable().instrument(span).await?;
         Ok(value)
     }
 
+    /// Like [`EmbeddedDb::write`], but returns once committed, without
+    /// waiting for the commit to be durable: the next group commit makes
+    /// it so (at the latest [`UNSYNCED_WITHIN`] later: one is started
+    /// then if no durable write came first), and a crash before that
+    /// loses it. For bookkeeping whose loss only repeats work, never for
+    /// what a caller is told is stored.
+    pub async fn write_unsynced<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let value = self
+            .blocking(move |db| {
+                let mut txn = db.begin_write().map_err(internal)?;
+                txn.set_durability(Durability::None).map_err(internal)?;
+                let value = operation(&txn)?;
+                txn.commit().map_err(internal)?;
+                Ok(value)
+            })
+            .await?;
+        self.committed();
+        self.flush_later();
+        Ok(value)
+    }
+
+    /// Makes what is committed durable within [`UNSYNCED_WITHIN`], unless
+    /// a durable write does it first (under load one always does, so
+    /// unsynced writes cost no fsync of their own).
+    fn flush_later(&self) {
+        if self
+            .shared
+            .commits
+            .flush_scheduled
+            .swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        // Not holding the database open: dropped meanwhile, redb makes
+        // pending commits durable as it closes the file.
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            tokio::time::sleep(UNSYNCED_WITHIN).await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let db = EmbeddedDb { shared };
+            db.shared
+                .commits
+                .flush_scheduled
+                .store(false, Ordering::Release);
+            if let Err(error) = db.durable().await {
+                tracing::warn!(%error, "unsynced commits not made durable; a later commit will");
+            }
+        });
+    }
+
+    /// Runs a short read on the calling thread instead of the blocking
+    /// pool: for reads bounded to a few entries that the page cache holds
+    /// (a hop to another thread costs more than they do). Anything that
+    /// may read many pages or wait belongs in [`EmbeddedDb::blocking`].
+    pub async fn read_now<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let db = self.database().await?;
+        match operation(&db) {
+            Err(StoreError::Internal(cause)) if self.shared.io.failed.load(Ordering::Acquire) => {
+                tracing::warn!(%cause, path = %self.shared.path.display(), "storage I/O failed");
+                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
+            }
+            other => other,
+        }
+    }
+
+    /// Counts a commit made without an fsync (after it is made).
+    fn committed(&self) {
+        let mut state = self
+            .shared
+            .commits
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        state.issued += 1;
+    }
+
+    /// Starts the flusher unless it runs or nothing waits to be made
+    /// durable; the number of commits it will cover. After a failed
+    /// durable commit, a caller waiting for durability gets a round of its
+    /// own (the database is reopened by it), as if it had committed.
+    fn start_flusher(&self) -> u64 {
+        let mut state = self
+            .shared
+            .commits
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let settled = *self.shared.commits.settled.borrow();
+        if settled.failed >= state.issued && settled.durable < state.issued {
+            state.issued += 1;
+        }
+        if !state.flushing && settled.durable.max(settled.failed) < state.issued {
+            state.flushing = true;
+            tokio::spawn(flush(self.clone()));
+        }
+        state.issued
+    }
+
     /// Waits until every write committed so far is durable (sharing the
     /// fsync with whoever else is waiting), at most [`DURABLE_WAIT`]:
-    /// UNAVAILABLE when the disk fails or stalls.
+    /// UNAVAILABLE when the disk fails or stalls. At once when they are
+    /// durable already.
     pub async fn durable(&self) -> StoreResult<()> {
         let mut settled = self.shared.commits.settled.subscribe();
-        let ticket = {
-            let mut state = self
-                .shared
-                .commits
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            state.issued += 1;
-            if !state.flushing {
-                state.flushing = true;
-                tokio::spawn(flush(self.clone()));
-            }
-            state.issued
-        };
+        let ticket = self.start_flusher();
         let wait = settled.wait_for(|s| s.durable >= ticket || s.failed >= ticket);
         match tokio::time::timeout(DURABLE_WAIT, wait).await {
             Ok(Ok(s)) if s.durable >= ticket => Ok(()),

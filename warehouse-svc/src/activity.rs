@@ -84,20 +84,28 @@ pub async fn follow(
     group: String,
     shutdown: ShutdownToken,
 ) {
+    // A read of the log is stored in one write.
     ConsumerLoop::member(log, group, "warehouse-svc")
-        .run(shutdown, move |event| {
+        .run_batches(shutdown, move |events| {
             let ingestor = ingestor.clone();
             async move {
-                match ingestor.prepare(vec![record_of(&event)]) {
-                    Ok(records) => {
-                        ingestor.store(records).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut records = Vec::with_capacity(events.len());
+                for event in &events {
+                    match ingestor.prepare(vec![record_of(event)]) {
+                        Ok(prepared) => records.extend(prepared),
+                        // An event no record can hold (an id of another
+                        // shape, an oversized payload) is logged and
+                        // skipped: retrying cannot fix it.
+                        Err(error) => {
+                            tracing::warn!(event = %event.id, %error, "domain event not stored as activity")
+                        }
                     }
-                    // An event no record can hold (an id of another shape,
-                    // an oversized payload) is logged and skipped: retrying
-                    // cannot fix it.
-                    Err(error) => {
-                        tracing::warn!(event = %event.id, %error, "domain event not stored as activity")
-                    }
+                }
+                if !records.is_empty() {
+                    ingestor
+                        .store_all(records)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
                 Ok(())
             }

@@ -310,6 +310,50 @@ fn audience(txn: &WriteTransaction, event: &EventRecord) -> StoreResult<Vec<Uuid
     Ok(people)
 }
 
+/// Counts `activity` in its hour's statistics, once per domain event.
+fn count_activity(txn: &WriteTransaction, activity: &Activity) -> StoreResult<()> {
+    let mut counted = txn.open_table(COUNTED).map_err(internal)?;
+    let key = hour_key(activity.hour, activity.id);
+    if counted
+        .insert(key.as_slice(), ())
+        .map_err(internal)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    // Redeliveries come within minutes; two days is plenty.
+    let forget = hour_key(activity.hour - 48, Uuid::nil());
+    counted
+        .retain_in::<&[u8], _>(..forget.as_slice(), |_, _| false)
+        .map_err(internal)?;
+    if let Some(name) = activity.kind.counter() {
+        let mut counters = txn.open_table(COUNTERS).map_err(internal)?;
+        let key = counter_key(activity.hour, name);
+        let n = counters
+            .get(key.as_slice())
+            .map_err(internal)?
+            .map_or(0, |v| v.value());
+        counters.insert(key.as_slice(), n + 1).map_err(internal)?;
+    }
+    if activity.kind.active() {
+        txn.open_table(ACTIVE)
+            .map_err(internal)?
+            .insert(hour_key(activity.hour, activity.user_id).as_slice(), ())
+            .map_err(internal)?;
+    }
+    let delta = activity.kind.joins();
+    if delta != 0 {
+        let mut joins = txn.open_table(EVENT_JOINS).map_err(internal)?;
+        let key = hour_key(activity.hour, activity.event_id);
+        let n = joins
+            .get(key.as_slice())
+            .map_err(internal)?
+            .map_or(0, |v| v.value());
+        joins.insert(key.as_slice(), n + delta).map_err(internal)?;
+    }
+    Ok(())
+}
+
 fn load(txn: &WriteTransaction, id: Uuid) -> StoreResult<Option<EventRecord>> {
     let table = txn.open_table(EVENTS).map_err(internal)?;
     let value = table.get(id.as_bytes().as_slice()).map_err(internal)?;
@@ -784,47 +828,16 @@ impl EventsRepository for EmbeddedStore {
     }
 
     async fn record_activity(&self, activity: &Activity) -> StoreResult<()> {
-        let activity = activity.clone();
+        self.record_activities(std::slice::from_ref(activity)).await
+    }
+
+    /// In one write transaction: a read of the log costs one commit.
+    async fn record_activities(&self, activities: &[Activity]) -> StoreResult<()> {
+        let activities = activities.to_vec();
         self.db
             .write(move |txn| {
-                let mut counted = txn.open_table(COUNTED).map_err(internal)?;
-                let key = hour_key(activity.hour, activity.id);
-                if counted
-                    .insert(key.as_slice(), ())
-                    .map_err(internal)?
-                    .is_some()
-                {
-                    return Ok(());
-                }
-                // Redeliveries come within minutes; two days is plenty.
-                let forget = hour_key(activity.hour - 48, Uuid::nil());
-                counted
-                    .retain_in::<&[u8], _>(..forget.as_slice(), |_, _| false)
-                    .map_err(internal)?;
-                if let Some(name) = activity.kind.counter() {
-                    let mut counters = txn.open_table(COUNTERS).map_err(internal)?;
-                    let key = counter_key(activity.hour, name);
-                    let n = counters
-                        .get(key.as_slice())
-                        .map_err(internal)?
-                        .map_or(0, |v| v.value());
-                    counters.insert(key.as_slice(), n + 1).map_err(internal)?;
-                }
-                if activity.kind.active() {
-                    txn.open_table(ACTIVE)
-                        .map_err(internal)?
-                        .insert(hour_key(activity.hour, activity.user_id).as_slice(), ())
-                        .map_err(internal)?;
-                }
-                let delta = activity.kind.joins();
-                if delta != 0 {
-                    let mut joins = txn.open_table(EVENT_JOINS).map_err(internal)?;
-                    let key = hour_key(activity.hour, activity.event_id);
-                    let n = joins
-                        .get(key.as_slice())
-                        .map_err(internal)?
-                        .map_or(0, |v| v.value());
-                    joins.insert(key.as_slice(), n + delta).map_err(internal)?;
+                for activity in &activities {
+                    count_activity(txn, activity)?;
                 }
                 Ok(())
             })

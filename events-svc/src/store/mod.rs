@@ -160,6 +160,14 @@ pub trait EventsRepository: Send + Sync + 'static {
 
     /// Counts one domain event in its hour's statistics.
     async fn record_activity(&self, activity: &Activity) -> StoreResult<()>;
+    /// Counts several (a read of the log); a backend that can do it in one
+    /// write overrides this.
+    async fn record_activities(&self, activities: &[Activity]) -> StoreResult<()> {
+        for activity in activities {
+            self.record_activity(activity).await?;
+        }
+        Ok(())
+    }
     /// Statistics over whole hours `[from_hour, to_hour)`.
     async fn stats(&self, from_hour: i64, to_hour: i64, top: usize) -> StoreResult<StatsRecord>;
 }

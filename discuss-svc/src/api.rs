@@ -153,6 +153,12 @@ impl DiscussApi {
     /// published).
     async fn view(&self, post: &PostRecord, user: Uuid) -> Result<pb::Post> {
         let mut out = self.view_one(post, user).await?;
+        self.add_original(&mut out, post, user).await?;
+        Ok(out)
+    }
+
+    /// A share shows its original post (its text only while published).
+    async fn add_original(&self, out: &mut pb::Post, post: &PostRecord, user: Uuid) -> Result<()> {
         if let Some(original) = post.shared_post_id
             && let Some(original) = self.repo.get_post(original).await?
         {
@@ -163,7 +169,7 @@ impl DiscussApi {
             }
             out.shared = Some(Box::new(shown));
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn view_one(&self, post: &PostRecord, user: Uuid) -> Result<pb::Post> {
@@ -172,10 +178,16 @@ impl DiscussApi {
         Ok(post_to_proto(post, &reactions, comments))
     }
 
+    /// A page of posts: their reactions and comment counts read at once,
+    /// then each shared post's original (few pages have any).
     async fn views(&self, posts: &[PostRecord], user: Uuid) -> Result<Vec<pb::Post>> {
+        let ids: Vec<Uuid> = posts.iter().map(|p| p.id).collect();
+        let counts = self.repo.post_views(&ids, user).await?;
         let mut out = Vec::with_capacity(posts.len());
-        for post in posts {
-            out.push(self.view(post, user).await?);
+        for (post, (reactions, comments)) in posts.iter().zip(counts) {
+            let mut view = post_to_proto(post, &reactions, comments);
+            self.add_original(&mut view, post, user).await?;
+            out.push(view);
         }
         Ok(out)
     }

@@ -398,26 +398,33 @@ impl DiscussRepository for EmbeddedStore {
         self.db
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
-                let counts = txn.open_table(REACTION_COUNTS).map_err(internal)?;
-                let reactions = txn.open_table(REACTIONS).map_err(internal)?;
-                let mut summary = ReactionSummary::default();
-                for kind in ReactionKind::ALL {
-                    let n = counts
-                        .get(count_key(target, kind).as_slice())
-                        .map_err(internal)?
-                        .map_or(0, |v| v.value());
-                    if n > 0 {
-                        summary.counts.push((kind, n));
-                    }
-                    if reactions
-                        .get(reaction_key(target, kind, user).as_slice())
-                        .map_err(internal)?
-                        .is_some()
-                    {
-                        summary.mine.push(kind);
-                    }
-                }
-                Ok(summary)
+                reaction_summary(&txn, target, user)
+            })
+            .await
+    }
+
+    /// A page's posts in one read transaction on one trip to the blocking
+    /// pool (a trip per post cost more than the reads).
+    async fn post_views(
+        &self,
+        posts: &[Uuid],
+        user: Uuid,
+    ) -> StoreResult<Vec<(ReactionSummary, u32)>> {
+        let posts = posts.to_vec();
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let comments = txn.open_table(COMMENT_COUNTS).map_err(internal)?;
+                posts
+                    .iter()
+                    .map(|post| {
+                        let count = comments
+                            .get(post.as_bytes().as_slice())
+                            .map_err(internal)?
+                            .map_or(0, |v| v.value());
+                        Ok((reaction_summary(&txn, *post, user)?, count))
+                    })
+                    .collect()
             })
             .await
     }
@@ -483,4 +490,32 @@ impl DiscussRepository for EmbeddedStore {
             })
             .await
     }
+}
+
+/// Counts per kind on `target` and `user`'s own reactions.
+fn reaction_summary(
+    txn: &redb::ReadTransaction,
+    target: Uuid,
+    user: Uuid,
+) -> StoreResult<ReactionSummary> {
+    let counts = txn.open_table(REACTION_COUNTS).map_err(internal)?;
+    let reactions = txn.open_table(REACTIONS).map_err(internal)?;
+    let mut summary = ReactionSummary::default();
+    for kind in ReactionKind::ALL {
+        let n = counts
+            .get(count_key(target, kind).as_slice())
+            .map_err(internal)?
+            .map_or(0, |v| v.value());
+        if n > 0 {
+            summary.counts.push((kind, n));
+        }
+        if reactions
+            .get(reaction_key(target, kind, user).as_slice())
+            .map_err(internal)?
+            .is_some()
+        {
+            summary.mine.push(kind);
+        }
+    }
+    Ok(summary)
 }

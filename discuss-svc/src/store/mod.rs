@@ -117,6 +117,22 @@ pub trait DiscussRepository: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Counts per kind (exact) on a post or comment id, and `user`'s own.
     async fn reactions(&self, target: Uuid, user: Uuid) -> StoreResult<ReactionSummary>;
+    /// [`Self::reactions`] and [`Self::comment_count`] of each post of a
+    /// page, in order; a backend that can read them at once overrides it.
+    async fn post_views(
+        &self,
+        posts: &[Uuid],
+        user: Uuid,
+    ) -> StoreResult<Vec<(ReactionSummary, u32)>> {
+        let mut views = Vec::with_capacity(posts.len());
+        for post in posts {
+            views.push((
+                self.reactions(*post, user).await?,
+                self.comment_count(*post).await?,
+            ));
+        }
+        Ok(views)
+    }
 
     /// Records `reporter`'s report once.
     async fn report(&self, post: Uuid, reporter: Uuid, reason: &str) -> StoreResult<Reported>;

@@ -298,6 +298,17 @@ mod cases {
         assert_eq!(summary.mine, [ReactionKind::Love]);
         let stranger = repo.reactions(p.id, Uuid::now_v7()).await.unwrap();
         assert!(stranger.mine.is_empty());
+
+        // A page's views, read at once, are what each read alone gives
+        // (a post nobody reacted to included).
+        let quiet = post(community, Uuid::now_v7(), PostState::Published);
+        repo.create_post(&quiet, None).await.unwrap();
+        let views = repo.post_views(&[p.id, quiet.id], users[1]).await.unwrap();
+        assert_eq!(views.len(), 2);
+        assert_eq!(views[0].0, repo.reactions(p.id, users[1]).await.unwrap());
+        assert_eq!(views[0].1, repo.comment_count(p.id).await.unwrap());
+        assert!(views[1].0.counts.is_empty() && views[1].0.mine.is_empty());
+        assert_eq!(views[1].1, 0);
     }
 
     pub async fn twenty_racing_comments_count_twenty_and_replies_name_their_parent(b: Backend) {

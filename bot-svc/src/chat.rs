@@ -211,6 +211,24 @@ impl Chat {
         }
     }
 
+    /// One update, polled or posted to the webhook: text messages and
+    /// button presses; anything else is not for the bot.
+    pub async fn on_update(&self, update: teloxide::types::Update) -> Result<(), BotError> {
+        use teloxide::types::UpdateKind;
+        match update.kind {
+            UpdateKind::Message(message) => match message.text() {
+                Some(text) => self.on_message(message.chat.id.0, text).await,
+                None => Ok(()),
+            },
+            UpdateKind::CallbackQuery(query) => self.on_callback(query).await,
+            UpdateKind::Error(raw) => match lenient_callback(raw) {
+                Some(query) => self.on_callback(query).await,
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// One text message.
     pub async fn on_message(&self, chat_id: i64, text: &str) -> Result<(), BotError> {
         let mut words = text.split_whitespace();
@@ -530,4 +548,17 @@ impl Chat {
         }
         Ok(said.to_owned())
     }
+}
+
+/// A callback query teloxide could not read because it lacks
+/// `chat_instance` (Bot API stand-ins leave it out; the bot does not use
+/// it): read again with it empty. Anything else stays unread.
+fn lenient_callback(mut raw: serde_json::Value) -> Option<CallbackQuery> {
+    let query = raw.get_mut("callback_query")?.as_object_mut()?;
+    query
+        .entry("chat_instance")
+        .or_insert_with(|| serde_json::Value::String(String::new()));
+    serde_json::from_value(serde_json::Value::Object(query.clone()))
+        .inspect_err(|error| tracing::warn!(%error, "an update that is no callback query"))
+        .ok()
 }

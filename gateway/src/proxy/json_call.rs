@@ -24,8 +24,14 @@ use crate::{
 };
 
 /// Request headers passed on to the service: the token (services verify
-/// it themselves) and the trace context.
-const FORWARDED_HEADERS: &[&str] = &["authorization", "traceparent", "tracestate"];
+/// it themselves), the trace context, and the secret Telegram's webhook
+/// posts prove themselves with (bot-svc's ReceiveUpdate checks it).
+const FORWARDED_HEADERS: &[&str] = &[
+    "authorization",
+    "traceparent",
+    "tracestate",
+    "x-telegram-bot-api-secret-token",
+];
 
 impl Gateway {
     pub(super) async fn serve_json(

@@ -221,9 +221,14 @@ impl Chat {
                 None => Ok(()),
             },
             UpdateKind::CallbackQuery(query) => self.on_callback(query).await,
-            UpdateKind::Error(raw) => match lenient_callback(raw) {
+            UpdateKind::Error(raw) => match lenient_callback(&raw) {
                 Some(query) => self.on_callback(query).await,
-                None => Ok(()),
+                None => {
+                    // Said, not dropped silently: an update teloxide cannot
+                    // read is either a kind newer than it, or a bug here.
+                    tracing::warn!(update = update.id.0, %raw, "an update the bot cannot read; skipped");
+                    Ok(())
+                }
             },
             _ => Ok(()),
         }
@@ -553,12 +558,12 @@ impl Chat {
 /// A callback query teloxide could not read because it lacks
 /// `chat_instance` (Bot API stand-ins leave it out; the bot does not use
 /// it): read again with it empty. Anything else stays unread.
-fn lenient_callback(mut raw: serde_json::Value) -> Option<CallbackQuery> {
-    let query = raw.get_mut("callback_query")?.as_object_mut()?;
+fn lenient_callback(raw: &serde_json::Value) -> Option<CallbackQuery> {
+    let mut query = raw.get("callback_query")?.as_object()?.clone();
     query
         .entry("chat_instance")
         .or_insert_with(|| serde_json::Value::String(String::new()));
-    serde_json::from_value(serde_json::Value::Object(query.clone()))
+    serde_json::from_value(serde_json::Value::Object(query))
         .inspect_err(|error| tracing::warn!(%error, "an update that is no callback query"))
         .ok()
 }

@@ -25,7 +25,11 @@ use munity_platform::shutdown::ShutdownToken;
 use prost_types::value::Kind;
 use serde_json::Value as Json;
 use subtle::ConstantTimeEq;
-use teloxide::{RequestError, prelude::*, types::Update};
+use teloxide::{
+    RequestError,
+    prelude::*,
+    types::{Update, UpdateKind},
+};
 use tokio::sync::Mutex;
 use tonic::{Status, metadata::MetadataMap};
 
@@ -99,7 +103,7 @@ impl Webhook {
     /// Handles one posted update.
     pub async fn receive(&self, update: Option<prost_types::Struct>) -> Result<(), Status> {
         let json = Json::Object(struct_to_json(update.unwrap_or_default()));
-        let update: Update = serde_json::from_value(json)
+        let update = parse_update(json)
             .map_err(|e| Status::invalid_argument(format!("not a Telegram update: {e}")))?;
         let id = i64::from(update.id.0);
         let _turn = self.turn.lock().await;
@@ -120,6 +124,28 @@ impl Webhook {
             .map_err(Status::from)?;
         Ok(())
     }
+}
+
+/// The `Update` a posted JSON object holds, read exactly as teloxide reads
+/// a polled one: from text, and with what it could not read kept in
+/// `UpdateKind::Error`.
+///
+/// Not `serde_json::from_value`: teloxide's `UpdateKind` (a flattened
+/// field) asks for its key as a borrowed `&str` and, when that fails, asks
+/// again for an owned `String`, but the first ask has already consumed the
+/// key, so the second reads past it. A `Value`'s keys are owned strings and
+/// cannot be borrowed, so every update read that way came out as
+/// `UpdateKind::Error({})` and was dropped as "not for the bot". Keys read
+/// from text borrow from it, as getUpdates' answers do.
+pub fn parse_update(json: Json) -> Result<Update, serde_json::Error> {
+    let mut update: Update = serde_json::from_str(&json.to_string())?;
+    // What teloxide does for getUpdates too: an update it cannot read comes
+    // with an empty `Error`; the raw update is put in, so the lenient
+    // callback reading (and the log) sees it.
+    if let UpdateKind::Error(raw) = &mut update.kind {
+        *raw = json;
+    }
+    Ok(update)
 }
 
 /// A Struct as the JSON it was read from. JSON numbers arrive as f64
@@ -188,5 +214,125 @@ pub async fn delete(bot: &Bot, shutdown: &ShutdownToken) {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_types::{ListValue, Struct, Value};
+    use serde_json::json;
+
+    use super::*;
+
+    /// What the gateway makes of a JSON body (proto3 JSON into a Struct:
+    /// every number an f64).
+    fn to_struct(json: Json) -> Struct {
+        fn value(json: Json) -> Value {
+            let kind = match json {
+                Json::Null => Kind::NullValue(0),
+                Json::Bool(b) => Kind::BoolValue(b),
+                Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+                Json::String(s) => Kind::StringValue(s),
+                Json::Array(list) => Kind::ListValue(ListValue {
+                    values: list.into_iter().map(value).collect(),
+                }),
+                Json::Object(map) => Kind::StructValue(Struct {
+                    fields: map.into_iter().map(|(k, v)| (k, value(v))).collect(),
+                }),
+            };
+            Value { kind: Some(kind) }
+        }
+        match value(json).kind {
+            Some(Kind::StructValue(s)) => s,
+            _ => panic!("an object"),
+        }
+    }
+
+    fn posted(json: Json) -> Result<Update, serde_json::Error> {
+        parse_update(Json::Object(struct_to_json(to_struct(json))))
+    }
+
+    #[test]
+    fn a_posted_message_reads_as_a_message() {
+        // As telegram-test-api posts it (extra fields included), in a
+        // group whose id needs more than 32 bits.
+        let update = posted(json!({
+            "update_id": 41,
+            "message": {
+                "botToken": "123456:t",
+                "message_id": 7,
+                "date": 1_796_550_815,
+                "chat": {"id": -1_001_234_567_890i64, "type": "supergroup", "title": "Walkers"},
+                "from": {"id": 7171, "is_bot": false, "first_name": "Tester"},
+                "text": "/link ART9VXSE",
+            },
+        }))
+        .unwrap();
+        assert_eq!(update.id.0, 41);
+        let UpdateKind::Message(message) = update.kind else {
+            panic!("not a message: {update:?}");
+        };
+        assert_eq!(message.chat.id.0, -1_001_234_567_890);
+        assert_eq!(message.text(), Some("/link ART9VXSE"));
+    }
+
+    #[test]
+    fn a_posted_button_press_reads_as_a_callback_query() {
+        let update = posted(json!({
+            "update_id": 42,
+            "callback_query": {
+                "id": "5",
+                "chat_instance": "-42",
+                "from": {"id": 7171, "is_bot": false, "first_name": "Tester"},
+                "message": {
+                    "message_id": 9, "date": 1_796_550_815,
+                    "chat": {"id": 7171, "type": "private", "first_name": "Tester"},
+                    "text": "a meeting",
+                },
+                "data": "v:x:1",
+            },
+        }))
+        .unwrap();
+        let UpdateKind::CallbackQuery(query) = update.kind else {
+            panic!("not a callback query: {update:?}");
+        };
+        assert_eq!(query.data.as_deref(), Some("v:x:1"));
+    }
+
+    #[test]
+    fn what_teloxide_cannot_read_is_kept_whole() {
+        // Stand-ins leave out `chat_instance`: teloxide cannot read the
+        // press, and the raw update is kept for the lenient reading.
+        let raw = json!({
+            "update_id": 43,
+            "callback_query": {
+                "id": "6",
+                "from": {"id": 7171, "is_bot": false, "first_name": "Tester"},
+                "data": "v:x:1",
+            },
+        });
+        let update = posted(raw.clone()).unwrap();
+        assert_eq!(update.id.0, 43);
+        assert_eq!(update.kind, UpdateKind::Error(raw));
+    }
+
+    #[test]
+    fn numbers_keep_their_kind() {
+        let json = Json::Object(struct_to_json(to_struct(json!({
+            "i": 9_007_199_254_740_991i64, "n": -5, "f": 4.5, "big": 1e300, "l": [1, 2.5],
+        }))));
+        assert_eq!(
+            json,
+            json!({"i": 9_007_199_254_740_991i64, "n": -5, "f": 4.5, "big": 1e300, "l": [1, 2.5]})
+        );
+    }
+
+    #[test]
+    fn not_an_update_is_an_error() {
+        assert!(posted(json!({"message": {"text": "/help"}})).is_err());
+        assert!(posted(json!({"update_id": "one", "message": {}})).is_err());
+        assert!(posted(json!({"update_id": 5_000_000_000i64})).is_err());
+        assert!(posted(json!({"update_id": -1})).is_err());
+        assert!(posted(json!({"update_id": 1.5})).is_err());
     }
 }

@@ -24,6 +24,7 @@ use std::{sync::Arc, time::Duration};
 use munity_platform::shutdown::ShutdownToken;
 use prost_types::value::Kind;
 use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use teloxide::{
     RequestError,
@@ -46,9 +47,37 @@ const REDELIVERY_WINDOW: i64 = 100_000;
 /// What ReceiveUpdate needs when the bot runs by webhook.
 pub struct Webhook {
     pub chat: Arc<Chat>,
-    pub secret: String,
+    secret: Secret,
     /// One update at a time, in order, with its offset bookkeeping.
     turn: Mutex<()>,
+}
+
+/// `bot.webhook_secret`, as its SHA-256.
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    pub fn new(secret: &str) -> Self {
+        Secret(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// UNAUTHENTICATED unless `metadata` holds the secret in
+    /// [`SECRET_HEADER`]. What was sent is hashed too and the digests
+    /// compared in constant time, so neither how much of a guess matched
+    /// nor the secret's length shows in the time taken.
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let sent = metadata
+            .get(SECRET_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let sent: [u8; 32] = Sha256::digest(sent).into();
+        if bool::from(sent.ct_eq(&self.0)) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(format!(
+                "missing or wrong {SECRET_HEADER}"
+            )))
+        }
+    }
 }
 
 /// A webhook's keys, checked at start: the URL parses, and the secret is
@@ -80,24 +109,14 @@ impl Webhook {
     pub fn new(chat: Arc<Chat>, secret: String) -> Self {
         Webhook {
             chat,
-            secret,
+            secret: Secret::new(&secret),
             turn: Mutex::new(()),
         }
     }
 
     /// UNAUTHENTICATED unless the caller sent the secret.
     pub fn check_secret(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let sent = metadata
-            .get(SECRET_HEADER)
-            .map(|v| v.as_bytes())
-            .unwrap_or_default();
-        if bool::from(sent.ct_eq(self.secret.as_bytes())) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(format!(
-                "missing or wrong {SECRET_HEADER}"
-            )))
-        }
+        self.secret.check(metadata)
     }
 
     /// Handles one posted update.
@@ -325,6 +344,25 @@ mod tests {
             json,
             json!({"i": 9_007_199_254_740_991i64, "n": -5, "f": 4.5, "big": 1e300, "l": [1, 2.5]})
         );
+    }
+
+    #[test]
+    fn only_the_secret_is_heard() {
+        let secret = Secret::new("munity-webhook_secret-1");
+        let sent = |value: Option<&str>| {
+            let mut metadata = MetadataMap::new();
+            if let Some(value) = value {
+                metadata.insert(SECRET_HEADER, value.parse().unwrap());
+            }
+            secret.check(&metadata).map_err(|status| status.code())
+        };
+        assert_eq!(sent(Some("munity-webhook_secret-1")), Ok(()));
+        let refused = Err(tonic::Code::Unauthenticated);
+        assert_eq!(sent(None), refused);
+        assert_eq!(sent(Some("")), refused);
+        assert_eq!(sent(Some("munity-webhook_secret-2")), refused);
+        assert_eq!(sent(Some("munity-webhook_secret-")), refused);
+        assert_eq!(sent(Some("munity-webhook_secret-11")), refused);
     }
 
     #[test]

@@ -137,10 +137,12 @@ impl Webhook {
             // post it again and again).
             tracing::warn!(%error, update = id, "update not handled");
         }
-        store
-            .set_update_offset(id + 1)
-            .await
-            .map_err(Status::from)?;
+        // Handled: answered 200 even if the offset cannot be stored, as an
+        // error would make Telegram post it again (and a press handled twice
+        // undoes itself). The next stored offset covers it.
+        if let Err(error) = store.set_update_offset(id + 1).await {
+            tracing::warn!(%error, update = id, "cannot store the update offset");
+        }
         Ok(())
     }
 }

@@ -211,6 +211,29 @@ impl Chat {
         }
     }
 
+    /// One update, polled or posted to the webhook: text messages and
+    /// button presses; anything else is not for the bot.
+    pub async fn on_update(&self, update: teloxide::types::Update) -> Result<(), BotError> {
+        use teloxide::types::UpdateKind;
+        match update.kind {
+            UpdateKind::Message(message) => match message.text() {
+                Some(text) => self.on_message(message.chat.id.0, text).await,
+                None => Ok(()),
+            },
+            UpdateKind::CallbackQuery(query) => self.on_callback(query).await,
+            UpdateKind::Error(raw) => match lenient_callback(&raw) {
+                Some(query) => self.on_callback(query).await,
+                None => {
+                    // Said, not dropped silently: an update teloxide cannot
+                    // read is either a kind newer than it, or a bug here.
+                    tracing::warn!(update = update.id.0, %raw, "an update the bot cannot read; skipped");
+                    Ok(())
+                }
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// One text message.
     pub async fn on_message(&self, chat_id: i64, text: &str) -> Result<(), BotError> {
         let mut words = text.split_whitespace();
@@ -530,4 +553,17 @@ impl Chat {
         }
         Ok(said.to_owned())
     }
+}
+
+/// A callback query teloxide could not read because it lacks
+/// `chat_instance` (Bot API stand-ins leave it out; the bot does not use
+/// it): read again with it empty. Anything else stays unread.
+fn lenient_callback(raw: &serde_json::Value) -> Option<CallbackQuery> {
+    let mut query = raw.get("callback_query")?.as_object()?.clone();
+    query
+        .entry("chat_instance")
+        .or_insert_with(|| serde_json::Value::String(String::new()));
+    serde_json::from_value(serde_json::Value::Object(query))
+        .inspect_err(|error| tracing::warn!(%error, "an update that is no callback query"))
+        .ok()
 }

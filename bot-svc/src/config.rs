@@ -21,6 +21,14 @@ pub struct BotConfig {
     pub users_url: String,
     pub events_url: String,
     pub notify_url: String,
+    /// The public HTTPS URL Telegram posts updates to (it must reach the
+    /// gateway's `POST /v1/telegram/webhook`). Empty: long polling (and
+    /// any webhook set before is deleted).
+    pub webhook_url: String,
+    /// Sent by Telegram with every posted update
+    /// (`X-Telegram-Bot-Api-Secret-Token`); required with `webhook_url`:
+    /// 1-256 characters of `A-Z a-z 0-9 _ -`.
+    pub webhook_secret: String,
     /// Long-polling timeout of each `getUpdates`, in seconds (below the
     /// HTTP client's own 17 s).
     pub poll_timeout_secs: u32,
@@ -46,6 +54,8 @@ impl Default for BotConfig {
             users_url: "http://127.0.0.1:50051".to_owned(),
             events_url: "http://127.0.0.1:50052".to_owned(),
             notify_url: "http://127.0.0.1:50053".to_owned(),
+            webhook_url: String::new(),
+            webhook_secret: String::new(),
             poll_timeout_secs: 10,
             messages_per_sec: 30,
             chat_interval_ms: 1000,

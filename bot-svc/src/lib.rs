@@ -8,6 +8,8 @@
 //! - `chat.rs`: commands and button presses;
 //! - `follow.rs`: pushes from linked users' `user:` topics;
 //! - `sender.rs`: the durable outgoing queue, sent within Telegram's rates;
+//! - `webhook.rs`: updates posted by Telegram through the gateway (with
+//!   `bot.webhook_url`), instead of long polling;
 //! - `store/`: links, positions, sent-log and queue on redb or CQL;
 //! - `error.rs`: one error enum, mapped to gRPC statuses in one place.
 //!
@@ -23,6 +25,7 @@ pub mod follow;
 pub mod munity;
 pub mod sender;
 pub mod store;
+pub mod webhook;
 
 use std::{sync::Arc, time::Duration};
 
@@ -37,11 +40,16 @@ use munity_proto::bot::v1::{
     self as pb,
     bot_server::{Bot as BotRpc, BotServer},
 };
-use teloxide::{prelude::*, types::UpdateKind};
+use teloxide::prelude::*;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
-use crate::{chat::Chat, error::BotError, follow::Following, store::BotStore};
+use crate::{chat::Chat, error::BotError, follow::Following, store::BotStore, webhook::Webhook};
+
+/// The largest request bot-svc reads (a webhook's update; Telegram's are a
+/// few KiB: a message is at most 4,096 characters). The gateway bounds the
+/// HTTP body too (`gateway.max_json_body_bytes`).
+const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// What to set to turn the bot on.
 pub const OFF_HINT: &str = "set bot.telegram_token (and bot.client_id, bot.client_secret: a \
@@ -81,14 +89,31 @@ impl Service for BotService {
     }
 }
 
-/// GetStatus.
-struct StatusApi {
+/// GetStatus and ReceiveUpdate.
+struct BotApi {
     /// With the bot running: its store and followers.
     running: Option<(Arc<dyn BotStore>, Arc<Following>)>,
+    /// With the bot running by webhook.
+    webhook: Option<Webhook>,
 }
 
 #[tonic::async_trait]
-impl BotRpc for StatusApi {
+impl BotRpc for BotApi {
+    async fn receive_update(
+        &self,
+        request: Request<pb::ReceiveUpdateRequest>,
+    ) -> Result<Response<pb::ReceiveUpdateResponse>, Status> {
+        let Some(webhook) = &self.webhook else {
+            return Err(Status::failed_precondition(
+                "the bot does not run by webhook (bot.webhook_url is not set)",
+            ));
+        };
+        // The secret first: a stranger's post is read no further.
+        webhook.check_secret(request.metadata())?;
+        webhook.receive(request.into_inner().update).await?;
+        Ok(Response::new(pb::ReceiveUpdateResponse {}))
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,
@@ -123,9 +148,10 @@ pub async fn run(
     shutdown: ShutdownToken,
 ) -> anyhow::Result<()> {
     let own = config.own.clone();
-    let running = if own.telegram_token.is_empty() {
+    let webhook_url = webhook::check_config(&own)?;
+    let (running, webhook) = if own.telegram_token.is_empty() {
         announce(&format!("bot-svc: off ({OFF_HINT})"));
-        None
+        (None, None)
     } else {
         let store = store::open(&config.storage).await?;
         let api_url: url::Url = own
@@ -153,11 +179,25 @@ pub async fn run(
             munity,
             store: store.clone(),
         });
-        tokio::spawn(poll(bot, chat, own.poll_timeout_secs, shutdown.clone()));
-        Some((store, following))
+        let webhook = match webhook_url {
+            Some(url) => {
+                let shutdown = shutdown.clone();
+                let secret = own.webhook_secret.clone();
+                tokio::spawn(async move { webhook::set(&bot, url, &secret, &shutdown).await });
+                Some(Webhook::new(chat, own.webhook_secret.clone()))
+            }
+            None => {
+                tokio::spawn(poll(bot, chat, own.poll_timeout_secs, shutdown.clone()));
+                None
+            }
+        };
+        (Some((store, following)), webhook)
     };
     GrpcHost::new(BotService::DESCRIPTOR_SET)?
-        .add_service(BotServer::new(StatusApi { running }))
+        .add_service(
+            BotServer::new(BotApi { running, webhook })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .with_shutdown_grace(config.shutdown_grace())
         .with_auth(
             munity_bus::revocations::remote_verifier(
@@ -176,6 +216,7 @@ pub async fn run(
 /// handled, then the offset moves past it (stored, so a restart neither
 /// repeats nor skips one).
 async fn poll(bot: Bot, chat: Arc<Chat>, timeout_secs: u32, shutdown: ShutdownToken) {
+    webhook::delete(&bot, &shutdown).await;
     let mut offset = chat.store.update_offset().await.unwrap_or(0);
     while !shutdown.is_cancelled() {
         let asked = std::time::Instant::now();
@@ -201,38 +242,15 @@ async fn poll(bot: Bot, chat: Arc<Chat>, timeout_secs: u32, shutdown: ShutdownTo
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         for update in updates {
-            let handled = match update.kind {
-                UpdateKind::Message(message) => match message.text() {
-                    Some(text) => chat.on_message(message.chat.id.0, text).await,
-                    None => Ok(()),
-                },
-                UpdateKind::CallbackQuery(query) => chat.on_callback(query).await,
-                UpdateKind::Error(raw) => match lenient_callback(raw) {
-                    Some(query) => chat.on_callback(query).await,
-                    None => Ok(()),
-                },
-                _ => Ok(()),
-            };
+            let id = update.id.0;
+            let handled = chat.on_update(update).await;
             if let Err(error) = handled {
-                tracing::warn!(%error, update = update.id.0, "update not handled");
+                tracing::warn!(%error, update = id, "update not handled");
             }
-            offset = i64::from(update.id.0) + 1;
+            offset = i64::from(id) + 1;
             if let Err(error) = chat.store.set_update_offset(offset).await {
                 tracing::warn!(%error, "cannot store the update offset");
             }
         }
     }
-}
-
-/// A callback query teloxide could not read because it lacks
-/// `chat_instance` (Bot API stand-ins leave it out; the bot does not use
-/// it): read again with it empty. Anything else stays unread.
-fn lenient_callback(mut raw: serde_json::Value) -> Option<teloxide::types::CallbackQuery> {
-    let query = raw.get_mut("callback_query")?.as_object_mut()?;
-    query
-        .entry("chat_instance")
-        .or_insert_with(|| serde_json::Value::String(String::new()));
-    serde_json::from_value(serde_json::Value::Object(query.clone()))
-        .inspect_err(|error| tracing::warn!(%error, "an update that is no callback query"))
-        .ok()
 }

@@ -879,3 +879,393 @@ async fn munity_dev_provisions_the_bots_service_account() {
         drop(ready);
     }
 }
+
+/// POSTs `body` to `path` on the gateway at `port` (HTTP/1.1, as Telegram
+/// posts webhooks) with `headers`; the answer's status and JSON.
+async fn post_http(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Sends only the head of a POST whose `Content-Length` says `length`
+/// bytes follow, and reads the answer (given before any of them is sent).
+async fn post_http_declaring(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    length: usize,
+) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {length}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The answer, up to the end of its JSON body (the connection may stay
+    // open, waiting for the body it was promised).
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((_, body)) = text.split_once("\r\n\r\n")
+                && (serde_json::from_str::<Value>(body).is_ok()
+                    || serde_json::from_str::<Value>(&dechunk(body)).is_ok())
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer before the body was sent");
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = serde_json::from_str(body)
+        .or_else(|_| serde_json::from_str(&dechunk(body)))
+        .unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// `munity dev` with `extra` appended to its config and the gateway on
+/// `gateway_port` (a webhook URL names it before the start), every other
+/// listener on any free port.
+async fn start_munity_on(data: &Path, extra: &str, gateway_port: u16) -> Ready {
+    let config = data.join("munity.toml");
+    std::fs::write(
+        &config,
+        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n{extra}"),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["dev", "--data-dir"])
+        .arg(data)
+        .env(
+            "MUNITY_GATEWAY__LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        )
+        .env("MUNITY_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    for section in ["USERS", "EVENTS", "NOTIFY", "WAREHOUSE", "DISCUSS", "BOT"] {
+        command.env(format!("MUNITY_{section}__LISTEN"), "127.0.0.1:0");
+    }
+    spawn_ready(command, Duration::from_secs(60)).await
+}
+
+/// The webhooks the stand-in has set, by bot token.
+async fn webhooks(stand_in: &StandIn) -> Value {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", stand_in.proxy_port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    serde_json::from_str::<Value>(&body).unwrap()["result"].clone()
+}
+
+/// Webhook mode end to end: with `bot.webhook_url` set the bot calls
+/// setWebhook with its secret, and the stand-in posts each update to the
+/// URL (through server.js's relay, which adds the secret header as
+/// Telegram does) — the real gateway's `POST /v1/telegram/webhook`, routed
+/// to the real bot-svc, handled as polled updates are: a chat links, lists
+/// its communities and votes with a button. Posts straight to the gateway
+/// with no secret, a wrong one or a prefix of it get 401 and do nothing;
+/// malformed, too deep or too large bodies get 400 (413 when the declared
+/// length alone is too large, before anything is read); an update posted
+/// again, or several times at once, is handled once. Restarted without the
+/// URL, the bot deletes the webhook and polls again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_hears_telegram_by_webhook_through_the_gateway() {
+    const SECRET: &str = "munity-webhook_secret-1";
+    let Some(stand_in) = start_stand_in().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let gateway_port = free_port();
+    let webhook_url = format!("http://127.0.0.1:{gateway_port}/v1/telegram/webhook");
+    let polling = format!(
+        "[bot]\ntelegram_token = \"{BOT_TOKEN}\"\ntelegram_api_url = \"http://127.0.0.1:{}\"\n",
+        stand_in.proxy_port
+    );
+    let hooked =
+        format!("{polling}webhook_url = \"{webhook_url}\"\nwebhook_secret = \"{SECRET}\"\n");
+
+    let ready = start_munity_on(data.path(), &hooked, gateway_port).await;
+    let gateway = Channel::from_shared(format!("http://127.0.0.1:{gateway_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // setWebhook was called with the URL and the secret.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let hooks = webhooks(&stand_in).await;
+        if hooks[BOT_TOKEN]["url"] == json!(webhook_url) {
+            assert_eq!(hooks[BOT_TOKEN]["has_secret"], json!(true), "{hooks}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no webhook set: {hooks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut users = users_pb::users_client::UsersClient::new(gateway.clone());
+    let mut events = events_pb::events_client::EventsClient::new(gateway.clone());
+    let (ada, _) = register(&gateway, "Ada").await;
+    let community = users
+        .create_community(with_bearer(
+            users_pb::CreateCommunityRequest {
+                name: "Webhook walkers".to_owned(),
+                description: String::new(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let chat = TgUser {
+        port: stand_in.port,
+        chat_id: 7171,
+    };
+    let code = users
+        .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    // The stand-in posts this to the webhook (it keeps nothing for
+    // getUpdates while one is set).
+    chat.says(&format!("/link {code}")).await;
+    let (_, text, _) = chat.nth_reply(1).await;
+    assert!(text.starts_with("Linked to Ada"), "{text}");
+    chat.says("/communities").await;
+    let (_, text, _) = chat.nth_reply(2).await;
+    assert!(text.contains("Webhook walkers"), "{text}");
+
+    // A button press arrives by webhook too: the vote is counted and the
+    // message edited.
+    let meeting = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut request = munity_testkit::meeting_request("Webhook hike");
+            request.community_id = community.id.clone();
+            // events-svc learns the membership from the event log.
+            match events.create_event(with_bearer(request, &ada)).await {
+                Ok(event) => break event.into_inner(),
+                Err(status) if Instant::now() < deadline => {
+                    let _ = status;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(status) => panic!("{status:?}"),
+            }
+        }
+    };
+    chat.says(&format!("/event {}", meeting.id)).await;
+    let (message_id, text, _) = chat.nth_reply(3).await;
+    assert!(
+        text.contains("Webhook hike") && text.contains(": 0 votes"),
+        "{text}"
+    );
+    chat.presses(message_id, &format!("v:{}:0", meeting.id))
+        .await;
+    chat.edited(message_id, "1 votes (yours)").await;
+    let counted = events
+        .get_event(with_bearer(
+            events_pb::GetEventRequest {
+                event_id: meeting.id.clone(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counted.options[0].votes, 1);
+
+    // Straight to the gateway, as a stranger would: an update from a chat
+    // of its own choosing. Without the secret, or with a wrong one: 401,
+    // and the bot does nothing (no reply to that chat).
+    let forged = json!({
+        "update_id": 900_000_001u64,
+        "message": {
+            "message_id": 1,
+            "date": unix_now(),
+            "chat": {"id": 7272, "type": "private", "first_name": "Mallory"},
+            "from": {"id": 7272, "is_bot": false, "first_name": "Mallory"},
+            "text": "/help",
+        },
+    })
+    .to_string();
+    let path = "/v1/telegram/webhook";
+    let (status, body) = post_http(gateway_port, path, &[], &forged).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = post_http(
+        gateway_port,
+        path,
+        &[("X-Telegram-Bot-Api-Secret-Token", "munity-webhook_secret-2")],
+        &forged,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["code"], json!(16), "{body}");
+    // A prefix of the secret is no better.
+    let (status, body) = post_http(
+        gateway_port,
+        path,
+        &[(
+            "X-Telegram-Bot-Api-Secret-Token",
+            &SECRET[..SECRET.len() - 1],
+        )],
+        &forged,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("x-telegram-bot-api-secret-token"),
+        "{body}"
+    );
+    // With the secret but not an update (no update_id): 400.
+    let secret = [("X-Telegram-Bot-Api-Secret-Token", SECRET)];
+    let (status, body) = post_http(
+        gateway_port,
+        path,
+        &secret,
+        r#"{"message": {"text": "/help"}}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], json!(3), "{body}");
+    for malformed in [
+        "[1, 2",
+        "[1, 2]",
+        "\"update\"",
+        "",
+        "{\"update_id\": 1e400}",
+    ] {
+        let (status, body) = post_http(gateway_port, path, &secret, malformed).await;
+        assert_eq!(status, 400, "{malformed}: {body}");
+        assert_eq!(body["code"], json!(3), "{malformed}: {body}");
+    }
+    // Nested past what the gateway reads: 400, nothing breaks.
+    let deep = format!(
+        "{{\"update_id\": 900000002, \"message\": {}1{}}}",
+        "{\"a\": ".repeat(200),
+        "}".repeat(200)
+    );
+    let (status, body) = post_http(gateway_port, path, &secret, &deep).await;
+    assert_eq!(status, 400, "{body}");
+    // Larger than the gateway takes: refused from the declared length
+    // alone, before any of it is read (413, INVALID_ARGUMENT).
+    let (status, body) = post_http_declaring(gateway_port, path, &secret, 2 << 20).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["code"], json!(3), "{body}");
+    // Within the gateway's bound but over bot-svc's own (256 KiB): 400
+    // (tonic's OUT_OF_RANGE for an oversized message).
+    let big = json!({
+        "update_id": 900_000_003u64,
+        "message": {
+            "message_id": 2, "date": unix_now(),
+            "chat": {"id": 7272, "type": "private", "first_name": "Mallory"},
+            "text": "x".repeat(300 * 1024),
+        },
+    })
+    .to_string();
+    let (status, body) = post_http(gateway_port, path, &secret, &big).await;
+    assert_eq!(status, 400, "{body}");
+    // The same update with the secret is heard: the chat gets the help.
+    let (status, body) = post_http(gateway_port, path, &secret, &forged).await;
+    assert_eq!(status, 200, "{body}");
+    let mallory = TgUser {
+        port: stand_in.port,
+        chat_id: 7272,
+    };
+    let (_, text, _) = mallory.nth_reply(1).await;
+    assert!(text.contains("not linked"), "{text}");
+    // Posted again (Telegram redelivers when it missed the answer), even
+    // several times at once: handled once.
+    let again = (0..4).map(|_| post_http(gateway_port, path, &secret, &forged));
+    for (status, body) in futures::future::join_all(again).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    // The next update is heard, once, however often it is posted at once.
+    let next = forged.replace("900000001", "900000004");
+    let next = (0..4).map(|_| post_http(gateway_port, path, &secret, &next));
+    for (status, body) in futures::future::join_all(next).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    mallory.nth_reply(2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mallory.received().await.len(), 2);
+    drop(ready);
+
+    // Without the URL: the webhook is deleted and the bot polls.
+    let _ready = start_munity_on(data.path(), &polling, gateway_port).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while webhooks(&stand_in).await.get(BOT_TOKEN).is_some() {
+        assert!(Instant::now() < deadline, "the webhook was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    chat.says("/communities").await;
+    let (_, text, _) = chat.nth_reply(4).await;
+    assert!(text.contains("Webhook walkers"), "{text}");
+}

@@ -173,6 +173,9 @@ pub struct MethodPolicy {
     callers: BTreeMap<String, CallerRule>,
     /// Server streams that resume (`resume_field`), by full path.
     resume_fields: BTreeMap<String, String>,
+    /// Headers passed on over HTTP/JSON (`forward_headers`), lower case,
+    /// by full path.
+    forward_headers: BTreeMap<String, Vec<String>>,
     /// The descriptors themselves (messages, fields, comments).
     pool: DescriptorPool,
 }
@@ -235,6 +238,17 @@ impl MethodPolicy {
                     .unwrap_or_default();
                 if !resume_field.is_empty() {
                     policy.resume_fields.insert(path.clone(), resume_field);
+                }
+                let forward_headers = declared
+                    .as_ref()
+                    .map(|m| str_list(m, "forward_headers"))
+                    .unwrap_or_default();
+                if !forward_headers.is_empty() {
+                    let lower = forward_headers
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect();
+                    policy.forward_headers.insert(path.clone(), lower);
                 }
                 if !public && !always_public {
                     policy
@@ -327,6 +341,12 @@ impl MethodPolicy {
         self.resume_fields.get(path).map(String::as_str)
     }
 
+    /// The request headers (lower case) `path`'s HTTP/JSON binding passes
+    /// on as metadata, beyond those every call passes.
+    pub fn forward_headers(&self, path: &str) -> &[String] {
+        self.forward_headers.get(path).map_or(&[], Vec::as_slice)
+    }
+
     /// The descriptor pool the policy was read from.
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
@@ -403,13 +423,7 @@ fn caller_rule(declared: Option<&DynamicMessage>) -> CallerRule {
         .get_field_by_name("callers")
         .and_then(|v| v.as_enum_number())
         .unwrap_or(0);
-    let scopes = match declared.get_field_by_name("scopes").map(|v| v.into_owned()) {
-        Some(Value::List(list)) => list
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
+    let scopes = str_list(declared, "scopes");
     // munity.options.v1.Callers: 1 users, 2 services, 3 both.
     let (users, services, known) = match callers {
         1 => (true, false, true),
@@ -440,6 +454,16 @@ fn u32_field(message: &DynamicMessage, name: &str) -> u32 {
         .get_field_by_name(name)
         .and_then(|v| v.as_u32())
         .unwrap_or(0)
+}
+
+fn str_list(message: &DynamicMessage, name: &str) -> Vec<String> {
+    match message.get_field_by_name(name).map(|v| v.into_owned()) {
+        Some(Value::List(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn str_field(message: &DynamicMessage, name: &str) -> String {
@@ -508,6 +532,17 @@ mod tests {
                 .pool()
                 .get_message_by_name("munity.users.v1.User")
                 .is_some()
+        );
+        // Telegram's webhook proves itself with a header of its own, which
+        // only that method is given.
+        assert_eq!(
+            policy.forward_headers("/munity.bot.v1.Bot/ReceiveUpdate"),
+            ["x-telegram-bot-api-secret-token"]
+        );
+        assert!(
+            policy
+                .forward_headers("/munity.users.v1.Users/GetMe")
+                .is_empty()
         );
     }
 

@@ -60,6 +60,9 @@ pub struct HttpRoute {
     pub body: BodyMapping,
     /// The request's repeated field a resumable stream takes positions in.
     pub resume_field: Option<FieldDescriptor>,
+    /// Request headers passed on as metadata beyond the ones every call
+    /// passes (the method's `forward_headers`).
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 /// A binding that matched, and its path variables' values (field path,
@@ -143,6 +146,15 @@ impl Transcoder {
                 }
                 None => None,
             };
+            let forward_headers = policy
+                .forward_headers(&binding.grpc_path)
+                .iter()
+                .map(|name| {
+                    http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                        field_error(format!("forward_headers: bad header name {name:?}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let verb = http::Method::from_bytes(binding.verb.as_bytes())
                 .map_err(|_| field_error(format!("bad HTTP verb {}", binding.verb)))?;
             routes.push(Arc::new(HttpRoute {
@@ -153,6 +165,7 @@ impl Transcoder {
                 method,
                 body,
                 resume_field,
+                forward_headers,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.template.specificity()));

@@ -167,6 +167,15 @@ fn operation(
             parameters.push(parameter);
         }
     }
+    for name in &route.forward_headers {
+        parameters.push(json!({
+            "name": name.as_str(),
+            "in": "header",
+            "required": false,
+            "description": "Passed on to the service as gRPC metadata (the method's forward_headers); the method's description says what it must hold.",
+            "schema": {"type": "string"},
+        }));
+    }
     let output_ref = message_ref(&method.output(), schemas);
     let success = if method.is_server_streaming() {
         json!({
@@ -196,6 +205,11 @@ fn operation(
             error("Missing or invalid access token (UNAUTHENTICATED)"),
         );
         responses.insert("403".into(), error("Not allowed (PERMISSION_DENIED)"));
+    } else if !route.forward_headers.is_empty() {
+        responses.insert(
+            "401".into(),
+            error("A header the service checks is missing or wrong (UNAUTHENTICATED)"),
+        );
     }
     responses.insert("404".into(), error("Not found (NOT_FOUND)"));
     responses.insert("429".into(), {

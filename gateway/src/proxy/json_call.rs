@@ -24,7 +24,8 @@ use crate::{
 };
 
 /// Request headers passed on to the service: the token (services verify
-/// it themselves) and the trace context.
+/// it themselves) and the trace context; a method's `forward_headers` add
+/// their own (`HttpRoute::forward_headers`).
 const FORWARDED_HEADERS: &[&str] = &["authorization", "traceparent", "tracestate"];
 
 impl Gateway {
@@ -77,6 +78,11 @@ impl Gateway {
         for name in FORWARDED_HEADERS {
             if let Some(value) = session.req_header().headers.get(*name) {
                 headers.insert(*name, value.clone());
+            }
+        }
+        for name in &route.forward_headers {
+            if let Some(value) = session.req_header().headers.get(name) {
+                headers.insert(name.clone(), value.clone());
             }
         }
         if !ctx.span.is_disabled() {

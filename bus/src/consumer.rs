@@ -136,11 +136,20 @@ impl ConsumerLoop {
                 member.finish(Vec::new()).await;
                 continue;
             }
-            // The batch joins the trace of its first event.
-            let span = member.span(&deliveries[0].event);
-            span.record("events", deliveries.len());
+            // Each event's trace gets its consumer span, open while the
+            // batch is handled (the work runs in the first one's).
+            let spans: Vec<tracing::Span> = deliveries
+                .iter()
+                .map(|d| {
+                    let span = member.span(&d.event);
+                    span.record("events", deliveries.len());
+                    span
+                })
+                .collect();
             let events: Vec<DomainEvent> = deliveries.iter().map(|d| d.event.clone()).collect();
-            let done = match handle(events).instrument(span).await {
+            let handled = handle(events).instrument(spans[0].clone()).await;
+            drop(spans);
+            let done = match handled {
                 Ok(()) => deliveries.into_iter().map(|d| (d.id, d.event.id)).collect(),
                 Err(_) if deliveries.len() > 1 => {
                     let mut done = Vec::with_capacity(deliveries.len());

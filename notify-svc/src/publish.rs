@@ -8,7 +8,7 @@ use std::sync::Arc;
 use munity_store::{Millis, StoreError};
 
 use crate::{
-    hub::{Hub, HubError, Notification},
+    hub::{Hub, HubError, Notification, Publication},
     inbox::{Inbox, owner_of},
 };
 
@@ -40,5 +40,16 @@ impl Publisher {
             self.inbox.add(user, &notification).await?;
         }
         Ok(notification)
+    }
+
+    /// [`Publisher::publish`] of each: on the hub at once (one write on
+    /// the embedded hub), then into the inboxes of the `user:` topics.
+    pub async fn publish_many(&self, items: &[Publication]) -> Result<(), PublishError> {
+        for notification in self.hub.publish_many(items).await? {
+            if let Some(user) = owner_of(&notification.topic) {
+                self.inbox.add(user, &notification).await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -33,7 +33,10 @@ use munity_platform::shutdown::ShutdownToken;
 use munity_proto::{discuss::v1 as discuss, events::v1 as events};
 use prost::Message;
 
-use crate::{hub::valid_topic, publish::Publisher};
+use crate::{
+    hub::{Publication, valid_topic},
+    publish::Publisher,
+};
 
 /// events-svc's events that matter to a whole community.
 const COMMUNITY_WIDE: &[&str] = &[
@@ -164,6 +167,9 @@ fn people_to_tell(event: &DomainEvent) -> Vec<String> {
 /// here whatever the producer does.
 const MAX_PEOPLE: usize = 1000;
 
+/// Notifications stored in one write at most.
+const PUBLISH_CHUNK: usize = 1000;
+
 /// Publishes what the log brings until `shutdown`.
 pub async fn follow(
     log: Arc<dyn EventLog>,
@@ -172,20 +178,26 @@ pub async fn follow(
     shutdown: ShutdownToken,
 ) {
     let consumer = ConsumerLoop::member(log, group, "notify-svc");
+    // A read of the log is published in one write of the hub.
     consumer
-        .run(shutdown, move |event| {
+        .run_batches(shutdown, move |events| {
             let publisher = publisher.clone();
             async move {
-                for topic in topics(&event) {
-                    publisher
-                        .publish(
-                            &topic,
-                            &event.id,
-                            &event.r#type,
-                            &event.payload,
-                            event.occurred_at_ms,
-                        )
-                        .await?;
+                let mut items = Vec::new();
+                for event in &events {
+                    for topic in topics(event) {
+                        items.push(Publication {
+                            topic,
+                            id: event.id.clone(),
+                            kind: event.r#type.clone(),
+                            payload: event.payload.clone(),
+                            at: event.occurred_at_ms,
+                        });
+                    }
+                }
+                // A reminder may name a thousand people: writes stay bounded.
+                for chunk in items.chunks(PUBLISH_CHUNK) {
+                    publisher.publish_many(chunk).await?;
                 }
                 Ok(())
             }

@@ -176,6 +176,55 @@ mod cases {
         assert_eq!(heard.offset, next.offset);
     }
 
+    /// `publish_many`: each topic's notifications get the next offsets in
+    /// the batch's order, one already published (in an earlier call or
+    /// earlier in the batch) is answered as stored, and every new one is
+    /// heard live once, in order.
+    pub async fn a_batch_is_published_in_order_once_and_heard_live(pair: Pair) {
+        let (a, b) = pair;
+        let (t1, t2) = (topic(), topic());
+        let mut live = b.live();
+        publish(a.as_ref(), &t1, 0).await;
+        let item = |topic: &str, n: u32| notify_svc::hub::Publication {
+            topic: topic.to_owned(),
+            id: format!("id-{n}"),
+            kind: "munity.test.Thing".to_owned(),
+            payload: format!("payload {n}|\0").into_bytes(),
+            at: 1_700_000_000_000 + i64::from(n),
+        };
+        let batch = [
+            item(&t1, 1),
+            item(&t2, 1),
+            item(&t1, 0), // published before this batch
+            item(&t1, 2),
+            item(&t1, 1), // earlier in this batch
+        ];
+        let published = a.publish_many(&batch).await.unwrap();
+        let offsets: Vec<(bool, u64)> = published
+            .iter()
+            .map(|n| (n.topic == t1, n.offset))
+            .collect();
+        assert_eq!(
+            offsets,
+            [(true, 2), (false, 1), (true, 1), (true, 3), (true, 2)]
+        );
+        assert_eq!(published[3].payload, b"payload 2|\0");
+        let mut heard = Vec::new();
+        while heard.len() < 4 {
+            let Ok(got) = tokio::time::timeout(Duration::from_secs(5), live.recv()).await else {
+                panic!("heard only {heard:?} within 5 s");
+            };
+            match got.unwrap() {
+                Live::Notification(n) if n.topic == t1 => heard.push(("t1", n.offset)),
+                Live::Notification(n) if n.topic == t2 => heard.push(("t2", n.offset)),
+                _ => continue,
+            }
+        }
+        heard.sort();
+        assert_eq!(heard, [("t1", 1), ("t1", 2), ("t1", 3), ("t2", 1)]);
+        assert_eq!(b.position(&t1).await.unwrap().offset, 3);
+    }
+
     pub async fn concurrent_publishes_are_heard_live_in_offset_order(pair: Pair) {
         let (a, b) = pair;
         let t = topic();
@@ -211,6 +260,7 @@ munity_testkit::contract_suite! {
     cases: cases,
     backends: { embedded_hub => embedded(), redis_hub => redis() },
     tests: [
+        a_batch_is_published_in_order_once_and_heard_live,
         offsets_grow_by_one_per_topic_and_publishes_are_idempotent,
         a_resume_gets_exactly_what_was_missed_or_a_resync,
         live_notifications_reach_every_replica,

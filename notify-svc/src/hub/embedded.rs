@@ -10,10 +10,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use munity_store::{
@@ -27,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::{
-    Hub, HubError, HubResult, LIVE_BUFFER, Live, Notification, Position, Recovery, Retention,
-    from_proto, new_epoch, to_proto,
+    Hub, HubError, HubResult, LIVE_BUFFER, Live, Notification, Position, Publication, Recovery,
+    Retention, from_proto, new_epoch, to_proto,
 };
 
 /// topic → its meta.
@@ -181,6 +178,82 @@ fn trim(
     Ok(())
 }
 
+/// Stores one publication in `txn`: the notification and whether it is
+/// new (one published before under its id is answered as stored). A new
+/// one's offset is put in flight (delivered live once settled) and in
+/// `given`.
+fn store_one(
+    txn: &WriteTransaction,
+    item: Publication,
+    retention: Retention,
+    in_flight: &Mutex<InFlight>,
+    given: &Mutex<Vec<(String, u64)>>,
+) -> munity_store::StoreResult<(Notification, bool)> {
+    let Publication {
+        topic,
+        id,
+        kind,
+        payload,
+        at,
+    } = item;
+    let before = txn
+        .open_table(PUBLISHED)
+        .map_err(internal)?
+        .get(key(&topic, id.as_bytes()).as_slice())
+        .map_err(internal)?
+        .map(|v| v.value());
+    if let Some(offset) = before {
+        let history = txn.open_table(HISTORY).map_err(internal)?;
+        if let Some(stored) = history
+            .get(history_key(&topic, offset).as_slice())
+            .map_err(internal)?
+        {
+            let stored =
+                munity_proto::notify::v1::Notification::decode(stored.value()).map_err(internal)?;
+            return Ok((from_proto(stored), false));
+        }
+    }
+    let mut meta = meta(txn, &topic)?;
+    meta.offset += 1;
+    txn.open_table(TOPICS)
+        .map_err(internal)?
+        .insert(topic.as_str(), encode(&meta)?.as_slice())
+        .map_err(internal)?;
+    let notification = Notification {
+        topic: topic.clone(),
+        epoch: meta.epoch,
+        offset: meta.offset,
+        at,
+        kind,
+        id: id.clone(),
+        payload,
+    };
+    txn.open_table(HISTORY)
+        .map_err(internal)?
+        .insert(
+            history_key(&topic, meta.offset).as_slice(),
+            to_proto(&notification).encode_to_vec().as_slice(),
+        )
+        .map_err(internal)?;
+    txn.open_table(PUBLISHED)
+        .map_err(internal)?
+        .insert(key(&topic, id.as_bytes()).as_slice(), meta.offset)
+        .map_err(internal)?;
+    trim(txn, &topic, meta.offset, retention)?;
+    // Last, so that only the commit can still fail.
+    in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(topic.clone())
+        .or_default()
+        .insert(meta.offset, None);
+    given
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((topic.clone(), meta.offset));
+    Ok((notification, true))
+}
+
 #[async_trait::async_trait]
 impl Hub for EmbeddedHub {
     async fn publish(
@@ -191,85 +264,57 @@ impl Hub for EmbeddedHub {
         payload: &[u8],
         at: Millis,
     ) -> HubResult<Notification> {
-        let (topic, id, kind, payload) = (
-            topic.to_owned(),
-            id.to_owned(),
-            kind.to_owned(),
-            payload.to_vec(),
-        );
+        let item = Publication {
+            topic: topic.to_owned(),
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            payload: payload.to_vec(),
+            at,
+        };
+        let mut published = self.publish_many(std::slice::from_ref(&item)).await?;
+        published
+            .pop()
+            .ok_or_else(|| HubError::Internal("nothing published".to_owned()))
+    }
+
+    /// All in one write transaction (one commit, one fsync shared with
+    /// other writers), each delivered live once durable, in its topic's
+    /// order.
+    async fn publish_many(&self, items: &[Publication]) -> HubResult<Vec<Notification>> {
+        let items = items.to_vec();
         let retention = self.retention;
-        let (in_flight, assigned) = (self.in_flight.clone(), Arc::new(AtomicU64::new(0)));
-        let (topic_again, offset_given) = (topic.clone(), assigned.clone());
+        // The offsets given, to settle when the write fails after them.
+        let assigned: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let (in_flight, given) = (self.in_flight.clone(), assigned.clone());
         let written = self
             .db
             .write(move |txn| {
-                let before = txn
-                    .open_table(PUBLISHED)
-                    .map_err(internal)?
-                    .get(key(&topic, id.as_bytes()).as_slice())
-                    .map_err(internal)?
-                    .map(|v| v.value());
-                if let Some(offset) = before {
-                    let history = txn.open_table(HISTORY).map_err(internal)?;
-                    if let Some(stored) = history
-                        .get(history_key(&topic, offset).as_slice())
-                        .map_err(internal)?
-                    {
-                        let stored = munity_proto::notify::v1::Notification::decode(stored.value())
-                            .map_err(internal)?;
-                        return Ok((from_proto(stored), false));
-                    }
-                }
-                let mut meta = meta(txn, &topic)?;
-                meta.offset += 1;
-                txn.open_table(TOPICS)
-                    .map_err(internal)?
-                    .insert(topic.as_str(), encode(&meta)?.as_slice())
-                    .map_err(internal)?;
-                let notification = Notification {
-                    topic: topic.clone(),
-                    epoch: meta.epoch,
-                    offset: meta.offset,
-                    at,
-                    kind,
-                    id: id.clone(),
-                    payload,
-                };
-                txn.open_table(HISTORY)
-                    .map_err(internal)?
-                    .insert(
-                        history_key(&topic, meta.offset).as_slice(),
-                        to_proto(&notification).encode_to_vec().as_slice(),
-                    )
-                    .map_err(internal)?;
-                txn.open_table(PUBLISHED)
-                    .map_err(internal)?
-                    .insert(key(&topic, id.as_bytes()).as_slice(), meta.offset)
-                    .map_err(internal)?;
-                trim(txn, &topic, meta.offset, retention)?;
-                // Last, so that only the commit can still fail.
-                in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(topic.clone())
-                    .or_default()
-                    .insert(meta.offset, None);
-                offset_given.store(meta.offset, Ordering::SeqCst);
-                Ok((notification, true))
+                items
+                    .into_iter()
+                    .map(|item| store_one(txn, item, retention, &in_flight, &given))
+                    .collect::<munity_store::StoreResult<Vec<_>>>()
             })
             .await;
-        let offset = assigned.load(Ordering::SeqCst);
         match written {
-            Ok((notification, new)) => {
-                if new {
-                    // Durable now: whoever hears it can read it back.
-                    self.settle(&topic_again, offset, Some(notification.clone()));
-                }
-                Ok(notification)
-            }
+            Ok(stored) => Ok(stored
+                .into_iter()
+                .map(|(notification, new)| {
+                    if new {
+                        // Durable now: whoever hears it can read it back.
+                        self.settle(
+                            &notification.topic,
+                            notification.offset,
+                            Some(notification.clone()),
+                        );
+                    }
+                    notification
+                })
+                .collect()),
             Err(error) => {
-                if offset != 0 {
-                    self.settle(&topic_again, offset, None);
+                let assigned =
+                    std::mem::take(&mut *assigned.lock().unwrap_or_else(|e| e.into_inner()));
+                for (topic, offset) in assigned {
+                    self.settle(&topic, offset, None);
                 }
                 Err(hub_error(error))
             }

@@ -107,6 +107,17 @@ pub enum HubError {
 
 pub type HubResult<T> = Result<T, HubError>;
 
+/// One notification to publish ([`Hub::publish_many`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    pub topic: String,
+    /// The source event's id.
+    pub id: String,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub at: Millis,
+}
+
 #[async_trait::async_trait]
 pub trait Hub: Send + Sync + 'static {
     /// Stores the next notification of `topic` and delivers it live on
@@ -120,6 +131,19 @@ pub trait Hub: Send + Sync + 'static {
         payload: &[u8],
         at: Millis,
     ) -> HubResult<Notification>;
+    /// [`Hub::publish`] of each, in order; a backend that can store them
+    /// in one write overrides this. On an error some may be published:
+    /// publishing again is idempotent.
+    async fn publish_many(&self, items: &[Publication]) -> HubResult<Vec<Notification>> {
+        let mut published = Vec::with_capacity(items.len());
+        for item in items {
+            published.push(
+                self.publish(&item.topic, &item.id, &item.kind, &item.payload, item.at)
+                    .await?,
+            );
+        }
+        Ok(published)
+    }
     /// The topic's position now (a new topic gets its epoch here).
     async fn position(&self, topic: &str) -> HubResult<Position>;
     /// What came after `after` in `topic`, at most `limit`.

@@ -18,9 +18,11 @@
 //!
 //! - `redis.rs`: Redis Streams through fred (XADD with an approximate
 //!   MAXLEN, XREADGROUP, XACK, XAUTOCLAIM), for scale-out;
-//! - `embedded.rs`: a redb file, for `munity dev`: positions and pending
-//!   deliveries are on disk, so a restart neither loses nor replays
-//!   acknowledged events.
+//! - `embedded.rs`: a redb file, for `munity dev`: the file is one
+//!   process's, so groups are tracked in memory and each acknowledgement
+//!   saves position and pending deliveries without waiting for an fsync: a
+//!   restart loses nothing and replays at most what was handed out or
+//!   acknowledged in the last moments (consumers are idempotent).
 //!
 //! Views kept from the log that several services need live here once:
 //! `membership.rs` (who is in which community, from users-svc's events).

@@ -183,10 +183,22 @@ fn connection_lost(status: &tonic::Status) -> bool {
     }
 }
 
+/// A call whose own deadline passed before an answer came: tonic's timer
+/// on the client (`Request::set_timeout`) reports CANCELLED "Timeout
+/// expired", where the server, had its timer fired first, would have said
+/// DEADLINE_EXCEEDED.
+fn client_deadline(status: &tonic::Status) -> bool {
+    status.code() == Code::Cancelled && status.message() == "Timeout expired"
+}
+
 impl Seen {
     fn failed(&mut self, status: &tonic::Status) {
         if connection_lost(status) {
             self.failed_as("connection lost", "");
+        } else if client_deadline(status) {
+            // The same deadline the server enforces (grpc-timeout), on the
+            // client's clock: whichever fires first reports it.
+            self.failed_as("DeadlineExceeded", status.message());
         } else {
             self.failed_as(&format!("{:?}", status.code()), status.message());
         }

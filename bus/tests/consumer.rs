@@ -52,6 +52,19 @@ mod cases {
         }
     }
 
+    /// Waits (15 s at most) until `n` distinct events were handled.
+    async fn until_handled(handled: &Mutex<HashMap<i64, u32>>, n: usize) {
+        let started = Instant::now();
+        while handled.lock().unwrap().len() < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "handled only {:?}",
+                handled.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// 30 events, two members; the handling of event 7 fails once.
     pub async fn members_share_events_and_failures_are_retried(log: Log) {
         let handled: Arc<Mutex<HashMap<i64, u32>>> = Default::default();
@@ -82,15 +95,7 @@ mod cases {
         }
         let events: Vec<DomainEvent> = (0..30).map(numbered).collect();
         log.append(&events).await.unwrap();
-        let started = Instant::now();
-        while handled.lock().unwrap().len() < 30 {
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "handled only {:?}",
-                handled.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_handled(&handled, 30).await;
         // Give redeliveries, if any, the time to show up.
         tokio::time::sleep(Duration::from_millis(800)).await;
         shutdown.cancel();
@@ -146,15 +151,7 @@ mod cases {
                 }
             }))
         };
-        let started = Instant::now();
-        while handled.lock().unwrap().len() < 30 {
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "handled only {:?}",
-                handled.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_handled(&handled, 30).await;
         tokio::time::sleep(Duration::from_millis(800)).await;
         shutdown.cancel();
         running.await.unwrap();

@@ -90,28 +90,33 @@ async fn start_stand_in() -> Option<StandIn> {
 /// POSTs JSON to the stand-in's client API (HTTP/1.1, one connection per
 /// call) and returns the answer's JSON.
 async fn post(port: u16, path: &str, body: &Value) -> Value {
-    let body = body.to_string();
+    post_http(port, path, &[], &body.to_string()).await.1
+}
+
+/// Sends `request` (a whole HTTP/1.1 request that closes the connection)
+/// to `port`; the answer's status and JSON body (`Null` when none).
+async fn exchange(port: u16, request: &str) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    parse_answer(&String::from_utf8_lossy(&answer))
+}
+
+/// An HTTP answer's status and JSON body, chunked or not.
+fn parse_answer(answer: &str) -> (u16, Value) {
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    serde_json::from_str(&body).unwrap_or(Value::Null)
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = serde_json::from_str(body)
+        .or_else(|_| serde_json::from_str(&dechunk(body)))
+        .unwrap_or(Value::Null);
+    (status, body)
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -270,6 +275,27 @@ impl TgUser {
     }
 }
 
+/// Chat `chat_id` on the stand-in at `port` links to the user of `token`
+/// (Ada) with a one-time code: the chat and the code it used.
+async fn link(
+    users: &mut users_pb::users_client::UsersClient<Channel>,
+    port: u16,
+    chat_id: i64,
+    token: &str,
+) -> (TgUser, String) {
+    let chat = TgUser { port, chat_id };
+    let code = users
+        .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, token))
+        .await
+        .unwrap()
+        .into_inner()
+        .code;
+    chat.says(&format!("/link {code}")).await;
+    let (_, text, _) = chat.nth_reply(1).await;
+    assert!(text.starts_with("Linked to Ada"), "{text}");
+    (chat, code)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -277,8 +303,9 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// `munity dev` with `extra` appended to its config.
-async fn start_munity(data: &Path, extra: &str) -> (Ready, Channel) {
+/// The command of `munity dev` on `data`, with `extra` appended to its
+/// config.
+fn munity_dev(data: &Path, extra: &str) -> Command {
     let config = data.join("munity.toml");
     std::fs::write(
         &config,
@@ -291,9 +318,15 @@ async fn start_munity(data: &Path, extra: &str) -> (Ready, Channel) {
         .arg(&config)
         .args(["dev", "--data-dir"])
         .arg(data)
-        .env("MUNITY_DEV__ANY_PORT", "true")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
+    command
+}
+
+/// `munity dev` with `extra` appended to its config.
+async fn start_munity(data: &Path, extra: &str) -> (Ready, Channel) {
+    let mut command = munity_dev(data, extra);
+    command.env("MUNITY_DEV__ANY_PORT", "true");
     let ready = spawn_ready(command, Duration::from_secs(60)).await;
     let channel = Channel::from_shared(format!("http://{}", ready.address("gateway")))
         .unwrap()
@@ -414,19 +447,7 @@ async fn a_linked_chat_lists_votes_hears_reminders_and_is_refused_what_is_not_it
     assert!(!text.contains("Rustaceans"), "{text}");
 
     // Ada links her chat with a one-time code.
-    let chat = TgUser {
-        port: stand_in.port,
-        chat_id: 4242,
-    };
-    let code = users
-        .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
-    chat.says(&format!("/link {code}")).await;
-    let (_, text, _) = chat.nth_reply(1).await;
-    assert!(text.starts_with("Linked to Ada"), "{text}");
+    let (chat, code) = link(&mut users, stand_in.port, 4242, &ada).await;
     // The code is used up: another chat cannot take it.
     stranger.says(&format!("/link {code}")).await;
     let (_, text, _) = stranger.nth_reply(2).await;
@@ -883,9 +904,6 @@ async fn munity_dev_provisions_the_bots_service_account() {
 /// POSTs `body` to `path` on the gateway at `port` (HTTP/1.1, as Telegram
 /// posts webhooks) with `headers`; the answer's status and JSON.
 async fn post_http(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
     let extra: String = headers
         .iter()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
@@ -894,25 +912,7 @@ async fn post_http(port: u16, path: &str, headers: &[(&str, &str)], body: &str) 
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    exchange(port, &request).await
 }
 
 /// Sends only the head of a POST whose `Content-Length` says `length`
@@ -956,42 +956,20 @@ async fn post_http_declaring(
     })
     .await;
     assert!(read.is_ok(), "no answer before the body was sent");
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = serde_json::from_str(body)
-        .or_else(|_| serde_json::from_str(&dechunk(body)))
-        .unwrap_or(Value::Null);
-    (status, body)
+    parse_answer(&String::from_utf8_lossy(&answer))
 }
 
 /// `munity dev` with `extra` appended to its config and the gateway on
 /// `gateway_port` (a webhook URL names it before the start), every other
 /// listener on any free port.
 async fn start_munity_on(data: &Path, extra: &str, gateway_port: u16) -> Ready {
-    let config = data.join("munity.toml");
-    std::fs::write(
-        &config,
-        format!("[users]\nadmin_emails = [\"{ADMIN_EMAIL}\"]\n{extra}"),
-    )
-    .unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
+    let mut command = munity_dev(data, extra);
     command
-        .arg("--config")
-        .arg(&config)
-        .args(["dev", "--data-dir"])
-        .arg(data)
         .env(
             "MUNITY_GATEWAY__LISTEN",
             format!("127.0.0.1:{gateway_port}"),
         )
-        .env("MUNITY_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
+        .env("MUNITY_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0");
     for section in ["USERS", "EVENTS", "NOTIFY", "WAREHOUSE", "DISCUSS", "BOT"] {
         command.env(format!("MUNITY_{section}__LISTEN"), "127.0.0.1:0");
     }
@@ -1000,26 +978,8 @@ async fn start_munity_on(data: &Path, extra: &str, gateway_port: u16) -> Ready {
 
 /// The webhooks the stand-in has set, by bot token.
 async fn webhooks(stand_in: &StandIn) -> Value {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", stand_in.proxy_port))
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    serde_json::from_str::<Value>(&body).unwrap()["result"].clone()
+    let request = "GET /webhooks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    exchange(stand_in.proxy_port, request).await.1["result"].clone()
 }
 
 /// Webhook mode end to end: with `bot.webhook_url` set the bot calls
@@ -1081,21 +1041,9 @@ async fn the_bot_hears_telegram_by_webhook_through_the_gateway() {
         .await
         .unwrap()
         .into_inner();
-    let chat = TgUser {
-        port: stand_in.port,
-        chat_id: 7171,
-    };
-    let code = users
-        .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
-    // The stand-in posts this to the webhook (it keeps nothing for
+    // The stand-in posts the `/link` to the webhook (it keeps nothing for
     // getUpdates while one is set).
-    chat.says(&format!("/link {code}")).await;
-    let (_, text, _) = chat.nth_reply(1).await;
-    assert!(text.starts_with("Linked to Ada"), "{text}");
+    let (chat, _) = link(&mut users, stand_in.port, 7171, &ada).await;
     chat.says("/communities").await;
     let (_, text, _) = chat.nth_reply(2).await;
     assert!(text.contains("Webhook walkers"), "{text}");

@@ -44,7 +44,7 @@ impl Publisher {
 
     /// [`Publisher::publish`] of each: on the hub at once (one write on
     /// the embedded hub), then into the inboxes of the `user:` topics.
-    pub async fn publish_many(&self, items: &[Publication]) -> Result<(), PublishError> {
+    pub async fn publish_many(&self, items: Vec<Publication>) -> Result<(), PublishError> {
         for notification in self.hub.publish_many(items).await? {
             if let Some(user) = owner_of(&notification.topic) {
                 self.inbox.add(user, &notification).await?;

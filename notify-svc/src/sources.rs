@@ -196,8 +196,11 @@ pub async fn follow(
                     }
                 }
                 // A reminder may name a thousand people: writes stay bounded.
-                for chunk in items.chunks(PUBLISH_CHUNK) {
-                    publisher.publish_many(chunk).await?;
+                while !items.is_empty() {
+                    let rest = items.split_off(items.len().min(PUBLISH_CHUNK));
+                    publisher
+                        .publish_many(std::mem::replace(&mut items, rest))
+                        .await?;
                 }
                 Ok(())
             }

@@ -199,7 +199,7 @@ mod cases {
             item(&t1, 2),
             item(&t1, 1), // earlier in this batch
         ];
-        let published = a.publish_many(&batch).await.unwrap();
+        let published = a.publish_many(batch.to_vec()).await.unwrap();
         let offsets: Vec<(bool, u64)> = published
             .iter()
             .map(|n| (n.topic == t1, n.offset))

@@ -271,7 +271,7 @@ impl Hub for EmbeddedHub {
             payload: payload.to_vec(),
             at,
         };
-        let mut published = self.publish_many(std::slice::from_ref(&item)).await?;
+        let mut published = self.publish_many(vec![item]).await?;
         published
             .pop()
             .ok_or_else(|| HubError::Internal("nothing published".to_owned()))
@@ -280,8 +280,7 @@ impl Hub for EmbeddedHub {
     /// All in one write transaction (one commit, one fsync shared with
     /// other writers), each delivered live once durable, in its topic's
     /// order.
-    async fn publish_many(&self, items: &[Publication]) -> HubResult<Vec<Notification>> {
-        let items = items.to_vec();
+    async fn publish_many(&self, items: Vec<Publication>) -> HubResult<Vec<Notification>> {
         let retention = self.retention;
         // The offsets given, to settle when the write fails after them.
         let assigned: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();

@@ -134,9 +134,9 @@ pub trait Hub: Send + Sync + 'static {
     /// [`Hub::publish`] of each, in order; a backend that can store them
     /// in one write overrides this. On an error some may be published:
     /// publishing again is idempotent.
-    async fn publish_many(&self, items: &[Publication]) -> HubResult<Vec<Notification>> {
+    async fn publish_many(&self, items: Vec<Publication>) -> HubResult<Vec<Notification>> {
         let mut published = Vec::with_capacity(items.len());
-        for item in items {
+        for item in &items {
             published.push(
                 self.publish(&item.topic, &item.id, &item.kind, &item.payload, item.at)
                     .await?,

@@ -12,10 +12,15 @@ async fn munity_dev_refuses_a_gateway_port_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_munity"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_munity"));
+    // Every other listener on a free port: a service's default port held
+    // by a test running beside this one must not be the clash reported.
+    for section in ["USERS", "EVENTS", "NOTIFY", "WAREHOUSE", "DISCUSS", "BOT"] {
+        command.env(format!("MUNITY_{section}__LISTEN"), "127.0.0.1:0");
+    }
+    let child = command
         .args(["dev", "--data-dir"])
         .arg(data.path())
-        .env("MUNITY_USERS__LISTEN", "127.0.0.1:0")
         .env("MUNITY_GATEWAY__LISTEN", address.to_string())
         .env("MUNITY_GATEWAY__ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_BACKTRACE", "0")

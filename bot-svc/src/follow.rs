@@ -166,18 +166,6 @@ pub async fn supervise(
     }
 }
 
-/// The chats linked to `user`.
-async fn chats_of(store: &dyn BotStore, user: Uuid) -> Vec<i64> {
-    store
-        .list_links()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(_, u)| *u == user)
-        .map(|(chat, _)| chat)
-        .collect()
-}
-
 async fn follow(
     munity: Arc<Munity>,
     store: Arc<dyn BotStore>,
@@ -187,7 +175,7 @@ async fn follow(
     shutdown: ShutdownToken,
 ) {
     loop {
-        let chats = chats_of(store.as_ref(), user).await;
+        let chats = store.chats_of(user).await.unwrap_or_default();
         let Some(&chat) = chats.first() else {
             return;
         };
@@ -293,7 +281,7 @@ async fn follow_once(
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 let chats = match text {
-                    Some(_) => chats_of(store, user).await,
+                    Some(_) => store.chats_of(user).await?,
                     None => Vec::new(),
                 };
                 let text = text.unwrap_or_default();

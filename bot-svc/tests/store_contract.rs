@@ -41,12 +41,22 @@ mod cases {
         assert_eq!(store.get_link(5).await.unwrap(), None);
         store.put_link(5, ada).await.unwrap();
         store.put_link(-7, ada).await.unwrap();
+        store.put_link(9, ada).await.unwrap();
+        assert_eq!(store.chats_of(ada).await.unwrap(), vec![-7, 5, 9]);
         store.put_link(5, bob).await.unwrap();
         assert_eq!(store.get_link(5).await.unwrap(), Some(bob));
-        assert_eq!(store.list_links().await.unwrap(), vec![(-7, ada), (5, bob)]);
+        assert_eq!(
+            store.list_links().await.unwrap(),
+            vec![(-7, ada), (5, bob), (9, ada)]
+        );
+        assert_eq!(store.chats_of(ada).await.unwrap(), vec![-7, 9]);
+        assert_eq!(store.chats_of(bob).await.unwrap(), vec![5]);
         assert!(store.remove_link(5).await.unwrap());
         assert!(!store.remove_link(5).await.unwrap());
+        assert!(store.remove_link(9).await.unwrap());
         assert_eq!(store.list_links().await.unwrap(), vec![(-7, ada)]);
+        assert_eq!(store.chats_of(ada).await.unwrap(), vec![-7]);
+        assert_eq!(store.chats_of(bob).await.unwrap(), Vec::<i64>::new());
     }
 
     pub async fn offsets_and_positions_are_kept(store: Store) {

@@ -25,9 +25,19 @@ use uuid::Uuid;
 
 use super::{BotStore, Outgoing, Position, Queued};
 
+/// Set in `meta` once `links_by_user` holds every link.
+const CHATS_INDEXED: &str = "links_by_user_indexed";
+
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS links (chat_id bigint PRIMARY KEY, user_id uuid)",
     "CREATE TABLE IF NOT EXISTS meta (name text PRIMARY KEY, value bigint)",
+    // The links by user. `links` decides: an entry here whose chat is now
+    // linked to someone else (a writer died between the two writes) is
+    // skipped when read.
+    "CREATE TABLE IF NOT EXISTS links_by_user (
+        user_id uuid,
+        chat_id bigint,
+        PRIMARY KEY ((user_id), chat_id))",
     "CREATE TABLE IF NOT EXISTS positions (
         user_id uuid,
         topic text,
@@ -58,6 +68,9 @@ struct Statements {
     get_link: PreparedStatement,
     delete_link: PreparedStatement,
     list_links: PreparedStatement,
+    put_user_chat: PreparedStatement,
+    delete_user_chat: PreparedStatement,
+    chats_of: PreparedStatement,
     get_meta: PreparedStatement,
     set_meta: PreparedStatement,
     get_position: PreparedStatement,
@@ -89,6 +102,10 @@ impl CqlStore {
             get_link: p("SELECT user_id FROM links WHERE chat_id = ?").await?,
             delete_link: p("DELETE FROM links WHERE chat_id = ? IF EXISTS").await?,
             list_links: p("SELECT chat_id, user_id FROM links").await?,
+            put_user_chat: p("INSERT INTO links_by_user (user_id, chat_id) VALUES (?, ?)").await?,
+            delete_user_chat: p("DELETE FROM links_by_user WHERE user_id = ? AND chat_id = ?")
+                .await?,
+            chats_of: p("SELECT chat_id FROM links_by_user WHERE user_id = ?").await?,
             get_meta: p("SELECT value FROM meta WHERE name = ?").await?,
             set_meta: p("INSERT INTO meta (name, value) VALUES (?, ?)").await?,
             get_position: p("SELECT epoch, offset FROM positions WHERE user_id = ? AND topic = ?")
@@ -115,11 +132,35 @@ impl CqlStore {
             )
             .await?,
         };
-        Ok(CqlStore {
+        let store = CqlStore {
             cql,
             s,
             last_seq: AtomicU64::new(0),
-        })
+        };
+        store.index_links().await?;
+        Ok(store)
+    }
+
+    /// Fills `links_by_user` from `links` once, for keyspaces made before
+    /// it existed (rewriting an entry is harmless, so replicas racing here
+    /// agree).
+    async fn index_links(&self) -> anyhow::Result<()> {
+        let done: Option<(Option<i64>,)> = self
+            .cql
+            .maybe_row(&self.s.get_meta, (CHATS_INDEXED,))
+            .await?;
+        if done.is_some() {
+            return Ok(());
+        }
+        for (chat, user) in self.list_links().await? {
+            self.cql
+                .execute(&self.s.put_user_chat, (user, chat))
+                .await?;
+        }
+        self.cql
+            .execute(&self.s.set_meta, (CHATS_INDEXED, 1_i64))
+            .await?;
+        Ok(())
     }
 
     /// Microseconds since the epoch, strictly increasing in this process.
@@ -149,14 +190,43 @@ impl CqlStore {
 #[async_trait::async_trait]
 impl BotStore for CqlStore {
     async fn put_link(&self, chat_id: i64, user_id: Uuid) -> StoreResult<()> {
+        // The index entry first: one left behind by a failed link write is
+        // skipped by `chats_of` (the link says whose the chat is).
+        self.cql
+            .execute(&self.s.put_user_chat, (user_id, chat_id))
+            .await?;
+        let before = self.get_link(chat_id).await?;
         self.cql
             .execute(&self.s.put_link, (chat_id, user_id))
             .await?;
+        if let Some(before) = before.filter(|before| *before != user_id) {
+            self.cql
+                .execute(&self.s.delete_user_chat, (before, chat_id))
+                .await?;
+        }
         Ok(())
     }
 
     async fn remove_link(&self, chat_id: i64) -> StoreResult<bool> {
-        self.cql.execute_lwt(&self.s.delete_link, (chat_id,)).await
+        let before = self.get_link(chat_id).await?;
+        let removed = self.cql.execute_lwt(&self.s.delete_link, (chat_id,)).await?;
+        if let Some(before) = before {
+            self.cql
+                .execute(&self.s.delete_user_chat, (before, chat_id))
+                .await?;
+        }
+        Ok(removed)
+    }
+
+    async fn chats_of(&self, user_id: Uuid) -> StoreResult<Vec<i64>> {
+        let indexed: Vec<(i64,)> = self.cql.rows(&self.s.chats_of, (user_id,)).await?;
+        let mut chats = Vec::with_capacity(indexed.len());
+        for (chat,) in indexed {
+            if self.get_link(chat).await? == Some(user_id) {
+                chats.push(chat);
+            }
+        }
+        Ok(chats)
     }
 
     async fn get_link(&self, chat_id: i64) -> StoreResult<Option<Uuid>> {

@@ -15,6 +15,10 @@ use uuid::Uuid;
 use super::{BotStore, Outgoing, Position, Queued};
 
 const LINKS: TableDefinition<i64, &[u8]> = TableDefinition::new("links");
+/// `user id (16 bytes) ‖ chat id (8 bytes, big-endian)` to nothing: the
+/// links by user, written with each link (a follower reads its user's
+/// chats without reading every link).
+const CHATS_BY_USER: TableDefinition<&[u8], ()> = TableDefinition::new("chats_by_user");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const POSITIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("positions");
 /// `chat id (8 bytes, big-endian) ‖ notification id` to nothing.
@@ -25,6 +29,9 @@ const ATTEMPTS: TableDefinition<u64, ()> = TableDefinition::new("queue_attempts"
 const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("outgoing");
 
 const UPDATE_OFFSET: &str = "update_offset";
+/// Set once `CHATS_BY_USER` holds every link (stores made before it
+/// existed are indexed when they are opened).
+const CHATS_INDEXED: &str = "chats_by_user_indexed";
 /// The last sequence number handed out: never reused, even when the queue
 /// is empty.
 const QUEUE_SEQ: &str = "queue_seq";
@@ -38,8 +45,16 @@ impl EmbeddedStore {
     /// Opens (or creates) `dir/bot.redb`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let db = EmbeddedDb::open(dir, "bot", |txn| {
-            txn.open_table(LINKS)?;
-            txn.open_table(META)?;
+            let links = txn.open_table(LINKS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut by_user = txn.open_table(CHATS_BY_USER)?;
+            if meta.get(CHATS_INDEXED)?.is_none() {
+                for entry in links.iter()? {
+                    let (chat, user) = entry?;
+                    by_user.insert(user_chat_key(user.value(), chat.value()).as_slice(), ())?;
+                }
+                meta.insert(CHATS_INDEXED, 1)?;
+            }
             txn.open_table(POSITIONS)?;
             txn.open_table(SENT)?;
             txn.open_table(QUEUE)?;
@@ -56,6 +71,12 @@ fn position_key(user_id: Uuid, topic: &str) -> Vec<u8> {
     bytes
 }
 
+fn user_chat_key(user_id: &[u8], chat_id: i64) -> Vec<u8> {
+    let mut bytes = user_id.to_vec();
+    bytes.extend_from_slice(&chat_id.to_be_bytes());
+    bytes
+}
+
 fn sent_key(chat_id: i64, key: &str) -> Vec<u8> {
     let mut bytes = chat_id.to_be_bytes().to_vec();
     bytes.extend_from_slice(key.as_bytes());
@@ -67,9 +88,18 @@ impl BotStore for EmbeddedStore {
     async fn put_link(&self, chat_id: i64, user_id: Uuid) -> StoreResult<()> {
         self.db
             .write(move |txn| {
-                txn.open_table(LINKS)
-                    .map_err(internal)?
+                let mut links = txn.open_table(LINKS).map_err(internal)?;
+                let mut by_user = txn.open_table(CHATS_BY_USER).map_err(internal)?;
+                if let Some(before) = links
                     .insert(chat_id, user_id.as_bytes().as_slice())
+                    .map_err(internal)?
+                {
+                    by_user
+                        .remove(user_chat_key(before.value(), chat_id).as_slice())
+                        .map_err(internal)?;
+                }
+                by_user
+                    .insert(user_chat_key(user_id.as_bytes(), chat_id).as_slice(), ())
                     .map_err(internal)?;
                 Ok(())
             })
@@ -79,12 +109,15 @@ impl BotStore for EmbeddedStore {
     async fn remove_link(&self, chat_id: i64) -> StoreResult<bool> {
         self.db
             .write(move |txn| {
-                Ok(txn
-                    .open_table(LINKS)
+                let mut links = txn.open_table(LINKS).map_err(internal)?;
+                let Some(user) = links.remove(chat_id).map_err(internal)? else {
+                    return Ok(false);
+                };
+                txn.open_table(CHATS_BY_USER)
                     .map_err(internal)?
-                    .remove(chat_id)
-                    .map_err(internal)?
-                    .is_some())
+                    .remove(user_chat_key(user.value(), chat_id).as_slice())
+                    .map_err(internal)?;
+                Ok(true)
             })
             .await
     }
@@ -117,6 +150,32 @@ impl BotStore for EmbeddedStore {
                     ));
                 }
                 Ok(all)
+            })
+            .await
+    }
+
+    async fn chats_of(&self, user_id: Uuid) -> StoreResult<Vec<i64>> {
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let by_user = txn.open_table(CHATS_BY_USER).map_err(internal)?;
+                // Every key that starts with the user's id (a negative
+                // chat id's bytes sort after a positive one's).
+                let mut from = user_id.as_bytes().to_vec();
+                let mut to = from.clone();
+                from.extend_from_slice(&[0; 8]);
+                to.extend_from_slice(&[0xff; 8]);
+                let mut chats = Vec::new();
+                for entry in by_user
+                    .range(from.as_slice()..=to.as_slice())
+                    .map_err(internal)?
+                {
+                    let (key, _) = entry.map_err(internal)?;
+                    let chat: [u8; 8] = key.value()[16..].try_into().map_err(internal)?;
+                    chats.push(i64::from_be_bytes(chat));
+                }
+                chats.sort_unstable();
+                Ok(chats)
             })
             .await
     }
@@ -276,5 +335,37 @@ impl BotStore for EmbeddedStore {
                 queue.len().map_err(|e| StoreError::Internal(e.to_string()))
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written before `CHATS_BY_USER` existed (links only) has its
+    /// links indexed when it is opened.
+    #[tokio::test]
+    async fn links_of_an_older_store_are_indexed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        {
+            let db = redb::Database::create(dir.path().join("bot.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut links = txn.open_table(LINKS).unwrap();
+                links.insert(-3, ada.as_bytes().as_slice()).unwrap();
+                links.insert(4, ada.as_bytes().as_slice()).unwrap();
+                links.insert(8, bob.as_bytes().as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.chats_of(ada).await.unwrap(), vec![-3, 4]);
+        assert_eq!(store.chats_of(bob).await.unwrap(), vec![8]);
+        // Opened again: indexed once, and the index kept up since.
+        store.remove_link(4).await.unwrap();
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(store.chats_of(ada).await.unwrap(), vec![-3]);
     }
 }

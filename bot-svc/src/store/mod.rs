@@ -59,6 +59,9 @@ pub trait BotStore: Send + Sync + 'static {
     async fn get_link(&self, chat_id: i64) -> StoreResult<Option<Uuid>>;
     /// Every link as (chat, user), ordered by chat.
     async fn list_links(&self) -> StoreResult<Vec<(i64, Uuid)>>;
+    /// The chats linked to `user_id`, ordered (a follower's question, per
+    /// notification: it reads this user's links, not every link).
+    async fn chats_of(&self, user_id: Uuid) -> StoreResult<Vec<i64>>;
 
     /// The next Telegram update id to ask for (0: none handled yet).
     async fn update_offset(&self) -> StoreResult<i64>;

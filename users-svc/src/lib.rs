@@ -11,8 +11,11 @@
 //! - `api/`: the gRPC service, a file per concern (sessions, accounts,
 //!   communities, service accounts) plus conversions to protobuf.
 //! - `error.rs`: domain errors and their gRPC status codes.
-//! - `events.rs`: the domain events it publishes (communities and
-//!   memberships), staged with each change and relayed to the event log.
+//! - `events.rs`: the domain events it publishes (communities,
+//!   memberships, profiles, revocations), staged with each change and
+//!   relayed to the event log.
+//! - `migrations.rs`: one-time data migrations, run in the background at
+//!   start-up (the `ProfileChanged` backfill).
 //!
 //! [`UsersService`] is its platform shape: `main.rs` is the platform's
 //! generic `main`, `munity dev` starts it from its registry, and tests call
@@ -26,6 +29,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod migrations;
 pub mod passwords;
 pub mod store;
 
@@ -96,6 +100,9 @@ pub async fn run_with_hashing(
     publishing
         .start(&config.bus, UsersService::NAME, &shutdown)
         .await;
+    // Accounts from before ProfileChanged announce their names, once per
+    // store, while the service serves.
+    migrations::spawn_profile_backfill(repo.clone(), shutdown.clone());
     let tokens = &config.own.tokens;
     // The longest any token lives: users' or service accounts'.
     let token_ttl = Duration::from_secs(

@@ -615,6 +615,21 @@ mod cases {
         assert!(repo.list_chat_links(ada).await.unwrap().is_empty());
         assert!(repo.list_chat_links(bob).await.unwrap().is_empty());
     }
+
+    /// A data migration is not done until recorded; recording it again is
+    /// no error; each name on its own.
+    pub async fn migrations_are_recorded_by_name(repo: Repo) {
+        // A name of this run's own (the keyspace is shared by the cases).
+        let (name, other) = (
+            format!("test_migration_{}", Uuid::now_v7().simple()),
+            format!("test_migration_{}", Uuid::now_v7().simple()),
+        );
+        assert!(!repo.migration_done(&name).await.unwrap());
+        repo.record_migration(&name, now_millis()).await.unwrap();
+        repo.record_migration(&name, now_millis()).await.unwrap();
+        assert!(repo.migration_done(&name).await.unwrap());
+        assert!(!repo.migration_done(&other).await.unwrap());
+    }
 }
 
 munity_testkit::contract_suite! {
@@ -637,5 +652,6 @@ munity_testkit::contract_suite! {
         link_codes_are_taken_once_and_expire,
         link_failures_count_within_their_window,
         chat_links_bind_relink_list_and_unlink,
+        migrations_are_recorded_by_name,
     ],
 }

@@ -100,6 +100,10 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS service_accounts_by_name (
         name text PRIMARY KEY,
         account_id uuid)",
+    // Data migrations run to their end (`migrations.rs`).
+    "CREATE TABLE IF NOT EXISTS migrations (
+        name text PRIMARY KEY,
+        done_at timestamp)",
 ];
 
 const USER_COLUMNS: &str = "id, email, display_name, password_hash, roles, created_at";
@@ -147,6 +151,8 @@ struct Statements {
     list_service_accounts: PreparedStatement,
     set_service_secret: PreparedStatement,
     set_service_disabled: PreparedStatement,
+    get_migration: PreparedStatement,
+    record_migration: PreparedStatement,
 }
 
 /// The ScyllaDB-backed repository.
@@ -264,6 +270,8 @@ impl Statements {
             list_service_accounts: p(format!("SELECT {SERVICE_ACCOUNT_COLUMNS} FROM service_accounts")).await?,
             set_service_secret: p("UPDATE service_accounts SET secret_hash = ?, secret_rotated_at = ? WHERE id = ? IF EXISTS".into()).await?,
             set_service_disabled: p("UPDATE service_accounts SET disabled = ? WHERE id = ? IF EXISTS".into()).await?,
+            get_migration: p("SELECT name FROM migrations WHERE name = ?".into()).await?,
+            record_migration: p("INSERT INTO migrations (name, done_at) VALUES (?, ?)".into()).await?,
         })
     }
 }
@@ -579,6 +587,21 @@ impl UsersRepository for CqlStore {
                 .await?;
         }
         self.outbox.notify_staged();
+        Ok(())
+    }
+
+    async fn migration_done(&self, name: &str) -> StoreResult<bool> {
+        let row: Option<(String,)> = self
+            .cql
+            .maybe_row(&self.statements.get_migration, (name,))
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn record_migration(&self, name: &str, at: Millis) -> StoreResult<()> {
+        self.cql
+            .execute(&self.statements.record_migration, (name, ts(at)))
+            .await?;
         Ok(())
     }
 

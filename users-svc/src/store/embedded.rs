@@ -48,6 +48,8 @@ const LINK_FAILURES: TableDefinition<i64, &[u8]> = TableDefinition::new("link_fa
 const CHAT_LINKS: TableDefinition<i64, &[u8]> = TableDefinition::new("chat_links");
 /// `user_chat_key(user, chat)` to nothing: one user's chats are one range.
 const CHAT_LINKS_BY_USER: TableDefinition<&[u8], ()> = TableDefinition::new("chat_links_by_user");
+/// Data migrations run to their end: name → when (`migrations.rs`).
+const MIGRATIONS: TableDefinition<&str, i64> = TableDefinition::new("migrations");
 
 /// The redb-backed repository.
 #[derive(Clone)]
@@ -75,6 +77,7 @@ impl EmbeddedStore {
             txn.open_table(LINK_FAILURES)?;
             txn.open_table(CHAT_LINKS)?;
             txn.open_table(CHAT_LINKS_BY_USER)?;
+            txn.open_table(MIGRATIONS)?;
             munity_bus::outbox::create_table(txn)
         })?;
         Ok(EmbeddedStore {
@@ -258,6 +261,30 @@ impl UsersRepository for EmbeddedStore {
     async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()> {
         let events = events.to_vec();
         self.outbox.write(move |_txn| Ok(((), events))).await
+    }
+
+    async fn migration_done(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(internal)?;
+                let table = txn.open_table(MIGRATIONS).map_err(internal)?;
+                Ok(table.get(name.as_str()).map_err(internal)?.is_some())
+            })
+            .await
+    }
+
+    async fn record_migration(&self, name: &str, at: Millis) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.db
+            .write(move |txn| {
+                txn.open_table(MIGRATIONS)
+                    .map_err(internal)?
+                    .insert(name.as_str(), at)
+                    .map_err(internal)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn revoke_session(&self, id: Uuid) -> StoreResult<()> {

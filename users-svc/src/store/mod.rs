@@ -50,8 +50,16 @@ pub trait UsersRepository: Send + Sync + 'static {
     /// Stages `events` in the outbox on their own (no change with them),
     /// for the relay to publish: revocations, which are staged before the
     /// change they announce, so that a crash in between can refuse a token
-    /// early but never leave a revoked one working.
+    /// early but never leave a revoked one working; and the data
+    /// migrations' events (`migrations.rs`).
     async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()>;
+
+    /// Whether the one-time data migration `name` (`migrations.rs`; the
+    /// name carries its version) has run to its end on this store.
+    async fn migration_done(&self, name: &str) -> StoreResult<bool>;
+    /// Records that migration `name` ran to its end at `at`; recording it
+    /// again is not an error.
+    async fn record_migration(&self, name: &str, at: Millis) -> StoreResult<()>;
 
     async fn create_session(&self, session: &SessionRecord) -> StoreResult<()>;
     async fn get_session(&self, id: Uuid) -> StoreResult<Option<SessionRecord>>;

@@ -254,6 +254,62 @@ mod cases {
         assert_eq!(next[0].1.id, stored[2]);
     }
 
+    pub async fn a_large_batch_across_hours_tails_in_request_order(store: Arc<dyn RecordStore>) {
+        let source = source("tail-large");
+        let base = 1_700_000_000_000 - 1_700_000_000_000 % HOUR;
+        // 250 records over three hours, neither in time order nor grouped
+        // by hour: the tail hands them out as they were sent.
+        let times: Vec<i64> = (0..250)
+            .map(|n: i64| base + (n * 7 % 3) * HOUR + (n * 7919) % 3_000_000)
+            .collect();
+        let batch = records(&source, &times);
+        let sent: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
+        store.ingest(batch.clone()).await.unwrap();
+        let all = store.arrivals(&source, None, 1_000).await.unwrap();
+        let ids: Vec<String> = all.iter().map(|(_, r)| r.id.clone()).collect();
+        assert_eq!(ids, sent);
+        // The records as stored, attributes included.
+        assert_eq!(
+            all.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+            batch
+        );
+        // In pages of 7, resuming after each page's last cursor.
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.arrivals(&source, after.as_ref(), 7).await.unwrap();
+            assert!(page.len() <= 7);
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            paged.extend(page.into_iter().map(|(_, r)| r.id));
+        }
+        assert_eq!(paged, sent);
+    }
+
+    pub async fn the_tail_pages_through_many_small_batches(store: Arc<dyn RecordStore>) {
+        let source = source("tail-many");
+        let base = 1_700_000_000_000;
+        let mut sent = Vec::new();
+        for n in 0..80 {
+            let batch = records(&source, &[base + (80 - n)]);
+            sent.push(batch[0].id.clone());
+            store.ingest(batch).await.unwrap();
+        }
+        let all = store.arrivals(&source, None, 1_000).await.unwrap();
+        let ids: Vec<String> = all.into_iter().map(|(_, r)| r.id).collect();
+        assert_eq!(ids, sent);
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.arrivals(&source, after.as_ref(), 30).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            paged.extend(page.into_iter().map(|(_, r)| r.id));
+        }
+        assert_eq!(paged, sent);
+        assert_eq!(store.newest_arrival(&source).await.unwrap(), after);
+    }
+
     pub async fn records_of_a_source_with_a_ttl_expire(store: Arc<dyn RecordStore>) {
         let kept = source("kept");
         let short = source("short-lived");
@@ -285,6 +341,8 @@ munity_testkit::contract_suite! {
         pages_cross_partitions_in_both_directions,
         pages_stay_exact_while_records_arrive,
         arrivals_come_in_storage_order_and_resume_after_a_cursor,
+        a_large_batch_across_hours_tails_in_request_order,
+        the_tail_pages_through_many_small_batches,
         records_of_a_source_with_a_ttl_expire,
     ],
 }

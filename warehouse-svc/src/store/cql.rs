@@ -9,18 +9,23 @@
 //! - `buckets`: which hours a source has records in, so a long range with
 //!   few records reads only the partitions that exist.
 //! - `arrivals`: partition (source, hour stored), clustered by (stored
-//!   at, batch id): each stored batch's records, for the tail, `USING TTL`
-//!   the tail's retention. Replicas assign stored-at from their own
-//!   clocks and a write may still be in flight when a later one is read,
-//!   so arrivals are handed out only `warehouse.tail_settle_ms` after they
-//!   were stored.
+//!   at, batch id): each stored batch's record keys, in request order,
+//!   for the tail, `USING TTL` the tail's retention (see [`KEYS_ENTRY`]).
+//!   The tail reads the records themselves from `records` by key, so
+//!   each record is written once (an entry is about 16 bytes a record,
+//!   where the record is about 260). Replicas assign stored-at from their
+//!   own clocks and a write may still be in flight when a later one is
+//!   read, so arrivals are handed out only `warehouse.tail_settle_ms`
+//!   after they were stored.
 //!
 //! Storing a key again overwrites it with the same record: stored once.
 //! (A batch retried after a failure may appear twice in the tail, by id;
-//! never twice in queries.)
+//! never twice in queries.) A record the tail reaches after it has
+//! expired (a source TTL shorter than the tail's retention) is passed
+//! over, as queries pass it over.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -43,7 +48,7 @@ use scylla::{
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{RecordStore, expires_at, last_cursor, records_after, unframe_batch};
+use super::{RecordStore, expires_at, records_after, unframe_batch};
 use crate::{
     config::WarehouseConfig,
     domain::{ArrivalCursor, Range, RecordKey, millis_of},
@@ -66,6 +71,60 @@ const BATCH_ROWS: usize = 64;
 const BATCH_BYTES: usize = 32 * 1024;
 /// Rows per read round trip when a read spans partitions.
 const READ_PAGE: usize = 1_000;
+/// Arrival entries per read round trip (at least 2: a page goes on from
+/// the last entry of the one before).
+const ARRIVAL_PAGE: usize = 64;
+/// Keys per `(time, id) IN ?` read (ScyllaDB refuses more than 100
+/// clustering keys in one query by default), and such reads in flight.
+const IN_KEYS: usize = 100;
+const KEY_READS: usize = 8;
+
+/// The first byte of an arrival entry holding its records' keys: then,
+/// for each record in request order, its time (8 bytes, big-endian), the
+/// length of its id (a varint) and the id. Entries written before this
+/// format hold the records themselves, framed as an `IngestRequest`
+/// (`super::frame_batch`), and start with 0x0a; both are read (an entry
+/// lives `warehouse.tail_retention_secs`).
+pub const KEYS_ENTRY: u8 = 0;
+
+/// Appends one record's key to an arrival entry (see [`KEYS_ENTRY`]).
+fn push_key(entry: &mut Vec<u8>, time: Millis, id: &str) {
+    entry.extend_from_slice(&time.to_be_bytes());
+    prost::encoding::encode_varint(id.len() as u64, entry);
+    entry.extend_from_slice(id.as_bytes());
+}
+
+/// What an arrival entry holds for each of its records.
+enum Arrived {
+    /// Its key (the record is read from `records`).
+    Key(RecordKey),
+    /// The record itself (an entry of the earlier format).
+    Record(Record),
+}
+
+/// The records of an arrival entry, in its order, in either format.
+fn arrived(entry: &[u8]) -> StoreResult<Vec<Arrived>> {
+    let Some((&KEYS_ENTRY, mut rest)) = entry.split_first() else {
+        return Ok(unframe_batch(entry)?
+            .into_iter()
+            .map(Arrived::Record)
+            .collect());
+    };
+    let malformed = || internal("malformed arrival entry");
+    let mut keys = Vec::new();
+    while !rest.is_empty() {
+        let (time, after_time) = rest.split_at_checked(8).ok_or_else(malformed)?;
+        let time = Millis::from_be_bytes(time.try_into().map_err(|_| malformed())?);
+        rest = after_time;
+        let len = prost::encoding::decode_varint(&mut rest).map_err(|_| malformed())?;
+        let len = usize::try_from(len).map_err(|_| malformed())?;
+        let (id, after_id) = rest.split_at_checked(len).ok_or_else(malformed)?;
+        let id = std::str::from_utf8(id).map_err(|_| malformed())?.to_owned();
+        keys.push(Arrived::Key(RecordKey { time, id }));
+        rest = after_id;
+    }
+    Ok(keys)
+}
 
 fn hour_of(time: Millis) -> i64 {
     time.div_euclid(HOUR_MS)
@@ -88,6 +147,7 @@ struct Statements {
     buckets_down: PreparedStatement,
     read_up: PreparedStatement,
     read_down: PreparedStatement,
+    read_keys: PreparedStatement,
     arrivals_after: PreparedStatement,
     newest_arrival: PreparedStatement,
 }
@@ -103,11 +163,11 @@ pub struct CqlRecords {
     known_buckets: Mutex<HashSet<(String, i64)>>,
 }
 
-/// The values of [`Statements::insert`] for `row` of `framed`.
+/// The values of [`Statements::insert`] for `row` of `encoded`.
 fn row_values<'a>(
     source: &'a str,
     bucket: i64,
-    framed: &'a [u8],
+    encoded: &'a [u8],
     row: &'a Row,
 ) -> (&'a str, i64, CqlTimestamp, &'a str, &'a [u8], i32) {
     (
@@ -115,13 +175,21 @@ fn row_values<'a>(
         bucket,
         ts(row.time),
         row.id.as_str(),
-        &framed[row.encoded.clone()],
+        &encoded[row.encoded.clone()],
         row.ttl,
     )
 }
 
+/// One source's records of an ingest: their protobuf encodings, one after
+/// the other; its arrival entry (their keys); its rows.
+struct SourceWrite {
+    encoded: Vec<u8>,
+    keys: Vec<u8>,
+    rows: Vec<Row>,
+}
+
 /// One record ready to write (its source and bucket are its partition's;
-/// its protobuf is a part of its source's arrival entry).
+/// its protobuf is a part of its source's `encoded`).
 struct Row {
     time: Millis,
     id: String,
@@ -147,6 +215,7 @@ impl CqlRecords {
             buckets_down: p("SELECT bucket FROM buckets WHERE source = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket DESC").await?,
             read_up: p("SELECT record FROM records WHERE source = ? AND bucket = ? AND (time, id) > (?, ?) AND (time, id) < (?, ?) LIMIT ?").await?,
             read_down: p("SELECT record FROM records WHERE source = ? AND bucket = ? AND (time, id) > (?, ?) AND (time, id) < (?, ?) ORDER BY time DESC, id DESC LIMIT ?").await?,
+            read_keys: p("SELECT time, id, record FROM records WHERE source = ? AND bucket = ? AND (time, id) IN ?").await?,
             arrivals_after: p("SELECT at, batch_id, records FROM arrivals WHERE source = ? AND hour = ? AND (at, batch_id) >= (?, ?) AND (at, batch_id) <= (?, ?) LIMIT ?").await?,
             newest_arrival: p("SELECT at, batch_id, records FROM arrivals WHERE source = ? AND hour = ? ORDER BY at DESC, batch_id DESC LIMIT 1").await?,
         };
@@ -167,7 +236,7 @@ impl CqlRecords {
         source: &str,
         bucket: i64,
         rows: &[Row],
-        framed: &[u8],
+        encoded: &[u8],
     ) -> StoreResult<()> {
         // Index ranges (not slices: the futures below must not be generic
         // over a borrow's lifetime to be Send).
@@ -193,7 +262,7 @@ impl CqlRecords {
                     .acquire()
                     .await
                     .map_err(|_| internal("the write limiter closed"))?;
-                let values = |row| row_values(source, bucket, framed, row);
+                let values = |row| row_values(source, bucket, encoded, row);
                 if let [row] = chunk {
                     return self
                         .cql
@@ -241,40 +310,46 @@ impl CqlRecords {
 impl RecordStore for CqlRecords {
     async fn ingest(&self, records: Vec<Record>) -> StoreResult<()> {
         let now = now_millis();
-        // Each source's arrival entry: its records in request order, each
-        // encoded once, straight into the entry (framed as an
-        // `IngestRequest`, see `frame_batch`); the rows point into it.
+        // Each source's records in request order, each encoded once into
+        // its source's buffer (the rows point into it), and their keys
+        // into its arrival entry.
         let total = records.len();
-        let mut by_source: BTreeMap<String, (Vec<u8>, Vec<Row>)> = BTreeMap::new();
+        let mut by_source: BTreeMap<String, SourceWrite> = BTreeMap::new();
         for (index, record) in records.into_iter().enumerate() {
             let time = record.time.as_ref().map_or(0, millis_of);
             let stored_at = record.stored_at.as_ref().map_or(now, millis_of);
             let expires = expires_at(&self.config, &record.source, stored_at);
             let len = record.encoded_len();
-            let (framed, rows) = match by_source.get_mut(record.source.as_str()) {
-                Some(entry) => entry,
-                None => by_source.entry(record.source.clone()).or_insert_with(|| {
-                    (Vec::with_capacity((total - index) * (len + 6)), Vec::new())
-                }),
+            let write = match by_source.get_mut(record.source.as_str()) {
+                Some(write) => write,
+                None => by_source
+                    .entry(record.source.clone())
+                    .or_insert_with(|| SourceWrite {
+                        encoded: Vec::with_capacity((total - index) * len),
+                        keys: Vec::with_capacity(1 + (total - index) * (9 + record.id.len())),
+                        rows: Vec::new(),
+                    }),
             };
-            // Field 1 (records), wire type 2 (length-delimited).
-            framed.push(0x0a);
-            prost::encoding::encode_varint(len as u64, framed);
-            let start = framed.len();
-            record.encode_raw(framed);
-            rows.push(Row {
+            if write.keys.is_empty() {
+                write.keys.push(KEYS_ENTRY);
+            }
+            push_key(&mut write.keys, time, &record.id);
+            let start = write.encoded.len();
+            record.encode_raw(&mut write.encoded);
+            write.rows.push(Row {
                 time,
-                encoded: start..framed.len(),
+                encoded: start..write.encoded.len(),
                 ttl: ttl_secs(expires, now),
                 id: record.id,
             });
         }
-        // Partitions: (index in `sources`, bucket, rows).
-        let mut sources: Vec<(String, Vec<u8>)> = Vec::with_capacity(by_source.len());
+        // Partitions: (index in `sources`, bucket, rows); sources:
+        // (source, encoded records, arrival entry).
+        let mut sources: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::with_capacity(by_source.len());
         let mut partitions: Vec<(usize, i64, Vec<Row>)> = Vec::new();
-        for (index, (source, (framed, rows))) in by_source.into_iter().enumerate() {
+        for (index, (source, write)) in by_source.into_iter().enumerate() {
             let mut buckets: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
-            for row in rows {
+            for row in write.rows {
                 buckets.entry(hour_of(row.time)).or_default().push(row);
             }
             partitions.extend(
@@ -282,7 +357,7 @@ impl RecordStore for CqlRecords {
                     .into_iter()
                     .map(|(bucket, rows)| (index, bucket, rows)),
             );
-            sources.push((source, framed));
+            sources.push((source, write.encoded, write.keys));
         }
         let mut bucket_rows: Vec<(String, i64, i32)> = Vec::new();
         {
@@ -326,8 +401,8 @@ impl RecordStore for CqlRecords {
         let written = &sources;
         stream::iter(partitions)
             .map(|(index, bucket, rows)| async move {
-                let (source, framed) = &written[index];
-                self.write_partition(source, bucket, &rows, framed).await
+                let (source, encoded, _) = &written[index];
+                self.write_partition(source, bucket, &rows, encoded).await
             })
             .buffer_unordered(self.config.cql_write_concurrency.max(1))
             .try_collect::<Vec<()>>()
@@ -338,7 +413,7 @@ impl RecordStore for CqlRecords {
             i32::try_from(self.config.tail_retention_secs.max(1)).unwrap_or(i32::MAX);
         let at = now_millis();
         stream::iter(sources)
-            .map(|(source, framed)| async move {
+            .map(|(source, _, keys)| async move {
                 self.cql
                     .execute(
                         &self.s.arrival,
@@ -347,7 +422,7 @@ impl RecordStore for CqlRecords {
                             hour_of(at),
                             ts(at),
                             Uuid::now_v7(),
-                            framed,
+                            keys,
                             retention_ttl,
                         ),
                     )
@@ -426,52 +501,19 @@ impl RecordStore for CqlRecords {
         after: Option<&ArrivalCursor>,
         limit: usize,
     ) -> StoreResult<Vec<(ArrivalCursor, Record)>> {
-        let now = now_millis();
-        let horizon = now - Millis::try_from(self.config.tail_settle_ms).unwrap_or(0);
-        let oldest = now.saturating_sub(self.config.tail_retention_ms());
-        let (from_at, from_batch) = match after {
-            Some(a) => (a.at, a.batch),
-            None => (oldest, Uuid::nil()),
-        };
-        let mut out = Vec::new();
-        let mut hour = hour_of(from_at.max(oldest));
-        while hour <= hour_of(horizon) && out.len() < limit {
-            let rows: Vec<(CqlTimestamp, Uuid, Vec<u8>)> = self
-                .cql
-                .rows(
-                    &self.s.arrivals_after,
-                    (
-                        source,
-                        hour,
-                        ts(from_at),
-                        from_batch,
-                        ts(horizon),
-                        Uuid::max(),
-                        i32::try_from(limit.min(READ_PAGE)).unwrap_or(i32::MAX),
-                    ),
-                )
-                .await?;
-            let full = rows.len() >= limit.min(READ_PAGE);
-            let mut last_seen = None;
-            for (at, batch, framed) in rows {
-                last_seen = Some((at.0, batch));
-                for item in records_after(at.0, batch, unframe_batch(&framed)?, after) {
-                    out.push(item);
-                    if out.len() >= limit {
-                        return Ok(out);
-                    }
-                }
+        let mut position = after.copied();
+        loop {
+            let arrived = self.arrived(source, position.as_ref(), limit).await?;
+            let (Some(&(last, _)), seen) = (arrived.last(), arrived.len()) else {
+                return Ok(Vec::new());
+            };
+            let records = self.with_records(source, arrived).await?;
+            // All of them expired since: look further, unless that was all.
+            if !records.is_empty() || seen < limit {
+                return Ok(records);
             }
-            if full {
-                // More in this hour: the caller asks again from the last
-                // cursor handed out.
-                if last_seen.is_some() && !out.is_empty() {
-                    return Ok(out);
-                }
-            }
-            hour += 1;
+            position = Some(last);
         }
-        Ok(out)
     }
 
     async fn newest_arrival(&self, source: &str) -> StoreResult<Option<ArrivalCursor>> {
@@ -483,11 +525,192 @@ impl RecordStore for CqlRecords {
                 .cql
                 .maybe_row(&self.s.newest_arrival, (source, hour))
                 .await?;
-            if let Some((at, batch, framed)) = row {
-                return last_cursor(at.0, batch, &framed).map(Some);
+            if let Some((at, batch, entry)) = row {
+                let count = arrived(&entry)?.len();
+                return Ok(Some(ArrivalCursor {
+                    at: at.0,
+                    batch,
+                    index: u32::try_from(count.saturating_sub(1)).unwrap_or(u32::MAX),
+                }));
             }
             hour -= 1;
         }
         Ok(None)
+    }
+}
+
+impl CqlRecords {
+    /// At most `limit` of `source`'s arrivals strictly after `after`, as
+    /// their entries hold them (keys, or records of the earlier format),
+    /// each with its cursor, up to the settle horizon.
+    async fn arrived(
+        &self,
+        source: &str,
+        after: Option<&ArrivalCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<(ArrivalCursor, Arrived)>> {
+        let now = now_millis();
+        let horizon = now - Millis::try_from(self.config.tail_settle_ms).unwrap_or(0);
+        let oldest = now.saturating_sub(self.config.tail_retention_ms());
+        let mut from = match after {
+            Some(a) => (a.at, a.batch),
+            None => (oldest, Uuid::nil()),
+        };
+        let mut out = Vec::new();
+        // The entry handed out last: a page goes on from it (inclusive).
+        let mut done: Option<(Millis, Uuid)> = None;
+        let mut hour = hour_of(from.0.max(oldest));
+        while hour <= hour_of(horizon) && out.len() < limit {
+            loop {
+                let rows: Vec<(CqlTimestamp, Uuid, Vec<u8>)> = self
+                    .cql
+                    .rows(
+                        &self.s.arrivals_after,
+                        (
+                            source,
+                            hour,
+                            ts(from.0),
+                            from.1,
+                            ts(horizon),
+                            Uuid::max(),
+                            i32::try_from(ARRIVAL_PAGE).unwrap_or(i32::MAX),
+                        ),
+                    )
+                    .await?;
+                let full = rows.len() >= ARRIVAL_PAGE;
+                for (at, batch, entry) in rows {
+                    if done == Some((at.0, batch)) {
+                        continue;
+                    }
+                    done = Some((at.0, batch));
+                    for item in records_after(at.0, batch, arrived(&entry)?, after) {
+                        out.push(item);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                }
+                match done {
+                    Some(last) if full => from = last,
+                    _ => break,
+                }
+            }
+            hour += 1;
+        }
+        Ok(out)
+    }
+
+    /// The records of `arrived`, in its order: those named by key read from
+    /// `records` (in `(time, id) IN` reads of one partition each); a key no
+    /// longer there (expired) is passed over.
+    async fn with_records(
+        &self,
+        source: &str,
+        arrived: Vec<(ArrivalCursor, Arrived)>,
+    ) -> StoreResult<Vec<(ArrivalCursor, Record)>> {
+        // (bucket, time, id), by bucket; each read an index range of it
+        // (not a slice: the futures must not be generic over a borrow's
+        // lifetime to be Send).
+        let mut keys: Vec<(i64, CqlTimestamp, &str)> = arrived
+            .iter()
+            .filter_map(|(_, item)| match item {
+                Arrived::Key(key) => Some((hour_of(key.time), ts(key.time), key.id.as_str())),
+                Arrived::Record(_) => None,
+            })
+            .collect();
+        keys.sort_by_key(|(bucket, ..)| *bucket);
+        let mut reads: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut start = 0;
+        for index in 1..=keys.len() {
+            if index == keys.len() || keys[index].0 != keys[start].0 || index - start >= IN_KEYS {
+                reads.push(start..index);
+                start = index;
+            }
+        }
+        let keys = &keys;
+        let pages: Vec<Vec<(CqlTimestamp, String, Vec<u8>)>> = stream::iter(reads)
+            .map(|read| async move {
+                let bucket = keys[read.start].0;
+                let values: Vec<(CqlTimestamp, &str)> = keys[read]
+                    .iter()
+                    .map(|(_, time, id)| (*time, *id))
+                    .collect();
+                self.cql
+                    .rows(&self.s.read_keys, (source, bucket, values))
+                    .await
+            })
+            .buffer_unordered(KEY_READS)
+            .try_collect()
+            .await?;
+        let found: HashMap<RecordKey, Vec<u8>> = pages
+            .into_iter()
+            .flatten()
+            .map(|(time, id, encoded)| (RecordKey { time: time.0, id }, encoded))
+            .collect();
+        let mut out = Vec::with_capacity(arrived.len());
+        for (cursor, item) in arrived {
+            let record = match item {
+                Arrived::Record(record) => record,
+                Arrived::Key(key) => match found.get(&key) {
+                    Some(encoded) => Record::decode(encoded.as_slice()).map_err(internal)?,
+                    None => continue,
+                },
+            };
+            out.push((cursor, record));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::frame_batch;
+
+    fn ids(arrived: Vec<Arrived>) -> Vec<(Option<Millis>, String)> {
+        arrived
+            .into_iter()
+            .map(|item| match item {
+                Arrived::Key(key) => (Some(key.time), key.id),
+                Arrived::Record(record) => (None, record.id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_of_keys_and_of_the_earlier_format_are_read() {
+        let mut entry = vec![KEYS_ENTRY];
+        push_key(&mut entry, 1_700_000_000_123, "a");
+        push_key(&mut entry, 0, &"x".repeat(64));
+        assert_eq!(
+            ids(arrived(&entry).unwrap()),
+            [
+                (Some(1_700_000_000_123), "a".to_owned()),
+                (Some(0), "x".repeat(64))
+            ]
+        );
+        // Cut short anywhere: refused, never misread.
+        for cut in 2..entry.len() {
+            if cut != 11 {
+                assert!(arrived(&entry[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        // An entry written before the keys format: the records themselves.
+        let records: Vec<Vec<u8>> = ["r1", "r2"]
+            .iter()
+            .map(|id| {
+                Record {
+                    id: (*id).to_owned(),
+                    source: "s".to_owned(),
+                    ..Record::default()
+                }
+                .encode_to_vec()
+            })
+            .collect();
+        let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            ids(arrived(&frame_batch(&slices)).unwrap()),
+            [(None, "r1".to_owned()), (None, "r2".to_owned())]
+        );
     }
 }

@@ -109,25 +109,25 @@ pub fn last_cursor(at: Millis, batch: uuid::Uuid, framed: &[u8]) -> StoreResult<
     })
 }
 
-/// The records of `batch` past `after`'s index when `after` names this
-/// batch, each with its cursor.
-pub fn records_after(
+/// The items of `batch` (its records, or their keys) past `after`'s
+/// index when `after` names this batch, each with its cursor.
+pub fn records_after<T>(
     at: Millis,
     batch: uuid::Uuid,
-    records: Vec<Record>,
+    items: Vec<T>,
     after: Option<&ArrivalCursor>,
-) -> impl Iterator<Item = (ArrivalCursor, Record)> {
+) -> impl Iterator<Item = (ArrivalCursor, T)> {
     let skip_through = after
         .filter(|a| a.at == at && a.batch == batch)
         .map(|a| a.index);
-    records
+    items
         .into_iter()
         .enumerate()
-        .filter_map(move |(index, record)| {
+        .filter_map(move |(index, item)| {
             let index = u32::try_from(index).ok()?;
             if skip_through.is_some_and(|last| index <= last) {
                 return None;
             }
-            Some((ArrivalCursor { at, batch, index }, record))
+            Some((ArrivalCursor { at, batch, index }, item))
         })
 }

@@ -29,7 +29,8 @@
 #          keyspace whbench_plain_<pid>
 #   (plain-arrivals, a diagnostic: the plain writer again, also writing
 #          what warehouse-svc writes for its tail: a row of a table shaped
-#          like its `arrivals` with the framed records, per --batch records)
+#          like its `arrivals` with the records' keys, as warehouse-svc
+#          writes them, per --batch records)
 #   query  --queries Query calls (page_size 1000, one at a time) at random
 #          windows of 1,200 records of what a and b stored, on each
 # A table and the targets (embedded >= 100,000 records/s; b >= 0.8 x plain)
@@ -53,6 +54,8 @@
 #   --summary FILE: append a line per target of issue 24 this run measured
 #   (the two above) to FILE, in bench/summary.py's format (bench/all.sh
 #   reads it).
+#   WAREHOUSE_BIN=path (environment): run that warehouse-svc binary instead
+#   of the one built (e.g. a copy of an earlier build, for before/after).
 set -euo pipefail
 
 PROFILE=release
@@ -120,7 +123,7 @@ case "$PROFILE" in
 esac
 BIN_DIR="$TARGET_DIR/$PROFILE_DIR"
 USERS_BIN="$BIN_DIR/users-svc"
-WAREHOUSE_BIN="$BIN_DIR/warehouse-svc"
+WAREHOUSE_BIN="${WAREHOUSE_BIN:-$BIN_DIR/warehouse-svc}"
 LOAD_BIN="$BIN_DIR/warehouse-load"
 
 # log, die, free_ports, wait_for_file, wait_for_line

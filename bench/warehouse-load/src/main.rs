@@ -197,8 +197,9 @@ struct PlainArgs {
     duration: u64,
     /// Also write what warehouse-svc writes for its tail: after every this
     /// many records a worker wrote, one row of a table shaped like its
-    /// `arrivals` holding those records' encodings, framed (0: records
-    /// only, the plain writer of the issue).
+    /// `arrivals` holding those records' keys, as warehouse-svc frames them
+    /// (store/cql.rs, `KEYS_ENTRY`) (0: records only, the plain writer of
+    /// the issue).
     #[arg(long, default_value_t = 0)]
     arrival_records: usize,
     /// Per-request timeout (warehouse-svc's storage.request_timeout_ms).
@@ -781,10 +782,15 @@ async fn plain_cql(args: PlainArgs) -> anyhow::Result<()> {
                     batches += 1;
                 }
                 if arrival_records > 0 {
+                    // warehouse-svc's arrival entry: a 0, then each
+                    // record's time (8 bytes), id length (varint) and id.
+                    if pending.is_empty() {
+                        pending.push(0);
+                    }
                     for row in &chunk {
-                        pending.push(0x0a);
-                        prost::encoding::encode_varint(row.4.len() as u64, &mut pending);
-                        pending.extend_from_slice(&row.4);
+                        pending.extend_from_slice(&row.2.0.to_be_bytes());
+                        prost::encoding::encode_varint(row.3.len() as u64, &mut pending);
+                        pending.extend_from_slice(row.3.as_bytes());
                     }
                     pending_records += chunk.len();
                     if pending_records >= arrival_records {

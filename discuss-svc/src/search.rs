@@ -57,8 +57,8 @@ pub const DEPTH_MAX: usize = 200;
 const BATCH: usize = 500;
 /// tantivy's smallest writer budget (one thread).
 const WRITER_BYTES: usize = 15_000_000;
-/// Changes become searchable at most this long after they are read while
-/// events keep coming (a commit per batch otherwise).
+/// Changes become searchable at most this long after they are read (one
+/// commit carries everything read meanwhile).
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// The analyzer of post text and queries: words, case and accents aside.
 const ANALYZER: &str = "words";
@@ -329,10 +329,13 @@ pub async fn follow(log: Arc<dyn EventLog>, feed: IndexFeed, shutdown: ShutdownT
         };
         let caught_up = feed.as_ref().is_some_and(|f| *f.caught_up.borrow());
         // Until caught up, read without waiting: an empty read is the end.
-        let wait = if caught_up && !dirty {
-            Duration::from_secs(1)
-        } else {
+        // Then changes wait for the next commit at most until it is due.
+        let wait = if !caught_up {
             Duration::ZERO
+        } else if dirty {
+            COMMIT_EVERY.saturating_sub(last_commit.elapsed())
+        } else {
+            Duration::from_secs(1)
         };
         let read = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -362,7 +365,12 @@ pub async fn follow(log: Arc<dyn EventLog>, feed: IndexFeed, shutdown: ShutdownT
         if !dirty && (caught_up || full) {
             continue;
         }
-        let commit = dirty && (!full || last_commit.elapsed() >= COMMIT_EVERY);
+        // A commit writes a new segment (its term dictionary built, its
+        // memory zeroed) and reloads the readers: at a commit per read,
+        // a thousand posts a second spent most of the process's CPU in
+        // tantivy. So at most one per COMMIT_EVERY, and at once when the
+        // log's end is first reached (the index is then caught up).
+        let commit = dirty && (last_commit.elapsed() >= COMMIT_EVERY || (idle && !caught_up));
         // tantivy's writer blocks (a commit waits for its indexing thread).
         let mut owned = feed.take().expect("the feed is put back after each batch");
         let (owned, result) = match tokio::task::spawn_blocking(move || {
@@ -389,6 +397,7 @@ pub async fn follow(log: Arc<dyn EventLog>, feed: IndexFeed, shutdown: ShutdownT
             Err(error) => {
                 tracing::warn!(%error, "search index commit failed; retrying with the next batch");
                 dirty = true;
+                last_commit = Instant::now();
             }
         }
         if idle && !dirty && !*owned.caught_up.borrow() {

@@ -209,7 +209,10 @@ impl BotStore for CqlStore {
 
     async fn remove_link(&self, chat_id: i64) -> StoreResult<bool> {
         let before = self.get_link(chat_id).await?;
-        let removed = self.cql.execute_lwt(&self.s.delete_link, (chat_id,)).await?;
+        let removed = self
+            .cql
+            .execute_lwt(&self.s.delete_link, (chat_id,))
+            .await?;
         if let Some(before) = before {
             self.cql
                 .execute(&self.s.delete_user_chat, (before, chat_id))

@@ -269,7 +269,7 @@ impl MembershipView for EmbeddedMemberships {
 
     async fn role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let table = match txn.open_table(MEMBERS) {
                     Ok(table) => table,
@@ -379,7 +379,7 @@ impl MembershipView for EmbeddedMemberships {
 
     async fn display_name(&self, user: Uuid) -> StoreResult<Option<String>> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let Some(names) = readable(&txn, DISPLAY_NAMES)? else {
                     return Ok(None);

@@ -19,7 +19,7 @@ use munity_store::{
     embedded::{EmbeddedDb, decode, encode, pair_key, read_one},
     internal, page_from,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
 use super::{CommentOutcome, DiscussRepository, Page, Reported};
@@ -220,7 +220,7 @@ impl DiscussRepository for EmbeddedStore {
 
     async fn get_post(&self, id: Uuid) -> StoreResult<Option<PostRecord>> {
         self.db
-            .blocking(move |db| read_one(db, POSTS, id.as_bytes().as_slice()))
+            .read_now(move |db| read_one(db, POSTS, id.as_bytes().as_slice()))
             .await
     }
 
@@ -317,7 +317,7 @@ impl DiscussRepository for EmbeddedStore {
 
     async fn get_comment(&self, post: Uuid, id: Uuid) -> StoreResult<Option<CommentRecord>> {
         self.db
-            .blocking(move |db| read_one(db, COMMENTS, pair_key(post, id).as_slice()))
+            .read_now(move |db| read_one(db, COMMENTS, pair_key(post, id).as_slice()))
             .await
     }
 
@@ -343,7 +343,7 @@ impl DiscussRepository for EmbeddedStore {
 
     async fn comment_count(&self, post: Uuid) -> StoreResult<u32> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let table = txn.open_table(COMMENT_COUNTS).map_err(internal)?;
                 Ok(table
@@ -396,7 +396,7 @@ impl DiscussRepository for EmbeddedStore {
 
     async fn reactions(&self, target: Uuid, user: Uuid) -> StoreResult<ReactionSummary> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 reaction_summary(&txn, target, user)
             })
@@ -404,29 +404,18 @@ impl DiscussRepository for EmbeddedStore {
     }
 
     /// A page's posts in one read transaction on one trip to the blocking
-    /// pool (a trip per post cost more than the reads).
+    /// pool (a trip per post cost more than the reads); one post's (a
+    /// post just written, a GetPost) on the calling thread.
     async fn post_views(
         &self,
         posts: &[Uuid],
         user: Uuid,
     ) -> StoreResult<Vec<(ReactionSummary, u32)>> {
+        if posts.len() <= 1 {
+            return self.db.read_now(|db| views(db, posts, user)).await;
+        }
         let posts = posts.to_vec();
-        self.db
-            .blocking(move |db| {
-                let txn = db.begin_read().map_err(internal)?;
-                let comments = txn.open_table(COMMENT_COUNTS).map_err(internal)?;
-                posts
-                    .iter()
-                    .map(|post| {
-                        let count = comments
-                            .get(post.as_bytes().as_slice())
-                            .map_err(internal)?
-                            .map_or(0, |v| v.value());
-                        Ok((reaction_summary(&txn, *post, user)?, count))
-                    })
-                    .collect()
-            })
-            .await
+        self.db.blocking(move |db| views(db, &posts, user)).await
     }
 
     async fn report(&self, post: Uuid, reporter: Uuid, reason: &str) -> StoreResult<Reported> {
@@ -469,7 +458,7 @@ impl DiscussRepository for EmbeddedStore {
 
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 Ok(read_one(db, SETTINGS, community.as_bytes().as_slice())?.unwrap_or_default())
             })
             .await
@@ -490,6 +479,23 @@ impl DiscussRepository for EmbeddedStore {
             })
             .await
     }
+}
+
+/// Each post's reactions (with `user`'s own) and comment count, in one
+/// read transaction.
+fn views(db: &Database, posts: &[Uuid], user: Uuid) -> StoreResult<Vec<(ReactionSummary, u32)>> {
+    let txn = db.begin_read().map_err(internal)?;
+    let comments = txn.open_table(COMMENT_COUNTS).map_err(internal)?;
+    posts
+        .iter()
+        .map(|post| {
+            let count = comments
+                .get(post.as_bytes().as_slice())
+                .map_err(internal)?
+                .map_or(0, |v| v.value());
+            Ok((reaction_summary(&txn, *post, user)?, count))
+        })
+        .collect()
 }
 
 /// Counts per kind on `target` and `user`'s own reactions.

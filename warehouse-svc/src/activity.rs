@@ -15,6 +15,7 @@ use munity_store::now_millis;
 use crate::{
     domain::{MAX_ATTRIBUTE_VALUE_BYTES, RESERVED_SOURCE_PREFIX, timestamp_of},
     ingest::Ingestor,
+    store::Batch,
 };
 
 /// The source an event of `service` is stored in.
@@ -89,10 +90,13 @@ pub async fn follow(
         .run_batches(shutdown, move |events| {
             let ingestor = ingestor.clone();
             async move {
-                let mut records = Vec::with_capacity(events.len());
+                let mut batch = Batch {
+                    stored_at: now_millis(),
+                    records: Vec::with_capacity(events.len()),
+                };
                 for event in &events {
                     match ingestor.prepare(vec![record_of(event)]) {
-                        Ok(prepared) => records.extend(prepared),
+                        Ok(prepared) => batch.records.extend(prepared.records),
                         // An event no record can hold (an id of another
                         // shape, an oversized payload) is logged and
                         // skipped: retrying cannot fix it.
@@ -101,9 +105,9 @@ pub async fn follow(
                         }
                     }
                 }
-                if !records.is_empty() {
+                if !batch.records.is_empty() {
                     ingestor
-                        .store_all(records)
+                        .store_all(batch)
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                 }

@@ -20,11 +20,12 @@ use crate::{
     config::WarehouseConfig,
     domain::{
         ArrivalCursor, BucketWidth, RESERVED_SOURCE_PREFIX, Range, RecordKey, decode_page_token,
-        encode_page_token, numeric, timestamp_of, valid_source, valid_time,
+        encode_page_token, numeric, prepare_record, timestamp_of, valid_source, valid_time,
     },
     error::WarehouseError,
     ingest::Ingestor,
-    store::RecordStore,
+    store::{Batch, EncodedRecord, RecordStore},
+    wire::{Batched, Incoming},
 };
 
 /// Scope of service tokens that may write any source (or, as
@@ -68,14 +69,45 @@ impl WarehouseApi {
         }
     }
 
-    /// Checks one batch for `claims` and makes it ready to store.
+    /// Checks one batch for `claims` and makes it ready to store: the
+    /// input rules (`domain::prepare_batch`) for the records that were
+    /// decoded; those kept as sent were checked on the wire.
     fn check_batch(
         &self,
         claims: &Claims,
-        records: Vec<Record>,
-    ) -> Result<Vec<Record>, WarehouseError> {
-        let records = self.ingestor.prepare(records)?;
-        for (index, record) in records.iter().enumerate() {
+        records: Vec<Incoming>,
+    ) -> Result<Batch, WarehouseError> {
+        let limits = self.ingestor.limits();
+        let now = now_millis();
+        let mut violations = munity_platform::error::FieldViolations::new();
+        if records.is_empty() {
+            violations.add("records", "must hold at least one record");
+        }
+        if records.len() > limits.max_batch_records {
+            violations.add(
+                "records",
+                format!("at most {} records per batch", limits.max_batch_records),
+            );
+            return Err(violations.into());
+        }
+        let mut batch = Batch {
+            stored_at: now,
+            records: Vec::with_capacity(records.len()),
+        };
+        for (index, record) in records.into_iter().enumerate() {
+            match record {
+                Incoming::Ready(ready) => batch.records.push(ready),
+                Incoming::Decoded(mut record) => {
+                    let before = violations.len();
+                    prepare_record(index, &mut record, limits, now, &mut violations);
+                    if violations.len() == before {
+                        batch.records.push(EncodedRecord::of(record));
+                    }
+                }
+            }
+        }
+        violations.into_result()?;
+        for (index, record) in batch.records.iter().enumerate() {
             if !may_produce(claims, &record.source) {
                 return Err(WarehouseError::PermissionDenied(format!(
                     "records[{index}]: this caller may not write source {:?}",
@@ -83,7 +115,7 @@ impl WarehouseApi {
                 )));
             }
         }
-        Ok(records)
+        Ok(batch)
     }
 
     fn stream_permit(&self) -> Result<OwnedSemaphorePermit, Status> {
@@ -114,7 +146,7 @@ fn may_produce(claims: &Claims, source: &str) -> bool {
 
 /// IngestStream's next message, checked.
 enum NextBatch {
-    Ready(Vec<Record>),
+    Ready(Batch),
     End,
     /// The message could not be received (decoding, transport).
     Unreadable(Status),
@@ -123,19 +155,80 @@ enum NextBatch {
 }
 
 impl WarehouseApi {
-    async fn next_batch(
+    async fn next_batch<B: Batched>(
         &self,
         claims: &Claims,
-        batches: &mut Streaming<IngestRequest>,
+        batches: &mut Streaming<B>,
     ) -> NextBatch {
         match batches.message().await {
-            Ok(Some(batch)) => match self.check_batch(claims, batch.records) {
-                Ok(records) => NextBatch::Ready(records),
+            Ok(Some(batch)) => match self.check_batch(claims, batch.into_incoming()) {
+                Ok(batch) => NextBatch::Ready(batch),
                 Err(error) => NextBatch::Refused(error),
             },
             Ok(None) => NextBatch::End,
             Err(status) => NextBatch::Unreadable(status),
         }
+    }
+
+    /// IngestStream, whichever way its messages were read.
+    pub async fn ingest_batches<B: Batched>(
+        &self,
+        request: Request<Streaming<B>>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let claims = caller(&request)?.clone();
+        let mut batches = request.into_inner();
+        let (mut stored, mut accepted) = (0u64, 0u64);
+        // The next message is received and checked while the one before it
+        // is being stored (its storage round trips and fsync are most of
+        // the time a batch takes); it is stored only once that one is, and
+        // what is wrong with it is told only then, so the stored batches
+        // are still the ones before the first that failed.
+        let mut next = self.next_batch(&claims, &mut batches).await;
+        loop {
+            let batch = match next {
+                NextBatch::Ready(batch) => batch,
+                NextBatch::End => break,
+                NextBatch::Unreadable(status) => {
+                    // The details (a BadRequest naming the field) stay.
+                    return Err(Status::with_details(
+                        status.code(),
+                        format!(
+                            "{} ({stored} batches were stored before it)",
+                            status.message()
+                        ),
+                        status.details().to_vec().into(),
+                    ));
+                }
+                NextBatch::Refused(error) => return Err(refused(stored, error)),
+            };
+            let storing = self.ingestor.store_all(batch);
+            let reading = self.next_batch(&claims, &mut batches);
+            tokio::pin!(storing, reading);
+            let mut read = None;
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    result = &mut storing => break result,
+                    following = &mut reading, if read.is_none() => read = Some(following),
+                }
+            };
+            match result {
+                Ok(count) => {
+                    stored += 1;
+                    accepted += count as u64;
+                }
+                Err(error) => return Err(refused(stored, error)),
+            }
+            next = match read {
+                Some(following) => following,
+                None => reading.await,
+            };
+        }
+        Ok(Response::new(IngestResponse {
+            accepted,
+            ids: Vec::new(),
+            batches: stored,
+        }))
     }
 }
 
@@ -212,8 +305,8 @@ impl Warehouse for WarehouseApi {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let claims = caller(&request)?.clone();
-        let records = self.check_batch(&claims, request.into_inner().records)?;
-        let ids = self.ingestor.store(records).await?;
+        let batch = self.check_batch(&claims, request.into_inner().into_incoming())?;
+        let ids = self.ingestor.store(batch).await?;
         Ok(Response::new(IngestResponse {
             accepted: ids.len() as u64,
             ids,
@@ -221,64 +314,13 @@ impl Warehouse for WarehouseApi {
         }))
     }
 
+    /// Served by `wire::WarehouseRoutes`, which reads the records'
+    /// bytes; this is the same with prost's decoding.
     async fn ingest_stream(
         &self,
         request: Request<Streaming<IngestRequest>>,
     ) -> Result<Response<IngestResponse>, Status> {
-        let claims = caller(&request)?.clone();
-        let mut batches = request.into_inner();
-        let (mut stored, mut accepted) = (0u64, 0u64);
-        // The next message is received and checked while the one before it
-        // is being stored (its storage round trips and fsync are most of
-        // the time a batch takes); it is stored only once that one is, and
-        // what is wrong with it is told only then, so the stored batches
-        // are still the ones before the first that failed.
-        let mut next = self.next_batch(&claims, &mut batches).await;
-        loop {
-            let records = match next {
-                NextBatch::Ready(records) => records,
-                NextBatch::End => break,
-                NextBatch::Unreadable(status) => {
-                    // The details (a BadRequest naming the field) stay.
-                    return Err(Status::with_details(
-                        status.code(),
-                        format!(
-                            "{} ({stored} batches were stored before it)",
-                            status.message()
-                        ),
-                        status.details().to_vec().into(),
-                    ));
-                }
-                NextBatch::Refused(error) => return Err(refused(stored, error)),
-            };
-            let storing = self.ingestor.store_all(records);
-            let reading = self.next_batch(&claims, &mut batches);
-            tokio::pin!(storing, reading);
-            let mut read = None;
-            let result = loop {
-                tokio::select! {
-                    biased;
-                    result = &mut storing => break result,
-                    following = &mut reading, if read.is_none() => read = Some(following),
-                }
-            };
-            match result {
-                Ok(count) => {
-                    stored += 1;
-                    accepted += count as u64;
-                }
-                Err(error) => return Err(refused(stored, error)),
-            }
-            next = match read {
-                Some(following) => following,
-                None => reading.await,
-            };
-        }
-        Ok(Response::new(IngestResponse {
-            accepted,
-            ids: Vec::new(),
-            batches: stored,
-        }))
+        self.ingest_batches(request).await
     }
 
     async fn query(

@@ -199,71 +199,83 @@ pub fn prepare_batch(
         return Err(violations);
     }
     for (index, record) in records.iter_mut().enumerate() {
-        let field = |name: &str| format!("records[{index}].{name}");
-        if !valid_source(&record.source) {
-            violations.add(
-                field("source"),
-                "must be 1 to 128 of a-z, 0-9, '.', '-', '_', starting with a letter or digit",
-            );
-        }
-        if record.id.is_empty() {
-            record.id = uuid::Uuid::now_v7().simple().to_string();
-        } else if !valid_id(&record.id) {
-            violations.add(
-                field("id"),
-                "must be 1 to 64 of letters, digits, '-', '_', '.', ':'",
-            );
-        }
-        match record.time.as_ref().map(valid_time) {
-            None => record.time = Some(timestamp_of(now)),
-            Some(Ok(millis)) => record.time = Some(timestamp_of(millis)),
-            Some(Err(why)) => violations.add(field("time"), why),
-        }
-        if record.attributes.len() > MAX_ATTRIBUTES {
-            violations.add(
-                field("attributes"),
-                format!("at most {MAX_ATTRIBUTES} attributes"),
-            );
-        }
-        for (key, value) in &record.attributes {
-            if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY_BYTES {
-                violations.add(
-                    field("attributes"),
-                    format!("keys must be 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes"),
-                );
-                break;
-            }
-            if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
-                violations.add(
-                    field(&format!("attributes[{key}]")),
-                    format!("at most {MAX_ATTRIBUTE_VALUE_BYTES} bytes"),
-                );
-            }
-        }
-        let payload_bytes = match &record.payload {
-            None => 0,
-            Some(Payload::Data(data)) => data.len(),
-            Some(Payload::Value(value)) => value.encoded_len(),
-        };
-        if payload_bytes > limits.max_payload_bytes {
-            let name = match record.payload {
-                Some(Payload::Value(_)) => "value",
-                _ => "data",
-            };
-            violations.add(
-                field(name),
-                format!("at most {} bytes", limits.max_payload_bytes),
-            );
-        }
-        if record.content_type.len() > MAX_CONTENT_TYPE_BYTES {
-            violations.add(
-                field("content_type"),
-                format!("at most {MAX_CONTENT_TYPE_BYTES} bytes"),
-            );
-        }
-        record.stored_at = Some(timestamp_of(now));
+        prepare_record(index, record, limits, now, &mut violations);
     }
     violations.into_result()
+}
+
+/// [`prepare_batch`]'s rules for the record at `index` of a batch (whose
+/// size was checked).
+pub fn prepare_record(
+    index: usize,
+    record: &mut Record,
+    limits: Limits,
+    now: Millis,
+    violations: &mut FieldViolations,
+) {
+    let field = |name: &str| format!("records[{index}].{name}");
+    if !valid_source(&record.source) {
+        violations.add(
+            field("source"),
+            "must be 1 to 128 of a-z, 0-9, '.', '-', '_', starting with a letter or digit",
+        );
+    }
+    if record.id.is_empty() {
+        record.id = uuid::Uuid::now_v7().simple().to_string();
+    } else if !valid_id(&record.id) {
+        violations.add(
+            field("id"),
+            "must be 1 to 64 of letters, digits, '-', '_', '.', ':'",
+        );
+    }
+    match record.time.as_ref().map(valid_time) {
+        None => record.time = Some(timestamp_of(now)),
+        Some(Ok(millis)) => record.time = Some(timestamp_of(millis)),
+        Some(Err(why)) => violations.add(field("time"), why),
+    }
+    if record.attributes.len() > MAX_ATTRIBUTES {
+        violations.add(
+            field("attributes"),
+            format!("at most {MAX_ATTRIBUTES} attributes"),
+        );
+    }
+    for (key, value) in &record.attributes {
+        if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY_BYTES {
+            violations.add(
+                field("attributes"),
+                format!("keys must be 1 to {MAX_ATTRIBUTE_KEY_BYTES} bytes"),
+            );
+            break;
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            violations.add(
+                field(&format!("attributes[{key}]")),
+                format!("at most {MAX_ATTRIBUTE_VALUE_BYTES} bytes"),
+            );
+        }
+    }
+    let payload_bytes = match &record.payload {
+        None => 0,
+        Some(Payload::Data(data)) => data.len(),
+        Some(Payload::Value(value)) => value.encoded_len(),
+    };
+    if payload_bytes > limits.max_payload_bytes {
+        let name = match record.payload {
+            Some(Payload::Value(_)) => "value",
+            _ => "data",
+        };
+        violations.add(
+            field(name),
+            format!("at most {} bytes", limits.max_payload_bytes),
+        );
+    }
+    if record.content_type.len() > MAX_CONTENT_TYPE_BYTES {
+        violations.add(
+            field("content_type"),
+            format!("at most {MAX_CONTENT_TYPE_BYTES} bytes"),
+        );
+    }
+    record.stored_at = Some(timestamp_of(now));
 }
 
 /// Aggregation buckets (UTC).

@@ -15,7 +15,7 @@ use crate::{
     config::WarehouseConfig,
     domain::{Limits, prepare_batch},
     error::WarehouseError,
-    store::RecordStore,
+    store::{Batch, RecordStore},
 };
 
 #[derive(Clone)]
@@ -37,31 +37,37 @@ impl Ingestor {
         }
     }
 
+    /// The input limits (`warehouse.max_batch_records`,
+    /// `warehouse.max_payload_bytes`).
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Checks `records` (see [`prepare_batch`]) and hands them back ready
     /// to store.
-    pub fn prepare(&self, mut records: Vec<Record>) -> Result<Vec<Record>, WarehouseError> {
+    pub fn prepare(&self, mut records: Vec<Record>) -> Result<Batch, WarehouseError> {
         prepare_batch(&mut records, self.limits, now_millis())?;
-        Ok(records)
+        Ok(Batch::of(records))
     }
 
     /// Stores prepared records durably and wakes the tails of their
     /// sources; the ids, in order.
-    pub async fn store(&self, records: Vec<Record>) -> Result<Vec<String>, WarehouseError> {
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-        self.store_all(records).await?;
+    pub async fn store(&self, batch: Batch) -> Result<Vec<String>, WarehouseError> {
+        let ids: Vec<String> = batch.records.iter().map(|r| r.id.clone()).collect();
+        self.store_all(batch).await?;
         Ok(ids)
     }
 
     /// [`Ingestor::store`] without the ids (IngestStream answers with
     /// counts only): how many records were stored.
-    pub async fn store_all(&self, records: Vec<Record>) -> Result<usize, WarehouseError> {
-        let count = records.len();
+    pub async fn store_all(&self, batch: Batch) -> Result<usize, WarehouseError> {
+        let count = batch.records.len();
         // The distinct sources, without a copy of each record's name.
-        let mut names: Vec<&str> = records.iter().map(|r| r.source.as_str()).collect();
+        let mut names: Vec<&str> = batch.records.iter().map(|r| r.source.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         let sources: Vec<String> = names.into_iter().map(str::to_owned).collect();
-        self.store.ingest(records).await?;
+        self.store.ingest(batch).await?;
         self.wakers.wake(&sources);
         Ok(count)
     }

@@ -13,6 +13,8 @@
 //! - `ingest.rs`: the one way records are stored (rules, store, wake tails).
 //! - `activity.rs`: domain events from the event log, stored as records.
 //! - `api.rs`: the gRPC service; `error.rs` maps errors to statuses.
+//! - `wire.rs`: IngestStream's records read from the wire, kept as sent
+//!   when they need no change (the generated server serves the rest).
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod store;
+pub mod wire;
 
 use munity_platform::{
     auth::AuthConfig,
@@ -30,7 +33,6 @@ use munity_platform::{
     service::{Service, ServiceConfig},
     shutdown::ShutdownToken,
 };
-use munity_proto::warehouse::v1::warehouse_server::WarehouseServer;
 use tokio::net::TcpListener;
 
 pub use config::WarehouseConfig;
@@ -67,6 +69,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = store::open(&config.storage, &config.own).await?;
     let ingestor = ingest::Ingestor::new(store, &config.own);
+    let limits = ingestor.limits();
     match munity_bus::open(&config.bus).await {
         Ok(log) => {
             tokio::spawn(activity::follow(
@@ -81,10 +84,11 @@ pub async fn run(
         }
     }
     GrpcHost::new(WarehouseService::DESCRIPTOR_SET)?
-        .add_service(
-            WarehouseServer::new(api::WarehouseApi::new(ingestor, config.own.clone()))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_service(wire::WarehouseRoutes::new(
+            api::WarehouseApi::new(ingestor, config.own.clone()),
+            limits,
+            MAX_REQUEST_BYTES,
+        ))
         .with_shutdown_grace(config.shutdown_grace())
         .with_auth(
             munity_bus::revocations::remote_verifier(

@@ -11,6 +11,7 @@ use munity_platform::{
 };
 use munity_proto::warehouse::v1::{self as pb, warehouse_client::WarehouseClient};
 use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt;
 use warehouse_svc::{WarehouseConfig, WarehouseService, domain::ArrivalCursor};
 
 const BASE_S: i64 = 1_767_225_600;
@@ -272,4 +273,103 @@ async fn large_pages_stalled_streams_and_bad_requests() {
         .await
         .unwrap_err();
     assert!(too_big.message().contains("records[0].data"), "{too_big:?}");
+
+    // IngestStream reads records off the wire and keeps those that need no
+    // change as sent: what comes back is what the input rules make of
+    // each, whichever way it was read.
+    let mixed = "stream.mixed";
+    let sent = |id: &str, n: i64| pb::Record {
+        id: id.to_owned(),
+        source: mixed.to_owned(),
+        time: at(BASE_S + n),
+        attributes: [("n".to_owned(), n.to_string())].into(),
+        payload: Some(pb::record::Payload::Data(vec![n as u8; 10])),
+        content_type: "application/octet-stream".to_owned(),
+        ..Default::default()
+    };
+    let mut sub_ms = sent("c", 3);
+    sub_ms.time.as_mut().unwrap().nanos = 1_500_000; // kept to the millisecond
+    let mut with_stored_at = sent("d", 4);
+    with_stored_at.stored_at = at(1); // output only: replaced
+    let batches = vec![
+        pb::IngestRequest {
+            records: vec![sent("a", 1), sent("b", 2)],
+        },
+        pb::IngestRequest {
+            records: vec![sub_ms, with_stored_at],
+        },
+    ];
+    let answer = client
+        .ingest_stream(with_bearer(tokio_stream::iter(batches), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.batches, answer.accepted), (2, 4));
+    let page = client
+        .query(with_bearer(query(mixed, "", 100), &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(page.len(), 4);
+    for (n, mut record) in page.into_iter().enumerate() {
+        let stored_at = record.stored_at.take().expect("stored_at");
+        assert!(stored_at.seconds > BASE_S - 86_400 * 365, "{stored_at:?}");
+        let mut expected = sent(["a", "b", "c", "d"][n], n as i64 + 1);
+        if n == 2 {
+            expected.time.as_mut().unwrap().nanos = 1_000_000;
+        }
+        assert_eq!(record, expected);
+    }
+    // A bad batch in a stream: the ones before it are stored, and its
+    // violations are named as the rules name them (the declared field
+    // rules first, then the warehouse's own).
+    for (bad, field, told) in [
+        (
+            pb::Record {
+                source: "Not A Source".to_owned(),
+                ..sent("g", 7)
+            },
+            "records[1].source",
+            "(1 batches were stored before it)",
+        ),
+        (
+            pb::Record {
+                time: at(-5),
+                ..sent("g", 7)
+            },
+            "records[1].time",
+            "the 1 batches before it were stored",
+        ),
+    ] {
+        let batches = vec![
+            pb::IngestRequest {
+                records: vec![sent("e", 5)],
+            },
+            pb::IngestRequest {
+                records: vec![sent("f", 6), bad],
+            },
+        ];
+        let refused = client
+            .ingest_stream(with_bearer(tokio_stream::iter(batches), &token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(told), "{refused:?}");
+        let violations = refused.get_details_bad_request().expect("details");
+        assert_eq!(violations.field_violations[0].field, field);
+    }
+    let domain = client
+        .ingest_stream(with_bearer(
+            tokio_stream::iter(vec![pb::IngestRequest {
+                records: vec![pb::Record {
+                    source: "domain.users".to_owned(),
+                    ..sent("h", 8)
+                }],
+            }]),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(domain.code(), Code::PermissionDenied, "{domain:?}");
 }

@@ -8,7 +8,7 @@ use munity_store::now_millis;
 use warehouse_svc::{
     WarehouseConfig,
     domain::{Limits, Range, RecordKey, prepare_batch, timestamp_of},
-    store::{RecordStore, cql::CqlRecords, embedded::EmbeddedRecords},
+    store::{Batch, RecordStore, cql::CqlRecords, embedded::EmbeddedRecords},
 };
 
 fn config() -> WarehouseConfig {
@@ -101,9 +101,12 @@ mod cases {
         let base = 1_700_000_000_000;
         // Out of order, two sharing a millisecond, one at each bound.
         let times = [base + 5, base, base + 5, base + 2, base + 10];
-        store.ingest(records(&source, &times)).await.unwrap();
         store
-            .ingest(records(&super::source("elsewhere"), &[base + 1]))
+            .ingest(Batch::of(records(&source, &times)))
+            .await
+            .unwrap();
+        store
+            .ingest(Batch::of(records(&super::source("elsewhere"), &[base + 1])))
             .await
             .unwrap();
 
@@ -131,8 +134,8 @@ mod cases {
         let source = source("idempotent");
         let base = 1_700_000_000_000;
         let batch = records(&source, &[base, base + HOUR, base + 2 * HOUR]);
-        store.ingest(batch.clone()).await.unwrap();
-        store.ingest(batch.clone()).await.unwrap();
+        store.ingest(Batch::of(batch.clone())).await.unwrap();
+        store.ingest(Batch::of(batch.clone())).await.unwrap();
         let all = read_all(&*store, &range(&source, base, base + 3 * HOUR, false), 2).await;
         assert_eq!(keys(&all), keys(&batch));
     }
@@ -147,7 +150,10 @@ mod cases {
                 times.push(base + hour * HOUR + n * 1000);
             }
         }
-        store.ingest(records(&source, &times)).await.unwrap();
+        store
+            .ingest(Batch::of(records(&source, &times)))
+            .await
+            .unwrap();
         let mut expected = keys(&records(&source, &times));
         expected.sort();
         for page in [1, 3, 7, 100] {
@@ -174,7 +180,10 @@ mod cases {
         let source = source("stable");
         let base = 1_700_000_000_000;
         let first: Vec<i64> = (0..60).map(|n| base + n * 1000).collect();
-        store.ingest(records(&source, &first)).await.unwrap();
+        store
+            .ingest(Batch::of(records(&source, &first)))
+            .await
+            .unwrap();
         let existing: HashSet<RecordKey> = keys(&records(&source, &first)).into_iter().collect();
 
         // Page through while new records land before, between and after
@@ -197,7 +206,7 @@ mod cases {
             for record in &mut batch {
                 record.id = format!("late-{round}-{}", record.id);
             }
-            store.ingest(batch).await.unwrap();
+            store.ingest(Batch::of(batch)).await.unwrap();
             if done {
                 break;
             }
@@ -228,7 +237,7 @@ mod cases {
         ];
         let mut stored = Vec::new();
         for batch in &batches {
-            store.ingest(batch.clone()).await.unwrap();
+            store.ingest(Batch::of(batch.clone())).await.unwrap();
             stored.extend(batch.iter().map(|r| r.id.clone()));
         }
         let all = store.arrivals(&source, None, 100).await.unwrap();
@@ -264,7 +273,7 @@ mod cases {
             .collect();
         let batch = records(&source, &times);
         let sent: Vec<String> = batch.iter().map(|r| r.id.clone()).collect();
-        store.ingest(batch.clone()).await.unwrap();
+        store.ingest(Batch::of(batch.clone())).await.unwrap();
         let all = store.arrivals(&source, None, 1_000).await.unwrap();
         let ids: Vec<String> = all.iter().map(|(_, r)| r.id.clone()).collect();
         assert_eq!(ids, sent);
@@ -293,7 +302,7 @@ mod cases {
         for n in 0..80 {
             let batch = records(&source, &[base + (80 - n)]);
             sent.push(batch[0].id.clone());
-            store.ingest(batch).await.unwrap();
+            store.ingest(Batch::of(batch)).await.unwrap();
         }
         let all = store.arrivals(&source, None, 1_000).await.unwrap();
         let ids: Vec<String> = all.into_iter().map(|(_, r)| r.id).collect();
@@ -314,8 +323,14 @@ mod cases {
         let kept = source("kept");
         let short = source("short-lived");
         let now = now_millis();
-        store.ingest(records(&kept, &[now])).await.unwrap();
-        store.ingest(records(&short, &[now])).await.unwrap();
+        store
+            .ingest(Batch::of(records(&kept, &[now])))
+            .await
+            .unwrap();
+        store
+            .ingest(Batch::of(records(&short, &[now])))
+            .await
+            .unwrap();
         let all = |source: String| {
             let store = store.clone();
             async move {

@@ -51,7 +51,7 @@ use uuid::Uuid;
 use super::{RecordStore, expires_at, records_after, unframe_batch};
 use crate::{
     config::WarehouseConfig,
-    domain::{ArrivalCursor, Range, RecordKey, millis_of},
+    domain::{ArrivalCursor, Range, RecordKey},
 };
 
 pub const SCHEMA: &[&str] = &[
@@ -308,22 +308,21 @@ impl CqlRecords {
 
 #[async_trait::async_trait]
 impl RecordStore for CqlRecords {
-    async fn ingest(&self, records: Vec<Record>) -> StoreResult<()> {
+    async fn ingest(&self, batch: super::Batch) -> StoreResult<()> {
         let now = now_millis();
-        // Each source's records in request order, each encoded once into
-        // its source's buffer (the rows point into it), and their keys
-        // into its arrival entry.
-        let total = records.len();
+        // Each source's records in request order, copied into its source's
+        // buffer with `stored_at` after each (the rows point into it), and
+        // their keys into its arrival entry.
+        let stored_at = batch.stored_at_field();
+        let total = batch.records.len();
         let mut by_source: BTreeMap<String, SourceWrite> = BTreeMap::new();
-        for (index, record) in records.into_iter().enumerate() {
-            let time = record.time.as_ref().map_or(0, millis_of);
-            let stored_at = record.stored_at.as_ref().map_or(now, millis_of);
-            let expires = expires_at(&self.config, &record.source, stored_at);
-            let len = record.encoded_len();
+        for (index, record) in batch.records.into_iter().enumerate() {
+            let expires = expires_at(&self.config, &record.source, batch.stored_at);
+            let len = record.encoded.len() + stored_at.len();
             let write = match by_source.get_mut(record.source.as_str()) {
                 Some(write) => write,
                 None => by_source
-                    .entry(record.source.clone())
+                    .entry(record.source)
                     .or_insert_with(|| SourceWrite {
                         encoded: Vec::with_capacity((total - index) * len),
                         keys: Vec::with_capacity(1 + (total - index) * (9 + record.id.len())),
@@ -333,11 +332,12 @@ impl RecordStore for CqlRecords {
             if write.keys.is_empty() {
                 write.keys.push(KEYS_ENTRY);
             }
-            push_key(&mut write.keys, time, &record.id);
+            push_key(&mut write.keys, record.time, &record.id);
             let start = write.encoded.len();
-            record.encode_raw(&mut write.encoded);
+            write.encoded.extend_from_slice(&record.encoded);
+            write.encoded.extend_from_slice(&stored_at);
             write.rows.push(Row {
-                time,
+                time: record.time,
                 encoded: start..write.encoded.len(),
                 ttl: ttl_secs(expires, now),
                 id: record.id,

@@ -19,10 +19,12 @@ use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
-use super::{RecordStore, expires_at, frame_batch, last_cursor, records_after, unframe_batch};
+use super::{
+    Batch, RecordStore, expires_at, frame_batch, last_cursor, records_after, unframe_batch,
+};
 use crate::{
     config::WarehouseConfig,
-    domain::{ArrivalCursor, Range, RecordKey, millis_of},
+    domain::{ArrivalCursor, Range, RecordKey},
 };
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -125,7 +127,7 @@ impl EmbeddedRecords {
 }
 
 /// A record ready for the write transaction: its key and its stored value
-/// (expiry ‖ protobuf, encoded once, straight into the value).
+/// (expiry ‖ protobuf, `stored_at` last).
 struct Prepared {
     key: Vec<u8>,
     value: Vec<u8>,
@@ -144,14 +146,6 @@ impl Prepared {
 struct SourceBatch {
     records: Vec<Prepared>,
     framed: Vec<u8>,
-}
-
-/// The key of a prepared record (see [`record_key`]).
-fn key_of(record: &Record) -> Vec<u8> {
-    let mut bytes = source_prefix(&record.source);
-    bytes.extend_from_slice(&sortable(record.time.as_ref().map_or(0, millis_of)));
-    bytes.extend_from_slice(record.id.as_bytes());
-    bytes
 }
 
 /// The write transaction of one ingest.
@@ -256,18 +250,25 @@ fn store_batch(
 
 #[async_trait::async_trait]
 impl RecordStore for EmbeddedRecords {
-    async fn ingest(&self, records: Vec<Record>) -> StoreResult<()> {
+    async fn ingest(&self, batch: Batch) -> StoreResult<()> {
         // Everything but the lookups and inserts is done here, outside the
         // write transaction (one at a time for the whole database).
+        let stored_at = batch.stored_at_field();
         let mut by_source: BTreeMap<String, Vec<Prepared>> = BTreeMap::new();
-        for record in records {
-            let stored_at = record.stored_at.as_ref().map_or(0, millis_of);
-            let expires = expires_at(&self.config, &record.source, stored_at);
-            let mut value = Vec::with_capacity(8 + record.encoded_len());
+        for record in batch.records {
+            let expires = expires_at(&self.config, &record.source, batch.stored_at);
+            let mut value = Vec::with_capacity(8 + record.encoded.len() + stored_at.len());
             value.extend_from_slice(&expires.unwrap_or(0).to_be_bytes());
-            record.encode(&mut value).map_err(internal)?;
+            value.extend_from_slice(&record.encoded);
+            value.extend_from_slice(&stored_at);
             let prepared = Prepared {
-                key: key_of(&record),
+                key: record_key(
+                    &record.source,
+                    &RecordKey {
+                        time: record.time,
+                        id: record.id,
+                    },
+                ),
                 value,
                 expires,
             };

@@ -13,21 +13,78 @@ pub mod embedded;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use munity_platform::config::StorageConfig;
 use munity_proto::warehouse::v1::Record;
-use munity_store::{Millis, StoreResult};
+use munity_store::{Millis, StoreResult, now_millis};
+use prost::Message;
 
 use crate::{
     config::WarehouseConfig,
-    domain::{ArrivalCursor, Range, RecordKey},
+    domain::{ArrivalCursor, Range, RecordKey, millis_of, timestamp_of},
 };
+
+/// A record ready to store: its protobuf without `stored_at` (as the
+/// producer sent it, when it needed no change, or encoded here), and its
+/// key.
+#[derive(Debug, Clone)]
+pub struct EncodedRecord {
+    pub encoded: Bytes,
+    pub source: String,
+    pub id: String,
+    pub time: Millis,
+}
+
+impl EncodedRecord {
+    /// A prepared record (see `domain::prepare_batch`).
+    pub fn of(mut record: Record) -> Self {
+        record.stored_at = None;
+        EncodedRecord {
+            encoded: Bytes::from(record.encode_to_vec()),
+            time: record.time.as_ref().map_or(0, millis_of),
+            source: record.source,
+            id: record.id,
+        }
+    }
+}
+
+/// The records of one ingest, of any sources, all stored at `stored_at`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub stored_at: Millis,
+    pub records: Vec<EncodedRecord>,
+}
+
+impl Batch {
+    /// Prepared records (see `domain::prepare_batch`), stored at the first
+    /// one's `stored_at`.
+    pub fn of(records: Vec<Record>) -> Self {
+        let stored_at = records
+            .first()
+            .and_then(|r| r.stored_at.as_ref())
+            .map_or_else(now_millis, millis_of);
+        Batch {
+            stored_at,
+            records: records.into_iter().map(EncodedRecord::of).collect(),
+        }
+    }
+
+    /// `stored_at` as the protobuf field each stored record ends with: a
+    /// record is stored as its encoding followed by this (a field appended
+    /// is a field set).
+    pub fn stored_at_field(&self) -> Vec<u8> {
+        let mut field = Vec::with_capacity(16);
+        prost::encoding::message::encode(8, &timestamp_of(self.stored_at), &mut field);
+        field
+    }
+}
 
 #[async_trait::async_trait]
 pub trait RecordStore: Send + Sync + 'static {
-    /// Stores prepared records (ids, times and `stored_at` set), of any
-    /// sources, and returns once they are durable. A record whose key its
-    /// source holds already is not stored again.
-    async fn ingest(&self, records: Vec<Record>) -> StoreResult<()>;
+    /// Stores prepared records (ids and times set), of any sources, and
+    /// returns once they are durable. A record whose key its source holds
+    /// already is not stored again.
+    async fn ingest(&self, batch: Batch) -> StoreResult<()>;
 
     /// At most `limit` records of `range`, in its order, strictly after
     /// `after` when given. Expired records are never returned.

@@ -421,14 +421,15 @@ impl EventsRepository for EmbeddedStore {
 
     async fn get_event(&self, id: Uuid) -> StoreResult<Option<EventRecord>> {
         self.db
-            .blocking(move |db| read_one(db, EVENTS, id.as_bytes().as_slice()))
+            .read_now(move |db| read_one(db, EVENTS, id.as_bytes().as_slice()))
             .await
     }
 
     async fn view(&self, id: Uuid, user: Uuid) -> StoreResult<Option<EventView>> {
-        // One read transaction, one trip to the blocking pool.
+        // One read transaction, on the calling thread: a handful of keys
+        // (a trip to the blocking pool cost more than the reads).
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let events = txn.open_table(EVENTS).map_err(internal)?;
                 let Some(value) = events.get(id.as_bytes().as_slice()).map_err(internal)? else {
@@ -465,7 +466,7 @@ impl EventsRepository for EmbeddedStore {
 
     async fn vote_counts(&self, id: Uuid) -> StoreResult<Vec<u32>> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let event: Option<EventRecord> = read_one(db, EVENTS, id.as_bytes().as_slice())?;
                 counts(db, id, event.map_or(0, |e| e.options.len()))
             })
@@ -474,7 +475,7 @@ impl EventsRepository for EmbeddedStore {
 
     async fn votes_of(&self, id: Uuid, user: Uuid) -> StoreResult<Vec<u32>> {
         self.db
-            .blocking(move |db| {
+            .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let votes = txn.open_table(VOTES).map_err(internal)?;
                 let mut mine = Vec::new();

@@ -700,19 +700,7 @@ async fn reminders_arrive_once_across_a_sigkill_of_bot_svc() {
     let mut bot = start_bot().await;
 
     let (ada, _) = register(&gateway, "Ada").await;
-    let chat = TgUser {
-        port: stand_in.port,
-        chat_id: 5151,
-    };
-    let code = users
-        .create_link_code(with_bearer(users_pb::CreateLinkCodeRequest {}, &ada))
-        .await
-        .unwrap()
-        .into_inner()
-        .code;
-    chat.says(&format!("/link {code}")).await;
-    let (_, text, _) = chat.nth_reply(1).await;
-    assert!(text.starts_with("Linked to Ada"), "{text}");
+    let (chat, _) = link(&mut users, stand_in.port, 5151, &ada).await;
 
     // Straight to events-svc: the gateway's CreateEvent quota is not what
     // this test is about.

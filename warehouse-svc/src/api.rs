@@ -79,17 +79,7 @@ impl WarehouseApi {
     ) -> Result<Batch, WarehouseError> {
         let limits = self.ingestor.limits();
         let now = now_millis();
-        let mut violations = munity_platform::error::FieldViolations::new();
-        if records.is_empty() {
-            violations.add("records", "must hold at least one record");
-        }
-        if records.len() > limits.max_batch_records {
-            violations.add(
-                "records",
-                format!("at most {} records per batch", limits.max_batch_records),
-            );
-            return Err(violations.into());
-        }
+        let mut violations = crate::domain::check_batch_size(records.len(), limits)?;
         let mut batch = Batch {
             stored_at: now,
             records: Vec::with_capacity(records.len()),

@@ -187,21 +187,28 @@ pub fn prepare_batch(
     limits: Limits,
     now: Millis,
 ) -> Result<(), FieldViolations> {
+    let mut violations = check_batch_size(records.len(), limits)?;
+    for (index, record) in records.iter_mut().enumerate() {
+        prepare_record(index, record, limits, now, &mut violations);
+    }
+    violations.into_result()
+}
+
+/// A batch of `len` records: refused when too big (nothing else is then
+/// worth checking); an empty one is a violation reported with the rest.
+pub fn check_batch_size(len: usize, limits: Limits) -> Result<FieldViolations, FieldViolations> {
     let mut violations = FieldViolations::new();
-    if records.is_empty() {
+    if len == 0 {
         violations.add("records", "must hold at least one record");
     }
-    if records.len() > limits.max_batch_records {
+    if len > limits.max_batch_records {
         violations.add(
             "records",
             format!("at most {} records per batch", limits.max_batch_records),
         );
         return Err(violations);
     }
-    for (index, record) in records.iter_mut().enumerate() {
-        prepare_record(index, record, limits, now, &mut violations);
-    }
-    violations.into_result()
+    Ok(violations)
 }
 
 /// [`prepare_batch`]'s rules for the record at `index` of a batch (whose

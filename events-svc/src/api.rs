@@ -370,18 +370,14 @@ impl EventsApi {
         cast: bool,
     ) -> Result<pb::Event> {
         let event = self.visible(claims, &request.event_id).await?;
-        let outcome = if cast {
-            self.repo
-                .cast_vote(event.id, request.option_id, claims.sub)
-                .await?
-        } else {
-            self.repo
-                .withdraw_vote(event.id, request.option_id, claims.sub)
-                .await?
-        };
+        let (outcome, view) = self
+            .repo
+            .vote_and_view(&event, request.option_id, claims.sub, cast)
+            .await?;
         match outcome {
             VoteOutcome::Changed | VoteOutcome::Unchanged => {
-                self.reload(event.id, claims.sub).await
+                let view = view.ok_or(EventsError::NotFound)?;
+                Ok(event_to_proto(&view.event, &view.counts, &view.mine))
             }
             VoteOutcome::NotVoting => Err(EventsError::FailedPrecondition(
                 "voting on this event is closed".to_owned(),

@@ -161,6 +161,78 @@ mod cases {
         );
     }
 
+    /// What Vote answers: the outcome and the event as the voter then
+    /// sees it, exact under racing voters (each answer counts at least
+    /// its own vote; the last read counts them all).
+    pub async fn a_vote_answers_with_the_view_it_leaves(repo: Repo) {
+        let event = meeting(Uuid::now_v7(), None, None);
+        repo.create_event(&event).await.unwrap();
+        let voters: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+        let tasks: Vec<_> = voters
+            .iter()
+            .map(|voter| {
+                let (repo, voter, event) = (repo.clone(), *voter, event.clone());
+                tokio::spawn(async move {
+                    let (outcome, view) = repo.vote_and_view(&event, 2, voter, true).await.unwrap();
+                    let view = view.expect("a view with a cast vote");
+                    assert_eq!(outcome, VoteOutcome::Changed);
+                    assert_eq!(view.mine, vec![2]);
+                    assert_eq!(view.event.id, event.id);
+                    assert!((1..=50).contains(&view.counts[2]), "{:?}", view.counts);
+                    let (again, view) = repo.vote_and_view(&event, 2, voter, true).await.unwrap();
+                    assert_eq!(again, VoteOutcome::Unchanged);
+                    assert_eq!(view.unwrap().mine, vec![2]);
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let (outcome, view) = repo
+            .vote_and_view(&event, 0, voters[0], true)
+            .await
+            .unwrap();
+        let view = view.unwrap();
+        assert_eq!(outcome, VoteOutcome::Changed);
+        assert_eq!((view.counts, view.mine), (vec![1, 0, 50], vec![0, 2]));
+        let (outcome, view) = repo
+            .vote_and_view(&event, 2, voters[0], false)
+            .await
+            .unwrap();
+        let view = view.unwrap();
+        assert_eq!(outcome, VoteOutcome::Changed);
+        assert_eq!((view.counts, view.mine), (vec![1, 0, 49], vec![0]));
+        let (outcome, view) = repo
+            .vote_and_view(&event, 2, voters[0], false)
+            .await
+            .unwrap();
+        assert_eq!(
+            (outcome, view.unwrap().counts),
+            (VoteOutcome::Unchanged, vec![1, 0, 49])
+        );
+        let (outcome, view) = repo
+            .vote_and_view(&event, 3, voters[0], true)
+            .await
+            .unwrap();
+        assert_eq!((outcome, view.is_none()), (VoteOutcome::NoOption, true));
+        assert_eq!(
+            repo.view(event.id, voters[0])
+                .await
+                .unwrap()
+                .unwrap()
+                .counts,
+            vec![1, 0, 49],
+            "the answers agree with a fresh read"
+        );
+        repo.close_voting(event.id).await.unwrap();
+        let closed = repo.get_event(event.id).await.unwrap().unwrap();
+        let (outcome, view) = repo
+            .vote_and_view(&closed, 1, voters[1], true)
+            .await
+            .unwrap();
+        assert_eq!((outcome, view.is_none()), (VoteOutcome::NotVoting, true));
+    }
+
     pub async fn voting_closes_once_with_the_most_voted_option(repo: Repo) {
         let event = meeting(Uuid::now_v7(), None, None);
         repo.create_event(&event).await.unwrap();
@@ -567,6 +639,7 @@ munity_testkit::contract_suite! {
     tests: [
         events_are_stored_and_listed_in_a_stable_order,
         concurrent_votes_are_counted_exactly_once_per_user,
+        a_vote_answers_with_the_view_it_leaves,
         voting_closes_once_with_the_most_voted_option,
         joins_stop_at_capacity_even_when_racing,
         passed_deadlines_are_due_until_voting_closes,

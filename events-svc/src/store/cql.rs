@@ -47,7 +47,8 @@ use scylla::value::Counter;
 use uuid::Uuid;
 
 use super::{
-    CloseOutcome, EventsRepository, JoinOutcome, Listing, Page, UpdateOutcome, VoteOutcome,
+    CloseOutcome, EventView, EventsRepository, JoinOutcome, Listing, Page, UpdateOutcome,
+    VoteOutcome,
 };
 use crate::{
     domain::{
@@ -99,8 +100,9 @@ struct Statements {
     get_event: PreparedStatement,
     insert_vote: PreparedStatement,
     delete_vote: PreparedStatement,
-    count_votes: PreparedStatement,
+    counts_by_option: PreparedStatement,
     get_vote: PreparedStatement,
+    options_of_voter: PreparedStatement,
     close: PreparedStatement,
     cancel: PreparedStatement,
     set_count: PreparedStatement,
@@ -195,8 +197,11 @@ impl CqlStore {
             get_event: p("SELECT record, status, chosen, participant_count, capacity FROM events WHERE id = ?").await?,
             insert_vote: p("INSERT INTO votes (event_id, option, user_id) VALUES (?, ?, ?)").await?,
             delete_vote: p("DELETE FROM votes WHERE event_id = ? AND option = ? AND user_id = ?").await?,
-            count_votes: p("SELECT COUNT(*) FROM votes WHERE event_id = ? AND option = ?").await?,
+            // A view reads the counts of every option in one query and the
+            // caller's votes in another (one query per option each before).
+            counts_by_option: p("SELECT option, COUNT(*) FROM votes WHERE event_id = ? GROUP BY option").await?,
             get_vote: p("SELECT user_id FROM votes WHERE event_id = ? AND option = ? AND user_id = ?").await?,
+            options_of_voter: p("SELECT option FROM votes WHERE event_id = ? AND option IN ? AND user_id = ?").await?,
             close: p("UPDATE events SET status = 'scheduled', chosen = ? WHERE id = ? IF status = 'voting'").await?,
             cancel: p("UPDATE events SET status = 'cancelled' WHERE id = ? IF status != 'cancelled'").await?,
             set_count: p("UPDATE events SET participant_count = ? WHERE id = ? IF participant_count = ? AND status != 'cancelled'").await?,
@@ -316,14 +321,6 @@ impl CqlStore {
         .transpose()
     }
 
-    async fn count(&self, id: Uuid, option: u32) -> StoreResult<u32> {
-        let row: Option<(i64,)> = self
-            .cql
-            .maybe_row(&self.s.count_votes, (id, option as i32))
-            .await?;
-        Ok(row.map_or(0, |(n,)| n.max(0) as u32))
-    }
-
     /// Moves the participant count from `from` by `delta` (not below 0),
     /// retrying on contention; false if the event was cancelled meanwhile.
     async fn add_to_count(&self, id: Uuid, mut from: u32, delta: i64) -> StoreResult<bool> {
@@ -375,12 +372,26 @@ impl CqlStore {
         if existing.is_empty() != cast {
             return Ok(VoteOutcome::Unchanged);
         }
+        self.write_vote(&event, option, user, cast).await?;
+        Ok(VoteOutcome::Changed)
+    }
+
+    /// The vote row written (or deleted) with its domain event, in one
+    /// logged batch.
+    async fn write_vote(
+        &self,
+        event: &EventRecord,
+        option: u32,
+        user: Uuid,
+        cast: bool,
+    ) -> StoreResult<()> {
+        let id = event.id;
         let (statement, published) = if cast {
-            (&self.s.insert_vote, events::vote_cast(&event, option, user))
+            (&self.s.insert_vote, events::vote_cast(event, option, user))
         } else {
             (
                 &self.s.delete_vote,
-                events::vote_withdrawn(&event, option, user),
+                events::vote_withdrawn(event, option, user),
             )
         };
         let mut batch = Batch::new(BatchType::Logged);
@@ -393,7 +404,34 @@ impl CqlStore {
             )
             .await?;
         self.outbox.notify_staged();
-        Ok(VoteOutcome::Changed)
+        Ok(())
+    }
+
+    /// Votes per option of `event`, indexed by option id: one query.
+    async fn counts_of(&self, event: &EventRecord) -> StoreResult<Vec<u32>> {
+        let mut counts = vec![0u32; event.options.len()];
+        let rows: Vec<(i32, i64)> = self.cql.rows(&self.s.counts_by_option, (event.id,)).await?;
+        for (option, n) in rows {
+            if let Some(count) = usize::try_from(option).ok().and_then(|o| counts.get_mut(o)) {
+                *count = u32::try_from(n.max(0)).unwrap_or(u32::MAX);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The options of `event` that `user` voted for, ascending: one query.
+    async fn options_of(&self, event: &EventRecord, user: Uuid) -> StoreResult<Vec<u32>> {
+        let options: Vec<i32> = (0..event.options.len() as i32).collect();
+        let rows: Vec<(i32,)> = self
+            .cql
+            .rows(&self.s.options_of_voter, (event.id, options, user))
+            .await?;
+        let mut mine: Vec<u32> = rows
+            .into_iter()
+            .filter_map(|(o,)| u32::try_from(o).ok())
+            .collect();
+        mine.sort_unstable();
+        Ok(mine)
     }
 
     async fn listing(
@@ -620,28 +658,69 @@ impl EventsRepository for CqlStore {
         let Some(event) = self.load(id).await? else {
             return Ok(Vec::new());
         };
-        let mut counts = Vec::with_capacity(event.options.len());
-        for option in 0..event.options.len() as u32 {
-            counts.push(self.count(id, option).await?);
-        }
-        Ok(counts)
+        self.counts_of(&event).await
     }
 
     async fn votes_of(&self, id: Uuid, user: Uuid) -> StoreResult<Vec<u32>> {
         let Some(event) = self.load(id).await? else {
             return Ok(Vec::new());
         };
-        let mut mine = Vec::new();
-        for option in 0..event.options.len() as u32 {
-            let row: Option<(Uuid,)> = self
-                .cql
-                .maybe_row(&self.s.get_vote, (id, option as i32, user))
-                .await?;
-            if row.is_some() {
-                mine.push(option);
-            }
+        self.options_of(&event, user).await
+    }
+
+    async fn view(&self, id: Uuid, user: Uuid) -> StoreResult<Option<EventView>> {
+        let Some(event) = self.load(id).await? else {
+            return Ok(None);
+        };
+        let (counts, mine) =
+            tokio::try_join!(self.counts_of(&event), self.options_of(&event, user))?;
+        Ok(Some(EventView {
+            event,
+            counts,
+            mine,
+        }))
+    }
+
+    /// Three reads and the write: the caller's votes (which also say
+    /// whether this one is new), the batch, then the counts. The event is
+    /// the one the caller just read: a vote never changes it, and its
+    /// status was checked as loosely before (CQL has no transaction across
+    /// the load and the batch; closing reads the counts it closes with).
+    async fn vote_and_view(
+        &self,
+        event: &EventRecord,
+        option: u32,
+        user: Uuid,
+        cast: bool,
+    ) -> StoreResult<(VoteOutcome, Option<EventView>)> {
+        if event.status != Status::Voting {
+            return Ok((VoteOutcome::NotVoting, None));
         }
-        Ok(mine)
+        if option as usize >= event.options.len() {
+            return Ok((VoteOutcome::NoOption, None));
+        }
+        let mut mine = self.options_of(event, user).await?;
+        let outcome = if mine.contains(&option) == cast {
+            VoteOutcome::Unchanged
+        } else {
+            self.write_vote(event, option, user, cast).await?;
+            if cast {
+                mine.push(option);
+                mine.sort_unstable();
+            } else {
+                mine.retain(|&o| o != option);
+            }
+            VoteOutcome::Changed
+        };
+        let counts = self.counts_of(event).await?;
+        Ok((
+            outcome,
+            Some(EventView {
+                event: event.clone(),
+                counts,
+                mine,
+            }),
+        ))
     }
 
     async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome> {

@@ -107,6 +107,29 @@ pub trait EventsRepository: Send + Sync + 'static {
     }
     async fn cast_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
     async fn withdraw_vote(&self, id: Uuid, option: u32, user: Uuid) -> StoreResult<VoteOutcome>;
+    /// Casts (`cast`) or takes back `user`'s vote for `option` of `event`
+    /// (as the caller read it just before), then the event as `user` sees
+    /// it: what Vote and Unvote answer. The view is `None` unless the
+    /// outcome is `Changed` or `Unchanged`. A backend may answer from fewer
+    /// reads than a change and a fresh [`EventsRepository::view`] take.
+    async fn vote_and_view(
+        &self,
+        event: &EventRecord,
+        option: u32,
+        user: Uuid,
+        cast: bool,
+    ) -> StoreResult<(VoteOutcome, Option<EventView>)> {
+        let outcome = if cast {
+            self.cast_vote(event.id, option, user).await?
+        } else {
+            self.withdraw_vote(event.id, option, user).await?
+        };
+        let view = match outcome {
+            VoteOutcome::Changed | VoteOutcome::Unchanged => self.view(event.id, user).await?,
+            _ => None,
+        };
+        Ok((outcome, view))
+    }
     /// Ends voting once: the winner by [`crate::domain::winner`].
     async fn close_voting(&self, id: Uuid) -> StoreResult<CloseOutcome>;
     /// Changes the event's own fields; never a capacity below its

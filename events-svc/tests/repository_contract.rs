@@ -576,6 +576,59 @@ mod cases {
         );
     }
 
+    /// The consumer hands over a read of the log at once; reads may
+    /// overlap after a redelivery, and still every activity counts once.
+    pub async fn activity_read_in_batches_is_counted_once(repo: Repo) {
+        let hour = 1_400_000 + i64::from(Uuid::now_v7().as_fields().1 % 10_000) * 100;
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (e1, e2) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut happened: Vec<Activity> = [
+            (ActivityKind::Created, e1, a, hour),
+            (ActivityKind::Created, e2, b, hour),
+            (ActivityKind::Voted, e1, a, hour),
+            (ActivityKind::Voted, e2, a, hour),
+            (ActivityKind::Voted, e1, c, hour),
+            (ActivityKind::Joined, e1, a, hour),
+            (ActivityKind::Joined, e1, b, hour),
+            (ActivityKind::Joined, e1, c, hour),
+            (ActivityKind::Joined, e2, a, hour),
+            (ActivityKind::Left, e1, c, hour),
+            (ActivityKind::Joined, e2, c, hour + 30),
+        ]
+        .into_iter()
+        .map(|(kind, event_id, user_id, hour)| Activity {
+            id: Uuid::now_v7(),
+            kind,
+            hour,
+            event_id,
+            user_id,
+        })
+        .collect();
+        // 250 more votes in the hour: more than one batch's worth.
+        happened.extend((0..250).map(|_| Activity {
+            id: Uuid::now_v7(),
+            kind: ActivityKind::Voted,
+            hour,
+            event_id: e2,
+            user_id: b,
+        }));
+        repo.record_activities(&happened[..4]).await.unwrap();
+        repo.record_activities(&happened).await.unwrap();
+        repo.record_activities(&happened[2..]).await.unwrap();
+        let stats = repo.stats(hour, hour + 1, 10).await.unwrap();
+        assert_eq!(
+            (
+                stats.events_created,
+                stats.votes_cast,
+                stats.joins,
+                stats.active_users
+            ),
+            (2, 253, 4, 3)
+        );
+        assert_eq!(stats.top_events, vec![(e1, 2), (e2, 1)]);
+        assert_eq!(repo.stats(hour, hour + 31, 1).await.unwrap().joins, 5);
+    }
+
     pub async fn upcoming_events_are_listed_by_start_stable_under_inserts(repo: Repo) {
         // A stretch of time of its own, far ahead (tests share the store).
         let from = now_millis() + 400 * 24 * HOUR + i64::from(Uuid::now_v7().as_fields().1) * 1000;
@@ -646,6 +699,7 @@ munity_testkit::contract_suite! {
         reminders_are_sent_once_before_a_scheduled_event_starts,
         updates_never_leave_capacity_below_participants,
         activity_is_counted_per_hour,
+        activity_read_in_batches_is_counted_once,
         upcoming_events_are_listed_by_start_stable_under_inserts,
     ],
 }

@@ -149,14 +149,7 @@ impl CqlStore {
         values: impl SerializeRow,
     ) -> StoreResult<bool> {
         let result = self.execute(statement, values).await?;
-        let rows = result.into_rows_result().map_err(internal)?;
-        let row: Row = rows.first_row().map_err(internal)?;
-        match row.columns.first() {
-            Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-            other => Err(StoreError::Internal(format!(
-                "lightweight transaction answered without [applied]: {other:?}"
-            ))),
-        }
+        applied(result)
     }
 
     /// Runs a batch (e.g. a logged batch: a change and its outbox entries,
@@ -170,6 +163,18 @@ impl CqlStore {
             .batch(batch, values)
             .await
             .map_err(execution_error)
+    }
+
+    /// Runs a conditional batch (statements with `IF` in one partition:
+    /// one Paxos round for all of them); true when it was applied, which
+    /// is all or none.
+    pub async fn batch_lwt(
+        &self,
+        batch: &scylla::statement::batch::Batch,
+        values: impl scylla::serialize::batch::BatchValues,
+    ) -> StoreResult<bool> {
+        let result = self.batch(batch, values).await?;
+        applied(result)
     }
 
     /// Every row of the answer, typed.
@@ -199,6 +204,18 @@ impl CqlStore {
         R: for<'frame, 'metadata> scylla::deserialize::row::DeserializeRow<'frame, 'metadata>,
     {
         Ok(self.rows(statement, values).await?.into_iter().next())
+    }
+}
+
+/// A lightweight transaction's `[applied]` column.
+fn applied(result: QueryResult) -> StoreResult<bool> {
+    let rows = result.into_rows_result().map_err(internal)?;
+    let row: Row = rows.first_row().map_err(internal)?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::Internal(format!(
+            "lightweight transaction answered without [applied]: {other:?}"
+        ))),
     }
 }
 

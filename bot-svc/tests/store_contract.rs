@@ -59,6 +59,32 @@ mod cases {
         assert_eq!(store.chats_of(bob).await.unwrap(), Vec::<i64>::new());
     }
 
+    /// A chat unlinked and linked again at once, or rebound between two
+    /// users racing: whoever the link names finally, its index lists the
+    /// chat (followers find a user's chats by the index).
+    pub async fn racing_links_leave_the_index_right(store: Store) {
+        let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        for round in 0..40i64 {
+            let chat = 1_000 + round;
+            store.put_link(chat, ada).await.unwrap();
+            let (a, b) = (store.clone(), store.clone());
+            if round % 2 == 0 {
+                let (removed, linked) = tokio::join!(a.remove_link(chat), b.put_link(chat, ada));
+                removed.unwrap();
+                linked.unwrap();
+            } else {
+                let (to_bob, to_ada) = tokio::join!(a.put_link(chat, bob), b.put_link(chat, ada));
+                to_bob.unwrap();
+                to_ada.unwrap();
+            }
+            for user in [ada, bob] {
+                let owns = store.get_link(chat).await.unwrap() == Some(user);
+                let listed = store.chats_of(user).await.unwrap().contains(&chat);
+                assert_eq!(owns, listed, "round {round}: chat {chat}, user {user}");
+            }
+        }
+    }
+
     pub async fn offsets_and_positions_are_kept(store: Store) {
         assert_eq!(store.update_offset().await.unwrap(), 0);
         store.set_update_offset(42).await.unwrap();
@@ -136,6 +162,7 @@ munity_testkit::contract_suite! {
     backends: { embedded_store => embedded(), cql_store => cql() },
     tests: [
         links_bind_rebind_and_go,
+        racing_links_leave_the_index_right,
         offsets_and_positions_are_kept,
         the_queue_keeps_order_and_dedups_notifications,
     ],

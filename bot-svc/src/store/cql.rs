@@ -141,6 +141,23 @@ impl CqlStore {
         Ok(store)
     }
 
+    /// Takes `chat_id` out of `user_id`'s index entries unless the chat is
+    /// (again) theirs. The link is read after the delete: a link of the
+    /// chat to `user_id` racing this wrote its entry after its link (see
+    /// `put_link`), so either that write comes after the delete, or the
+    /// link is seen here and the entry is put back.
+    async fn unindex(&self, user_id: Uuid, chat_id: i64) -> StoreResult<()> {
+        self.cql
+            .execute(&self.s.delete_user_chat, (user_id, chat_id))
+            .await?;
+        if self.get_link(chat_id).await? == Some(user_id) {
+            self.cql
+                .execute(&self.s.put_user_chat, (user_id, chat_id))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Fills `links_by_user` from `links` once, for keyspaces made before
     /// it existed (rewriting an entry is harmless, so replicas racing here
     /// agree).
@@ -199,10 +216,14 @@ impl BotStore for CqlStore {
         self.cql
             .execute(&self.s.put_link, (chat_id, user_id))
             .await?;
+        // And again after it: an unlink or rebind racing this one may have
+        // taken the entry out between the first write and the link's (see
+        // `unindex`, which looks at the link only after its delete).
+        self.cql
+            .execute(&self.s.put_user_chat, (user_id, chat_id))
+            .await?;
         if let Some(before) = before.filter(|before| *before != user_id) {
-            self.cql
-                .execute(&self.s.delete_user_chat, (before, chat_id))
-                .await?;
+            self.unindex(before, chat_id).await?;
         }
         Ok(())
     }
@@ -214,9 +235,7 @@ impl BotStore for CqlStore {
             .execute_lwt(&self.s.delete_link, (chat_id,))
             .await?;
         if let Some(before) = before {
-            self.cql
-                .execute(&self.s.delete_user_chat, (before, chat_id))
-                .await?;
+            self.unindex(before, chat_id).await?;
         }
         Ok(removed)
     }

@@ -6,27 +6,22 @@
 //! whose change did not. Both backends; the CQL one against the real server.
 
 use munity_bus::outbox::{Outbox, StagedKey};
-use munity_platform::config::StorageConfig;
 use munity_proto::users::v1 as pb;
 use prost::Message;
 use users_svc::{
     domain::{CommunityRecord, MemberRole, MembershipRecord, Role, UserRecord, now_millis},
-    store::{self, Opened},
+    store::Opened,
 };
 use uuid::Uuid;
 
+mod common;
+
 async fn embedded() -> Option<(Opened, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = StorageConfig::Embedded {
-        path: dir.path().to_owned(),
-    };
-    Some((store::open(&storage).await.unwrap(), dir))
+    common::embedded().await
 }
 
 async fn cql() -> Option<(Opened, ())> {
-    let config = munity_testkit::cql_config("users_events")?;
-    let _schema = munity_testkit::schema_lock().await;
-    Some((store::open(&StorageConfig::Cql(config)).await.unwrap(), ()))
+    common::cql("users_events").await
 }
 
 mod cases {

@@ -26,26 +26,22 @@ use users_svc::{
     domain::{CommunityRecord, MemberRole, MembershipRecord, Role, UserRecord, now_millis},
     migrations::{self, Backfill, PROFILE_BACKFILL},
     passwords::Hashing,
-    store::{self, Opened, embedded::EmbeddedStore},
+    store::{Opened, embedded::EmbeddedStore},
 };
 use uuid::Uuid;
 
 const PROFILE_CHANGED: &str = "munity.users.v1.ProfileChanged";
 
+mod common;
+
 async fn embedded() -> Option<(Opened, tempfile::TempDir)> {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = StorageConfig::Embedded {
-        path: dir.path().to_owned(),
-    };
-    Some((store::open(&storage).await.unwrap(), dir))
+    common::embedded().await
 }
 
 /// A keyspace of this test process's own: the backfill's record is the
 /// keyspace's, so no earlier run has made it.
 async fn cql() -> Option<(Opened, ())> {
-    let config = munity_testkit::cql_config("users_backfill")?;
-    let _schema = munity_testkit::schema_lock().await;
-    Some((store::open(&StorageConfig::Cql(config)).await.unwrap(), ()))
+    common::cql("users_backfill").await
 }
 
 fn account(name: &str) -> UserRecord {

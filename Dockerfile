@@ -1,5 +1,6 @@
 # One image with every Munity binary: munity (all-in-one, `munity dev`),
-# munity-gateway, users-svc, events-svc, notify-svc and warehouse-svc. The
+# munity-gateway, users-svc, events-svc, notify-svc, warehouse-svc,
+# discuss-svc and bot-svc. The
 # Kubernetes manifests (k8s/) choose the binary by `command`.
 #
 #   docker build -t munity .        (or: buildah bud -t munity .)
@@ -20,9 +21,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
       -p munity -p munity-gateway -p users-svc -p events-svc -p notify-svc -p warehouse-svc \
+      -p discuss-svc -p bot-svc \
  && mkdir -p /out \
  && cp target/release/munity target/release/munity-gateway target/release/users-svc \
-       target/release/events-svc target/release/notify-svc target/release/warehouse-svc /out/
+       target/release/events-svc target/release/notify-svc target/release/warehouse-svc \
+       target/release/discuss-svc target/release/bot-svc /out/
 
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
@@ -35,6 +38,7 @@ RUN apt-get update \
 COPY --from=build /out/ /usr/local/bin/
 # /usr/local/bin/munity /usr/local/bin/munity-gateway /usr/local/bin/users-svc
 # /usr/local/bin/events-svc /usr/local/bin/notify-svc /usr/local/bin/warehouse-svc
+# /usr/local/bin/discuss-svc /usr/local/bin/bot-svc
 USER 10001:10001
 WORKDIR /var/lib/munity
 ENV MUNITY_CONFIG=/etc/munity/munity.toml

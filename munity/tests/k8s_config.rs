@@ -119,8 +119,11 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
         let notify = service::<notify_svc::NotifyService>(file, &source);
         // The headless Service: every replica, balanced by the caller.
         assert_eq!(notify.own.events_url, "http://events-headless:50052");
+        assert_eq!(notify.own.discuss_url, "http://discuss-headless:50055");
         assert_eq!(notify.own.redis_url, "redis://:secret@redis:6379");
         service::<warehouse_svc::WarehouseService>(file, &source);
+        let discuss = service::<discuss_svc::DiscussService>(file, &source);
+        assert_eq!(discuss.listen.port(), 50055);
 
         let bus = BusConfig::load(&source).unwrap();
         assert_eq!(bus.redis_url, "redis://:secret@redis:6379");
@@ -144,6 +147,7 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
             ("events", 50052),
             ("notify", 50053),
             ("warehouse", 50054),
+            ("discuss", 50055),
         ] {
             assert_eq!(
                 gateway.routes[route].upstreams,
@@ -176,6 +180,7 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
                     "events",
                     "notify",
                     "warehouse",
+                    "discuss",
                     "bus",
                     "auth",
                     "telemetry",

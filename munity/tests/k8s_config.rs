@@ -124,6 +124,17 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
         service::<warehouse_svc::WarehouseService>(file, &source);
         let discuss = service::<discuss_svc::DiscussService>(file, &source);
         assert_eq!(discuss.listen.port(), 50055);
+        let bot = service::<bot_svc::BotService>(file, &source);
+        assert_eq!(bot.listen.port(), 50056);
+        assert_eq!(bot.own.users_url, "http://users:50051");
+        assert_eq!(
+            (
+                bot.own.telegram_token.as_str(),
+                bot.own.client_secret.as_str()
+            ),
+            ("secret", "secret"),
+            "from the Secret"
+        );
 
         let bus = BusConfig::load(&source).unwrap();
         assert_eq!(bus.redis_url, "redis://:secret@redis:6379");
@@ -148,6 +159,7 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
             ("notify", 50053),
             ("warehouse", 50054),
             ("discuss", 50055),
+            ("bot", 50056),
         ] {
             assert_eq!(
                 gateway.routes[route].upstreams,
@@ -181,6 +193,7 @@ fn every_configmap_toml_loads_with_each_binarys_loader() {
                     "notify",
                     "warehouse",
                     "discuss",
+                    "bot",
                     "bus",
                     "auth",
                     "telemetry",

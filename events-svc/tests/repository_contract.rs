@@ -523,9 +523,12 @@ mod cases {
         );
     }
 
-    pub async fn activity_is_counted_per_hour(repo: Repo) {
-        // An hour of its own (tests share the store's buckets).
-        let hour = 400_000 + i64::from(Uuid::now_v7().as_fields().1 % 10_000) * 100;
+    /// An hour of its own from `base` up (tests share the store's
+    /// buckets) and what three users did: in that hour two events made,
+    /// three votes, four joins and a leave; 30 hours later (the next day)
+    /// one more join.
+    fn a_day_of_activity(base: i64) -> (i64, Uuid, Uuid, Vec<Activity>) {
+        let hour = base + i64::from(Uuid::now_v7().as_fields().1 % 10_000) * 100;
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let (e1, e2) = (Uuid::now_v7(), Uuid::now_v7());
         let happened = [
@@ -541,20 +544,22 @@ mod cases {
             (ActivityKind::Left, e1, c, hour),
             // The next day.
             (ActivityKind::Joined, e2, c, hour + 30),
-        ];
-        for (kind, event_id, user_id, hour) in happened {
-            let activity = Activity {
-                id: Uuid::now_v7(),
-                kind,
-                hour,
-                event_id,
-                user_id,
-            };
-            repo.record_activity(&activity).await.unwrap();
-            // The log delivers at least once: a redelivery (after a crash,
-            // or to another replica) counts nothing more.
-            repo.record_activity(&activity).await.unwrap();
-        }
+        ]
+        .into_iter()
+        .map(|(kind, event_id, user_id, hour)| Activity {
+            id: Uuid::now_v7(),
+            kind,
+            hour,
+            event_id,
+            user_id,
+        })
+        .collect();
+        (hour, e1, e2, happened)
+    }
+
+    /// The statistics of [`a_day_of_activity`], each counted once, with
+    /// `votes` votes in its hour.
+    async fn assert_counted(repo: &Repo, hour: i64, e1: Uuid, e2: Uuid, votes: u64) {
         let stats = repo.stats(hour, hour + 1, 10).await.unwrap();
         assert_eq!(
             (
@@ -563,7 +568,7 @@ mod cases {
                 stats.joins,
                 stats.active_users
             ),
-            (2, 3, 4, 3)
+            (2, votes, 4, 3)
         );
         assert_eq!(stats.top_events, vec![(e1, 2), (e2, 1)]);
         let both_days = repo.stats(hour, hour + 31, 1).await.unwrap();
@@ -576,57 +581,34 @@ mod cases {
         );
     }
 
+    pub async fn activity_is_counted_per_hour(repo: Repo) {
+        let (hour, e1, e2, happened) = a_day_of_activity(400_000);
+        for activity in &happened {
+            repo.record_activity(activity).await.unwrap();
+            // The log delivers at least once: a redelivery (after a crash,
+            // or to another replica) counts nothing more.
+            repo.record_activity(activity).await.unwrap();
+        }
+        assert_counted(&repo, hour, e1, e2, 3).await;
+    }
+
     /// The consumer hands over a read of the log at once; reads may
     /// overlap after a redelivery, and still every activity counts once.
     pub async fn activity_read_in_batches_is_counted_once(repo: Repo) {
-        let hour = 1_400_000 + i64::from(Uuid::now_v7().as_fields().1 % 10_000) * 100;
-        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-        let (e1, e2) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut happened: Vec<Activity> = [
-            (ActivityKind::Created, e1, a, hour),
-            (ActivityKind::Created, e2, b, hour),
-            (ActivityKind::Voted, e1, a, hour),
-            (ActivityKind::Voted, e2, a, hour),
-            (ActivityKind::Voted, e1, c, hour),
-            (ActivityKind::Joined, e1, a, hour),
-            (ActivityKind::Joined, e1, b, hour),
-            (ActivityKind::Joined, e1, c, hour),
-            (ActivityKind::Joined, e2, a, hour),
-            (ActivityKind::Left, e1, c, hour),
-            (ActivityKind::Joined, e2, c, hour + 30),
-        ]
-        .into_iter()
-        .map(|(kind, event_id, user_id, hour)| Activity {
-            id: Uuid::now_v7(),
-            kind,
-            hour,
-            event_id,
-            user_id,
-        })
-        .collect();
+        let (hour, e1, e2, mut happened) = a_day_of_activity(1_400_000);
         // 250 more votes in the hour: more than one batch's worth.
+        let voter = happened[0].user_id;
         happened.extend((0..250).map(|_| Activity {
             id: Uuid::now_v7(),
             kind: ActivityKind::Voted,
             hour,
             event_id: e2,
-            user_id: b,
+            user_id: voter,
         }));
         repo.record_activities(&happened[..4]).await.unwrap();
         repo.record_activities(&happened).await.unwrap();
         repo.record_activities(&happened[2..]).await.unwrap();
-        let stats = repo.stats(hour, hour + 1, 10).await.unwrap();
-        assert_eq!(
-            (
-                stats.events_created,
-                stats.votes_cast,
-                stats.joins,
-                stats.active_users
-            ),
-            (2, 253, 4, 3)
-        );
-        assert_eq!(stats.top_events, vec![(e1, 2), (e2, 1)]);
-        assert_eq!(repo.stats(hour, hour + 31, 1).await.unwrap().joins, 5);
+        assert_counted(&repo, hour, e1, e2, 253).await;
     }
 
     pub async fn upcoming_events_are_listed_by_start_stable_under_inserts(repo: Repo) {

@@ -361,11 +361,8 @@ impl CqlStore {
         let Some(event) = self.load(id).await? else {
             return Ok(VoteOutcome::NoEvent);
         };
-        if event.status != Status::Voting {
-            return Ok(VoteOutcome::NotVoting);
-        }
-        if option as usize >= event.options.len() {
-            return Ok(VoteOutcome::NoOption);
+        if let Some(refused) = VoteOutcome::refusal(&event, option) {
+            return Ok(refused);
         }
         let existing: Vec<(Uuid,)> = self
             .cql
@@ -695,11 +692,8 @@ impl EventsRepository for CqlStore {
         user: Uuid,
         cast: bool,
     ) -> StoreResult<(VoteOutcome, Option<EventView>)> {
-        if event.status != Status::Voting {
-            return Ok((VoteOutcome::NotVoting, None));
-        }
-        if option as usize >= event.options.len() {
-            return Ok((VoteOutcome::NoOption, None));
+        if let Some(refused) = VoteOutcome::refusal(event, option) {
+            return Ok((refused, None));
         }
         let mut mine = self.options_of(event, user).await?;
         let outcome = if mine.contains(&option) == cast {

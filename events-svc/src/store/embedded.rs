@@ -165,11 +165,8 @@ impl EmbeddedStore {
             let Some(event) = load(txn, id)? else {
                 return Ok((VoteOutcome::NoEvent, vec![]));
             };
-            if event.status != Status::Voting {
-                return Ok((VoteOutcome::NotVoting, vec![]));
-            }
-            if option as usize >= event.options.len() {
-                return Ok((VoteOutcome::NoOption, vec![]));
+            if let Some(refused) = VoteOutcome::refusal(&event, option) {
+                return Ok((refused, vec![]));
             }
             let mut votes = txn.open_table(VOTES).map_err(internal)?;
             let key = vote_key(id, option, user);

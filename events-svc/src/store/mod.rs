@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Activity, EventRecord, EventUpdate, Millis, ParticipantRecord, ReminderJob, StartPage,
-    StartPosition, StatsRecord,
+    StartPosition, StatsRecord, Status,
 };
 
 /// Which events a listing walks, in a stable order (by id: creation order).
@@ -38,6 +38,20 @@ pub enum VoteOutcome {
     /// No such option.
     NoOption,
     NoEvent,
+}
+
+impl VoteOutcome {
+    /// Why `event` takes no vote for `option` now, if it does not: the one
+    /// rule every backend checks before it touches a vote.
+    pub fn refusal(event: &EventRecord, option: u32) -> Option<VoteOutcome> {
+        if event.status != Status::Voting {
+            Some(VoteOutcome::NotVoting)
+        } else if option as usize >= event.options.len() {
+            Some(VoteOutcome::NoOption)
+        } else {
+            None
+        }
+    }
 }
 
 /// What closing voting did.

@@ -185,7 +185,7 @@ impl EventLog for EmbeddedLog {
         let max_len = self.max_len;
         let newest = self
             .db
-            .write(move |txn| {
+            .write_shared(move |txn| {
                 let mut log = txn.open_table(LOG).map_err(store)?;
                 let first = log
                     .last()
@@ -360,7 +360,7 @@ impl EmbeddedConsumer {
         let (group, state) = (self.group.clone(), self.state.clone());
         self.log
             .db
-            .write_unsynced(move |txn| {
+            .write_shared_unsynced(move |txn| {
                 // Taken inside the transaction: transactions run one at a
                 // time, so the last commit holds the latest state.
                 let (delivered, pending) = {

@@ -139,17 +139,20 @@ impl EmbeddedOutbox {
 
     /// One write transaction of the service that answers its value and the
     /// events describing the change: they are staged in the same
-    /// transaction, and the relay is told once it commits.
+    /// transaction, and the relay is told once it commits. The transaction
+    /// is shared with concurrent writers ([`EmbeddedDb::write_shared`]), so
+    /// `operation` may run more than once (only its last run commits) and
+    /// must change nothing outside the transaction.
     pub async fn write<T, F>(&self, operation: F) -> munity_store::StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> munity_store::StoreResult<(T, Vec<DomainEvent>)>
+        F: Fn(&WriteTransaction) -> munity_store::StoreResult<(T, Vec<DomainEvent>)>
             + Send
             + 'static,
     {
         let (value, staged) = self
             .db
-            .write(move |txn| {
+            .write_shared(move |txn| {
                 let (value, events) = operation(txn)?;
                 stage(txn, &events)?;
                 Ok((value, !events.is_empty()))
@@ -267,10 +270,10 @@ impl Outbox for EmbeddedOutbox {
         // A crash before this is durable relays these events again:
         // consumers are idempotent, and nothing is lost.
         self.db
-            .write_unsynced(move |txn| {
+            .write_shared_unsynced(move |txn| {
                 let internal = |e: redb::Error| StoreError::Internal(e.to_string());
                 let mut table = txn.open_table(OUTBOX).map_err(|e| internal(e.into()))?;
-                for key in keys {
+                for &key in &keys {
                     table.remove(key).map_err(|e| internal(e.into()))?;
                 }
                 Ok(())

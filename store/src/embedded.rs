@@ -4,12 +4,17 @@
 //! write transactions are serialized, so a compare-and-set is one write
 //! transaction.
 //!
-//! Group commit: each write transaction commits without an fsync
-//! (`Durability::None`), then waits for a durable commit that comes after
-//! it; one such commit (an empty transaction with `Durability::Immediate`)
-//! makes every commit before it durable, so concurrent writers share one
-//! fsync instead of queueing one each. A call returns only once its write
-//! is durable. Readers may see a write a moment before it is durable; what
+//! Shared transactions and group commit: writes are queued and one writer
+//! thread at a time runs what is queued in one write transaction with one
+//! commit (`embedded/writer.rs`; a writer that fails is rolled back with
+//! the transaction and the others run again without it, which is why
+//! [`EmbeddedDb::write_shared`] takes an `Fn`). A transaction holding a
+//! write whose caller waits for durability commits with an fsync
+//! (`Durability::Immediate`), which makes every commit before it durable
+//! too; one holding only unsynced bookkeeping commits without one. So
+//! concurrent writers share one commit and one fsync instead of queueing
+//! for redb's lock one each. A call returns only once its write is
+//! durable. Readers may see a write a moment before it is durable; what
 //! publishes data elsewhere (the outbox relay) waits for [`EmbeddedDb::durable`]
 //! first, which costs nothing when every commit so far is durable already.
 //! Bookkeeping whose loss a crash may cost (a consumer's position: the
@@ -19,7 +24,8 @@
 //! A failing disk (full, or I/O errors) never hangs a caller: redb's file
 //! backend is watched, and once a write, resize or fsync fails, waiting
 //! writers and every later call answer UNAVAILABLE at once (a write waits
-//! for its durable commit at most [`DURABLE_WAIT`] in any case). redb
+//! for its answer, durable commit included, at most [`DURABLE_WAIT`] in any
+//! case; one whose caller stopped waiting before it ran is not run). redb
 //! refuses everything after an I/O error until the file is opened again,
 //! so the next call reopens it (at most once a second; redb's repair keeps
 //! every durable commit): the store recovers when the disk does, without a
@@ -43,7 +49,7 @@ use std::{
 use tracing::Instrument;
 
 use redb::{
-    BackendError, Builder, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend,
+    BackendError, Builder, Database, ReadableDatabase, ReadableTable, StorageBackend,
     TableDefinition, WriteTransaction, backends::FileBackend,
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -51,6 +57,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::{Page, StoreError, StoreResult, internal, page_from};
+
+mod writer;
+use writer::{Job, Work};
 
 /// How long a write waits for the durable commit that covers it before it
 /// answers UNAVAILABLE (a failing or stalled disk must not hang callers).
@@ -81,6 +90,8 @@ struct Shared {
     /// Set by the backend on a failed write, resize or fsync.
     io: Arc<IoHealth>,
     commits: GroupCommit,
+    /// Writes waiting for the writer thread (`writer.rs`).
+    writes: Mutex<writer::Queue>,
     /// When a reopen was last tried.
     reopened_at: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -240,6 +251,7 @@ impl EmbeddedDb {
                     settled: watch::channel(Settled::default()).0,
                     flush_scheduled: AtomicBool::new(false),
                 },
+                writes: Mutex::default(),
                 reopened_at: tokio::sync::Mutex::new(None),
             }),
         })
@@ -305,37 +317,29 @@ impl EmbeddedDb {
         }
     }
 
-    /// Runs `operation` in one write transaction on the blocking pool and
-    /// commits it when it succeeds (nothing is written when it fails);
-    /// returns once the commit is durable.
+    /// Runs `operation` in a write transaction and commits it when it
+    /// succeeds (nothing of it is written when it fails); returns once the
+    /// commit is durable. The transaction may hold other callers' writes
+    /// committed with it (`writer.rs`); this one is the last of them.
     pub async fn write<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
-        // A span for the write, entered on the blocking thread too, so what
-        // the operation records (a domain event's traceparent) is its child.
-        let span = tracing::info_span!(
-            "store.write",
-            otel.kind = "client",
-            db.system = "redb",
-            db.name = %self.shared.path.file_stem().unwrap_or_default().to_string_lossy(),
-        );
-        let inside = span.clone();
-        let value = self
-            .blocking(move |db| {
-                let _entered = inside.enter();
-                let mut txn = db.begin_write().map_err(internal)?;
-                txn.set_durability(Durability::None).map_err(internal)?;
-                let value = operation(&txn)?;
-                txn.commit().map_err(internal)?;
-                Ok(value)
-            })
-            .instrument(span.clone())
-            .await?;
-        self.committed();
-        self.durable().instrument(span).await?;
-        Ok(value)
+        self.queued(Work::once(operation), true).await
+    }
+
+    /// Like [`EmbeddedDb::write`], for an `operation` that can run again:
+    /// it shares a transaction with any number of other writers, and when
+    /// one of those fails, it runs again in a new one (each run but the
+    /// last is rolled back, so it must change nothing outside the
+    /// transaction). For writes many callers make at once.
+    pub async fn write_shared<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        self.queued(Work::again(operation), true).await
     }
 
     /// Like [`EmbeddedDb::write`], but returns once committed, without
@@ -349,18 +353,94 @@ impl EmbeddedDb {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let value = self
-            .blocking(move |db| {
-                let mut txn = db.begin_write().map_err(internal)?;
-                txn.set_durability(Durability::None).map_err(internal)?;
-                let value = operation(&txn)?;
-                txn.commit().map_err(internal)?;
-                Ok(value)
-            })
-            .await?;
-        self.committed();
-        self.flush_later();
-        Ok(value)
+        self.queued(Work::once(operation), false).await
+    }
+
+    /// [`EmbeddedDb::write_unsynced`] for an `operation` that can run again
+    /// (see [`EmbeddedDb::write_shared`]).
+    pub async fn write_shared_unsynced<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        self.queued(Work::again(operation), false).await
+    }
+
+    /// Queues a write for the writer thread and waits for its answer, at
+    /// most [`DURABLE_WAIT`] (a failing or stalled disk must not hang
+    /// callers; a write whose caller stopped waiting before it ran is
+    /// skipped).
+    async fn queued<T: Send + 'static>(&self, work: Work, durable: bool) -> StoreResult<T> {
+        // A span for the write, entered on the writer thread too, so what
+        // the operation records (a domain event's traceparent) is its child.
+        let span = tracing::info_span!(
+            "store.write",
+            otel.kind = "client",
+            db.system = "redb",
+            db.name = %self.shared.path.file_stem().unwrap_or_default().to_string_lossy(),
+        );
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit(Job {
+            work,
+            durable,
+            span: span.clone(),
+            reply,
+        });
+        match tokio::time::timeout(DURABLE_WAIT, answer)
+            .instrument(span)
+            .await
+        {
+            Ok(Ok(Ok(value))) => value.downcast::<T>().map(|value| *value).map_err(|_| {
+                StoreError::Internal("a storage write answered another type".to_owned())
+            }),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(_)) => Err(StoreError::Internal(
+                "the storage writer failed during this write".to_owned(),
+            )),
+            Err(_) => {
+                tracing::warn!(path = %self.shared.path.display(), "a write took longer than {DURABLE_WAIT:?}");
+                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
+            }
+        }
+    }
+
+    /// An error from a write, as its caller hears it: UNAVAILABLE when it
+    /// came from the disk.
+    fn disk_error(&self, error: StoreError) -> StoreError {
+        match error {
+            StoreError::Internal(cause) if self.shared.io.failed.load(Ordering::Acquire) => {
+                tracing::warn!(%cause, path = %self.shared.path.display(), "storage I/O failed");
+                StoreError::Unavailable(DISK_FAILING.to_owned())
+            }
+            other => other,
+        }
+    }
+
+    /// A ticket for a durable commit about to be made (inside its write
+    /// transaction, so every commit counted so far precedes it).
+    fn ticket(&self) -> u64 {
+        let mut state = self
+            .shared
+            .commits
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        state.issued += 1;
+        state.issued
+    }
+
+    fn settle_durable(&self, ticket: u64) {
+        self.shared
+            .commits
+            .settled
+            .send_modify(|s| s.durable = s.durable.max(ticket));
+    }
+
+    fn settle_failed(&self, ticket: u64) {
+        self.shared
+            .commits
+            .settled
+            .send_modify(|s| s.failed = s.failed.max(ticket));
     }
 
     /// Makes what is committed durable within [`UNSYNCED_WITHIN`], unless
@@ -534,23 +614,14 @@ async fn flush(db: EmbeddedDb) {
             }
             state.issued
         };
-        let synced = db
-            .blocking(|db| {
-                let mut txn = db.begin_write().map_err(internal)?;
-                txn.set_durability(Durability::Immediate)
-                    .map_err(internal)?;
-                txn.commit().map_err(internal)
-            })
-            .await;
+        // An empty durable write: it shares its commit with whatever
+        // writes are queued.
+        let synced = db.write_shared(|_| Ok(())).await;
         match synced {
-            Ok(()) => commits
-                .settled
-                .send_modify(|s| s.durable = s.durable.max(target)),
+            Ok(()) => db.settle_durable(target),
             Err(error) => {
                 tracing::error!(%error, "cannot make commits durable; their writes are refused");
-                commits
-                    .settled
-                    .send_modify(|s| s.failed = s.failed.max(target));
+                db.settle_failed(target);
             }
         }
     }

@@ -212,7 +212,7 @@ impl DiscussRepository for EmbeddedStore {
                     return Err(munity_store::StoreError::Conflict("post"));
                 }
                 save(txn, &post, None)?;
-                let staged = std::iter::once(events::created(&post)).chain(mentions);
+                let staged = std::iter::once(events::created(&post)).chain(mentions.clone());
                 Ok(((), staged.collect()))
             })
             .await
@@ -244,7 +244,7 @@ impl DiscussRepository for EmbeddedStore {
                 save(txn, &post, Some(&before))?;
                 let mut staged = vec![events::changed(&change, &post)];
                 if first_published(&before, &post) {
-                    staged.extend(mentions);
+                    staged.extend(mentions.clone());
                 }
                 Ok((Some((applied, post)), staged))
             })
@@ -310,7 +310,10 @@ impl DiscussRepository for EmbeddedStore {
                 let n = counts.get(key).map_err(internal)?.map_or(0, |v| v.value());
                 counts.insert(key, n + 1).map_err(internal)?;
                 let staged = std::iter::once(events::comment_created(&comment, &post));
-                Ok((CommentOutcome::Created, staged.chain(mentions).collect()))
+                Ok((
+                    CommentOutcome::Created,
+                    staged.chain(mentions.clone()).collect(),
+                ))
             })
             .await
     }
@@ -453,7 +456,9 @@ impl DiscussRepository for EmbeddedStore {
         body: &str,
     ) -> StoreResult<()> {
         let event = events::shared_with(post, by, to, body);
-        self.outbox.write(move |_| Ok(((), vec![event]))).await
+        self.outbox
+            .write(move |_| Ok(((), vec![event.clone()])))
+            .await
     }
 
     async fn settings(&self, community: Uuid) -> StoreResult<SettingsRecord> {

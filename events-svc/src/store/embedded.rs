@@ -118,7 +118,7 @@ impl EmbeddedStore {
     async fn change<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> StoreResult<(T, Vec<DomainEvent>)> + Send + 'static,
+        F: Fn(&WriteTransaction) -> StoreResult<(T, Vec<DomainEvent>)> + Send + 'static,
     {
         self.outbox.write(operation).await
     }
@@ -833,7 +833,7 @@ impl EventsRepository for EmbeddedStore {
     async fn record_activities(&self, activities: &[Activity]) -> StoreResult<()> {
         let activities = activities.to_vec();
         self.db
-            .write(move |txn| {
+            .write_shared(move |txn| {
                 for activity in &activities {
                     count_activity(txn, activity)?;
                 }

@@ -260,7 +260,9 @@ impl UsersRepository for EmbeddedStore {
 
     async fn stage_events(&self, events: &[munity_bus::DomainEvent]) -> StoreResult<()> {
         let events = events.to_vec();
-        self.outbox.write(move |_txn| Ok(((), events))).await
+        self.outbox
+            .write(move |_txn| Ok(((), events.clone())))
+            .await
     }
 
     async fn migration_done(&self, name: &str) -> StoreResult<bool> {

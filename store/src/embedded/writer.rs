@@ -1,0 +1,250 @@
+//! The embedded store's writer: every write of one database is queued, and
+//! one thread at a time takes what is queued and runs it in **one** write
+//! transaction with one commit (and, when a caller waits for durability,
+//! one fsync). Concurrent callers so share a commit instead of each taking
+//! redb's write lock, committing and waking the next in turn, which is
+//! where a write-heavy load spent its time (thread hand-offs, and a commit
+//! per call that rewrites the touched B-tree pages and the allocator state).
+//!
+//! Sharing a transaction needs care when one writer fails: its changes must
+//! not be committed, and redb cannot undo part of a transaction. So the
+//! transaction is dropped (nothing of it is written) and the others run
+//! again in a new one, without the failed writer; its error stands, since
+//! it saw exactly the writes committed before it. Writers that can run
+//! again are `Fn`; a writer that can run only once (`FnOnce`) is only ever
+//! the last of its batch, so a failure never needs to run it again.
+
+use std::{
+    any::Any,
+    collections::VecDeque,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+};
+
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::EmbeddedDb;
+use crate::{StoreError, StoreResult, internal};
+
+/// Most writers in one transaction: a bound on the work a failure repeats
+/// and on the time the first of them waits for the last.
+const MOST_PER_BATCH: usize = 64;
+
+pub(super) type Value = Box<dyn Any + Send>;
+type Again = Box<dyn Fn(&WriteTransaction) -> StoreResult<Value> + Send>;
+type Once = Box<dyn FnOnce(&WriteTransaction) -> StoreResult<Value> + Send>;
+
+/// What a writer does in the transaction.
+pub(super) enum Work {
+    /// May run more than once (each run but the last is rolled back).
+    Again(Again),
+    /// Runs once: the last of its batch.
+    Once(Option<Once>),
+}
+
+impl Work {
+    pub(super) fn again<T: Send + 'static>(
+        operation: impl Fn(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> Self {
+        Work::Again(Box::new(move |txn| {
+            operation(txn).map(|value| Box::new(value) as Value)
+        }))
+    }
+
+    pub(super) fn once<T: Send + 'static>(
+        operation: impl FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> Self {
+        Work::Once(Some(Box::new(move |txn| {
+            operation(txn).map(|value| Box::new(value) as Value)
+        })))
+    }
+}
+
+/// One caller's write, waiting in the queue.
+pub(super) struct Job {
+    pub(super) work: Work,
+    /// The caller returns only once this write is durable.
+    pub(super) durable: bool,
+    /// The caller's span, entered while its work runs.
+    pub(super) span: tracing::Span,
+    pub(super) reply: oneshot::Sender<StoreResult<Value>>,
+}
+
+#[derive(Default)]
+pub(super) struct Queue {
+    jobs: VecDeque<Job>,
+    /// Whether a writer thread is draining the queue.
+    draining: bool,
+}
+
+impl EmbeddedDb {
+    /// Queues `job`, starting a writer thread unless one is draining.
+    pub(super) fn submit(&self, job: Job) {
+        let mut queue = self.queue();
+        queue.jobs.push_back(job);
+        if !queue.draining {
+            queue.draining = true;
+            let db = self.clone();
+            tokio::task::spawn_blocking(move || db.drain());
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs batches until the queue is empty.
+    fn drain(&self) {
+        loop {
+            let batch = {
+                let mut queue = self.queue();
+                let batch = take_batch(&mut queue.jobs);
+                if batch.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                batch
+            };
+            let database = match self.current_blocking() {
+                Ok(database) => database,
+                Err(error) => {
+                    for job in batch {
+                        let _ = job.reply.send(Err(clone_error(&error)));
+                    }
+                    continue;
+                }
+            };
+            // A panic in a writer fails its batch (the callers hear of it
+            // as the dropped reply), never the queue.
+            if catch_unwind(AssertUnwindSafe(|| self.run_batch(&database, batch))).is_err() {
+                tracing::error!(path = %self.shared.path.display(), "a storage write panicked; its batch failed");
+            }
+        }
+    }
+
+    /// The open database, from a blocking thread (reopening it after an
+    /// I/O failure goes through the same bounded path as every call).
+    fn current_blocking(&self) -> StoreResult<Arc<Database>> {
+        if !self
+            .shared
+            .io
+            .failed
+            .load(std::sync::atomic::Ordering::Acquire)
+            && let Some(database) = self.current()
+        {
+            return Ok(database);
+        }
+        tokio::runtime::Handle::current().block_on(self.database())
+    }
+
+    /// Runs `jobs` in one transaction and commits it; a failed writer is
+    /// answered its error and the others run again without it.
+    fn run_batch(&self, database: &Database, mut jobs: Vec<Job>) {
+        // Callers that stopped waiting (timed out, or dropped) are not run.
+        jobs.retain(|job| !job.reply.is_closed());
+        while !jobs.is_empty() {
+            let durable = jobs.iter().any(|job| job.durable);
+            let txn = database
+                .begin_write()
+                .map_err(internal)
+                .and_then(|mut txn| {
+                    txn.set_durability(if durable {
+                        Durability::Immediate
+                    } else {
+                        Durability::None
+                    })
+                    .map_err(internal)?;
+                    Ok(txn)
+                });
+            let txn = match txn {
+                Ok(txn) => txn,
+                Err(error) => return self.fail(jobs, &error),
+            };
+            let mut values = Vec::with_capacity(jobs.len());
+            let mut failed = None;
+            for (at, job) in jobs.iter_mut().enumerate() {
+                let _entered = job.span.enter();
+                let ran = match &mut job.work {
+                    Work::Again(operation) => catch_unwind(AssertUnwindSafe(|| operation(&txn))),
+                    Work::Once(operation) => match operation.take() {
+                        Some(operation) => catch_unwind(AssertUnwindSafe(|| operation(&txn))),
+                        None => Ok(Err(StoreError::Internal(
+                            "a once-only write was asked to run again".to_owned(),
+                        ))),
+                    },
+                };
+                match ran.unwrap_or_else(|_| {
+                    Err(StoreError::Internal("a storage write panicked".to_owned()))
+                }) {
+                    Ok(value) => values.push(value),
+                    Err(error) => {
+                        failed = Some((at, error));
+                        break;
+                    }
+                }
+            }
+            if let Some((at, error)) = failed {
+                // Nothing of this transaction is written; the others run
+                // again without the writer that failed.
+                drop(txn);
+                let job = jobs.remove(at);
+                let _ = job.reply.send(Err(self.disk_error(error)));
+                continue;
+            }
+            let ticket = durable.then(|| self.ticket());
+            match txn.commit() {
+                Ok(()) => {
+                    match ticket {
+                        Some(ticket) => self.settle_durable(ticket),
+                        None => {
+                            self.committed();
+                            self.flush_later();
+                        }
+                    }
+                    for (job, value) in jobs.into_iter().zip(values) {
+                        let _ = job.reply.send(Ok(value));
+                    }
+                }
+                Err(error) => {
+                    if let Some(ticket) = ticket {
+                        self.settle_failed(ticket);
+                    }
+                    self.fail(jobs, &internal(error));
+                }
+            }
+            return;
+        }
+    }
+
+    fn fail(&self, jobs: Vec<Job>, error: &StoreError) {
+        let error = self.disk_error(clone_error(error));
+        for job in jobs {
+            let _ = job.reply.send(Err(clone_error(&error)));
+        }
+    }
+}
+
+/// The next batch: queued writers in order, at most [`MOST_PER_BATCH`],
+/// ending at the first that can run only once.
+fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
+    let mut batch = Vec::new();
+    while batch.len() < MOST_PER_BATCH {
+        let Some(job) = queue.pop_front() else { break };
+        let last = matches!(job.work, Work::Once(_));
+        batch.push(job);
+        if last {
+            break;
+        }
+    }
+    batch
+}
+
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Conflict(what) => StoreError::Conflict(what),
+        StoreError::NotFound(what) => StoreError::NotFound(what),
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Internal(why) => StoreError::Internal(why.clone()),
+    }
+}

@@ -118,3 +118,24 @@ async fn a_panicking_writer_fails_alone_and_the_store_goes_on() {
     assert_eq!(n, 100);
     assert!(!keys.contains(&50));
 }
+
+/// The writer thread lets go of the database before it answers: a caller
+/// that drops its last handle on hearing the answer can open the file
+/// again at once (redb refuses a second open while one is alive), as a
+/// restart or a test does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_reopens_as_soon_as_its_last_write_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in 0..200u64 {
+        let db = open(dir.path());
+        let answer = if key % 2 == 0 {
+            db.write_shared(move |txn| count(txn, key, false)).await
+        } else {
+            db.write(move |txn| count(txn, key, false)).await
+        };
+        assert_eq!(answer.unwrap(), key);
+    }
+    let db = open(dir.path());
+    let (keys, n) = db.blocking(|db| Ok(stored(db))).await.unwrap();
+    assert_eq!((keys.len(), n), (200, 200));
+}

@@ -18,13 +18,13 @@ use std::{
     any::Any,
     collections::VecDeque,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::Arc,
+    sync::{Arc, Weak},
 };
 
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::oneshot;
 
-use super::EmbeddedDb;
+use super::{EmbeddedDb, Shared};
 use crate::{StoreError, StoreResult, internal};
 
 /// Most writers in one transaction: a bound on the work a failure repeats
@@ -85,42 +85,13 @@ impl EmbeddedDb {
         queue.jobs.push_back(job);
         if !queue.draining {
             queue.draining = true;
-            let db = self.clone();
-            tokio::task::spawn_blocking(move || db.drain());
+            let shared = Arc::downgrade(&self.shared);
+            tokio::task::spawn_blocking(move || drain(&shared));
         }
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.shared.writes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs batches until the queue is empty.
-    fn drain(&self) {
-        loop {
-            let batch = {
-                let mut queue = self.queue();
-                let batch = take_batch(&mut queue.jobs);
-                if batch.is_empty() {
-                    queue.draining = false;
-                    return;
-                }
-                batch
-            };
-            let database = match self.current_blocking() {
-                Ok(database) => database,
-                Err(error) => {
-                    for job in batch {
-                        let _ = job.reply.send(Err(clone_error(&error)));
-                    }
-                    continue;
-                }
-            };
-            // A panic in a writer fails its batch (the callers hear of it
-            // as the dropped reply), never the queue.
-            if catch_unwind(AssertUnwindSafe(|| self.run_batch(&database, batch))).is_err() {
-                tracing::error!(path = %self.shared.path.display(), "a storage write panicked; its batch failed");
-            }
-        }
     }
 
     /// The open database, from a blocking thread (reopening it after an
@@ -140,7 +111,7 @@ impl EmbeddedDb {
 
     /// Runs `jobs` in one transaction and commits it; a failed writer is
     /// answered its error and the others run again without it.
-    fn run_batch(&self, database: &Database, mut jobs: Vec<Job>) {
+    fn run_batch(&self, database: &Database, mut jobs: Vec<Job>, answers: &mut Answers) {
         // Callers that stopped waiting (timed out, or dropped) are not run.
         jobs.retain(|job| !job.reply.is_closed());
         while !jobs.is_empty() {
@@ -159,7 +130,7 @@ impl EmbeddedDb {
                 });
             let txn = match txn {
                 Ok(txn) => txn,
-                Err(error) => return self.fail(jobs, &error),
+                Err(error) => return self.fail(jobs, &error, answers),
             };
             let mut values = Vec::with_capacity(jobs.len());
             let mut failed = None;
@@ -189,7 +160,7 @@ impl EmbeddedDb {
                 // again without the writer that failed.
                 drop(txn);
                 let job = jobs.remove(at);
-                let _ = job.reply.send(Err(self.disk_error(error)));
+                answers.push((job.reply, Err(self.disk_error(error))));
                 continue;
             }
             let ticket = durable.then(|| self.ticket());
@@ -203,27 +174,75 @@ impl EmbeddedDb {
                         }
                     }
                     for (job, value) in jobs.into_iter().zip(values) {
-                        let _ = job.reply.send(Ok(value));
+                        answers.push((job.reply, Ok(value)));
                     }
                 }
                 Err(error) => {
                     if let Some(ticket) = ticket {
                         self.settle_failed(ticket);
                     }
-                    self.fail(jobs, &internal(error));
+                    self.fail(jobs, &internal(error), answers);
                 }
             }
             return;
         }
     }
 
-    fn fail(&self, jobs: Vec<Job>, error: &StoreError) {
+    fn fail(&self, jobs: Vec<Job>, error: &StoreError, answers: &mut Answers) {
         let error = self.disk_error(clone_error(error));
         for job in jobs {
-            let _ = job.reply.send(Err(clone_error(&error)));
+            answers.push((job.reply, Err(clone_error(&error))));
         }
     }
 }
+
+/// Runs batches until the queue is empty. The database is held only while
+/// a batch runs, and its callers are answered after that: a caller that
+/// drops its last handle on hearing its answer closes the file at once (a
+/// test or a restart reopens it right after).
+fn drain(shared: &Weak<Shared>) {
+    loop {
+        let answers = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let db = EmbeddedDb { shared };
+            let batch = {
+                let mut queue = db.queue();
+                let batch = take_batch(&mut queue.jobs);
+                if batch.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                batch
+            };
+            let mut answers = Answers::with_capacity(batch.len());
+            match db.current_blocking() {
+                Ok(database) => {
+                    // A panic in a writer fails its batch (the callers hear
+                    // of it as the dropped reply), never the queue.
+                    let ran = catch_unwind(AssertUnwindSafe(|| {
+                        db.run_batch(&database, batch, &mut answers)
+                    }));
+                    if ran.is_err() {
+                        tracing::error!(path = %db.shared.path.display(), "a storage write panicked; its batch failed");
+                    }
+                }
+                Err(error) => {
+                    for job in batch {
+                        answers.push((job.reply, Err(clone_error(&error))));
+                    }
+                }
+            }
+            answers
+        };
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+type Answers = Vec<(oneshot::Sender<StoreResult<Value>>, StoreResult<Value>)>;
 
 /// The next batch: queued writers in order, at most [`MOST_PER_BATCH`],
 /// ending at the first that can run only once.

@@ -360,7 +360,7 @@ impl EmbeddedConsumer {
         let (group, state) = (self.group.clone(), self.state.clone());
         self.log
             .db
-            .write_shared_unsynced(move |txn| {
+            .write_unsynced(move |txn| {
                 // Taken inside the transaction: transactions run one at a
                 // time, so the last commit holds the latest state.
                 let (delivered, pending) = {

@@ -270,7 +270,7 @@ impl Outbox for EmbeddedOutbox {
         // A crash before this is durable relays these events again:
         // consumers are idempotent, and nothing is lost.
         self.db
-            .write_shared_unsynced(move |txn| {
+            .write_unsynced(move |txn| {
                 let internal = |e: redb::Error| StoreError::Internal(e.to_string());
                 let mut table = txn.open_table(OUTBOX).map_err(|e| internal(e.into()))?;
                 for &key in &keys {

@@ -308,13 +308,7 @@ impl EmbeddedDb {
         let result = tokio::task::spawn_blocking(move || operation(&db))
             .await
             .map_err(|e| StoreError::Internal(format!("storage task failed: {e}")))?;
-        match result {
-            Err(StoreError::Internal(cause)) if self.shared.io.failed.load(Ordering::Acquire) => {
-                tracing::warn!(%cause, path = %self.shared.path.display(), "storage I/O failed");
-                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
-            }
-            other => other,
-        }
+        result.map_err(|error| self.disk_error(error))
     }
 
     /// Runs `operation` in a write transaction and commits it when it
@@ -347,18 +341,10 @@ impl EmbeddedDb {
     /// it so (at the latest [`UNSYNCED_WITHIN`] later: one is started
     /// then if no durable write came first), and a crash before that
     /// loses it. For bookkeeping whose loss only repeats work, never for
-    /// what a caller is told is stored.
+    /// what a caller is told is stored. Bookkeeping is written by many
+    /// callers at once, so it shares transactions: `operation` may run more
+    /// than once, as with [`EmbeddedDb::write_shared`].
     pub async fn write_unsynced<T, F>(&self, operation: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
-    {
-        self.queued(Work::once(operation), false).await
-    }
-
-    /// [`EmbeddedDb::write_unsynced`] for an `operation` that can run again
-    /// (see [`EmbeddedDb::write_shared`]).
-    pub async fn write_shared_unsynced<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: Fn(&WriteTransaction) -> StoreResult<T> + Send + 'static,
@@ -483,13 +469,7 @@ impl EmbeddedDb {
         operation: impl FnOnce(&Database) -> StoreResult<T>,
     ) -> StoreResult<T> {
         let db = self.database().await?;
-        match operation(&db) {
-            Err(StoreError::Internal(cause)) if self.shared.io.failed.load(Ordering::Acquire) => {
-                tracing::warn!(%cause, path = %self.shared.path.display(), "storage I/O failed");
-                Err(StoreError::Unavailable(DISK_FAILING.to_owned()))
-            }
-            other => other,
-        }
+        operation(&db).map_err(|error| self.disk_error(error))
     }
 
     /// Counts a commit made without an fsync (after it is made).

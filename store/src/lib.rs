@@ -32,7 +32,7 @@ pub fn now_millis() -> Millis {
 }
 
 /// What can go wrong in storage, in any backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A unique value is taken (e.g. the email of a new account).
     #[error("{0} already exists")]

@@ -57,10 +57,7 @@ async fn concurrent_writers_commit_once_each_and_failed_ones_not_at_all() {
             // unsynced ones, as services make them.
             let answer = match key % 4 {
                 0 => db.write(move |txn| count(txn, key, fail)).await,
-                1 => {
-                    db.write_shared_unsynced(move |txn| count(txn, key, fail))
-                        .await
-                }
+                1 => db.write_unsynced(move |txn| count(txn, key, fail)).await,
                 _ => db.write_shared(move |txn| count(txn, key, fail)).await,
             };
             (key, fail, answer)

@@ -189,9 +189,9 @@ impl EmbeddedDb {
     }
 
     fn fail(&self, jobs: Vec<Job>, error: &StoreError, answers: &mut Answers) {
-        let error = self.disk_error(clone_error(error));
+        let error = self.disk_error(error.clone());
         for job in jobs {
-            answers.push((job.reply, Err(clone_error(&error))));
+            answers.push((job.reply, Err(error.clone())));
         }
     }
 }
@@ -230,7 +230,7 @@ fn drain(shared: &Weak<Shared>) {
                 }
                 Err(error) => {
                     for job in batch {
-                        answers.push((job.reply, Err(clone_error(&error))));
+                        answers.push((job.reply, Err(error.clone())));
                     }
                 }
             }
@@ -257,13 +257,4 @@ fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
         }
     }
     batch
-}
-
-fn clone_error(error: &StoreError) -> StoreError {
-    match error {
-        StoreError::Conflict(what) => StoreError::Conflict(what),
-        StoreError::NotFound(what) => StoreError::NotFound(what),
-        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
-        StoreError::Internal(why) => StoreError::Internal(why.clone()),
-    }
 }

@@ -255,10 +255,18 @@ enum Answer {
 /// died, the connection broke: such a status has the error as its source;
 /// one a service sent has none). The service never answered, so to the
 /// client that is UNAVAILABLE (retry), as the proxied gRPC path says it,
-/// not UNKNOWN or INTERNAL.
+/// not UNKNOWN or INTERNAL. Nor CANCELLED: tonic says that when hyper
+/// gives up a request because its connection closed under it (a replica
+/// killed mid-call), but the client cancelled nothing (a client that
+/// leaves drops this call instead), and HTTP 499 would blame it.
 fn connection_failed(status: Status) -> Status {
     let from_transport = std::error::Error::source(&status).is_some();
-    if from_transport && matches!(status.code(), Code::Unknown | Code::Internal) {
+    if from_transport
+        && matches!(
+            status.code(),
+            Code::Unknown | Code::Internal | Code::Cancelled
+        )
+    {
         let mut message = format!("upstream failed: {}", status.message());
         let mut source = std::error::Error::source(&status);
         while let Some(error) = source {
@@ -305,9 +313,29 @@ mod tests {
             "{}",
             lost.message()
         );
+        // What tonic makes of hyper's `Canceled` (the connection closed
+        // under a request): a status found in the error's chain.
+        #[derive(Debug)]
+        struct ConnectionClosed(Status);
+        impl std::fmt::Display for ConnectionClosed {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("connection closed")
+            }
+        }
+        impl std::error::Error for ConnectionClosed {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let closed = Status::from_error(Box::new(ConnectionClosed(Status::cancelled(
+            "operation was canceled",
+        ))));
+        assert_eq!(closed.code(), Code::Cancelled, "as tonic reports it");
+        assert_eq!(connection_failed(closed).code(), Code::Unavailable);
         for sent in [
             Status::unknown("the service's own"),
             Status::internal("the service's own"),
+            Status::cancelled("the service's own"),
         ] {
             let code = sent.code();
             assert_eq!(connection_failed(sent).code(), code);

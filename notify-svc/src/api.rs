@@ -1,8 +1,9 @@
 //! The `munity.notify.v1.Notify` gRPC service: Subscribe, Publish (service
 //! callers) and the caller's inbox.
 //!
-//! A stream, once its topics are allowed (`access.rs`), is one task that
-//! listens to the hub's live notifications *before* reading each topic's
+//! A stream, once its topics are allowed (`access.rs`), is a follower,
+//! run by the task that writes the response, that listens to the hub's
+//! live notifications *before* reading each topic's
 //! position, then for each topic delivers in offset order: what the client
 //! missed (from history), then live ones. A live notification past the next
 //! offset (one lost on the way, or a lagging receiver) sends the stream to
@@ -10,15 +11,15 @@
 //! and skipped. So nothing is skipped or repeated, however live and
 //! history interleave.
 //!
-//! Bounds: topics per stream, streams per user, and a buffer per stream; a
-//! client that lets the buffer fill with live notifications is ended with
-//! UNAVAILABLE and resumes from its last offsets (nothing grows without
-//! bound for a slow reader). Catching up from history goes at the client's
-//! pace instead, but a client that takes nothing for `notify.stall_secs`
-//! is ended the same way.
+//! Bounds: topics per stream and streams per user. Nothing is buffered per
+//! stream: the follower makes its next message only once the client has
+//! taken the last one (HTTP/2 flow control says when), so a slow reader
+//! falls behind the hub's bounded live buffer, shared by every stream, and
+//! then catches up from history at its own pace.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -28,7 +29,7 @@ use std::{
 use munity_platform::{auth::caller, error::FieldViolations, wire::timestamp};
 use munity_proto::notify::v1::{self as pb, notify_server::Notify};
 use munity_store::now_millis;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -100,67 +101,101 @@ impl Drop for StreamSlot {
     }
 }
 
-/// The response stream: what the follower task sends, then the status it
-/// ended with, if it ended with one.
+/// The response stream. It is the follower itself, run by the task that
+/// writes the response (no task and channel of its own between them): a
+/// notification wakes that task once, and the follower's next message is
+/// handed straight to it.
+///
+/// The follower runs only while the stream is read and nothing it made is
+/// waiting to be taken ([`Drained`]), so nothing piles up per stream: a
+/// client that stops reading falls behind the hub's bounded live buffer,
+/// and once it reads again its stream catches up from history at its pace.
 pub struct Outbound {
-    rx: mpsc::Receiver<pb::SubscribeResponse>,
-    end: Arc<Mutex<Option<Status>>>,
-    finished: bool,
+    /// None once the follower is done.
+    follower: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    shared: Arc<Mutex<Produced>>,
+}
+
+/// What the follower made and the client has not taken yet.
+#[derive(Default)]
+struct Produced {
+    next: Option<pb::SubscribeResponse>,
+    /// The status the stream ends with, if it ends with one.
+    end: Option<Status>,
 }
 
 impl tokio_stream::Stream for Outbound {
     type Item = Result<pb::SubscribeResponse, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
+        if let Some(message) = lock(&self.shared).next.take() {
+            return Poll::Ready(Some(Ok(message)));
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(message)) => Poll::Ready(Some(Ok(message))),
-            Poll::Ready(None) => {
-                self.finished = true;
-                let end = self.end.lock().unwrap_or_else(|e| e.into_inner()).take();
-                Poll::Ready(end.map(Err))
-            }
-            Poll::Pending => Poll::Pending,
+        // The follower's last message is taken: it may make the next one.
+        if let Some(follower) = self.follower.as_mut()
+            && follower.as_mut().poll(cx).is_ready()
+        {
+            self.follower = None;
+        }
+        let mut shared = lock(&self.shared);
+        if let Some(message) = shared.next.take() {
+            // Polled again once this one is on its way.
+            return Poll::Ready(Some(Ok(message)));
+        }
+        if self.follower.is_none() {
+            // Its status once, then the end.
+            return Poll::Ready(shared.end.take().map(Err));
+        }
+        Poll::Pending
+    }
+}
+
+fn lock(shared: &Mutex<Produced>) -> std::sync::MutexGuard<'_, Produced> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ready once the client has taken the follower's last message.
+///
+/// Pending without a waker, and rightly: the follower is only polled by
+/// [`Outbound::poll_next`], which takes the message first and, having
+/// returned it, is polled again by the response's writer when the client
+/// can take more.
+struct Drained<'a>(&'a Mutex<Produced>);
+
+impl Future for Drained<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if lock(self.0).next.is_none() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
 
-/// The stream cannot go on (the client is gone, or too slow).
+/// The stream cannot go on (the server is stopping, or history failed).
 struct Stop;
 
-/// Follows a stream's topics until the client goes away or falls behind.
+/// Follows a stream's topics while the client reads it.
 struct Follower {
     hub: Arc<dyn Hub>,
-    tx: mpsc::Sender<pb::SubscribeResponse>,
-    end: Arc<Mutex<Option<Status>>>,
+    shared: Arc<Mutex<Produced>>,
     /// Per topic: where the client is (the last offset delivered).
     at: BTreeMap<String, Position>,
-    /// How long catching up waits for the client to take a message.
-    stall: Duration,
 }
 
 impl Follower {
-    fn send(&self, message: pb::subscribe_response::Message) -> Result<(), Stop> {
-        let message = pb::SubscribeResponse {
+    /// Hands `message` to the client, once it has taken the one before.
+    async fn send(&self, message: pb::subscribe_response::Message) {
+        Drained(&self.shared).await;
+        lock(&self.shared).next = Some(pb::SubscribeResponse {
             message: Some(message),
-        };
-        match self.tx.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.finish(Status::unavailable(
-                    "notifications came faster than this stream was read; \
-                     reconnect and resume from the last offsets seen",
-                ));
-                Err(Stop)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop),
-        }
+        });
     }
 
     fn finish(&self, status: Status) {
-        *self.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+        lock(&self.shared).end = Some(status);
     }
 
     fn unavailable(&self, error: impl std::fmt::Display) -> Stop {
@@ -170,36 +205,12 @@ impl Follower {
         Stop
     }
 
-    fn deliver(&mut self, notification: &Notification) -> Result<(), Stop> {
+    async fn deliver(&mut self, notification: &Notification) {
         self.send(pb::subscribe_response::Message::Notification(to_proto(
             notification,
-        )))?;
+        )))
+        .await;
         self.delivered(notification);
-        Ok(())
-    }
-
-    /// Delivers from history at the client's pace: history waits, unlike
-    /// live notifications (which pile up meanwhile only as far as the
-    /// hub's bounded live buffer; past that this stream catches up again).
-    async fn deliver_missed(&mut self, notification: &Notification) -> Result<(), Stop> {
-        let message = pb::SubscribeResponse {
-            message: Some(pb::subscribe_response::Message::Notification(to_proto(
-                notification,
-            ))),
-        };
-        match tokio::time::timeout(self.stall, self.tx.send(message)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(Stop), // the client is gone
-            Err(_) => {
-                self.finish(Status::unavailable(
-                    "this stream took nothing for too long while catching up; \
-                     reconnect and resume from the last offsets seen",
-                ));
-                return Err(Stop);
-            }
-        }
-        self.delivered(notification);
-        Ok(())
     }
 
     fn delivered(&mut self, notification: &Notification) {
@@ -219,7 +230,7 @@ impl Follower {
                 Ok(Recovery::Missed(missed)) if missed.is_empty() => return Ok(()),
                 Ok(Recovery::Missed(missed)) => {
                     for notification in &missed {
-                        self.deliver_missed(notification).await?;
+                        self.deliver(notification).await;
                     }
                 }
                 Ok(Recovery::Resync { now, reason }) => {
@@ -232,7 +243,8 @@ impl Follower {
                             }),
                             reason: reason.to_owned(),
                         },
-                    ))?;
+                    ))
+                    .await;
                     self.at.insert(topic.to_owned(), now);
                     return Ok(());
                 }
@@ -277,18 +289,21 @@ impl Follower {
         }
         self.send(pb::subscribe_response::Message::Subscribed(
             pb::Subscribed { positions },
-        ))?;
+        ))
+        .await;
         for topic in resumed {
             self.catch_up(&topic).await?;
         }
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
+            // The client took the last message: listen for the next one.
+            Drained(&self.shared).await;
             tokio::select! {
-                () = self.tx.closed() => return Err(Stop),
                 _ = beat.tick() => {
                     self.send(pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {
                         at: Some(timestamp(now_millis())),
-                    }))?;
+                    }))
+                    .await;
                 }
                 heard = live.recv() => match heard {
                     Ok(Live::Notification(notification)) => {
@@ -299,7 +314,7 @@ impl Follower {
                             continue; // delivered already
                         }
                         if notification.epoch == at.epoch && notification.offset == at.offset + 1 {
-                            self.deliver(&notification)?;
+                            self.deliver(&notification).await;
                         } else {
                             // A gap, or another epoch: history decides.
                             let topic = notification.topic.clone();
@@ -386,24 +401,21 @@ impl Notify for NotifyApi {
         let slot = StreamSlot::take(&self.streams, claims.sub, self.config.max_streams_per_user)?;
 
         let live = self.publisher.hub.live();
-        let (tx, rx) = mpsc::channel(self.config.stream_buffer.max(1));
-        let end = Arc::new(Mutex::new(None));
+        let shared = Arc::new(Mutex::new(Produced::default()));
         let follower = Follower {
             hub: self.publisher.hub.clone(),
-            tx,
-            end: end.clone(),
+            shared: shared.clone(),
             at: BTreeMap::new(),
-            stall: Duration::from_secs(self.config.stall_secs.max(1)),
         };
         let heartbeat = Duration::from_secs(self.config.heartbeat_secs.max(1));
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = follower.run(topics, live, heartbeat).await;
-        });
         Ok(Response::new(Outbound {
-            rx,
-            end,
-            finished: false,
+            // The slot is given back when the response is dropped (the
+            // stream ended, or the client went away).
+            follower: Some(Box::pin(async move {
+                let _slot = slot;
+                let _ = follower.run(topics, live, heartbeat).await;
+            })),
+            shared,
         }))
     }
 

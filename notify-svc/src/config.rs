@@ -43,12 +43,6 @@ pub struct NotifyConfig {
     pub max_topics_per_stream: usize,
     /// Streams one user may hold open at once.
     pub max_streams_per_user: usize,
-    /// Messages buffered per stream; a client reading slower than this is
-    /// ended (UNAVAILABLE) and resumes.
-    pub stream_buffer: usize,
-    /// A stream catching up from history waits this long for the client to
-    /// take each message before it is ended (UNAVAILABLE).
-    pub stall_secs: u64,
     /// How long inbox items are kept.
     pub inbox_ttl_secs: u64,
     /// UnreadCount reads at most this many of the newest items.
@@ -70,8 +64,6 @@ impl Default for NotifyConfig {
             sources_group: "notify-svc.sources".to_owned(),
             max_topics_per_stream: 32,
             max_streams_per_user: 16,
-            stream_buffer: 256,
-            stall_secs: 30,
             inbox_ttl_secs: 30 * 24 * 3600,
             inbox_unread_cap: 1_000,
         }

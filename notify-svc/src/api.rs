@@ -296,8 +296,6 @@ impl Follower {
         }
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         loop {
-            // The client took the last message: listen for the next one.
-            Drained(&self.shared).await;
             tokio::select! {
                 _ = beat.tick() => {
                     self.send(pb::subscribe_response::Message::Heartbeat(pb::Heartbeat {

@@ -10,7 +10,6 @@
 //! and answerCallbackQuery with `null`.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -18,7 +17,7 @@ use std::{
 
 use munity_platform::auth::with_bearer;
 use munity_proto::{events::v1 as events_pb, users::v1 as users_pb};
-use munity_testkit::{ADMIN_EMAIL, Ready, register, register_as, spawn_ready};
+use munity_testkit::{ADMIN_EMAIL, Ready, free_port, register, register_as, spawn_ready};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -42,14 +41,6 @@ impl Drop for StandIn {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn start_stand_in() -> Option<StandIn> {
@@ -683,7 +674,7 @@ async fn reminders_arrive_once_across_a_sigkill_of_bot_svc() {
         .unwrap()
         .into_inner();
     let account_id = account.account.as_ref().unwrap().id.clone();
-    let bot_port = munity_testkit::free_port();
+    let bot_port = free_port();
     let start_bot = || {
         spawn_ready(
             bot_command(

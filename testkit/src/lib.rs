@@ -43,7 +43,20 @@ fn missing<T>(what: &str, hint: &str) -> Option<T> {
 }
 
 /// A port that was free a moment ago (for servers that bind themselves).
+///
+/// Taken below Linux's ephemeral range (32768 up): a port the kernel hands
+/// out for `:0` could be handed again, to another test's listener, before
+/// the server binds it (a CI run lost the telegram webhook test to
+/// "Address already in use" so). Tried at random, then `:0` as a last
+/// resort.
 pub fn free_port() -> u16 {
+    for _ in 0..64 {
+        // A v7 UUID's low bits are random.
+        let port = 20_000 + (uuid::Uuid::now_v7().as_u128() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())

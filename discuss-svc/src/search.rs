@@ -22,6 +22,7 @@
 //! memory budget.
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -86,6 +87,12 @@ pub struct IndexFeed {
     reader: IndexReader,
     fields: Fields,
     caught_up: watch::Sender<bool>,
+    /// The posts in the index. The index is this process's own, built by
+    /// this feed alone, so this says exactly whether a change must delete
+    /// an older document first: a delete is applied at the next commit by
+    /// looking its term up in every segment, which most changes (a post
+    /// published for the first time) do not need.
+    indexed: HashSet<Uuid>,
 }
 
 /// One page of hits: post ids, best first, and where the next page starts.
@@ -131,6 +138,7 @@ pub fn open() -> anyhow::Result<(PostIndex, IndexFeed)> {
             reader,
             fields,
             caught_up: caught_up_tx,
+            indexed: HashSet::new(),
         },
     ))
 }
@@ -283,15 +291,25 @@ impl IndexFeed {
             doc.add_text(self.fields.id, &post.id);
             doc.add_text(self.fields.community, &post.community_id);
             doc.add_text(self.fields.body, &post.body);
-            if let Err(error) = self.writer.add_document(doc) {
-                tracing::warn!(post = %post.id, %error, "post not indexed");
+            match self.writer.add_document(doc) {
+                Ok(_) => {
+                    if let Ok(id) = Uuid::parse_str(&post.id) {
+                        self.indexed.insert(id);
+                    }
+                }
+                Err(error) => tracing::warn!(post = %post.id, %error, "post not indexed"),
             }
         }
     }
 
+    /// Deletes `id`'s document, if the index has one (an id that is not a
+    /// UUID, which discuss-svc never makes, is deleted regardless).
     fn remove(&mut self, id: &str) {
-        self.writer
-            .delete_term(Term::from_field_text(self.fields.id, id));
+        let held = Uuid::parse_str(id).map_or(true, |id| self.indexed.remove(&id));
+        if held {
+            self.writer
+                .delete_term(Term::from_field_text(self.fields.id, id));
+        }
     }
 
     /// Makes what was applied searchable.

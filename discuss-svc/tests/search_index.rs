@@ -137,6 +137,22 @@ async fn the_index_follows_the_log_and_answers_within_bounds() {
     until(&index, "apple", &[c1, c2], vec![held.id]).await;
     until(&index, "pears", &[c1], vec![]).await;
 
+    // A post published twice in the log (a relay repeats what it could not
+    // confirm before a crash), and the hidden post approved again: each is
+    // found once.
+    let twice = post(c1, "a durian twice", PostState::Published);
+    let mut restored = elsewhere.clone();
+    restored.state = PostState::Published;
+    log.append(&[
+        events::created(&twice),
+        events::created(&twice),
+        events::changed(&PostChange::Approve { by: c2 }, &restored),
+    ])
+    .await
+    .unwrap();
+    until(&index, "durian", &[c1], vec![twice.id]).await;
+    until(&index, "pie", &[c2], vec![elsewhere.id]).await;
+
     // Pages of 50 go DEPTH_MAX deep, then stop.
     let many: Vec<PostRecord> = (0..DEPTH_MAX + 20)
         .map(|i| post(c2, &format!("common word {i}"), PostState::Published))

@@ -122,8 +122,29 @@ impl EmbeddedHub {
     }
 }
 
-fn meta(txn: &WriteTransaction, topic: &str) -> munity_store::StoreResult<TopicMeta> {
-    let mut topics = txn.open_table(TOPICS).map_err(internal)?;
+/// The hub's tables, opened once per write transaction (opening one is a
+/// lookup in redb's table tree and a check of its types: a good part of a
+/// publication when it was done for every read and insert).
+struct Tables<'txn> {
+    topics: redb::Table<'txn, &'static str, &'static [u8]>,
+    history: redb::Table<'txn, &'static [u8], &'static [u8]>,
+    published: redb::Table<'txn, &'static [u8], u64>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> munity_store::StoreResult<Self> {
+        Ok(Tables {
+            topics: txn.open_table(TOPICS).map_err(internal)?,
+            history: txn.open_table(HISTORY).map_err(internal)?,
+            published: txn.open_table(PUBLISHED).map_err(internal)?,
+        })
+    }
+}
+
+fn meta(
+    topics: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    topic: &str,
+) -> munity_store::StoreResult<TopicMeta> {
     let existing = topics
         .get(topic)
         .map_err(internal)?
@@ -144,22 +165,35 @@ fn meta(txn: &WriteTransaction, topic: &str) -> munity_store::StoreResult<TopicM
     }
 }
 
+/// The oldest offset of a topic whose newest is `newest` that history
+/// still shows: the last `retention.size`. Reads never go further back,
+/// so trimming may lag behind by up to [`TRIM_EVERY`] entries.
+fn oldest_kept(newest: u64, retention: Retention) -> u64 {
+    newest.saturating_sub(retention.size.max(1)) + 1
+}
+
+/// Trimming runs at every this many offsets of a topic, not at each: one
+/// range read then removes a few entries together.
+const TRIM_EVERY: u64 = 16;
+
 /// Drops history past the retention size (the oldest entries; a bounded
-/// number per publish). The embedded hub has no TTL: one process, one
-/// disk, and topics stay until trimmed by size.
+/// number per trim). The embedded hub has no TTL: one process, one disk,
+/// and topics stay until trimmed by size.
 fn trim(
-    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
     topic: &str,
     newest: u64,
     retention: Retention,
 ) -> munity_store::StoreResult<()> {
-    let mut history = txn.open_table(HISTORY).map_err(internal)?;
-    let mut published = txn.open_table(PUBLISHED).map_err(internal)?;
-    let oldest_kept = newest.saturating_sub(retention.size.max(1)) + 1;
+    let oldest_kept = oldest_kept(newest, retention);
+    if oldest_kept == 1 || !newest.is_multiple_of(TRIM_EVERY) {
+        return Ok(()); // nothing is older yet, or not this one's turn
+    }
     let start = history_key(topic, 0);
     let end = history_key(topic, oldest_kept);
     let mut doomed = Vec::new();
-    for entry in history
+    for entry in tables
+        .history
         .range::<&[u8]>(start.as_slice()..end.as_slice())
         .map_err(internal)?
         .take(64)
@@ -170,20 +204,21 @@ fn trim(
         doomed.push((k.value().to_vec(), notification.event_id));
     }
     for (k, id) in doomed {
-        history.remove(k.as_slice()).map_err(internal)?;
-        published
+        tables.history.remove(k.as_slice()).map_err(internal)?;
+        tables
+            .published
             .remove(key(topic, id.as_bytes()).as_slice())
             .map_err(internal)?;
     }
     Ok(())
 }
 
-/// Stores one publication in `txn`: the notification and whether it is
+/// Stores one publication in `tables`: the notification and whether it is
 /// new (one published before under its id is answered as stored). A new
 /// one's offset is put in flight (delivered live once settled) and in
 /// `given`.
 fn store_one(
-    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
     item: Publication,
     retention: Retention,
     in_flight: &Mutex<InFlight>,
@@ -196,27 +231,25 @@ fn store_one(
         payload,
         at,
     } = item;
-    let before = txn
-        .open_table(PUBLISHED)
-        .map_err(internal)?
+    let before = tables
+        .published
         .get(key(&topic, id.as_bytes()).as_slice())
         .map_err(internal)?
         .map(|v| v.value());
-    if let Some(offset) = before {
-        let history = txn.open_table(HISTORY).map_err(internal)?;
-        if let Some(stored) = history
+    if let Some(offset) = before
+        && let Some(stored) = tables
+            .history
             .get(history_key(&topic, offset).as_slice())
             .map_err(internal)?
-        {
-            let stored =
-                munity_proto::notify::v1::Notification::decode(stored.value()).map_err(internal)?;
-            return Ok((from_proto(stored), false));
-        }
+    {
+        let stored =
+            munity_proto::notify::v1::Notification::decode(stored.value()).map_err(internal)?;
+        return Ok((from_proto(stored), false));
     }
-    let mut meta = meta(txn, &topic)?;
+    let mut meta = meta(&mut tables.topics, &topic)?;
     meta.offset += 1;
-    txn.open_table(TOPICS)
-        .map_err(internal)?
+    tables
+        .topics
         .insert(topic.as_str(), encode(&meta)?.as_slice())
         .map_err(internal)?;
     let notification = Notification {
@@ -228,18 +261,18 @@ fn store_one(
         id: id.clone(),
         payload,
     };
-    txn.open_table(HISTORY)
-        .map_err(internal)?
+    tables
+        .history
         .insert(
             history_key(&topic, meta.offset).as_slice(),
             to_proto(&notification).encode_to_vec().as_slice(),
         )
         .map_err(internal)?;
-    txn.open_table(PUBLISHED)
-        .map_err(internal)?
+    tables
+        .published
         .insert(key(&topic, id.as_bytes()).as_slice(), meta.offset)
         .map_err(internal)?;
-    trim(txn, &topic, meta.offset, retention)?;
+    trim(tables, &topic, meta.offset, retention)?;
     // Last, so that only the commit can still fail.
     in_flight
         .lock()
@@ -250,7 +283,7 @@ fn store_one(
     given
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push((topic.clone(), meta.offset));
+        .push((topic, meta.offset));
     Ok((notification, true))
 }
 
@@ -288,9 +321,10 @@ impl Hub for EmbeddedHub {
         let written = self
             .db
             .write(move |txn| {
+                let mut tables = Tables::open(txn)?;
                 items
                     .into_iter()
-                    .map(|item| store_one(txn, item, retention, &in_flight, &given))
+                    .map(|item| store_one(&mut tables, item, retention, &in_flight, &given))
                     .collect::<munity_store::StoreResult<Vec<_>>>()
             })
             .await;
@@ -344,7 +378,10 @@ impl Hub for EmbeddedHub {
             Some(meta) => meta,
             None => self
                 .db
-                .write(move |txn| meta(txn, &topic))
+                .write(move |txn| {
+                    let mut topics = txn.open_table(TOPICS).map_err(internal)?;
+                    meta(&mut topics, &topic)
+                })
                 .await
                 .map_err(hub_error)?,
         };
@@ -359,7 +396,10 @@ impl Hub for EmbeddedHub {
         if let Some(recovery) = Recovery::without_history(&now, after) {
             return Ok(recovery);
         }
-        let (topic, from) = (topic.to_owned(), after.offset + 1);
+        // Only the last `retention.size` are shown, whatever trimming has
+        // not removed yet: a position further back resyncs.
+        let from = (after.offset + 1).max(oldest_kept(now.offset, self.retention));
+        let topic = topic.to_owned();
         let items = self
             .db
             .blocking(move |db| {
@@ -388,5 +428,63 @@ impl Hub for EmbeddedHub {
 
     fn live(&self) -> broadcast::Receiver<Live> {
         self.live.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableTableMetadata;
+
+    /// Trimming runs in steps, so the file may hold a few more than the
+    /// retention size, but history shows exactly the last `size` and the
+    /// file does not grow past `size + TRIM_EVERY`.
+    #[tokio::test]
+    async fn history_shows_the_last_size_and_trimming_keeps_the_file_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention {
+            size: 5,
+            ttl_secs: 3600,
+        };
+        let hub = EmbeddedHub::open(dir.path(), retention).unwrap();
+        let topic = "user:trim";
+        for n in 0..100u64 {
+            hub.publish(topic, &format!("id-{n}"), "munity.test.Thing", b"x", 1)
+                .await
+                .unwrap();
+            let kept = hub
+                .db
+                .read_now(|db| {
+                    let txn = db.begin_read().map_err(internal)?;
+                    let history = txn.open_table(HISTORY).map_err(internal)?;
+                    let published = txn.open_table(PUBLISHED).map_err(internal)?;
+                    Ok((
+                        history.len().map_err(internal)?,
+                        published.len().map_err(internal)?,
+                    ))
+                })
+                .await
+                .unwrap();
+            assert!(kept.0 <= 5 + TRIM_EVERY, "{kept:?} after {}", n + 1);
+            assert_eq!(kept.0, kept.1, "history and ids are trimmed together");
+        }
+        let now = hub.position(topic).await.unwrap();
+        assert_eq!(now.offset, 100);
+        let at = |offset| Position {
+            epoch: now.epoch.clone(),
+            offset,
+        };
+        match hub.since(topic, &at(95), 100).await.unwrap() {
+            Recovery::Missed(missed) => {
+                let offsets: Vec<u64> = missed.iter().map(|n| n.offset).collect();
+                assert_eq!(offsets, [96, 97, 98, 99, 100]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // 95 itself is past the last five, though the file may still hold it.
+        assert!(matches!(
+            hub.since(topic, &at(94), 100).await.unwrap(),
+            Recovery::Resync { .. }
+        ));
     }
 }

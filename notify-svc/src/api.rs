@@ -2,7 +2,7 @@
 //! callers) and the caller's inbox.
 //!
 //! A stream, once its topics are allowed (`access.rs`), is a follower,
-//! run by the task that writes the response, that listens to the hub's
+//! run by the task that writes the response, that listens to its topics'
 //! live notifications *before* reading each topic's
 //! position, then for each topic delivers in offset order: what the client
 //! missed (from history), then live ones. A live notification past the next
@@ -14,8 +14,8 @@
 //! Bounds: topics per stream and streams per user. Nothing is buffered per
 //! stream: the follower makes its next message only once the client has
 //! taken the last one (HTTP/2 flow control says when), so a slow reader
-//! falls behind the hub's bounded live buffer, shared by every stream, and
-//! then catches up from history at its own pace.
+//! falls behind its topic's bounded live buffer, shared by the topic's
+//! streams, and then catches up from history at its own pace.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -29,7 +29,6 @@ use std::{
 use munity_platform::{auth::caller, error::FieldViolations, wire::timestamp};
 use munity_proto::notify::v1::{self as pb, notify_server::Notify};
 use munity_store::now_millis;
-use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -37,7 +36,7 @@ use crate::{
     access::Access,
     config::NotifyConfig,
     error::NotifyError,
-    hub::{Hub, Live, Notification, Position, Recovery, to_proto, valid_topic},
+    hub::{Heard, Hub, LiveFeed, Notification, Position, Recovery, to_proto, valid_topic},
     inbox::{self, ItemKey},
     publish::Publisher,
 };
@@ -108,8 +107,8 @@ impl Drop for StreamSlot {
 ///
 /// The follower runs only while the stream is read and nothing it made is
 /// waiting to be taken ([`Drained`]), so nothing piles up per stream: a
-/// client that stops reading falls behind the hub's bounded live buffer,
-/// and once it reads again its stream catches up from history at its pace.
+/// client that stops reading falls behind its topics' bounded live
+/// buffers, and once it reads again its stream catches up from history at its pace.
 pub struct Outbound {
     /// None once the follower is done.
     follower: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -253,18 +252,10 @@ impl Follower {
         }
     }
 
-    async fn catch_up_all(&mut self) -> Result<(), Stop> {
-        let topics: Vec<String> = self.at.keys().cloned().collect();
-        for topic in topics {
-            self.catch_up(&topic).await?;
-        }
-        Ok(())
-    }
-
     async fn run(
         mut self,
         topics: BTreeMap<String, Option<Position>>,
-        mut live: broadcast::Receiver<Live>,
+        mut live: LiveFeed,
         heartbeat: Duration,
     ) -> Result<(), Stop> {
         // `live` was opened before these positions were read: nothing
@@ -303,8 +294,8 @@ impl Follower {
                     }))
                     .await;
                 }
-                heard = live.recv() => match heard {
-                    Ok(Live::Notification(notification)) => {
+                heard = live.next() => match heard {
+                    Some(Heard::Notification(notification)) => {
                         let Some(at) = self.at.get(&notification.topic) else {
                             continue;
                         };
@@ -319,10 +310,8 @@ impl Follower {
                             self.catch_up(&topic).await?;
                         }
                     }
-                    Ok(Live::CatchUp) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.catch_up_all().await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
+                    Some(Heard::Behind(topic)) => self.catch_up(&topic).await?,
+                    None => {
                         self.finish(Status::unavailable("the server is stopping; reconnect and resume"));
                         return Err(Stop);
                     }
@@ -398,7 +387,7 @@ impl Notify for NotifyApi {
         }
         let slot = StreamSlot::take(&self.streams, claims.sub, self.config.max_streams_per_user)?;
 
-        let live = self.publisher.hub.live();
+        let live = self.publisher.hub.follow(topics.keys().cloned().collect());
         let shared = Arc::new(Mutex::new(Produced::default()));
         let follower = Follower {
             hub: self.publisher.hub.clone(),

@@ -5,8 +5,8 @@
 //!
 //! Layout, one layer per file:
 //! - `config.rs`: its own keys of the `[notify]` section.
-//! - `hub/`: history, offsets and live delivery; embedded (redb and an
-//!   in-process broadcast) and Redis (a stream per topic, one Lua script
+//! - `hub/`: history, offsets and live delivery by topic (`live.rs`: a
+//!   notification wakes only its topic's streams); embedded (redb) and Redis (a stream per topic, one Lua script
 //!   per publish, pub/sub across replicas), held to one contract by
 //!   `tests/hub_contract.rs`.
 //! - `inbox/`: what `user:` topics got, kept per user with read marks;

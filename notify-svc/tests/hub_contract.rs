@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use notify_svc::hub::{
-    Hub, Live, Position, Recovery, Retention, embedded::EmbeddedHub, redis::RedisHub,
+    Heard, Hub, Position, Recovery, Retention, embedded::EmbeddedHub, redis::RedisHub,
 };
 use uuid::Uuid;
 
@@ -148,17 +148,17 @@ mod cases {
     pub async fn live_notifications_reach_every_replica(pair: Pair) {
         let (a, b) = pair;
         let t = topic();
-        let mut on_a = a.live();
-        let mut on_b = b.live();
+        let mut on_a = a.follow(vec![t.clone()]);
+        let mut on_b = b.follow(vec![t.clone()]);
         let sent = publish(a.as_ref(), &t, 0).await;
         for live in [&mut on_a, &mut on_b] {
             let heard = loop {
-                match tokio::time::timeout(Duration::from_secs(5), live.recv())
+                match tokio::time::timeout(Duration::from_secs(5), live.next())
                     .await
                     .expect("heard within 5 s")
                     .unwrap()
                 {
-                    Live::Notification(n) if n.topic == t => break n,
+                    Heard::Notification(n) if n.topic == t => break n,
                     _ => continue,
                 }
             };
@@ -168,8 +168,8 @@ mod cases {
         publish(b.as_ref(), &t, 0).await;
         let next = publish(b.as_ref(), &t, 1).await;
         let heard = loop {
-            match on_a.recv().await.unwrap() {
-                Live::Notification(n) if n.topic == t => break n,
+            match on_a.next().await.unwrap() {
+                Heard::Notification(n) if n.topic == t => break n,
                 _ => continue,
             }
         };
@@ -183,7 +183,7 @@ mod cases {
     pub async fn a_batch_is_published_in_order_once_and_heard_live(pair: Pair) {
         let (a, b) = pair;
         let (t1, t2) = (topic(), topic());
-        let mut live = b.live();
+        let mut live = b.follow(vec![t1.clone(), t2.clone()]);
         publish(a.as_ref(), &t1, 0).await;
         let item = |topic: &str, n: u32| notify_svc::hub::Publication {
             topic: topic.to_owned(),
@@ -211,12 +211,12 @@ mod cases {
         assert_eq!(published[3].payload, b"payload 2|\0");
         let mut heard = Vec::new();
         while heard.len() < 4 {
-            let Ok(got) = tokio::time::timeout(Duration::from_secs(5), live.recv()).await else {
+            let Ok(got) = tokio::time::timeout(Duration::from_secs(5), live.next()).await else {
                 panic!("heard only {heard:?} within 5 s");
             };
             match got.unwrap() {
-                Live::Notification(n) if n.topic == t1 => heard.push(("t1", n.offset)),
-                Live::Notification(n) if n.topic == t2 => heard.push(("t2", n.offset)),
+                Heard::Notification(n) if n.topic == t1 => heard.push(("t1", n.offset)),
+                Heard::Notification(n) if n.topic == t2 => heard.push(("t2", n.offset)),
                 _ => continue,
             }
         }
@@ -225,10 +225,41 @@ mod cases {
         assert_eq!(b.position(&t1).await.unwrap().offset, 3);
     }
 
+    /// A stream hears the topics it follows and nothing else, on the
+    /// replica that published and on the other.
+    pub async fn a_stream_hears_only_the_topics_it_follows(pair: Pair) {
+        let (a, b) = pair;
+        let (mine, other) = (topic(), topic());
+        let mut here = a.follow(vec![mine.clone()]);
+        let mut there = b.follow(vec![mine.clone()]);
+        for n in 0..3 {
+            publish(a.as_ref(), &other, n).await;
+        }
+        let sent = publish(b.as_ref(), &mine, 0).await;
+        for live in [&mut here, &mut there] {
+            match tokio::time::timeout(Duration::from_secs(5), live.next())
+                .await
+                .expect("heard within 5 s")
+                .unwrap()
+            {
+                Heard::Notification(n) => {
+                    assert_eq!(*n, sent, "the first heard is its own topic's")
+                }
+                Heard::Behind(topic) => panic!("behind on {topic}"),
+            }
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), here.next())
+                .await
+                .is_err(),
+            "nothing else"
+        );
+    }
+
     pub async fn concurrent_publishes_are_heard_live_in_offset_order(pair: Pair) {
         let (a, b) = pair;
         let t = topic();
-        let mut live = b.live();
+        let mut live = b.follow(vec![t.clone()]);
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..40 {
             let hub = if n % 2 == 0 { a.clone() } else { b.clone() };
@@ -240,11 +271,11 @@ mod cases {
         }
         let mut heard = Vec::new();
         while heard.len() < 40 {
-            let Ok(got) = tokio::time::timeout(Duration::from_secs(5), live.recv()).await else {
+            let Ok(got) = tokio::time::timeout(Duration::from_secs(5), live.next()).await else {
                 panic!("heard only {heard:?} within 5 s");
             };
             match got.unwrap() {
-                Live::Notification(n) if n.topic == t => heard.push(n.offset),
+                Heard::Notification(n) if n.topic == t => heard.push(n.offset),
                 _ => continue,
             }
         }
@@ -265,5 +296,6 @@ munity_testkit::contract_suite! {
         a_resume_gets_exactly_what_was_missed_or_a_resync,
         live_notifications_reach_every_replica,
         concurrent_publishes_are_heard_live_in_offset_order,
+        a_stream_hears_only_the_topics_it_follows,
     ],
 }

@@ -1,6 +1,6 @@
 //! A subscriber that stops reading cannot make notify-svc hold more and
 //! more for it: its stream is not read ahead of the client, so it falls
-//! behind the hub's bounded live buffer, and once the client reads again
+//! behind its topic's bounded live buffer, and once the client reads again
 //! the stream catches up from history with nothing lost. The server's
 //! resident memory (a real `notify-svc` process; users-svc in this process
 //! issues the tokens) is measured over two equal floods: one nobody follows
@@ -28,8 +28,8 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// More than the hub's live buffer (4,096): the slow stream falls behind
-/// it and must catch up from history.
+/// Far more than a topic's live buffer (`hub::live::TOPIC_BUFFER`): the
+/// slow stream falls behind it and must catch up from history.
 const PUBLISHED: u64 = 5_000;
 const PAYLOAD: usize = 1_024;
 

@@ -1,6 +1,6 @@
 //! The embedded hub (`munity dev`): history in one redb file
-//! (`notify.redb`), live delivery by an in-process broadcast sent after
-//! each commit. Each publish is one write transaction: the offset, the
+//! (`notify.redb`), live delivery in-process ([`LiveTopics`]) after each
+//! commit. Each publish is one write transaction: the offset, the
 //! history entry, the idempotency entry and the trimming together.
 //!
 //! Keys: `topic ‖ 0 ‖ offset` (big-endian) for history, `topic ‖ 0 ‖ id`
@@ -21,10 +21,9 @@ use munity_store::{
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use super::{
-    Hub, HubError, HubResult, LIVE_BUFFER, Live, Notification, Position, Publication, Recovery,
+    Hub, HubError, HubResult, LiveFeed, LiveTopics, Notification, Position, Publication, Recovery,
     Retention, from_proto, new_epoch, to_proto,
 };
 
@@ -61,7 +60,7 @@ fn hub_error(error: munity_store::StoreError) -> HubError {
 pub struct EmbeddedHub {
     db: EmbeddedDb,
     retention: Retention,
-    live: broadcast::Sender<Live>,
+    live: Arc<LiveTopics>,
     in_flight: Arc<Mutex<InFlight>>,
 }
 
@@ -95,7 +94,7 @@ impl EmbeddedHub {
                 break;
             }
             if let Some(n) = entry.remove() {
-                let _ = self.live.send(Live::Notification(Arc::new(n)));
+                self.live.send(Arc::new(n));
             }
         }
         if pending.is_empty() {
@@ -116,7 +115,7 @@ impl EmbeddedHub {
         Ok(EmbeddedHub {
             db,
             retention,
-            live: broadcast::channel(LIVE_BUFFER).0,
+            live: Arc::default(),
             in_flight: Arc::default(),
         })
     }
@@ -426,8 +425,8 @@ impl Hub for EmbeddedHub {
         Ok(Recovery::from_history(now, after, items))
     }
 
-    fn live(&self) -> broadcast::Receiver<Live> {
-        self.live.subscribe()
+    fn follow(&self, topics: Vec<String>) -> LiveFeed {
+        self.live.follow(topics)
     }
 }
 

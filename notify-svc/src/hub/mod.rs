@@ -2,24 +2,26 @@
 //! to every replica's subscribers. One trait, two backends, one contract
 //! (`tests/hub_contract.rs`):
 //!
-//! - embedded (`munity dev`): history in redb, live delivery by an
-//!   in-process broadcast;
+//! - embedded (`munity dev`): history in redb, live delivery in-process;
 //! - Redis (scale-out): history in a stream per topic and offsets from the
 //!   topic's hash, both changed by one Lua script (so every replica agrees
 //!   on offsets), live delivery by PUBLISH to a channel every replica
 //!   subscribes to.
+//!
+//! Either way a replica delivers live by topic ([`live`]): a notification
+//! wakes only the streams that follow its topic.
 //!
 //! A publish is keyed by its source event id per topic: publishing the same
 //! event again (a redelivery from the event log) returns the notification
 //! already stored, so consumers need not be exactly-once.
 
 pub mod embedded;
+pub mod live;
 pub mod redis;
 
-use std::sync::Arc;
-
 use munity_store::Millis;
-use tokio::sync::broadcast;
+
+pub use live::{Heard, LiveFeed, LiveTopics};
 
 /// One notification, as stored and delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,16 +89,6 @@ impl Recovery {
     }
 }
 
-/// What a live receiver gets.
-#[derive(Debug, Clone)]
-pub enum Live {
-    Notification(Arc<Notification>),
-    /// Live delivery may have missed some (e.g. the connection to Redis
-    /// was lost): every subscriber should read history after its last
-    /// offsets.
-    CatchUp,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     #[error("notification history unavailable: {0}")]
@@ -148,10 +140,10 @@ pub trait Hub: Send + Sync + 'static {
     async fn position(&self, topic: &str) -> HubResult<Position>;
     /// What came after `after` in `topic`, at most `limit`.
     async fn since(&self, topic: &str, after: &Position, limit: usize) -> HubResult<Recovery>;
-    /// Live notifications of every topic, from now on. A receiver that
-    /// falls too far behind gets `Lagged` (and should catch up from
-    /// history).
-    fn live(&self) -> broadcast::Receiver<Live>;
+    /// Live notifications of `topics`, from now on. A stream that falls
+    /// too far behind a topic hears [`Heard::Behind`] (and should catch up
+    /// from history).
+    fn follow(&self, topics: Vec<String>) -> LiveFeed;
 }
 
 /// How much history each topic keeps: the last `size` notifications, none
@@ -182,9 +174,6 @@ pub fn new_epoch() -> String {
     let bytes = uuid::Uuid::new_v4();
     bytes.simple().to_string()[..12].to_owned()
 }
-
-/// How many live messages a replica buffers for its slowest subscriber.
-pub const LIVE_BUFFER: usize = 4096;
 
 /// The notification as clients (and the embedded store) see it.
 pub fn to_proto(n: &Notification) -> munity_proto::notify::v1::Notification {

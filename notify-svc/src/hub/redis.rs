@@ -12,7 +12,7 @@
 //! A publish is one Lua script (idempotency check, offset, history, and
 //! the live PUBLISH), so offsets are assigned in one place and every replica
 //! agrees. Live delivery: every replica subscribes to one channel and
-//! hands what arrives to its local subscribers. After a reconnect it
+//! hands what arrives to its local streams of that topic. After a reconnect it
 //! announces a catch-up, and streams read history after their last
 //! offsets: a message missed while disconnected is found there.
 
@@ -26,7 +26,7 @@ use munity_store::Millis;
 use tokio::sync::broadcast;
 
 use super::{
-    Hub, HubError, HubResult, LIVE_BUFFER, Live, Notification, Position, Recovery, Retention,
+    Hub, HubError, HubResult, LiveFeed, LiveTopics, Notification, Position, Recovery, Retention,
     new_epoch,
 };
 
@@ -75,7 +75,7 @@ pub struct RedisHub {
     channel: String,
     retention: Retention,
     timeout: Duration,
-    live: broadcast::Sender<Live>,
+    live: Arc<LiveTopics>,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> HubError {
@@ -135,7 +135,7 @@ impl RedisHub {
         let client = connect(config.clone()).await?;
         let subscriber = connect(config).await?;
         let channel = format!("{prefix}:live");
-        let live = broadcast::channel(LIVE_BUFFER).0;
+        let live: Arc<LiveTopics> = Arc::default();
         // Subscribed before the hub is used, so no stream opened from now on
         // can miss a live notification (later reconnects announce a
         // catch-up instead).
@@ -190,7 +190,7 @@ impl RedisHub {
 
 /// Hears the live channel until the process ends; after every (re)connect
 /// subscribes again and announces a catch-up.
-fn listen(subscriber: fred::prelude::Client, channel: String, live: broadcast::Sender<Live>) {
+fn listen(subscriber: fred::prelude::Client, channel: String, live: Arc<LiveTopics>) {
     let mut messages = subscriber.message_rx();
     let relay = live.clone();
     tokio::spawn(async move {
@@ -200,14 +200,12 @@ fn listen(subscriber: fred::prelude::Client, channel: String, live: broadcast::S
                     let parsed = message.value.as_bytes().and_then(parse_live);
                     match parsed {
                         Some(notification) => {
-                            let _ = relay.send(Live::Notification(Arc::new(notification)));
+                            relay.send(Arc::new(notification));
                         }
                         None => tracing::warn!("unreadable live notification; ignored"),
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let _ = relay.send(Live::CatchUp);
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => relay.catch_up(),
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
@@ -216,9 +214,7 @@ fn listen(subscriber: fred::prelude::Client, channel: String, live: broadcast::S
     tokio::spawn(async move {
         while reconnects.recv().await.is_ok() {
             match subscriber.subscribe(channel.as_str()).await {
-                Ok(()) => {
-                    let _ = live.send(Live::CatchUp);
-                }
+                Ok(()) => live.catch_up(),
                 Err(error) => tracing::warn!(%error, "cannot subscribe to live notifications"),
             }
         }
@@ -346,8 +342,8 @@ impl Hub for RedisHub {
         Ok(Recovery::from_history(now, after, items))
     }
 
-    fn live(&self) -> broadcast::Receiver<Live> {
-        self.live.subscribe()
+    fn follow(&self, topics: Vec<String>) -> LiveFeed {
+        self.live.follow(topics)
     }
 }
 

@@ -21,6 +21,10 @@
 #   d  --streams-small streams direct, then, on the same notify-svc,
 #   c  --streams-small streams through the gateway (RSS there is the
 #      gateway's, not notify-svc's)
+#   e  (not by default) --streams-big streams direct, and every Publish on
+#      another topic (user:elsewhere), which no stream follows: what idle
+#      streams cost a notification of another topic (notify-svc's CPU per
+#      Publish; nothing may arrive)
 # Each publishes --rate notifications/s of --payload bytes for --duration
 # seconds, and prints delivered/s, publish-to-receive p50/p99/max, missed
 # and duplicated offsets, and (direct) notify-svc's VmRSS before connecting,
@@ -92,8 +96,8 @@ while [[ $# -gt 0 ]]; do
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-[[ "$CASES" =~ ^[abcd](,[abcd])*$ ]] \
-  || { echo "run.sh: --cases takes a, b, c, d separated by commas, got '$CASES'" >&2; exit 2; }
+[[ "$CASES" =~ ^[abcde](,[abcde])*$ ]] \
+  || { echo "run.sh: --cases takes a, b, c, d, e separated by commas, got '$CASES'" >&2; exit 2; }
 [[ "$PROFILE" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "run.sh: bad --profile '$PROFILE'" >&2; exit 2; }
 [[ "$IN_FLIGHT" =~ ^[0-9]+$ ]] || { echo "run.sh: --publishes-in-flight takes a number, got '$IN_FLIGHT'" >&2; exit 2; }
 for n in "$STREAMS_BIG" "$STREAMS_SMALL" "$CONNECTIONS" "$RATE" "$PAYLOAD" "$DURATION" "$SERVER_THREADS" "$GATEWAY_THREADS" ${CLIENT_THREADS:+"$CLIENT_THREADS"}; do
@@ -234,8 +238,9 @@ publish_token() {
     "$LOAD_BIN" service-token --users "http://$USERS_ADDR" --client-id "$SERVICE_CLIENT_ID"
 }
 
-run_case() {  # run_case LABEL STREAMS TARGET_ADDR PID PID_LABEL
+run_case() {  # run_case LABEL STREAMS TARGET_ADDR PID PID_LABEL [NOTIFY-LOAD ARGS...]
   local label=$1 streams=$2 target=$3 pid=$4 pid_label=$5 token
+  shift 5
   token=$(publish_token) || die "IssueServiceToken failed"
   local threads=()
   [[ -z "$CLIENT_THREADS" ]] || threads=(--threads "$CLIENT_THREADS")
@@ -246,7 +251,7 @@ run_case() {  # run_case LABEL STREAMS TARGET_ADDR PID PID_LABEL
       --streams "$streams" --connections "$CONNECTIONS" \
       --rate "$RATE" --payload "$PAYLOAD" --duration "$DURATION" --publishes-in-flight "$IN_FLIGHT" \
       --pid "$pid" --pid-label "$pid_label" "${threads[@]}" \
-      --json "$TMP/results/$label.json" \
+      --json "$TMP/results/$label.json" "$@" \
     | tee "$TMP/results/$label.txt" \
     || die "notify-load failed in case $label"
   kill -0 "$NOTIFY_PID" 2>/dev/null || die "notify-svc died in case $label (see $TMP/notify.$NOTIFY_RUNS/notify-svc.log)"
@@ -312,6 +317,13 @@ if has_case a; then
   [[ $PERF -eq 0 ]] || perf_start "$NOTIFY_PID" "$TMP/results/perf_a.data"
   run_case a_direct_big "$STREAMS_BIG" "$NOTIFY_ADDR" "$NOTIFY_PID" notify-svc
   perf_finish "$TMP/results/perf_a.data"
+  stop_notify
+fi
+if has_case e; then
+  start_notify
+  # Case a's streams, but every Publish on a topic none of them follows.
+  run_case e_elsewhere_big "$STREAMS_BIG" "$NOTIFY_ADDR" "$NOTIFY_PID" notify-svc \
+    --publish-topic user:elsewhere
   stop_notify
 fi
 if has_case b; then

@@ -10,10 +10,15 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
     time::Duration,
 };
 
+use futures::task::AtomicWaker;
 use http_body::{Body, Frame};
 
 /// Parses a `grpc-timeout` header value (`100m`, `5S`, ...).
@@ -103,24 +108,57 @@ pub fn token_revoked_trailers() -> http::HeaderMap {
 /// deadline passes first, with UNAVAILABLE when its server starts draining
 /// streams, or with UNAUTHENTICATED when the token it was opened with
 /// expires or is revoked (and passes through untouched otherwise).
+///
+/// The guards (timer, drain, expiry, revocation) are polled only when one
+/// of them woke the body ([`GuardWake`]), not at every frame: polling four
+/// futures per message was about 5% of notify-svc's CPU at 10,000 streams.
 pub struct Deadline<B> {
     inner: B,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     drain: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     revoked: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Set when a guard may be ready; wakes the body's task.
+    guard_wake: Arc<GuardWake>,
+    /// `guard_wake` as the waker the guards are polled with.
+    guard_waker: Waker,
     /// Trailers were sent (the inner body's or ours): nothing follows.
     finished: bool,
 }
 
+/// The waker a [`Deadline`]'s guards are polled with: it marks that a
+/// guard woke, then wakes the task polling the body.
+struct GuardWake {
+    /// Starts set, so the first poll polls (and so registers) every guard.
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for GuardWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 impl<B> Deadline<B> {
     pub fn new(inner: B, deadline: Option<Duration>) -> Self {
+        let guard_wake = Arc::new(GuardWake {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         Deadline {
             inner,
             timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
             drain: None,
             expiry: None,
             revoked: None,
+            guard_waker: Waker::from(guard_wake.clone()),
+            guard_wake,
             finished: false,
         }
     }
@@ -164,29 +202,14 @@ where
         if this.finished {
             return Poll::Ready(None);
         }
-        if let Some(timer) = &mut this.timer
-            && timer.as_mut().poll(cx).is_ready()
+        // Before the flag is read: a guard that wakes from now on wakes
+        // this task.
+        this.guard_wake.task.register(cx.waker());
+        if this.guard_wake.woken.swap(false, Ordering::AcqRel)
+            && let Some(trailers) = this.poll_guards()
         {
             this.finished = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(exceeded_trailers()))));
-        }
-        if let Some(drain) = &mut this.drain
-            && drain.as_mut().poll(cx).is_ready()
-        {
-            this.finished = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(draining_trailers()))));
-        }
-        if let Some(expiry) = &mut this.expiry
-            && expiry.as_mut().poll(cx).is_ready()
-        {
-            this.finished = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(token_expired_trailers()))));
-        }
-        if let Some(revoked) = &mut this.revoked
-            && revoked.as_mut().poll(cx).is_ready()
-        {
-            this.finished = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(token_revoked_trailers()))));
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -199,6 +222,43 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.finished || self.inner.is_end_stream()
+    }
+}
+
+impl<B> Deadline<B> {
+    /// Polls the guards with [`GuardWake`]'s waker: the trailers of the
+    /// first one that is ready.
+    fn poll_guards(&mut self) -> Option<http::HeaderMap> {
+        let Deadline {
+            timer,
+            drain,
+            expiry,
+            revoked,
+            guard_waker,
+            ..
+        } = self;
+        let cx = &mut Context::from_waker(guard_waker);
+        if let Some(timer) = timer
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            return Some(exceeded_trailers());
+        }
+        if let Some(drain) = drain
+            && drain.as_mut().poll(cx).is_ready()
+        {
+            return Some(draining_trailers());
+        }
+        if let Some(expiry) = expiry
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            return Some(token_expired_trailers());
+        }
+        if let Some(revoked) = revoked
+            && revoked.as_mut().poll(cx).is_ready()
+        {
+            return Some(token_revoked_trailers());
+        }
+        None
     }
 }
 
@@ -234,6 +294,34 @@ mod tests {
         let frame = body.frame().await.unwrap().unwrap();
         let trailers = frame.into_trailers().unwrap();
         assert_eq!(trailers["grpc-status"], "16");
+        assert!(body.frame().await.is_none());
+    }
+
+    /// The guards are polled only when one of them woke the body, yet a
+    /// body that always has a frame ready still ends at its deadline (at
+    /// the frame after the timer fired).
+    #[tokio::test]
+    async fn a_busy_stream_past_its_deadline_ends_with_deadline_exceeded() {
+        use http_body_util::{BodyExt, StreamBody};
+        let busy = StreamBody::new(futures::stream::repeat_with(|| {
+            Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from_static(b"x")))
+        }));
+        let mut body = Deadline::new(busy, Some(Duration::from_millis(20)));
+        let started = tokio::time::Instant::now();
+        let mut data_frames = 0u64;
+        let trailers = loop {
+            let frame = body.frame().await.unwrap().unwrap();
+            match frame.into_trailers() {
+                Ok(trailers) => break trailers,
+                Err(_) => data_frames += 1,
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "never ended");
+            // Lets the runtime's timer run, as hyper's task does between
+            // writes.
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(trailers["grpc-status"], "4");
+        assert!(data_frames > 0);
         assert!(body.frame().await.is_none());
     }
 

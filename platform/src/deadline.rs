@@ -120,8 +120,6 @@ pub struct Deadline<B> {
     revoked: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// Set when a guard may be ready; wakes the body's task.
     guard_wake: Arc<GuardWake>,
-    /// `guard_wake` as the waker the guards are polled with.
-    guard_waker: Waker,
     /// Trailers were sent (the inner body's or ours): nothing follows.
     finished: bool,
 }
@@ -147,18 +145,16 @@ impl Wake for GuardWake {
 
 impl<B> Deadline<B> {
     pub fn new(inner: B, deadline: Option<Duration>) -> Self {
-        let guard_wake = Arc::new(GuardWake {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
         Deadline {
             inner,
             timer: deadline.map(|d| Box::pin(tokio::time::sleep(d))),
             drain: None,
             expiry: None,
             revoked: None,
-            guard_waker: Waker::from(guard_wake.clone()),
-            guard_wake,
+            guard_wake: Arc::new(GuardWake {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
             finished: false,
         }
     }
@@ -229,37 +225,28 @@ impl<B> Deadline<B> {
     /// Polls the guards with [`GuardWake`]'s waker: the trailers of the
     /// first one that is ready.
     fn poll_guards(&mut self) -> Option<http::HeaderMap> {
-        let Deadline {
-            timer,
-            drain,
-            expiry,
-            revoked,
-            guard_waker,
-            ..
-        } = self;
-        let cx = &mut Context::from_waker(guard_waker);
-        if let Some(timer) = timer
-            && timer.as_mut().poll(cx).is_ready()
-        {
-            return Some(exceeded_trailers());
+        // Only when a guard woke, so the waker's Arc clone is rare.
+        let waker = Waker::from(self.guard_wake.clone());
+        let cx = &mut Context::from_waker(&waker);
+        if fired(&mut self.timer, cx) {
+            Some(exceeded_trailers())
+        } else if fired(&mut self.drain, cx) {
+            Some(draining_trailers())
+        } else if fired(&mut self.expiry, cx) {
+            Some(token_expired_trailers())
+        } else if fired(&mut self.revoked, cx) {
+            Some(token_revoked_trailers())
+        } else {
+            None
         }
-        if let Some(drain) = drain
-            && drain.as_mut().poll(cx).is_ready()
-        {
-            return Some(draining_trailers());
-        }
-        if let Some(expiry) = expiry
-            && expiry.as_mut().poll(cx).is_ready()
-        {
-            return Some(token_expired_trailers());
-        }
-        if let Some(revoked) = revoked
-            && revoked.as_mut().poll(cx).is_ready()
-        {
-            return Some(token_revoked_trailers());
-        }
-        None
     }
+}
+
+/// Whether `guard` is set and ready.
+fn fired<F: Future + ?Sized>(guard: &mut Option<Pin<Box<F>>>, cx: &mut Context<'_>) -> bool {
+    guard
+        .as_mut()
+        .is_some_and(|guard| guard.as_mut().poll(cx).is_ready())
 }
 
 #[cfg(test)]

@@ -94,7 +94,8 @@ impl LiveTopics {
     }
 
     /// How many topics have a stream following them.
-    pub fn followed(&self) -> usize {
+    #[cfg(test)]
+    fn followed(&self) -> usize {
         self.lock().len()
     }
 

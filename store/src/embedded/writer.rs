@@ -199,10 +199,13 @@ impl EmbeddedDb {
 /// Runs batches until the queue is empty. The database is held only while
 /// a batch runs, and its callers are answered after that: a caller that
 /// drops its last handle on hearing its answer closes the file at once (a
-/// test or a restart reopens it right after).
+/// test or a restart reopens it right after). So whether another batch
+/// follows is decided before answering, while the store is still held:
+/// after the last answer this thread must not take hold of the store again
+/// (it did, to look at the queue, and a reopen then found the file locked).
 fn drain(shared: &Weak<Shared>) {
     loop {
-        let answers = {
+        let (answers, more) = {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
@@ -234,10 +237,21 @@ fn drain(shared: &Weak<Shared>) {
                     }
                 }
             }
-            answers
+            let more = {
+                let mut queue = db.queue();
+                let more = !queue.jobs.is_empty();
+                if !more {
+                    queue.draining = false;
+                }
+                more
+            };
+            (answers, more)
         };
         for (reply, answer) in answers {
             let _ = reply.send(answer);
+        }
+        if !more {
+            return;
         }
     }
 }

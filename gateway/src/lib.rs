@@ -41,6 +41,7 @@ mod metrics;
 mod outlier;
 mod proxy;
 mod upstream_drain;
+mod upstream_streams;
 pub mod web;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -255,6 +256,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         health,
         max_header_bytes: config.max_request_header_bytes,
         upstream_connections,
+        upstream_streams: Default::default(),
         drain: drain_streams,
     };
 

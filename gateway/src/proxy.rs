@@ -77,6 +77,9 @@ pub struct Gateway {
     /// The upstream connections of proxied calls in flight, closed at the
     /// drain so those calls end with UNAVAILABLE (`upstream_drain.rs`).
     pub upstream_connections: Arc<crate::upstream_drain::UpstreamConnections>,
+    /// Calls opening at once share upstream connections
+    /// (`upstream_streams.rs`).
+    pub upstream_streams: Arc<crate::upstream_streams::UpstreamStreams>,
     /// HTTP/JSON bindings of every method (`google.api.http`).
     pub http: Arc<Transcoder>,
     /// Channels the gateway makes HTTP/JSON calls on.
@@ -131,6 +134,9 @@ pub struct CallCtx {
     /// The upstream connection the call rides on, registered to be closed
     /// if the call is still open when the gateway drains.
     upstream_connection: Option<crate::upstream_drain::Registration>,
+    /// The call's place among the streams of its replica's connections
+    /// (`upstream_streams.rs`).
+    upstream_admission: Option<crate::upstream_streams::Admission>,
     /// The call failed while the gateway drains: ended with UNAVAILABLE
     /// "reconnect" by the gateway itself.
     drained: bool,
@@ -631,6 +637,7 @@ impl ProxyHttp for Gateway {
             request_messages: None,
             in_flight: None,
             upstream_connection: None,
+            upstream_admission: None,
             drained: false,
             span: tracing::Span::none(),
         }
@@ -723,10 +730,13 @@ impl ProxyHttp for Gateway {
             .as_inet()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "not an inet upstream"))?;
         ctx.peer = Some(address);
+        // An earlier attempt's place is given back before this one waits.
+        ctx.upstream_admission = None;
+        ctx.upstream_admission = Some(self.upstream_streams.admit(address).await);
         let mut peer = HttpPeer::new(address, false, String::new());
         // gRPC is HTTP/2; many calls share one upstream connection.
         peer.options.set_http_version(2, 2);
-        peer.options.max_h2_streams = 128;
+        peer.options.max_h2_streams = crate::upstream_streams::STREAMS_PER_CONNECTION;
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.h2_ping_interval = Some(Duration::from_secs(30));
         Ok(Box::new(peer))
@@ -741,6 +751,9 @@ impl ProxyHttp for Gateway {
         digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut CallCtx,
     ) -> pingora_core::Result<()> {
+        if let Some(admission) = ctx.upstream_admission.as_mut() {
+            admission.connected(fd);
+        }
         // Replaces the registration of an earlier attempt, if any.
         ctx.upstream_connection = None;
         // Kept once per connection by Pingora: no system call per call.
@@ -900,7 +913,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut CallCtx,
         mut error: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the replica, so another one may take the call.
+        // Nothing reached the replica, so another one may take the call
+        // (and a call waiting for this one's connection opens its own).
+        ctx.upstream_admission = None;
         if let Some(address) = ctx.peer.take() {
             ctx.tried.push(address);
             if let Some(route) = &ctx.route {

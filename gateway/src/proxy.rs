@@ -792,6 +792,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Some(deadline) = ctx.deadline {
+            // Removed first: inserting reserves room for one more header
+            // even when it replaces one, and a map at its load limit then
+            // doubles (1.2 KiB held for as long as a stream stays open).
+            upstream_request.remove_header("grpc-timeout");
             upstream_request.insert_header(
                 "grpc-timeout",
                 munity_platform::deadline::format_timeout(deadline),

@@ -12,6 +12,10 @@
 //! - `edge_health.rs`: `grpc.health.v1` for clients, answered here from
 //!   the balancers' view.
 //! - `outlier.rs`: passive ejection of replicas that fail calls in a row.
+//! - `upstream_streams.rs`: calls opening at once share upstream HTTP/2
+//!   connections (one call opens a connection, the others wait for it).
+//! - `upstream_drain.rs`: the upstream connections of calls in flight,
+//!   shut down at the drain so those calls end with UNAVAILABLE.
 //! - `grpc.rs`: paths, trailers-only statuses, `grpc-timeout`.
 //! - `grpc_web.rs`: gRPC-web (binary and text) to gRPC.
 //! - `http_json/`: HTTP/JSON transcoding from `google.api.http` bindings,

@@ -118,7 +118,7 @@ esac
 BIN_DIR="$TARGET_DIR/$PROFILE_DIR"
 USERS_BIN="$BIN_DIR/users-svc"
 NOTIFY_BIN="$BIN_DIR/notify-svc"
-GATEWAY_BIN="$BIN_DIR/munity-gateway"
+GATEWAY_BIN="${GATEWAY_BIN:-$BIN_DIR/munity-gateway}"
 LOAD_BIN="$BIN_DIR/notify-load"
 
 # log, die, free_ports, wait_for_file, wait_for_line

@@ -117,7 +117,7 @@ case "$PROFILE" in
 esac
 BIN_DIR="$TARGET_DIR/$PROFILE_DIR"
 USERS_BIN="$BIN_DIR/users-svc"
-NOTIFY_BIN="$BIN_DIR/notify-svc"
+NOTIFY_BIN="${NOTIFY_BIN:-$BIN_DIR/notify-svc}"
 GATEWAY_BIN="${GATEWAY_BIN:-$BIN_DIR/munity-gateway}"
 LOAD_BIN="$BIN_DIR/notify-load"
 

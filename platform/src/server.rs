@@ -27,7 +27,7 @@ use std::{
 };
 
 use axum::response::IntoResponse;
-use futures::future::BoxFuture;
+use futures::{StreamExt, future::BoxFuture};
 use tokio::net::TcpListener;
 use tonic::{
     body::Body,
@@ -185,7 +185,9 @@ impl GrpcHost {
         // Nagle off on every accepted socket: without it a small unary answer
         // waits for the client's delayed ACK (~40 ms per call). The builder's
         // `tcp_nodelay` does not apply to a listener we pass in.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|accepted| accepted.map(Unvectored));
         let auth = self.verifier.map(|verifier| {
             AuthLayer::new(verifier, self.policy.clone()).with_http_paths(self.http_paths)
         });
@@ -369,4 +371,68 @@ pub fn announce(line: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+/// An accepted socket that tells h2 it has no vectored writes (it has, and
+/// `poll_write_vectored` still reaches them). With vectored writes h2 sends
+/// every DATA frame of 256 bytes or more in a `writev` of its own before it
+/// buffers the next, so a server stream's messages of that size (notify's
+/// notifications, about 280 bytes) each cost a system call, and the
+/// gateway reading them a read and a wake-up each. Without, h2 copies
+/// frames up to 1 KiB into its 16 KiB buffer and a connection's frames
+/// leave together. The gateway does the same on its client connections.
+struct Unvectored(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Unvectored {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
 }

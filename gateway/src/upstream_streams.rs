@@ -48,8 +48,6 @@ pub struct UpstreamStreams {
 struct Replica {
     /// Calls riding on each connection, by its descriptor.
     connections: HashMap<RawFd, usize>,
-    /// Calls riding on any of them.
-    riding: usize,
     /// Calls admitted that have not reached a connection yet.
     on_the_way: usize,
     /// Whether one of those is opening a connection (others wait for it).
@@ -59,8 +57,22 @@ struct Replica {
 }
 
 impl Replica {
+    fn riding(&self) -> usize {
+        self.connections.values().sum()
+    }
+
     fn has_free_stream(&self) -> bool {
-        self.riding + self.on_the_way < self.connections.len() * STREAMS_PER_CONNECTION
+        self.riding() + self.on_the_way < self.connections.len() * STREAMS_PER_CONNECTION
+    }
+
+    /// One admitted call is no longer on its way (it connected, or gave
+    /// up); if it was opening, the waiting calls look again.
+    fn arrived(&mut self, opener: bool) {
+        self.on_the_way -= 1;
+        if opener {
+            self.opening = false;
+            self.opened.notify_waiters();
+        }
     }
 
     fn is_unused(&self) -> bool {
@@ -135,7 +147,7 @@ impl UpstreamStreams {
     fn view(&self, replica: SocketAddr) -> (usize, usize) {
         self.lock()
             .get(&replica)
-            .map_or((0, 0), |r| (r.connections.len(), r.riding))
+            .map_or((0, 0), |r| (r.connections.len(), r.riding()))
     }
 }
 
@@ -146,25 +158,17 @@ impl Admission {
         let mut replicas = self.streams.lock();
         let state = replicas.entry(self.replica).or_default();
         match std::mem::replace(&mut self.stage, Stage::Riding(fd)) {
-            Stage::OnTheWay { opener } => {
-                state.on_the_way -= 1;
-                if opener {
-                    state.opening = false;
-                    state.opened.notify_waiters();
-                }
-            }
+            Stage::OnTheWay { opener } => state.arrived(opener),
             // Already riding (Pingora connects once per attempt, and each
             // attempt has an admission of its own): move it over.
             Stage::Riding(earlier) => leave(state, earlier),
         }
         *state.connections.entry(fd).or_default() += 1;
-        state.riding += 1;
     }
 }
 
 /// One call leaves the connection `fd`.
 fn leave(state: &mut Replica, fd: RawFd) {
-    state.riding -= 1;
     if let Some(calls) = state.connections.get_mut(&fd) {
         *calls -= 1;
         if *calls == 0 {
@@ -180,15 +184,9 @@ impl Drop for Admission {
             return;
         };
         match self.stage {
-            Stage::OnTheWay { opener } => {
-                state.on_the_way -= 1;
-                if opener {
-                    // Gave up (the connect failed, or the call ended):
-                    // the waiting calls look again, and one of them opens.
-                    state.opening = false;
-                    state.opened.notify_waiters();
-                }
-            }
+            // Gave up (the connect failed, or the call ended): if it was
+            // opening, one of the waiting calls opens instead.
+            Stage::OnTheWay { opener } => state.arrived(opener),
             Stage::Riding(fd) => leave(state, fd),
         }
         if state.is_unused() {

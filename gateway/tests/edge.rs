@@ -987,6 +987,42 @@ async fn endless_upstream() -> SocketAddr {
     .await
 }
 
+/// A channel to the gateway, once the gateway sees its users route's
+/// upstream healthy.
+async fn upstream_serving(gateway: &Gateway) -> tonic::transport::Channel {
+    loop {
+        let channel = gateway.channel().await;
+        let serving = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "munity.users.v1.Users".to_owned(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().status == 1);
+        if serving {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A proxied call to [`endless_upstream`], as a raw gRPC server stream.
+async fn open_endless_stream(
+    channel: tonic::transport::Channel,
+) -> Result<tonic::Streaming<bytes::Bytes>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(grpc
+        .server_streaming(
+            Request::new(bytes::Bytes::new()),
+            "/munity.users.v1.Users/GetJwks".parse().unwrap(),
+            munity_testkit::raw_grpc::RawCodec,
+        )
+        .await?
+        .into_inner())
+}
+
 /// A gRPC-web call over HTTP/2 (h2c, as a browser's gRPC-web over TLS is
 /// HTTP/2), whose first response bytes have arrived; the task reads the
 /// rest of the body to its end (or to the stream's reset: the error), and
@@ -1052,38 +1088,11 @@ async fn sigterm_ends_proxied_http2_streams_with_unavailable() {
         ),
         Some(&log),
     );
-    // Once the gateway sees the upstream healthy.
-    let channel = loop {
-        if let Ok(channel) =
-            tonic::transport::Channel::from_shared(format!("http://{}", gateway.address))
-                .unwrap()
-                .connect()
-                .await
-        {
-            let serving = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: "munity.users.v1.Users".to_owned(),
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1);
-            if serving {
-                break channel;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let channel = upstream_serving(&gateway).await;
 
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let mut grpc_stream = grpc
-        .server_streaming(
-            Request::new(bytes::Bytes::new()),
-            "/munity.users.v1.Users/GetJwks".parse().unwrap(),
-            munity_testkit::raw_grpc::RawCodec,
-        )
+    let mut grpc_stream = open_endless_stream(channel)
         .await
-        .expect("the proxied gRPC stream opens")
-        .into_inner();
+        .expect("the proxied gRPC stream opens");
     assert!(grpc_stream.message().await.unwrap().is_some());
     let grpc_ended = tokio::spawn(async move {
         let mut messages = 1u32;
@@ -1181,39 +1190,18 @@ async fn a_burst_of_streams_shares_few_upstream_connections() {
             )
         ),
     );
-    // Once the gateway sees the upstream healthy.
-    loop {
-        let serving = HealthClient::new(gateway.channel().await)
-            .check(HealthCheckRequest {
-                service: "munity.users.v1.Users".to_owned(),
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().status == 1);
-        if serving {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    upstream_serving(&gateway).await;
     let before = established_on(endless.port());
 
     let mut opening = Vec::new();
     for _ in 0..CLIENTS {
         let channel = gateway.channel().await;
         for _ in 0..STREAMS_EACH {
-            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            let channel = channel.clone();
             opening.push(tokio::spawn(async move {
-                grpc.ready().await.map_err(|e| e.to_string())?;
-                let mut stream = grpc
-                    .server_streaming(
-                        Request::new(bytes::Bytes::new()),
-                        "/munity.users.v1.Users/GetJwks".parse().unwrap(),
-                        munity_testkit::raw_grpc::RawCodec,
-                    )
-                    .await
-                    .map_err(|s| s.to_string())?
-                    .into_inner();
-                stream.message().await.map_err(|s| s.to_string())?;
-                Ok::<_, String>(stream)
+                let mut stream = open_endless_stream(channel).await?;
+                stream.message().await?;
+                Ok::<_, tonic::Status>(stream)
             }));
         }
     }

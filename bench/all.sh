@@ -172,8 +172,8 @@ build() {
   local example=()
   for bench in "${CHOSEN[@]}"; do
     case "$bench" in
-      gateway) packages+=(users-svc munity-gateway) ;;
-      streams) packages+=(users-svc munity-gateway); example=(--example health_ticker) ;;
+      gateway) packages+=(users-svc munity-gateway bench-proxies) ;;
+      streams) packages+=(users-svc munity-gateway bench-proxies); example=(--example health_ticker) ;;
       notify) packages+=(notify-load notify-svc users-svc munity-gateway) ;;
       events) packages+=(munity users-svc events-svc munity-gateway) ;;
       warehouse) packages+=(warehouse-svc users-svc warehouse-load) ;;

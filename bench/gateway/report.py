@@ -7,7 +7,9 @@ Usage: report.py RESULTS_DIR CLK_TCK [--summary FILE]
 
 RESULTS_DIR/rounds.tsv has one line per measured ghz run:
     round  target  ghz_json  proxy_cpu_ticks  users_cpu_ticks
-(target is direct, gateway or nginx; proxy ticks are "-" for direct).
+(target is direct, gateway, nginx, pingora or hyper; proxy ticks are "-"
+for direct). pingora and hyper are bench/proxies' reference proxies: bare
+Pingora (the gateway's core) and bare hyper (the alternative data path).
 Prints one line per run, every non-OK status / error ghz saw, then a summary
 table of medians over rounds and the gateway-vs-nginx ratios. With
 --summary, appends the issue's targets measured at this concurrency (-c 4:
@@ -32,11 +34,13 @@ TARGETS_AT = {
     32: [("cpu", "<= 1.0x"), ("rps", ">= 1.0x")],
 }
 
-TARGETS = ["direct", "gateway", "nginx"]
+TARGETS = ["direct", "gateway", "nginx", "pingora", "hyper"]
 LABELS = {
     "direct": "(a) users-svc direct",
     "gateway": "(b) munity-gateway",
     "nginx": "(c) nginx grpc_pass",
+    "pingora": "(d) bare Pingora",
+    "hyper": "(e) bare hyper",
 }
 
 
@@ -156,6 +160,15 @@ def main(results_dir, clk_tck, summary_path=None):
     print(f"  added p50 over direct, nginx:    {fmt(add(n['p50'], d['p50']), '{:+.0f}')} us")
     print(f"  added p99 over direct, gateway:  {fmt(add(g['p99'], d['p99']), '{:+.0f}')} us")
     print(f"  added p99 over direct, nginx:    {fmt(add(n['p99'], d['p99']), '{:+.0f}')} us")
+    bp, bh = med["pingora"], med["hyper"]
+    if bp["rps"] is not None or bh["rps"] is not None:
+        print("  reference proxies (check nothing):")
+        print(f"    proxy CPU per request, bare Pingora/nginx: {fmt(ratio(bp['proxy_cpu'], n['proxy_cpu']), '{:.2f}')}x"
+              f", bare hyper/nginx: {fmt(ratio(bh['proxy_cpu'], n['proxy_cpu']), '{:.2f}')}x")
+        print(f"    throughput, bare Pingora/nginx: {fmt(ratio(bp['rps'], n['rps']), '{:.2f}')}x"
+              f", bare hyper/nginx: {fmt(ratio(bh['rps'], n['rps']), '{:.2f}')}x")
+        print(f"    the gateway's own work (gateway CPU / bare Pingora's): "
+              f"{fmt(ratio(g['proxy_cpu'], bp['proxy_cpu']), '{:.2f}')}x")
     with open(f"{results_dir}/summary.json", "w") as f:
         json.dump({"concurrency": concurrency_of(results_dir), "median": med}, f)
     write_summary(summary_path, concurrency_of(results_dir), g, n, valid=not problems)
@@ -202,19 +215,24 @@ def sweep(dirs):
     print()
     print("Sweep: medians per concurrency (gateway vs nginx; added p50 over direct)")
     print(f"{'-c':>4} {'gw req/s':>9} {'nginx req/s':>12} {'thr gw/nginx':>13} "
-          f"{'CPU gw/nginx':>13} {'added p50 gw':>13} {'added p50 nginx':>16}")
+          f"{'CPU gw/nginx':>13} {'added p50 gw':>13} {'added p50 nginx':>16} "
+          f"{'CPU pingora/nginx':>18} {'CPU hyper/nginx':>16}")
     rows = []
     for d in dirs:
         with open(f"{d}/summary.json") as f:
             rows.append(json.load(f))
     for row in sorted(rows, key=lambda r: r["concurrency"] or 0):
         g, n, x = (row["median"][t] for t in ("gateway", "nginx", "direct"))
+        empty = {"proxy_cpu": None}
+        bp, bh = (row["median"].get(t, empty) for t in ("pingora", "hyper"))
         add = lambda a, b: None if a is None or b is None else a - b  # noqa: E731
         print(f"{row['concurrency'] or '?':>4} {fmt(g['rps']):>9} {fmt(n['rps']):>12} "
               f"{fmt(ratio(g['rps'], n['rps']), '{:.2f}x'):>13} "
               f"{fmt(ratio(g['proxy_cpu'], n['proxy_cpu']), '{:.2f}x'):>13} "
               f"{fmt(add(g['p50'], x['p50']), '{:+.0f} us'):>13} "
-              f"{fmt(add(n['p50'], x['p50']), '{:+.0f} us'):>16}")
+              f"{fmt(add(n['p50'], x['p50']), '{:+.0f} us'):>16} "
+              f"{fmt(ratio(bp['proxy_cpu'], n['proxy_cpu']), '{:.2f}x'):>18} "
+              f"{fmt(ratio(bh['proxy_cpu'], n['proxy_cpu']), '{:.2f}x'):>16}")
 
 
 def brief(path):

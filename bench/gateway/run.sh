@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Unary gRPC benchmark: users-svc direct vs munity-gateway vs nginx grpc_pass.
+# Unary gRPC benchmark: users-svc direct vs munity-gateway vs nginx grpc_pass,
+# with two reference proxies beside them (bench/proxies): bare Pingora (the
+# gateway's proxy core with none of its work) and bare hyper (an HTTP/2
+# relay on hyper, the alternative data path).
 #
-# One run, alternating rounds (direct, gateway, nginx; repeated), ghz at a
+# One run, alternating rounds (direct, gateway, nginx, pingora, hyper;
+# repeated), ghz at a
 # fixed concurrency against authenticated munity.users.v1.Users/GetMe.
 # Prints req/s, p50, p99, proxy and users-svc CPU seconds per 100k requests,
 # and gateway-vs-nginx ratios. Everything on loopback; every process started
@@ -10,6 +14,9 @@
 # Usage: bench/gateway/run.sh [--threads N] [--concurrency C] [--rounds R]
 #          [--duration 5s] [--warmup 2s] [--connections K] [--no-build]
 #          [--profile release-lto] [--keep] [--perf] [--summary FILE]
+#   --perf: perf-record each proxy during round 1, then print where its CPU
+#   goes per call (kernel, allocation, h2, Pingora, tokio, ours...:
+#   perf_split.py).
 #        bench/gateway/run.sh --streams [--streams-count 1000]
 #          [--streams-hold 10] [--streams-rate 10] [--connections 10]
 #          [--threads N] [--no-build] [--profile release-lto] [--keep]
@@ -20,7 +27,7 @@
 #   release-lto is what the published figures use.
 #   --streams: N concurrent streams (the health_ticker example's ticking
 #   Health/Watch, called as munity.bench.v1.Ticker/Watch) held open through
-#   the gateway, then nginx; the ticker sends --streams-rate messages/s on
+#   the gateway, then nginx, bare Pingora and bare hyper; the ticker sends --streams-rate messages/s on
 #   each. Prints open streams, messages/s, proxy CPU per message, RSS/HWM
 #   before, during and after, and RSS per stream.
 #   --summary FILE: append a line per target of issue 24 this run measured
@@ -102,6 +109,8 @@ esac
 USERS_BIN="${USERS_BIN:-$TARGET_DIR/$PROFILE_DIR/users-svc}"
 GATEWAY_BIN="${GATEWAY_BIN:-$TARGET_DIR/$PROFILE_DIR/munity-gateway}"
 TICKER_BIN="${TICKER_BIN:-$TARGET_DIR/$PROFILE_DIR/examples/health_ticker}"
+BARE_PINGORA_BIN="${BARE_PINGORA_BIN:-$TARGET_DIR/$PROFILE_DIR/bare-pingora}"
+BARE_HYPER_BIN="${BARE_HYPER_BIN:-$TARGET_DIR/$PROFILE_DIR/bare-hyper}"
 PROTO_ARGS=()     # ghz's: a descriptor set, made once the work dir exists
 GRPCURL_PROTO=(-import-path "$REPO/proto" -proto munity/users/v1/users.proto)
 
@@ -174,6 +183,8 @@ proxy_ticks() {  # proxy_ticks TARGET: CPU ticks of the proxy's processes
   case "$1" in
     direct) echo "-"; return ;;
     gateway) total=$(proc_ticks "$GATEWAY_PID") ;;
+    pingora) total=$(proc_ticks "$PINGORA_PID") ;;
+    hyper) total=$(proc_ticks "$HYPER_PID") ;;
     nginx)
       # master + workers (workers are the master's children)
       for pid in "$NGINX_PID" $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null); do
@@ -186,14 +197,16 @@ proxy_ticks() {  # proxy_ticks TARGET: CPU ticks of the proxy's processes
 proxy_pids() {  # proxy_pids TARGET: one pid per line (gateway, or nginx master + workers)
   case "$1" in
     gateway) echo "$GATEWAY_PID" ;;
+    pingora) echo "$PINGORA_PID" ;;
+    hyper) echo "$HYPER_PID" ;;
     nginx) echo "$NGINX_PID"; tr ' ' '\n' <"/proc/$NGINX_PID/task/$NGINX_PID/children" | grep . ;;
   esac
 }
 
 warn_if_a_proxy_died() {
   local name
-  for name in gateway nginx; do
-    kill -0 "$([[ $name == gateway ]] && echo "$GATEWAY_PID" || echo "$NGINX_PID")" 2>/dev/null \
+  for name in gateway nginx pingora hyper; do
+    kill -0 "$(proxy_pids "$name" | head -n 1)" 2>/dev/null \
       || log "WARNING: $name died during the run"
   done
 }
@@ -203,6 +216,8 @@ addr_of() {
     direct) echo "$USERS_ADDR" ;;
     gateway) echo "$GATEWAY_ADDR" ;;
     nginx) echo "$NGINX_ADDR" ;;
+    pingora) echo "$PINGORA_ADDR" ;;
+    hyper) echo "$HYPER_ADDR" ;;
   esac
 }
 
@@ -231,10 +246,12 @@ ensure_tools
 
 if [[ $BUILD -eq 1 ]]; then
   log "building $PROFILE binaries into $TARGET_DIR"
-  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --locked --profile "$PROFILE" -p users-svc -p munity-gateway --bins --example health_ticker)
+  (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --locked --profile "$PROFILE" -p users-svc -p munity-gateway -p bench-proxies --bins --example health_ticker)
 fi
 [[ -x "$USERS_BIN" ]] || die "missing $USERS_BIN (run without --no-build)"
 [[ -x "$GATEWAY_BIN" ]] || die "missing $GATEWAY_BIN (run without --no-build)"
+[[ -x "$BARE_PINGORA_BIN" ]] || die "missing $BARE_PINGORA_BIN (run without --no-build)"
+[[ -x "$BARE_HYPER_BIN" ]] || die "missing $BARE_HYPER_BIN (run without --no-build)"
 [[ $MODE != streams || -x "$TICKER_BIN" ]] || die "missing $TICKER_BIN (run without --no-build)"
 
 TMP="$(mktemp -d /tmp/munity-bench-gateway.XXXXXX)"
@@ -254,7 +271,7 @@ if [[ $MODE == streams ]]; then
   "$TMP/venv/bin/pip" install -q --disable-pip-version-check grpcio >"$TMP/pip.log" 2>&1 \
     || { cat "$TMP/pip.log" >&2; die "pip install grpcio failed"; }
 fi
-read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT TICKER_PORT <<<"$(free_ports 5)"
+read -r USERS_PORT GATEWAY_PORT ADMIN_PORT NGINX_PORT TICKER_PORT PINGORA_PORT HYPER_PORT <<<"$(free_ports 7)"
 USERS_ADDR="127.0.0.1:$USERS_PORT"
 # Where both proxies send munity.bench.v1.Ticker: the ticker (a steady
 # message source) for --streams; users-svc in the unary rounds, where
@@ -263,6 +280,8 @@ USERS_ADDR="127.0.0.1:$USERS_PORT"
 TICKER_ADDR="$USERS_ADDR"
 GATEWAY_ADDR="127.0.0.1:$GATEWAY_PORT"
 NGINX_ADDR="127.0.0.1:$NGINX_PORT"
+PINGORA_ADDR="127.0.0.1:$PINGORA_PORT"
+HYPER_ADDR="127.0.0.1:$HYPER_PORT"
 CLK_TCK="$(getconf CLK_TCK)"
 log "profile $PROFILE: $USERS_BIN, $GATEWAY_BIN"
 if [[ $MODE == streams ]]; then
@@ -270,7 +289,7 @@ if [[ $MODE == streams ]]; then
 else
   log "threads/workers=$THREADS concurrency=$CONCURRENCY_LIST connections=$CONNECTIONS rounds=$ROUNDS duration=$DURATION warmup=$WARMUP"
 fi
-log "users-svc $USERS_ADDR, gateway $GATEWAY_ADDR (admin 127.0.0.1:$ADMIN_PORT), nginx $NGINX_ADDR; work dir $TMP"
+log "users-svc $USERS_ADDR, gateway $GATEWAY_ADDR (admin 127.0.0.1:$ADMIN_PORT), nginx $NGINX_ADDR, bare Pingora $PINGORA_ADDR, bare hyper $HYPER_ADDR; work dir $TMP"
 
 # users-svc ------------------------------------------------------------------
 env MUNITY_USERS__LISTEN="$USERS_ADDR" \
@@ -339,6 +358,20 @@ NGINX_PID=$!; PIDS+=("$NGINX_PID")
 wait_for_get_me "$NGINX_ADDR" nginx "$NGINX_PID" 30
 log "nginx up (master pid $NGINX_PID, worker_processes=$THREADS: $(cat "/proc/$NGINX_PID/task/$NGINX_PID/children" 2>/dev/null))"
 
+# bare Pingora and bare hyper (bench/proxies) ---------------------------------
+# One arena per worker thread, as the gateway gives itself (its main.rs).
+start_bare() {  # start_bare NAME BIN ADDR: sets BARE_PID
+  env MALLOC_ARENA_MAX="$THREADS" RUST_LOG=warn "$2" --listen "$3" --threads "$THREADS" \
+    --upstream "$USERS_ADDR" --route "/munity.bench.v1.Ticker/=$TICKER_ADDR" \
+    >"$TMP/$1.log" 2>&1 &
+  BARE_PID=$!; PIDS+=("$BARE_PID")
+  wait_for_line "$TMP/$1.log" "$1: listening on grpc://" "$BARE_PID" 30
+  wait_for_get_me "$3" "$1" "$BARE_PID" 30
+  log "$1 up (pid $BARE_PID, threads=$THREADS)"
+}
+start_bare bare-pingora "$BARE_PINGORA_BIN" "$PINGORA_ADDR"; PINGORA_PID=$BARE_PID
+start_bare bare-hyper "$BARE_HYPER_BIN" "$HYPER_ADDR"; HYPER_PID=$BARE_PID
+
 # streams ----------------------------------------------------------------------
 run_streams() {  # run_streams LABEL ADDR OUT.json PIDS [CHILDREN_OF]
   # In the background and waited for, like ghz (signals are handled at once).
@@ -364,15 +397,22 @@ if [[ $MODE == streams ]]; then
   log "nginx: opening $STREAMS_COUNT Ticker/Watch streams over $CONNECTIONS connections"
   run_streams nginx "$NGINX_ADDR" "$TMP/results/streams_nginx.json" "$NGINX_PID" "$NGINX_PID" \
     || die "streams client against nginx failed"
+  for bare in pingora hyper; do
+    log "bare $bare: opening $STREAMS_COUNT Ticker/Watch streams over $CONNECTIONS connections"
+    run_streams "bare-$bare" "$(addr_of "$bare")" "$TMP/results/streams_$bare.json" "$(proxy_pids "$bare")" \
+      || die "streams client against bare $bare failed"
+  done
   warn_if_a_proxy_died
   echo
   echo "Munity gateway benchmark: $STREAMS_COUNT concurrent munity.bench.v1.Ticker/Watch streams (the health_ticker's grpc.health.v1.Health/Watch, {\"service\":\"munity.bench.Ticker\"}; JWT sent, checked by the gateway only) over $CONNECTIONS HTTP/2 connections, held ${STREAMS_HOLD} s; the ticker sends $STREAMS_RATE messages/s on each stream"
   echo "binaries: $PROFILE profile"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); client: python grpcio $("$TMP/venv/bin/python" -c 'import grpc; print(grpc.__version__)')"
+  echo "bare-pingora, bare-hyper: bench/proxies, reference proxies that check nothing (the gateway's core, and the alternative data path)"
   echo "memory: VmRSS/VmHWM of the gateway process, or nginx master + workers summed; 'all open' = max over samples every 0.5 s while held; RSS per stream = (all open max - before) / open streams"
   report_status=0
   python3 "$HERE/streams.py" report "$CLK_TCK" \
-    "$TMP/results/streams_gateway.json" "$TMP/results/streams_nginx.json" "${SUMMARY_ARGS[@]}" \
+    "$TMP/results/streams_gateway.json" "$TMP/results/streams_nginx.json" \
+    "$TMP/results/streams_pingora.json" "$TMP/results/streams_hyper.json" "${SUMMARY_ARGS[@]}" \
     || report_status=$?
   if [[ $report_status -ne 0 ]]; then
     KEEP=1
@@ -384,7 +424,7 @@ fi
 # rounds ---------------------------------------------------------------------
 # --concurrency may list several values (4,32): the same processes are
 # measured at each in turn, with results under results/c<N>/.
-TARGETS=(direct gateway nginx)
+TARGETS=(direct gateway nginx pingora hyper)
 IFS=, read -r -a CONCURRENCIES <<<"$CONCURRENCY_LIST"
 report_status=0
 sweep_dirs=()
@@ -424,8 +464,11 @@ for CONCURRENCY in "${CONCURRENCIES[@]}"; do
   echo
   echo "Munity gateway benchmark: unary munity.users.v1.Users/GetMe (JWT), ghz -c $CONCURRENCY --connections $CONNECTIONS -z $DURATION x $ROUNDS rounds; $PROFILE binaries"
   echo "gateway threads = nginx worker_processes = $THREADS; $(nproc) CPUs; $("$NGINX_BIN" -v 2>&1); ghz $(go version -m "$(command -v ghz)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
-  echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive"
+  echo "gateway: JWT check (verified-token cache) + rate limiting ON (1e6 req/s quota); nginx: plain grpc_pass with upstream keepalive; bare Pingora, bare hyper: bench/proxies, checking nothing"
   python3 "$HERE/report.py" "$results" "$CLK_TCK" "${SUMMARY_ARGS[@]}" || report_status=$?
+  if [[ $PERF -eq 1 ]]; then
+    python3 "$HERE/perf_split.py" "$results" 999 || log "perf_split.py could not read the recordings"
+  fi
 done
 if ((${#sweep_dirs[@]} > 1)); then
   python3 "$HERE/report.py" --sweep "${sweep_dirs[@]}"

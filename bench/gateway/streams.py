@@ -367,6 +367,7 @@ def report(clk_tck, files, summary_path=None):
     row("messages/s over the run", lambda r: f"{r['messages'] / r['run_s']:.1f} ({r['run_s']:.1f} s)")
     row("messages/s offered while held", lambda r: f"{r['offered_per_stream'] * r['open_at_hold_start']:.0f}" if r.get("offered_per_stream") else "-")
     row("messages/s received while held", lambda r: f"{r['hold_messages'] / r['hold_measured_s']:.0f}")
+    row("messages per proxy CPU-s", lambda r: f"{r['hold_messages'] / hold_cpu_s(r, clk_tck):,.0f}" if r["hold_messages"] and hold_cpu_s(r, clk_tck) > 0 else "-")
     row("proxy CPU s per 100k messages", lambda r: f"{hold_cpu_s(r, clk_tck) / max(1, r['hold_messages']) * 1e5:.2f}" if r["hold_messages"] else "-")
     row("RSS before (MiB)", lambda r: mib(r["before"]["rss_kib"]))
     row("RSS all open, max (MiB)", lambda r: mib(r["during_rss_max_kib"]))

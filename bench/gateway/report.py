@@ -171,7 +171,8 @@ def main(results_dir, clk_tck, summary_path=None):
               f"{fmt(ratio(g['proxy_cpu'], bp['proxy_cpu']), '{:.2f}')}x")
     with open(f"{results_dir}/summary.json", "w") as f:
         json.dump({"concurrency": concurrency_of(results_dir), "median": med}, f)
-    write_summary(summary_path, concurrency_of(results_dir), g, n, valid=not problems)
+    write_summary(summary_path, concurrency_of(results_dir), g, n, valid=not problems,
+                  bare=(med["pingora"], med["hyper"]))
     if d["p50"] is not None and all(
         m["p50"] is not None and d["p50"] > m["p50"] for m in (g, n)
     ):
@@ -184,23 +185,32 @@ def main(results_dir, clk_tck, summary_path=None):
     return 1 if problems else 0
 
 
-def write_summary(path, concurrency, g, n, valid):
+def write_summary(path, concurrency, g, n, valid, bare=None):
     """The targets measured at this concurrency, one summary line each
-    (valid=False: some calls failed, so no target counts as met)."""
+    (valid=False: some calls failed, so no target counts as met). bare:
+    the medians of bare Pingora and bare hyper, whose ratios to nginx are
+    added to each line's detail (what the core costs, and the alternative)."""
     if not path:
         return
     note = "" if valid else "; some calls failed"
+
+    def reference(key):
+        if not bare:
+            return ""
+        p, h = (fmt(ratio(b[key], n[key]), "{:.2f}x") for b in bare)
+        return f"; bare Pingora {p}, bare hyper {h}"
     # proxy CPU is in seconds per 100k calls: x 10 = us per call
     us = lambda m: fmt(m["proxy_cpu"] and m["proxy_cpu"] * 10, "{:.1f}")  # noqa: E731
     for what, goal in TARGETS_AT.get(concurrency, []):
         if what == "cpu":
             summary.ratio_row(path, f"gateway CPU per call vs nginx, -c {concurrency}", goal,
                               ratio(g["proxy_cpu"], n["proxy_cpu"]),
-                              f"{us(g)} vs {us(n)} us/call{note}", valid)
+                              f"{us(g)} vs {us(n)} us/call{reference('proxy_cpu')}{note}", valid)
         else:
             summary.ratio_row(path, f"gateway throughput vs nginx, -c {concurrency}", goal,
                               ratio(g["rps"], n["rps"]),
-                              f"{fmt(g['rps'], '{:,.0f}')} vs {fmt(n['rps'], '{:,.0f}')} req/s{note}",
+                              f"{fmt(g['rps'], '{:,.0f}')} vs {fmt(n['rps'], '{:,.0f}')} req/s"
+                              f"{reference('rps')}{note}",
                               valid)
 
 

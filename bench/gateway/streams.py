@@ -342,12 +342,19 @@ def write_summary(path, clk_tck, runs, failed):
 
     pg, pn = per_cpu_s(g), per_cpu_s(n)
     ratio = pg / pn if pg and pn else None
-    summary.ratio_row(path, "streams: messages per proxy CPU-second, gateway vs nginx", ">= 2.5x",
-                      ratio, f"{pg or 0:,.0f} vs {pn or 0:,.0f} messages/CPU-s{note}",
-                      valid=not failed)
     mg, mn = rss_per_stream_kib(g), rss_per_stream_kib(n)
+    # The reference proxies' ratios to nginx (bench/proxies), when measured.
+    bare = [(name, by[label]) for name, label in (("Pingora", "bare-pingora"), ("hyper", "bare-hyper"))
+            if label in by]
+    per_cpu_ref = "".join(
+        f"; bare {name} {per_cpu_s(r) / pn:.2f}x" for name, r in bare if per_cpu_s(r) and pn)
+    memory_ref = "".join(
+        f"; bare {name} {rss_per_stream_kib(r) / mn:.2f}x" for name, r in bare if mn > 0)
+    summary.ratio_row(path, "streams: messages per proxy CPU-second, gateway vs nginx", ">= 2.5x",
+                      ratio, f"{pg or 0:,.0f} vs {pn or 0:,.0f} messages/CPU-s{per_cpu_ref}{note}",
+                      valid=not failed)
     summary.ratio_row(path, "memory per open stream, gateway vs nginx", "<= 1.0x",
-                      mg / mn if mn > 0 else None, f"{mg:.1f} vs {mn:.1f} KiB{note}",
+                      mg / mn if mn > 0 else None, f"{mg:.1f} vs {mn:.1f} KiB{memory_ref}{note}",
                       valid=not failed)
 
 

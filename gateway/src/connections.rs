@@ -42,7 +42,7 @@ use std::{
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use munity_platform::shutdown::ShutdownToken;
+use munity_platform::{shutdown::ShutdownToken, write_turn::WriteTurn};
 use pingora_core::{
     apps::ServerApp,
     listeners::tls::Acceptor,
@@ -222,6 +222,7 @@ pub struct Guarded {
     wait: Option<(u64, Instant)>,
     timer: Pin<Box<Sleep>>,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    write_turn: WriteTurn,
     _admission: Admission,
 }
 
@@ -287,17 +288,26 @@ impl AsyncRead for Guarded {
     }
 }
 
+/// Writes wait their turn ([`WriteTurn`]), so the frames of every call
+/// woken together leave in one system call.
 impl AsyncWrite for Guarded {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        std::task::ready!(this.write_turn.poll_turn(cx));
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        if flushed.is_ready() {
+            this.write_turn.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -309,18 +319,20 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        std::task::ready!(this.write_turn.poll_turn(cx));
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     /// Says no, though the socket has vectored writes (they still reach it
     /// through `poll_write_vectored`): h2 asks, and with vectored writes it
     /// sends every DATA frame of 256 bytes or more in a `writev` of its own
     /// before it buffers the next, so each streamed notification (about
-    /// 280 bytes) cost the gateway a system call. Without, it copies frames
-    /// up to 1 KiB into its 16 KiB buffer, and a connection's frames leave
-    /// together: notify through the gateway went from 1.00 writes per
-    /// delivery to 0.00, and from 19-20 to 15 us of gateway CPU per
-    /// delivery (`bench/notify`, case c).
+    /// 280 bytes) cost the gateway a `writev`. Without, it copies frames up
+    /// to 1 KiB into its 16 KiB buffer (gateway CPU per delivery in
+    /// `bench/notify` case c: 19-20 us before, 15 after). That they also
+    /// leave together, rather than in a `sendto` each, is the write turn's
+    /// doing (above).
     fn is_write_vectored(&self) -> bool {
         false
     }
@@ -484,6 +496,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 wait: Some((0, Instant::now() + first_request)),
                 timer: Box::pin(tokio::time::sleep(first_request)),
                 drain: Box::pin(connections.drain.clone().cancelled_owned()),
+                write_turn: WriteTurn::default(),
                 _admission: admission,
             };
             let stream: pingora_core::protocols::Stream = match tls {

@@ -22,6 +22,9 @@
 //!   ended, subjects' tokens voided), as every verifier refuses them.
 //! - [`server`]: serving gRPC with health, reflection, tracing, metrics and
 //!   auth on a listener the caller bound.
+//! - [`write_turn`]: a connection's writes wait one turn of the scheduler,
+//!   so many streams' frames leave in one system call (services and the
+//!   gateway alike).
 //! - [`metrics`]: every service's RED metrics, served at `GET /metrics`.
 //! - [`wire`]: ids and timestamps as every gRPC layer converts them.
 //! - [`peers`]: channels to other services, balanced over every replica
@@ -48,3 +51,4 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod wire;
+pub mod write_turn;

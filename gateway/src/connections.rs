@@ -42,7 +42,7 @@ use std::{
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use munity_platform::{shutdown::ShutdownToken, write_turn::WriteTurn};
+use munity_platform::shutdown::ShutdownToken;
 use pingora_core::{
     apps::ServerApp,
     listeners::tls::Acceptor,
@@ -222,7 +222,6 @@ pub struct Guarded {
     wait: Option<(u64, Instant)>,
     timer: Pin<Box<Sleep>>,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
-    write_turn: WriteTurn,
     _admission: Admission,
 }
 
@@ -288,26 +287,23 @@ impl AsyncRead for Guarded {
     }
 }
 
-/// Writes wait their turn ([`WriteTurn`]), so the frames of every call
-/// woken together leave in one system call.
+/// Writes go straight through. Unlike `GrpcHost`'s sockets, they do not
+/// wait a turn (`munity_platform::write_turn`): each Pingora worker is a
+/// runtime of one thread, which runs woken tasks in order, so the frames of
+/// calls woken together already leave together; a turn only added a poll
+/// (`bench/notify` case c: 8.8-10.2 us of gateway CPU per delivery with it,
+/// 8.5-9.3 without; `bench/gateway --streams`: 12-20% more per message).
 impl AsyncWrite for Guarded {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        std::task::ready!(this.write_turn.poll_turn(cx));
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
-        if flushed.is_ready() {
-            this.write_turn.flushed();
-        }
-        flushed
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -319,9 +315,7 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        std::task::ready!(this.write_turn.poll_turn(cx));
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     /// Says no, though the socket has vectored writes (they still reach it
@@ -330,9 +324,7 @@ impl AsyncWrite for Guarded {
     /// before it buffers the next, so each streamed notification (about
     /// 280 bytes) cost the gateway a `writev`. Without, it copies frames up
     /// to 1 KiB into its 16 KiB buffer (gateway CPU per delivery in
-    /// `bench/notify` case c: 19-20 us before, 15 after). That they also
-    /// leave together, rather than in a `sendto` each, is the write turn's
-    /// doing (above).
+    /// `bench/notify` case c: 19-20 us before, 15 after).
     fn is_write_vectored(&self) -> bool {
         false
     }
@@ -496,7 +488,6 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
                 wait: Some((0, Instant::now() + first_request)),
                 timer: Box::pin(tokio::time::sleep(first_request)),
                 drain: Box::pin(connections.drain.clone().cancelled_owned()),
-                write_turn: WriteTurn::default(),
                 _admission: admission,
             };
             let stream: pingora_core::protocols::Stream = match tls {

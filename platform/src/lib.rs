@@ -23,8 +23,7 @@
 //! - [`server`]: serving gRPC with health, reflection, tracing, metrics and
 //!   auth on a listener the caller bound.
 //! - [`write_turn`]: a connection's writes wait one turn of the scheduler,
-//!   so many streams' frames leave in one system call (services and the
-//!   gateway alike).
+//!   so many streams' frames leave in one system call.
 //! - [`metrics`]: every service's RED metrics, served at `GET /metrics`.
 //! - [`wire`]: ids and timestamps as every gRPC layer converts them.
 //! - [`peers`]: channels to other services, balanced over every replica

@@ -385,8 +385,9 @@ pub fn announce(line: &str) {
 ///
 /// And its writes wait their turn ([`WriteTurn`]): h2 was still woken to
 /// write after each stream's message, and wrote one frame per `sendto`
-/// (0.8 per delivery in notify's 10,000-stream fan-out). The gateway does
-/// the same on its client connections.
+/// (0.8 per delivery in notify's 10,000-stream fan-out). The gateway
+/// tells h2 the same about vectored writes; its runtimes of one thread
+/// batch without the turn.
 struct Unvectored {
     socket: tokio::net::TcpStream,
     turn: WriteTurn,

@@ -828,27 +828,8 @@ async fn sigterm_ends_grpc_web_streams_with_unavailable() {
             "default_timeout_ms = 60000\nmax_timeout_ms = 60000",
         ),
     );
-    let mut health = loop {
-        if let Ok(channel) =
-            tonic::transport::Channel::from_shared(format!("http://{}", gateway.address))
-                .unwrap()
-                .connect()
-                .await
-        {
-            let mut health = HealthClient::new(channel);
-            let serving = health
-                .check(HealthCheckRequest {
-                    service: "munity.users.v1.Users".to_owned(),
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1);
-            if serving {
-                break health;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let _ = &mut health;
+    // Held open until the end, as a client's connection would be.
+    let _channel = upstream_serving(&gateway).await;
 
     let proxied = open_web_stream(
         &gateway.address,

@@ -188,7 +188,7 @@ impl GrpcHost {
         // `tcp_nodelay` does not apply to a listener we pass in.
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .map(|accepted| accepted.map(Unvectored::new));
+            .map(|accepted| accepted.map(BatchedWrites::new));
         let auth = self.verifier.map(|verifier| {
             AuthLayer::new(verifier, self.policy.clone()).with_http_paths(self.http_paths)
         });
@@ -388,12 +388,12 @@ pub fn announce(line: &str) {
 /// (0.8 per delivery in notify's 10,000-stream fan-out). The gateway
 /// tells h2 the same about vectored writes; its runtimes of one thread
 /// batch without the turn.
-struct Unvectored {
+struct BatchedWrites {
     socket: tokio::net::TcpStream,
     turn: WriteTurn,
 }
 
-impl Unvectored {
+impl BatchedWrites {
     fn new(socket: tokio::net::TcpStream) -> Self {
         Self {
             socket,
@@ -402,7 +402,7 @@ impl Unvectored {
     }
 }
 
-impl tokio::io::AsyncRead for Unvectored {
+impl tokio::io::AsyncRead for BatchedWrites {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -412,7 +412,7 @@ impl tokio::io::AsyncRead for Unvectored {
     }
 }
 
-impl tokio::io::AsyncWrite for Unvectored {
+impl tokio::io::AsyncWrite for BatchedWrites {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -454,7 +454,7 @@ impl tokio::io::AsyncWrite for Unvectored {
     }
 }
 
-impl tonic::transport::server::Connected for Unvectored {
+impl tonic::transport::server::Connected for BatchedWrites {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {

@@ -19,6 +19,20 @@ use std::net::SocketAddr;
 /// (`gateway/src/upstream_streams.rs`).
 pub const STREAMS_PER_UPSTREAM_CONNECTION: usize = 128;
 
+/// What both proxies are told on their command line.
+#[derive(clap::Parser, Debug)]
+pub struct ProxyArgs {
+    /// Where clients connect (h2c).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub routes: Routes,
+    /// Worker threads (the gateway's `threads`, nginx's
+    /// `worker_processes`): 1 runs everything on one thread.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
 /// Where calls go: the first route whose prefix starts the path, else the
 /// default upstream.
 #[derive(clap::Args, Clone, Debug)]

@@ -18,7 +18,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bench_proxies::{Routes, STREAMS_PER_UPSTREAM_CONNECTION};
+use bench_proxies::{ProxyArgs, Routes, STREAMS_PER_UPSTREAM_CONNECTION};
 use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response, Uri, uri::Authority};
@@ -27,21 +27,8 @@ use hyper::{body::Incoming, client::conn::http2::SendRequest, service::service_f
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Parser)]
-struct Args {
-    /// Where clients connect (h2c).
-    #[arg(long)]
-    listen: SocketAddr,
-    #[command(flatten)]
-    routes: Routes,
-    /// Worker threads: 1 runs everything on one thread, as the gateway's
-    /// one worker and nginx's one worker process do.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-}
-
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = ProxyArgs::parse();
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -55,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve(args: ProxyArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
     let relay = Arc::new(Relay::new(&args.routes));
     println!("bare-hyper: listening on grpc://{}", args.listen);

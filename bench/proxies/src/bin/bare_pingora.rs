@@ -7,10 +7,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bench_proxies::Routes;
+use bench_proxies::{ProxyArgs, Routes};
 use clap::Parser;
 use pingora_core::{
     apps::HttpServerOptions,
@@ -18,18 +18,6 @@ use pingora_core::{
     upstreams::peer::HttpPeer,
 };
 use pingora_proxy::{ProxyHttp, Session};
-
-#[derive(Parser)]
-struct Args {
-    /// Where clients connect (h2c).
-    #[arg(long)]
-    listen: SocketAddr,
-    #[command(flatten)]
-    routes: Routes,
-    /// Worker threads (the gateway's `threads`, nginx's worker_processes).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-}
 
 struct BareProxy {
     routes: Routes,
@@ -60,7 +48,7 @@ impl ProxyHttp for BareProxy {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = ProxyArgs::parse();
     let conf = ServerConf {
         threads: args.threads.max(1),
         work_stealing: false,

@@ -47,6 +47,11 @@ pub struct GatewayConfig {
     /// Let idle worker threads steal tasks from busy ones (one shared tokio
     /// scheduler), instead of one single-threaded scheduler per thread.
     pub work_stealing: bool,
+    /// Serve cleartext HTTP/2 (h2c) connections with hyper and relay their
+    /// plain gRPC calls on the gateway's own upstream connections
+    /// (`proxy/relay.rs`); every other request goes on to Pingora. `false`:
+    /// Pingora serves every connection.
+    pub grpc_relay: bool,
     /// users-svc, where the JWKS comes from (`GET /.well-known/jwks.json`),
     /// e.g. `http://users:50051`. Empty: the replicas of the `users` route,
     /// tried in turn.
@@ -113,6 +118,7 @@ impl Default for GatewayConfig {
             tls: None,
             threads: 1,
             work_stealing: false,
+            grpc_relay: true,
             h2_max_concurrent_streams: 1000,
             max_request_header_bytes: 8 * 1024,
             jwks_endpoint: String::new(),

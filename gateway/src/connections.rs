@@ -60,7 +60,26 @@ use tokio::{
 };
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::metrics;
+use crate::{metrics, proxy::relay::Relay};
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One end of an in-process connection to Pingora's app, for requests the
+/// relay hands on: a socket pair, whose other end is returned to be served
+/// as a client connection from `peer`. Its local address is not the
+/// listener's, so the proxy's per-connection bookkeeping leaves it alone
+/// (the relay counts the client connection's calls itself).
+pub(crate) fn in_process(
+    peer: SocketAddr,
+) -> io::Result<(tokio::net::UnixStream, pingora_core::protocols::Stream)> {
+    let (near, far) = tokio::net::UnixStream::pair()?;
+    let mut stream = L4Stream::from(far);
+    let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    Ok((near, Box::new(stream)))
+}
 
 /// How long Pingora keeps an idle HTTP/1.1 keep-alive connection (it sets
 /// 60 s on every HTTP/1.1 session); the next request's header then has
@@ -92,11 +111,46 @@ pub struct Connections {
 /// What the proxy tells a connection's [`Guarded`] stream about its
 /// requests.
 #[derive(Debug, Default)]
-struct ConnState {
+pub(crate) struct ConnState {
     started: AtomicU64,
     finished: AtomicU64,
     /// HTTP/2: once a call has arrived, idleness is Pingora's to judge.
     multiplexed: AtomicBool,
+}
+
+impl ConnState {
+    /// A call on an HTTP/2 connection the relay serves has arrived: the
+    /// connection is busy until the returned guard is dropped.
+    pub(crate) fn call_started(self: &Arc<Self>) -> CallOnConnection {
+        self.multiplexed.store(true, Ordering::Release);
+        self.started.fetch_add(1, Ordering::AcqRel);
+        CallOnConnection(self.clone())
+    }
+
+    /// Resolves once the connection has had no call open for `timeout`
+    /// (checked every `timeout`, so it closes between one and two of them
+    /// after its last call ended).
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
+        let mut seen = self.finished.load(Ordering::Acquire);
+        loop {
+            tokio::time::sleep(timeout).await;
+            let finished = self.finished.load(Ordering::Acquire);
+            if finished == seen && self.started.load(Ordering::Acquire) == finished {
+                return;
+            }
+            seen = finished;
+        }
+    }
+}
+
+/// One call on a connection, counted finished when dropped.
+#[derive(Debug)]
+pub(crate) struct CallOnConnection(Arc<ConnState>);
+
+impl Drop for CallOnConnection {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a connection was closed at accept.
@@ -397,6 +451,8 @@ pub struct Endpoint {
 /// server's runtime and shutdown.
 pub struct EdgeListeners<A> {
     pub app: Arc<A>,
+    /// Serves cleartext HTTP/2 connections when on (`gateway.grpc_relay`).
+    pub relay: Option<Arc<Relay<A>>>,
     pub endpoints: Mutex<Vec<Endpoint>>,
     pub connections: Arc<Connections>,
 }
@@ -410,6 +466,7 @@ impl<A: ServerApp + Send + Sync + 'static> BackgroundService for EdgeListeners<A
             loops.spawn(accept_loop(
                 endpoint,
                 self.app.clone(),
+                self.relay.clone(),
                 self.connections.clone(),
                 shutdown.clone(),
             ));
@@ -424,6 +481,7 @@ impl<A: ServerApp + Send + Sync + 'static> BackgroundService for EdgeListeners<A
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     endpoint: Endpoint,
     app: Arc<A>,
+    relay: Option<Arc<Relay<A>>>,
     connections: Arc<Connections>,
     mut shutdown: ShutdownWatch,
 ) {
@@ -471,6 +529,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
         let shutdown = shutdown.clone();
         let connections = connections.clone();
         let tls = tls.clone();
+        let relay = relay.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let mut stream = L4Stream::from(tcp);
@@ -481,15 +540,35 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             let state = Arc::new(ConnState::default());
             connections.open.insert((peer, local), state.clone());
             let first_request = connections.limits.first_request;
-            let guarded = Guarded {
+            let mut guarded = Guarded {
                 inner: stream,
-                state,
+                state: state.clone(),
                 first_request,
                 wait: Some((0, Instant::now() + first_request)),
                 timer: Box::pin(tokio::time::sleep(first_request)),
                 drain: Box::pin(connections.drain.clone().cancelled_owned()),
                 _admission: admission,
             };
+            if let (None, Some(relay)) = (&tls, relay) {
+                // Cleartext HTTP/2 with prior knowledge, as gRPC clients
+                // connect, goes to the relay. The peeked bytes are read
+                // again by whoever serves the connection.
+                let mut preface = [0u8; H2_PREFACE.len()];
+                match guarded.try_peek(&mut preface).await {
+                    Ok(true) if preface == *H2_PREFACE => {
+                        // On a worker picked at random, as Pingora places
+                        // its HTTP/2 sessions; its calls' tasks stay there.
+                        pingora_runtime::current_handle()
+                            .spawn(relay.serve(guarded, peer, state, shutdown));
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%peer, %error, "no request arrived");
+                        return;
+                    }
+                }
+            }
             let stream: pingora_core::protocols::Stream = match tls {
                 None => Box::new(guarded),
                 Some(acceptor) => match acceptor.tls_handshake(guarded).await {

@@ -21,6 +21,10 @@
 //! - `http_json/`: HTTP/JSON transcoding from `google.api.http` bindings,
 //!   NDJSON and Server-Sent Event streams, the OpenAPI document and `/docs`.
 //! - `cors.rs`: CORS for browsers: preflights, allowed origins.
+//! - `proxy/relay.rs`: cleartext HTTP/2 connections served by hyper; their
+//!   plain gRPC calls relayed with the same checks, everything else handed
+//!   on to the proxy.
+//! - `upstream_pool.rs`: the relay's upstream HTTP/2 connections.
 //! - `connections.rs`: the accept loop: connection caps, and a deadline for
 //!   each connection's next request (slow and idle clients).
 //! - `metrics.rs` and `admin.rs`: Prometheus metrics on the admin port.
@@ -45,6 +49,7 @@ mod metrics;
 mod outlier;
 mod proxy;
 mod upstream_drain;
+mod upstream_pool;
 mod upstream_streams;
 pub mod web;
 
@@ -244,7 +249,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             .map_err(|e| anyhow::anyhow!("an HTTP binding in the protos cannot be served: {e}"))?,
     );
     let docs = http_json::openapi::Docs::new(&transcoder);
-    let gateway = proxy::Gateway {
+    let gateway = Arc::new(proxy::Gateway {
         http: transcoder,
         upstreams: http_json::Upstreams::default(),
         max_json_body_bytes: config.max_json_body_bytes,
@@ -262,11 +267,12 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         upstream_connections,
         upstream_streams: Default::default(),
         drain: drain_streams,
-    };
+    });
 
     // The gateway accepts connections itself (connections.rs) and hands
     // each to Pingora's HTTP handling.
-    let mut app = pingora_proxy::http_proxy(&server.configuration, gateway);
+    let mut app =
+        pingora_proxy::http_proxy(&server.configuration, proxy::EdgeProxy(gateway.clone()));
     {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -291,6 +297,22 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         h2.data_frame_budget(4 << 20);
         app.h2_options = Some(h2);
     }
+    let app = Arc::new(app);
+    let relay = config.grpc_relay.then(|| {
+        Arc::new(proxy::relay::Relay::new(
+            gateway,
+            app.clone(),
+            proxy::relay::RelaySettings {
+                max_concurrent_streams: config.h2_max_concurrent_streams.max(1),
+                max_header_list_size: u32::try_from(
+                    config.max_request_header_bytes.saturating_mul(2),
+                )
+                .unwrap_or(u32::MAX),
+                idle_timeout: (config.client_idle_timeout_secs > 0)
+                    .then(|| Duration::from_secs(config.client_idle_timeout_secs)),
+            },
+        ))
+    });
     let mut endpoints = vec![connections::Endpoint {
         listener: bind(&config.listen, "gateway.listen")?,
         tls: None,
@@ -314,7 +336,8 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     let mut listeners = background_service(
         "munity-gateway",
         connections::EdgeListeners {
-            app: Arc::new(app),
+            app,
+            relay,
             endpoints: std::sync::Mutex::new(endpoints),
             connections,
         },

@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -43,6 +43,7 @@ use crate::{
 const RESERVED_HEADER_PREFIX: &str = "x-munity-";
 
 mod json_call;
+pub mod relay;
 
 /// One upstream (route) and its replicas.
 pub struct Route {
@@ -91,6 +92,18 @@ pub struct Gateway {
     pub docs: http_json::openapi::Docs,
     /// The web app at `/` (`web.rs`).
     pub web: crate::web::Web,
+}
+
+/// The gateway as Pingora's app sees it; the relay (`relay.rs`) shares the
+/// same [`Gateway`].
+pub struct EdgeProxy(pub Arc<Gateway>);
+
+impl std::ops::Deref for EdgeProxy {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
+    }
 }
 
 /// Where an admitted call goes.
@@ -145,6 +158,33 @@ pub struct CallCtx {
     span: tracing::Span,
 }
 
+impl CallCtx {
+    fn new() -> Box<Self> {
+        Box::new(CallCtx {
+            started: Instant::now(),
+            service: String::new(),
+            method: String::new(),
+            route: None,
+            claims: None,
+            deadline: None,
+            local_status: None,
+            upstream_status: None,
+            tried: Vec::new(),
+            peer: None,
+            web: None,
+            json: None,
+            origin: None,
+            bad_request_body: None,
+            request_messages: None,
+            in_flight: None,
+            upstream_connection: None,
+            upstream_admission: None,
+            drained: false,
+            span: tracing::Span::none(),
+        })
+    }
+}
+
 /// The answer that ends a call in `request_filter`, instead of proxying it.
 struct Refusal {
     code: Code,
@@ -180,7 +220,7 @@ impl Gateway {
         ctx: &mut CallCtx,
         origin: Option<String>,
     ) -> Step<Destination> {
-        self.check_header_size(session)?;
+        self.check_header_size(&session.req_header().headers)?;
         self.check_origin(ctx, origin)?;
         let path = match &ctx.json {
             Some(call) => json_grpc_path(session, call)?,
@@ -189,33 +229,52 @@ impl Gateway {
                 session.req_header().uri.path().to_owned()
             }
         };
-        start_span(session, ctx, &path);
+        start_span(&session.req_header().headers, ctx, &path);
         let destination = self.route(ctx, &path)?;
         if ctx.json.is_some() && ctx.route.as_ref().is_some_and(|r| !r.config.http_json) {
             let message = format!("{} is not served over HTTP/JSON here", ctx.service);
             return Err(Refusal::new(Code::NotFound, message));
         }
-        self.authenticate(session, ctx, &path).await?;
-        self.rate_limit(session, ctx, &path).await?;
+        for name in reserved_headers(&session.req_header().headers) {
+            session.req_header_mut().remove_header(&name);
+        }
+        let client = client_ip(session);
+        self.check_call(&session.req_header().headers, client, ctx, &path)
+            .await?;
+        Ok(destination)
+    }
+
+    /// What every routed call passes once its reserved headers are gone, on
+    /// Pingora's path and on the relay's alike: the bearer token and method
+    /// policy, the rate limits, the one-message rule and the deadline.
+    async fn check_call(
+        &self,
+        headers: &http::HeaderMap,
+        client: Option<IpAddr>,
+        ctx: &mut CallCtx,
+        path: &str,
+    ) -> Step {
+        self.authenticate(headers, ctx, path).await?;
+        self.rate_limit(client, ctx, path).await?;
         // Streams in either direction get no default deadline (a producer's
         // IngestStream lasts as long as it produces).
-        let streaming = self.policy.is_long_lived(&path);
-        if self.policy.takes_one_request(&path) {
+        let streaming = self.policy.is_long_lived(path);
+        if self.policy.takes_one_request(path) {
             ctx.request_messages = Some(Default::default());
         }
         if let Some(route) = ctx.route.clone() {
-            set_deadline(session, ctx, &route, streaming);
+            set_deadline(headers, ctx, &route, streaming);
         }
         ctx.in_flight = Some(metrics::InFlight::start(&ctx.service, streaming));
-        Ok(destination)
+        Ok(())
     }
 
     /// Headers beyond what the edge accepts are refused here, over HTTP/1.1
     /// and HTTP/2 alike: passed on, they made the upstream end the whole
     /// shared HTTP/2 connection (GOAWAY), and every other client's calls and
     /// streams on it with them.
-    fn check_header_size(&self, session: &Session) -> Step {
-        let size = header_list_size(&session.req_header().headers);
+    fn check_header_size(&self, headers: &http::HeaderMap) -> Step {
+        let size = header_list_size(headers);
         if size > self.max_header_bytes {
             return Err(Refusal::new(
                 Code::ResourceExhausted,
@@ -257,24 +316,13 @@ impl Gateway {
         Ok(Destination::Upstream)
     }
 
-    /// Removes reserved headers the client sent, then verifies its bearer
-    /// token unless the proto marks the method public.
-    async fn authenticate(&self, session: &mut Session, ctx: &mut CallCtx, path: &str) -> Step {
-        let reserved: Vec<http::HeaderName> = session
-            .req_header()
-            .headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(RESERVED_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in reserved {
-            session.req_header_mut().remove_header(&name);
-        }
-
+    /// Verifies the caller's bearer token unless the proto marks the method
+    /// public.
+    async fn authenticate(&self, headers: &http::HeaderMap, ctx: &mut CallCtx, path: &str) -> Step {
         if self.policy.is_public(path) {
             return Ok(());
         }
-        let verified = match bearer_token(&session.req_header().headers) {
+        let verified = match bearer_token(headers) {
             Ok(token) => {
                 let token = token.to_owned();
                 self.auth.verify(&token).await
@@ -304,13 +352,14 @@ impl Gateway {
 
     /// Checks the call against the rate limits (if enabled), per user, or
     /// per client IP for anonymous calls.
-    async fn rate_limit(&self, session: &Session, ctx: &CallCtx, path: &str) -> Step {
+    async fn rate_limit(&self, client: Option<IpAddr>, ctx: &CallCtx, path: &str) -> Step {
         let Some(limits) = &self.limits else {
             return Ok(());
         };
-        let identity = match &ctx.claims {
-            Some(claims) => format!("user:{}", claims.sub),
-            None => format!("ip:{}", client_ip(session)),
+        let identity = match (&ctx.claims, client) {
+            (Some(claims), _) => format!("user:{}", claims.sub),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "ip:unknown".to_owned(),
         };
         match limits.check(path, &identity).await {
             Decision::Allowed => Ok(()),
@@ -322,6 +371,66 @@ impl Gateway {
                     ..Refusal::new(Code::ResourceExhausted, message)
                 })
             }
+        }
+    }
+}
+
+impl Gateway {
+    /// Counts the call in the metrics, tells its replica's outlier count how
+    /// it went, and writes the access log line.
+    fn record_call(&self, ctx: &CallCtx, client: Option<IpAddr>, error: Option<String>) {
+        let code = match (ctx.local_status, &ctx.upstream_status) {
+            (Some(code), _) => (code as i32).to_string(),
+            (None, Some(status)) => status.clone(),
+            (None, None) if error.is_some() => (Code::Unavailable as i32).to_string(),
+            (None, None) => "unknown".to_owned(),
+        };
+        let (service, method) =
+            if ctx.route.is_some() || ctx.local_status.is_some() && !ctx.service.is_empty() {
+                (ctx.service.as_str(), ctx.method.as_str())
+            } else {
+                ("unrouted", "unrouted")
+            };
+        if let (Some(route), Some(peer)) = (&ctx.route, ctx.peer) {
+            // UNAVAILABLE from the replica itself counts against it.
+            if ctx.upstream_status.as_deref() == Some("14") {
+                route.outliers.failure(peer, &route.balancer, &route.name);
+            } else if ctx.upstream_status.is_some() {
+                route.outliers.success(peer);
+            }
+        }
+        ctx.span.record("rpc.grpc.status_code", code.as_str());
+        let elapsed = ctx.started.elapsed();
+        metrics::REQUESTS
+            .with_label_values(&[service, method, &code])
+            .inc();
+        metrics::LATENCY
+            .with_label_values(&[service, method])
+            .observe(elapsed.as_secs_f64());
+        let _in_call = ctx.span.enter();
+        tracing::info!(
+            target: "access",
+            client = %DisplayIp(client),
+            service,
+            method,
+            grpc_status = %code,
+            upstream = ?ctx.peer,
+            user = ctx.claims.as_ref().map(|c| c.sub.to_string()).as_deref().unwrap_or("-"),
+            elapsed_us = elapsed.as_micros() as u64,
+            error,
+            "call"
+        );
+    }
+}
+
+/// A client address in the access log, `unknown` when there is none.
+struct DisplayIp(Option<IpAddr>);
+
+impl std::fmt::Display for DisplayIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("unknown"),
         }
     }
 }
@@ -508,8 +617,17 @@ fn check_is_grpc(session: &Session, ctx: &mut CallCtx) -> Step {
     Ok(())
 }
 
+/// The reserved headers a client sent (`x-munity-*`), to be removed.
+fn reserved_headers(headers: &http::HeaderMap) -> Vec<http::HeaderName> {
+    headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(RESERVED_HEADER_PREFIX))
+        .cloned()
+        .collect()
+}
+
 /// The call's span, a child of the client's trace when it sent one.
-fn start_span(session: &Session, ctx: &mut CallCtx, path: &str) {
+fn start_span(headers: &http::HeaderMap, ctx: &mut CallCtx, path: &str) {
     ctx.span = tracing::info_span!(
         "grpc.gateway",
         otel.name = %path.trim_start_matches('/'),
@@ -520,14 +638,14 @@ fn start_span(session: &Session, ctx: &mut CallCtx, path: &str) {
     // With no subscriber interested (no exporter, quiet logs) the span is
     // disabled: skip the trace-context work on this hot path.
     if !ctx.span.is_disabled() {
-        telemetry::set_parent_from_headers(&ctx.span, &session.req_header().headers);
+        telemetry::set_parent_from_headers(&ctx.span, headers);
     }
 }
 
 /// Deadline: the client's, capped by the route; a default otherwise,
 /// except for server streams, which may rightly live for hours.
-fn set_deadline(session: &Session, ctx: &mut CallCtx, route: &Route, streaming: bool) {
-    let requested = munity_platform::deadline::requested(&session.req_header().headers);
+fn set_deadline(headers: &http::HeaderMap, ctx: &mut CallCtx, route: &Route, streaming: bool) {
+    let requested = munity_platform::deadline::requested(headers);
     let max = Duration::from_millis(route.config.max_timeout_ms);
     ctx.deadline = match requested {
         Some(requested) => Some(requested.min(max)),
@@ -582,6 +700,15 @@ async fn end_started_response(session: &mut Session, ctx: &mut CallCtx, draining
     }
 }
 
+/// A healthy replica of the route, round robin, other than those the call
+/// has tried already.
+fn select_replica(route: &Route, tried: &[SocketAddr]) -> Option<SocketAddr> {
+    let backend = route.balancer.select_with(b"", 256, |backend, healthy| {
+        healthy && backend.addr.as_inet().is_none_or(|a| !tried.contains(a))
+    })?;
+    backend.addr.as_inet().copied()
+}
+
 /// Request header bytes as HTTP/2 counts them (name + value + 32 each).
 fn header_list_size(headers: &http::HeaderMap) -> usize {
     headers
@@ -599,16 +726,12 @@ fn header_str(session: &Session, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn client_ip(session: &Session) -> String {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "unknown".to_owned())
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr()?.as_inet().map(|a| a.ip())
 }
 
 #[async_trait]
-impl ProxyHttp for Gateway {
+impl ProxyHttp for EdgeProxy {
     /// Boxed: Pingora's future for a call holds its context in three
     /// places (heaptrack: 2 KiB more context made each open stream 6 KiB
     /// larger), so inline it cost three times its 472 bytes for as long as
@@ -623,28 +746,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> Self::CTX {
-        Box::new(CallCtx {
-            started: Instant::now(),
-            service: String::new(),
-            method: String::new(),
-            route: None,
-            claims: None,
-            deadline: None,
-            local_status: None,
-            upstream_status: None,
-            tried: Vec::new(),
-            peer: None,
-            web: None,
-            json: None,
-            origin: None,
-            bad_request_body: None,
-            request_messages: None,
-            in_flight: None,
-            upstream_connection: None,
-            upstream_admission: None,
-            drained: false,
-            span: tracing::Span::none(),
-        })
+        CallCtx::new()
     }
 
     async fn early_request_filter(
@@ -717,22 +819,12 @@ impl ProxyHttp for Gateway {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route"))?;
-        let tried = &ctx.tried;
-        let backend = route
-            .balancer
-            .select_with(b"", 256, |backend, healthy| {
-                healthy && backend.addr.as_inet().is_none_or(|a| !tried.contains(a))
-            })
-            .ok_or_else(|| {
-                Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    format!("no healthy upstream for {}", ctx.service),
-                )
-            })?;
-        let address = *backend
-            .addr
-            .as_inet()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "not an inet upstream"))?;
+        let address = select_replica(route, &ctx.tried).ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("no healthy upstream for {}", ctx.service),
+            )
+        })?;
         ctx.peer = Some(address);
         // An earlier attempt's place is given back before this one waits.
         ctx.upstream_admission = None;
@@ -1029,46 +1121,6 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
         self.connections.request_finished(session);
-        let code = match (ctx.local_status, &ctx.upstream_status) {
-            (Some(code), _) => (code as i32).to_string(),
-            (None, Some(status)) => status.clone(),
-            (None, None) if error.is_some() => (Code::Unavailable as i32).to_string(),
-            (None, None) => "unknown".to_owned(),
-        };
-        let (service, method) =
-            if ctx.route.is_some() || ctx.local_status.is_some() && !ctx.service.is_empty() {
-                (ctx.service.as_str(), ctx.method.as_str())
-            } else {
-                ("unrouted", "unrouted")
-            };
-        if let (Some(route), Some(peer)) = (&ctx.route, ctx.peer) {
-            // UNAVAILABLE from the replica itself counts against it.
-            if ctx.upstream_status.as_deref() == Some("14") {
-                route.outliers.failure(peer, &route.balancer, &route.name);
-            } else if ctx.upstream_status.is_some() {
-                route.outliers.success(peer);
-            }
-        }
-        ctx.span.record("rpc.grpc.status_code", code.as_str());
-        let elapsed = ctx.started.elapsed();
-        metrics::REQUESTS
-            .with_label_values(&[service, method, &code])
-            .inc();
-        metrics::LATENCY
-            .with_label_values(&[service, method])
-            .observe(elapsed.as_secs_f64());
-        let _in_call = ctx.span.enter();
-        tracing::info!(
-            target: "access",
-            client = %client_ip(session),
-            service,
-            method,
-            grpc_status = %code,
-            upstream = ?ctx.peer,
-            user = ctx.claims.as_ref().map(|c| c.sub.to_string()).as_deref().unwrap_or("-"),
-            elapsed_us = elapsed.as_micros() as u64,
-            error = error.map(|e| e.to_string()),
-            "call"
-        );
+        self.record_call(ctx, client_ip(session), error.map(|e| e.to_string()));
     }
 }

@@ -598,6 +598,8 @@ pub struct StreamDrain {
     pub drain: ShutdownToken,
     pub after: Duration,
     pub upstream_connections: Arc<crate::upstream_drain::UpstreamConnections>,
+    /// The relay's upstream connections, closed alike.
+    pub relay_upstreams: Arc<crate::upstream_pool::UpstreamPool<crate::proxy::relay::RequestBody>>,
 }
 
 #[async_trait]
@@ -607,5 +609,6 @@ impl BackgroundService for StreamDrain {
         tokio::time::sleep(self.after).await;
         self.drain.cancel();
         self.upstream_connections.end_all();
+        self.relay_upstreams.end_all();
     }
 }

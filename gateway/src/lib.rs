@@ -218,6 +218,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
     // without a status when it ends.
     let drain_streams = ShutdownToken::new();
     let upstream_connections = upstream_drain::UpstreamConnections::new(drain_streams.clone());
+    let relay_upstreams = Arc::new(upstream_pool::UpstreamPool::default());
     server.add_service(background_service(
         "stream drain",
         connections::StreamDrain {
@@ -225,6 +226,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             drain: drain_streams.clone(),
             after: Duration::from_secs(config.shutdown_grace_secs) / 2,
             upstream_connections: upstream_connections.clone(),
+            relay_upstreams: relay_upstreams.clone(),
         },
     ));
     let health = edge_health::EdgeHealth::new(
@@ -302,6 +304,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         Arc::new(proxy::relay::Relay::new(
             gateway,
             app.clone(),
+            relay_upstreams,
             proxy::relay::RelaySettings {
                 max_concurrent_streams: config.h2_max_concurrent_streams.max(1),
                 max_header_list_size: u32::try_from(

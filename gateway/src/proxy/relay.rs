@@ -21,11 +21,13 @@
 //!   app over an in-process connection, so each of those rules stays in one
 //!   place. TLS and HTTP/1.1 connections never come here.
 //! - At shutdown each connection gets GOAWAY; calls still open at the drain
-//!   (half the grace period) end with UNAVAILABLE, as Pingora's do.
+//!   (half the grace period) end with UNAVAILABLE, as Pingora's do: their
+//!   upstream connections are closed (`UpstreamPool::end_all`), and a
+//!   response whose upstream fails while the gateway drains ends with the
+//!   draining status.
 
 use std::{
     convert::Infallible,
-    future::Future,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
@@ -44,7 +46,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use munity_platform::{framing::MessageCounter, telemetry};
 use pingora_core::{apps::ServerApp, server::ShutdownWatch};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Code;
 
 use super::{
@@ -70,22 +71,29 @@ pub(crate) struct RelaySettings {
 pub(crate) struct Relay<A> {
     gateway: Arc<Gateway>,
     app: Arc<A>,
-    upstreams: UpstreamPool<RequestBody>,
+    upstreams: Arc<UpstreamPool<RequestBody>>,
     server: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle_timeout: Option<Duration>,
 }
 
 impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
-    pub fn new(gateway: Arc<Gateway>, app: Arc<A>, settings: RelaySettings) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        app: Arc<A>,
+        upstreams: Arc<UpstreamPool<RequestBody>>,
+        settings: RelaySettings,
+    ) -> Self {
         let mut server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         server
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.max_concurrent_streams)
-            .max_header_list_size(settings.max_header_list_size);
+            .max_header_list_size(settings.max_header_list_size)
+            // gRPC has no use for `date`; formatting it cost every answer.
+            .auto_date_header(false);
         Relay {
             gateway,
             app,
-            upstreams: UpstreamPool::default(),
+            upstreams,
             server,
             idle_timeout: settings.idle_timeout,
         }
@@ -298,15 +306,12 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
                 return self.refuse(ctx, client, Refusal::new(Code::Internal, "request lost"));
             };
             *upstream_request.uri_mut() = upstream_uri(&slot.authority, path.as_ref());
-            let mut sender = slot.sender();
-            let sent = tokio::select! {
-                sent = sender.try_send_request(upstream_request) => sent,
-                () = self.gateway.drain.cancelled() => {
-                    ctx.drained = true;
-                    return self.refuse(ctx, client, Refusal::new(Code::Unavailable, DRAINING_MESSAGE));
-                }
-            };
-            match sent {
+            if self.gateway.drain.is_cancelled() {
+                ctx.drained = true;
+                let refusal = Refusal::new(Code::Unavailable, DRAINING_MESSAGE);
+                return self.refuse(ctx, client, refusal);
+            }
+            match slot.sender().try_send_request(upstream_request).await {
                 Ok(response) => {
                     return self.relay_response(
                         response,
@@ -330,6 +335,9 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
                     let refusal = if refused_second.is_some_and(|seen| seen.load(Ordering::Acquire))
                     {
                         second_message_refusal(&ctx)
+                    } else if self.gateway.drain.is_cancelled() {
+                        ctx.drained = true;
+                        Refusal::new(Code::Unavailable, DRAINING_MESSAGE)
                     } else {
                         Refusal::new(
                             Code::Unavailable,
@@ -357,7 +365,6 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
         response.map(|upstream| {
             RelayBody::Relayed(Box::new(Relayed {
                 upstream,
-                drain: Box::pin(self.gateway.drain.clone().cancelled_owned()),
                 call: RelayedCall {
                     gateway: self.gateway.clone(),
                     ctx,
@@ -535,8 +542,6 @@ pub enum RelayBody {
 /// A replica's response on its way to the client, with the call's record.
 pub struct Relayed {
     upstream: Incoming,
-    /// Resolves at the drain: the response then ends with UNAVAILABLE.
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
     call: RelayedCall,
 }
 
@@ -591,12 +596,6 @@ impl Body for RelayBody {
         if relayed.call.ended {
             return Poll::Ready(None);
         }
-        if relayed.drain.as_mut().poll(cx).is_ready() {
-            relayed.call.ctx.drained = true;
-            return Poll::Ready(Some(Ok(
-                relayed.end_with(Code::Unavailable, DRAINING_MESSAGE)
-            )));
-        }
         match ready!(Pin::new(&mut relayed.upstream).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(status) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
@@ -614,6 +613,9 @@ impl Body for RelayBody {
                 let frame = if second {
                     let refusal = second_message_refusal(&relayed.call.ctx);
                     relayed.end_with(refusal.code, &refusal.message)
+                } else if relayed.call.gateway.drain.is_cancelled() {
+                    relayed.call.ctx.drained = true;
+                    relayed.end_with(Code::Unavailable, DRAINING_MESSAGE)
                 } else {
                     relayed.end_with(Code::Unavailable, "the upstream's response broke off")
                 };

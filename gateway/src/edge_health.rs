@@ -32,9 +32,9 @@ use crate::grpc_web::{Encoding, WebCall};
 pub const SERVICE: &str = "grpc.health.v1.Health";
 
 /// A health request is one short message; anything bigger is refused.
-const MAX_REQUEST_BYTES: usize = 1024;
+pub const MAX_REQUEST_BYTES: usize = 1024;
 /// How long a client may take to send that message.
-const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a health call could not get past.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: Code, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
@@ -99,6 +99,17 @@ impl EdgeHealth {
         })
     }
 
+    /// `Check`'s answer: the status, or NOT_FOUND for a service not
+    /// routed here.
+    pub fn check(&self, request: &HealthCheckRequest) -> Result<ServingStatus, Refusal> {
+        self.status(&request.service).ok_or_else(|| {
+            Refusal::new(
+                Code::NotFound,
+                format!("unknown service {:?}", request.service),
+            )
+        })
+    }
+
     /// Answers `Check` or `Watch` on `session`. `Err` is a refusal to send
     /// as a trailers-only status (nothing was written yet).
     pub async fn serve(
@@ -127,12 +138,7 @@ impl EdgeHealth {
             http2: session.req_header().version == http::Version::HTTP_2,
         };
         if !watch {
-            let status = self.status(&request.service).ok_or_else(|| {
-                Refusal::new(
-                    Code::NotFound,
-                    format!("unknown service {:?}", request.service),
-                )
-            })?;
+            let status = self.check(&request)?;
             let mut ok = http::HeaderMap::new();
             ok.insert("grpc-status", http::HeaderValue::from_static("0"));
             let tasks = vec![
@@ -245,7 +251,12 @@ async fn read_request(
                 "the request body did not arrive in time",
             )
         })??;
-    let message = single_message(&body).ok_or_else(|| {
+    parse_request(&body)
+}
+
+/// The one request message of a body.
+pub fn parse_request(body: &[u8]) -> Result<HealthCheckRequest, Refusal> {
+    let message = single_message(body).ok_or_else(|| {
         Refusal::new(
             Code::InvalidArgument,
             "expected exactly one uncompressed request message",
@@ -264,6 +275,19 @@ pub fn single_message(body: &[u8]) -> Option<&[u8]> {
     let (header, rest) = body.split_at_checked(5)?;
     let length = u32::from_be_bytes(header[1..5].try_into().ok()?) as usize;
     (header[0] == 0 && rest.len() == length).then_some(rest)
+}
+
+/// The answer's message, as one gRPC frame.
+pub fn status_frame(status: ServingStatus) -> Bytes {
+    let payload = HealthCheckResponse {
+        status: status as i32,
+    }
+    .encode_to_vec();
+    let mut frame = BytesMut::with_capacity(5 + payload.len());
+    frame.put_u8(0);
+    frame.put_u32(payload.len() as u32);
+    frame.put_slice(&payload);
+    frame.freeze()
 }
 
 /// Frames the answer for the call's protocol.
@@ -291,15 +315,7 @@ impl Writer<'_> {
     }
 
     fn message(&self, status: ServingStatus) -> HttpTask {
-        let payload = HealthCheckResponse {
-            status: status as i32,
-        }
-        .encode_to_vec();
-        let mut frame = BytesMut::with_capacity(5 + payload.len());
-        frame.put_u8(0);
-        frame.put_u32(payload.len() as u32);
-        frame.put_slice(&payload);
-        HttpTask::Body(Some(self.encode(&frame)), false)
+        HttpTask::Body(Some(self.encode(&status_frame(status))), false)
     }
 
     fn trailers(&self, trailers: http::HeaderMap) -> HttpTask {

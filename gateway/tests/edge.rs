@@ -25,6 +25,22 @@ async fn gateway_with(
     health_check_interval_ms: u64,
     default_timeout_ms: u64,
 ) -> Gateway {
+    gateway_configured(
+        jwks,
+        upstreams,
+        &format!("health_check_interval_ms = {health_check_interval_ms}"),
+        default_timeout_ms,
+    )
+    .await
+}
+
+/// A gateway with `settings` in its `[gateway]` section.
+async fn gateway_configured(
+    jwks: SocketAddr,
+    upstreams: &[SocketAddr],
+    settings: &str,
+    default_timeout_ms: u64,
+) -> Gateway {
     let tables = format!(
         "{}\n[[gateway.rate_limits.rules]]\nmethod = \"/munity.users.v1.Users/Login\"\nrequests = 3\nper_secs = 60\nburst = 3\n",
         users_routes(
@@ -32,13 +48,7 @@ async fn gateway_with(
             &format!("default_timeout_ms = {default_timeout_ms}")
         )
     );
-    Gateway::start(
-        jwks,
-        &format!("health_check_interval_ms = {health_check_interval_ms}"),
-        &tables,
-    )
-    .serving()
-    .await
+    Gateway::start(jwks, settings, &tables).serving().await
 }
 
 /// A `grpc.health.v1.Health/Watch` stream for users-svc, answered by the
@@ -61,8 +71,25 @@ async fn gateway(jwks: SocketAddr, upstreams: &[SocketAddr]) -> Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_streaming_errors_auth_and_limits_through_the_gateway() {
+    unary_streaming_errors_auth_and_limits(true).await;
+}
+
+/// The same calls with the relay off: Pingora serves cleartext HTTP/2 too,
+/// and answers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_streaming_errors_auth_and_limits_with_the_relay_off() {
+    unary_streaming_errors_auth_and_limits(false).await;
+}
+
+async fn unary_streaming_errors_auth_and_limits(grpc_relay: bool) {
     let users = replica().await;
-    let gateway = gateway(users.address, &[users.address]).await;
+    let gateway = gateway_configured(
+        users.address,
+        &[users.address],
+        &format!("health_check_interval_ms = 200\ngrpc_relay = {grpc_relay}"),
+        30_000,
+    )
+    .await;
     let mut client = gateway.client().await;
 
     // Unary, with tokens verified at the edge and again by the service.

@@ -32,7 +32,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -51,11 +51,16 @@ use tonic::Code;
 use super::{
     CallCtx, DRAINING_MESSAGE, Gateway, Refusal, Step, reserved_headers, select_replica, start_span,
 };
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
 use crate::{
     connections::{self, CallOnConnection, ConnState},
     edge_health, grpc,
     upstream_pool::{CallSlot, UpstreamPool},
 };
+
+/// The gateway's own health `Check`, answered by the relay itself.
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// How the relay serves client connections (from `[gateway]`).
 pub(crate) struct RelaySettings {
@@ -115,6 +120,8 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
             state: state.clone(),
             shutdown: shutdown.clone(),
             pingora: tokio::sync::Mutex::new(None),
+            forwarded: AtomicUsize::new(0),
+            forwarded_generation: AtomicU64::new(0),
         });
         let relay = self.clone();
         let service = service_fn(move |request| {
@@ -160,14 +167,19 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
 
     async fn call(
         &self,
-        client: &ClientConnection,
+        client: &Arc<ClientConnection>,
         request: Request<Incoming>,
     ) -> Response<RelayBody> {
         let on_connection = client.state.call_started();
+        if self.is_health_check(&request) {
+            return self.check_health(client, request).await;
+        }
         if !self.relays(&request) {
+            let forwarded = ForwardedCall::start(client);
             return match client.forward(&self.app, request).await {
                 Ok(response) => response.map(|body| RelayBody::Forwarded {
                     body,
+                    _call: forwarded,
                     _on_connection: on_connection,
                 }),
                 Err(error) => {
@@ -207,6 +219,81 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
             && grpc::split_path(request.uri().path()).is_some_and(|(service, _)| {
                 service != edge_health::SERVICE && self.gateway.routes.contains_key(service)
             })
+    }
+
+    /// A plain gRPC `Check` of the gateway's own health service: answered
+    /// here, as often as clients ask (a `Watch` goes on to Pingora).
+    fn is_health_check(&self, request: &Request<Incoming>) -> bool {
+        request.method() == http::Method::POST
+            && request.uri().path() == HEALTH_CHECK
+            && !request.headers().contains_key(header::ORIGIN)
+            && request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| {
+                    c.starts_with("application/grpc") && !c.starts_with("application/grpc-web")
+                })
+    }
+
+    /// Answers a health `Check` after the same checks as any call (it is
+    /// public, but rate-limited and counted).
+    async fn check_health(
+        &self,
+        client: &ClientConnection,
+        request: Request<Incoming>,
+    ) -> Response<RelayBody> {
+        let (mut parts, body) = request.into_parts();
+        let mut ctx = CallCtx::new();
+        let client_ip = Some(client.peer.ip());
+        if let Err(refusal) = self.admit(&mut parts, &mut ctx, client_ip).await {
+            return self.refuse(ctx, client_ip, refusal);
+        }
+        let limited = Limited::new(body, edge_health::MAX_REQUEST_BYTES);
+        let answer = match tokio::time::timeout(
+            edge_health::REQUEST_READ_TIMEOUT,
+            limited.collect(),
+        )
+        .await
+        {
+            Err(_) => Err(edge_health::Refusal::new(
+                Code::DeadlineExceeded,
+                "the request body did not arrive in time",
+            )),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => Err(edge_health::Refusal::new(
+                Code::ResourceExhausted,
+                format!(
+                    "a health request is at most {} bytes",
+                    edge_health::MAX_REQUEST_BYTES
+                ),
+            )),
+            Ok(Err(error)) => Err(edge_health::Refusal::new(
+                Code::InvalidArgument,
+                format!("reading the request: {error}"),
+            )),
+            Ok(Ok(body)) => edge_health::parse_request(&body.to_bytes())
+                .and_then(|request| self.gateway.health.check(&request)),
+        };
+        match answer {
+            Ok(status) => {
+                ctx.local_status = Some(Code::Ok);
+                self.gateway.record_call(&ctx, client_ip, None);
+                let mut trailers = HeaderMap::new();
+                add_status(&mut trailers, Code::Ok, "");
+                let mut response = Response::new(RelayBody::Message {
+                    frame: Some(edge_health::status_frame(status)),
+                    trailers: Some(trailers),
+                });
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                response
+            }
+            Err(refusal) => {
+                self.refuse(ctx, client_ip, Refusal::new(refusal.code, refusal.message))
+            }
+        }
     }
 
     /// The checks of `Gateway::admit` that apply to a plain gRPC call.
@@ -385,8 +472,54 @@ struct ClientConnection {
     state: Arc<ConnState>,
     shutdown: ShutdownWatch,
     /// The in-process connection to Pingora's app, opened when the first
-    /// request that is not the relay's arrives.
+    /// request that is not the relay's arrives, and let go once none has
+    /// been open for [`IN_PROCESS_LINGER`].
     pingora: tokio::sync::Mutex<Option<SendRequest<Incoming>>>,
+    /// Requests handed on and not answered yet.
+    forwarded: AtomicUsize,
+    /// Counts the times `forwarded` went from or to zero: a linger that
+    /// finds it moved on leaves the connection open.
+    forwarded_generation: AtomicU64,
+}
+
+/// How long the in-process connection outlives the last request handed on
+/// over it. A Pingora connection and its socket pair hold about 45 KiB: a
+/// client that once asked the gateway's Health over each of its
+/// connections would otherwise keep one per connection for good.
+const IN_PROCESS_LINGER: Duration = Duration::from_secs(10);
+
+/// A request handed on to Pingora, until its answer is done.
+struct ForwardedCall(Arc<ClientConnection>);
+
+impl ForwardedCall {
+    fn start(client: &Arc<ClientConnection>) -> Self {
+        if client.forwarded.fetch_add(1, Ordering::AcqRel) == 0 {
+            client.forwarded_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        ForwardedCall(client.clone())
+    }
+}
+
+impl Drop for ForwardedCall {
+    fn drop(&mut self) {
+        let client = &self.0;
+        if client.forwarded.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let generation = client.forwarded_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = client.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(IN_PROCESS_LINGER).await;
+            let mut held = client.pingora.lock().await;
+            if client.forwarded_generation.load(Ordering::Acquire) == generation {
+                // Dropping the last sender closes the connection.
+                held.take();
+            }
+        });
+    }
 }
 
 impl ClientConnection {
@@ -527,20 +660,26 @@ impl Body for RequestBody {
 }
 
 /// What the relay answers a client with.
-pub enum RelayBody {
+enum RelayBody {
     /// A replica's response, relayed.
     Relayed(Box<Relayed>),
     /// Pingora's answer to a request handed on.
     Forwarded {
         body: Incoming,
+        _call: ForwardedCall,
         _on_connection: CallOnConnection,
     },
     /// A trailers-only answer.
     Empty,
+    /// One message, then trailers: the gateway's own answer.
+    Message {
+        frame: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
 }
 
 /// A replica's response on its way to the client, with the call's record.
-pub struct Relayed {
+struct Relayed {
     upstream: Incoming,
     call: RelayedCall,
 }
@@ -592,6 +731,12 @@ impl Body for RelayBody {
             RelayBody::Relayed(relayed) => relayed,
             RelayBody::Forwarded { body, .. } => return Pin::new(body).poll_frame(cx),
             RelayBody::Empty => return Poll::Ready(None),
+            RelayBody::Message { frame, trailers } => {
+                return Poll::Ready(match frame.take() {
+                    Some(frame) => Some(Ok(Frame::data(frame))),
+                    None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                });
+            }
         };
         if relayed.call.ended {
             return Poll::Ready(None);
@@ -633,6 +778,7 @@ impl Body for RelayBody {
             RelayBody::Relayed(relayed) => relayed.call.ended || relayed.upstream.is_end_stream(),
             RelayBody::Forwarded { body, .. } => body.is_end_stream(),
             RelayBody::Empty => true,
+            RelayBody::Message { frame, trailers } => frame.is_none() && trailers.is_none(),
         }
     }
 
@@ -640,6 +786,7 @@ impl Body for RelayBody {
         match self {
             RelayBody::Relayed(relayed) if !relayed.call.ended => relayed.upstream.size_hint(),
             RelayBody::Forwarded { body, .. } => body.size_hint(),
+            RelayBody::Message { .. } => SizeHint::default(),
             _ => SizeHint::with_exact(0),
         }
     }

@@ -66,7 +66,7 @@ impl LiveTopics {
                 .entry(topic.clone())
                 .or_insert_with(|| broadcast::channel(TOPIC_BUFFER).0)
                 .subscribe();
-            streams.insert(topic, BroadcastStream::new(receiver));
+            streams.insert(Arc::from(topic), BroadcastStream::new(receiver));
         }
         LiveFeed {
             topics: self.clone(),
@@ -116,7 +116,9 @@ impl LiveTopics {
 /// One stream's followed topics.
 pub struct LiveFeed {
     topics: Arc<LiveTopics>,
-    streams: StreamMap<String, BroadcastStream<Live>>,
+    /// Keyed by `Arc<str>`: `StreamMap` hands out a clone of the key with
+    /// every item, which for a `String` was an allocation per delivery.
+    streams: StreamMap<Arc<str>, BroadcastStream<Live>>,
 }
 
 impl LiveFeed {
@@ -126,14 +128,16 @@ impl LiveFeed {
         let (topic, heard) = self.streams.next().await?;
         Some(match heard {
             Ok(Live::Notification(notification)) => Heard::Notification(notification),
-            Ok(Live::CatchUp) | Err(BroadcastStreamRecvError::Lagged(_)) => Heard::Behind(topic),
+            Ok(Live::CatchUp) | Err(BroadcastStreamRecvError::Lagged(_)) => {
+                Heard::Behind(topic.to_string())
+            }
         })
     }
 }
 
 impl Drop for LiveFeed {
     fn drop(&mut self) {
-        let topics: Vec<String> = self.streams.keys().cloned().collect();
+        let topics: Vec<String> = self.streams.keys().map(|topic| topic.to_string()).collect();
         // The receivers go first, so the counts below no longer hold them.
         self.streams.clear();
         self.topics.forget_unheard(topics.into_iter());

@@ -12,7 +12,13 @@
 //! with a deadline ends with DEADLINE_EXCEEDED when it passes. Both speak
 //! gRPC and gRPC-web (binary and text), like every other call.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use munity_platform::shutdown::ShutdownToken;
@@ -21,6 +27,8 @@ use pingora_http::ResponseHeader;
 use pingora_load_balancing::{LoadBalancer, selection::RoundRobin};
 use pingora_proxy::Session;
 use prost::Message;
+use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
@@ -56,10 +64,11 @@ impl Refusal {
     }
 }
 
-/// The gateway's health service.
+/// The gateway's health service (cheap to clone: watchers hold one).
+#[derive(Clone)]
 pub struct EdgeHealth {
     /// Routed gRPC service → the balancer of its replicas.
-    balancers: HashMap<String, Arc<LoadBalancer<RoundRobin>>>,
+    balancers: Arc<HashMap<String, Arc<LoadBalancer<RoundRobin>>>>,
     /// How often `Watch` looks for a change (the health-check interval).
     interval: Duration,
     shutdown: ShutdownToken,
@@ -75,7 +84,7 @@ impl EdgeHealth {
         drain: ShutdownToken,
     ) -> Self {
         EdgeHealth {
-            balancers,
+            balancers: Arc::new(balancers),
             interval,
             shutdown,
             drain,
@@ -150,15 +159,12 @@ impl EdgeHealth {
             return Ok(());
         }
 
-        // Watch: the current status, then each change; an unknown service
-        // is SERVICE_UNKNOWN (it may be routed later), per the protocol.
-        let current = |health: &Self| {
-            health
-                .status(&request.service)
-                .unwrap_or(ServingStatus::ServiceUnknown)
+        // Watch: the current status, then each change.
+        let mut watcher = self.watch(request.service, deadline.map(|d| started + d));
+        let WatchEvent::Status(first) = watcher.next().await else {
+            return Ok(());
         };
-        let mut last = current(self);
-        let first = vec![out.header(extra_headers), out.message(last)];
+        let first = vec![out.header(extra_headers), out.message(first)];
         if session
             .downstream_session
             .response_duplex_vec(first)
@@ -167,47 +173,123 @@ impl EdgeHealth {
         {
             return Ok(());
         }
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The client's deadline covers the whole call, stream included.
-        let far = Duration::from_secs(365 * 24 * 3600);
-        let expiry = tokio::time::sleep_until(started + deadline.unwrap_or(far));
-        tokio::pin!(expiry);
         loop {
             // Biased: at shutdown the connection's reads fail on purpose
-            // (connections.rs) at the moment `drain` fires; the stream must
-            // end with its status, not as if the client had left.
-            tokio::select! {
+            // (connections.rs) at the moment the drain fires; the stream
+            // must end with its status, not as if the client had left.
+            let task = tokio::select! {
                 biased;
-                () = self.drain.cancelled() => {
-                    let end = vec![out.trailers(munity_platform::deadline::draining_trailers())];
-                    let _ = session.downstream_session.response_duplex_vec(end).await;
-                    return Ok(());
-                }
-                () = &mut expiry, if deadline.is_some() => {
-                    let end = vec![out.trailers(munity_platform::deadline::exceeded_trailers())];
-                    let _ = session.downstream_session.response_duplex_vec(end).await;
-                    return Ok(());
-                }
+                event = watcher.next() => match event {
+                    WatchEvent::Status(status) => out.message(status),
+                    WatchEvent::Drained => {
+                        out.trailers(munity_platform::deadline::draining_trailers())
+                    }
+                    WatchEvent::DeadlineExceeded => {
+                        out.trailers(munity_platform::deadline::exceeded_trailers())
+                    }
+                },
                 // Resolves when the client closes the stream or connection.
                 _ = session.downstream_session.read_body_or_idle(true) => return Ok(()),
-                () = self.shutdown.cancelled(), if last != ServingStatus::NotServing => {}
-                _ = ticker.tick() => {}
-            }
-            let now = current(self);
-            if now != last {
-                last = now;
-                let tasks = vec![out.message(now)];
-                if session
-                    .downstream_session
-                    .response_duplex_vec(tasks)
-                    .await
-                    .is_err()
-                {
-                    return Ok(());
-                }
+            };
+            let end = matches!(task, HttpTask::Trailer(_) | HttpTask::Body(_, true));
+            if session
+                .downstream_session
+                .response_duplex_vec(vec![task])
+                .await
+                .is_err()
+                || end
+            {
+                return Ok(());
             }
         }
+    }
+
+    /// Follows the status of `service` for a `Watch`, until `deadline`.
+    pub fn watch(&self, service: String, deadline: Option<Instant>) -> Watcher {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watcher {
+            health: self.clone(),
+            service,
+            last: None,
+            ticker,
+            expiry: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            drain: Box::pin(self.drain.clone().cancelled_owned()),
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            shutdown_seen: false,
+        }
+    }
+}
+
+/// What a `Watch` says next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The first status, or a change.
+    Status(ServingStatus),
+    /// The gateway drains: end with UNAVAILABLE.
+    Drained,
+    /// The client's deadline passed: end with DEADLINE_EXCEEDED.
+    DeadlineExceeded,
+}
+
+/// One `Watch`: the current status, then each change (looked for every
+/// health-check interval, and at once when shutdown begins). An unknown
+/// service is SERVICE_UNKNOWN (it may be routed later), per the protocol.
+pub struct Watcher {
+    health: EdgeHealth,
+    service: String,
+    last: Option<ServingStatus>,
+    ticker: tokio::time::Interval,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Once shutdown has begun the status is NOT_SERVING for good.
+    shutdown_seen: bool,
+}
+
+impl Watcher {
+    fn current(&self) -> ServingStatus {
+        self.health
+            .status(&self.service)
+            .unwrap_or(ServingStatus::ServiceUnknown)
+    }
+
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<WatchEvent> {
+        if self.last.is_none() {
+            let now = self.current();
+            self.last = Some(now);
+            return Poll::Ready(WatchEvent::Status(now));
+        }
+        loop {
+            if self.drain.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(WatchEvent::Drained);
+            }
+            if let Some(expiry) = self.expiry.as_mut()
+                && expiry.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(WatchEvent::DeadlineExceeded);
+            }
+            let mut look = false;
+            if !self.shutdown_seen && self.shutdown.as_mut().poll(cx).is_ready() {
+                self.shutdown_seen = true;
+                look = true;
+            }
+            if self.ticker.poll_tick(cx).is_ready() {
+                look = true;
+            }
+            if !look {
+                return Poll::Pending;
+            }
+            let now = self.current();
+            if self.last != Some(now) {
+                self.last = Some(now);
+                return Poll::Ready(WatchEvent::Status(now));
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> WatchEvent {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 }
 

@@ -16,10 +16,13 @@
 //!   relay's own upstream connections (`upstream_pool.rs`), and its answer
 //!   comes back frame by frame, polled by the client stream's own task.
 //!   It is counted and logged as on the other path (`Gateway::record_call`).
+//! - The gateway's own health service (`Check`, `Watch`) is answered here,
+//!   from `edge_health.rs` as on Pingora's path: gRPC clients check health
+//!   on each of their connections, and a `Watch` lasts.
 //! - Every other request on such a connection (gRPC-web, HTTP/JSON, the web
-//!   app, the gateway's own Health, unknown services) goes on to Pingora's
-//!   app over an in-process connection, so each of those rules stays in one
-//!   place. TLS and HTTP/1.1 connections never come here.
+//!   app, unknown services, calls from a browser origin) goes on to
+//!   Pingora's app over an in-process connection, so each of those rules
+//!   stays in one place. TLS and HTTP/1.1 connections never come here.
 //! - At shutdown each connection gets GOAWAY; calls still open at the drain
 //!   (half the grace period) end with UNAVAILABLE, as Pingora's do: their
 //!   upstream connections are closed (`UpstreamPool::end_all`), and a
@@ -55,12 +58,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::{
     connections::{self, CallOnConnection, ConnState},
-    edge_health, grpc,
+    edge_health::{self, WatchEvent, Watcher},
+    grpc,
     upstream_pool::{CallSlot, UpstreamPool},
 };
 
-/// The gateway's own health `Check`, answered by the relay itself.
+/// The gateway's own health service, answered by the relay itself.
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
 /// How the relay serves client connections (from `[gateway]`).
 pub(crate) struct RelaySettings {
@@ -171,8 +176,10 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
         request: Request<Incoming>,
     ) -> Response<RelayBody> {
         let on_connection = client.state.call_started();
-        if self.is_health_check(&request) {
-            return self.check_health(client, request).await;
+        if let Some(watch) = health_method(&request) {
+            return self
+                .serve_health(client, request, watch, on_connection)
+                .await;
         }
         if !self.relays(&request) {
             let forwarded = ForwardedCall::start(client);
@@ -221,27 +228,15 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
             })
     }
 
-    /// A plain gRPC `Check` of the gateway's own health service: answered
-    /// here, as often as clients ask (a `Watch` goes on to Pingora).
-    fn is_health_check(&self, request: &Request<Incoming>) -> bool {
-        request.method() == http::Method::POST
-            && request.uri().path() == HEALTH_CHECK
-            && !request.headers().contains_key(header::ORIGIN)
-            && request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|c| {
-                    c.starts_with("application/grpc") && !c.starts_with("application/grpc-web")
-                })
-    }
-
-    /// Answers a health `Check` after the same checks as any call (it is
-    /// public, but rate-limited and counted).
-    async fn check_health(
+    /// Answers a call of the gateway's own health service after the same
+    /// checks as any call (it is public, but rate-limited and counted):
+    /// `Check` at once, `Watch` as a stream of the route's status.
+    async fn serve_health(
         &self,
         client: &ClientConnection,
         request: Request<Incoming>,
+        watch: bool,
+        on_connection: CallOnConnection,
     ) -> Response<RelayBody> {
         let (mut parts, body) = request.into_parts();
         let mut ctx = CallCtx::new();
@@ -249,51 +244,54 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
         if let Err(refusal) = self.admit(&mut parts, &mut ctx, client_ip).await {
             return self.refuse(ctx, client_ip, refusal);
         }
-        let limited = Limited::new(body, edge_health::MAX_REQUEST_BYTES);
-        let answer = match tokio::time::timeout(
-            edge_health::REQUEST_READ_TIMEOUT,
-            limited.collect(),
-        )
-        .await
-        {
-            Err(_) => Err(edge_health::Refusal::new(
-                Code::DeadlineExceeded,
-                "the request body did not arrive in time",
-            )),
-            Ok(Err(error)) if error.is::<LengthLimitError>() => Err(edge_health::Refusal::new(
-                Code::ResourceExhausted,
-                format!(
-                    "a health request is at most {} bytes",
-                    edge_health::MAX_REQUEST_BYTES
-                ),
-            )),
-            Ok(Err(error)) => Err(edge_health::Refusal::new(
-                Code::InvalidArgument,
-                format!("reading the request: {error}"),
-            )),
-            Ok(Ok(body)) => edge_health::parse_request(&body.to_bytes())
-                .and_then(|request| self.gateway.health.check(&request)),
-        };
-        match answer {
-            Ok(status) => {
-                ctx.local_status = Some(Code::Ok);
-                self.gateway.record_call(&ctx, client_ip, None);
-                let mut trailers = HeaderMap::new();
-                add_status(&mut trailers, Code::Ok, "");
-                let mut response = Response::new(RelayBody::Message {
-                    frame: Some(edge_health::status_frame(status)),
-                    trailers: Some(trailers),
-                });
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/grpc"),
-                );
-                response
-            }
+        let started = tokio::time::Instant::now();
+        let deadline = munity_platform::deadline::requested(&parts.headers);
+        let request = match read_health_request(body).await {
+            Ok(request) => request,
             Err(refusal) => {
-                self.refuse(ctx, client_ip, Refusal::new(refusal.code, refusal.message))
+                let refusal = Refusal::new(refusal.code, refusal.message);
+                return self.refuse(ctx, client_ip, refusal);
             }
-        }
+        };
+        let body = if watch {
+            let watcher = self
+                .gateway
+                .health
+                .watch(request.service, deadline.map(|d| started + d));
+            RelayBody::Watch(Box::new(WatchBody {
+                watcher,
+                done: false,
+                call: LocalCall {
+                    gateway: self.gateway.clone(),
+                    ctx,
+                    client: client_ip,
+                    _on_connection: on_connection,
+                },
+            }))
+        } else {
+            match self.gateway.health.check(&request) {
+                Ok(status) => {
+                    ctx.local_status = Some(Code::Ok);
+                    self.gateway.record_call(&ctx, client_ip, None);
+                    let mut trailers = HeaderMap::new();
+                    add_status(&mut trailers, Code::Ok, "");
+                    RelayBody::Message {
+                        frame: Some(edge_health::status_frame(status)),
+                        trailers: Some(trailers),
+                    }
+                }
+                Err(refusal) => {
+                    let refusal = Refusal::new(refusal.code, refusal.message);
+                    return self.refuse(ctx, client_ip, refusal);
+                }
+            }
+        };
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        response
     }
 
     /// The checks of `Gateway::admit` that apply to a plain gRPC call.
@@ -572,6 +570,52 @@ impl ClientConnection {
     }
 }
 
+/// For a plain gRPC call of the gateway's own health service: whether it
+/// is `Watch` (else `Check`). A browser's calls go to Pingora (CORS).
+fn health_method(request: &Request<Incoming>) -> Option<bool> {
+    let watch = match request.uri().path() {
+        HEALTH_CHECK => false,
+        HEALTH_WATCH => true,
+        _ => return None,
+    };
+    let plain_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| {
+            c.starts_with("application/grpc") && !c.starts_with("application/grpc-web")
+        });
+    (plain_grpc
+        && request.method() == http::Method::POST
+        && !request.headers().contains_key(header::ORIGIN))
+    .then_some(watch)
+}
+
+/// A health call's one request message, bounded in size and time.
+async fn read_health_request(
+    body: Incoming,
+) -> Result<tonic_health::pb::HealthCheckRequest, edge_health::Refusal> {
+    let limited = Limited::new(body, edge_health::MAX_REQUEST_BYTES);
+    match tokio::time::timeout(edge_health::REQUEST_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(edge_health::Refusal::new(
+            Code::DeadlineExceeded,
+            "the request body did not arrive in time",
+        )),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(edge_health::Refusal::new(
+            Code::ResourceExhausted,
+            format!(
+                "a health request is at most {} bytes",
+                edge_health::MAX_REQUEST_BYTES
+            ),
+        )),
+        Ok(Err(error)) => Err(edge_health::Refusal::new(
+            Code::InvalidArgument,
+            format!("reading the request: {error}"),
+        )),
+        Ok(Ok(body)) => edge_health::parse_request(&body.to_bytes()),
+    }
+}
+
 /// `http://<replica><path>`: the upstream request's URI.
 fn upstream_uri(authority: &Authority, path: Option<&http::uri::PathAndQuery>) -> Uri {
     let mut uri = Uri::builder().scheme("http").authority(authority.clone());
@@ -676,6 +720,32 @@ enum RelayBody {
         frame: Option<Bytes>,
         trailers: Option<HeaderMap>,
     },
+    /// A health `Watch`, answered by the gateway.
+    Watch(Box<WatchBody>),
+}
+
+/// A health `Watch` on its way to the client.
+struct WatchBody {
+    watcher: Watcher,
+    /// Ended with a status (drain, deadline).
+    done: bool,
+    call: LocalCall,
+}
+
+/// A call the gateway answers itself, recorded when its answer is done or
+/// its client has gone (a `Watch` ends that way: OK, as on Pingora's path).
+struct LocalCall {
+    gateway: Arc<Gateway>,
+    ctx: Box<CallCtx>,
+    client: Option<IpAddr>,
+    _on_connection: CallOnConnection,
+}
+
+impl Drop for LocalCall {
+    fn drop(&mut self) {
+        self.ctx.local_status.get_or_insert(Code::Ok);
+        self.gateway.record_call(&self.ctx, self.client, None);
+    }
 }
 
 /// A replica's response on its way to the client, with the call's record.
@@ -737,6 +807,32 @@ impl Body for RelayBody {
                     None => trailers.take().map(|t| Ok(Frame::trailers(t))),
                 });
             }
+            RelayBody::Watch(watch) => {
+                if watch.done {
+                    return Poll::Ready(None);
+                }
+                let (code, trailers) = match ready!(watch.watcher.poll_next(cx)) {
+                    WatchEvent::Status(status) => {
+                        return Poll::Ready(Some(Ok(Frame::data(edge_health::status_frame(
+                            status,
+                        )))));
+                    }
+                    WatchEvent::Drained => {
+                        watch.call.ctx.drained = true;
+                        (
+                            Code::Unavailable,
+                            munity_platform::deadline::draining_trailers(),
+                        )
+                    }
+                    WatchEvent::DeadlineExceeded => (
+                        Code::DeadlineExceeded,
+                        munity_platform::deadline::exceeded_trailers(),
+                    ),
+                };
+                watch.done = true;
+                watch.call.ctx.local_status = Some(code);
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
         };
         if relayed.call.ended {
             return Poll::Ready(None);
@@ -779,6 +875,7 @@ impl Body for RelayBody {
             RelayBody::Forwarded { body, .. } => body.is_end_stream(),
             RelayBody::Empty => true,
             RelayBody::Message { frame, trailers } => frame.is_none() && trailers.is_none(),
+            RelayBody::Watch(watch) => watch.done,
         }
     }
 
@@ -786,7 +883,7 @@ impl Body for RelayBody {
         match self {
             RelayBody::Relayed(relayed) if !relayed.call.ended => relayed.upstream.size_hint(),
             RelayBody::Forwarded { body, .. } => body.size_hint(),
-            RelayBody::Message { .. } => SizeHint::default(),
+            RelayBody::Message { .. } | RelayBody::Watch(_) => SizeHint::default(),
             _ => SizeHint::with_exact(0),
         }
     }

@@ -648,6 +648,81 @@ async fn a_second_request_message_is_invalid_argument() {
     users.shutdown.cancel();
 }
 
+/// The grpc-status and grpc-message of an HTTP/2 answer (headers, else
+/// trailers).
+async fn h2_status(response: http::Response<hyper::body::Incoming>) -> (String, String) {
+    use http_body_util::BodyExt;
+    let field = |headers: &http::HeaderMap, name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    if response.headers().contains_key("grpc-status") {
+        let headers = response.headers();
+        return (
+            field(headers, "grpc-status"),
+            field(headers, "grpc-message"),
+        );
+    }
+    let trailers = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .trailers()
+        .cloned()
+        .unwrap_or_default();
+    (
+        field(&trailers, "grpc-status"),
+        field(&trailers, "grpc-message"),
+    )
+}
+
+/// The same rule over HTTP/2 with plain gRPC (the relay's path; the relay
+/// resets the upstream stream, and GrpcHost would refuse it too): a second
+/// message is INVALID_ARGUMENT, and the connection goes on serving calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_request_message_over_http2_is_invalid_argument() {
+    let users = replica().await;
+    let gateway = gateway_in_front_of(&users, "").await;
+    let socket = tokio::net::TcpStream::connect(&gateway.address)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(socket),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let call = |body: Vec<u8>| {
+        http::Request::post(format!(
+            "http://{}/munity.users.v1.Users/GetJwks",
+            gateway.address
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap()
+    };
+
+    let response = sender.send_request(call(two_messages())).await.unwrap();
+    let (status, message) = h2_status(response).await;
+    assert_eq!(status, "3", "{message}");
+    assert!(
+        message.contains("takes exactly one request message"),
+        "{message}"
+    );
+
+    let response = sender
+        .send_request(call(two_messages()[..5].to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(h2_status(response).await.0, "0");
+    users.shutdown.cancel();
+}
+
 /// An HTTP/1.1 request pipelined behind another was dropped, though the
 /// first answer said keep-alive. Both are answered now, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,18 +211,9 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
     }
 
     /// Whether the relay takes the request itself: a plain gRPC call to a
-    /// routed service, not from a browser.
+    /// routed service.
     fn relays(&self, request: &Request<Incoming>) -> bool {
-        let headers = request.headers();
-        let plain_grpc = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| {
-                c.starts_with("application/grpc") && !c.starts_with("application/grpc-web")
-            });
-        plain_grpc
-            && request.method() == http::Method::POST
-            && !headers.contains_key(header::ORIGIN)
+        is_plain_grpc(request)
             && grpc::split_path(request.uri().path()).is_some_and(|(service, _)| {
                 service != edge_health::SERVICE && self.gateway.routes.contains_key(service)
             })
@@ -571,24 +562,28 @@ impl ClientConnection {
 }
 
 /// For a plain gRPC call of the gateway's own health service: whether it
-/// is `Watch` (else `Check`). A browser's calls go to Pingora (CORS).
+/// is `Watch` (else `Check`).
 fn health_method(request: &Request<Incoming>) -> Option<bool> {
     let watch = match request.uri().path() {
         HEALTH_CHECK => false,
         HEALTH_WATCH => true,
         _ => return None,
     };
-    let plain_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| {
-            c.starts_with("application/grpc") && !c.starts_with("application/grpc-web")
-        });
-    (plain_grpc
-        && request.method() == http::Method::POST
-        && !request.headers().contains_key(header::ORIGIN))
-    .then_some(watch)
+    is_plain_grpc(request).then_some(watch)
+}
+
+/// A gRPC call (POST, `application/grpc`), not gRPC-web, and not from a
+/// browser: those go to Pingora, which owns CORS and the web protocols.
+fn is_plain_grpc(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
+    request.method() == http::Method::POST
+        && !headers.contains_key(header::ORIGIN)
+        && headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| {
+                c.starts_with("application/grpc") && !c.starts_with("application/grpc-web")
+            })
 }
 
 /// A health call's one request message, bounded in size and time.

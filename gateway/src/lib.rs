@@ -273,6 +273,11 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
 
     // The gateway accepts connections itself (connections.rs) and hands
     // each to Pingora's HTTP handling.
+    // A header block far past the limit is refused by h2 itself, before it
+    // is buffered (HEADERS + CONTINUATION floods); up to twice the limit
+    // reaches the checks, which answer with a gRPC status. On both paths.
+    let h2_max_header_list_size =
+        u32::try_from(config.max_request_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX);
     let mut app =
         pingora_proxy::http_proxy(&server.configuration, proxy::EdgeProxy(gateway.clone()));
     {
@@ -285,12 +290,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
         // Pingora's default allows 100 streams per connection.
         let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
         h2.max_concurrent_streams(config.h2_max_concurrent_streams.max(1));
-        // A header block far past the limit is refused by h2 itself, before
-        // it is buffered (HEADERS + CONTINUATION floods); up to twice the
-        // limit reaches request_filter, which answers with a gRPC status.
-        h2.max_header_list_size(
-            u32::try_from(config.max_request_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-        );
+        h2.max_header_list_size(h2_max_header_list_size);
         // Every gRPC call carries at least one small DATA frame; hundreds of
         // calls opened at once on one connection (a client multiplexing
         // subscriptions) exceed h2's default framing budget of ~25 KB, and it
@@ -307,10 +307,7 @@ pub fn run(config: GatewayConfig, auth: AuthConfig, shutdown: ShutdownToken) -> 
             relay_upstreams,
             proxy::relay::RelaySettings {
                 max_concurrent_streams: config.h2_max_concurrent_streams.max(1),
-                max_header_list_size: u32::try_from(
-                    config.max_request_header_bytes.saturating_mul(2),
-                )
-                .unwrap_or(u32::MAX),
+                max_header_list_size: h2_max_header_list_size,
                 idle_timeout: (config.client_idle_timeout_secs > 0)
                     .then(|| Duration::from_secs(config.client_idle_timeout_secs)),
             },

@@ -50,13 +50,24 @@ const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Upstream connections for request bodies of type `B`.
 pub struct UpstreamPool<B> {
     replicas: Mutex<HashMap<SocketAddr, Arc<Replica<B>>>>,
+    /// Set by [`UpstreamPool::end_all`]: one atomic load per call, where
+    /// the drain token's `is_cancelled` takes a lock.
+    ended: AtomicBool,
 }
 
 impl<B> Default for UpstreamPool<B> {
     fn default() -> Self {
         UpstreamPool {
             replicas: Mutex::default(),
+            ended: AtomicBool::new(false),
         }
+    }
+}
+
+impl<B> UpstreamPool<B> {
+    /// Whether the drain has cut the connections: no call should start.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 }
 
@@ -130,6 +141,7 @@ where
 
     /// Closes every connection (the drain).
     pub fn end_all(&self) {
+        self.ended.store(true, Ordering::Release);
         let replicas = self.replicas.lock().expect("no panics under the lock");
         for replica in replicas.values() {
             let connections = replica

@@ -382,7 +382,7 @@ impl<A: ServerApp + Send + Sync + 'static> Relay<A> {
                 return self.refuse(ctx, client, Refusal::new(Code::Internal, "request lost"));
             };
             *upstream_request.uri_mut() = upstream_uri(&slot.authority, path.as_ref());
-            if self.gateway.drain.is_cancelled() {
+            if self.upstreams.ended() {
                 ctx.drained = true;
                 let refusal = Refusal::new(Code::Unavailable, DRAINING_MESSAGE);
                 return self.refuse(ctx, client, refusal);

@@ -62,6 +62,22 @@ impl Refusal {
             unframed: false,
         }
     }
+
+    /// The request outgrew [`MAX_REQUEST_BYTES`] (either path's reader).
+    pub fn too_large() -> Self {
+        Refusal::new(
+            Code::ResourceExhausted,
+            format!("a health request is at most {MAX_REQUEST_BYTES} bytes"),
+        )
+    }
+
+    /// The request did not arrive within [`REQUEST_READ_TIMEOUT`].
+    pub fn too_slow() -> Self {
+        Refusal::new(
+            Code::DeadlineExceeded,
+            "the request body did not arrive in time",
+        )
+    }
 }
 
 /// The gateway's health service (cheap to clone: watchers hold one).
@@ -316,10 +332,7 @@ async fn read_request(
                 None => chunk,
             };
             if body.len() + chunk.len() > MAX_REQUEST_BYTES {
-                return Err(Refusal::new(
-                    Code::ResourceExhausted,
-                    format!("a health request is at most {MAX_REQUEST_BYTES} bytes"),
-                ));
+                return Err(Refusal::too_large());
             }
             body.extend_from_slice(&chunk);
         }
@@ -327,12 +340,7 @@ async fn read_request(
     };
     let body = tokio::time::timeout(REQUEST_READ_TIMEOUT, read)
         .await
-        .map_err(|_| {
-            Refusal::new(
-                Code::DeadlineExceeded,
-                "the request body did not arrive in time",
-            )
-        })??;
+        .map_err(|_| Refusal::too_slow())??;
     parse_request(&body)
 }
 

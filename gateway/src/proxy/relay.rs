@@ -592,17 +592,8 @@ async fn read_health_request(
 ) -> Result<tonic_health::pb::HealthCheckRequest, edge_health::Refusal> {
     let limited = Limited::new(body, edge_health::MAX_REQUEST_BYTES);
     match tokio::time::timeout(edge_health::REQUEST_READ_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(edge_health::Refusal::new(
-            Code::DeadlineExceeded,
-            "the request body did not arrive in time",
-        )),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(edge_health::Refusal::new(
-            Code::ResourceExhausted,
-            format!(
-                "a health request is at most {} bytes",
-                edge_health::MAX_REQUEST_BYTES
-            ),
-        )),
+        Err(_) => Err(edge_health::Refusal::too_slow()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(edge_health::Refusal::too_large()),
         Ok(Err(error)) => Err(edge_health::Refusal::new(
             Code::InvalidArgument,
             format!("reading the request: {error}"),

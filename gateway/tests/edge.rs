@@ -361,6 +361,19 @@ async fn health_through_the_gateway_reflects_the_routes_replicas() {
     assert_eq!(check("").await.unwrap(), ServingStatus::Serving as i32);
     let unknown = check("munity.nope.v1.Nope").await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    // A request past the health service's bound (1 KiB), over h2c (the
+    // relay's path; gRPC-web's is in hostile.rs), for Check and Watch.
+    let oversized = check(&"x".repeat(2048)).await.unwrap_err();
+    assert_eq!(oversized.code(), Code::ResourceExhausted, "{oversized:?}");
+    assert!(oversized.message().contains("at most 1024 bytes"), "{oversized:?}");
+    let oversized = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: "x".repeat(2048),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(oversized.code(), Code::ResourceExhausted, "{oversized:?}");
 
     let mut watch = health
         .clone()

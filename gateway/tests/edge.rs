@@ -365,7 +365,10 @@ async fn health_through_the_gateway_reflects_the_routes_replicas() {
     // relay's path; gRPC-web's is in hostile.rs), for Check and Watch.
     let oversized = check(&"x".repeat(2048)).await.unwrap_err();
     assert_eq!(oversized.code(), Code::ResourceExhausted, "{oversized:?}");
-    assert!(oversized.message().contains("at most 1024 bytes"), "{oversized:?}");
+    assert!(
+        oversized.message().contains("at most 1024 bytes"),
+        "{oversized:?}"
+    );
     let oversized = health
         .clone()
         .watch(HealthCheckRequest {

@@ -1,7 +1,8 @@
 //! Publishing, as sources and the Publish RPC both do it: on the hub, then
-//! (for `user:<id>`) into that user's inbox. Both steps are idempotent by
-//! the source id, so whoever retries after a failure (the consumer group,
-//! a Publish caller) completes what is missing and duplicates nothing.
+//! (for `user:<id>`) into that user's inbox before it is heard live. Both
+//! steps are idempotent by the source id, so whoever retries after a
+//! failure (the consumer group, a Publish caller) completes what is missing
+//! and duplicates nothing.
 
 use std::sync::Arc;
 
@@ -35,21 +36,65 @@ impl Publisher {
         payload: &[u8],
         at: Millis,
     ) -> Result<Notification, PublishError> {
-        let notification = self.hub.publish(topic, id, kind, payload, at).await?;
-        if let Some(user) = owner_of(topic) {
-            self.inbox.add(user, &notification).await?;
+        if owner_of(topic).is_none() {
+            return Ok(self.hub.publish(topic, id, kind, payload, at).await?);
         }
-        Ok(notification)
+        let item = Publication {
+            topic: topic.to_owned(),
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            payload: payload.to_vec(),
+            at,
+        };
+        self.inboxes_first(vec![item])
+            .await?
+            .pop()
+            .ok_or_else(|| PublishError::Hub(HubError::Internal("nothing published".to_owned())))
     }
 
     /// [`Publisher::publish`] of each: on the hub at once (one write on
-    /// the embedded hub), then into the inboxes of the `user:` topics.
+    /// the embedded hub), the `user:` topics' in a second write.
     pub async fn publish_many(&self, items: Vec<Publication>) -> Result<(), PublishError> {
-        for notification in self.hub.publish_many(items).await? {
-            if let Some(user) = owner_of(&notification.topic) {
-                self.inbox.add(user, &notification).await?;
-            }
+        let (owned, others): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|item| owner_of(&item.topic).is_some());
+        if !others.is_empty() {
+            self.hub.publish_many(others).await?;
+        }
+        if !owned.is_empty() {
+            self.inboxes_first(owned).await?;
         }
         Ok(())
+    }
+
+    /// Publications on `user:` topics: stored on the hub, added to their
+    /// users' inboxes, and only then heard live, so a client that counts
+    /// its unread items when it hears one finds it counted. Runs to the
+    /// end in a task of its own, even when the caller stops waiting (a
+    /// Publish whose client went away): what was stored is always
+    /// announced, or the embedded hub would hold that topic's later
+    /// notifications back.
+    async fn inboxes_first(
+        &self,
+        items: Vec<Publication>,
+    ) -> Result<Vec<Notification>, PublishError> {
+        let (hub, inbox) = (self.hub.clone(), self.inbox.clone());
+        tokio::spawn(async move {
+            let stored = hub.store_many(items).await?;
+            let mut added = Ok(());
+            for stored in &stored {
+                if let Some(user) = owner_of(&stored.notification.topic) {
+                    added = inbox.add(user, &stored.notification).await;
+                    if added.is_err() {
+                        break;
+                    }
+                }
+            }
+            hub.announce(&stored).await;
+            added?;
+            Ok(stored.into_iter().map(|s| s.notification).collect())
+        })
+        .await
+        .map_err(|e| PublishError::Hub(HubError::Internal(format!("publishing failed: {e}"))))?
     }
 }

@@ -285,12 +285,62 @@ mod cases {
             "no gap a subscriber must fill from history"
         );
     }
+
+    pub async fn stored_notifications_are_heard_only_once_announced(pair: Pair) {
+        let (a, b) = pair;
+        let t = topic();
+        let mut live = b.follow(vec![t.clone()]);
+        let item = |n: u32| notify_svc::hub::Publication {
+            topic: t.clone(),
+            id: format!("id-{n}"),
+            kind: "munity.test.Thing".to_owned(),
+            payload: format!("payload {n}").into_bytes(),
+            at: 1_700_000_000_000 + i64::from(n),
+        };
+        let stored = a.store_many(vec![item(0), item(1)]).await.unwrap();
+        assert!(stored.iter().all(|s| s.new));
+        assert_eq!(
+            stored
+                .iter()
+                .map(|s| s.notification.offset)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), live.next())
+                .await
+                .is_err(),
+            "nothing is heard before the announcement"
+        );
+        // Stored already: found, not new, and never announced twice.
+        let again = a.store_many(vec![item(0)]).await.unwrap();
+        assert_eq!(again[0].notification, stored[0].notification);
+        assert!(!again[0].new);
+        a.announce(&again).await;
+        a.announce(&stored).await;
+        for expected in &stored {
+            let heard = loop {
+                match tokio::time::timeout(Duration::from_secs(5), live.next())
+                    .await
+                    .expect("heard within 5 s")
+                    .unwrap()
+                {
+                    Heard::Notification(n) if n.topic == t => break n,
+                    _ => continue,
+                }
+            };
+            assert_eq!(*heard, expected.notification);
+        }
+        let next = publish(a.as_ref(), &t, 2).await;
+        assert_eq!(next.offset, 3);
+    }
 }
 
 munity_testkit::contract_suite! {
     cases: cases,
     backends: { embedded_hub => embedded(), redis_hub => redis() },
     tests: [
+        stored_notifications_are_heard_only_once_announced,
         a_batch_is_published_in_order_once_and_heard_live,
         offsets_grow_by_one_per_topic_and_publishes_are_idempotent,
         a_resume_gets_exactly_what_was_missed_or_a_resync,

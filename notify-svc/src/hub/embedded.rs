@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Hub, HubError, HubResult, LiveFeed, LiveTopics, Notification, Position, Publication, Recovery,
-    Retention, from_proto, new_epoch, to_proto,
+    Retention, Stored, from_proto, new_epoch, to_proto,
 };
 
 /// topic → its meta.
@@ -313,6 +313,14 @@ impl Hub for EmbeddedHub {
     /// other writers), each delivered live once durable, in its topic's
     /// order.
     async fn publish_many(&self, items: Vec<Publication>) -> HubResult<Vec<Notification>> {
+        let stored = self.store_many(items).await?;
+        self.announce(&stored).await;
+        Ok(stored.into_iter().map(|s| s.notification).collect())
+    }
+
+    /// All in one write transaction; the new ones wait in their topics'
+    /// lines (`in_flight`) until announced.
+    async fn store_many(&self, items: Vec<Publication>) -> HubResult<Vec<Stored>> {
         let retention = self.retention;
         // The offsets given, to settle when the write fails after them.
         let assigned: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
@@ -330,17 +338,7 @@ impl Hub for EmbeddedHub {
         match written {
             Ok(stored) => Ok(stored
                 .into_iter()
-                .map(|(notification, new)| {
-                    if new {
-                        // Durable now: whoever hears it can read it back.
-                        self.settle(
-                            &notification.topic,
-                            notification.offset,
-                            Some(notification.clone()),
-                        );
-                    }
-                    notification
-                })
+                .map(|(notification, new)| Stored { notification, new })
                 .collect()),
             Err(error) => {
                 let assigned =
@@ -350,6 +348,18 @@ impl Hub for EmbeddedHub {
                 }
                 Err(hub_error(error))
             }
+        }
+    }
+
+    async fn announce(&self, stored: &[Stored]) {
+        for stored in stored.iter().filter(|s| s.new) {
+            // Durable: whoever hears it can read it back.
+            let notification = &stored.notification;
+            self.settle(
+                &notification.topic,
+                notification.offset,
+                Some(notification.clone()),
+            );
         }
     }
 

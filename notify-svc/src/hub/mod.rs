@@ -110,6 +110,15 @@ pub struct Publication {
     pub at: Millis,
 }
 
+/// A notification [`Hub::store_many`] stored, or found stored before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub notification: Notification,
+    /// Stored by this call: live subscribers are still to hear of it
+    /// ([`Hub::announce`]).
+    pub new: bool,
+}
+
 #[async_trait::async_trait]
 pub trait Hub: Send + Sync + 'static {
     /// Stores the next notification of `topic` and delivers it live on
@@ -136,6 +145,17 @@ pub trait Hub: Send + Sync + 'static {
         }
         Ok(published)
     }
+    /// Stores like [`Hub::publish_many`], but tells live subscribers
+    /// nothing yet: for notifications something else must record first
+    /// (a `user:` topic's go into the user's inbox), so that whoever hears
+    /// one live finds it there. [`Hub::announce`] must follow, whatever
+    /// happens in between (on the embedded hub, a topic's live delivery
+    /// waits for its offsets in order).
+    async fn store_many(&self, items: Vec<Publication>) -> HubResult<Vec<Stored>>;
+    /// Tells live subscribers, on every replica, of the new notifications
+    /// among `stored`. Not failing: a subscriber that missed one finds it in
+    /// history when the next arrives.
+    async fn announce(&self, stored: &[Stored]);
     /// The topic's position now (a new topic gets its epoch here).
     async fn position(&self, topic: &str) -> HubResult<Position>;
     /// What came after `after` in `topic`, at most `limit`.

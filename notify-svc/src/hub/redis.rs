@@ -11,7 +11,8 @@
 //!
 //! A publish is one Lua script (idempotency check, offset, history, and
 //! the live PUBLISH), so offsets are assigned in one place and every replica
-//! agrees. Live delivery: every replica subscribes to one channel and
+//! agrees. A notification stored for an inbox first (`store_many`) is
+//! published live by `announce`, after the script. Live delivery: every replica subscribes to one channel and
 //! hands what arrives to its local streams of that topic. After a reconnect it
 //! announces a catch-up, and streams read history after their last
 //! offsets: a message missed while disconnected is found there.
@@ -26,11 +27,15 @@ use munity_store::Millis;
 use tokio::sync::broadcast;
 
 use super::{
-    Hub, HubError, HubResult, LiveFeed, LiveTopics, Notification, Position, Recovery, Retention,
-    new_epoch,
+    Hub, HubError, HubResult, LiveFeed, LiveTopics, Notification, Position, Publication, Recovery,
+    Retention, Stored, new_epoch,
 };
 
 const PUBLISH: &str = r#"
+local function live(epoch, offset)
+  return epoch .. '|' .. offset .. '|' .. ARGV[5] .. '|' .. ARGV[6]
+    .. '|' .. ARGV[7] .. '|' .. ARGV[8] .. '|' .. ARGV[9]
+end
 local before = redis.call('GET', KEYS[3])
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if before and epoch then
@@ -53,8 +58,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0',
 redis.call('SET', KEYS[3], offset, 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], epoch .. '|' .. offset .. '|' .. ARGV[5] .. '|' .. ARGV[6]
-  .. '|' .. ARGV[7] .. '|' .. ARGV[8] .. '|' .. ARGV[9])
+if ARGV[10] == '1' then
+  redis.call('PUBLISH', ARGV[4], live(epoch, offset))
+end
 return {1, offset, epoch, ARGV[5]}
 "#;
 
@@ -88,6 +94,17 @@ fn text(value: &Value) -> Option<String> {
 
 fn integer(value: &Value) -> Option<i64> {
     value.as_i64()
+}
+
+/// `epoch|offset|at|topic|kind|id|payload`: what the live channel carries.
+fn live_message(n: &Notification) -> Vec<u8> {
+    let mut message = format!(
+        "{}|{}|{}|{}|{}|{}|",
+        n.epoch, n.offset, n.at, n.topic, n.kind, n.id
+    )
+    .into_bytes();
+    message.extend_from_slice(&n.payload);
+    message
 }
 
 /// `epoch|offset|at|topic|kind|id|payload` (the script's PUBLISH).
@@ -175,6 +192,59 @@ impl RedisHub {
         .map_err(unavailable)
     }
 
+    /// Runs the publish script for `item`, which also publishes it live when
+    /// `announce` says so.
+    async fn store_one(&self, item: Publication, announce: bool) -> HubResult<Stored> {
+        let Publication {
+            topic,
+            id,
+            kind,
+            payload,
+            at,
+        } = item;
+        let (meta, stream) = self.keys(&topic);
+        let published = format!("{}:{{{topic}}}:p:{id}", self.prefix);
+        let reply = self
+            .script(
+                PUBLISH,
+                vec![meta, stream, published],
+                vec![
+                    new_epoch().into(),
+                    Value::Integer(self.retention.size.max(1) as i64),
+                    Value::Integer(self.retention.ttl_secs.max(1) as i64),
+                    self.channel.as_str().into(),
+                    at.to_string().into(),
+                    topic.as_str().into(),
+                    kind.as_str().into(),
+                    id.as_str().into(),
+                    Value::Bytes(payload.clone().into()),
+                    if announce { "1" } else { "0" }.into(),
+                ],
+            )
+            .await?;
+        let bad = || HubError::Internal(format!("unexpected reply to publish: {reply:?}"));
+        let new = reply.first().and_then(integer).ok_or_else(bad)? == 1;
+        let offset = reply.get(1).and_then(integer).ok_or_else(bad)?;
+        let epoch = reply.get(2).and_then(text).ok_or_else(bad)?;
+        let at = reply
+            .get(3)
+            .and_then(text)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(at);
+        Ok(Stored {
+            notification: Notification {
+                topic,
+                epoch,
+                offset: offset as u64,
+                at,
+                kind,
+                id,
+                payload,
+            },
+            new,
+        })
+    }
+
     async fn script(
         &self,
         script: &str,
@@ -231,42 +301,35 @@ impl Hub for RedisHub {
         payload: &[u8],
         at: Millis,
     ) -> HubResult<Notification> {
-        let (meta, stream) = self.keys(topic);
-        let published = format!("{}:{{{topic}}}:p:{id}", self.prefix);
-        let reply = self
-            .script(
-                PUBLISH,
-                vec![meta, stream, published],
-                vec![
-                    new_epoch().into(),
-                    Value::Integer(self.retention.size.max(1) as i64),
-                    Value::Integer(self.retention.ttl_secs.max(1) as i64),
-                    self.channel.as_str().into(),
-                    at.to_string().into(),
-                    topic.into(),
-                    kind.into(),
-                    id.into(),
-                    Value::Bytes(bytes::Bytes::copy_from_slice(payload)),
-                ],
-            )
-            .await?;
-        let bad = || HubError::Internal(format!("unexpected reply to publish: {reply:?}"));
-        let offset = reply.get(1).and_then(integer).ok_or_else(bad)?;
-        let epoch = reply.get(2).and_then(text).ok_or_else(bad)?;
-        let at = reply
-            .get(3)
-            .and_then(text)
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(at);
-        Ok(Notification {
+        let item = Publication {
             topic: topic.to_owned(),
-            epoch,
-            offset: offset as u64,
-            at,
-            kind: kind.to_owned(),
             id: id.to_owned(),
+            kind: kind.to_owned(),
             payload: payload.to_vec(),
-        })
+            at,
+        };
+        Ok(self.store_one(item, true).await?.notification)
+    }
+
+    async fn store_many(&self, items: Vec<Publication>) -> HubResult<Vec<Stored>> {
+        let mut stored = Vec::with_capacity(items.len());
+        for item in items {
+            stored.push(self.store_one(item, false).await?);
+        }
+        Ok(stored)
+    }
+
+    async fn announce(&self, stored: &[Stored]) {
+        for stored in stored.iter().filter(|s| s.new) {
+            let message = Value::Bytes(live_message(&stored.notification).into());
+            if let Err(error) = self
+                .call("PUBLISH", vec![self.channel.as_str().into(), message])
+                .await
+            {
+                // Subscribers find it in history when the next one comes.
+                tracing::warn!(%error, topic = %stored.notification.topic, "a live notification was not published");
+            }
+        }
     }
 
     async fn position(&self, topic: &str) -> HubResult<Position> {

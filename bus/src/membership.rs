@@ -157,17 +157,49 @@ struct DisplayName {
     at_ms: i64,
 }
 
-/// pair_key(community, user) → role (JSON). The name and encoding are
-/// events-svc's from before the view was shared, so its stored view stays.
-const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
-/// pair_key(user, community) → role: a user's communities.
-const MEMBER_COMMUNITIES: TableDefinition<&[u8], &[u8]> =
-    TableDefinition::new("member_communities");
-/// user → [`DisplayName`] (JSON).
-const DISPLAY_NAMES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("display_names");
-/// community ‖ name key ‖ 0 ‖ user → (): members by folded name (a name
-/// holds no NUL: users-svc refuses control characters).
-const MEMBER_NAMES: TableDefinition<&[u8], ()> = TableDefinition::new("member_names");
+/// The view's tables in a store's file: these names in a file of the
+/// store's own, each prefixed with the store's name in a file several
+/// stores share ([`EmbeddedDb::own_table`]).
+struct ViewTables {
+    members: String,
+    member_communities: String,
+    display_names: String,
+    member_names: String,
+}
+
+impl ViewTables {
+    fn of(db: &EmbeddedDb) -> Self {
+        ViewTables {
+            members: db.own_table("members"),
+            member_communities: db.own_table("member_communities"),
+            display_names: db.own_table("display_names"),
+            member_names: db.own_table("member_names"),
+        }
+    }
+
+    /// pair_key(community, user) → role (JSON). The name and encoding are
+    /// events-svc's from before the view was shared, so its stored view
+    /// stays.
+    fn members(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+        TableDefinition::new(&self.members)
+    }
+
+    /// pair_key(user, community) → role: a user's communities.
+    fn member_communities(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+        TableDefinition::new(&self.member_communities)
+    }
+
+    /// user → [`DisplayName`] (JSON).
+    fn display_names(&self) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+        TableDefinition::new(&self.display_names)
+    }
+
+    /// community ‖ name key ‖ 0 ‖ user → (): members by folded name (a
+    /// name holds no NUL: users-svc refuses control characters).
+    fn member_names(&self) -> TableDefinition<'_, &'static [u8], ()> {
+        TableDefinition::new(&self.member_names)
+    }
+}
 
 fn name_entry(community: Uuid, key: &str, user: Uuid) -> Vec<u8> {
     let mut entry = name_prefix(community, key);
@@ -210,11 +242,13 @@ fn stored_name(
 /// write; reads before that see no members).
 pub struct EmbeddedMemberships {
     db: EmbeddedDb,
+    tables: Arc<ViewTables>,
 }
 
 impl EmbeddedMemberships {
     pub fn open(db: EmbeddedDb) -> Arc<dyn MembershipView> {
-        Arc::new(EmbeddedMemberships { db })
+        let tables = Arc::new(ViewTables::of(&db));
+        Arc::new(EmbeddedMemberships { db, tables })
     }
 }
 
@@ -230,10 +264,13 @@ impl MembershipView for EmbeddedMemberships {
         user: Uuid,
         role: Option<MemberRole>,
     ) -> StoreResult<()> {
+        let tables = self.tables.clone();
         self.db
             .write(move |txn| {
-                let mut members = txn.open_table(MEMBERS).map_err(internal)?;
-                let mut by_user = txn.open_table(MEMBER_COMMUNITIES).map_err(internal)?;
+                let mut members = txn.open_table(tables.members()).map_err(internal)?;
+                let mut by_user = txn
+                    .open_table(tables.member_communities())
+                    .map_err(internal)?;
                 let key = pair_key(community, user);
                 let user_key = pair_key(user, community);
                 match role {
@@ -252,10 +289,10 @@ impl MembershipView for EmbeddedMemberships {
                     }
                 }
                 // The member is found by their name from now on (or no more).
-                let names = txn.open_table(DISPLAY_NAMES).map_err(internal)?;
+                let names = txn.open_table(tables.display_names()).map_err(internal)?;
                 if let Some(known) = stored_name(&names, user)? {
                     let entry = name_entry(community, &name_key(&known.name), user);
-                    let mut index = txn.open_table(MEMBER_NAMES).map_err(internal)?;
+                    let mut index = txn.open_table(tables.member_names()).map_err(internal)?;
                     if role.is_some() {
                         index.insert(entry.as_slice(), ()).map_err(internal)?;
                     } else {
@@ -268,10 +305,11 @@ impl MembershipView for EmbeddedMemberships {
     }
 
     async fn role(&self, community: Uuid, user: Uuid) -> StoreResult<Option<MemberRole>> {
+        let tables = self.tables.clone();
         self.db
             .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
-                let table = match txn.open_table(MEMBERS) {
+                let table = match txn.open_table(tables.members()) {
                     Ok(table) => table,
                     Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                     Err(error) => return Err(internal(error)),
@@ -288,10 +326,11 @@ impl MembershipView for EmbeddedMemberships {
     }
 
     async fn communities_of(&self, user: Uuid) -> StoreResult<Vec<(Uuid, MemberRole)>> {
+        let tables = self.tables.clone();
         self.db
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
-                let table = match txn.open_table(MEMBER_COMMUNITIES) {
+                let table = match txn.open_table(tables.member_communities()) {
                     Ok(table) => table,
                     Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                     Err(error) => return Err(internal(error)),
@@ -313,10 +352,11 @@ impl MembershipView for EmbeddedMemberships {
     }
 
     async fn members_of(&self, community: Uuid, limit: usize) -> StoreResult<Vec<Uuid>> {
+        let tables = self.tables.clone();
         self.db
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
-                let table = match txn.open_table(MEMBERS) {
+                let table = match txn.open_table(tables.members()) {
                     Ok(table) => table,
                     Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                     Err(error) => return Err(internal(error)),
@@ -339,9 +379,10 @@ impl MembershipView for EmbeddedMemberships {
 
     async fn set_display_name(&self, user: Uuid, name: &str, at_ms: i64) -> StoreResult<()> {
         let name = name.to_owned();
+        let tables = self.tables.clone();
         self.db
             .write(move |txn| {
-                let mut names = txn.open_table(DISPLAY_NAMES).map_err(internal)?;
+                let mut names = txn.open_table(tables.display_names()).map_err(internal)?;
                 let old = stored_name(&names, user)?;
                 if old.as_ref().is_some_and(|old| old.at_ms > at_ms) {
                     return Ok(());
@@ -354,8 +395,10 @@ impl MembershipView for EmbeddedMemberships {
                     )
                     .map_err(internal)?;
                 drop(names);
-                let by_user = txn.open_table(MEMBER_COMMUNITIES).map_err(internal)?;
-                let mut index = txn.open_table(MEMBER_NAMES).map_err(internal)?;
+                let by_user = txn
+                    .open_table(tables.member_communities())
+                    .map_err(internal)?;
+                let mut index = txn.open_table(tables.member_names()).map_err(internal)?;
                 let (start, end) = (pair_key(user, Uuid::nil()), pair_key(user, Uuid::max()));
                 for entry in by_user
                     .range::<&[u8]>(start.as_slice()..=end.as_slice())
@@ -378,10 +421,11 @@ impl MembershipView for EmbeddedMemberships {
     }
 
     async fn display_name(&self, user: Uuid) -> StoreResult<Option<String>> {
+        let tables = self.tables.clone();
         self.db
             .read_now(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
-                let Some(names) = readable(&txn, DISPLAY_NAMES)? else {
+                let Some(names) = readable(&txn, tables.display_names())? else {
                     return Ok(None);
                 };
                 Ok(stored_name(&names, user)?.map(|known| known.name))
@@ -397,13 +441,14 @@ impl MembershipView for EmbeddedMemberships {
     ) -> StoreResult<Option<(String, Vec<Uuid>)>> {
         let mut keys = keys.to_vec();
         keys.sort_by_key(|key| std::cmp::Reverse(key.len()));
+        let tables = self.tables.clone();
         self.db
             .blocking(move |db| {
                 let txn = db.begin_read().map_err(internal)?;
                 let (Some(index), Some(names), Some(members)) = (
-                    readable(&txn, MEMBER_NAMES)?,
-                    readable(&txn, DISPLAY_NAMES)?,
-                    readable(&txn, MEMBERS)?,
+                    readable(&txn, tables.member_names())?,
+                    readable(&txn, tables.display_names())?,
+                    readable(&txn, tables.members())?,
                 ) else {
                     return Ok(None);
                 };

@@ -31,18 +31,30 @@ use tokio::sync::Notify;
 use crate::{BusError, BusResult, DomainEvent, EventLog, metrics};
 
 /// The outbox table in a service's redb file: sequence → encoded event.
-const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Named `outbox`, or `<service>.outbox` in a file several stores share
+/// ([`EmbeddedDb::own_table`]).
+#[derive(Clone)]
+pub struct OutboxTable(Arc<str>);
 
-/// Creates the outbox table; call it where the service creates its tables.
-pub fn create_table(txn: &WriteTransaction) -> Result<(), redb::TableError> {
-    txn.open_table(OUTBOX).map(drop)
+impl OutboxTable {
+    fn definition(&self) -> TableDefinition<'_, u64, &'static [u8]> {
+        TableDefinition::new(&self.0)
+    }
+
+    /// Stages `events` in the service's write transaction `txn`: they are
+    /// relayed to the log once (and only if) it commits.
+    pub fn stage(&self, txn: &WriteTransaction, events: &[DomainEvent]) -> Result<(), StoreError> {
+        stage(txn, self.definition(), events)
+    }
 }
 
-/// Stages `events` in the service's write transaction `txn`: they are
-/// relayed to the log once (and only if) it commits.
-pub fn stage(txn: &WriteTransaction, events: &[DomainEvent]) -> Result<(), StoreError> {
+fn stage(
+    txn: &WriteTransaction,
+    outbox: TableDefinition<u64, &[u8]>,
+    events: &[DomainEvent],
+) -> Result<(), StoreError> {
     let internal = |e: redb::Error| StoreError::Internal(e.to_string());
-    let mut table = txn.open_table(OUTBOX).map_err(|e| internal(e.into()))?;
+    let mut table = txn.open_table(outbox).map_err(|e| internal(e.into()))?;
     let first = table
         .last()
         .map_err(|e| internal(e.into()))?
@@ -119,17 +131,26 @@ pub trait Outbox: Send + Sync {
 #[derive(Clone)]
 pub struct EmbeddedOutbox {
     db: EmbeddedDb,
+    table: OutboxTable,
     /// Notified after a write that staged events (the relay's cue).
     staged: Arc<Notify>,
 }
 
 impl EmbeddedOutbox {
-    /// The outbox in `db`, whose tables include [`create_table`]'s.
-    pub fn new(db: EmbeddedDb) -> Self {
-        EmbeddedOutbox {
+    /// The outbox of the store `db`, its table created when missing.
+    pub fn new(db: EmbeddedDb) -> anyhow::Result<Self> {
+        let table = OutboxTable(Arc::from(db.own_table("outbox")));
+        db.create_tables(|txn| txn.open_table(table.definition()).map(drop))?;
+        Ok(EmbeddedOutbox {
             db,
+            table,
             staged: Arc::new(Notify::new()),
-        }
+        })
+    }
+
+    /// The outbox's table, for writes that stage events themselves.
+    pub fn table(&self) -> OutboxTable {
+        self.table.clone()
     }
 
     /// Tells the relay that a committed write staged events.
@@ -150,11 +171,12 @@ impl EmbeddedOutbox {
             + Send
             + 'static,
     {
+        let table = self.table.clone();
         let (value, staged) = self
             .db
             .write_shared(move |txn| {
                 let (value, events) = operation(txn)?;
-                stage(txn, &events)?;
+                table.stage(txn, &events)?;
                 Ok((value, !events.is_empty()))
             })
             .await?;
@@ -228,12 +250,15 @@ fn unavailable(error: impl std::fmt::Display) -> BusError {
 #[async_trait]
 impl Outbox for EmbeddedOutbox {
     async fn oldest(&self, max: usize) -> BusResult<Vec<(StagedKey, DomainEvent)>> {
+        let outbox = self.table.clone();
         let raw: Vec<(u64, Vec<u8>)> = self
             .db
             .blocking(move |db| {
                 let internal = |e: redb::Error| StoreError::Internal(e.to_string());
                 let txn = redb::ReadableDatabase::begin_read(db).map_err(|e| internal(e.into()))?;
-                let table = txn.open_table(OUTBOX).map_err(|e| internal(e.into()))?;
+                let table = txn
+                    .open_table(outbox.definition())
+                    .map_err(|e| internal(e.into()))?;
                 let mut raw = Vec::new();
                 for entry in table.iter().map_err(|e| internal(e.into()))?.take(max) {
                     let (seq, bytes) = entry.map_err(|e| internal(e.into()))?;
@@ -269,10 +294,13 @@ impl Outbox for EmbeddedOutbox {
             .collect();
         // A crash before this is durable relays these events again:
         // consumers are idempotent, and nothing is lost.
+        let outbox = self.table.clone();
         self.db
             .write_unsynced(move |txn| {
                 let internal = |e: redb::Error| StoreError::Internal(e.to_string());
-                let mut table = txn.open_table(OUTBOX).map_err(|e| internal(e.into()))?;
+                let mut table = txn
+                    .open_table(outbox.definition())
+                    .map_err(|e| internal(e.into()))?;
                 for &key in &keys {
                     table.remove(key).map_err(|e| internal(e.into()))?;
                 }
@@ -283,11 +311,14 @@ impl Outbox for EmbeddedOutbox {
     }
 
     async fn backlog(&self) -> BusResult<u64> {
+        let outbox = self.table.clone();
         self.db
-            .blocking(|db| {
+            .blocking(move |db| {
                 let internal = |e: redb::Error| StoreError::Internal(e.to_string());
                 let txn = redb::ReadableDatabase::begin_read(db).map_err(|e| internal(e.into()))?;
-                let table = txn.open_table(OUTBOX).map_err(|e| internal(e.into()))?;
+                let table = txn
+                    .open_table(outbox.definition())
+                    .map_err(|e| internal(e.into()))?;
                 table.len().map_err(|e| internal(e.into()))
             })
             .await

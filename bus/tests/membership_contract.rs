@@ -27,6 +27,47 @@ async fn embedded() -> Option<(View, tempfile::TempDir)> {
     Some((EmbeddedMemberships::open(db), dir))
 }
 
+/// The view of a store in a file it shares with another store that has a
+/// view too (`munity dev`'s one file): its tables are its own.
+async fn embedded_in_a_shared_file() -> Option<(View, (View, tempfile::TempDir))> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.redb");
+    let db = EmbeddedDb::open(&file, "svc", |_| Ok(())).unwrap();
+    let other = EmbeddedMemberships::open(EmbeddedDb::open(&file, "other", |_| Ok(())).unwrap());
+    // The other store's view holds every user the cases could ask about
+    // in a community of its own, so a shared table would show.
+    other
+        .set_member(Uuid::nil(), Uuid::nil(), Some(MemberRole::Owner))
+        .await
+        .unwrap();
+    Some((EmbeddedMemberships::open(db), (other, dir)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_views_in_one_file_are_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.redb");
+    let view = |name| EmbeddedMemberships::open(EmbeddedDb::open(&file, name, |_| Ok(())).unwrap());
+    let (events, discuss) = (view("events"), view("discuss"));
+    let (community, user) = (Uuid::now_v7(), Uuid::now_v7());
+    events
+        .set_member(community, user, Some(MemberRole::Member))
+        .await
+        .unwrap();
+    discuss.set_display_name(user, "Ann", 1).await.unwrap();
+    assert_eq!(
+        events.role(community, user).await.unwrap(),
+        Some(MemberRole::Member)
+    );
+    assert_eq!(discuss.role(community, user).await.unwrap(), None);
+    assert!(discuss.communities_of(user).await.unwrap().is_empty());
+    assert_eq!(events.display_name(user).await.unwrap(), None);
+    assert_eq!(
+        discuss.display_name(user).await.unwrap().as_deref(),
+        Some("Ann")
+    );
+}
+
 async fn cql() -> Option<(View, ())> {
     let config = munity_testkit::cql_config("bus_membership")?;
     let store = {
@@ -292,7 +333,11 @@ mod cases {
 
 munity_testkit::contract_suite! {
     cases: cases,
-    backends: { embedded_view => embedded(), cql_view => cql() },
+    backends: {
+        embedded_view => embedded(),
+        shared_file_view => embedded_in_a_shared_file(),
+        cql_view => cql(),
+    },
     tests: [
         roles_are_set_changed_and_removed,
         a_users_communities_are_theirs_alone,

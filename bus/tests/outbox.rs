@@ -10,7 +10,7 @@ use std::{
 
 use munity_bus::{
     DomainEvent, EmbeddedLog, EventLog, RedisLog,
-    outbox::{self, EmbeddedOutbox, Outbox, Relay},
+    outbox::{EmbeddedOutbox, Outbox, Relay},
 };
 use munity_platform::shutdown::ShutdownToken;
 use munity_store::{StoreError, embedded::EmbeddedDb};
@@ -22,11 +22,9 @@ use tokio::sync::Notify;
 const CHANGES: TableDefinition<&str, u64> = TableDefinition::new("changes");
 
 fn service_store(dir: &std::path::Path) -> EmbeddedDb {
-    EmbeddedDb::open(dir, "svc", |txn| {
-        txn.open_table(CHANGES)?;
-        outbox::create_table(txn)
-    })
-    .unwrap()
+    let db = EmbeddedDb::open(dir, "svc", |txn| txn.open_table(CHANGES).map(drop)).unwrap();
+    EmbeddedOutbox::new(db.clone()).unwrap();
+    db
 }
 
 fn numbered(aggregate: &str, n: i64) -> DomainEvent {
@@ -44,6 +42,7 @@ fn numbered(aggregate: &str, n: i64) -> DomainEvent {
 async fn write(db: &EmbeddedDb, aggregate: &str, n: i64) {
     let event = numbered(aggregate, n);
     let key = format!("{aggregate}-{n}");
+    let outbox = EmbeddedOutbox::new(db.clone()).unwrap().table();
     db.write(move |txn| {
         let mut changes = txn
             .open_table(CHANGES)
@@ -51,7 +50,7 @@ async fn write(db: &EmbeddedDb, aggregate: &str, n: i64) {
         changes
             .insert(key.as_str(), n as u64)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        outbox::stage(txn, &[event])
+        outbox.stage(txn, &[event])
     })
     .await
     .unwrap();
@@ -90,12 +89,12 @@ fn start_relay(
     db: &EmbeddedDb,
     log: Arc<dyn EventLog>,
 ) -> (ShutdownToken, tokio::task::JoinHandle<()>) {
-    let outbox = Arc::new(EmbeddedOutbox::new(db.clone()));
+    let outbox = Arc::new(EmbeddedOutbox::new(db.clone()).unwrap());
     relay(outbox, log, None, Duration::from_secs(5))
 }
 
 async fn wait_for_empty_outbox(db: &EmbeddedDb, limit: Duration) {
-    let outbox = EmbeddedOutbox::new(db.clone());
+    let outbox = EmbeddedOutbox::new(db.clone()).unwrap();
     let started = Instant::now();
     while outbox.backlog().await.unwrap() > 0 {
         assert!(started.elapsed() < limit, "the relay never caught up");
@@ -197,7 +196,11 @@ async fn writes_commit_while_redis_is_down_and_the_relay_catches_up_in_order() {
     assert_eq!(changes(&db).await, 50);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        EmbeddedOutbox::new(db.clone()).backlog().await.unwrap(),
+        EmbeddedOutbox::new(db.clone())
+            .unwrap()
+            .backlog()
+            .await
+            .unwrap(),
         30,
         "nothing could be relayed"
     );
@@ -257,14 +260,22 @@ async fn embedded_outbox_and_log_survive_a_restart() {
 async fn a_rolled_back_write_stages_nothing() {
     let data = tempfile::tempdir().unwrap();
     let db = service_store(data.path());
+    let outbox = EmbeddedOutbox::new(db.clone()).unwrap().table();
     let failed = db
-        .write(|txn| {
-            outbox::stage(txn, &[numbered("a", 0)])?;
+        .write(move |txn| {
+            outbox.stage(txn, &[numbered("a", 0)])?;
             Err::<(), _>(StoreError::Conflict("event"))
         })
         .await;
     assert!(failed.is_err());
-    assert_eq!(EmbeddedOutbox::new(db.clone()).backlog().await.unwrap(), 0);
+    assert_eq!(
+        EmbeddedOutbox::new(db.clone())
+            .unwrap()
+            .backlog()
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 /// The CQL outbox (on the real Cassandra scripts/test.sh starts,
@@ -512,4 +523,54 @@ async fn cql_replicas_relay_one_outbox_through_a_lease() {
         shutdown.cancel();
         task.await.unwrap();
     }
+}
+
+/// Two services' stores in one file (`munity dev`'s): each stages in its
+/// own outbox and each relay moves only its own events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_in_one_file_keep_their_outboxes_apart() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("one.redb");
+    let open = |name| {
+        let db = EmbeddedDb::open(&file, name, |txn| txn.open_table(CHANGES).map(drop)).unwrap();
+        EmbeddedOutbox::new(db.clone()).unwrap();
+        db
+    };
+    let (a, b) = (open("a"), open("b"));
+    for n in 0..3 {
+        write(&a, "a", n).await;
+    }
+    write(&b, "b", 0).await;
+    assert_eq!(
+        EmbeddedOutbox::new(a.clone())
+            .unwrap()
+            .backlog()
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        EmbeddedOutbox::new(b.clone())
+            .unwrap()
+            .backlog()
+            .await
+            .unwrap(),
+        1
+    );
+
+    let log: Arc<dyn EventLog> = Arc::new(munity_bus::EmbeddedLog::open(&file, 1_000).unwrap());
+    let (stop, relaying) = start_relay(&a, log.clone());
+    wait_for_empty_outbox(&a, Duration::from_secs(10)).await;
+    stop.cancel();
+    relaying.await.unwrap();
+    assert_eq!(
+        read_all(log.as_ref(), "readers").await,
+        vec![
+            ("a".to_owned(), 0),
+            ("a".to_owned(), 1),
+            ("a".to_owned(), 2)
+        ],
+        "a's relay moved a's events, and only those"
+    );
+    assert_eq!(EmbeddedOutbox::new(b).unwrap().backlog().await.unwrap(), 1);
 }

@@ -1,6 +1,6 @@
 //! The all-in-one `munity dev` mode: every registered service in one
-//! process, each with its own embedded store under one data directory, and
-//! the gateway in front of them.
+//! process, their embedded stores and the event log in one file of the data
+//! directory (`DevStorage`), and the gateway in front of them.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -8,7 +8,7 @@ use munity_platform::{
     auth::AuthConfig,
     config::ConfigSource,
     server::announce,
-    service::{DevEntry, bind, dev_entry, write_ready_file},
+    service::{DevEntry, DevStorage, bind, dev_entry, write_ready_file},
     shutdown::ShutdownToken,
 };
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,13 @@ pub struct DevArgs {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevConfig {
-    /// Root directory for every service's embedded store.
+    /// Where the embedded stores and the event log live.
     pub data_dir: PathBuf,
+    /// Every store and the event log in one file (`munity.redb`), whose
+    /// writes share transactions and fsyncs; false: a file per store under
+    /// a directory per service. A data directory that has data keeps the
+    /// layout it has.
+    pub one_file: bool,
     /// Every listener (services, gateway, admin) on a free port of
     /// 127.0.0.1, whatever the sections say: for tests, and for several
     /// copies side by side. The addresses are printed and written to
@@ -39,6 +44,7 @@ impl Default for DevConfig {
     fn default() -> Self {
         DevConfig {
             data_dir: PathBuf::from("munity-data"),
+            one_file: true,
             any_port: false,
         }
     }
@@ -67,6 +73,7 @@ pub async fn dev(
 ) -> anyhow::Result<()> {
     let dev: DevConfig = source.section("dev")?;
     let data_dir = args.data_dir.unwrap_or(dev.data_dir);
+    let storage = DevStorage::of(&data_dir, dev.one_file);
     let auth: AuthConfig = source.section("auth")?;
     let mut source = provision_bot_account(source, &data_dir)?;
     if dev.any_port {
@@ -117,7 +124,7 @@ pub async fn dev(
         let start = entry.start;
         bound.push(start(
             source.clone(),
-            data_dir.clone(),
+            storage.clone(),
             auth.clone(),
             listener,
             shutdown.clone(),
@@ -131,7 +138,7 @@ pub async fn dev(
     // The gateway follows revocations on the services' own log.
     gateway.bus = Some(munity_platform::config::BusConfig {
         backend: munity_platform::config::BusBackend::Embedded,
-        path: data_dir.join("bus"),
+        path: storage.bus_path(),
         ..munity_platform::config::BusConfig::load(&source)?
     });
     for service in &bound {
@@ -141,7 +148,13 @@ pub async fn dev(
     // so there is nothing to drain for; Ctrl-C should be instant.
     gateway.shutdown_grace_secs = 0;
 
-    announce(&format!("munity: data in {}", data_dir.display()));
+    announce(&format!(
+        "munity: data in {}",
+        match &storage {
+            DevStorage::OneFile(file) => file.display(),
+            DevStorage::PerSection(data_dir) => data_dir.display(),
+        }
+    ));
     announce(&format!(
         "munity: gateway     grpc://{}   (the front door: auth, rate limits; metrics on http://{}/metrics)",
         gateway.listen, gateway.admin_listen

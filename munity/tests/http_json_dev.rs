@@ -403,7 +403,8 @@ async fn a_stored_time_outside_protobufs_range_does_not_fail_a_listing() {
         participant_count: 0,
         created_at: munity_store::now_millis(),
     };
-    let store = EmbeddedStore::open(&data.path().join("events")).unwrap();
+    // Where `munity dev` keeps every store of a new data directory.
+    let store = EmbeddedStore::open(&data.path().join("munity.redb")).unwrap();
     store.create_event(&event).await.unwrap();
     drop(store);
 

@@ -245,10 +245,73 @@ pub struct DevService {
     pub serve: BoxFuture<'static, anyhow::Result<()>>,
 }
 
+/// Where `munity dev` keeps every store and the event log (whatever the
+/// services' sections say about storage).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DevStorage {
+    /// One file, `<data_dir>/munity.redb`, for every store and the log:
+    /// one process, so their writes share transactions and fsyncs (a vote,
+    /// the relay's append of its event and the consumers' acknowledgements
+    /// commit together).
+    OneFile(PathBuf),
+    /// A file per store under `<data_dir>/<section>/`, the log under
+    /// `<data_dir>/bus/`: how data directories were laid out before the
+    /// one file, kept for them (nothing is moved), and `dev.one_file =
+    /// false`.
+    PerSection(PathBuf),
+}
+
+impl DevStorage {
+    /// The one file's name in the data directory.
+    pub const FILE: &str = "munity.redb";
+
+    /// The layout of `data_dir`: the one it has, when it has data; else one
+    /// file, unless `one_file` is false.
+    pub fn of(data_dir: &Path, one_file: bool) -> DevStorage {
+        let file = data_dir.join(Self::FILE);
+        if file.exists() {
+            return DevStorage::OneFile(file);
+        }
+        let per_section = std::fs::read_dir(data_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().is_dir())
+            .flat_map(|dir| {
+                std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .any(|entry| entry.path().extension().is_some_and(|e| e == "redb"));
+        if per_section || !one_file {
+            DevStorage::PerSection(data_dir.to_owned())
+        } else {
+            DevStorage::OneFile(file)
+        }
+    }
+
+    /// Where `section`'s stores are.
+    pub fn storage(&self, section: &str) -> StorageConfig {
+        let path = match self {
+            DevStorage::OneFile(file) => file.clone(),
+            DevStorage::PerSection(data_dir) => data_dir.join(section),
+        };
+        StorageConfig::Embedded { path }
+    }
+
+    /// Where the event log is.
+    pub fn bus_path(&self) -> PathBuf {
+        match self {
+            DevStorage::OneFile(file) => file.clone(),
+            DevStorage::PerSection(data_dir) => data_dir.join("bus"),
+        }
+    }
+}
+
 /// A service in `munity dev`'s list: who it is, whom it calls, where it
 /// listens, and how to start it on a bound listener with its embedded
-/// store under `data_dir/<section>` (whatever the section says about
-/// storage). `munity dev` binds every listener first, then points each
+/// stores where [`DevStorage`] says. `munity dev` binds every listener first, then points each
 /// declared peer at its address, then starts them all.
 #[derive(Clone, Copy)]
 pub struct DevEntry {
@@ -260,7 +323,7 @@ pub struct DevEntry {
     pub listen: fn(source: &ConfigSource) -> anyhow::Result<SocketAddr>,
     pub start: fn(
         source: ConfigSource,
-        data_dir: PathBuf,
+        storage: DevStorage,
         auth: AuthConfig,
         listener: TcpListener,
         shutdown: ShutdownToken,
@@ -275,12 +338,12 @@ pub fn dev_entry<S: Service>() -> DevEntry {
         peers: S::PEERS,
         issues_tokens: S::ISSUES_TOKENS,
         listen: |source| Ok(load_config::<S>(source)?.listen),
-        start: |source, data_dir, auth, listener, shutdown| {
+        start: |source, storage, auth, listener, shutdown| {
             let mut config = load_config::<S>(&source)?;
-            config.storage = embedded_under(&data_dir, S::SECTION);
+            config.storage = storage.storage(S::SECTION);
             // One process, one embedded log, shared by every service.
             config.bus.backend = BusBackend::Embedded;
-            config.bus.path = data_dir.join("bus");
+            config.bus.path = storage.bus_path();
             Ok(DevService {
                 name: S::NAME,
                 section: S::SECTION,
@@ -291,8 +354,50 @@ pub fn dev_entry<S: Service>() -> DevEntry {
     }
 }
 
-fn embedded_under(data_dir: &Path, section: &str) -> StorageConfig {
-    StorageConfig::Embedded {
-        path: data_dir.join(section),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_data_directory_gets_one_file_and_one_with_data_keeps_its_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("fresh");
+        let one = DevStorage::OneFile(fresh.join(DevStorage::FILE));
+        assert_eq!(DevStorage::of(&fresh, true), one);
+        assert_eq!(
+            one.storage("events"),
+            StorageConfig::Embedded {
+                path: fresh.join("munity.redb")
+            }
+        );
+        assert_eq!(one.bus_path(), fresh.join("munity.redb"));
+        assert_eq!(
+            DevStorage::of(&fresh, false),
+            DevStorage::PerSection(fresh.clone())
+        );
+
+        // Made before the one file: a file per store, kept as it is.
+        let old = root.path().join("old");
+        std::fs::create_dir_all(old.join("events")).unwrap();
+        std::fs::write(old.join("events").join("events.redb"), b"").unwrap();
+        std::fs::write(old.join("bot-account.json"), b"{}").unwrap();
+        let per_section = DevStorage::PerSection(old.clone());
+        assert_eq!(DevStorage::of(&old, true), per_section);
+        assert_eq!(
+            per_section.storage("events"),
+            StorageConfig::Embedded {
+                path: old.join("events")
+            }
+        );
+        assert_eq!(per_section.bus_path(), old.join("bus"));
+
+        // One file already there: kept, whatever `one_file` says now.
+        let new = root.path().join("new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("munity.redb"), b"").unwrap();
+        assert_eq!(
+            DevStorage::of(&new, false),
+            DevStorage::OneFile(new.join("munity.redb"))
+        );
     }
 }

@@ -1,5 +1,10 @@
-//! The embedded backend's plumbing: one redb file per service under the data
-//! directory. redb commits are atomic and durable (copy-on-write B-trees with
+//! The embedded backend's plumbing: a store is a redb file of its own
+//! (`<dir>/<name>.redb`), or one file several stores of a process share
+//! (a path ending in `.redb`: `munity dev` puts every store and the event
+//! log in one, so their writes share transactions and fsyncs; their tables
+//! have distinct names, and what every store may hold, the kits' outbox and
+//! membership view, is named per store there, [`EmbeddedDb::own_table`]).
+//! redb commits are atomic and durable (copy-on-write B-trees with
 //! a checksummed commit), so a crash loses at most the call in flight, and
 //! write transactions are serialized, so a compare-and-set is one write
 //! transaction.
@@ -75,14 +80,35 @@ const REOPEN_EVERY: Duration = Duration::from_secs(1);
 const DISK_FAILING: &str =
     "storage cannot write to its disk (full or failing); nothing was lost, try again shortly";
 
-/// One service's redb database.
+/// One store's redb database: a file of its own, or a file shared with
+/// the process's other stores.
 #[derive(Clone)]
 pub struct EmbeddedDb {
     shared: Arc<Shared>,
+    /// The store's name (`events`, `bus`, ...).
+    name: Arc<str>,
+}
+
+/// The shared files this process has open, by path: a second store opening
+/// one gets the same database, writer and group commit (redb allows one
+/// opener per file). Weak, so a file closes once its last store drops it.
+static SHARED_FILES: Mutex<Vec<(PathBuf, std::sync::Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// Whether `path` names a file shared by several stores rather than a
+/// directory of files, one per store.
+pub fn is_shared_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension == "redb")
 }
 
 struct Shared {
     path: PathBuf,
+    /// The file's name without `.redb`: what the file's own machinery
+    /// (flushes, the writer thread) calls itself.
+    stem: Arc<str>,
+    /// Whether stores share the file (opened by its path), or it is one
+    /// store's own.
+    several: bool,
     /// The open database; `None` after an I/O failure until it is
     /// reopened (redb refuses every call once a write failed, until the
     /// file is opened again).
@@ -217,44 +243,102 @@ struct CommitState {
 }
 
 impl EmbeddedDb {
-    /// Opens (or creates) `dir/<name>.redb`, creating `dir` when missing, and
-    /// runs `create_tables` in one write transaction, so that read
-    /// transactions never meet a missing table.
+    /// Opens (or creates) store `name` at `path`: the file `path/<name>.redb`,
+    /// or, when `path` ends in `.redb`, that file, shared with every other
+    /// store of this process that names it (see [`is_shared_file`]).
+    /// Creates the missing directory, and runs `create_tables` in one write
+    /// transaction, so that read transactions never meet a missing table.
     pub fn open(
-        dir: &Path,
+        path: &Path,
         name: &str,
         create_tables: impl FnOnce(&WriteTransaction) -> Result<(), redb::TableError>,
     ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
-        let path = dir.join(format!("{name}.redb"));
-        let io = Arc::new(IoHealth::default());
-        let db = open_watched(&path, &io).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot open {} (is another munity process using it?): {e}",
-                path.display()
+        let shared_file = is_shared_file(path);
+        let (dir, file) = if shared_file {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_owned(),
+                path.to_owned(),
             )
+        } else {
+            (path.to_owned(), path.join(format!("{name}.redb")))
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))?;
+        let name: Arc<str> = Arc::from(name);
+        if !shared_file {
+            let db = EmbeddedDb {
+                shared: Arc::new(Shared::open(file, false)?),
+                name,
+            };
+            db.create_tables(create_tables)?;
+            return Ok(db);
+        }
+        // Held while opening, so two stores opening the file at once do
+        // not both try.
+        let mut open = SHARED_FILES.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|(_, shared)| shared.strong_count() > 0);
+        let shared = match open
+            .iter()
+            .find(|(path, _)| *path == file)
+            .and_then(|(_, shared)| shared.upgrade())
+        {
+            Some(shared) => shared,
+            None => {
+                let shared = Arc::new(Shared::open(file.clone(), true)?);
+                open.push((file, Arc::downgrade(&shared)));
+                shared
+            }
+        };
+        drop(open);
+        let db = EmbeddedDb { shared, name };
+        db.create_tables(create_tables)?;
+        Ok(db)
+    }
+
+    /// Creates tables (and anything else a store sets up once) in one
+    /// write transaction of its own, at once: for set-up, before the store
+    /// serves (it waits for any write in progress).
+    pub fn create_tables(
+        &self,
+        create: impl FnOnce(&WriteTransaction) -> Result<(), redb::TableError>,
+    ) -> anyhow::Result<()> {
+        let database = self.current().ok_or_else(|| {
+            anyhow::anyhow!("{} is not open: {DISK_FAILING}", self.shared.path.display())
         })?;
-        let txn = db.begin_write()?;
-        create_tables(&txn)?;
+        let txn = database.begin_write()?;
+        create(&txn)?;
         txn.commit()?;
-        Ok(EmbeddedDb {
-            shared: Arc::new(Shared {
-                path,
-                current: RwLock::new(Some(Arc::new(db))),
-                io,
-                commits: GroupCommit {
-                    state: Mutex::new(CommitState {
-                        issued: 0,
-                        flushing: false,
-                    }),
-                    settled: watch::channel(Settled::default()).0,
-                    flush_scheduled: AtomicBool::new(false),
-                },
-                writes: Mutex::default(),
-                reopened_at: tokio::sync::Mutex::new(None),
-            }),
-        })
+        Ok(())
+    }
+
+    /// The store's name, as given to [`EmbeddedDb::open`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of this store's copy of `table`, a table every store may
+    /// hold (the kits' outbox and membership view): `table` in a file of
+    /// the store's own, `<store>.<table>` in a shared file, so that the
+    /// stores sharing it do not share the table.
+    pub fn own_table(&self, table: &str) -> String {
+        if self.shared.several {
+            format!("{}.{table}", self.name)
+        } else {
+            table.to_owned()
+        }
+    }
+
+    /// Whether `other` is a store in the same file: then one write
+    /// transaction can hold writes to both.
+    pub fn same_file(&self, other: &EmbeddedDb) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// A handle on `shared` for the store's own machinery (flushes, the
+    /// writer thread), named after the file.
+    fn on(shared: Arc<Shared>) -> Self {
+        let name = shared.stem.clone();
+        EmbeddedDb { shared, name }
     }
 
     /// Makes writes, resizes and fsyncs fail as on a full disk (`true`),
@@ -363,7 +447,7 @@ impl EmbeddedDb {
             "store.write",
             otel.kind = "client",
             db.system = "redb",
-            db.name = %self.shared.path.file_stem().unwrap_or_default().to_string_lossy(),
+            db.name = %self.name,
         );
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(Job {
@@ -449,7 +533,7 @@ impl EmbeddedDb {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let db = EmbeddedDb { shared };
+            let db = EmbeddedDb::on(shared);
             db.shared
                 .commits
                 .flush_scheduled
@@ -533,6 +617,34 @@ impl Shared {
     /// pool; the old database must be dropped before the file can be
     /// opened again, so calls still holding it are waited for (they fail
     /// fast: redb refuses everything after an I/O error).
+    /// Opens `path` (creating it).
+    fn open(path: PathBuf, several: bool) -> anyhow::Result<Shared> {
+        let io = Arc::new(IoHealth::default());
+        let db = open_watched(&path, &io).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open {} (is another munity process using it?): {e}",
+                path.display()
+            )
+        })?;
+        Ok(Shared {
+            stem: Arc::from(path.file_stem().unwrap_or_default().to_string_lossy()),
+            several,
+            path,
+            current: RwLock::new(Some(Arc::new(db))),
+            io,
+            commits: GroupCommit {
+                state: Mutex::new(CommitState {
+                    issued: 0,
+                    flushing: false,
+                }),
+                settled: watch::channel(Settled::default()).0,
+                flush_scheduled: AtomicBool::new(false),
+            },
+            writes: Mutex::default(),
+            reopened_at: tokio::sync::Mutex::new(None),
+        })
+    }
+
     fn reopen(&self) -> StoreResult<Arc<Database>> {
         let old = self
             .current

@@ -72,10 +72,10 @@ impl EmbeddedStore {
             txn.open_table(REACTION_COUNTS)?;
             txn.open_table(REPORTS)?;
             txn.open_table(SETTINGS)?;
-            munity_bus::outbox::create_table(txn)
+            Ok(())
         })?;
         Ok(EmbeddedStore {
-            outbox: EmbeddedOutbox::new(db.clone()),
+            outbox: EmbeddedOutbox::new(db.clone())?,
             db,
         })
     }

@@ -88,10 +88,10 @@ impl EmbeddedStore {
             txn.open_table(ACTIVE)?;
             txn.open_table(EVENT_JOINS)?;
             txn.open_table(COUNTED)?;
-            munity_bus::outbox::create_table(txn)
+            Ok(())
         })?;
         Ok(EmbeddedStore {
-            outbox: EmbeddedOutbox::new(db.clone()),
+            outbox: EmbeddedOutbox::new(db.clone())?,
             db,
             reminders_before: Vec::new(),
         })

@@ -12,7 +12,9 @@
 //! again in a new one, without the failed writer; its error stands, since
 //! it saw exactly the writes committed before it. Writers that can run
 //! again are `Fn`; a writer that can run only once (`FnOnce`) is only ever
-//! the last of its batch, so a failure never needs to run it again.
+//! the last of its batch, so a failure never needs to run it again (a
+//! batch takes the first once-only writer in the queue and every writer
+//! that can run again, up to its size).
 
 use std::{
     any::Any,
@@ -209,7 +211,7 @@ fn drain(shared: &Weak<Shared>) {
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let db = EmbeddedDb { shared };
+            let db = EmbeddedDb::on(shared);
             let batch = {
                 let mut queue = db.queue();
                 let batch = take_batch(&mut queue.jobs);
@@ -261,14 +263,95 @@ type Answers = Vec<(oneshot::Sender<StoreResult<Value>>, StoreResult<Value>)>;
 /// The next batch: queued writers in order, at most [`MOST_PER_BATCH`],
 /// ending at the first that can run only once.
 fn take_batch(queue: &mut VecDeque<Job>) -> Vec<Job> {
+    // Every writer that can run again, in queue order, and the first
+    // once-only one, last; later once-only writers keep their places for
+    // the next batch. Writers waiting in the queue together were all
+    // called before any was answered, so any order among them is one their
+    // callers could have seen, and a once-only writer (a notification's
+    // publication, a warehouse batch) no longer cuts short the batch of
+    // everyone queued behind it.
     let mut batch = Vec::new();
-    while batch.len() < MOST_PER_BATCH {
+    let mut once = None;
+    let mut kept = VecDeque::new();
+    while batch.len() + usize::from(once.is_some()) < MOST_PER_BATCH {
         let Some(job) = queue.pop_front() else { break };
-        let last = matches!(job.work, Work::Once(_));
-        batch.push(job);
-        if last {
-            break;
+        match job.work {
+            Work::Again(_) => batch.push(job),
+            Work::Once(_) if once.is_none() => once = Some(job),
+            Work::Once(_) => kept.push_back(job),
         }
     }
+    batch.extend(once);
+    // What was passed over goes back first, ahead of what was not reached.
+    while let Some(job) = kept.pop_back() {
+        queue.push_front(job);
+    }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(once: bool, tag: u32) -> (Job, oneshot::Receiver<StoreResult<Value>>) {
+        let (reply, answer) = oneshot::channel();
+        let work = if once {
+            Work::once(move |_| Ok(tag))
+        } else {
+            Work::again(move |_| Ok(tag))
+        };
+        let span = tracing::info_span!("job", tag);
+        (
+            Job {
+                work,
+                durable: true,
+                span,
+                reply,
+            },
+            answer,
+        )
+    }
+
+    #[test]
+    fn a_batch_takes_every_writer_that_can_run_again_and_the_first_once_only_one_last() {
+        let mut queue = VecDeque::new();
+        let mut answers = Vec::new();
+        for (once, tag) in [
+            (true, 1),
+            (false, 2),
+            (true, 3),
+            (false, 4),
+            (true, 5),
+            (false, 6),
+        ] {
+            let (job, answer) = job(once, tag);
+            queue.push_back(job);
+            answers.push(answer);
+        }
+        let kinds = |jobs: &[Job]| -> Vec<bool> {
+            jobs.iter()
+                .map(|job| matches!(job.work, Work::Once(_)))
+                .collect()
+        };
+        let batch = take_batch(&mut queue);
+        assert_eq!(kinds(&batch), [false, false, false, true]);
+        // The once-only writers passed over wait in their order.
+        assert_eq!(kinds(queue.make_contiguous()), [true, true]);
+        let next = take_batch(&mut queue);
+        assert_eq!(kinds(&next), [true]);
+        assert_eq!(queue.len(), 1);
+
+        // A full batch stops at its size, the once-only writer included.
+        let mut queue = VecDeque::new();
+        for tag in 0..(MOST_PER_BATCH as u32 + 10) {
+            queue.push_back(job(tag == 0, tag).0);
+        }
+        let batch = take_batch(&mut queue);
+        assert_eq!(batch.len(), MOST_PER_BATCH);
+        assert!(matches!(
+            batch.last().map(|job| &job.work),
+            Some(Work::Once(_))
+        ));
+        assert_eq!(queue.len(), 10);
+    }
 }

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use munity_bus::outbox::stage;
 use munity_store::{
     StoreError, StoreResult,
     embedded::{
@@ -78,10 +77,10 @@ impl EmbeddedStore {
             txn.open_table(CHAT_LINKS)?;
             txn.open_table(CHAT_LINKS_BY_USER)?;
             txn.open_table(MIGRATIONS)?;
-            munity_bus::outbox::create_table(txn)
+            Ok(())
         })?;
         Ok(EmbeddedStore {
-            outbox: munity_bus::outbox::EmbeddedOutbox::new(db.clone()),
+            outbox: munity_bus::outbox::EmbeddedOutbox::new(db.clone())?,
             db,
         })
     }
@@ -135,6 +134,7 @@ impl EmbeddedStore {
 impl UsersRepository for EmbeddedStore {
     async fn create_user(&self, user: &UserRecord) -> StoreResult<()> {
         let user = user.clone();
+        let outbox = self.outbox.table();
         self.db
             .write(move |txn| {
                 let mut by_email = txn.open_table(USERS_BY_EMAIL).map_err(internal)?;
@@ -152,7 +152,7 @@ impl UsersRepository for EmbeddedStore {
                     .map_err(internal)?
                     .insert(id_key(&user.id), encode(&user)?.as_slice())
                     .map_err(internal)?;
-                stage(txn, &[events::profile_changed(&user, user.created_at)])
+                outbox.stage(txn, &[events::profile_changed(&user, user.created_at)])
             })
             .await
             .inspect(|_| self.outbox.notify_staged())
@@ -210,6 +210,7 @@ impl UsersRepository for EmbeddedStore {
 
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
         let update = user.clone();
+        let outbox = self.outbox.table();
         self.db
             .write(move |txn| {
                 let mut users = txn.open_table(USERS).map_err(internal)?;
@@ -222,7 +223,7 @@ impl UsersRepository for EmbeddedStore {
                     .insert(key, encode(&stored)?.as_slice())
                     .map_err(internal)?;
                 let at = crate::domain::now_millis();
-                stage(txn, &[events::profile_changed(&stored, at)])
+                outbox.stage(txn, &[events::profile_changed(&stored, at)])
             })
             .await
             .inspect(|_| self.outbox.notify_staged())
@@ -461,6 +462,7 @@ impl UsersRepository for EmbeddedStore {
         owner: &MembershipRecord,
     ) -> StoreResult<()> {
         let (community, owner) = (community.clone(), owner.clone());
+        let outbox = self.outbox.table();
         self.db
             .write(move |txn| {
                 let mut communities = txn.open_table(COMMUNITIES).map_err(internal)?;
@@ -478,7 +480,7 @@ impl UsersRepository for EmbeddedStore {
                         encode(&owner)?.as_slice(),
                     )
                     .map_err(internal)?;
-                stage(
+                outbox.stage(
                     txn,
                     &[
                         events::community_created(&community),
@@ -519,6 +521,7 @@ impl UsersRepository for EmbeddedStore {
 
     async fn add_membership(&self, membership: &MembershipRecord) -> StoreResult<MembershipRecord> {
         let membership = membership.clone();
+        let outbox = self.outbox.table();
         self.db
             .write(move |txn| {
                 let mut members = txn.open_table(MEMBERS).map_err(internal)?;
@@ -529,7 +532,7 @@ impl UsersRepository for EmbeddedStore {
                 members
                     .insert(key.as_slice(), encode(&membership)?.as_slice())
                     .map_err(internal)?;
-                stage(txn, &[events::member_joined(&membership)])?;
+                outbox.stage(txn, &[events::member_joined(&membership)])?;
                 Ok(membership)
             })
             .await
@@ -549,6 +552,7 @@ impl UsersRepository for EmbeddedStore {
 
     async fn update_membership(&self, membership: &MembershipRecord) -> StoreResult<()> {
         let membership = membership.clone();
+        let outbox = self.outbox.table();
         self.db
             .write(move |txn| {
                 let mut members = txn.open_table(MEMBERS).map_err(internal)?;
@@ -559,7 +563,7 @@ impl UsersRepository for EmbeddedStore {
                 members
                     .insert(key.as_slice(), encode(&membership)?.as_slice())
                     .map_err(internal)?;
-                stage(txn, &[events::member_role_changed(&membership)])
+                outbox.stage(txn, &[events::member_role_changed(&membership)])
             })
             .await
             // Staged events: the relay can go now.
@@ -567,6 +571,7 @@ impl UsersRepository for EmbeddedStore {
     }
 
     async fn remove_membership(&self, community_id: Uuid, user_id: Uuid) -> StoreResult<bool> {
+        let outbox = self.outbox.table();
         self.db
             .write(move |txn| {
                 let removed = txn
@@ -576,7 +581,7 @@ impl UsersRepository for EmbeddedStore {
                     .map_err(internal)?
                     .is_some();
                 if removed {
-                    stage(txn, &[events::member_left(community_id, user_id)])?;
+                    outbox.stage(txn, &[events::member_left(community_id, user_id)])?;
                 }
                 Ok(removed)
             })

@@ -215,6 +215,29 @@ sample() {
   esac
 }
 
+# Waits (at most 30 s) until the backend's services are idle: under 2
+# clock ticks (20 ms of CPU) in a quarter of a second. A call's consumers
+# (notify, warehouse, statistics) may still be working on its events when
+# ghz stops; that work is the call's, and it must not slow the next call
+# down. So each run's CPU is sampled after this wait, and the next run
+# starts on an idle process. Cassandra and Redis are not waited for (their
+# background work never stops).
+wait_quiet() {
+  local pids
+  case "$1" in
+    embedded) pids="$EMB_PID" ;;
+    cql) pids="$CQL_GATEWAY_PID $CQL_USERS_PID $CQL_EVENTS_PID" ;;
+  esac
+  local started=$SECONDS before after pid
+  while (( SECONDS - started < 30 )); do
+    before=0; for pid in $pids; do before=$(( before + $(proc_ticks "$pid") )); done
+    sleep 0.25
+    after=0; for pid in $pids; do after=$(( after + $(proc_ticks "$pid") )); done
+    (( after - before <= 2 )) && return 0
+  done
+  log "warning: $1 still busy after 30 s"
+}
+
 diff_samples() {  # diff_samples "BEFORE" "AFTER": tab-separated differences
   local -a a b out
   read -r -a a <<<"$1"; read -r -a b <<<"$2"
@@ -601,10 +624,12 @@ log "profile $PROFILE ($BIN_DIR); backends $BACKENDS; concurrency $CONCURRENCY; 
 if has_backend embedded; then
   start_embedded
   set_up_calls embedded "$EMB_GATEWAY" "$EMB_USERS"
+  wait_quiet embedded
 fi
 if has_backend cql; then
   start_cql
   set_up_calls cql "$CQL_GATEWAY" "$CQL_USERS"
+  wait_quiet cql
 fi
 
 # Warm-up: every backend and call once, at the highest concurrency.
@@ -621,6 +646,7 @@ for backend in "${BACKEND_LIST[@]}"; do
     call_token "$backend" "$call"
     run_ghz "$backend" "$call" "$max_c" "$WARMUP" "$out" "$TOKEN" \
       || die "ghz warm-up $backend $call failed"
+    wait_quiet "$backend"
     [[ $call != Vote ]] \
       || printf '%s\twarmup\t%s\t%s\n' "$backend" "${VOTE_PAIRS[$backend]}" "$out" >>"$votes_tsv"
   done
@@ -644,6 +670,7 @@ for round in $(seq "$ROUNDS"); do
         before=$(sample "$backend")
         run_ghz "$backend" "$call" "$c" "$DURATION" "$out" "$TOKEN" \
           || die "ghz $backend $call -c $c failed (round $round)"
+        wait_quiet "$backend"
         after=$(sample "$backend")
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$backend" "$call" "$out" \
           "$(diff_samples "$before" "$after")" >>"$rounds_tsv"

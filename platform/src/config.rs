@@ -542,9 +542,10 @@ pub enum BusBackend {
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     pub backend: BusBackend,
-    /// Embedded: the directory of `bus.redb`. Empty: `bus` under the
-    /// service's embedded store directory (`munity-data/bus` when the
-    /// service stores in CQL).
+    /// Embedded: the directory of `bus.redb`, or a file ending in `.redb`
+    /// shared with the process's stores. Empty: `bus` under the service's
+    /// embedded store directory, or the store's file when it names one
+    /// (`munity-data/bus` when the service stores in CQL).
     pub path: PathBuf,
     pub redis_url: String,
     pub redis_key: String,

@@ -136,6 +136,13 @@ impl<T: DeserializeOwned + Default> ServiceConfig<T> {
         let mut bus = BusConfig::load(source)?;
         if bus.path.as_os_str().is_empty() {
             bus.path = match &storage {
+                // A file the process's stores share (`munity_store`'s
+                // `is_shared_file`): the log goes in it too.
+                StorageConfig::Embedded { path }
+                    if path.extension().is_some_and(|e| e == "redb") =>
+                {
+                    path.clone()
+                }
                 StorageConfig::Embedded { path } => path.join("bus"),
                 StorageConfig::Cql(_) => PathBuf::from("munity-data/bus"),
             };
@@ -398,6 +405,29 @@ mod tests {
         assert_eq!(
             DevStorage::of(&new, false),
             DevStorage::OneFile(new.join("munity.redb"))
+        );
+    }
+
+    #[test]
+    fn the_log_defaults_to_beside_the_store_or_into_its_shared_file() {
+        #[derive(serde::Deserialize, Default)]
+        struct Own {}
+        let bus_path = |storage: &str| {
+            let source = ConfigSource::load(None)
+                .unwrap()
+                .with_override("example.storage.path", storage);
+            ServiceConfig::<Own>::load(&source, "example", 1)
+                .unwrap()
+                .bus
+                .path
+        };
+        assert_eq!(
+            bus_path("/data/example"),
+            PathBuf::from("/data/example/bus")
+        );
+        assert_eq!(
+            bus_path("/data/munity.redb"),
+            PathBuf::from("/data/munity.redb")
         );
     }
 }

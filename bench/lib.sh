@@ -66,3 +66,32 @@ in_background() {  # in_background CMD...: runs it as CHILD_PID and waits (signa
   CHILD_PID=""
   return "$status"
 }
+
+# CPU (utime + stime, in clock ticks) of a process or thread, from its stat
+# file. Field 2 (comm) may contain spaces, so cut after the last ')'.
+stat_ticks() {
+  local stat
+  stat=$(cat "$1" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  local -a f
+  read -r -a f <<<"$stat"
+  echo $(( f[11] + f[12] ))
+}
+proc_ticks() { [[ -n "$1" ]] && stat_ticks "/proc/$1/stat" || echo 0; }
+
+# wait_quiet PID...: waits (at most 30 s) until the processes are idle:
+# under 2 clock ticks (20 ms of CPU) together in a quarter of a second. A
+# call's consumers (notify, warehouse, statistics, search) may still work on
+# its events when ghz stops; that work is the call's, and it must not slow
+# the next call down. So a bench samples a run's CPU after this wait, and
+# the next run starts on an idle process.
+wait_quiet() {
+  local started=$SECONDS before after pid
+  while (( SECONDS - started < 30 )); do
+    before=0; for pid in "$@"; do before=$(( before + $(proc_ticks "$pid") )); done
+    sleep 0.25
+    after=0; for pid in "$@"; do after=$(( after + $(proc_ticks "$pid") )); done
+    (( after - before <= 2 )) && return 0
+  done
+  log "warning: still busy after 30 s: pids $*"
+}

@@ -225,6 +225,7 @@ read -r posts pairs < <(python3 "$HERE/report.py" --react "$TMP/React.json" "$TM
 (( posts == POSTS )) || die "the community has $posts posts, expected $POSTS"
 log "set up: community $COMMUNITY with $posts posts, $REACTORS reactors, $pairs (post, kind) pairs each"
 
+wait_quiet "$PID"
 NEXT_REACTOR=0
 run_ghz() {  # run_ghz CALL CONCURRENCY DURATION OUT.json
   local token=$TOKEN
@@ -244,6 +245,7 @@ for c in "${CONCURRENCIES[@]}"; do (( c > max_c )) && max_c=$c; done
 for call in "${CALLS[@]}"; do
   log "warm-up $call ($WARMUP, -c $max_c)"
   run_ghz "$call" "$max_c" "$WARMUP" "$TMP/results/warmup_$call.json" || die "ghz warm-up $call failed"
+  wait_quiet "$PID"
 done
 rounds_tsv="$TMP/results/rounds.tsv"
 : >"$rounds_tsv"
@@ -252,6 +254,8 @@ for round in $(seq "$ROUNDS"); do
     for call in "${CALLS[@]}"; do
       out="$TMP/results/r${round}_c${c}_$call.json"
       run_ghz "$call" "$c" "$DURATION" "$out" || die "ghz $call -c $c failed (round $round)"
+      # The next call starts on an idle process (../lib.sh).
+      wait_quiet "$PID"
       printf '%s\t%s\t%s\t%s\n' "$round" "$c" "$call" "$out" >>"$rounds_tsv"
       log "round $round -c $c $call: $(python3 "$HERE/report.py" --brief "$out")"
       if [[ $call == React ]]; then

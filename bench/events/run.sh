@@ -168,17 +168,7 @@ grpc() {  # grpc ADDR METHOD DATA [TOKEN]: one call through grpcurl, JSON out
   grpcurl -plaintext -max-time "${GRPC_MAX_TIME:-10}" -protoset "$PROTOSET" "${auth[@]}" -d "$3" "$1" "$2"
 }
 
-# CPU (utime + stime, in clock ticks) of a process or thread, from its stat
-# file. Field 2 (comm) may contain spaces, so cut after the last ')'.
-stat_ticks() {
-  local stat
-  stat=$(cat "$1" 2>/dev/null) || { echo 0; return; }
-  stat=${stat##*) }
-  local -a f
-  read -r -a f <<<"$stat"
-  echo $(( f[11] + f[12] ))
-}
-proc_ticks() { [[ -n "$1" ]] && stat_ticks "/proc/$1/stat" || echo 0; }
+# stat_ticks, proc_ticks and wait_quiet are in ../lib.sh.
 
 # `munity dev` runs everything in one process: the gateway's threads are
 # Pingora's (named after its services: "BG munity-gateway", "BG admin",
@@ -215,27 +205,14 @@ sample() {
   esac
 }
 
-# Waits (at most 30 s) until the backend's services are idle: under 2
-# clock ticks (20 ms of CPU) in a quarter of a second. A call's consumers
-# (notify, warehouse, statistics) may still be working on its events when
-# ghz stops; that work is the call's, and it must not slow the next call
-# down. So each run's CPU is sampled after this wait, and the next run
-# starts on an idle process. Cassandra and Redis are not waited for (their
-# background work never stops).
-wait_quiet() {
-  local pids
+# The backend's services, idle again (../lib.sh): each run's CPU is sampled
+# after this, and the next run starts on an idle process. Cassandra and
+# Redis are not waited for (their background work never stops).
+wait_quiet_backend() {
   case "$1" in
-    embedded) pids="$EMB_PID" ;;
-    cql) pids="$CQL_GATEWAY_PID $CQL_USERS_PID $CQL_EVENTS_PID" ;;
+    embedded) wait_quiet "$EMB_PID" ;;
+    cql) wait_quiet "$CQL_GATEWAY_PID" "$CQL_USERS_PID" "$CQL_EVENTS_PID" ;;
   esac
-  local started=$SECONDS before after pid
-  while (( SECONDS - started < 30 )); do
-    before=0; for pid in $pids; do before=$(( before + $(proc_ticks "$pid") )); done
-    sleep 0.25
-    after=0; for pid in $pids; do after=$(( after + $(proc_ticks "$pid") )); done
-    (( after - before <= 2 )) && return 0
-  done
-  log "warning: $1 still busy after 30 s"
 }
 
 diff_samples() {  # diff_samples "BEFORE" "AFTER": tab-separated differences
@@ -624,12 +601,12 @@ log "profile $PROFILE ($BIN_DIR); backends $BACKENDS; concurrency $CONCURRENCY; 
 if has_backend embedded; then
   start_embedded
   set_up_calls embedded "$EMB_GATEWAY" "$EMB_USERS"
-  wait_quiet embedded
+  wait_quiet_backend embedded
 fi
 if has_backend cql; then
   start_cql
   set_up_calls cql "$CQL_GATEWAY" "$CQL_USERS"
-  wait_quiet cql
+  wait_quiet_backend cql
 fi
 
 # Warm-up: every backend and call once, at the highest concurrency.
@@ -646,7 +623,7 @@ for backend in "${BACKEND_LIST[@]}"; do
     call_token "$backend" "$call"
     run_ghz "$backend" "$call" "$max_c" "$WARMUP" "$out" "$TOKEN" \
       || die "ghz warm-up $backend $call failed"
-    wait_quiet "$backend"
+    wait_quiet_backend "$backend"
     [[ $call != Vote ]] \
       || printf '%s\twarmup\t%s\t%s\n' "$backend" "${VOTE_PAIRS[$backend]}" "$out" >>"$votes_tsv"
   done
@@ -670,7 +647,7 @@ for round in $(seq "$ROUNDS"); do
         before=$(sample "$backend")
         run_ghz "$backend" "$call" "$c" "$DURATION" "$out" "$TOKEN" \
           || die "ghz $backend $call -c $c failed (round $round)"
-        wait_quiet "$backend"
+        wait_quiet_backend "$backend"
         after=$(sample "$backend")
         printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$backend" "$call" "$out" \
           "$(diff_samples "$before" "$after")" >>"$rounds_tsv"

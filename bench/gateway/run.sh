@@ -167,17 +167,7 @@ wait_for_get_me() {  # wait_for_get_me ADDR NAME PID SECONDS
   done
 }
 
-# CPU (utime + stime, in clock ticks) of a process, from /proc/PID/stat.
-# Field 2 (comm) may contain spaces, so cut after the last ')'.
-proc_ticks() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  stat=${stat##*) }
-  # fields after comm: 3=state ... 14=utime 15=stime -> indices 11 and 12 here
-  read -r -a f <<<"$stat"
-  echo $(( f[11] + f[12] ))
-}
-
+# proc_ticks: ../lib.sh.
 proxy_ticks() {  # proxy_ticks TARGET: CPU ticks of the proxy's processes
   local total=0 pid
   case "$1" in

@@ -56,6 +56,15 @@ async fn write(db: &EmbeddedDb, aggregate: &str, n: i64) {
     .unwrap();
 }
 
+/// How many events wait in the store's outbox.
+async fn backlog(db: &EmbeddedDb) -> u64 {
+    EmbeddedOutbox::new(db.clone())
+        .unwrap()
+        .backlog()
+        .await
+        .unwrap()
+}
+
 async fn changes(db: &EmbeddedDb) -> u64 {
     db.blocking(|db| {
         let txn = redb::ReadableDatabase::begin_read(db).unwrap();
@@ -195,15 +204,7 @@ async fn writes_commit_while_redis_is_down_and_the_relay_catches_up_in_order() {
     }
     assert_eq!(changes(&db).await, 50);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        EmbeddedOutbox::new(db.clone())
-            .unwrap()
-            .backlog()
-            .await
-            .unwrap(),
-        30,
-        "nothing could be relayed"
-    );
+    assert_eq!(backlog(&db).await, 30, "nothing could be relayed");
 
     // It comes back (same data): the relay catches up.
     let _redis = redis_server(port, redis_dir.path()).unwrap();
@@ -268,14 +269,7 @@ async fn a_rolled_back_write_stages_nothing() {
         })
         .await;
     assert!(failed.is_err());
-    assert_eq!(
-        EmbeddedOutbox::new(db.clone())
-            .unwrap()
-            .backlog()
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(backlog(&db).await, 0);
 }
 
 /// The CQL outbox (on the real Cassandra scripts/test.sh starts,
@@ -541,22 +535,8 @@ async fn two_stores_in_one_file_keep_their_outboxes_apart() {
         write(&a, "a", n).await;
     }
     write(&b, "b", 0).await;
-    assert_eq!(
-        EmbeddedOutbox::new(a.clone())
-            .unwrap()
-            .backlog()
-            .await
-            .unwrap(),
-        3
-    );
-    assert_eq!(
-        EmbeddedOutbox::new(b.clone())
-            .unwrap()
-            .backlog()
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(backlog(&a).await, 3);
+    assert_eq!(backlog(&b).await, 1);
 
     let log: Arc<dyn EventLog> = Arc::new(munity_bus::EmbeddedLog::open(&file, 1_000).unwrap());
     let (stop, relaying) = start_relay(&a, log.clone());
@@ -572,5 +552,5 @@ async fn two_stores_in_one_file_keep_their_outboxes_apart() {
         ],
         "a's relay moved a's events, and only those"
     );
-    assert_eq!(EmbeddedOutbox::new(b).unwrap().backlog().await.unwrap(), 1);
+    assert_eq!(backlog(&b).await, 1);
 }

@@ -39,13 +39,7 @@ impl Publisher {
         if owner_of(topic).is_none() {
             return Ok(self.hub.publish(topic, id, kind, payload, at).await?);
         }
-        let item = Publication {
-            topic: topic.to_owned(),
-            id: id.to_owned(),
-            kind: kind.to_owned(),
-            payload: payload.to_vec(),
-            at,
-        };
+        let item = Publication::new(topic, id, kind, payload, at);
         self.inboxes_first(vec![item])
             .await?
             .pop()

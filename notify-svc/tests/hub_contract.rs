@@ -62,6 +62,23 @@ async fn publish(hub: &dyn Hub, topic: &str, n: u32) -> notify_svc::hub::Notific
     .unwrap()
 }
 
+/// The next notification of `topic` that `live` hears, within 5 s.
+async fn heard_on(
+    live: &mut notify_svc::hub::LiveFeed,
+    topic: &str,
+) -> Arc<notify_svc::hub::Notification> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("heard within 5 s")
+            .unwrap()
+        {
+            Heard::Notification(n) if n.topic == topic => return n,
+            _ => continue,
+        }
+    }
+}
+
 mod cases {
     use super::*;
 
@@ -152,16 +169,7 @@ mod cases {
         let mut on_b = b.follow(vec![t.clone()]);
         let sent = publish(a.as_ref(), &t, 0).await;
         for live in [&mut on_a, &mut on_b] {
-            let heard = loop {
-                match tokio::time::timeout(Duration::from_secs(5), live.next())
-                    .await
-                    .expect("heard within 5 s")
-                    .unwrap()
-                {
-                    Heard::Notification(n) if n.topic == t => break n,
-                    _ => continue,
-                }
-            };
+            let heard = heard_on(live, &t).await;
             assert_eq!(*heard, sent);
         }
         // A repeated publish is not delivered again.
@@ -319,16 +327,7 @@ mod cases {
         a.announce(&again).await;
         a.announce(&stored).await;
         for expected in &stored {
-            let heard = loop {
-                match tokio::time::timeout(Duration::from_secs(5), live.next())
-                    .await
-                    .expect("heard within 5 s")
-                    .unwrap()
-                {
-                    Heard::Notification(n) if n.topic == t => break n,
-                    _ => continue,
-                }
-            };
+            let heard = heard_on(&mut live, &t).await;
             assert_eq!(*heard, expected.notification);
         }
         let next = publish(a.as_ref(), &t, 2).await;

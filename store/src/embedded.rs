@@ -328,12 +328,6 @@ impl EmbeddedDb {
         }
     }
 
-    /// Whether `other` is a store in the same file: then one write
-    /// transaction can hold writes to both.
-    pub fn same_file(&self, other: &EmbeddedDb) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
-    }
-
     /// A handle on `shared` for the store's own machinery (flushes, the
     /// writer thread), named after the file.
     fn on(shared: Arc<Shared>) -> Self {

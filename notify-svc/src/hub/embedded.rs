@@ -14,7 +14,6 @@ use std::{
 };
 
 use munity_store::{
-    Millis,
     embedded::{EmbeddedDb, decode, encode},
     internal,
 };
@@ -288,27 +287,6 @@ fn store_one(
 
 #[async_trait::async_trait]
 impl Hub for EmbeddedHub {
-    async fn publish(
-        &self,
-        topic: &str,
-        id: &str,
-        kind: &str,
-        payload: &[u8],
-        at: Millis,
-    ) -> HubResult<Notification> {
-        let item = Publication {
-            topic: topic.to_owned(),
-            id: id.to_owned(),
-            kind: kind.to_owned(),
-            payload: payload.to_vec(),
-            at,
-        };
-        let mut published = self.publish_many(vec![item]).await?;
-        published
-            .pop()
-            .ok_or_else(|| HubError::Internal("nothing published".to_owned()))
-    }
-
     /// All in one write transaction (one commit, one fsync shared with
     /// other writers), each delivered live once durable, in its topic's
     /// order.

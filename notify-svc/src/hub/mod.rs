@@ -110,6 +110,18 @@ pub struct Publication {
     pub at: Millis,
 }
 
+impl Publication {
+    pub fn new(topic: &str, id: &str, kind: &str, payload: &[u8], at: Millis) -> Self {
+        Publication {
+            topic: topic.to_owned(),
+            id: id.to_owned(),
+            kind: kind.to_owned(),
+            payload: payload.to_vec(),
+            at,
+        }
+    }
+}
+
 /// A notification [`Hub::store_many`] stored, or found stored before.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
@@ -131,20 +143,16 @@ pub trait Hub: Send + Sync + 'static {
         kind: &str,
         payload: &[u8],
         at: Millis,
-    ) -> HubResult<Notification>;
-    /// [`Hub::publish`] of each, in order; a backend that can store them
-    /// in one write overrides this. On an error some may be published:
-    /// publishing again is idempotent.
-    async fn publish_many(&self, items: Vec<Publication>) -> HubResult<Vec<Notification>> {
-        let mut published = Vec::with_capacity(items.len());
-        for item in &items {
-            published.push(
-                self.publish(&item.topic, &item.id, &item.kind, &item.payload, item.at)
-                    .await?,
-            );
-        }
-        Ok(published)
+    ) -> HubResult<Notification> {
+        let item = Publication::new(topic, id, kind, payload, at);
+        self.publish_many(vec![item])
+            .await?
+            .pop()
+            .ok_or_else(|| HubError::Internal("nothing published".to_owned()))
     }
+    /// [`Hub::publish`] of each, in order. On an error some may be
+    /// published: publishing again is idempotent.
+    async fn publish_many(&self, items: Vec<Publication>) -> HubResult<Vec<Notification>>;
     /// Stores like [`Hub::publish_many`], but tells live subscribers
     /// nothing yet: for notifications something else must record first
     /// (a `user:` topic's go into the user's inbox), so that whoever hears

@@ -23,7 +23,6 @@ use fred::{
     prelude::{ClientLike, Config, EventInterface, PubsubInterface},
     types::{ClusterHash, CustomCommand, Value},
 };
-use munity_store::Millis;
 use tokio::sync::broadcast;
 
 use super::{
@@ -293,22 +292,12 @@ fn listen(subscriber: fred::prelude::Client, channel: String, live: Arc<LiveTopi
 
 #[async_trait::async_trait]
 impl Hub for RedisHub {
-    async fn publish(
-        &self,
-        topic: &str,
-        id: &str,
-        kind: &str,
-        payload: &[u8],
-        at: Millis,
-    ) -> HubResult<Notification> {
-        let item = Publication {
-            topic: topic.to_owned(),
-            id: id.to_owned(),
-            kind: kind.to_owned(),
-            payload: payload.to_vec(),
-            at,
-        };
-        Ok(self.store_one(item, true).await?.notification)
+    async fn publish_many(&self, items: Vec<Publication>) -> HubResult<Vec<Notification>> {
+        let mut published = Vec::with_capacity(items.len());
+        for item in items {
+            published.push(self.store_one(item, true).await?.notification);
+        }
+        Ok(published)
     }
 
     async fn store_many(&self, items: Vec<Publication>) -> HubResult<Vec<Stored>> {

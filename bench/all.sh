@@ -193,7 +193,7 @@ build() {
 
 # ---------------------------------------------------------------- main ----
 command -v python3 >/dev/null || die "python3 is required"
-TMP="$(mktemp -d /tmp/munity-bench-all.XXXXXX)"
+TMP="$(work_dir all)"
 : >"$TMP/summary.tsv"
 started=$SECONDS
 log "$( ((QUICK)) && echo quick || echo full) run of ${CHOSEN[*]}; profile $PROFILE; work dir $TMP"

@@ -95,3 +95,8 @@ wait_quiet() {
   done
   log "warning: still busy after 30 s: pids $*"
 }
+
+# work_dir NAME: a new work dir for a bench run, under $BENCH_TMP (default
+# /tmp). Services' data dirs go inside it, so BENCH_TMP=/dev/shm shows what
+# the fsyncs cost.
+work_dir() { mktemp -d "${BENCH_TMP:-/tmp}/munity-bench-$1.XXXXXX"; }

@@ -211,7 +211,7 @@ for bin in "$MUNITY_BIN" "$BOT_BIN" "$LOAD_BIN"; do
   [[ -x "$bin" ]] || die "missing $bin (run without --no-build)"
 done
 
-TMP="$(mktemp -d /tmp/munity-bench-bot.XXXXXX)"
+TMP="$(work_dir bot)"
 read -r STAND_IN_PORT PROXY_PORT BOT_PORT <<<"$(free_ports 3)"
 BOT_ADDR="127.0.0.1:$BOT_PORT"
 ADMIN_EMAIL="bench-admin-$$-$RANDOM@example.com"

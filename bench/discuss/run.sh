@@ -25,8 +25,8 @@
 #   --summary FILE: append a line per target of issue 24 this run measured
 #   (at -c 32) to FILE, in bench/summary.py's format (bench/all.sh reads it).
 #   Binaries come from $CARGO_TARGET_DIR (default ~/.cache/munity-target).
-#   The work dir (munity's data dir in it) is made under $BENCH_TMP (default
-#   /tmp); BENCH_TMP=/dev/shm shows what the fsyncs cost.
+#   The work dir, munity's data dir in it, is made under $BENCH_TMP (default
+#   /tmp; ../lib.sh).
 set -euo pipefail
 
 PROFILE=release
@@ -135,7 +135,7 @@ if [[ $BUILD -eq 1 ]]; then
 fi
 [[ -x "$MUNITY_BIN" ]] || die "missing $MUNITY_BIN (run without --no-build)"
 
-TMP="$(mktemp -d ${BENCH_TMP:-/tmp}/munity-bench-discuss.XXXXXX)"
+TMP="$(work_dir discuss)"
 mkdir -p "$TMP/results" "$TMP/data"
 PROTOSET="$TMP/munity.protoset"
 (cd "$REPO/proto" && grpcurl -import-path . -proto munity/users/v1/users.proto \

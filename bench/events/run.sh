@@ -587,7 +587,7 @@ if has_backend cql; then
   done
 fi
 
-TMP="$(mktemp -d ${BENCH_TMP:-/tmp}/munity-bench-events.XXXXXX)"
+TMP="$(work_dir events)"
 mkdir -p "$TMP/results"
 CLK_TCK="$(getconf CLK_TCK)"
 # ghz's proto parser predates proto3 `optional` (events.proto uses it), so

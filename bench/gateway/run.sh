@@ -244,7 +244,7 @@ fi
 [[ -x "$BARE_HYPER_BIN" ]] || die "missing $BARE_HYPER_BIN (run without --no-build)"
 [[ $MODE != streams || -x "$TICKER_BIN" ]] || die "missing $TICKER_BIN (run without --no-build)"
 
-TMP="$(mktemp -d /tmp/munity-bench-gateway.XXXXXX)"
+TMP="$(work_dir gateway)"
 chmod 755 "$TMP"
 mkdir -p "$TMP/users-data" "$TMP/nginx/tmp" "$TMP/results"
 # ghz's own proto parser refuses proto3 files that use the options proto

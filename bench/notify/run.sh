@@ -286,7 +286,7 @@ for bin in "$USERS_BIN" "$NOTIFY_BIN" "$GATEWAY_BIN" "$LOAD_BIN"; do
   [[ -x "$bin" ]] || die "missing $bin (run without --no-build)"
 done
 
-TMP="$(mktemp -d /tmp/munity-bench-notify.XXXXXX)"
+TMP="$(work_dir notify)"
 mkdir -p "$TMP/results"
 read -r USERS_PORT NOTIFY_PORT GATEWAY_PORT ADMIN_PORT <<<"$(free_ports 4)"
 USERS_ADDR="127.0.0.1:$USERS_PORT"

@@ -295,7 +295,7 @@ if has_case b; then
   CQL_PID=$(cql_server_pid || true)
 fi
 
-TMP="$(mktemp -d /tmp/munity-bench-warehouse.XXXXXX)"
+TMP="$(work_dir warehouse)"
 mkdir -p "$TMP/results"
 read -r USERS_PORT A_PORT B_PORT <<<"$(free_ports 3)"
 USERS_ADDR="127.0.0.1:$USERS_PORT"
